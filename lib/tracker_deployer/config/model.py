@@ -1,0 +1,500 @@
+"""Domain values of an environment config.
+
+Everything here is immutable and valid by construction: the value classes check
+their input in ``parse`` (raising :class:`ValueError` with a message and a hint),
+and :func:`tracker_deployer.config.load.load_env` is the only place that sees the
+raw JSON. Nothing after parsing looks at a dict.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+
+from croniter import croniter
+
+
+class InvalidValue(ValueError):
+    """A value that does not fit its type: a message and a hint."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+class Secret:
+    """A password or token. Its repr and str never show the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    @classmethod
+    def parse(cls, value: str) -> Secret:
+        if value == "":
+            raise InvalidValue("must not be empty", "set a password or token")
+        for char in value:
+            if unicodedata.category(char) in ("Cc", "Cs"):
+                raise InvalidValue(
+                    f"contains the control character U+{ord(char):04X}",
+                    "secrets may contain any printable character (spaces, quotes, $, "
+                    "unicode), but no newlines, tabs or other control characters",
+                )
+        return cls(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    def __str__(self) -> str:
+        return "********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+
+# --------------------------------------------------------------------------- small values
+
+_ENV_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+ENV_NAME_MAX = 63
+
+
+def parse_environment_name(value: str) -> str:
+    if len(value) > ENV_NAME_MAX:
+        raise InvalidValue(
+            f"{value!r} is {len(value)} characters long, more than the {ENV_NAME_MAX} "
+            "a hostname label allows",
+            "use a shorter name, e.g. 'tracker-prod'",
+        )
+    if not _ENV_NAME.match(value):
+        raise InvalidValue(
+            f"{value!r} is not a lowercase-dash name",
+            "use lowercase letters, digits and '-', starting and ending with a letter or "
+            "digit, e.g. 'tracker-prod'",
+        )
+    return value
+
+
+_UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def parse_unix_user(value: str) -> str:
+    if not _UNIX_USER.match(value):
+        raise InvalidValue(
+            f"{value!r} is not a valid Linux user name",
+            "use lowercase letters, digits, '_' and '-', starting with a letter, "
+            "at most 32 characters, e.g. 'torrust'",
+        )
+    return value
+
+
+def parse_port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise InvalidValue(f"{value} is not a port number", "use a number from 1 to 65535")
+    return value
+
+
+_HOSTNAME_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def parse_domain(value: str) -> str:
+    labels = value.split(".")
+    if (
+        len(value) > 253
+        or len(labels) < 2
+        or not all(_HOSTNAME_LABEL.match(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise InvalidValue(
+            f"{value!r} is not a fully qualified domain name",
+            "use a lowercase DNS name such as 'tracker.example.com'",
+        )
+    return value
+
+
+def parse_host(value: str) -> str:
+    """An SSH target: an IP address or a DNS name (single labels allowed)."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    labels = value.lower().split(".")
+    if len(value) > 253 or not all(_HOSTNAME_LABEL.match(label) for label in labels):
+        raise InvalidValue(
+            f"{value!r} is neither an IP address nor a host name",
+            "use e.g. '203.0.113.10' or 'tracker.example.com'",
+        )
+    return value.lower()
+
+
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+$")
+
+
+def parse_email(value: str) -> str:
+    if not _EMAIL.match(value):
+        raise InvalidValue(f"{value!r} is not an e-mail address", "use e.g. 'admin@example.com'")
+    return value
+
+
+def parse_key_path(value: str) -> str:
+    if not (value.startswith("/") or value.startswith("~/")):
+        raise InvalidValue(
+            f"{value!r} is a relative path",
+            "use an absolute path (or one starting with '~/'), e.g. '/home/me/.ssh/id_ed25519'",
+        )
+    return value
+
+
+_IMAGE_REF = re.compile(
+    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+
+
+def parse_image(value: str) -> str:
+    if not _IMAGE_REF.match(value):
+        raise InvalidValue(
+            f"{value!r} is not a Docker image reference",
+            "use NAME[:TAG] or NAME@sha256:DIGEST, e.g. 'torrust/tracker:v3.0.0'",
+        )
+    return value
+
+
+_URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
+
+
+def parse_http_url(value: str) -> str:
+    if not _URL.match(value):
+        raise InvalidValue(
+            f"{value!r} is not an http(s) URL",
+            "use e.g. 'https://hc-ping.com/your-uuid'",
+        )
+    return value
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+class Protocol(Enum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+@dataclass(frozen=True, slots=True)
+class BindAddress:
+    """``IP:PORT`` a service listens on inside its container."""
+
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int
+
+    @classmethod
+    def parse(cls, value: str) -> BindAddress:
+        hint = "use IP:PORT, e.g. '0.0.0.0:6969' (or '[::]:6969' for IPv6)"
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise InvalidValue(f"{value!r} is not an IP:PORT address", hint)
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise InvalidValue(f"{value!r} does not start with an IP address", hint) from None
+        return cls(ip, parse_port(int(port_text)))
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.ip.is_loopback
+
+    def __str__(self) -> str:
+        if self.ip.version == 6:
+            return f"[{self.ip}]:{self.port}"
+        return f"{self.ip}:{self.port}"
+
+
+# --------------------------------------------------------------------------- cron
+
+_CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
+_MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_CRON_HINT = 'e.g. "0 3 * * *" = 03:00 daily, "*/30 * * * *" = every 30 minutes'
+
+
+def _check_cron_field(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> None:
+    def number(token: str) -> int:
+        lowered = token.lower()
+        if names and lowered in names:
+            return names.index(lowered) + (1 if name == "month" else 0)
+        if not token.isdigit():
+            raise InvalidValue(f"{name} {token!r} is not a number")
+        value = int(token)
+        if not low <= value <= high:
+            raise InvalidValue(f"{name} {value} is out of range {low}-{high}")
+        return value
+
+    for part in text.split(","):
+        if part == "":
+            raise InvalidValue(f"{name} has an empty list item")
+        base, slash, step = part.partition("/")
+        if slash:
+            if not step.isdigit() or int(step) == 0:
+                raise InvalidValue(f"{name} step {step!r} must be a whole number of at least 1")
+            if int(step) > high:
+                raise InvalidValue(f"{name} step {step} is larger than {high}")
+        if base == "*":
+            continue
+        start_text, dash, end_text = base.partition("-")
+        start = number(start_text)
+        if dash:
+            end = number(end_text)
+            if end < start:
+                raise InvalidValue(f"{name} range {base} runs backwards")
+
+
+@dataclass(frozen=True, slots=True)
+class CronSchedule:
+    """A 5-field cron expression, as written into ``/etc/cron.d`` (ranges checked).
+
+    Nicknames like ``@daily`` and 6-field (seconds) forms are refused: the
+    cron.d file takes exactly five fields, and we check each one.
+    """
+
+    expression: str
+
+    @classmethod
+    def parse(cls, value: str) -> CronSchedule:
+        fields = value.split()
+        if value.startswith("@"):
+            raise InvalidValue(
+                f'"{value}" is a cron nickname, not a 5-field cron schedule',
+                f"write the five fields instead, {_CRON_HINT}",
+            )
+        if len(fields) != 5:
+            raise InvalidValue(
+                f'"{value}" is not a valid 5-field cron schedule '
+                f"(it has {len(fields)} field{'s' if len(fields) != 1 else ''})",
+                f"use minute hour day-of-month month day-of-week, {_CRON_HINT}",
+            )
+        for text, (name, low, high) in zip(fields, _CRON_FIELDS, strict=True):
+            names = _MONTH_NAMES if name == "month" else _DAY_NAMES if name == "day of week" else ()
+            try:
+                _check_cron_field(text, name, low, high, names)
+            except InvalidValue as error:
+                raise InvalidValue(
+                    f'"{value}" is not a valid 5-field cron schedule ({error.message})',
+                    _CRON_HINT,
+                ) from None
+        # Second opinion: croniter must agree (it also knows names and specials).
+        if not croniter.is_valid(value):
+            raise InvalidValue(f'"{value}" is not a valid 5-field cron schedule', _CRON_HINT)
+        return cls(" ".join(fields))
+
+    def next_runs(self, start: datetime, count: int) -> list[datetime]:
+        """The next ``count`` run times after ``start`` (time is a parameter)."""
+        iterator = croniter(self.expression, start)
+        return [iterator.get_next(datetime) for _ in range(count)]
+
+    def __str__(self) -> str:
+        return self.expression
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True, slots=True)
+class SshCredentials:
+    private_key_path: str
+    public_key_path: str
+    username: str
+    port: int = 22
+    host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LxdProvider:
+    profile_name: str
+    kind: str = "lxd"
+
+
+@dataclass(frozen=True, slots=True)
+class HetznerProvider:
+    api_token: Secret
+    server_type: str
+    location: str
+    image: str = "ubuntu-24.04"
+    kind: str = "hetzner"
+
+
+Provider = LxdProvider | HetznerProvider
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteDatabase:
+    database_name: str
+    driver: str = "sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class MysqlDatabase:
+    host: str
+    port: int
+    database_name: str
+    username: str
+    password: Secret
+    driver: str = "mysql"
+
+
+Database = SqliteDatabase | MysqlDatabase
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A tracker service: where it listens and how it is exposed."""
+
+    bind_address: BindAddress
+    domain: str | None = None
+    use_tls_proxy: bool = False
+
+    @property
+    def published(self) -> bool:
+        """Published on the host, unless it listens on loopback or sits behind Caddy."""
+        return not self.bind_address.is_loopback and not self.use_tls_proxy
+
+
+@dataclass(frozen=True, slots=True)
+class HttpApi:
+    endpoint: Endpoint
+    admin_token: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerCore:
+    database: Database
+    private: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Tracker:
+    core: TrackerCore
+    udp_trackers: tuple[Endpoint, ...]
+    http_trackers: tuple[Endpoint, ...]
+    http_api: HttpApi
+    health_check_api: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class MysqlServer:
+    root_password: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class Prometheus:
+    scrape_interval_in_secs: int = 15
+
+
+@dataclass(frozen=True, slots=True)
+class Grafana:
+    admin_user: str
+    admin_password: Secret
+    domain: str | None = None
+    use_tls_proxy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Https:
+    admin_email: str
+    use_staging: bool = False
+
+
+DEFAULT_SCHEDULE = "0 3 * * *"
+DEFAULT_RETENTION_DAYS = 7
+DEFAULT_COMPRESSION_LEVEL = 6
+
+
+@dataclass(frozen=True, slots=True)
+class BackupConfig:
+    """Backups are on when this exists (``"backup": {}`` = all defaults)."""
+
+    schedule: CronSchedule = field(default_factory=lambda: CronSchedule(DEFAULT_SCHEDULE))
+    retention_days: int = DEFAULT_RETENTION_DAYS
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    mailto: str = ""
+    notify_url: str | None = None
+
+
+DEFAULT_IMAGES: dict[str, str] = {
+    "tracker": "torrust/tracker:v3.0.0",
+    "mysql": "mysql:8.4",
+    "prometheus": "prom/prometheus:v3.5.0",
+    "grafana": "grafana/grafana:12.1.0",
+    "caddy": "caddy:2.10",
+    "backup": "torrust/tracker-backup:1.0.0",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Images:
+    tracker: str = DEFAULT_IMAGES["tracker"]
+    mysql: str = DEFAULT_IMAGES["mysql"]
+    prometheus: str = DEFAULT_IMAGES["prometheus"]
+    grafana: str = DEFAULT_IMAGES["grafana"]
+    caddy: str = DEFAULT_IMAGES["caddy"]
+    backup: str = DEFAULT_IMAGES["backup"]
+
+
+@dataclass(frozen=True, slots=True)
+class Env:
+    """A parsed, valid environment config."""
+
+    name: str
+    source: Path
+    ssh: SshCredentials
+    provider: Provider
+    tracker: Tracker
+    mysql: MysqlServer | None = None
+    prometheus: Prometheus | None = None
+    grafana: Grafana | None = None
+    https: Https | None = None
+    backup: BackupConfig | None = None
+    images: Images = field(default_factory=Images)
+
+    @property
+    def database(self) -> Database:
+        return self.tracker.core.database
+
+    @property
+    def uses_mysql(self) -> bool:
+        return isinstance(self.tracker.core.database, MysqlDatabase)
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for masking in plans and logs."""
+        values: list[Secret] = [self.tracker.http_api.admin_token]
+        if isinstance(self.tracker.core.database, MysqlDatabase):
+            values.append(self.tracker.core.database.password)
+        if self.mysql:
+            values.append(self.mysql.root_password)
+        if self.grafana:
+            values.append(self.grafana.admin_password)
+        if isinstance(self.provider, HetznerProvider):
+            values.append(self.provider.api_token)
+        return [secret.reveal() for secret in values]

@@ -1,0 +1,91 @@
+"""Quote values for each file format we render, so the consumer reads back exactly
+the original value (passwords may contain any printable character).
+
+Each function is tested against the real consumer: bash for :func:`shell`,
+Docker Compose for :func:`dotenv`, a TOML parser for :func:`toml`, a YAML
+parser for :func:`yaml`.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote as _url_quote
+
+
+def shell(value: str) -> str:
+    """POSIX shell single quotes; an embedded ``'`` becomes ``'\\''``.
+
+    This is also the grammar ``backup.sh`` parses (without executing anything).
+    """
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def dotenv(value: str) -> str:
+    """A value for a Docker Compose ``.env`` file.
+
+    Compose reads single-quoted values literally (no escapes, no ``$``
+    interpolation), so that is used whenever the value has no ``'``. Otherwise
+    double quotes, where compose expands ``\\\\``, ``\\"`` and ``\\$`` escapes.
+    """
+    if "'" not in value:
+        return "'" + value + "'"
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return '"' + escaped + '"'
+
+
+def toml(value: str) -> str:
+    """A TOML basic string (double quotes, backslash escapes)."""
+    out = ['"']
+    for char in value:
+        code = ord(char)
+        if char == '"':
+            out.append('\\"')
+        elif char == "\\":
+            out.append("\\\\")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def _yaml_printable(code: int) -> bool:
+    # NEL, LS and PS are line breaks to YAML (folded in quotes): escape them too.
+    if code in (0x2028, 0x2029):
+        return False
+    return (
+        0x20 <= code <= 0x7E
+        or 0xA0 <= code <= 0xD7FF
+        or 0xE000 <= code <= 0xFFFD
+        or 0x10000 <= code <= 0x10FFFF
+    )
+
+
+def yaml(value: str) -> str:
+    """A YAML double-quoted scalar; anything YAML calls non-printable is escaped."""
+    out = ['"']
+    for char in value:
+        code = ord(char)
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif _yaml_printable(code):
+            out.append(char)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02X}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(f"\\U{code:08X}")
+    out.append('"')
+    return "".join(out)
+
+
+def url_part(value: str) -> str:
+    """Percent-encode a URL user-info or path part (everything but unreserved)."""
+    return _url_quote(value, safe="")
+
+
+def compose_literal(value: str) -> str:
+    """A string for docker-compose.yml: YAML-quoted, with ``$`` doubled so that
+    Compose's variable interpolation leaves it alone."""
+    return yaml(value.replace("$", "$$"))

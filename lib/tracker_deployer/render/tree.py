@@ -1,0 +1,395 @@
+"""The rendered tree: which files land where on the host, with which content,
+mode and owner; and writing it to ``build/NAME`` with its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jinja2
+
+from tracker_deployer import __version__, paths
+from tracker_deployer.config.model import Env, MysqlDatabase
+from tracker_deployer.errors import DeployError, RenderError
+from tracker_deployer.render import quoting
+from tracker_deployer.topology import APP_GID, APP_UID, derive, proxied_upstreams
+
+ROOT_UID = 0
+ROOT_GID = 0
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedFile:
+    path: PurePosixPath  # absolute path on the host
+    content: bytes
+    mode: int
+    uid: int = ROOT_UID
+    gid: int = ROOT_GID
+    secret: bool = False
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    path: PurePosixPath
+    mode: int = 0o755
+    uid: int = ROOT_UID
+    gid: int = ROOT_GID
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedTree:
+    environment: str
+    files: tuple[RenderedFile, ...]
+    directories: tuple[Directory, ...]
+
+    def file(self, path: str | PurePosixPath) -> RenderedFile:
+        wanted = PurePosixPath(path)
+        for item in self.files:
+            if item.path == wanted:
+                return item
+        raise KeyError(str(path))
+
+    def text(self, path: str | PurePosixPath) -> str:
+        return self.file(path).content.decode("utf-8")
+
+    @property
+    def paths(self) -> tuple[PurePosixPath, ...]:
+        return tuple(item.path for item in self.files)
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "environment": self.environment,
+            "generator": f"tracker-deployer {__version__}",
+            "directories": [
+                {"path": str(d.path), "mode": f"{d.mode:04o}", "uid": d.uid, "gid": d.gid}
+                for d in self.directories
+            ],
+            "files": [
+                {
+                    "path": str(f.path),
+                    "mode": f"{f.mode:04o}",
+                    "uid": f.uid,
+                    "gid": f.gid,
+                    "size": len(f.content),
+                    "sha256": f.sha256,
+                    "secret": f.secret,
+                }
+                for f in self.files
+            ],
+        }
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def _environment(templates_dir: Path) -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - we render config files, not HTML
+    )
+    environment.filters.update(
+        sh=quoting.shell,
+        dotenv=quoting.dotenv,
+        toml=quoting.toml,
+        yaml=quoting.yaml,
+        url=quoting.url_part,
+    )
+    return environment
+
+
+def _render_template(environment: jinja2.Environment, name: str, **context: Any) -> bytes:
+    try:
+        text = environment.get_template(name).render(**context)
+    except jinja2.TemplateSyntaxError as error:
+        raise RenderError(
+            f"template {error.name or name} line {error.lineno}: {error.message}",
+            "fix the template under templates/",
+        ) from None
+    except jinja2.TemplateNotFound as error:
+        raise RenderError(
+            f"template {error.name} not found",
+            "run from a complete checkout of the repository",
+        ) from None
+    except jinja2.UndefinedError as error:
+        raise RenderError(f"template {name}: {error.message}", "fix the template") from None
+    if not text.endswith("\n"):
+        text += "\n"
+    return text.encode("utf-8")
+
+
+# --------------------------------------------------------------------------- values
+
+
+def database_path(env: Env) -> str:
+    """The tracker's ``core.database.path``: a file, or a MySQL URL."""
+    database = env.database
+    if isinstance(database, MysqlDatabase):
+        user = quoting.url_part(database.username)
+        password = quoting.url_part(database.password.reveal())
+        return f"mysql://{user}:{password}@{database.host}:{database.port}/{database.database_name}"
+    return paths.sqlite_in_tracker(database.database_name)
+
+
+def dotenv_values(env: Env) -> list[tuple[str, str]]:
+    values = [
+        ("USER_ID", str(APP_UID)),
+        ("TORRUST_TRACKER_DATABASE_DRIVER", env.database.driver),
+        ("TORRUST_TRACKER_CONFIG_TOML_PATH", paths.TRACKER_CONFIG_IN_CONTAINER),
+    ]
+    database = env.database
+    if isinstance(database, MysqlDatabase) and env.mysql:
+        values += [
+            ("MYSQL_ROOT_PASSWORD", env.mysql.root_password.reveal()),
+            ("MYSQL_DATABASE", database.database_name),
+            ("MYSQL_USER", database.username),
+            ("MYSQL_PASSWORD", database.password.reveal()),
+        ]
+    if env.grafana:
+        values += [
+            ("GF_SECURITY_ADMIN_USER", env.grafana.admin_user),
+            ("GF_SECURITY_ADMIN_PASSWORD", env.grafana.admin_password.reveal()),
+        ]
+    return values
+
+
+def backup_settings(env: Env) -> list[tuple[str, str]]:
+    assert env.backup is not None
+    settings = [
+        ("BACKUP_MODE", "single"),
+        ("BACKUP_RETENTION_DAYS", str(env.backup.retention_days)),
+        ("BACKUP_PATHS_FILE", str(paths.BACKUP_PATHS_IN_BACKUP)),
+        ("BACKUP_COMPRESSION_LEVEL", str(env.backup.compression_level)),
+    ]
+    database = env.database
+    if isinstance(database, MysqlDatabase):
+        settings += [
+            ("DB_TYPE", "mysql"),
+            ("DB_HOST", database.host),
+            ("DB_PORT", str(database.port)),
+            ("DB_USER", database.username),
+            ("DB_PASSWORD", database.password.reveal()),
+            ("DB_NAME", database.database_name),
+        ]
+    else:
+        sqlite = paths.in_backup_container(paths.sqlite_on_host(database.database_name))
+        settings += [("DB_TYPE", "sqlite"), ("DB_PATH", str(sqlite))]
+    return settings
+
+
+def backup_paths(config_files: Iterable[PurePosixPath]) -> list[str]:
+    """Every rendered config file, as seen in the backup container."""
+    wanted = {path for path in config_files if path.is_relative_to(paths.DEPLOY_DIR)}
+    return sorted(str(paths.in_backup_container(path)) for path in wanted)
+
+
+# --------------------------------------------------------------------------- render
+
+
+def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
+    """Everything that lands on the host for ``env``. Pure and deterministic."""
+    jinja = _environment(templates_dir)
+    topology = derive(env)
+    files: list[RenderedFile] = []
+    directories: dict[PurePosixPath, Directory] = {}
+
+    def directory(path: PurePosixPath, mode: int = 0o755, uid: int = 0, gid: int = 0) -> None:
+        directories[path] = Directory(path, mode, uid, gid)
+
+    def add(
+        path: PurePosixPath,
+        template: str,
+        *,
+        mode: int = 0o644,
+        gid: int = ROOT_GID,
+        secret: bool = False,
+        **context: Any,
+    ) -> None:
+        content = _render_template(jinja, template, env=env, **context)
+        files.append(RenderedFile(path, content, mode, ROOT_UID, gid, secret))
+
+    directory(paths.DEPLOY_DIR)
+    directory(paths.STORAGE_DIR)
+    for sub in ("tracker", "tracker/etc"):
+        directory(paths.STORAGE_DIR / sub, 0o750, ROOT_UID, APP_GID)
+    for sub in ("tracker/lib", "tracker/lib/database", "tracker/log"):
+        directory(paths.STORAGE_DIR / sub, 0o750, APP_UID, APP_GID)
+
+    add(paths.COMPOSE_FILE, "docker-compose/docker-compose.yml.j2", topology=topology)
+    add(
+        paths.DOTENV_FILE,
+        "docker-compose/env.j2",
+        mode=0o640,
+        gid=APP_GID,
+        secret=True,
+        dotenv=dotenv_values(env),
+    )
+    on_reverse_proxy = any(endpoint.use_tls_proxy for endpoint in env.tracker.http_trackers)
+    add(
+        paths.TRACKER_CONFIG,
+        "tracker/tracker.toml.j2",
+        mode=0o640,
+        gid=APP_GID,
+        secret=True,
+        database={"driver": env.database.driver, "path": database_path(env)},
+        on_reverse_proxy=on_reverse_proxy,
+    )
+    if env.prometheus:
+        directory(paths.STORAGE_DIR / "prometheus")
+        directory(paths.STORAGE_DIR / "prometheus/etc", 0o750, ROOT_UID, APP_GID)
+        add(
+            paths.PROMETHEUS_CONFIG,
+            "prometheus/prometheus.yml.j2",
+            mode=0o640,
+            gid=APP_GID,
+            secret=True,
+        )
+    if env.grafana:
+        provisioning = paths.GRAFANA_PROVISIONING
+        for sub in ("", "/provisioning", "/provisioning/datasources", "/provisioning/dashboards"):
+            directory(PurePosixPath(f"{paths.STORAGE_DIR}/grafana{sub}"))
+        directory(provisioning / "dashboards/torrust")
+        add(
+            provisioning / "datasources/prometheus.yml",
+            "grafana/provisioning/datasources/prometheus.yml.j2",
+        )
+        add(
+            provisioning / "dashboards/torrust.yml",
+            "grafana/provisioning/dashboards/torrust.yml.j2",
+        )
+        add(
+            provisioning / "dashboards/torrust/tracker.json",
+            "grafana/provisioning/dashboards/torrust/tracker.json.j2",
+        )
+    if env.https:
+        directory(paths.STORAGE_DIR / "caddy")
+        directory(paths.STORAGE_DIR / "caddy/etc")
+        add(paths.CADDYFILE, "caddy/Caddyfile.j2", proxied=proxied_upstreams(env))
+    if env.backup:
+        directory(paths.BACKUP_DIR, 0o750, APP_UID, APP_GID)
+        directory(paths.BACKUP_DIR / "etc", 0o750, ROOT_UID, APP_GID)
+        add(
+            paths.BACKUP_CONF,
+            "backup/backup.conf.j2",
+            mode=0o640,
+            gid=APP_GID,
+            secret=True,
+            settings=backup_settings(env),
+        )
+        config_files = [item.path for item in files] + [paths.BACKUP_PATHS]
+        add(
+            paths.BACKUP_PATHS,
+            "backup/backup-paths.txt.j2",
+            mode=0o640,
+            gid=APP_GID,
+            backup_paths=backup_paths(config_files),
+        )
+        common: dict[str, Any] = {
+            "deploy_dir": str(paths.DEPLOY_DIR),
+            "log_file": str(paths.BACKUP_LOG),
+        }
+        add(
+            paths.MAINTENANCE_SCRIPT,
+            "backup/maintenance-backup.sh.j2",
+            mode=0o755,
+            compose_file=str(paths.COMPOSE_FILE),
+            lock_file=str(paths.BACKUP_LOCK),
+            status_dir=str(paths.BACKUP_STATUS_DIR),
+            notify_url=env.backup.notify_url or "",
+            **common,
+        )
+        add(
+            paths.CRON_FILE,
+            "backup/tracker-backup.cron.j2",
+            schedule=str(env.backup.schedule),
+            script=str(paths.MAINTENANCE_SCRIPT),
+            mailto=env.backup.mailto,
+            **common,
+        )
+        add(paths.LOGROTATE_FILE, "backup/tracker-backup.logrotate.j2", **common)
+
+    files.sort(key=lambda item: str(item.path))
+    ordered_dirs = tuple(directories[key] for key in sorted(directories, key=str))
+    return RenderedTree(env.name, tuple(files), ordered_dirs)
+
+
+# --------------------------------------------------------------------------- write / read
+
+
+def _host_to_local(root: Path, path: PurePosixPath) -> Path:
+    return root.joinpath(*path.parts[1:])
+
+
+def write_tree(tree: RenderedTree, out_dir: Path) -> Path:
+    """Write ``tree`` to ``out_dir`` (replacing an earlier render there).
+
+    The tree is written next to ``out_dir`` first and swapped in at the end, so
+    an interrupted render never leaves a half-written tree. A non-empty
+    ``out_dir`` that is not an earlier render is refused.
+    """
+    out_dir = out_dir.absolute()
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
+        raise DeployError(
+            f"{out_dir} exists, is not empty and holds no {MANIFEST_NAME}",
+            "pick an empty or new directory for --out (an earlier render is replaced)",
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for directory in tree.directories:
+            local = _host_to_local(staging, directory.path)
+            local.mkdir(parents=True, exist_ok=True)
+        for item in tree.files:
+            local = _host_to_local(staging, item.path)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(item.content)
+            local.chmod(item.mode)
+        for directory in tree.directories:
+            _host_to_local(staging, directory.path).chmod(max(directory.mode, 0o700))
+        manifest = json.dumps(tree.manifest(), indent=2, sort_keys=True) + "\n"
+        (staging / MANIFEST_NAME).write_text(manifest, encoding="utf-8")
+        staging.chmod(0o755)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            out_dir.rename(old / out_dir.name)
+            staging.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    """The manifest of a rendered tree (for push/plan)."""
+    manifest_path = out_dir / MANIFEST_NAME
+    try:
+        data: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DeployError(
+            f"{manifest_path} not found", "run `inv render --env NAME` first"
+        ) from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise DeployError(
+            f"{manifest_path} is unreadable ({error})", "render again with `inv render`"
+        ) from None
+    return data

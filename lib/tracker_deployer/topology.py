@@ -1,0 +1,298 @@
+"""The compose topology, derived from an :class:`Env` as plain data.
+
+Which services exist, which networks they join, what they publish, mount and
+depend on is decided here, in Python, so the compose template only prints it
+(no ``if mysql`` chains in templates). The rules:
+
+* tracker always; mysql with the MySQL driver; prometheus/grafana when
+  configured; caddy with ``https``; backup with ``backup``.
+* ``database_network``: tracker, mysql and backup, only with MySQL.
+* ``metrics_network``: tracker and prometheus. ``visualization_network``:
+  prometheus and grafana. ``proxy_network``: caddy and every proxied service.
+* The backup service: ``profiles: [backup]`` (never started by ``up``),
+  ``restart: "no"``, joins the database network and depends on
+  ``mysql: service_healthy`` only with MySQL; with SQLite it has no network at
+  all (``network_mode: none``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tracker_deployer import paths
+from tracker_deployer.config.model import Endpoint, Env
+
+APP_UID = 1000
+APP_GID = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    host: int
+    container: int
+    protocol: str = "tcp"
+    host_ip: str | None = None
+
+    def __str__(self) -> str:
+        prefix = f"{self.host_ip}:" if self.host_ip else ""
+        suffix = "/udp" if self.protocol == "udp" else ""
+        return f"{prefix}{self.host}:{self.container}{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class Dependency:
+    service: str
+    condition: str  # service_started | service_healthy
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    source: str  # relative to the compose directory, or a named volume
+    target: str
+    read_only: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.target}{':ro' if self.read_only else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class Healthcheck:
+    test: tuple[str, ...]
+    interval: str = "5s"
+    timeout: str = "5s"
+    retries: int = 30
+    start_period: str = "10s"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    image: str
+    restart: str = "unless-stopped"
+    init: bool = False
+    user: str | None = None
+    group_add: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()  # (name, variable in .env)
+    ports: tuple[Port, ...] = ()
+    volumes: tuple[Mount, ...] = ()
+    networks: tuple[str, ...] = ()
+    network_mode: str | None = None
+    depends_on: tuple[Dependency, ...] = ()
+    healthcheck: Healthcheck | None = None
+    profiles: tuple[str, ...] = ()
+    long_running: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    services: tuple[Service, ...]
+    networks: tuple[str, ...]
+    volumes: tuple[str, ...]
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        return tuple(service.name for service in self.services)
+
+
+@dataclass(slots=True)
+class _Builder:
+    services: list[Service] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+
+    def network(self, name: str) -> str:
+        if name not in self.networks:
+            self.networks.append(name)
+        return name
+
+
+DATABASE_NETWORK = "database_network"
+METRICS_NETWORK = "metrics_network"
+VISUALIZATION_NETWORK = "visualization_network"
+PROXY_NETWORK = "proxy_network"
+
+
+def tracker_ports(env: Env) -> tuple[Port, ...]:
+    """Host ports of the tracker: every socket that is not loopback or proxied."""
+    tracker = env.tracker
+    ports: list[Port] = [
+        Port(e.bind_address.port, e.bind_address.port, "udp")
+        for e in tracker.udp_trackers
+        if e.published
+    ]
+    tcp: list[Endpoint] = [
+        *tracker.http_trackers,
+        tracker.http_api.endpoint,
+        tracker.health_check_api,
+    ]
+    ports += [Port(e.bind_address.port, e.bind_address.port) for e in tcp if e.published]
+    return tuple(ports)
+
+
+def proxied_upstreams(env: Env) -> tuple[tuple[str, str], ...]:
+    """(domain, upstream) pairs for Caddy, in a stable order."""
+    tracker = env.tracker
+    pairs: list[tuple[str, str]] = []
+    for endpoint in (*tracker.http_trackers, tracker.http_api.endpoint, tracker.health_check_api):
+        if endpoint.use_tls_proxy and endpoint.domain:
+            pairs.append((endpoint.domain, f"tracker:{endpoint.bind_address.port}"))
+    if env.grafana and env.grafana.use_tls_proxy and env.grafana.domain:
+        pairs.append((env.grafana.domain, "grafana:3000"))
+    return tuple(pairs)
+
+
+def health_check_url(env: Env) -> str:
+    port = env.tracker.health_check_api.bind_address.port
+    return f"http://localhost:{port}/health_check"
+
+
+def derive(env: Env) -> Topology:
+    """Every service, network and volume of the stack for ``env``."""
+    build = _Builder()
+    mysql = env.uses_mysql
+    proxied = proxied_upstreams(env)
+    tracker_proxied = any(upstream.startswith("tracker:") for _, upstream in proxied)
+    grafana_proxied = any(upstream.startswith("grafana:") for _, upstream in proxied)
+
+    tracker_networks: list[str] = []
+    if mysql:
+        tracker_networks.append(build.network(DATABASE_NETWORK))
+    if env.prometheus:
+        tracker_networks.append(build.network(METRICS_NETWORK))
+    if tracker_proxied:
+        tracker_networks.append(build.network(PROXY_NETWORK))
+    build.services.append(
+        Service(
+            name="tracker",
+            image=env.images.tracker,
+            init=True,
+            environment=(
+                ("USER_ID", "USER_ID"),
+                ("TORRUST_TRACKER_DATABASE_DRIVER", "TORRUST_TRACKER_DATABASE_DRIVER"),
+                ("TORRUST_TRACKER_CONFIG_TOML_PATH", "TORRUST_TRACKER_CONFIG_TOML_PATH"),
+            ),
+            ports=tracker_ports(env),
+            volumes=(
+                Mount("./storage/tracker/lib", paths.TRACKER_LIB_IN_CONTAINER),
+                Mount("./storage/tracker/log", "/var/log/torrust/tracker"),
+                Mount("./storage/tracker/etc", "/etc/torrust/tracker"),
+            ),
+            networks=tuple(tracker_networks),
+            depends_on=(Dependency("mysql", "service_healthy"),) if mysql else (),
+            healthcheck=Healthcheck(("CMD", "/usr/bin/http_health_check", health_check_url(env))),
+        )
+    )
+
+    if mysql:
+        build.volumes.append("mysql_data")
+        build.services.append(
+            Service(
+                name="mysql",
+                image=env.images.mysql,
+                environment=(
+                    ("MYSQL_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD"),
+                    ("MYSQL_DATABASE", "MYSQL_DATABASE"),
+                    ("MYSQL_USER", "MYSQL_USER"),
+                    ("MYSQL_PASSWORD", "MYSQL_PASSWORD"),
+                ),
+                volumes=(Mount("mysql_data", "/var/lib/mysql"),),
+                networks=(DATABASE_NETWORK,),
+                healthcheck=Healthcheck(
+                    ("CMD", "mysqladmin", "ping", "-h", "127.0.0.1", "--silent"),
+                    start_period="30s",
+                ),
+            )
+        )
+
+    if env.prometheus:
+        build.services.append(
+            Service(
+                name="prometheus",
+                image=env.images.prometheus,
+                # prometheus.yml holds the API token: 0640 root:1000, read via group 1000.
+                group_add=(str(APP_GID),),
+                ports=(Port(9090, 9090, host_ip="127.0.0.1"),),
+                volumes=(Mount("./storage/prometheus/etc", "/etc/prometheus", read_only=True),),
+                networks=(build.network(METRICS_NETWORK), build.network(VISUALIZATION_NETWORK)),
+                depends_on=(Dependency("tracker", "service_started"),),
+            )
+        )
+
+    if env.grafana:
+        build.volumes.append("grafana_data")
+        grafana_networks = [build.network(VISUALIZATION_NETWORK)]
+        if grafana_proxied:
+            grafana_networks.append(build.network(PROXY_NETWORK))
+        build.services.append(
+            Service(
+                name="grafana",
+                image=env.images.grafana,
+                environment=(
+                    ("GF_SECURITY_ADMIN_USER", "GF_SECURITY_ADMIN_USER"),
+                    ("GF_SECURITY_ADMIN_PASSWORD", "GF_SECURITY_ADMIN_PASSWORD"),
+                ),
+                ports=() if grafana_proxied else (Port(3000, 3000),),
+                volumes=(
+                    Mount("grafana_data", "/var/lib/grafana"),
+                    Mount(
+                        "./storage/grafana/provisioning",
+                        "/etc/grafana/provisioning",
+                        read_only=True,
+                    ),
+                ),
+                networks=tuple(grafana_networks),
+                depends_on=(Dependency("prometheus", "service_started"),),
+            )
+        )
+
+    if env.https:
+        build.volumes += ["caddy_data", "caddy_config"]
+        upstream_services = sorted({upstream.split(":")[0] for _, upstream in proxied})
+        build.services.append(
+            Service(
+                name="caddy",
+                image=env.images.caddy,
+                ports=(Port(80, 80), Port(443, 443), Port(443, 443, "udp")),
+                volumes=(
+                    Mount("./storage/caddy/etc/Caddyfile", "/etc/caddy/Caddyfile", read_only=True),
+                    Mount("caddy_data", "/data"),
+                    Mount("caddy_config", "/config"),
+                ),
+                networks=(build.network(PROXY_NETWORK),),
+                depends_on=tuple(Dependency(name, "service_started") for name in upstream_services),
+            )
+        )
+
+    if env.backup:
+        build.services.append(
+            Service(
+                name="backup",
+                image=env.images.backup,
+                restart="no",
+                init=True,
+                user=f"{APP_UID}:{APP_GID}",
+                volumes=(
+                    Mount("./storage/backup/etc", "/etc/backup", read_only=True),
+                    Mount("./storage", "/data/storage", read_only=True),
+                    Mount("./storage/backup", "/backups"),
+                    Mount("./docker-compose.yml", "/data/compose/docker-compose.yml", True),
+                    Mount("./.env", "/data/compose/.env", read_only=True),
+                ),
+                networks=(DATABASE_NETWORK,) if mysql else (),
+                network_mode=None if mysql else "none",
+                depends_on=(Dependency("mysql", "service_healthy"),) if mysql else (),
+                profiles=("backup",),
+                long_running=False,
+            )
+        )
+
+    order = [DATABASE_NETWORK, METRICS_NETWORK, VISUALIZATION_NETWORK, PROXY_NETWORK]
+    networks = tuple(name for name in order if name in build.networks)
+    return Topology(tuple(build.services), networks, tuple(build.volumes))

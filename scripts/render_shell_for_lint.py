@@ -1,0 +1,34 @@
+"""Render every env in envs/ and copy its shell scripts to OUT_DIR for shellcheck.
+
+Usage: python scripts/render_shell_for_lint.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from tracker_deployer import paths
+from tracker_deployer.config import load_env
+from tracker_deployer.render import render
+
+
+def main(out_dir: Path) -> int:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    count = 0
+    for env_file in sorted(paths.ENVS_DIR.glob("*.json")):
+        tree = render(load_env(env_file))
+        for item in tree.files:
+            if item.content.startswith(b"#!/usr/bin/env bash") or item.path.suffix == ".sh":
+                target = out_dir / env_file.stem / item.path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(item.content)
+                count += 1
+    print(f"rendered {count} shell scripts into {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))

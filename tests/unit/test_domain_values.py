@@ -1,0 +1,130 @@
+"""The small domain values: valid by construction, clear errors otherwise."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from tracker_deployer.config.model import (
+    BindAddress,
+    CronSchedule,
+    InvalidValue,
+    Secret,
+    parse_environment_name,
+)
+
+from tests.helpers import parse
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "0 3 * * *",
+        "*/15 * * * *",
+        "0 0 1,15 * mon-fri",
+        "5 4 * * sun",
+        "0 22 * jan-mar 1-5",
+        "0 3 * * 7",
+        "* * * * *",
+    ],
+)
+def test_cron_schedule_accepts_real_five_field_cron(expression: str) -> None:
+    assert str(CronSchedule.parse(expression)) == expression
+
+
+@pytest.mark.parametrize(
+    ("expression", "fragment"),
+    [
+        ("0 25 * * *", "hour 25 is out of range 0-23"),
+        ("*/0 * * * *", "step '0' must be a whole number of at least 1"),
+        ("* * * *", "it has 4 fields"),
+        ("0 3 * * * *", "it has 6 fields"),
+        ("@daily", "cron nickname"),
+        ("60 * * * *", "minute 60 is out of range 0-59"),
+        ("* * 0 * *", "day of month 0 is out of range 1-31"),
+        ("* * * 13 *", "month 13 is out of range 1-12"),
+        ("* * * * 8", "day of week 8 is out of range 0-7"),
+        ("5-1 * * * *", "runs backwards"),
+        ("a * * * *", "is not a number"),
+        ("1,,2 * * * *", "empty list item"),
+        ("", "it has 0 fields"),
+    ],
+)
+def test_cron_schedule_rejects_with_the_reason(expression: str, fragment: str) -> None:
+    with pytest.raises(InvalidValue) as caught:
+        CronSchedule.parse(expression)
+    assert fragment in caught.value.message
+    assert caught.value.hint
+
+
+def test_cron_schedule_next_runs_takes_time_as_a_parameter() -> None:
+    start = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    runs = CronSchedule.parse("0 3 * * *").next_runs(start, 2)
+    assert [run.isoformat() for run in runs] == [
+        "2026-11-28T03:00:00+00:00",
+        "2026-11-29T03:00:00+00:00",
+    ]
+
+
+def test_secret_never_shows_its_value() -> None:
+    secret = Secret.parse("hunter2")
+    assert "hunter2" not in repr(secret)
+    assert "hunter2" not in str(secret)
+    assert "hunter2" not in f"{secret} {secret!r}"
+    assert secret.reveal() == "hunter2"
+
+
+@pytest.mark.parametrize("value", ["a\nb", "tab\there", "nul\x00", ""])
+def test_secret_rejects_control_characters_and_empty(value: str) -> None:
+    with pytest.raises(InvalidValue):
+        Secret.parse(value)
+
+
+def test_parsed_env_repr_hides_every_secret(mysql_data: dict[str, Any]) -> None:
+    mysql_data["tracker"]["core"]["database"]["password"] = "db-pass-XYZ"
+    mysql_data["mysql"]["root_password"] = "root-pass-XYZ"
+    mysql_data["tracker"]["http_api"]["admin_token"] = "token-XYZ"
+    env = parse(mysql_data)
+    text = repr(env)
+    for secret in ("db-pass-XYZ", "root-pass-XYZ", "token-XYZ"):
+        assert secret not in text
+    assert set(env.secrets()) >= {"db-pass-XYZ", "root-pass-XYZ", "token-XYZ"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.0.0.0:6969", "0.0.0.0:6969"),
+        ("[::]:7070", "[::]:7070"),
+        ("127.0.0.1:1313", "127.0.0.1:1313"),
+    ],
+)
+def test_bind_address_parses_ipv4_and_ipv6(text: str, expected: str) -> None:
+    assert str(BindAddress.parse(text)) == expected
+
+
+@pytest.mark.parametrize("text", ["6969", "localhost:6969", "0.0.0.0:99999", "0.0.0.0:", "[::1]"])
+def test_bind_address_rejects_malformed(text: str) -> None:
+    with pytest.raises(InvalidValue):
+        BindAddress.parse(text)
+
+
+def test_environment_name_limits() -> None:
+    assert parse_environment_name("a" * 63) == "a" * 63
+    with pytest.raises(InvalidValue, match="63"):
+        parse_environment_name("a" * 64)
+
+
+def test_backup_section_empty_means_defaults(sqlite_data: dict[str, Any]) -> None:
+    sqlite_data["backup"] = {}
+    env = parse(sqlite_data)
+    assert env.backup is not None
+    assert str(env.backup.schedule) == "0 3 * * *"
+    assert env.backup.retention_days == 7
+    assert env.backup.compression_level == 6
+
+
+def test_backup_absent_means_off(sqlite_data: dict[str, Any]) -> None:
+    del sqlite_data["backup"]
+    assert parse(sqlite_data).backup is None

@@ -1,0 +1,200 @@
+"""Rendering: layout, modes, determinism, quoting of secrets, manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import yaml
+from tracker_deployer.render import render, write_tree
+
+from tests.helpers import SAMPLES, parse, sample_data
+
+HOSTILE = "p a'ss\"w$(touch /tmp/pwned)`id`;#\\ ünï 🙂"
+
+
+def test_mysql_backup_tree_has_every_file_of_the_design(mysql_data: dict[str, Any]) -> None:
+    tree = render(parse(mysql_data))
+    assert [str(path) for path in tree.paths] == [
+        "/etc/cron.d/tracker-backup",
+        "/etc/logrotate.d/tracker-backup",
+        "/opt/torrust/.env",
+        "/opt/torrust/docker-compose.yml",
+        "/opt/torrust/storage/backup/etc/backup-paths.txt",
+        "/opt/torrust/storage/backup/etc/backup.conf",
+        "/opt/torrust/storage/grafana/provisioning/dashboards/torrust.yml",
+        "/opt/torrust/storage/grafana/provisioning/dashboards/torrust/tracker.json",
+        "/opt/torrust/storage/grafana/provisioning/datasources/prometheus.yml",
+        "/opt/torrust/storage/prometheus/etc/prometheus.yml",
+        "/opt/torrust/storage/tracker/etc/tracker.toml",
+        "/usr/local/bin/maintenance-backup.sh",
+    ]
+
+
+def test_no_backup_means_no_backup_files(sqlite_data: dict[str, Any]) -> None:
+    del sqlite_data["backup"]
+    names = [str(path) for path in render(parse(sqlite_data)).paths]
+    assert not [name for name in names if "backup" in name]
+    assert "backup:" not in render(parse(sqlite_data)).text("/opt/torrust/docker-compose.yml")
+
+
+def test_https_renders_a_caddyfile_with_each_proxied_domain(mysql_data: dict[str, Any]) -> None:
+    mysql_data["tracker"]["http_api"].update({"domain": "api.example.com", "use_tls_proxy": True})
+    mysql_data["https"] = {"admin_email": "admin@example.com", "use_staging": True}
+    caddyfile = render(parse(mysql_data)).text("/opt/torrust/storage/caddy/etc/Caddyfile")
+    assert "email admin@example.com" in caddyfile
+    assert "acme-staging-v02" in caddyfile
+    assert "api.example.com {\n\treverse_proxy tracker:1212\n}" in caddyfile
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_rendering_twice_gives_byte_identical_trees(name: str, tmp_path: Path) -> None:
+    env = parse(sample_data(name))
+    first = write_tree(render(env), tmp_path / "a")
+    second = write_tree(render(env), tmp_path / "b")
+    files_a = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    assert files_a == files_b
+    for relative in files_a:
+        assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
+        assert (first / relative).stat().st_mode == (second / relative).stat().st_mode
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_manifest_lists_every_file_with_its_checksum_and_mode(name: str, tmp_path: Path) -> None:
+    out = write_tree(render(parse(sample_data(name))), tmp_path / "out")
+    manifest = json.loads((out / "manifest.json").read_text())
+    on_disk = sorted("/" + str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    on_disk.remove("/manifest.json")
+    assert [entry["path"] for entry in manifest["files"]] == on_disk
+    for entry in manifest["files"]:
+        local = out / entry["path"].lstrip("/")
+        assert hashlib.sha256(local.read_bytes()).hexdigest() == entry["sha256"]
+        assert f"{stat.S_IMODE(local.stat().st_mode):04o}" == entry["mode"]
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_files_with_secrets_are_never_world_readable(name: str) -> None:
+    data = sample_data(name)
+    data["tracker"]["http_api"]["admin_token"] = "secret-token-1f3a"
+    if "grafana" in data:
+        data["grafana"]["admin_password"] = "secret-grafana-9c2e"
+    if "mysql" in data:
+        data["mysql"]["root_password"] = "secret-root-4b7d"
+        data["tracker"]["core"]["database"]["password"] = "secret-db-8e1f"
+    env = parse(data)
+    tree = render(env)
+    secrets = env.secrets()
+    for item in tree.files:
+        text = item.content.decode()
+        holds_secret = any(secret in text for secret in secrets)
+        if holds_secret:
+            assert item.secret, item.path
+        if item.secret:
+            assert item.mode & 0o007 == 0, f"{item.path} is {item.mode:04o}"
+
+
+def test_hostile_secrets_read_back_exactly_from_toml_and_yaml(mysql_data: dict[str, Any]) -> None:
+    mysql_data["tracker"]["core"]["database"]["password"] = HOSTILE
+    mysql_data["tracker"]["http_api"]["admin_token"] = HOSTILE + "-token"
+    tree = render(parse(mysql_data))
+    toml = tomllib.loads(tree.text("/opt/torrust/storage/tracker/etc/tracker.toml"))
+    assert toml["http_api"]["access_tokens"]["admin"] == HOSTILE + "-token"
+    url = urlsplit(toml["core"]["database"]["path"])
+    assert url.scheme == "mysql"
+    assert unquote(url.username or "") == "tracker_user"
+    assert unquote(url.password or "") == HOSTILE
+    assert (url.hostname, url.port, url.path) == ("mysql", 3306, "/torrust_tracker")
+    prometheus = yaml.safe_load(tree.text("/opt/torrust/storage/prometheus/etc/prometheus.yml"))
+    assert prometheus["scrape_configs"][0]["params"]["token"] == [HOSTILE + "-token"]
+
+
+def test_hostile_password_reads_back_exactly_from_backup_conf_in_bash(
+    mysql_data: dict[str, Any], tmp_path: Path
+) -> None:
+    mysql_data["tracker"]["core"]["database"]["password"] = HOSTILE
+    conf = tmp_path / "backup.conf"
+    conf.write_bytes(
+        render(parse(mysql_data)).file("/opt/torrust/storage/backup/etc/backup.conf").content
+    )
+    result = subprocess.run(
+        ["bash", "-c", '. "$1"; printf "%s" "$DB_PASSWORD"', "_", str(conf)],
+        capture_output=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert result.stdout.decode() == HOSTILE
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_sqlite_backup_conf_points_at_the_tracker_database(sqlite_data: dict[str, Any]) -> None:
+    text = render(parse(sqlite_data)).text("/opt/torrust/storage/backup/etc/backup.conf")
+    assert "DB_TYPE='sqlite'\n" in text
+    assert "DB_PATH='/data/storage/tracker/lib/database/tracker.db'\n" in text
+    assert "DB_PASSWORD" not in text
+    toml = tomllib.loads(
+        render(parse(sqlite_data)).text("/opt/torrust/storage/tracker/etc/tracker.toml")
+    )
+    assert toml["core"]["database"] == {
+        "driver": "sqlite3",
+        "path": "/var/lib/torrust/tracker/database/tracker.db",
+    }
+
+
+def test_backup_paths_list_every_config_file_once(mysql_data: dict[str, Any]) -> None:
+    text = render(parse(mysql_data)).text("/opt/torrust/storage/backup/etc/backup-paths.txt")
+    entries = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(entries) == len(set(entries))
+    assert "/data/storage/tracker/etc/tracker.toml" in entries
+    assert "/data/compose/docker-compose.yml" in entries
+    assert "/data/compose/.env" in entries
+    assert all(entry.startswith(("/data/storage/", "/data/compose/")) for entry in entries)
+
+
+def test_cron_file_follows_cron_d_rules(mysql_data: dict[str, Any]) -> None:
+    mysql_data["backup"]["schedule"] = "*/30 1-5 * * mon-fri"
+    item = render(parse(mysql_data)).file("/etc/cron.d/tracker-backup")
+    text = item.content.decode()
+    assert item.mode == 0o644
+    assert "." not in item.path.name
+    assert text.endswith("\n")
+    assert "\r" not in text
+    assert 'MAILTO=""\n' in text
+    job = [
+        line
+        for line in text.splitlines()
+        if line and not line.startswith("#") and "=" not in line.split()[0]
+    ]
+    assert job == [
+        "*/30 1-5 * * mon-fri root cd /opt/torrust && /usr/local/bin/maintenance-backup.sh --quiet"
+    ]
+    assert "%" not in job[0]
+
+
+def test_write_tree_refuses_a_foreign_non_empty_directory(
+    sqlite_data: dict[str, Any], tmp_path: Path
+) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(Exception, match=r"holds no manifest\.json"):
+        write_tree(render(parse(sqlite_data)), tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_write_tree_replaces_an_earlier_render_without_leftovers(
+    mysql_data: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    write_tree(render(parse(mysql_data)), out)
+    del mysql_data["backup"]
+    write_tree(render(parse(mysql_data)), out)
+    assert not (out / "etc/cron.d/tracker-backup").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert os.access(out / "opt/torrust/docker-compose.yml", os.R_OK)
