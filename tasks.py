@@ -21,10 +21,25 @@ from tracker_deployer.config import Env, env_path, load_env
 from tracker_deployer.config.template import starter_config_text
 from tracker_deployer.describe import describe_env
 from tracker_deployer.errors import ConfigError, DeployError
+from tracker_deployer.remote import deploy as remote
+from tracker_deployer.remote.deploy import target_for
+from tracker_deployer.remote.plan import Scope
+from tracker_deployer.remote.ssh import SshHost, Target
+from tracker_deployer.render import RenderedTree, write_tree
 from tracker_deployer.render import render as render_tree
-from tracker_deployer.render import write_tree
 
 ENV_HELP = "environment: NAME for envs/NAME.json, or a path to a config file"
+HOST_HELP = "target host (overrides ssh_credentials.host)"
+DRY_RUN_HELP = "print the plan (secrets masked) and change nothing; opens no connection"
+KNOWN_HOSTS_HELP = "known_hosts file to check the host key against (default ~/.ssh/known_hosts)"
+ACCEPT_HELP = "accept and record the host key if this host was never seen (first contact only)"
+REMOTE_HELP = {
+    "env": ENV_HELP,
+    "host": HOST_HELP,
+    "dry_run": DRY_RUN_HELP,
+    "known_hosts": KNOWN_HOSTS_HELP,
+    "accept_new_host_key": ACCEPT_HELP,
+}
 
 
 @contextmanager
@@ -54,6 +69,25 @@ def _load(env: str) -> Env:
 
 def _out_dir(env: Env, out: str) -> Path:
     return Path(out) if out else paths.BUILD_DIR / env.name
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _render_for_remote(parsed: Env) -> RenderedTree:
+    """Render and write build/NAME, so what lands on the host can be read locally."""
+    tree = render_tree(parsed)
+    write_tree(tree, _out_dir(parsed, ""))
+    return tree
+
+
+def _target(parsed: Env, host: str, known_hosts: str, accept: bool, dry_run: bool) -> Target | None:
+    if dry_run and not (host or parsed.ssh.host):
+        return None
+    return target_for(
+        parsed, host or None, known_hosts=known_hosts or None, accept_new_host_key=accept
+    )
 
 
 @task(help={"env": ENV_HELP})
@@ -112,4 +146,114 @@ def create_template(
         print(f"wrote {target}; edit the 'change-me' values, then: inv validate --env {target}")
 
 
-ns = Collection(validate, render, create_template)
+@task(help=REMOTE_HELP)
+def push(
+    c: Context,
+    env: str = "",
+    host: str = "",
+    dry_run: bool = False,
+    known_hosts: str = "",
+    accept_new_host_key: bool = False,
+) -> None:
+    """Upload the rendered /opt/torrust tree (only files whose sha256 differs)."""
+    with _errors():
+        parsed = _load(env)
+        tree = _render_for_remote(parsed)
+        target = _target(parsed, host, known_hosts, accept_new_host_key, dry_run)
+        if dry_run:
+            print(remote.dry_run(tree, parsed, target, [Scope.PUSH]))
+            return
+        assert target is not None
+        with SshHost(target) as connection:
+            remote.push(connection, tree, _say)
+
+
+@task(name="install-cron", help=REMOTE_HELP)
+def install_cron(
+    c: Context,
+    env: str = "",
+    host: str = "",
+    dry_run: bool = False,
+    known_hosts: str = "",
+    accept_new_host_key: bool = False,
+) -> None:
+    """Install (or, with backups off, remove) the maintenance script, cron.d and logrotate files."""
+    with _errors():
+        parsed = _load(env)
+        tree = _render_for_remote(parsed)
+        target = _target(parsed, host, known_hosts, accept_new_host_key, dry_run)
+        if dry_run:
+            print(remote.dry_run(tree, parsed, target, [Scope.CRON]))
+            return
+        assert target is not None
+        with SshHost(target) as connection:
+            remote.install_cron(connection, tree, _say)
+
+
+@task(help=REMOTE_HELP)
+def deploy(
+    c: Context,
+    env: str = "",
+    host: str = "",
+    dry_run: bool = False,
+    known_hosts: str = "",
+    accept_new_host_key: bool = False,
+) -> None:
+    """Validate, render, check the host, push, install cron, compose up, report health."""
+    with _errors():
+        parsed = _load(env)
+        tree = _render_for_remote(parsed)
+        target = _target(parsed, host, known_hosts, accept_new_host_key, dry_run)
+        if dry_run:
+            print(remote.dry_run(tree, parsed, target, [Scope.PUSH, Scope.CRON]))
+            return
+        assert target is not None
+        with SshHost(target) as connection:
+            result = remote.deploy(connection, tree, _say)
+        print(f"deployed {parsed.name} to {target}")
+        for row in result.services:
+            print(
+                f"  {row['service']:12} {row['state']:10} health={row['health']:10} {row['status']}"
+            )
+        unhealthy = [
+            row["service"]
+            for row in result.services
+            if row["state"] != "running" or row["health"] not in ("healthy", "-")
+        ]
+        if unhealthy:
+            raise DeployError(
+                f"services not healthy after deploy: {', '.join(unhealthy)}",
+                "on the host: cd /opt/torrust && docker compose logs --tail 50 SERVICE",
+            )
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "host": HOST_HELP,
+        "known_hosts": KNOWN_HOSTS_HELP,
+        "accept_new_host_key": ACCEPT_HELP,
+    }
+)
+def backup(
+    c: Context,
+    env: str = "",
+    host: str = "",
+    known_hosts: str = "",
+    accept_new_host_key: bool = False,
+) -> None:
+    """Run a backup now on the host (the maintenance script), streaming its log."""
+    with _errors():
+        parsed = _load(env)
+        target = _target(parsed, host, known_hosts, accept_new_host_key, False)
+        assert target is not None
+        with SshHost(target) as connection:
+            code = remote.run_backup(connection, _say)
+        if code != 0:
+            raise Exit(
+                f"error: the backup failed with exit code {code} (see the log above)", code=code
+            )
+        print("backup complete")
+
+
+ns = Collection(validate, render, create_template, push, install_cron, deploy, backup)

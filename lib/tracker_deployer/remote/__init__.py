@@ -1,0 +1,1 @@
+"""Getting the rendered tree onto a host: plans (pure) and their application over SSH."""

@@ -1,0 +1,316 @@
+"""Push, install-cron, deploy and backup: plans applied to a host over SSH.
+
+Each operation: probe the host (one command), compute the plan (pure, in
+``plan``), upload what changed, apply it with one root script. ``dry_run``
+variants print the plan and never connect.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from tracker_deployer import paths
+from tracker_deployer.config.model import Env
+from tracker_deployer.errors import DeployError, RemoteError
+from tracker_deployer.remote.plan import (
+    PROBE_SCRIPT,
+    STATE_FILE,
+    Change,
+    Plan,
+    Scope,
+    diff,
+    dry_run_plan,
+    parse_probe,
+    parse_state_file,
+    probe_paths,
+    render_apply_script,
+    services_to_restart,
+)
+from tracker_deployer.remote.ssh import DEFAULT_KNOWN_HOSTS, Result, SshHost, Target
+from tracker_deployer.render import RenderedTree
+
+Say = Callable[[str], None]
+
+COMPOSE = (
+    f"docker compose --project-directory {shlex.quote(str(paths.DEPLOY_DIR))} "
+    f"-f {shlex.quote(str(paths.COMPOSE_FILE))}"
+)
+UP_TIMEOUT_SECONDS = 600
+
+
+class Masker:
+    """Replaces every secret of an environment in text shown to people."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "********")
+        return text
+
+
+def target_for(
+    env: Env,
+    host: str | None = None,
+    *,
+    known_hosts: str | None = None,
+    accept_new_host_key: bool = False,
+) -> Target:
+    chosen = host or env.ssh.host
+    if not chosen:
+        raise DeployError(
+            f"no target host for environment {env.name}",
+            'pass --host ADDRESS, or set "host" in ssh_credentials',
+        )
+    return Target(
+        host=chosen,
+        port=env.ssh.port,
+        user=env.ssh.username,
+        private_key_path=env.ssh.private_key_path,
+        known_hosts_path=known_hosts or DEFAULT_KNOWN_HOSTS,
+        accept_new_host_key=accept_new_host_key,
+    )
+
+
+# --------------------------------------------------------------------------- dry runs
+
+
+def describe_plan(plan: Plan, title: str, mask: Masker) -> list[str]:
+    lines = [title]
+    for directory in plan.directories:
+        lines.append(
+            f"  directory {directory.path}  ({directory.mode:04o} {directory.uid}:{directory.gid})"
+        )
+    for step in plan.steps:
+        lines.append("  " + mask(step.describe()))
+    return lines
+
+
+def dry_run(tree: RenderedTree, env: Env, target: Target | None, scopes: Sequence[Scope]) -> str:
+    """The plan as text, secrets masked; opens no connection."""
+    mask = Masker(env.secrets())
+    where = str(target) if target else "(no host given)"
+    lines = [f"dry run for {env.name} on {where}: nothing is changed, no connection is opened"]
+    for scope in scopes:
+        plan = dry_run_plan(tree, scope)
+        lines += describe_plan(
+            plan, f"{scope.value}: ensure (uploaded only where the sha256 differs):", mask
+        )
+        if scope is Scope.CRON and env.backup is None:
+            lines.append(
+                "  remove /usr/local/bin/maintenance-backup.sh, /etc/cron.d/tracker-backup,"
+            )
+            lines.append("         /etc/logrotate.d/tracker-backup (backup is off)")
+    if Scope.PUSH in scopes:
+        lines.append(mask(f"then: {COMPOSE} up -d --wait (restart services whose config changed)"))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- apply
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    plan: Plan
+
+    @property
+    def summary(self) -> str:
+        return self.plan.summary()
+
+
+def _previously(host: SshHost) -> tuple[PurePosixPath, ...]:
+    result = host.run(f"cat {shlex.quote(str(STATE_FILE))} 2>/dev/null || true")
+    return parse_state_file(result.stdout)
+
+
+def _run_script(host: SshHost, script: str, *args: str) -> Result:
+    """Upload ``script`` and run it as root (scripts never go through stdin:
+    Invoke feeds stdin a byte at a time, which takes seconds per kilobyte)."""
+    staging = _mktemp(host)
+    try:
+        host.put(script.encode(), f"{staging}/script.sh")
+        quoted = " ".join(shlex.quote(arg) for arg in args)
+        return host.run(f"bash {shlex.quote(staging + '/script.sh')} {quoted}")
+    finally:
+        _cleanup(host, staging)
+
+
+def _mktemp(host: SshHost) -> str:
+    result = host.check("mktemp -d /tmp/tracker-deployer.XXXXXXXX", "mktemp", root=False)
+    return result.stdout.strip()
+
+
+def _cleanup(host: SshHost, staging: str) -> None:
+    host.run(f"rm -rf -- {shlex.quote(staging)}", root=False)
+
+
+def plan_on_host(
+    host: SshHost, tree: RenderedTree, scope: Scope
+) -> tuple[Plan, tuple[PurePosixPath, ...]]:
+    previously = _previously(host)
+    wanted = probe_paths(tree, scope, previously)
+    result = _run_script(host, PROBE_SCRIPT, *wanted)
+    if not result.ok:
+        raise RemoteError(
+            f"could not inspect files on {host.target.host}: {result.stderr.strip()}",
+            "check that the SSH user can run commands as root",
+        )
+    return diff(tree, scope, parse_probe(result.stdout), previously), previously
+
+
+def apply_plan(host: SshHost, plan: Plan, previously: Sequence[PurePosixPath], say: Say) -> Applied:
+    recorded = {p for p in previously if plan.scope.owns(p)}
+    if not plan.has_changes and recorded == set(plan.managed_after):
+        return Applied(plan)
+    staging = _mktemp(host)
+    try:
+        for index, step in enumerate(plan.steps):
+            if step.change in (Change.CREATE, Change.UPDATE) and step.file is not None:
+                host.put(step.file.content, f"{staging}/{index}")
+        host.put(render_apply_script(plan, staging, previously).encode(), f"{staging}/apply.sh")
+        result = host.run(f"bash {shlex.quote(staging + '/apply.sh')}")
+        if not result.ok:
+            raise RemoteError(
+                f"applying the {plan.scope.value} plan on {host.target.host} failed: "
+                f"{result.stderr.strip()}",
+                "check free disk space and permissions on the host, then run again",
+            )
+    finally:
+        _cleanup(host, staging)
+    for step in plan.steps:
+        if step.change is not Change.UNCHANGED:
+            say("  " + step.describe())
+    return Applied(plan)
+
+
+def push(host: SshHost, tree: RenderedTree, say: Say) -> Applied:
+    plan, previously = plan_on_host(host, tree, Scope.PUSH)
+    applied = apply_plan(host, plan, previously, say)
+    say(f"push: {applied.summary}")
+    return applied
+
+
+def install_cron(host: SshHost, tree: RenderedTree, say: Say) -> Applied:
+    plan, previously = plan_on_host(host, tree, Scope.CRON)
+    applied = apply_plan(host, plan, previously, say)
+    say(f"install-cron: {applied.summary}")
+    return applied
+
+
+# --------------------------------------------------------------------------- deploy
+
+
+def check_host(host: SshHost) -> None:
+    """Docker, Compose v2 and cron present and working, else name what is missing."""
+    checks = [
+        (
+            "command -v docker",
+            "docker is not installed",
+            "install Docker Engine (docker.io or docker-ce)",
+        ),
+        (
+            "docker info --format '{{.ServerVersion}}'",
+            "the Docker daemon is not reachable",
+            "start it: `systemctl start docker` (or dockerd)",
+        ),
+        (
+            "docker compose version --short",
+            "Docker Compose v2 (`docker compose`) is missing",
+            "install the docker-compose-plugin (or Debian's docker-compose >= 2) package",
+        ),
+        ("command -v flock", "flock is missing", "install util-linux"),
+        ("test -d /etc/cron.d", "/etc/cron.d is missing (no cron daemon?)", "install cron"),
+    ]
+    for command, problem, hint in checks:
+        result = host.run(command)
+        if not result.ok:
+            raise RemoteError(f"{host.target.host}: {problem}", hint)
+
+
+def compose_up(host: SshHost, restart: Sequence[str], say: Say) -> None:
+    say(f"compose: up -d --wait in {paths.DEPLOY_DIR}")
+    result = host.run(
+        f"{COMPOSE} up -d --wait --remove-orphans", stream=say, timeout=UP_TIMEOUT_SECONDS
+    )
+    if not result.ok:
+        raise RemoteError(
+            f"`docker compose up` failed on {host.target.host} (exit {result.exit_code})",
+            f"see the output above; on the host: cd {paths.DEPLOY_DIR} && docker compose ps -a "
+            "&& docker compose logs --tail 50",
+        )
+    if restart:
+        say(f"compose: restarting {', '.join(restart)} (its configuration changed)")
+        result = host.run(f"{COMPOSE} restart " + " ".join(restart), stream=say)
+        if not result.ok:
+            raise RemoteError(f"restarting {', '.join(restart)} failed on {host.target.host}")
+
+
+def service_health(host: SshHost) -> list[dict[str, str]]:
+    result = host.run(f"{COMPOSE} ps --all --format json")
+    if not result.ok:
+        raise RemoteError(
+            f"`docker compose ps` failed on {host.target.host}: {result.stderr.strip()}"
+        )
+    return parse_compose_ps(result.stdout)
+
+
+def parse_compose_ps(output: str) -> list[dict[str, str]]:
+    """`docker compose ps --format json`: one JSON array, or one object per line."""
+    text = output.strip()
+    if not text:
+        return []
+    records: list[dict[str, object]]
+    if text.startswith("["):
+        records = json.loads(text)
+    else:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = []
+    for record in records:
+        rows.append(
+            {
+                "service": str(record.get("Service", "")),
+                "state": str(record.get("State", "")),
+                "health": str(record.get("Health", "")) or "-",
+                "status": str(record.get("Status", "")),
+            }
+        )
+    return sorted(rows, key=lambda row: row["service"])
+
+
+@dataclass(frozen=True, slots=True)
+class DeployResult:
+    push: Applied
+    cron: Applied
+    restarted: tuple[str, ...]
+    services: list[dict[str, str]]
+
+
+def deploy(host: SshHost, tree: RenderedTree, say: Say) -> DeployResult:
+    say(f"checking {host.target.host}")
+    check_host(host)
+    pushed = push(host, tree, say)
+    cron = install_cron(host, tree, say)
+    restart = services_to_restart(
+        step.path for step in pushed.plan.steps if step.change in (Change.UPDATE, Change.METADATA)
+    )
+    compose_up(host, restart, say)
+    services = service_health(host)
+    return DeployResult(pushed, cron, restart, services)
+
+
+def run_backup(host: SshHost, say: Say) -> int:
+    """Run the maintenance script now, streaming its log; its exit code."""
+    script = shlex.quote(str(paths.MAINTENANCE_SCRIPT))
+    exists = host.run(f"test -x {script}")
+    if not exists.ok:
+        raise RemoteError(
+            f"{paths.MAINTENANCE_SCRIPT} is not installed on {host.target.host}",
+            'turn backups on (a "backup" section) and run `inv deploy` or `inv install-cron`',
+        )
+    result = host.run(f"cd {shlex.quote(str(paths.DEPLOY_DIR))} && {script}", stream=say)
+    return result.exit_code

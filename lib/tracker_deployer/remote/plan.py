@@ -1,0 +1,262 @@
+"""What would change on the host: pure Python over plain data (pyinfra's shape).
+
+``desired_state`` turns a rendered tree into the files and directories the host
+must have; ``diff`` compares that with what a probe found on the host and
+returns a :class:`Plan` of steps; ``render_apply_script`` turns the plan into
+the one shell script that applies it. No network here: ``remote.ssh`` is the
+only module that talks to a host.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import PurePosixPath
+
+from tracker_deployer import paths
+from tracker_deployer.render import Directory, RenderedFile, RenderedTree
+
+# The deployer's own record of what it put on the host (to remove stale files).
+STATE_DIR = paths.DEPLOY_DIR / ".tracker-deployer"
+STATE_FILE = STATE_DIR / "deployed-files.txt"
+
+# Files managed by `install-cron`; everything under DEPLOY_DIR is `push`'s.
+CRON_FILES = (paths.MAINTENANCE_SCRIPT, paths.CRON_FILE, paths.LOGROTATE_FILE)
+
+
+class Scope(Enum):
+    PUSH = "push"  # the /opt/torrust tree
+    CRON = "cron"  # maintenance script, cron.d and logrotate files
+
+    def owns(self, path: PurePosixPath) -> bool:
+        if self is Scope.PUSH:
+            return path.is_relative_to(paths.DEPLOY_DIR)
+        return path in CRON_FILES
+
+
+class Change(Enum):
+    CREATE = "create"
+    UPDATE = "update"  # content differs
+    METADATA = "metadata"  # same content, mode/owner differ
+    UNCHANGED = "unchanged"
+    REMOVE = "remove"
+    ENSURE = "ensure"  # dry run: uploaded only if the host's copy differs
+
+
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """What the probe found at a path on the host (``sha256`` None = missing)."""
+
+    path: PurePosixPath
+    sha256: str | None
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileStep:
+    change: Change
+    path: PurePosixPath
+    file: RenderedFile | None = None  # None for REMOVE
+
+    def describe(self) -> str:
+        if self.file is None:
+            return f"{self.change.value:9} {self.path}"
+        owner = f"{self.file.uid}:{self.file.gid}"
+        return f"{self.change.value:9} {self.path}  ({self.file.mode:04o} {owner})"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    scope: Scope
+    directories: tuple[Directory, ...]
+    steps: tuple[FileStep, ...]
+    managed_after: tuple[PurePosixPath, ...] = field(default=())
+
+    def count(self, change: Change) -> int:
+        return sum(1 for step in self.steps if step.change is change)
+
+    @property
+    def uploads(self) -> tuple[FileStep, ...]:
+        return tuple(s for s in self.steps if s.change in (Change.CREATE, Change.UPDATE))
+
+    @property
+    def changed_paths(self) -> tuple[PurePosixPath, ...]:
+        return tuple(s.path for s in self.steps if s.change is not Change.UNCHANGED)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changed_paths)
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.count(change)} {label}"
+            for change, label in (
+                (Change.CREATE, "created"),
+                (Change.UPDATE, "changed"),
+                (Change.METADATA, "mode/owner fixed"),
+                (Change.REMOVE, "removed"),
+                (Change.UNCHANGED, "unchanged"),
+            )
+        ]
+        return ", ".join(parts)
+
+
+def desired_files(tree: RenderedTree, scope: Scope) -> tuple[RenderedFile, ...]:
+    return tuple(item for item in tree.files if scope.owns(item.path))
+
+
+def desired_directories(tree: RenderedTree, scope: Scope) -> tuple[Directory, ...]:
+    if scope is Scope.CRON:
+        return ()
+    return tuple(d for d in tree.directories if scope.owns(d.path))
+
+
+def probe_paths(tree: RenderedTree, scope: Scope, previously: Iterable[PurePosixPath]) -> list[str]:
+    """Every path whose state the plan needs: desired files and ones we put there before."""
+    wanted = {item.path for item in desired_files(tree, scope)}
+    if scope is Scope.CRON:
+        wanted.update(CRON_FILES)
+    wanted.update(p for p in previously if scope.owns(p))
+    return sorted(str(p) for p in wanted)
+
+
+def diff(
+    tree: RenderedTree,
+    scope: Scope,
+    found: dict[PurePosixPath, FileState],
+    previously: Iterable[PurePosixPath] = (),
+) -> Plan:
+    """Steps that make the host match ``tree`` within ``scope``."""
+    steps: list[FileStep] = []
+    wanted = desired_files(tree, scope)
+    wanted_paths = {item.path for item in wanted}
+    for item in wanted:
+        state = found.get(item.path)
+        if state is None or state.sha256 is None:
+            steps.append(FileStep(Change.CREATE, item.path, item))
+        elif state.sha256 != item.sha256:
+            steps.append(FileStep(Change.UPDATE, item.path, item))
+        elif (state.mode, state.uid, state.gid) != (item.mode, item.uid, item.gid):
+            steps.append(FileStep(Change.METADATA, item.path, item))
+        else:
+            steps.append(FileStep(Change.UNCHANGED, item.path, item))
+    # Files this tool put there before (or the cron files) that are no longer wanted.
+    stale = {p for p in previously if scope.owns(p)}
+    if scope is Scope.CRON:
+        stale.update(CRON_FILES)
+    for path in sorted(stale - wanted_paths, key=str):
+        state = found.get(path)
+        if state is not None and state.sha256 is not None:
+            steps.append(FileStep(Change.REMOVE, path))
+    managed = tuple(sorted(wanted_paths, key=str))
+    return Plan(scope, desired_directories(tree, scope), tuple(steps), managed)
+
+
+def dry_run_plan(tree: RenderedTree, scope: Scope) -> Plan:
+    """The plan without looking at the host: every desired file is 'ensure'd."""
+    steps = tuple(FileStep(Change.ENSURE, item.path, item) for item in desired_files(tree, scope))
+    return Plan(scope, desired_directories(tree, scope), steps)
+
+
+# --------------------------------------------------------------------------- scripts
+
+
+PROBE_SCRIPT = r"""
+set -o nounset
+for path in "$@"; do
+  if [ -f "$path" ]; then
+    sum=$(sha256sum -- "$path" | cut -d' ' -f1)
+    meta=$(stat -c '%a %u %g' -- "$path")
+    printf 'F\t%s\t%s\t%s\n' "$sum" "$meta" "$path"
+  else
+    printf 'M\t-\t-\t%s\n' "$path"
+  fi
+done
+"""
+
+
+def parse_probe(output: str) -> dict[PurePosixPath, FileState]:
+    """Read the probe script's output: ``F\\tSHA\\tMODE UID GID\\tPATH`` or ``M``."""
+    found: dict[PurePosixPath, FileState] = {}
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        kind, sha, meta, path_text = line.split("\t", 3)
+        path = PurePosixPath(path_text)
+        if kind == "F":
+            mode, uid, gid = meta.split()
+            found[path] = FileState(path, sha, int(mode, 8), int(uid), int(gid))
+        else:
+            found[path] = FileState(path, None)
+    return found
+
+
+def parse_state_file(text: str) -> tuple[PurePosixPath, ...]:
+    return tuple(
+        PurePosixPath(line) for line in text.splitlines() if line.startswith("/") and line.strip()
+    )
+
+
+def render_apply_script(plan: Plan, upload_dir: str, previously: Sequence[PurePosixPath]) -> str:
+    """A shell script (run as root) that applies ``plan``.
+
+    Uploaded files wait in ``upload_dir`` under their step index; each is
+    installed next to its target and renamed over it, so a reader never sees a
+    half-written file. Paths are quoted; no file content is in the script.
+    """
+    q = shlex.quote
+    lines = ["set -o errexit -o nounset", "umask 077"]
+    for directory in plan.directories:
+        lines.append(
+            f"install -d -m {directory.mode:04o} -o {directory.uid} -g {directory.gid} "
+            f"{q(str(directory.path))}"
+        )
+    for index, step in enumerate(plan.steps):
+        target = q(str(step.path))
+        if step.change is Change.REMOVE:
+            lines.append(f"rm -f -- {target}")
+            continue
+        item = step.file
+        assert item is not None
+        if step.change in (Change.CREATE, Change.UPDATE):
+            temporary = q(f"{step.path.parent}/.{step.path.name}.tracker-deployer.tmp")
+            source = q(f"{upload_dir}/{index}")
+            lines.append(f"mkdir -p -- {q(str(step.path.parent))}")
+            lines.append(
+                f"install -m {item.mode:04o} -o {item.uid} -g {item.gid} -T {source} {temporary}"
+            )
+            lines.append(f"mv -f -T {temporary} {target}")
+        elif step.change is Change.METADATA:
+            lines.append(f"chown {item.uid}:{item.gid} -- {target}")
+            lines.append(f"chmod {item.mode:04o} -- {target}")
+    # Remember what we manage, so a later deploy can remove what it drops.
+    keep = sorted(
+        {str(p) for p in previously if not plan.scope.owns(p)}
+        | {str(p) for p in plan.managed_after}
+    )
+    state = q(str(STATE_FILE))
+    lines.append(f"install -d -m 0700 -o 0 -g 0 {q(str(STATE_DIR))}")
+    lines.append(f"printf '%s\\n' {' '.join(q(p) for p in keep)} > {state}.tmp")
+    lines.append(f"chmod 0600 {state}.tmp && mv -f {state}.tmp {state}")
+    return "\n".join(lines) + "\n"
+
+
+def services_to_restart(changed: Iterable[PurePosixPath]) -> tuple[str, ...]:
+    """Services whose bind-mounted config changed (compose does not notice these)."""
+    owners = {
+        paths.TRACKER_CONFIG: "tracker",
+        paths.PROMETHEUS_CONFIG: "prometheus",
+        paths.CADDYFILE: "caddy",
+    }
+    result: set[str] = set()
+    for path in changed:
+        if path in owners:
+            result.add(owners[path])
+        elif path.is_relative_to(paths.GRAFANA_PROVISIONING):
+            result.add("grafana")
+    order = ("tracker", "prometheus", "grafana", "caddy")
+    return tuple(name for name in order if name in result)

@@ -1,0 +1,259 @@
+"""The one module that talks to a host: Fabric (and paramiko) live here only.
+
+:class:`SshHost` runs commands (as root: directly when logged in as root,
+otherwise through ``sudo -n``) and uploads bytes. Host keys are checked
+against a known_hosts file; an unknown host is refused unless the caller
+explicitly accepts a new key (then it is recorded). A changed key is always
+refused.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut, UnexpectedExit
+from paramiko.ssh_exception import (
+    AuthenticationException,
+    BadHostKeyException,
+    NoValidConnectionsError,
+    SSHException,
+)
+
+from tracker_deployer.errors import DeployError, RemoteError
+
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where and how to connect."""
+
+    host: str
+    port: int
+    user: str
+    private_key_path: str
+    known_hosts_path: str = DEFAULT_KNOWN_HOSTS
+    accept_new_host_key: bool = False
+    connect_timeout: int = 15
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class _AcceptNewAndRecord(paramiko.MissingHostKeyPolicy):
+    """Accept a host never seen before and write its key to known_hosts."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(
+        self,
+        client: paramiko.SSHClient,  # noqa: ARG002 - paramiko's signature
+        hostname: str,
+        key: paramiko.PKey,
+    ) -> None:
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        entries = paramiko.HostKeys()
+        if self.known_hosts.exists():
+            entries.load(str(self.known_hosts))
+        entries.add(hostname, key.get_name(), key)
+        entries.save(str(self.known_hosts))
+        self.known_hosts.chmod(0o600)
+
+
+class SshHost:
+    """A connected target host. Use as a context manager."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        key_path = str(Path(target.private_key_path).expanduser())
+        if not Path(key_path).is_file():
+            raise DeployError(
+                f"SSH private key {target.private_key_path} not found",
+                "fix ssh_credentials.private_key_path in the environment config",
+            )
+        self._known_hosts = Path(target.known_hosts_path).expanduser()
+        self._conn = Connection(
+            target.host,
+            user=target.user,
+            port=target.port,
+            config=Config(lazy=True),
+            connect_timeout=target.connect_timeout,
+            connect_kwargs={
+                "key_filename": key_path,
+                "look_for_keys": False,
+                "allow_agent": False,
+            },
+        )
+        client = self._conn.client
+        if self._known_hosts.exists():
+            client.load_host_keys(str(self._known_hosts))
+        if target.accept_new_host_key:
+            client.set_missing_host_key_policy(_AcceptNewAndRecord(self._known_hosts))
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        self.is_root = target.user == "root"
+
+    # -- connection ------------------------------------------------------------
+
+    def __enter__(self) -> SshHost:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        target = self.target
+        try:
+            self._conn.open()
+        except BadHostKeyException:
+            raise RemoteError(
+                f"the host key of {target.host}:{target.port} does not match the one in "
+                f"{self._known_hosts}",
+                "if the host was rebuilt, remove its old line with "
+                f"`ssh-keygen -R '[{target.host}]:{target.port}' -f {self._known_hosts}`; "
+                "otherwise someone may be intercepting the connection",
+            ) from None
+        except SSHException as error:
+            if "not found in known_hosts" in str(error):
+                raise RemoteError(
+                    f"{target.host}:{target.port} is not in {self._known_hosts}",
+                    "check the host's fingerprint, then pass --accept-new-host-key once "
+                    "(or add it with ssh-keyscan)",
+                ) from None
+            if isinstance(error, AuthenticationException):
+                raise RemoteError(
+                    f"SSH login as {target.user} to {target.host}:{target.port} was refused",
+                    "check ssh_credentials.username and that the public key is in the "
+                    "user's ~/.ssh/authorized_keys on the host",
+                ) from None
+            raise RemoteError(
+                f"SSH to {target} failed: {error}", "check that sshd runs on the host"
+            ) from None
+        except NoValidConnectionsError:
+            raise RemoteError(
+                f"cannot connect to {target.host}:{target.port} (connection refused)",
+                "check the host address, ssh_credentials.port and that sshd is running",
+            ) from None
+        except TimeoutError:
+            raise RemoteError(
+                f"connecting to {target.host}:{target.port} timed out after "
+                f"{target.connect_timeout} s",
+                "check the address and any firewall between you and the host",
+            ) from None
+        except (socket.gaierror, OSError) as error:
+            raise RemoteError(
+                f"cannot connect to {target.host}:{target.port}: {error}",
+                "check the host address in ssh_credentials.host or --host",
+            ) from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- commands --------------------------------------------------------------
+
+    def as_root(self, command: str) -> str:
+        """``command`` (a shell string) wrapped to run as root."""
+        if self.is_root:
+            return command
+        return f"sudo -n -- bash -c {shlex.quote(command)}"
+
+    def run(
+        self,
+        command: str,
+        *,
+        root: bool = True,
+        stream: Callable[[str], None] | None = None,
+        timeout: int | None = None,
+    ) -> Result:
+        """Run a shell command; never raises for a non-zero exit (see ``Result``)."""
+        full = self.as_root(command) if root else command
+        out_stream = _LineWriter(stream) if stream else None
+        kwargs: dict[str, Any] = {
+            "hide": True,
+            "warn": True,
+            "pty": False,
+            "in_stream": False,
+            "timeout": timeout,
+        }
+        if out_stream is not None:
+            kwargs["out_stream"] = out_stream
+            kwargs["err_stream"] = out_stream
+        try:
+            result = self._conn.run(full, **kwargs)
+        except CommandTimedOut:
+            raise RemoteError(
+                f"a command on {self.target.host} did not finish within {timeout} s",
+                "look at the host: `docker compose ps` and the backup log",
+            ) from None
+        except UnexpectedExit as error:  # only with warn=False; kept for safety
+            result = error.result
+        except (SSHException, OSError) as error:
+            raise RemoteError(f"lost the SSH connection to {self.target}: {error}") from None
+        if out_stream is not None:
+            out_stream.flush()
+        if not self.is_root and root and result.exited == 1 and "sudo:" in result.stderr:
+            raise RemoteError(
+                f"sudo on {self.target.host} asks for a password or is not allowed for "
+                f"{self.target.user}: {result.stderr.strip()}",
+                f"allow passwordless sudo for {self.target.user} "
+                f"(e.g. '{self.target.user} ALL=(ALL) NOPASSWD:ALL' in /etc/sudoers.d/), "
+                "or connect as root",
+            )
+        return Result(result.exited, result.stdout, result.stderr)
+
+    def check(self, command: str, what: str, *, root: bool = True) -> Result:
+        """Run and raise :class:`RemoteError` naming ``what`` when it fails."""
+        result = self.run(command, root=root)
+        if not result.ok:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            last = detail[-1] if detail else f"exit code {result.exit_code}"
+            raise RemoteError(f"{what} failed on {self.target.host}: {last}")
+        return result
+
+    def put(self, content: bytes, remote_path: str) -> None:
+        """Upload ``content`` to ``remote_path`` as the SSH user (not root)."""
+        try:
+            self._conn.put(io.BytesIO(content), remote=remote_path)
+        except (SSHException, OSError) as error:
+            raise RemoteError(f"uploading {remote_path} to {self.target} failed: {error}") from None
+
+
+class _LineWriter(io.TextIOBase):
+    """A text stream that hands complete lines to a callback."""
+
+    def __init__(self, callback: Callable[[str], None]) -> None:
+        self._callback = callback
+        self._buffer = ""
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        while "\n" in self._buffer:
+            line, self._buffer = self._buffer.split("\n", 1)
+            self._callback(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._callback(self._buffer)
+            self._buffer = ""

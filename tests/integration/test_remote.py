@@ -1,0 +1,279 @@
+"""push / install-cron / dry-run / host keys against a real sshd (and cron)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import REPO_ROOT, sample_data
+from tests.integration.ssh_target import SUDO_USER, SshTarget, require_tools
+
+pytestmark = pytest.mark.integration
+
+INV = str(REPO_ROOT / ".venv/bin/inv")
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[SshTarget]:
+    reason = require_tools()
+    if reason:
+        pytest.fail(reason)
+    with SshTarget(tmp_path / "target") as started:
+        yield started
+
+
+def write_env(tmp_path: Path, data: dict[str, Any], name: str = "env.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def inv(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [INV, *args], capture_output=True, text=True, check=False, cwd=cwd, timeout=300
+    )
+
+
+def manifest_of(build: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((build / "manifest.json").read_text())
+    return data
+
+
+def test_push_uploads_exactly_the_manifest_files_with_their_modes(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-mysql")))
+    result = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
+    assert result.returncode == 0, result.stderr
+    assert "push: 9 created, 0 changed" in result.stdout
+
+    manifest = manifest_of(REPO_ROOT / "build/manual-test-mysql")
+    pushed = [e for e in manifest["files"] if e["path"].startswith("/opt/torrust/")]
+    assert len(pushed) == 9
+    for entry in pushed:
+        local = target.host_path(entry["path"])
+        info = local.stat()
+        assert f"{stat.S_IMODE(info.st_mode):04o}" == entry["mode"], entry["path"]
+        assert (info.st_uid, info.st_gid) == (entry["uid"], entry["gid"]), entry["path"]
+        assert (
+            local.read_bytes()
+            == (REPO_ROOT / "build/manual-test-mysql" / entry["path"].lstrip("/")).read_bytes()
+        )
+    # Nothing else landed in the deploy dir but the deployer's own record.
+    on_target = sorted(
+        "/" + str(p.relative_to(target.root))
+        for p in (target.root / "opt/torrust").rglob("*")
+        if p.is_file()
+    )
+    assert on_target == sorted(
+        [e["path"] for e in pushed] + ["/opt/torrust/.tracker-deployer/deployed-files.txt"]
+    )
+    for entry in manifest["directories"]:
+        info = target.host_path(entry["path"]).stat()
+        assert f"{stat.S_IMODE(info.st_mode):04o}" == entry["mode"], entry["path"]
+        assert (info.st_uid, info.st_gid) == (entry["uid"], entry["gid"]), entry["path"]
+
+
+def test_second_push_uploads_nothing(target: SshTarget, tmp_path: Path) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    first = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
+    assert first.returncode == 0, first.stderr
+    compose = target.host_path("/opt/torrust/docker-compose.yml")
+    before = compose.stat().st_mtime_ns
+    time.sleep(0.05)
+    second = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
+    assert second.returncode == 0, second.stderr
+    assert "push: 0 created, 0 changed, 0 mode/owner fixed, 0 removed, 9 unchanged" in second.stdout
+    assert compose.stat().st_mtime_ns == before
+
+
+def test_push_as_a_sudo_user_gives_the_same_result(target: SshTarget, tmp_path: Path) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite"), user=SUDO_USER))
+    result = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
+    assert result.returncode == 0, result.stderr + target.log.read_text()
+    dotenv = target.host_path("/opt/torrust/.env").stat()
+    assert (dotenv.st_uid, dotenv.st_gid, stat.S_IMODE(dotenv.st_mode)) == (0, 1000, 0o640)
+    assert target.ssh("id -u", user=SUDO_USER).stdout.strip() == "4242"
+
+
+def test_push_repairs_changed_content_and_modes_and_removes_dropped_files(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    data = target.env_data(sample_data("manual-test-mysql"))
+    data["tracker"]["http_api"].update({"domain": "api.example.com", "use_tls_proxy": True})  # type: ignore[index]
+    data["https"] = {"admin_email": "admin@example.com"}
+    env = write_env(tmp_path, data)
+    assert inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts)).returncode == 0
+    caddyfile = target.host_path("/opt/torrust/storage/caddy/etc/Caddyfile")
+    assert caddyfile.is_file()
+
+    # Someone edits a file and loosens a mode on the host; https is dropped.
+    toml = target.host_path("/opt/torrust/storage/tracker/etc/tracker.toml")
+    toml.write_text("tampered\n")
+    target.host_path("/opt/torrust/.env").chmod(0o644)
+    del data["https"]
+    data["tracker"]["http_api"] = {"bind_address": "0.0.0.0:1212", "admin_token": "MyAccessToken"}  # type: ignore[index]
+    env = write_env(tmp_path, data)
+    result = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
+    assert result.returncode == 0, result.stderr
+    assert "0 created, 3 changed, 1 mode/owner fixed, 1 removed" in result.stdout
+    assert "tampered" not in toml.read_text()
+    assert stat.S_IMODE(target.host_path("/opt/torrust/.env").stat().st_mode) == 0o640
+    assert not caddyfile.exists()
+
+
+def test_install_cron_installs_valid_files_and_removes_them_when_backup_is_off(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    data = target.env_data(sample_data("manual-test-sqlite"))
+    env = write_env(tmp_path, data)
+    result = inv("install-cron", "--env", str(env), "--known-hosts", str(target.known_hosts))
+    assert result.returncode == 0, result.stderr
+    assert "install-cron: 3 created" in result.stdout
+    expected = {
+        "/usr/local/bin/maintenance-backup.sh": 0o755,
+        "/etc/cron.d/tracker-backup": 0o644,
+        "/etc/logrotate.d/tracker-backup": 0o644,
+    }
+    for path, mode in expected.items():
+        info = target.host_path(path).stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (mode, 0, 0), path
+    cron = target.host_path("/etc/cron.d/tracker-backup").read_text()
+    assert (
+        "0 3 * * * root cd /opt/torrust && /usr/local/bin/maintenance-backup.sh --quiet\n" in cron
+    )
+    # bash accepts the installed script as a whole
+    syntax = target.ssh("bash -n /usr/local/bin/maintenance-backup.sh")
+    assert syntax.returncode == 0, syntax.stderr
+
+    del data["backup"]
+    env = write_env(tmp_path, data)
+    result = inv("install-cron", "--env", str(env), "--known-hosts", str(target.known_hosts))
+    assert result.returncode == 0, result.stderr
+    assert "3 removed" in result.stdout
+    for path in expected:
+        assert not target.host_path(path).exists(), path
+
+
+def test_dry_run_opens_no_connection_and_masks_secrets(tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(3)
+    port = listener.getsockname()[1]
+    accepted: list[object] = []
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            accepted.append(listener.accept())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    data = sample_data("manual-test-mysql")
+    data["ssh_credentials"].update(host="127.0.0.1", port=port, private_key_path="/nonexistent/key")
+    data["tracker"]["core"]["database"]["password"] = "s3cret-db-password"
+    env = write_env(tmp_path, data)
+    for task in ("push", "install-cron", "deploy"):
+        result = inv(task, "--env", str(env), "--dry-run")
+        assert result.returncode == 0, result.stderr
+        assert "no connection is opened" in result.stdout
+        assert "s3cret-db-password" not in result.stdout + result.stderr
+    watcher.join()
+    listener.close()
+    assert accepted == []
+    assert "ensure    /opt/torrust/.env" in inv("deploy", "--env", str(env), "--dry-run").stdout
+
+
+def test_unknown_host_key_is_refused_unless_accepted_explicitly(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    empty = tmp_path / "known_hosts_empty"
+    refused = inv("push", "--env", str(env), "--known-hosts", str(empty))
+    assert refused.returncode != 0
+    assert "is not in" in refused.stderr
+    assert "--accept-new-host-key" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not target.host_path("/opt/torrust").exists()
+
+    accepted = inv("push", "--env", str(env), "--known-hosts", str(empty), "--accept-new-host-key")
+    assert accepted.returncode == 0, accepted.stderr
+    assert f"[127.0.0.1]:{target.port}" in empty.read_text()
+    assert stat.S_IMODE(empty.stat().st_mode) == 0o600
+
+    # A different key for the same host is refused, flag or not.
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kind, key = (tmp_path / "other_key.pub").read_text().split()[:2]
+    forged = tmp_path / "known_hosts_forged"
+    forged.write_text(f"[127.0.0.1]:{target.port} {kind} {key}\n")
+    changed = inv("push", "--env", str(env), "--known-hosts", str(forged), "--accept-new-host-key")
+    assert changed.returncode != 0
+    assert "does not match" in changed.stderr
+
+
+def test_missing_target_host_is_a_clear_error(tmp_path: Path) -> None:
+    data = sample_data("manual-test-sqlite")
+    env = write_env(tmp_path, data)
+    result = inv("push", "--env", str(env))
+    assert result.returncode == 1
+    assert "no target host" in result.stderr
+    assert "--host" in result.stderr
+
+
+def test_backup_task_explains_when_backups_are_not_installed(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite-no-backup")))
+    result = inv("backup", "--env", str(env), "--known-hosts", str(target.known_hosts))
+    assert result.returncode == 3
+    assert "maintenance-backup.sh is not installed" in result.stderr
+
+
+@pytest.fixture
+def cron_target(tmp_path: Path) -> Iterator[SshTarget]:
+    reason = require_tools()
+    if reason:
+        pytest.fail(reason)
+    if not Path("/usr/sbin/cron").exists():
+        pytest.fail("/usr/sbin/cron is missing: run scripts/setup.sh")
+    with SshTarget(tmp_path / "target", with_cron=True) as started:
+        yield started
+
+
+def test_installed_cron_file_is_fired_by_a_real_cron_daemon(
+    cron_target: SshTarget, tmp_path: Path
+) -> None:
+    data = cron_target.env_data(sample_data("manual-test-sqlite"))
+    data["backup"] = {"schedule": "* * * * *", "retention_days": 3}
+    env = write_env(tmp_path, data)
+    known = str(cron_target.known_hosts)
+    assert inv("push", "--env", str(env), "--known-hosts", known).returncode == 0
+    assert inv("install-cron", "--env", str(env), "--known-hosts", known).returncode == 0
+
+    log = cron_target.host_path("/var/log/tracker-backup.log")
+    deadline = time.monotonic() + 75  # cron fires at the next minute boundary
+    while time.monotonic() < deadline:
+        if log.exists() and "backup run started" in log.read_text():
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"cron did not run the maintenance script within 75 s (log: {log})")
+    # No compose stack runs on this target, so the run fails — visibly, with a reason.
+    deadline = time.monotonic() + 60
+    status = cron_target.host_path("/opt/torrust/storage/backup/status/last-run.env")
+    while time.monotonic() < deadline and not status.exists():
+        time.sleep(1)
+    text = status.read_text()
+    assert "result=failure" in text
+    assert "backup run FAILED" in log.read_text()
