@@ -16,7 +16,7 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
-from tracker_deployer import paths
+from tracker_deployer import image, paths
 from tracker_deployer.config import Env, env_path, load_env
 from tracker_deployer.config.template import starter_config_text
 from tracker_deployer.describe import describe_env
@@ -61,10 +61,14 @@ def _load(env: str) -> Env:
     if not env:
         raise DeployError("no environment given", "pass --env NAME (see envs/) or --env PATH")
     path = env_path(env, paths.ENVS_DIR)
-    shown = path
+    return load_env(path, display=_shown(path))
+
+
+def _shown(path: Path) -> str:
+    """A config path as the operator would write it (relative to here when inside)."""
     if path.is_absolute() and path.is_relative_to(Path.cwd()):
-        shown = path.relative_to(Path.cwd())
-    return load_env(path, display=str(shown))
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
 
 
 def _out_dir(env: Env, out: str) -> Path:
@@ -95,7 +99,7 @@ def validate(c: Context, env: str = "") -> None:
     """Check an environment config; list every problem with its path and a hint."""
     with _errors():
         parsed = _load(env)
-        print(f"{parsed.source}: valid")
+        print(f"{_shown(parsed.source)}: valid")
         print(describe_env(parsed, now=datetime.now(UTC)))
 
 
@@ -256,4 +260,33 @@ def backup(
         print("backup complete")
 
 
-ns = Collection(validate, render, create_template, push, install_cron, deploy, backup)
+@task(
+    name="build-image",
+    help={
+        "tag": f"image tag (default {image.default_tag()}); also tagged :latest unless --no-latest",
+        "latest": "also tag REPOSITORY:latest",
+        "uid": "uid the backup container runs as (must match the host's backup dir owner)",
+        "gid": "gid the backup container runs as",
+    },
+)
+def build_image(
+    c: Context, tag: str = "", latest: bool = True, uid: int = 1000, gid: int = 1000
+) -> None:
+    """Build the backup image from docker/backup (its bats test stage must pass)."""
+    with _errors():
+        chosen = tag or image.default_tag()
+        if ":" not in chosen.rsplit("/", 1)[-1]:
+            raise DeployError(
+                f"--tag {chosen!r} has no version",
+                "use NAME:VERSION, e.g. torrust/tracker-backup:1.0.0",
+            )
+        tags = [chosen]
+        if latest:
+            tags.append(chosen.rpartition(":")[0] + ":latest")
+        built = image.build(paths.REPO_ROOT / "docker/backup", tags, _say, uid=uid, gid=gid)
+        print(f"built {built.image_id}")
+        for name in built.tags:
+            print(f"  tagged {name}")
+
+
+ns = Collection(validate, render, create_template, push, install_cron, deploy, backup, build_image)

@@ -44,6 +44,7 @@ from tracker_deployer.config.model import (
     TrackerCore,
     parse_domain,
     parse_email,
+    parse_email_list,
     parse_environment_name,
     parse_host,
     parse_http_url,
@@ -161,6 +162,7 @@ class _TrackerParts:
     """
 
     database: Database | None = None
+    driver: str | None = None  # as written, even when the database section is broken
     udp_trackers: tuple[Endpoint, ...] = ()
     http_trackers: tuple[Endpoint, ...] = ()
     http_api: Endpoint | None = None
@@ -290,10 +292,12 @@ class _Reader:
             data,
             "",
             required=("environment", "ssh_credentials", "provider", "tracker"),
-            optional=("mysql", "prometheus", "grafana", "https", "backup", "images"),
+            optional=("$schema", "mysql", "prometheus", "grafana", "https", "backup", "images"),
         )
         if top is None:
             return None
+        if "$schema" in top and not isinstance(top["$schema"], str):
+            self.error("$schema", "must be a string", "point it at schemas/environment-config.json")
         name = self.environment(top.get("environment")) if "environment" in top else None
         ssh = self.ssh(top["ssh_credentials"]) if "ssh_credentials" in top else None
         provider = self.provider(top["provider"]) if "provider" in top else None
@@ -306,7 +310,7 @@ class _Reader:
         images = self.images(top["images"]) if "images" in top else Images()
 
         if "tracker" in top:
-            self.cross_checks(top, grafana, https)
+            self.cross_checks(top, grafana)
         optional_sections = {
             "mysql": mysql,
             "prometheus": prometheus,
@@ -400,6 +404,13 @@ class _Reader:
             if image is None:
                 return HetznerProvider(token, server_type, location)
             return HetznerProvider(token, server_type, location, image)
+        # Unknown or missing kind: still report keys no provider knows.
+        self.obj(
+            {k: v for k, v in value.items() if k != "provider"},
+            path,
+            required=(),
+            optional=("profile_name", "api_token", "server_type", "location", "image"),
+        )
         if "provider" not in value:
             self.error(_join(path, "provider"), "is required but missing", 'add "provider": "lxd"')
         else:
@@ -457,6 +468,12 @@ class _Reader:
         health = None
         if "health_check_api" in section:
             health, _ = self.endpoint(section["health_check_api"], "tracker.health_check_api")
+        if udp == () and http == ():
+            self.error(
+                "tracker",
+                "has no UDP and no HTTP tracker: it would serve nothing",
+                'add e.g. "udp_trackers": [{"bind_address": "0.0.0.0:6969"}]',
+            )
         self.parts.udp_trackers = udp or ()
         self.parts.http_trackers = http or ()
         self.parts.http_api = api.endpoint if api is not None else None
@@ -504,6 +521,7 @@ class _Reader:
             self.obj(value, path, required=("driver",), optional=())
             return None
         driver = value.get("driver")
+        self.parts.driver = driver if isinstance(driver, str) else None
         if driver == "sqlite3":
             section = self.obj(value, path, required=("driver", "database_name"), optional=())
             if section is None:
@@ -624,7 +642,7 @@ class _Reader:
         )
         mailto = self.str_(section, "mailto", path)
         if mailto:
-            mailto = self.apply(_join(path, "mailto"), mailto, parse_email)
+            mailto = self.apply(_join(path, "mailto"), mailto, parse_email_list)
         notify = self.typed(section, "notify_url", path, parse_http_url)
         failed = [
             key
@@ -669,17 +687,15 @@ class _Reader:
         self,
         top: Mapping[str, Any],
         grafana: Grafana | None,
-        https: Https | None,
     ) -> None:
         parts = self.parts
-        database = parts.database
-        if isinstance(database, MysqlDatabase) and "mysql" not in top:
+        if parts.driver == "mysql" and "mysql" not in top:
             self.error(
                 "mysql",
                 'is required when tracker.core.database.driver is "mysql"',
                 'add "mysql": {"root_password": "..."}',
             )
-        if isinstance(database, SqliteDatabase) and "mysql" in top:
+        if parts.driver == "sqlite3" and "mysql" in top:
             self.error(
                 "mysql",
                 "is given but the tracker uses SQLite",
@@ -707,7 +723,7 @@ class _Reader:
                 f"is required because {first} uses the TLS proxy",
                 'add "https": {"admin_email": "admin@example.com"}',
             )
-        if "https" in top and https is not None and not any_tls:
+        if "https" in top and not any_tls:
             self.error(
                 "https",
                 "is given but no service uses the TLS proxy",
@@ -793,7 +809,7 @@ def _parse_sqlite_name(value: str) -> str:
         not value
         or "/" in value
         or value in (".", "..")
-        or not all(c.isalnum() or c in "._-" for c in value)
+        or not all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
     ):
         raise InvalidValue(
             f"{value!r} is not a plain file name",

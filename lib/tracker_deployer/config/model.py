@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import Enum
 from pathlib import Path
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 
 class InvalidValue(ValueError):
@@ -70,6 +70,12 @@ class Secret:
 
 # --------------------------------------------------------------------------- small values
 
+
+def _digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes superscript and full-width digits)."""
+    return text.isascii() and text.isdigit()
+
+
 _ENV_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 ENV_NAME_MAX = 63
 
@@ -81,7 +87,7 @@ def parse_environment_name(value: str) -> str:
             "a hostname label allows",
             "use a shorter name, e.g. 'tracker-prod'",
         )
-    if not _ENV_NAME.match(value):
+    if not _ENV_NAME.fullmatch(value):
         raise InvalidValue(
             f"{value!r} is not a lowercase-dash name",
             "use lowercase letters, digits and '-', starting and ending with a letter or "
@@ -94,7 +100,7 @@ _UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 def parse_unix_user(value: str) -> str:
-    if not _UNIX_USER.match(value):
+    if not _UNIX_USER.fullmatch(value):
         raise InvalidValue(
             f"{value!r} is not a valid Linux user name",
             "use lowercase letters, digits, '_' and '-', starting with a letter, "
@@ -117,8 +123,8 @@ def parse_domain(value: str) -> str:
     if (
         len(value) > 253
         or len(labels) < 2
-        or not all(_HOSTNAME_LABEL.match(label) for label in labels)
-        or labels[-1].isdigit()
+        or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
+        or _digits(labels[-1])
     ):
         raise InvalidValue(
             f"{value!r} is not a fully qualified domain name",
@@ -134,7 +140,11 @@ def parse_host(value: str) -> str:
     except ValueError:
         pass
     labels = value.lower().split(".")
-    if len(value) > 253 or not all(_HOSTNAME_LABEL.match(label) for label in labels):
+    if (
+        len(value) > 253
+        or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
+        or _digits(labels[-1])
+    ):
         raise InvalidValue(
             f"{value!r} is neither an IP address nor a host name",
             "use e.g. '203.0.113.10' or 'tracker.example.com'",
@@ -146,9 +156,20 @@ _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+$")
 
 
 def parse_email(value: str) -> str:
-    if not _EMAIL.match(value):
+    if not _EMAIL.fullmatch(value):
         raise InvalidValue(f"{value!r} is not an e-mail address", "use e.g. 'admin@example.com'")
     return value
+
+
+def parse_email_list(value: str) -> str:
+    """cron's MAILTO: one address or a comma-separated list."""
+    addresses = [part.strip(" ") for part in value.split(",")]
+    if not all(_EMAIL.fullmatch(address) for address in addresses):
+        raise InvalidValue(
+            f"{value!r} is not an e-mail address or a comma-separated list of them",
+            "use e.g. 'ops@example.com' or 'ops@example.com,admin@example.com'",
+        )
+    return ",".join(addresses)
 
 
 def parse_key_path(value: str) -> str:
@@ -167,7 +188,7 @@ _IMAGE_REF = re.compile(
 
 
 def parse_image(value: str) -> str:
-    if not _IMAGE_REF.match(value):
+    if not _IMAGE_REF.fullmatch(value):
         raise InvalidValue(
             f"{value!r} is not a Docker image reference",
             "use NAME[:TAG] or NAME@sha256:DIGEST, e.g. 'torrust/tracker:v3.0.0'",
@@ -179,7 +200,7 @@ _URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
 
 
 def parse_http_url(value: str) -> str:
-    if not _URL.match(value):
+    if not _URL.fullmatch(value):
         raise InvalidValue(
             f"{value!r} is not an http(s) URL",
             "use e.g. 'https://hc-ping.com/your-uuid'",
@@ -206,14 +227,20 @@ class BindAddress:
     def parse(cls, value: str) -> BindAddress:
         hint = "use IP:PORT, e.g. '0.0.0.0:6969' (or '[::]:6969' for IPv6)"
         host, sep, port_text = value.rpartition(":")
-        if not sep or not port_text.isdigit():
+        if not sep or not _digits(port_text):
             raise InvalidValue(f"{value!r} is not an IP:PORT address", hint)
-        if host.startswith("[") and host.endswith("]"):
+        bracketed = host.startswith("[") and host.endswith("]")
+        if bracketed:
             host = host[1:-1]
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
             raise InvalidValue(f"{value!r} does not start with an IP address", hint) from None
+        if (ip.version == 6) != bracketed:
+            raise InvalidValue(
+                f"{value!r} mixes up the address forms",
+                "write IPv6 addresses in brackets ('[::]:6969') and IPv4 ones without",
+            )
         return cls(ip, parse_port(int(port_text)))
 
     @property
@@ -245,7 +272,7 @@ def _check_cron_field(text: str, name: str, low: int, high: int, names: tuple[st
         lowered = token.lower()
         if names and lowered in names:
             return names.index(lowered) + (1 if name == "month" else 0)
-        if not token.isdigit():
+        if not _digits(token):
             raise InvalidValue(f"{name} {token!r} is not a number")
         value = int(token)
         if not low <= value <= high:
@@ -257,7 +284,7 @@ def _check_cron_field(text: str, name: str, low: int, high: int, names: tuple[st
             raise InvalidValue(f"{name} has an empty list item")
         base, slash, step = part.partition("/")
         if slash:
-            if not step.isdigit() or int(step) == 0:
+            if not _digits(step) or int(step) == 0:
                 raise InvalidValue(f"{name} step {step!r} must be a whole number of at least 1")
             if int(step) > high:
                 raise InvalidValue(f"{name} step {step} is larger than {high}")
@@ -307,6 +334,13 @@ class CronSchedule:
         # Second opinion: croniter must agree (it also knows names and specials).
         if not croniter.is_valid(value):
             raise InvalidValue(f'"{value}" is not a valid 5-field cron schedule', _CRON_HINT)
+        # A valid expression may still never fire (e.g. "0 3 30 2 *": February 30th).
+        try:
+            croniter(value, datetime(2000, 1, 1)).get_next(datetime)
+        except CroniterBadDateError:
+            raise InvalidValue(
+                f'"{value}" never fires (no such date in any year)', _CRON_HINT
+            ) from None
         return cls(" ".join(fields))
 
     def next_runs(self, start: datetime, count: int) -> list[datetime]:
@@ -442,13 +476,16 @@ class BackupConfig:
     notify_url: str | None = None
 
 
+BACKUP_IMAGE_REPOSITORY = "torrust/tracker-backup"
+BACKUP_IMAGE_VERSION = "1.0.0"  # = the version label in docker/backup/Dockerfile
+
 DEFAULT_IMAGES: dict[str, str] = {
     "tracker": "torrust/tracker:v3.0.0",
     "mysql": "mysql:8.4",
     "prometheus": "prom/prometheus:v3.5.0",
     "grafana": "grafana/grafana:12.1.0",
     "caddy": "caddy:2.10",
-    "backup": "torrust/tracker-backup:1.0.0",
+    "backup": f"{BACKUP_IMAGE_REPOSITORY}:{BACKUP_IMAGE_VERSION}",
 }
 
 

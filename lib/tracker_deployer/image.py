@@ -1,0 +1,91 @@
+"""The backup image: build it (its bats stage must pass) with the Docker SDK."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracker_deployer.config.model import BACKUP_IMAGE_REPOSITORY, BACKUP_IMAGE_VERSION
+from tracker_deployer.errors import DeployError
+
+Say = Callable[[str], None]
+
+# Set by the Dockerfile's final stage: proof that the bats stage ran and passed.
+TESTS_PASSED_MARKER = "/usr/share/tracker-backup/tests-passed"
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltImage:
+    tags: tuple[str, ...]
+    image_id: str
+
+
+def default_tag() -> str:
+    return f"{BACKUP_IMAGE_REPOSITORY}:{BACKUP_IMAGE_VERSION}"
+
+
+def dockerfile_version(context: Path) -> str:
+    """The version the Dockerfile's OCI label declares."""
+    text = (context / "Dockerfile").read_text(encoding="utf-8")
+    match = re.search(r'org\.opencontainers\.image\.version="([^"]+)"', text)
+    if not match:
+        raise DeployError(
+            f"{context}/Dockerfile has no org.opencontainers.image.version label",
+            "add the label to the final stage",
+        )
+    return match.group(1)
+
+
+def _client() -> Any:
+    import docker  # only the image tasks need the SDK
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except DockerException as error:
+        raise DeployError(
+            f"cannot reach the Docker daemon: {error}",
+            "start dockerd (scripts/setup.sh does) and check DOCKER_HOST",
+        ) from None
+    return client
+
+
+def build(
+    context: Path, tags: list[str], say: Say, *, uid: int = 1000, gid: int = 1000
+) -> BuiltImage:
+    """Build ``context`` (running its test stage); tag it with every tag."""
+    from docker.errors import APIError, BuildError
+
+    client = _client()
+    say(f"building {context} (the bats test stage runs as part of the build)")
+    try:
+        image, logs = client.images.build(
+            path=str(context),
+            tag=tags[0],
+            rm=True,
+            forcerm=True,
+            buildargs={"BACKUP_UID": str(uid), "BACKUP_GID": str(gid)},
+        )
+        for chunk in logs:
+            line = str(chunk.get("stream", "")).rstrip()
+            if line:
+                say(line)
+    except BuildError as error:
+        tail = [str(c.get("stream", "")).rstrip() for c in error.build_log][-25:]
+        for line in tail:
+            if line:
+                say(line)
+        raise DeployError(
+            f"building the backup image failed: {error.msg}",
+            "a failing bats test fails the build; run `nox -s bats` to see it on the host",
+        ) from None
+    except APIError as error:
+        raise DeployError(f"Docker refused the build: {error.explanation}") from None
+    for tag in tags[1:]:
+        repository, _, version = tag.rpartition(":")
+        image.tag(repository, version)
+    return BuiltImage(tuple(tags), image.id)
