@@ -1,0 +1,1079 @@
+#!/usr/bin/env bash
+#
+# Database + configuration backups for a Torrust Tracker stack, and their
+# restore. One run writes one backup set; every file of a set appears under
+# its final name only once it is complete and verified.
+#
+# The contract (file names, backup.conf grammar, exit codes) is
+# docs/reference/backup-format.md; usage is in README.md next to this file and
+# in `backup.sh --help`.
+#
+# Runs in the backup container and directly on a host (tests): CONFIG_FILE and
+# BACKUP_ROOT override the container paths. Needs bash, coreutils, gzip (pigz
+# is used when present), tar, flock, sqlite3 and/or the mariadb client.
+
+set -o errexit -o nounset -o pipefail -o errtrace
+
+readonly TOOL_VERSION="1.0.0"
+
+readonly EXIT_INTERNAL=1
+readonly EXIT_CONFIG=2
+readonly EXIT_BACKUP=3
+readonly EXIT_VERIFY=4
+readonly EXIT_LOCKED=5
+readonly EXIT_REFUSED=6
+
+readonly TS_REGEX='^[0-9]{8}_[0-9]{6}$'
+readonly DEFAULT_CONFIG_FILE="/etc/backup/backup.conf"
+readonly DEFAULT_BACKUP_ROOT="/backups"
+# A file with this name in BACKUP_ROOT makes tar skip the backup directory
+# when a configured path happens to contain it (e.g. /data/storage, which
+# holds storage/backup): backups must never archive backups.
+readonly ROOT_TAG=".tracker-backup-root"
+readonly DUMP_MARKER="-- Dump completed"
+readonly -a KNOWN_KEYS=(
+  BACKUP_MODE BACKUP_RETENTION_DAYS BACKUP_PATHS_FILE BACKUP_COMPRESSION_LEVEL
+  DB_TYPE DB_HOST DB_PORT DB_USER DB_PASSWORD DB_NAME DB_PATH
+)
+
+# --- mutable state (set by main and the commands) --------------------------
+declare -gA CONFIG=()          # backup.conf, parsed
+ROOT_DIR=""                    # BACKUP_ROOT
+STAGING_DIR=""                 # BACKUP_ROOT/.staging
+LOCK_FD=""
+ON_ERROR_EXIT="${EXIT_INTERNAL}"  # exit code for unexpected failures
+declare -ga CLEANUP_FILES=()   # removed on every exit (option files, temps)
+declare -ga ROLLBACK_FILES=()  # final-named files of this run, removed on failure
+declare -ga FAILURE_DIRS=()    # staging directories removed on failure
+declare -ga MYSQL_CLIENT=()    # mariadb client + option file + database
+declare -ga MYSQL_DUMP=()      # mariadb-dump + option file
+declare -ga COMPRESSOR=()      # pigz/gzip with level, stdin -> stdout
+SET_TS=""                      # set chosen by new_set_ts / resolve_set
+CONFIG_PATH=""                 # CONFIG_FILE
+declare -ga VERIFIED_FILES=()  # payload of the set verify_set checked
+
+# --- logging and errors -----------------------------------------------------
+
+utc_now() {
+  date -u '+%Y-%m-%dT%H:%M:%SZ'
+}
+
+# Log lines go to stderr with a UTC timestamp; stdout is kept for results
+# (the TS of `snapshot`/`run`, the lines of `list`).
+log() {
+  printf '%s backup.sh: %s\n' "$(utc_now)" "$*" >&2
+}
+
+warn() {
+  log "warning: $*"
+}
+
+die() {
+  local code="$1"
+  shift
+  log "error: $*"
+  exit "${code}"
+}
+
+on_err() {
+  local rc="$1" line="$2" command="$3"
+  log "error: command failed (exit ${rc}) at line ${line}: ${command}"
+  exit "${ON_ERROR_EXIT}"
+}
+
+on_exit() {
+  local rc="$?"
+  set +o errexit
+  trap - ERR
+  local index
+  if ((rc != 0)); then
+    for ((index = ${#ROLLBACK_FILES[@]} - 1; index >= 0; index--)); do
+      rm -f -- "${ROLLBACK_FILES[index]}"
+    done
+    for index in "${!FAILURE_DIRS[@]}"; do
+      rm -rf -- "${FAILURE_DIRS[index]}"
+    done
+  fi
+  for index in "${!CLEANUP_FILES[@]}"; do
+    rm -f -- "${CLEANUP_FILES[index]}"
+  done
+  if ((rc != 0)); then
+    log "failed (exit ${rc})"
+  fi
+  exit "${rc}"
+}
+
+usage() {
+  cat <<'EOF'
+Usage: backup.sh [COMMAND]
+
+Commands:
+  run                        snapshot + finish (the default)
+  snapshot                   consistent database snapshot into BACKUP_ROOT/.staging;
+                             prints the set's TS as the last line of stdout
+  finish TS                  check, compress, archive config, checksum, rename,
+                             then apply retention
+  list                       one line per set: TS, state (complete|incomplete), files
+  verify [TS|latest]         check a set's checksums and gzip/tar integrity
+  restore [TS|latest] --yes [--only db|config]
+                             restore a verified set (database and/or config files)
+
+Environment: CONFIG_FILE (default /etc/backup/backup.conf), BACKUP_ROOT (default
+/backups), RESTORE_DB_PATH, RESTORE_CONFIG_ROOT.
+Exit codes: 0 ok, 1 internal error, 2 configuration/usage, 3 backup or restore
+failed, 4 verification failed, 5 locked by another run, 6 restore refused.
+EOF
+}
+
+# --- backup.conf --------------------------------------------------------------
+
+# Parse one line of backup.conf without executing anything. The grammar is the
+# subset of POSIX shell assignments our renderer writes: KEY=VALUE where VALUE
+# concatenates single-quoted segments, backslash escapes and bare characters;
+# whitespace after the value may start a comment. Sets PARSED_KIND to skip,
+# assign or error, plus PARSED_KEY/PARSED_VALUE or PARSED_ERROR.
+parse_config_line() {
+  local LC_ALL=C
+  local line="$1"
+  PARSED_KIND="error"
+  PARSED_KEY=""
+  PARSED_VALUE=""
+  PARSED_ERROR=""
+  local trimmed="${line#"${line%%[! $'\t']*}"}"
+  if [[ -z "${trimmed}" || "${trimmed}" == '#'* ]]; then
+    PARSED_KIND="skip"
+    return 0
+  fi
+  if [[ ! "${trimmed}" =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]]; then
+    PARSED_ERROR="expected KEY=VALUE"
+    return 0
+  fi
+  PARSED_KEY="${BASH_REMATCH[1]}"
+  local rest="${BASH_REMATCH[2]}" value="" char
+  while [[ -n "${rest}" ]]; do
+    char="${rest:0:1}"
+    case "${char}" in
+      "'")
+        rest="${rest:1}"
+        if [[ "${rest}" != *"'"* ]]; then
+          PARSED_ERROR="unterminated single quote"
+          return 0
+        fi
+        value+="${rest%%"'"*}"
+        rest="${rest#*"'"}"
+        ;;
+      \\)
+        if ((${#rest} < 2)); then
+          PARSED_ERROR="backslash at the end of the line"
+          return 0
+        fi
+        value+="${rest:1:1}"
+        rest="${rest:2}"
+        ;;
+      ' ' | $'\t')
+        rest="${rest#"${rest%%[! $'\t']*}"}"
+        if [[ -n "${rest}" && "${rest}" != '#'* ]]; then
+          PARSED_ERROR="unquoted whitespace in the value (quote it)"
+          return 0
+        fi
+        rest=""
+        ;;
+      '$' | '`' | '"' | ';' | '&' | '|' | '<' | '>' | '(' | ')' | '~')
+        PARSED_ERROR="unquoted '${char}' in the value (quote it)"
+        return 0
+        ;;
+      [[:cntrl:]])
+        if [[ "${char}" == $'\r' ]]; then
+          PARSED_ERROR="carriage return in the value (CRLF line endings?)"
+        else
+          PARSED_ERROR="control character in the value"
+        fi
+        return 0
+        ;;
+      *)
+        value+="${char}"
+        rest="${rest:1}"
+        ;;
+    esac
+  done
+  PARSED_KIND="assign"
+  PARSED_VALUE="${value}"
+}
+
+# Read backup.conf into CONFIG. Errors name the file and line, never a value.
+load_config() {
+  local file="$1"
+  if [[ ! -f "${file}" || ! -r "${file}" ]]; then
+    die "${EXIT_CONFIG}" "config file ${file} does not exist or is not readable (set CONFIG_FILE?)"
+  fi
+  CONFIG=()
+  local line number=0
+  while IFS= read -r line || [[ -n "${line}" ]]; do
+    number=$((number + 1))
+    parse_config_line "${line}"
+    case "${PARSED_KIND}" in
+      skip) ;;
+      assign) CONFIG["${PARSED_KEY}"]="${PARSED_VALUE}" ;;
+      *)
+        if [[ -n "${PARSED_KEY}" ]]; then
+          die "${EXIT_CONFIG}" "${file}:${number}: malformed value for ${PARSED_KEY}: ${PARSED_ERROR}"
+        fi
+        die "${EXIT_CONFIG}" "${file}:${number}: malformed line: ${PARSED_ERROR}"
+        ;;
+    esac
+  done <"${file}"
+  local key known
+  for key in "${!CONFIG[@]}"; do
+    for known in "${KNOWN_KEYS[@]}"; do
+      [[ "${key}" == "${known}" ]] && continue 2
+    done
+    warn "${file}: unknown key ${key} ignored"
+  done
+}
+
+config_get() {
+  local key="$1" default="${2-}"
+  if [[ -n "${CONFIG[${key}]+set}" ]]; then
+    printf '%s' "${CONFIG[${key}]}"
+  else
+    printf '%s' "${default}"
+  fi
+}
+
+require_key() {
+  local key="$1"
+  if [[ -z "${CONFIG[${key}]:-}" ]]; then
+    die "${EXIT_CONFIG}" "${CONFIG_PATH}: ${key} is required for DB_TYPE=${CONFIG[DB_TYPE]:-?}"
+  fi
+}
+
+# Check the values a command needs; fill in defaults. $1: backup | restore.
+validate_config() {
+  local purpose="$1"
+  CONFIG[BACKUP_MODE]="$(config_get BACKUP_MODE single)"
+  if [[ "${CONFIG[BACKUP_MODE]}" != "single" ]]; then
+    die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_MODE must be 'single'"
+  fi
+  CONFIG[BACKUP_RETENTION_DAYS]="$(config_get BACKUP_RETENTION_DAYS 7)"
+  if [[ ! "${CONFIG[BACKUP_RETENTION_DAYS]}" =~ ^[1-9][0-9]{0,4}$ ]]; then
+    die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_RETENTION_DAYS must be an integer >= 1"
+  fi
+  CONFIG[BACKUP_COMPRESSION_LEVEL]="$(config_get BACKUP_COMPRESSION_LEVEL 6)"
+  if [[ ! "${CONFIG[BACKUP_COMPRESSION_LEVEL]}" =~ ^[1-9]$ ]]; then
+    die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_COMPRESSION_LEVEL must be 1-9"
+  fi
+  case "${CONFIG[DB_TYPE]:-}" in
+    mysql)
+      require_key DB_HOST
+      require_key DB_USER
+      require_key DB_NAME
+      CONFIG[DB_PORT]="$(config_get DB_PORT 3306)"
+      CONFIG[DB_PASSWORD]="$(config_get DB_PASSWORD)"
+      if [[ ! "${CONFIG[DB_PORT]}" =~ ^[1-9][0-9]{0,4}$ ]] || ((CONFIG[DB_PORT] > 65535)); then
+        die "${EXIT_CONFIG}" "${CONFIG_PATH}: DB_PORT must be a port number"
+      fi
+      if [[ "${CONFIG[DB_NAME]}" == -* ]]; then
+        die "${EXIT_CONFIG}" "${CONFIG_PATH}: DB_NAME must not start with '-'"
+      fi
+      ;;
+    sqlite)
+      require_key DB_PATH
+      ;;
+    *)
+      die "${EXIT_CONFIG}" "${CONFIG_PATH}: DB_TYPE must be 'mysql' or 'sqlite'"
+      ;;
+  esac
+  if [[ "${purpose}" == "backup" ]]; then
+    if [[ -z "${CONFIG[BACKUP_PATHS_FILE]:-}" ]]; then
+      die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_PATHS_FILE is required"
+    fi
+    if [[ ! -f "${CONFIG[BACKUP_PATHS_FILE]}" || ! -r "${CONFIG[BACKUP_PATHS_FILE]}" ]]; then
+      die "${EXIT_CONFIG}" "paths file ${CONFIG[BACKUP_PATHS_FILE]} (BACKUP_PATHS_FILE) does not exist or is not readable"
+    fi
+  fi
+}
+
+# --- paths, lock, set names -------------------------------------------------
+
+init_paths() {
+  CONFIG_PATH="${CONFIG_FILE:-${DEFAULT_CONFIG_FILE}}"
+  ROOT_DIR="${BACKUP_ROOT:-${DEFAULT_BACKUP_ROOT}}"
+  STAGING_DIR="${ROOT_DIR}/.staging"
+}
+
+# Create BACKUP_ROOT's layout (only what this tool owns).
+prepare_root() {
+  mkdir -p -- "${ROOT_DIR}" || die "${EXIT_BACKUP}" "cannot create BACKUP_ROOT ${ROOT_DIR}"
+  if [[ ! -w "${ROOT_DIR}" ]]; then
+    die "${EXIT_BACKUP}" "BACKUP_ROOT ${ROOT_DIR} is not writable by uid $(id -u)"
+  fi
+  mkdir -p -- "${STAGING_DIR}" || die "${EXIT_BACKUP}" "cannot create ${STAGING_DIR}"
+  if [[ ! -e "${ROOT_DIR}/${ROOT_TAG}" ]]; then
+    printf 'backup.sh: this directory holds backup sets; tar skips it when archiving config.\n' \
+      >"${ROOT_DIR}/${ROOT_TAG}" || die "${EXIT_BACKUP}" "cannot write ${ROOT_DIR}/${ROOT_TAG}"
+  fi
+}
+
+# flock on BACKUP_ROOT/.lock: backup, finish and restore never overlap.
+acquire_lock() {
+  local lock_file="${ROOT_DIR}/.lock"
+  exec {LOCK_FD}>>"${lock_file}" || die "${EXIT_BACKUP}" "cannot open lock file ${lock_file}"
+  if ! flock --nonblock "${LOCK_FD}"; then
+    die "${EXIT_LOCKED}" "another backup.sh run holds ${lock_file}; not starting"
+  fi
+}
+
+# Final names of a set's files, relative to BACKUP_ROOT.
+db_file_name() {
+  local db_type="$1" ts="$2"
+  case "${db_type}" in
+    mysql) printf 'mysql/mysql_%s.sql.gz' "${ts}" ;;
+    sqlite) printf 'sqlite/sqlite_%s.db.gz' "${ts}" ;;
+    *) return 1 ;;
+  esac
+}
+
+# Every final-named file of set $1 that exists (relative paths, one per line).
+set_files() {
+  local ts="$1" relative
+  for relative in "mysql/mysql_${ts}.sql.gz" "sqlite/sqlite_${ts}.db.gz" \
+    "config/config_${ts}.tar.gz" "manifests/set_${ts}.meta" "manifests/set_${ts}.sha256"; do
+    if [[ -f "${ROOT_DIR}/${relative}" ]]; then
+      printf '%s\n' "${relative}"
+    fi
+  done
+}
+
+# All set timestamps found under BACKUP_ROOT (exact file name patterns only),
+# sorted oldest first.
+all_set_timestamps() {
+  local path name
+  local -A seen=()
+  for path in "${ROOT_DIR}"/mysql/mysql_*.sql.gz "${ROOT_DIR}"/sqlite/sqlite_*.db.gz \
+    "${ROOT_DIR}"/config/config_*.tar.gz "${ROOT_DIR}"/manifests/set_*.meta \
+    "${ROOT_DIR}"/manifests/set_*.sha256; do
+    [[ -f "${path}" ]] || continue
+    name="${path##*/}"
+    name="${name#*_}"
+    name="${name%%.*}"
+    if [[ "${name}" =~ ${TS_REGEX} ]]; then
+      seen["${name}"]=1
+    fi
+  done
+  if ((${#seen[@]} > 0)); then
+    printf '%s\n' "${!seen[@]}" | sort
+  fi
+}
+
+set_is_complete() {
+  [[ -f "${ROOT_DIR}/manifests/set_$1.sha256" ]]
+}
+
+latest_complete_set() {
+  local ts latest=""
+  while IFS= read -r ts; do
+    if set_is_complete "${ts}"; then
+      latest="${ts}"
+    fi
+  done < <(all_set_timestamps)
+  printf '%s' "${latest}"
+}
+
+# Choose the new set's TS (UTC): unused in staging (stale staging included, so
+# a TS never names two snapshots) and among final files.
+new_set_ts() {
+  local attempt ts
+  for attempt in 1 2 3 4 5 6; do
+    ts="$(date -u '+%Y%m%d_%H%M%S')"
+    if [[ ! -e "${STAGING_DIR}/${ts}" && -z "$(set_files "${ts}")" ]]; then
+      SET_TS="${ts}"
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "${EXIT_BACKUP}" "no unused set timestamp after ${attempt} attempts"
+}
+
+# Remove staging left by killed or unfinished runs (.staging is private to
+# this tool), and the final-named files such a run may have renamed before it
+# died. Called with the lock held, before a new snapshot: a snapshot that was
+# never finished is stale by then.
+clean_stale_staging() {
+  local entry ts relative
+  for entry in "${STAGING_DIR}"/* "${STAGING_DIR}"/.[!.]*; do
+    [[ -e "${entry}" || -L "${entry}" ]] || continue
+    ts="${entry##*/}"
+    log "removing stale staging ${ts} (left by an interrupted or unfinished run)"
+    rm -rf -- "${entry}" || die "${EXIT_BACKUP}" "cannot remove ${entry}"
+    if [[ "${ts}" =~ ${TS_REGEX} ]] && ! set_is_complete "${ts}"; then
+      while IFS= read -r relative; do
+        log "removing ${relative} (incomplete set ${ts} of an interrupted run)"
+        rm -f -- "${ROOT_DIR:?}/${relative}"
+      done < <(set_files "${ts}")
+    fi
+  done
+}
+
+# --- database access ----------------------------------------------------------
+
+# Quote a value for a MySQL option file: double quotes, backslash escapes.
+option_quote() {
+  local value="$1" backslash="\\" quote='"'
+  value="${value//"${backslash}"/"${backslash}${backslash}"}"
+  value="${value//"${quote}"/"${backslash}${quote}"}"
+  value="${value//$'\t'/"${backslash}t"}"
+  REPLY="\"${value}\""
+}
+
+# Write the credentials to a 0600 option file in directory $1 (never on a
+# command line) and set MYSQL_CLIENT / MYSQL_DUMP. The file is removed on exit;
+# after a kill -9 the next run's staging cleanup removes it.
+setup_mysql() {
+  local directory="$1" client dump option_file
+  client="$(command -v mariadb || command -v mysql || true)"
+  dump="$(command -v mariadb-dump || command -v mysqldump || true)"
+  if [[ -z "${client}" || -z "${dump}" ]]; then
+    die "${EXIT_BACKUP}" "mariadb client tools (mariadb, mariadb-dump) are not installed"
+  fi
+  option_file="${directory}/client.$$.cnf"
+  CLEANUP_FILES+=("${option_file}")
+  : >"${option_file}" || die "${EXIT_BACKUP}" "cannot create ${option_file}"
+  chmod 0600 -- "${option_file}"
+  {
+    printf '[client]\n'
+    option_quote "${CONFIG[DB_HOST]}"
+    printf 'host=%s\n' "${REPLY}"
+    printf 'port=%s\n' "${CONFIG[DB_PORT]}"
+    option_quote "${CONFIG[DB_USER]}"
+    printf 'user=%s\n' "${REPLY}"
+    option_quote "${CONFIG[DB_PASSWORD]}"
+    printf 'password=%s\n' "${REPLY}"
+  } >"${option_file}" || die "${EXIT_BACKUP}" "cannot write ${option_file}"
+  MYSQL_CLIENT=("${client}" "--defaults-extra-file=${option_file}" "--database=${CONFIG[DB_NAME]}")
+  MYSQL_DUMP=("${dump}" "--defaults-extra-file=${option_file}")
+}
+
+# Write "table=count" for every base table of the MySQL database to $1.
+mysql_row_counts() {
+  local out="$1" work="$1.work"
+  local -a tables=() counts=()
+  if ! "${MYSQL_CLIENT[@]}" --batch --skip-column-names -e \
+    "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name" \
+    >"${work}"; then
+    die "${EXIT_BACKUP}" "cannot query database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} as ${CONFIG[DB_USER]} (see the client's error above)"
+  fi
+  mapfile -t tables <"${work}"
+  : >"${out}"
+  if ((${#tables[@]} > 0)); then
+    local table
+    for table in "${tables[@]}"; do
+      # shellcheck disable=SC2016  # backticks quote a MySQL identifier
+      printf 'SELECT COUNT(*) FROM `%s`;\n' "${table//\`/\`\`}"
+    done >"${work}"
+    if ! "${MYSQL_CLIENT[@]}" --batch --skip-column-names <"${work}" >"${work}.counts"; then
+      die "${EXIT_BACKUP}" "cannot count rows in ${CONFIG[DB_NAME]}"
+    fi
+    mapfile -t counts <"${work}.counts"
+    local index
+    for index in "${!tables[@]}"; do
+      printf '%s=%s\n' "${tables[index]}" "${counts[index]:-?}"
+    done >"${out}"
+  fi
+  rm -f -- "${work}" "${work}.counts"
+}
+
+# Write "table=count" for every table of the SQLite database $1 to $2.
+sqlite_row_counts() {
+  local db="$1" out="$2" work="$2.work"
+  local -a tables=() counts=()
+  if ! sqlite3 -bail -readonly "${db}" \
+    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name" \
+    >"${work}"; then
+    die "${EXIT_BACKUP}" "cannot list the tables of ${db}"
+  fi
+  mapfile -t tables <"${work}"
+  : >"${out}"
+  if ((${#tables[@]} > 0)); then
+    local table
+    for table in "${tables[@]}"; do
+      printf 'SELECT COUNT(*) FROM "%s";\n' "${table//\"/\"\"}"
+    done >"${work}"
+    if ! sqlite3 -bail -readonly "${db}" <"${work}" >"${work}.counts"; then
+      die "${EXIT_BACKUP}" "cannot count rows in ${db}"
+    fi
+    mapfile -t counts <"${work}.counts"
+    local index
+    for index in "${!tables[@]}"; do
+      printf '%s=%s\n' "${tables[index]}" "${counts[index]:-?}"
+    done >"${out}"
+  fi
+  rm -f -- "${work}" "${work}.counts"
+}
+
+# Compare the rows.* lines of a set's .meta ($1) with "table=count" lines ($2).
+compare_row_counts() {
+  local meta="$1" actual="$2" line table count mismatches=0
+  local -A now=()
+  while IFS= read -r line; do
+    now["${line%=*}"]="${line##*=}"
+  done <"${actual}"
+  while IFS= read -r line; do
+    [[ "${line}" == rows.* ]] || continue
+    line="${line#rows.}"
+    table="${line%=*}"
+    count="${line##*=}"
+    if [[ "${now[${table}]-missing}" != "${count}" ]]; then
+      log "row count mismatch in ${table}: set has ${count}, restored database has ${now[${table}]-no such table}"
+      mismatches=$((mismatches + 1))
+    fi
+  done <"${meta}"
+  if ((mismatches > 0)); then
+    die "${EXIT_VERIFY}" "${mismatches} table(s) differ from the set's row counts"
+  fi
+  log "row counts match the set (${#now[@]} tables)"
+}
+
+# $1 holds the last bytes of a mariadb-dump output: its last line must be the
+# completion marker, which a cut-off dump never has.
+check_dump_marker() {
+  local last_line="${1%$'\n'}"
+  last_line="${last_line##*$'\n'}"
+  [[ "${last_line}" == "${DUMP_MARKER}"* ]]
+}
+
+# --- snapshot -----------------------------------------------------------------
+
+snapshot_mysql() {
+  local dir="$1"
+  setup_mysql "${dir}"
+  mysql_row_counts "${dir}/rows"
+  local -a options=(--single-transaction --quick --no-tablespaces --hex-blob --routines --triggers)
+  if "${MYSQL_CLIENT[@]}" --batch -e 'SHOW EVENTS' >/dev/null 2>&1; then
+    options+=(--events)
+  else
+    log "events are not dumped: ${CONFIG[DB_USER]} may not list them (no EVENT privilege)"
+  fi
+  log "dumping MySQL database ${CONFIG[DB_NAME]} from ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]}"
+  if ! "${MYSQL_DUMP[@]}" "${options[@]}" "${CONFIG[DB_NAME]}" >"${dir}/dump.sql"; then
+    die "${EXIT_BACKUP}" "mariadb-dump failed (see its error above)"
+  fi
+  local tail_bytes
+  tail_bytes="$(tail -c 200 -- "${dir}/dump.sql")"
+  if [[ ! -s "${dir}/dump.sql" ]] || ! check_dump_marker "${tail_bytes}"; then
+    die "${EXIT_BACKUP}" "the dump is empty or lacks '${DUMP_MARKER}'"
+  fi
+}
+
+snapshot_sqlite() {
+  local dir="$1" source="${CONFIG[DB_PATH]}"
+  if [[ ! -f "${source}" ]]; then
+    die "${EXIT_BACKUP}" "SQLite database ${source} does not exist"
+  fi
+  if [[ ! -r "${source}" ]]; then
+    die "${EXIT_BACKUP}" "SQLite database ${source} is not readable by uid $(id -u)"
+  fi
+  [[ "${source}" == /* ]] || source="${PWD}/${source}"
+  log "copying SQLite database ${source} (online backup API)"
+  # Run in the staging directory so the destination name needs no quoting.
+  if ! (cd -- "${dir}" && sqlite3 -bail -readonly -cmd '.timeout 10000' "${source}" '.backup snapshot.db'); then
+    die "${EXIT_BACKUP}" "SQLite backup of ${source} failed (see the error above)"
+  fi
+}
+
+# Take the consistent database snapshot of set SET_TS (new_set_ts) into staging.
+take_snapshot() {
+  local started_at="$1"
+  local ts="${SET_TS}" dir="${STAGING_DIR}/${SET_TS}"
+  log "set ${ts} (UTC): snapshot of the ${CONFIG[DB_TYPE]} database"
+  FAILURE_DIRS+=("${dir}")
+  mkdir -- "${dir}" || die "${EXIT_BACKUP}" "cannot create ${dir}"
+  local snapshot_started_at
+  snapshot_started_at="$(utc_now)"
+  case "${CONFIG[DB_TYPE]}" in
+    mysql) snapshot_mysql "${dir}" ;;
+    sqlite) snapshot_sqlite "${dir}" ;;
+  esac
+  {
+    printf 'set=%s\n' "${ts}"
+    printf 'db_type=%s\n' "${CONFIG[DB_TYPE]}"
+    printf 'tool_version=%s\n' "${TOOL_VERSION}"
+    printf 'started_at=%s\n' "${started_at}"
+    printf 'snapshot_started_at=%s\n' "${snapshot_started_at}"
+    printf 'snapshot_finished_at=%s\n' "$(utc_now)"
+  } >"${dir}/meta.partial" || die "${EXIT_BACKUP}" "cannot write ${dir}/meta.partial"
+  : >"${dir}/snapshot.ok" || die "${EXIT_BACKUP}" "cannot write ${dir}/snapshot.ok"
+  # From here on the snapshot waits for `finish TS`, even if this run fails.
+  FAILURE_DIRS=()
+  log "set ${ts}: snapshot done in staging"
+}
+
+# --- finish -------------------------------------------------------------------
+
+setup_compressor() {
+  local level="${CONFIG[BACKUP_COMPRESSION_LEVEL]}"
+  if command -v pigz >/dev/null 2>&1; then
+    COMPRESSOR=(pigz -c -n "-${level}")
+  else
+    COMPRESSOR=(gzip -c -n "-${level}")
+  fi
+}
+
+# Read the paths file; write the existing paths (relative to /) NUL-separated
+# to $1. Missing paths are logged and skipped.
+collect_config_paths() {
+  local list="$1" paths_file="${CONFIG[BACKUP_PATHS_FILE]}" line number=0 count=0
+  : >"${list}" || die "${EXIT_BACKUP}" "cannot write ${list}"
+  while IFS= read -r line || [[ -n "${line}" ]]; do
+    number=$((number + 1))
+    line="${line%$'\r'}"
+    line="${line#"${line%%[! $'\t']*}"}"
+    line="${line%"${line##*[! $'\t']}"}"
+    [[ -z "${line}" || "${line}" == '#'* ]] && continue
+    if [[ "${line}" != /* ]]; then
+      die "${EXIT_CONFIG}" "${paths_file}:${number}: not an absolute path: ${line}"
+    fi
+    if [[ ! -e "${line}" && ! -L "${line}" ]]; then
+      log "config path ${line} does not exist; skipped"
+      continue
+    fi
+    local relative="${line#/}"
+    printf '%s\0' "${relative:-.}" >>"${list}" || die "${EXIT_BACKUP}" "cannot write ${list}"
+    count=$((count + 1))
+  done <"${paths_file}"
+  log "archiving ${count} config path(s) from ${paths_file}"
+}
+
+# Compress staging file $1 to $2 and test the result.
+compress_to() {
+  local source="$1" target="$2"
+  if ! "${COMPRESSOR[@]}" <"${source}" >"${target}"; then
+    die "${EXIT_BACKUP}" "compressing ${source##*/} failed"
+  fi
+  if ! gzip -t -- "${target}"; then
+    die "${EXIT_VERIFY}" "${target##*/} fails gzip -t"
+  fi
+}
+
+# Verify the snapshot, compress it, archive config, write meta + manifest,
+# then rename everything into place (manifest last).
+finish_set() {
+  local ts="$1" dir="${STAGING_DIR}/$1"
+  if [[ ! -f "${dir}/snapshot.ok" ]]; then
+    die "${EXIT_CONFIG}" "no completed snapshot ${ts} in ${STAGING_DIR} (run 'backup.sh snapshot' first)"
+  fi
+  if set_is_complete "${ts}"; then
+    die "${EXIT_CONFIG}" "set ${ts} is already complete"
+  fi
+  local db_type
+  db_type="$(sed -n 's/^db_type=//p' "${dir}/meta.partial")"
+  local out="${dir}/out" db_name config_name="config/config_${ts}.tar.gz"
+  local meta_name="manifests/set_${ts}.meta" sums_name="manifests/set_${ts}.sha256"
+  db_name="$(db_file_name "${db_type}" "${ts}")" || die "${EXIT_INTERNAL}" "unknown db_type in ${dir}/meta.partial"
+  rm -rf -- "${out}"
+  FAILURE_DIRS+=("${out}")
+  mkdir -p -- "${out}/mysql" "${out}/sqlite" "${out}/config" "${out}/manifests" \
+    || die "${EXIT_BACKUP}" "cannot create ${out}"
+  setup_compressor
+  log "set ${ts}: finishing (${COMPRESSOR[0]} level ${CONFIG[BACKUP_COMPRESSION_LEVEL]})"
+
+  case "${db_type}" in
+    sqlite)
+      local result
+      result="$(sqlite3 -bail -readonly "${dir}/snapshot.db" 'PRAGMA integrity_check;' 2>&1 | head -n 5)" || true
+      if [[ "${result}" != "ok" ]]; then
+        die "${EXIT_VERIFY}" "integrity_check of the SQLite snapshot failed: ${result}"
+      fi
+      sqlite_row_counts "${dir}/snapshot.db" "${dir}/rows"
+      compress_to "${dir}/snapshot.db" "${out}/${db_name}"
+      ;;
+    mysql)
+      local tail_bytes
+      tail_bytes="$(tail -c 200 -- "${dir}/dump.sql")"
+      if [[ ! -s "${dir}/dump.sql" ]] || ! check_dump_marker "${tail_bytes}"; then
+        die "${EXIT_VERIFY}" "the staged dump is empty or lacks '${DUMP_MARKER}'"
+      fi
+      compress_to "${dir}/dump.sql" "${out}/${db_name}"
+      if ! tail_bytes="$(gzip -dc -- "${out}/${db_name}" | tail -c 200)" || ! check_dump_marker "${tail_bytes}"; then
+        die "${EXIT_VERIFY}" "the compressed dump does not end with '${DUMP_MARKER}'"
+      fi
+      ;;
+  esac
+
+  collect_config_paths "${dir}/paths.list"
+  if ! tar --create --file=- --directory=/ --exclude-tag-all="${ROOT_TAG}" \
+    --null --verbatim-files-from --files-from="${dir}/paths.list" \
+    | "${COMPRESSOR[@]}" >"${out}/${config_name}"; then
+    die "${EXIT_BACKUP}" "archiving config files failed (tar/compressor exit ${PIPESTATUS[*]}; see above)"
+  fi
+  if ! gzip -t -- "${out}/${config_name}" || ! tar --list --gzip --file="${out}/${config_name}" >"${dir}/config.list"; then
+    die "${EXIT_VERIFY}" "the config archive fails gzip -t or tar --list"
+  fi
+  log "config archive holds $(wc -l <"${dir}/config.list") entries"
+
+  {
+    cat -- "${dir}/meta.partial"
+    printf 'finished_at=%s\n' "$(utc_now)"
+    sed 's/^/rows./' -- "${dir}/rows"
+  } >"${out}/${meta_name}" || die "${EXIT_BACKUP}" "cannot write ${meta_name}"
+
+  local relative sum
+  local -a payload=("${db_name}" "${config_name}" "${meta_name}")
+  for relative in "${payload[@]}"; do
+    sum="$(sha256sum <"${out}/${relative}")" || die "${EXIT_BACKUP}" "sha256sum of ${relative} failed"
+    printf '%s  %s\n' "${sum%% *}" "${relative}"
+  done >"${out}/${sums_name}" || die "${EXIT_BACKUP}" "cannot write ${sums_name}"
+
+  # Data on disk before the names appear; then rename, manifest last.
+  sync -- "${out}/${db_name}" "${out}/${config_name}" "${out}/${meta_name}" "${out}/${sums_name}" \
+    || die "${EXIT_BACKUP}" "sync failed"
+  for relative in "${payload[@]}" "${sums_name}"; do
+    mkdir -p -- "${ROOT_DIR}/${relative%/*}" || die "${EXIT_BACKUP}" "cannot create ${ROOT_DIR}/${relative%/*}"
+    if [[ -e "${ROOT_DIR}/${relative}" ]]; then
+      die "${EXIT_BACKUP}" "${ROOT_DIR}/${relative} already exists; not overwriting"
+    fi
+    ROLLBACK_FILES+=("${ROOT_DIR}/${relative}")
+    mv -- "${out}/${relative}" "${ROOT_DIR}/${relative}" || die "${EXIT_BACKUP}" "cannot rename ${relative} into place"
+  done
+  sync -f -- "${ROOT_DIR}/${sums_name}" || true
+  ROLLBACK_FILES=()
+  FAILURE_DIRS=()
+  rm -rf -- "${dir}"
+  log "set ${ts}: complete (${db_name}, ${config_name}, ${meta_name}, ${sums_name})"
+}
+
+# --- retention ----------------------------------------------------------------
+
+# Delete sets whose files are all older than $1 days (by mtime), never the
+# newest complete set, only files with this tool's exact names.
+apply_retention() {
+  local days="$1" now cutoff keep ts relative mtime newest deleted=0
+  now="$(date +%s)"
+  cutoff=$((now - days * 86400))
+  keep="$(latest_complete_set)"
+  local -a files=()
+  while IFS= read -r ts; do
+    [[ "${ts}" != "${keep}" ]] || continue
+    mapfile -t files < <(set_files "${ts}")
+    ((${#files[@]} > 0)) || continue
+    newest=0
+    for relative in "${files[@]}"; do
+      mtime="$(stat -c %Y -- "${ROOT_DIR}/${relative}")"
+      ((mtime > newest)) && newest="${mtime}"
+    done
+    ((newest < cutoff)) || continue
+    log "retention: deleting set ${ts} (older than ${days} days)"
+    # The manifest goes first, so an interrupted deletion leaves an
+    # incomplete set, never a "complete" one with missing files.
+    rm -f -- "${ROOT_DIR}/manifests/set_${ts}.sha256" || die "${EXIT_BACKUP}" "retention: cannot delete set ${ts}"
+    for relative in "${files[@]}"; do
+      rm -f -- "${ROOT_DIR:?}/${relative}" || die "${EXIT_BACKUP}" "retention: cannot delete ${relative}"
+    done
+    deleted=$((deleted + 1))
+  done < <(all_set_timestamps)
+  log "retention: ${deleted} set(s) deleted, keeping sets younger than ${days} days${keep:+ and newest complete set ${keep}}"
+}
+
+# --- verify -------------------------------------------------------------------
+
+# Resolve TS|latest into SET_TS; $2 is the exit code when there is none.
+resolve_set() {
+  local wanted="$1" code="$2"
+  if [[ "${wanted}" == "latest" ]]; then
+    SET_TS="$(latest_complete_set)"
+    [[ -n "${SET_TS}" ]] || die "${code}" "no complete backup set in ${ROOT_DIR}"
+    return 0
+  fi
+  if [[ ! "${wanted}" =~ ${TS_REGEX} ]]; then
+    die "${EXIT_CONFIG}" "'${wanted}' is not a set name (YYYYMMDD_HHMMSS or latest)"
+  fi
+  if [[ -z "$(set_files "${wanted}")" ]]; then
+    die "${code}" "no backup set ${wanted} in ${ROOT_DIR}"
+  fi
+  if ! set_is_complete "${wanted}"; then
+    die "${code}" "set ${wanted} is incomplete (no manifests/set_${wanted}.sha256)"
+  fi
+  SET_TS="${wanted}"
+}
+
+# Check checksums, names and gzip/tar integrity of complete set $1.
+verify_set() {
+  local ts="$1" sums="manifests/set_$1.sha256" line number=0 relative
+  local -a payload=()
+  local -A kinds=()
+  local line_regex="^[0-9a-f]{64}  (mysql/mysql_${ts}[.]sql[.]gz|sqlite/sqlite_${ts}[.]db[.]gz"
+  line_regex+="|config/config_${ts}[.]tar[.]gz|manifests/set_${ts}[.]meta)$"
+  while IFS= read -r line || [[ -n "${line}" ]]; do
+    number=$((number + 1))
+    if [[ ! "${line}" =~ ${line_regex} ]]; then
+      die "${EXIT_VERIFY}" "${sums}:${number}: unexpected line (corrupt manifest)"
+    fi
+    relative="${BASH_REMATCH[1]}"
+    payload+=("${relative}")
+    kinds["${relative%%/*}"]=$((${kinds[${relative%%/*}]:-0} + 1))
+  done <"${ROOT_DIR}/${sums}"
+  if [[ "${kinds[config]:-0}" != 1 || "${kinds[manifests]:-0}" != 1 ]] \
+    || (("${kinds[mysql]:-0}" + "${kinds[sqlite]:-0}" != 1)); then
+    die "${EXIT_VERIFY}" "${sums} does not list exactly one database file, one config archive and one .meta"
+  fi
+  if ! (cd -- "${ROOT_DIR}" && sha256sum --check --strict --quiet -- "${sums}") >&2; then
+    die "${EXIT_VERIFY}" "set ${ts}: checksum mismatch or missing file"
+  fi
+  local tail_bytes
+  for relative in "${payload[@]}"; do
+    case "${relative}" in
+      *.gz)
+        gzip -t -- "${ROOT_DIR}/${relative}" || die "${EXIT_VERIFY}" "${relative} fails gzip -t"
+        ;;&
+      *.tar.gz)
+        tar --list --gzip --file="${ROOT_DIR}/${relative}" >/dev/null \
+          || die "${EXIT_VERIFY}" "${relative} is not a readable tar archive"
+        ;;
+      *.sql.gz)
+        if ! tail_bytes="$(gzip -dc -- "${ROOT_DIR}/${relative}" | tail -c 200)" || ! check_dump_marker "${tail_bytes}"; then
+          die "${EXIT_VERIFY}" "${relative} does not end with '${DUMP_MARKER}'"
+        fi
+        ;;
+    esac
+  done
+  log "set ${ts}: verified (${#payload[@]} files + manifest)"
+  VERIFIED_FILES=("${payload[@]}")
+}
+
+# --- restore ------------------------------------------------------------------
+
+restore_sqlite() {
+  local ts="$1" file="$2" meta="$3"
+  local target="${RESTORE_DB_PATH:-${CONFIG[DB_PATH]}}"
+  local target_dir="${target%/*}" base="${target##*/}"
+  [[ "${target}" == */* ]] || target_dir="."
+  if [[ ! -d "${target_dir}" || ! -w "${target_dir}" ]]; then
+    die "${EXIT_BACKUP}" "cannot write to ${target_dir} (directory of ${target})"
+  fi
+  local temporary="${target_dir}/.${base}.restore-${ts}.tmp"
+  CLEANUP_FILES+=("${temporary}")
+  log "restoring SQLite ${target} from ${file}"
+  gzip -dc -- "${ROOT_DIR}/${file}" >"${temporary}" || die "${EXIT_BACKUP}" "cannot write ${temporary}"
+  local result
+  result="$(sqlite3 -bail -readonly "${temporary}" 'PRAGMA integrity_check;' 2>&1 | head -n 5)" || true
+  if [[ "${result}" != "ok" ]]; then
+    die "${EXIT_VERIFY}" "integrity_check of the restored database failed: ${result}"
+  fi
+  sqlite_row_counts "${temporary}" "${temporary}.rows"
+  CLEANUP_FILES+=("${temporary}.rows")
+  compare_row_counts "${meta}" "${temporary}.rows"
+  if [[ -e "${target}" ]]; then
+    local stamp aside suffix
+    stamp="$(date -u '+%Y%m%d_%H%M%S')"
+    aside="${target}.before-restore-${stamp}"
+    if [[ -e "${aside}" ]]; then
+      die "${EXIT_BACKUP}" "${aside} already exists; retry in a second"
+    fi
+    chmod --reference="${target}" -- "${temporary}"
+    if [[ "$(id -u)" == 0 ]]; then
+      chown --reference="${target}" -- "${temporary}"
+    fi
+    # Keep the old database (and any journal of it) aside; a hard link keeps
+    # the target in place until the atomic rename below.
+    ln -- "${target}" "${aside}" 2>/dev/null || cp -p -- "${target}" "${aside}" \
+      || die "${EXIT_BACKUP}" "cannot keep the old database aside as ${aside}"
+    for suffix in -wal -shm -journal; do
+      if [[ -e "${target}${suffix}" ]]; then
+        mv -- "${target}${suffix}" "${aside}${suffix}" || die "${EXIT_BACKUP}" "cannot move ${target}${suffix} aside"
+      fi
+    done
+    log "the old database is kept as ${aside}"
+  fi
+  mv -f -- "${temporary}" "${target}" || die "${EXIT_BACKUP}" "cannot rename the restored database into place"
+  log "SQLite database ${target} restored from set ${ts}"
+}
+
+restore_mysql() {
+  local ts="$1" file="$2" meta="$3"
+  mkdir -p -- "${STAGING_DIR}" || die "${EXIT_BACKUP}" "cannot create ${STAGING_DIR}"
+  setup_mysql "${STAGING_DIR}"
+  if ! "${MYSQL_CLIENT[@]}" --batch -e 'SELECT 1' >/dev/null; then
+    die "${EXIT_BACKUP}" "cannot connect to ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} (see the client's error above)"
+  fi
+  log "restoring MySQL database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} from ${file}"
+  if ! gzip -dc -- "${ROOT_DIR}/${file}" | "${MYSQL_CLIENT[@]}" --batch; then
+    die "${EXIT_BACKUP}" "loading the dump failed (gzip/mariadb exit ${PIPESTATUS[*]}; see above)"
+  fi
+  local counts_file="${STAGING_DIR}/restore-rows.$$"
+  CLEANUP_FILES+=("${counts_file}")
+  mysql_row_counts "${counts_file}"
+  compare_row_counts "${meta}" "${counts_file}"
+  log "MySQL database ${CONFIG[DB_NAME]} restored from set ${ts}"
+}
+
+restore_config() {
+  local ts="$1" file="$2"
+  local destination="${RESTORE_CONFIG_ROOT:-${ROOT_DIR}/restore-${ts}}"
+  mkdir -p -- "${destination}" || die "${EXIT_BACKUP}" "cannot create ${destination}"
+  log "extracting ${file} into ${destination}"
+  tar --extract --gzip --file="${ROOT_DIR}/${file}" --directory="${destination}" \
+    || die "${EXIT_BACKUP}" "extracting ${file} failed"
+  log "config files of set ${ts} restored under ${destination}"
+}
+
+# --- commands -----------------------------------------------------------------
+
+cmd_snapshot() {
+  local started_at
+  started_at="$(utc_now)"
+  load_config "${CONFIG_PATH}"
+  validate_config backup
+  prepare_root
+  acquire_lock
+  ON_ERROR_EXIT="${EXIT_BACKUP}"
+  new_set_ts
+  clean_stale_staging
+  take_snapshot "${started_at}"
+  printf '%s\n' "${SET_TS}"
+}
+
+cmd_finish() {
+  local ts="$1"
+  [[ "${ts}" =~ ${TS_REGEX} ]] || die "${EXIT_CONFIG}" "finish: '${ts}' is not a set name (YYYYMMDD_HHMMSS)"
+  load_config "${CONFIG_PATH}"
+  validate_config backup
+  prepare_root
+  acquire_lock
+  ON_ERROR_EXIT="${EXIT_BACKUP}"
+  finish_set "${ts}"
+  apply_retention "${CONFIG[BACKUP_RETENTION_DAYS]}"
+  printf '%s\n' "${ts}"
+}
+
+cmd_run() {
+  local started_at
+  started_at="$(utc_now)"
+  load_config "${CONFIG_PATH}"
+  validate_config backup
+  prepare_root
+  acquire_lock
+  ON_ERROR_EXIT="${EXIT_BACKUP}"
+  new_set_ts
+  clean_stale_staging
+  take_snapshot "${started_at}"
+  # Nobody retries the finish of a failed run: drop the whole staging then.
+  FAILURE_DIRS+=("${STAGING_DIR}/${SET_TS}")
+  finish_set "${SET_TS}"
+  apply_retention "${CONFIG[BACKUP_RETENTION_DAYS]}"
+  printf '%s\n' "${SET_TS}"
+}
+
+cmd_list() {
+  local ts state
+  local -a files=()
+  [[ -d "${ROOT_DIR}" ]] || die "${EXIT_CONFIG}" "BACKUP_ROOT ${ROOT_DIR} does not exist"
+  while IFS= read -r ts; do
+    mapfile -t files < <(set_files "${ts}")
+    state="incomplete"
+    set_is_complete "${ts}" && state="complete"
+    printf '%s %s %s\n' "${ts}" "${state}" "${files[*]}"
+  done < <(all_set_timestamps)
+}
+
+cmd_verify() {
+  [[ -d "${ROOT_DIR}" ]] || die "${EXIT_CONFIG}" "BACKUP_ROOT ${ROOT_DIR} does not exist"
+  ON_ERROR_EXIT="${EXIT_VERIFY}"
+  resolve_set "$1" "${EXIT_VERIFY}"
+  verify_set "${SET_TS}"
+}
+
+cmd_restore() {
+  local wanted="" yes="no" only="all"
+  while (($# > 0)); do
+    case "$1" in
+      --yes) yes="yes" ;;
+      --only)
+        (($# > 1)) || die "${EXIT_CONFIG}" "restore: --only needs db or config"
+        only="$2"
+        shift
+        ;;
+      --only=*) only="${1#--only=}" ;;
+      -*) die "${EXIT_CONFIG}" "restore: unknown option $1" ;;
+      *)
+        [[ -z "${wanted}" ]] || die "${EXIT_CONFIG}" "restore: more than one set given"
+        wanted="$1"
+        ;;
+    esac
+    shift
+  done
+  [[ "${only}" == all || "${only}" == db || "${only}" == config ]] \
+    || die "${EXIT_CONFIG}" "restore: --only takes db or config, not '${only}'"
+  if [[ "${yes}" != "yes" ]]; then
+    die "${EXIT_REFUSED}" "restore replaces live data; re-run with --yes to confirm (stop the tracker first)"
+  fi
+  load_config "${CONFIG_PATH}"
+  validate_config restore
+  [[ -d "${ROOT_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_ROOT ${ROOT_DIR} does not exist"
+  acquire_lock
+  resolve_set "${wanted:-latest}" "${EXIT_REFUSED}"
+  local ts="${SET_TS}"
+  log "restoring set ${ts} (${only})"
+  verify_set "${ts}"
+  ON_ERROR_EXIT="${EXIT_BACKUP}"
+  local meta="${ROOT_DIR}/manifests/set_${ts}.meta" db_file config_file="config/config_${ts}.tar.gz"
+  db_file="$(db_file_name "${CONFIG[DB_TYPE]}" "${ts}")"
+  if [[ "${only}" != config ]]; then
+    local relative found="no"
+    for relative in "${VERIFIED_FILES[@]}"; do
+      [[ "${relative}" == "${db_file}" ]] && found="yes"
+    done
+    if [[ "${found}" != "yes" ]]; then
+      die "${EXIT_REFUSED}" "set ${ts} has no ${CONFIG[DB_TYPE]} backup (DB_TYPE=${CONFIG[DB_TYPE]} in ${CONFIG_PATH})"
+    fi
+    case "${CONFIG[DB_TYPE]}" in
+      sqlite) restore_sqlite "${ts}" "${db_file}" "${meta}" ;;
+      mysql) restore_mysql "${ts}" "${db_file}" "${meta}" ;;
+    esac
+  fi
+  if [[ "${only}" != db ]]; then
+    restore_config "${ts}" "${config_file}"
+  fi
+  log "restore of set ${ts} done"
+}
+
+main() {
+  umask 077
+  trap 'on_err "$?" "${LINENO}" "${BASH_COMMAND}"' ERR
+  trap on_exit EXIT
+  trap 'exit 129' HUP
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  init_paths
+  local command="run"
+  if (($# > 0)); then
+    command="$1"
+    shift
+  fi
+  case "${command}" in
+    run | snapshot | list)
+      (($# == 0)) || die "${EXIT_CONFIG}" "${command} takes no arguments (see --help)"
+      "cmd_${command}"
+      ;;
+    finish)
+      (($# == 1)) || die "${EXIT_CONFIG}" "usage: backup.sh finish TS"
+      cmd_finish "$1"
+      ;;
+    verify)
+      (($# <= 1)) || die "${EXIT_CONFIG}" "usage: backup.sh verify [TS|latest]"
+      cmd_verify "${1:-latest}"
+      ;;
+    restore)
+      cmd_restore "$@"
+      ;;
+    -h | --help | help)
+      usage
+      ;;
+    *)
+      usage >&2
+      die "${EXIT_CONFIG}" "unknown command '${command}'"
+      ;;
+  esac
+}
+
+if [[ "${BASH_SOURCE[0]}" == "${0}" ]]; then
+  main "$@"
+fi

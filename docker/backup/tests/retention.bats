@@ -1,0 +1,128 @@
+#!/usr/bin/env bats
+# shellcheck disable=SC2016,SC2154
+# (bash -c scripts are single-quoted on purpose; status/stderr come from bats' run)
+# Retention by age (file mtime, set with touch -d), with real SQLite sets.
+
+bats_require_minimum_version 1.7.0
+
+setup() {
+  load test_helper
+  common_setup
+  use_sqlite_config 10
+}
+
+# Make $1 complete sets; their TS go to SETS (oldest first).
+make_sets() {
+  local count="$1" index
+  SETS=()
+  for ((index = 0; index < count; index++)); do
+    backup_ok run
+    SETS+=("${SET_TS}")
+  done
+}
+
+set_exists() {
+  [[ -n "$(compgen -G "${BACKUP_ROOT}/*/*_$1.*")" ]]
+}
+
+# Apply retention the way `finish` does, without writing a new set first.
+retain() {
+  run --separate-stderr bash -c 'source "$1" && init_paths && apply_retention "$2"' _ "${BACKUP_SH}" "$1"
+  assert_success
+}
+
+@test "retention: a run deletes sets older than BACKUP_RETENTION_DAYS, keeps younger ones" {
+  make_sets 3
+  age_set "${SETS[0]}" "10 days ago"
+  age_set "${SETS[1]}" "8 days ago"
+  age_set "${SETS[2]}" "6 days ago"
+  backup_ok run
+  [[ "${stderr}" == *"retention: deleting set ${SETS[0]}"* ]]
+  refute set_exists "${SETS[0]}"
+  refute set_exists "${SETS[1]}"
+  set_exists "${SETS[2]}"
+  set_exists "${SET_TS}"
+  run final_files
+  assert_equal "${#lines[@]}" 8
+}
+
+@test "retention: keeps the newest complete set when all sets are old" {
+  make_sets 2
+  age_set "${SETS[0]}" "30 days ago"
+  age_set "${SETS[1]}" "20 days ago"
+  retain 7
+  refute set_exists "${SETS[0]}"
+  set_exists "${SETS[1]}"
+  run --separate-stderr "${BACKUP_SH}" verify latest
+  assert_success
+  [[ "${stderr}" == *"set ${SETS[1]}: verified"* ]]
+}
+
+@test "retention: an incomplete newest set does not count as the newest complete set" {
+  make_sets 2
+  rm "${BACKUP_ROOT}/manifests/set_${SETS[1]}.sha256"
+  age_set "${SETS[0]}" "30 days ago"
+  age_set "${SETS[1]}" "20 days ago"
+  retain 7
+  # The complete one survives; the old incomplete one is deleted.
+  set_exists "${SETS[0]}"
+  refute set_exists "${SETS[1]}"
+  run --separate-stderr "${BACKUP_SH}" verify latest
+  assert_success
+}
+
+@test "retention: a recent incomplete set is kept until it is old" {
+  make_sets 2
+  rm "${BACKUP_ROOT}/manifests/set_${SETS[1]}.sha256"
+  age_set "${SETS[0]}" "30 days ago"
+  retain 7
+  set_exists "${SETS[0]}"
+  set_exists "${SETS[1]}"
+}
+
+@test "retention: age is the newest mtime of a set's files" {
+  make_sets 2
+  age_set "${SETS[0]}" "30 days ago"
+  touch "${BACKUP_ROOT}/config/config_${SETS[0]}.tar.gz"
+  age_set "${SETS[1]}" "30 days ago"
+  retain 7
+  set_exists "${SETS[0]}"
+  set_exists "${SETS[1]}"
+}
+
+@test "retention: the boundary is exact days (7 days + 1 hour goes, 7 days - 1 hour stays)" {
+  make_sets 3
+  age_set "${SETS[0]}" "-7 days -1 hour"
+  age_set "${SETS[1]}" "-7 days +1 hour"
+  retain 7
+  refute set_exists "${SETS[0]}"
+  set_exists "${SETS[1]}"
+  set_exists "${SETS[2]}"
+}
+
+@test "retention: only files with this tool's exact names are touched" {
+  make_sets 2
+  local ts="${SETS[0]}"
+  local -a foreign=(
+    "sqlite/sqlite_${ts}.db.gz.bak"
+    "sqlite/my-copy.db.gz"
+    "sqlite/sqlite_2020.db.gz"
+    "mysql/mysql_${ts}.sql"
+    "config/notes.txt"
+    "manifests/set_${ts}.sha256.orig"
+    "old-dump.sql.gz"
+  )
+  local relative
+  for relative in "${foreign[@]}"; do
+    mkdir -p "$(dirname "${BACKUP_ROOT}/${relative}")"
+    printf 'not ours\n' >"${BACKUP_ROOT}/${relative}"
+    touch -d "400 days ago" "${BACKUP_ROOT}/${relative}"
+  done
+  age_set "${ts}" "400 days ago"
+  retain 7
+  [[ ! -e "${BACKUP_ROOT}/sqlite/sqlite_${ts}.db.gz" ]]
+  for relative in "${foreign[@]}"; do
+    [[ -f "${BACKUP_ROOT}/${relative}" ]] || fail "deleted a foreign file: ${relative}"
+  done
+  set_exists "${SETS[1]}"
+}

@@ -1,0 +1,397 @@
+#!/usr/bin/env bats
+# shellcheck disable=SC2030,SC2031,SC2154
+# (status/stderr/lines come from bats' run; each @test is a subshell by design)
+# Backup sets, verify, restore, failures and locking with real SQLite files.
+
+bats_require_minimum_version 1.7.0
+
+setup() {
+  load test_helper
+  common_setup
+  use_sqlite_config
+}
+
+teardown() {
+  if [[ -n "${TMPFS_MOUNT:-}" ]] && mountpoint -q "${TMPFS_MOUNT}"; then
+    umount "${TMPFS_MOUNT}"
+  fi
+}
+
+@test "run: writes one complete set, all files sharing one UTC timestamp" {
+  backup_ok run
+  local ts="${SET_TS}"
+  [[ "${ts}" =~ ^[0-9]{8}_[0-9]{6}$ ]]
+  [[ "${stderr}" == *"set ${ts} (UTC)"* ]]
+  run final_files
+  assert_output "$(printf '%s\n' "config/config_${ts}.tar.gz" "manifests/set_${ts}.meta" \
+    "manifests/set_${ts}.sha256" "sqlite/sqlite_${ts}.db.gz")"
+  # The manifest checks the set with plain sha256sum, paths relative to BACKUP_ROOT.
+  (cd "${BACKUP_ROOT}" && sha256sum --check --strict "manifests/set_${ts}.sha256")
+  run cat "${BACKUP_ROOT}/manifests/set_${ts}.meta"
+  assert_line "set=${ts}"
+  assert_line "db_type=sqlite"
+  assert_line "tool_version=1.0.0"
+  assert_line --regexp '^started_at=[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z$'
+  assert_line --regexp '^snapshot_finished_at=.*Z$'
+  assert_line --regexp '^finished_at=.*Z$'
+  assert_line "rows.torrents=100"
+  assert_line "rows.whitelist=3"
+  assert_line "rows.keys=2"
+  # Nothing left in staging; files are private (umask 077).
+  run staging_entries
+  assert_output ""
+  run stat -c '%a' "${BACKUP_ROOT}/sqlite/sqlite_${ts}.db.gz"
+  assert_output "600"
+}
+
+@test "run: the compressed database is a consistent copy (integrity ok, same content)" {
+  backup_ok run
+  gzip -dc "${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz" >"${BATS_TEST_TMPDIR}/copy.db"
+  run sqlite3 "${BATS_TEST_TMPDIR}/copy.db" 'PRAGMA integrity_check;'
+  assert_output "ok"
+  assert_equal "$(sqlite_content_sum "${BATS_TEST_TMPDIR}/copy.db")" "$(sqlite_content_sum "${SQLITE_DB}")"
+}
+
+@test "run: BACKUP_COMPRESSION_LEVEL is used and the output is plain gzip" {
+  printf "BACKUP_COMPRESSION_LEVEL='1'\n" >>"${CONFIG_FILE}"
+  backup_ok run
+  [[ "${stderr}" == *"level 1"* ]]
+  gzip -t "${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz"
+}
+
+@test "snapshot + finish: the snapshot waits in staging until its finish" {
+  backup_ok snapshot
+  local ts="${SET_TS}"
+  [[ -f "${BACKUP_ROOT}/.staging/${ts}/snapshot.db" ]]
+  run final_files
+  assert_output ""
+  # The tracker may write again between the phases; the set keeps the snapshot.
+  sqlite3 "${SQLITE_DB}" "DELETE FROM torrents WHERE id > 10;"
+  backup_ok finish "${ts}"
+  assert_equal "${SET_TS}" "${ts}"
+  run cat "${BACKUP_ROOT}/manifests/set_${ts}.meta"
+  assert_line "rows.torrents=100"
+  run staging_entries
+  assert_output ""
+  run --separate-stderr "${BACKUP_SH}" finish "${ts}"
+  assert_equal "${status}" 2
+}
+
+@test "snapshot: a new snapshot removes an older unfinished one" {
+  backup_ok snapshot
+  local first="${SET_TS}"
+  backup_ok snapshot
+  local second="${SET_TS}"
+  [[ "${first}" != "${second}" ]]
+  [[ "${stderr}" == *"removing stale staging ${first}"* ]]
+  [[ ! -e "${BACKUP_ROOT}/.staging/${first}" ]]
+  [[ -d "${BACKUP_ROOT}/.staging/${second}" ]]
+  run --separate-stderr "${BACKUP_SH}" finish "${first}"
+  assert_equal "${status}" 2
+  backup_ok finish "${second}"
+}
+
+@test "run: the next run removes staging and final-named files of a killed run" {
+  backup_ok run
+  local good="${SET_TS}"
+  # What a run killed with -9 in the middle of its renames leaves behind.
+  local dead="20200101_000000"
+  mkdir -p "${BACKUP_ROOT}/.staging/${dead}/out"
+  printf 'partial' >"${BACKUP_ROOT}/.staging/${dead}/snapshot.db"
+  printf 'partial' >"${BACKUP_ROOT}/sqlite/sqlite_${dead}.db.gz"
+  printf 'partial' >"${BACKUP_ROOT}/config/config_${dead}.tar.gz"
+  backup_ok run
+  [[ "${stderr}" == *"removing stale staging ${dead}"* ]]
+  run staging_entries
+  assert_output ""
+  run final_files
+  refute_output --partial "${dead}"
+  assert_output --partial "set_${good}.sha256"
+  assert_output --partial "set_${SET_TS}.sha256"
+}
+
+@test "config paths: comments, blanks and missing paths; the tar listing is exact" {
+  cat >"${PATHS_FILE}" <<EOF
+# config files of the stack
+
+${CONFIG_TREE}/tracker/etc/tracker.toml
+   ${CONFIG_TREE}/prometheus/etc
+# ${CONFIG_TREE}/commented/out
+${CONFIG_TREE}/does/not/exist
+
+EOF
+  backup_ok run
+  [[ "${stderr}" == *"config path ${CONFIG_TREE}/does/not/exist does not exist; skipped"* ]]
+  run tar --list --gzip --file="${BACKUP_ROOT}/config/config_${SET_TS}.tar.gz"
+  local relative="${CONFIG_TREE#/}"
+  assert_output "$(printf '%s\n' "${relative}/tracker/etc/tracker.toml" "${relative}/prometheus/etc/" \
+    "${relative}/prometheus/etc/prometheus.yml")"
+}
+
+@test "config paths: a path containing BACKUP_ROOT never archives the backups" {
+  export BACKUP_ROOT="${CONFIG_TREE}/backup"
+  printf '%s\n' "${CONFIG_TREE}" >"${PATHS_FILE}"
+  backup_ok run
+  backup_ok run
+  run tar --list --gzip --file="${BACKUP_ROOT}/config/config_${SET_TS}.tar.gz"
+  assert_output --partial "tracker/etc/tracker.toml"
+  refute_output --partial "storage/backup"
+}
+
+@test "config paths: a relative path exits 2 naming the line" {
+  printf '# x\ntracker/etc/tracker.toml\n' >"${PATHS_FILE}"
+  run --separate-stderr "${BACKUP_SH}" run
+  assert_equal "${status}" 2
+  [[ "${stderr}" == *"${PATHS_FILE}:2: not an absolute path"* ]]
+  run final_files
+  assert_output ""
+}
+
+@test "config paths: a tar error fails the backup with exit 3 and is shown" {
+  # Unreadable even for root: the kernel refuses reads of write-only sysctls.
+  local unreadable=/proc/sys/vm/compact_memory
+  [[ -e "${unreadable}" ]] && ! cat "${unreadable}" >/dev/null 2>&1 \
+    || skip "no file unreadable for $(id -un) on this kernel"
+  if [[ "$(id -u)" != 0 ]]; then
+    unreadable="${CONFIG_TREE}/tracker/etc/tracker.toml"
+    chmod 000 "${unreadable}"
+  fi
+  printf '%s\n' "${CONFIG_TREE}/prometheus/etc" "${unreadable}" >"${PATHS_FILE}"
+  run --separate-stderr "${BACKUP_SH}" run
+  assert_equal "${status}" 3
+  [[ "${stderr}" == *"tar: "*"Permission denied"* ]]
+  [[ "${stderr}" == *"archiving config files failed"* ]]
+  run final_files
+  assert_output ""
+  run staging_entries
+  assert_output ""
+}
+
+@test "failure: a missing SQLite database exits 3 and writes no files" {
+  rm "${SQLITE_DB}"
+  run --separate-stderr "${BACKUP_SH}" run
+  assert_equal "${status}" 3
+  [[ "${stderr}" == *"does not exist"* ]]
+  run final_files
+  assert_output ""
+  run staging_entries
+  assert_output ""
+  [[ ! -e "${SQLITE_DB}" ]]
+}
+
+@test "failure: a corrupt SQLite database fails integrity_check (exit 4)" {
+  # Valid header, garbage pages: the online backup copies it, integrity_check catches it.
+  rm "${SQLITE_DB}"
+  make_sqlite_db "${SQLITE_DB}" 2000
+  local size
+  size="$(stat -c %s "${SQLITE_DB}")"
+  dd if=/dev/urandom of="${SQLITE_DB}" bs=1 seek=4096 count=$((size - 8192)) conv=notrunc status=none
+  run --separate-stderr "${BACKUP_SH}" run
+  assert_equal "${status}" 4
+  [[ "${stderr}" == *"integrity_check of the SQLite snapshot failed"* ]]
+  run staging_entries
+  assert_output ""
+  run final_files
+  assert_output ""
+}
+
+@test "lock: a run while another holds the lock exits 5 and changes nothing" {
+  backup_ok run
+  local before
+  before="$(final_files)"
+  exec {lock_fd}>>"${BACKUP_ROOT}/.lock"
+  flock --nonblock "${lock_fd}"
+  run --separate-stderr "${BACKUP_SH}" run
+  assert_equal "${status}" 5
+  [[ "${stderr}" == *"another backup.sh run holds"* ]]
+  run --separate-stderr "${BACKUP_SH}" restore latest --yes
+  assert_equal "${status}" 5
+  exec {lock_fd}>&-
+  assert_equal "$(final_files)" "${before}"
+}
+
+@test "list: one line per set with its state and files" {
+  backup_ok run
+  local first="${SET_TS}"
+  backup_ok run
+  local second="${SET_TS}"
+  rm "${BACKUP_ROOT}/manifests/set_${second}.sha256"
+  run --separate-stderr "${BACKUP_SH}" list
+  assert_success
+  assert_equal "${#lines[@]}" 2
+  assert_line --index 0 "${first} complete sqlite/sqlite_${first}.db.gz config/config_${first}.tar.gz manifests/set_${first}.meta manifests/set_${first}.sha256"
+  assert_line --index 1 "${second} incomplete sqlite/sqlite_${second}.db.gz config/config_${second}.tar.gz manifests/set_${second}.meta"
+}
+
+@test "verify: a complete set passes; latest is the newest complete set" {
+  backup_ok run
+  run --separate-stderr "${BACKUP_SH}" verify
+  assert_success
+  [[ "${stderr}" == *"set ${SET_TS}: verified"* ]]
+  run --separate-stderr "${BACKUP_SH}" verify "${SET_TS}"
+  assert_success
+}
+
+@test "verify: a flipped byte exits 4 and restore refuses it" {
+  backup_ok run
+  local file="${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz"
+  # Flip one byte in the middle of the file.
+  local offset=$(($(stat -c %s "${file}") / 2)) byte
+  byte="$(od -An -tu1 -j "${offset}" -N1 "${file}" | tr -d ' ')"
+  printf '%b' "\\$(printf '%03o' $(((byte + 1) % 256)))" \
+    | dd of="${file}" bs=1 seek="${offset}" count=1 conv=notrunc status=none
+  run --separate-stderr "${BACKUP_SH}" verify "${SET_TS}"
+  assert_equal "${status}" 4
+  [[ "${stderr}" == *"checksum mismatch"* ]]
+  local before
+  before="$(sqlite_content_sum "${SQLITE_DB}")"
+  sqlite3 "${SQLITE_DB}" "DELETE FROM torrents;"
+  local after_delete
+  after_delete="$(sqlite_content_sum "${SQLITE_DB}")"
+  run --separate-stderr "${BACKUP_SH}" restore "${SET_TS}" --yes
+  assert_equal "${status}" 4
+  assert_equal "$(sqlite_content_sum "${SQLITE_DB}")" "${after_delete}"
+  [[ "${before}" != "${after_delete}" ]]
+  refute compgen -G "${SQLITE_DB}.before-restore-*"
+}
+
+@test "verify: a tampered manifest line exits 4" {
+  backup_ok run
+  printf '%064d  ../../etc/passwd\n' 0 >>"${BACKUP_ROOT}/manifests/set_${SET_TS}.sha256"
+  run --separate-stderr "${BACKUP_SH}" verify latest
+  assert_equal "${status}" 4
+  [[ "${stderr}" == *"unexpected line"* ]]
+}
+
+@test "verify: no complete set exits 4; an unknown set name or BACKUP_ROOT exits 2" {
+  run --separate-stderr "${BACKUP_SH}" verify
+  assert_equal "${status}" 2
+  [[ "${stderr}" == *"BACKUP_ROOT ${BACKUP_ROOT} does not exist"* ]]
+  mkdir -p "${BACKUP_ROOT}"
+  run --separate-stderr "${BACKUP_SH}" verify
+  assert_equal "${status}" 4
+  run --separate-stderr "${BACKUP_SH}" verify nonsense
+  assert_equal "${status}" 2
+}
+
+@test "restore: refused without --yes (exit 6), nothing changes" {
+  backup_ok run
+  local before
+  before="$(sqlite_content_sum "${SQLITE_DB}")"
+  run --separate-stderr "${BACKUP_SH}" restore latest
+  assert_equal "${status}" 6
+  [[ "${stderr}" == *"--yes"* ]]
+  run --separate-stderr "${BACKUP_SH}" restore
+  assert_equal "${status}" 6
+  assert_equal "$(sqlite_content_sum "${SQLITE_DB}")" "${before}"
+  [[ ! -e "${BACKUP_ROOT}/restore-${SET_TS}" ]]
+}
+
+@test "restore: backup then restore gives identical content; the old file is kept aside" {
+  backup_ok run
+  local ts="${SET_TS}" original
+  original="$(sqlite_content_sum "${SQLITE_DB}")"
+  sqlite3 "${SQLITE_DB}" "DELETE FROM torrents WHERE id % 2 = 0; UPDATE keys SET valid_until = 1; INSERT INTO whitelist (info_hash) VALUES ('new');"
+  local changed
+  changed="$(sqlite_content_sum "${SQLITE_DB}")"
+  [[ "${changed}" != "${original}" ]]
+  chmod 0640 "${SQLITE_DB}"
+  run --separate-stderr "${BACKUP_SH}" restore "${ts}" --yes
+  assert_success
+  assert_equal "$(sqlite_content_sum "${SQLITE_DB}")" "${original}"
+  run stat -c '%a' "${SQLITE_DB}"
+  assert_output "640"
+  local -a aside=("${SQLITE_DB}".before-restore-*)
+  assert_equal "${#aside[@]}" 1
+  assert_equal "$(sqlite_content_sum "${aside[0]}")" "${changed}"
+  # Config files went to the default restore directory, not over the live ones.
+  local relative="${CONFIG_TREE#/}"
+  cmp "${BACKUP_ROOT}/restore-${ts}/${relative}/tracker/etc/tracker.toml" "${CONFIG_TREE}/tracker/etc/tracker.toml"
+  cmp "${BACKUP_ROOT}/restore-${ts}/${relative}/prometheus/etc/prometheus.yml" "${CONFIG_TREE}/prometheus/etc/prometheus.yml"
+  # No temporary left next to the database.
+  run find "${SQLITE_DB%/*}" -name '.*restore*'
+  assert_output ""
+}
+
+@test "restore: --only db and --only config, RESTORE_DB_PATH and RESTORE_CONFIG_ROOT" {
+  backup_ok run
+  local original
+  original="$(sqlite_content_sum "${SQLITE_DB}")"
+  export RESTORE_DB_PATH="${BATS_TEST_TMPDIR}/data/elsewhere.db"
+  export RESTORE_CONFIG_ROOT="${BATS_TEST_TMPDIR}/restored-config"
+  run --separate-stderr "${BACKUP_SH}" restore latest --yes --only db
+  assert_success
+  assert_equal "$(sqlite_content_sum "${RESTORE_DB_PATH}")" "${original}"
+  [[ ! -e "${RESTORE_CONFIG_ROOT}" ]]
+  run --separate-stderr "${BACKUP_SH}" restore --only config --yes
+  assert_success
+  [[ -f "${RESTORE_CONFIG_ROOT}/${CONFIG_TREE#/}/tracker/etc/tracker.toml" ]]
+}
+
+@test "restore: an unknown or incomplete set is refused (exit 6)" {
+  backup_ok run
+  run --separate-stderr "${BACKUP_SH}" restore 20200101_000000 --yes
+  assert_equal "${status}" 6
+  rm "${BACKUP_ROOT}/manifests/set_${SET_TS}.sha256"
+  run --separate-stderr "${BACKUP_SH}" restore "${SET_TS}" --yes
+  assert_equal "${status}" 6
+  [[ "${stderr}" == *"incomplete"* ]]
+  run --separate-stderr "${BACKUP_SH}" restore latest --yes
+  assert_equal "${status}" 6
+}
+
+@test "restore: a sqlite set is refused when DB_TYPE is mysql (exit 6)" {
+  backup_ok run
+  write_config DB_TYPE=mysql DB_HOST=127.0.0.1 DB_USER=u DB_NAME=d "BACKUP_PATHS_FILE=${PATHS_FILE}"
+  run --separate-stderr "${BACKUP_SH}" restore latest --yes --only db
+  assert_equal "${status}" 6
+  [[ "${stderr}" == *"has no mysql backup"* ]]
+}
+
+# Disk full: BACKUP_ROOT on a 1 MiB tmpfs (needs root and mount rights, which a
+# docker build step does not have).
+mount_small_tmpfs() {
+  TMPFS_MOUNT="${BATS_TEST_TMPDIR}/small"
+  mkdir -p "${TMPFS_MOUNT}"
+  mount -t tmpfs -o size=1m tmpfs "${TMPFS_MOUNT}" 2>/dev/null || skip "cannot mount a tmpfs here (needs root + CAP_SYS_ADMIN)"
+  export BACKUP_ROOT="${TMPFS_MOUNT}"
+}
+
+grow_database() {
+  sqlite3 "${SQLITE_DB}" "CREATE TABLE IF NOT EXISTS blobs (data BLOB); INSERT INTO blobs VALUES (randomblob($1));"
+}
+
+@test "disk full during the snapshot: exit 3, no partial file, older sets intact" {
+  mount_small_tmpfs
+  backup_ok run
+  local old="${SET_TS}" before
+  before="$(final_files)"
+  grow_database 2000000
+  run --separate-stderr "${BACKUP_SH}" run
+  assert_equal "${status}" 3
+  assert_equal "$(final_files)" "${before}"
+  run staging_entries
+  assert_output ""
+  run --separate-stderr "${BACKUP_SH}" verify "${old}"
+  assert_success
+}
+
+@test "disk full while compressing: exit 3, no partial file, older sets intact" {
+  mount_small_tmpfs
+  backup_ok run
+  local old="${SET_TS}" before
+  before="$(final_files)"
+  # Fits into staging once, but not twice (snapshot + its incompressible .gz).
+  grow_database 600000
+  run --separate-stderr "${BACKUP_SH}" run
+  assert_equal "${status}" 3
+  [[ "${stderr}" == *"No space left on device"* || "${stderr}" == *"disk is full"* ]]
+  assert_equal "$(final_files)" "${before}"
+  run staging_entries
+  assert_output ""
+  run --separate-stderr "${BACKUP_SH}" verify "${old}"
+  assert_success
+  # Space is back after the failure: a smaller database backs up fine again.
+  sqlite3 "${SQLITE_DB}" "DROP TABLE blobs; VACUUM;"
+  backup_ok run
+}

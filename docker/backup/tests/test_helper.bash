@@ -1,0 +1,106 @@
+# shellcheck shell=bash disable=SC2154
+# (status, stderr and lines are set by bats' run)
+#
+# Shared setup for the backup.sh bats tests. Everything a test writes lives
+# under $BATS_TEST_TMPDIR; databases are real SQLite files (and, in mysql.bats,
+# a real MariaDB server).
+
+export BATS_LIB_PATH="${BATS_LIB_PATH:-/usr/lib/bats}"
+bats_load_library bats-support
+bats_load_library bats-assert
+
+BACKUP_SH="$(cd "${BATS_TEST_DIRNAME}/.." && pwd)/backup.sh"
+readonly BACKUP_SH
+
+# A fresh BACKUP_ROOT, config directory and TMPDIR per test.
+common_setup() {
+  export BACKUP_ROOT="${BATS_TEST_TMPDIR}/backups"
+  export CONFIG_FILE="${BATS_TEST_TMPDIR}/etc/backup.conf"
+  export TMPDIR="${BATS_TEST_TMPDIR}/tmp"
+  unset RESTORE_DB_PATH RESTORE_CONFIG_ROOT
+  mkdir -p "${BATS_TEST_TMPDIR}/etc" "${BATS_TEST_TMPDIR}/data" "${TMPDIR}"
+  # Config files to archive, as the paths file names them.
+  CONFIG_TREE="${BATS_TEST_TMPDIR}/storage"
+  mkdir -p "${CONFIG_TREE}/tracker/etc" "${CONFIG_TREE}/prometheus/etc"
+  printf '[core]\ndb_driver = "sqlite3"\n' >"${CONFIG_TREE}/tracker/etc/tracker.toml"
+  printf 'scrape_configs: []\n' >"${CONFIG_TREE}/prometheus/etc/prometheus.yml"
+  PATHS_FILE="${BATS_TEST_TMPDIR}/etc/backup-paths.txt"
+  printf '%s\n' "${CONFIG_TREE}/tracker/etc/tracker.toml" "${CONFIG_TREE}/prometheus/etc" >"${PATHS_FILE}"
+}
+
+# Quote a value the way the renderer writes backup.conf: single quotes, an
+# embedded ' as '\'' (what a POSIX shell reads back).
+shell_quote() {
+  local value="$1"
+  printf "'%s'" "${value//\'/\'\\\'\'}"
+}
+
+# write_config KEY=VALUE... -> $CONFIG_FILE, every value renderer-quoted.
+write_config() {
+  local pair
+  : >"${CONFIG_FILE}"
+  for pair in "$@"; do
+    printf '%s=%s\n' "${pair%%=*}" "$(shell_quote "${pair#*=}")" >>"${CONFIG_FILE}"
+  done
+}
+
+# A tracker-like SQLite database with $2 torrents (default 100).
+make_sqlite_db() {
+  local db="$1" rows="${2:-100}"
+  sqlite3 "${db}" <<SQL
+CREATE TABLE torrents (id INTEGER PRIMARY KEY, info_hash TEXT NOT NULL UNIQUE, completed INTEGER NOT NULL);
+CREATE TABLE whitelist (id INTEGER PRIMARY KEY, info_hash TEXT NOT NULL UNIQUE);
+CREATE TABLE keys (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, valid_until INTEGER);
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${rows})
+INSERT INTO torrents (info_hash, completed) SELECT lower(hex(randomblob(20))), abs(random() % 1000) FROM n;
+INSERT INTO whitelist (info_hash) SELECT info_hash FROM torrents WHERE id <= 3;
+INSERT INTO keys (key, valid_until) VALUES ('k€y with ''quotes''', 1700000000), (x'00ff', NULL);
+SQL
+}
+
+# A checksum of a SQLite database's schema and content.
+sqlite_content_sum() {
+  sqlite3 "$1" .dump | sha256sum | cut -d' ' -f1
+}
+
+use_sqlite_config() {
+  SQLITE_DB="${BATS_TEST_TMPDIR}/data/tracker.db"
+  [[ -f "${SQLITE_DB}" ]] || make_sqlite_db "${SQLITE_DB}" "${1:-100}"
+  write_config BACKUP_MODE=single BACKUP_RETENTION_DAYS=7 "BACKUP_PATHS_FILE=${PATHS_FILE}" \
+    BACKUP_COMPRESSION_LEVEL=6 DB_TYPE=sqlite "DB_PATH=${SQLITE_DB}"
+}
+
+# Files under the final-name directories (relative to BACKUP_ROOT), sorted.
+final_files() {
+  if [[ -d "${BACKUP_ROOT}" ]]; then
+    (cd "${BACKUP_ROOT}" && find mysql sqlite config manifests -type f 2>/dev/null | sort)
+  fi
+}
+
+# Entries left in staging (empty when nothing is pending).
+staging_entries() {
+  if [[ -d "${BACKUP_ROOT}/.staging" ]]; then
+    (cd "${BACKUP_ROOT}/.staging" && find . -mindepth 1 | sort)
+  fi
+}
+
+# Run backup.sh successfully and set SET_TS to the set it wrote; a second
+# set in the same second would wait, so callers may chain runs freely.
+backup_ok() {
+  run --separate-stderr "${BACKUP_SH}" "$@"
+  if ((status != 0)); then
+    printf 'backup.sh %s failed with %s:\n%s\n' "$*" "${status}" "${stderr}" >&2
+    return 1
+  fi
+  # shellcheck disable=SC2034  # read by the tests
+  SET_TS="${lines[${#lines[@]} - 1]}"
+}
+
+# Set all files of set $1 to mtime "$2" (touch -d syntax).
+age_set() {
+  local ts="$1" when="$2" file
+  for file in "${BACKUP_ROOT}"/{mysql,sqlite,config,manifests}/*_"${ts}".*; do
+    [[ -e "${file}" ]] && touch -d "${when}" "${file}"
+  done
+  return 0
+}
