@@ -303,15 +303,12 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
             "deploy_dir": str(paths.DEPLOY_DIR),
             "log_file": str(paths.BACKUP_LOG),
         }
-        add(
-            paths.MAINTENANCE_SCRIPT,
-            "backup/maintenance-backup.sh.j2",
-            mode=0o755,
-            compose_file=str(paths.COMPOSE_FILE),
-            lock_file=str(paths.BACKUP_LOCK),
-            status_dir=str(paths.BACKUP_STATUS_DIR),
-            notify_url=env.backup.notify_url or "",
-            **common,
+        files.append(
+            RenderedFile(
+                paths.MAINTENANCE_SCRIPT,
+                maintenance_script(env, templates_dir=templates_dir),
+                0o755,
+            )
         )
         add(
             paths.CRON_FILE,
@@ -326,6 +323,30 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
     files.sort(key=lambda item: str(item.path))
     ordered_dirs = tuple(directories[key] for key in sorted(directories, key=str))
     return RenderedTree(env.name, tuple(files), ordered_dirs)
+
+
+def maintenance_script(
+    env: Env,
+    *,
+    deploy_dir: str = str(paths.DEPLOY_DIR),
+    log_file: str = str(paths.BACKUP_LOG),
+    lock_file: str = str(paths.BACKUP_LOCK),
+    status_dir: str = str(paths.BACKUP_STATUS_DIR),
+    templates_dir: Path = paths.TEMPLATES_DIR,
+) -> bytes:
+    """The host's maintenance-backup.sh; tests point the paths at a scratch directory."""
+    assert env.backup is not None
+    return _render_template(
+        _environment(templates_dir),
+        "backup/maintenance-backup.sh.j2",
+        env=env,
+        deploy_dir=deploy_dir,
+        compose_file=f"{deploy_dir}/docker-compose.yml",
+        log_file=log_file,
+        lock_file=lock_file,
+        status_dir=status_dir,
+        notify_url=env.backup.notify_url or "",
+    )
 
 
 # --------------------------------------------------------------------------- write / read

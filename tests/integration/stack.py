@@ -1,0 +1,157 @@
+"""A real compose stack from a rendered tree, in a temporary deploy directory.
+
+The maintenance script is rendered from its real template with the deploy
+directory, log, lock and status paths pointed at the temporary directory, and
+run directly on this machine against the real Docker engine (the SSH side is
+covered by test_remote.py). Images: the tracker stand-in and MariaDB from
+tests/e2e/images (scripts/e2e-setup.sh) and the backup image (inv build-image).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tracker_deployer import paths
+from tracker_deployer.config import Env
+from tracker_deployer.render import render
+from tracker_deployer.render.tree import maintenance_script
+
+STANDIN_IMAGE = "tracker-deployer-test/tracker-standin:e2e"
+MARIADB_IMAGE = "tracker-deployer-test/mariadb:e2e"
+BACKUP_IMAGE = os.environ.get("TRACKER_DEPLOYER_BACKUP_IMAGE", "torrust/tracker-backup:1.0.0")
+
+
+def image_exists(name: str) -> bool:
+    result = subprocess.run(["docker", "image", "inspect", name], capture_output=True, check=False)
+    return result.returncode == 0
+
+
+def missing_images(*names: str) -> list[str]:
+    return [name for name in names if not image_exists(name)]
+
+
+class Stack:
+    """A deploy directory with the stack's files and a compose project name of its own."""
+
+    def __init__(self, env: Env, base: Path) -> None:
+        self.env = env
+        self.base = base
+        self.deploy_dir = base / "deploy"
+        self.log_file = base / "log/tracker-backup.log"
+        self.lock_file = base / "lock/tracker-backup.lock"
+        self.status_dir = self.deploy_dir / "storage/backup/status"
+        self.script = base / "maintenance-backup.sh"
+        self.project = f"tdtest-{uuid.uuid4().hex[:10]}"
+
+    def install(self) -> Stack:
+        """Lay out the rendered /opt/torrust tree under deploy_dir, owners and modes included."""
+        tree = render(self.env)
+        for directory in tree.directories:
+            local = self._local(directory.path)
+            local.mkdir(parents=True, exist_ok=True)
+            os.chown(local, directory.uid, directory.gid)
+            local.chmod(directory.mode)
+        for item in tree.files:
+            if not item.path.is_relative_to(paths.DEPLOY_DIR):
+                continue
+            local = self._local(item.path)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(item.content)
+            os.chown(local, item.uid, item.gid)
+            local.chmod(item.mode)
+        self.base.chmod(0o755)
+        self.script.write_bytes(
+            maintenance_script(
+                self.env,
+                deploy_dir=str(self.deploy_dir),
+                log_file=str(self.log_file),
+                lock_file=str(self.lock_file),
+                status_dir=str(self.status_dir),
+            )
+        )
+        self.script.chmod(0o755)
+        return self
+
+    def _local(self, host_path: Any) -> Path:
+        return self.deploy_dir / str(host_path.relative_to(paths.DEPLOY_DIR))
+
+    @property
+    def backups(self) -> Path:
+        return self.deploy_dir / "storage/backup"
+
+    def environ(self) -> dict[str, str]:
+        return {**os.environ, "COMPOSE_PROJECT_NAME": self.project}
+
+    def compose(
+        self, *args: str, check: bool = True, timeout: int = 300
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["docker", "compose", "--project-directory", str(self.deploy_dir), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=self.environ(),
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"docker compose {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def up(self) -> None:
+        self.compose("up", "-d", "--wait", timeout=300)
+
+    def down(self) -> None:
+        self.compose("--profile", "backup", "down", "--volumes", "--remove-orphans", check=False)
+
+    def running_services(self) -> set[str]:
+        result = self.compose("ps", "--status", "running", "--services")
+        return set(result.stdout.split())
+
+    def run_maintenance(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.script), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=self.environ(),
+            cwd=self.deploy_dir,
+            timeout=timeout,
+        )
+
+    def status(self) -> dict[str, str]:
+        text = (self.status_dir / "last-run.env").read_text()
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+    def sets(self) -> list[str]:
+        manifests = self.backups / "manifests"
+        if not manifests.is_dir():
+            return []
+        return sorted(p.name[len("set_") : -len(".sha256")] for p in manifests.glob("set_*.sha256"))
+
+    def meta(self, set_id: str) -> dict[str, str]:
+        text = (self.backups / "manifests" / f"set_{set_id}.meta").read_text()
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+    def cleanup(self) -> None:
+        self.down()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def env_for_stack(data: dict[str, Any], *, backup_image: str = BACKUP_IMAGE) -> dict[str, Any]:
+    """A config using the test images (published ports moved out of the way)."""
+    data = json.loads(json.dumps(data))
+    data["images"] = {"tracker": STANDIN_IMAGE, "mysql": MARIADB_IMAGE, "backup": backup_image}
+    data.pop("grafana", None)
+    data.pop("prometheus", None)
+    tracker = data["tracker"]
+    # Loopback binds are not published: several stacks can run side by side.
+    tracker["udp_trackers"] = [{"bind_address": "127.0.0.1:6969"}]
+    tracker["http_trackers"] = [{"bind_address": "127.0.0.1:7070"}]
+    tracker["http_api"]["bind_address"] = "127.0.0.1:1212"
+    return data
