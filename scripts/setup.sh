@@ -3,7 +3,8 @@
 #
 # Idempotent: a second run only checks. Run as root (or with sudo).
 #   scripts/setup.sh            system packages, dockerd, compose v2, base image, .venv
-#   SETUP_SKIP_SYSTEM=1 ...     only the Python virtual environment
+#   SETUP_SKIP_SYSTEM=1 ...     skip system packages and daemons
+#   SETUP_SKIP_IMAGES=1 ...     skip building the test and backup images
 #
 # What and why (measured recipes: ../shared/INFRA.md in the steering repo):
 # - docker.io from Debian, dockerd started by hand (no systemd on our machines)
@@ -41,7 +42,7 @@ install_packages() {
     docker.io debootstrap ca-certificates iptables
     bats bats-assert bats-support shellcheck
     openssh-server openssh-client cron sudo logrotate util-linux
-    sqlite3 pigz gzip tar jq curl
+    sqlite3 pigz gzip tar jq curl time
     mariadb-client mariadb-server
   )
   local -a missing=()
@@ -170,6 +171,16 @@ setup_venv() {
   printf '%s\n' "${want}" >"${stamp}"
 }
 
+# The images the tests and the sandbox run: the e2e test images (MariaDB, the
+# tracker stand-in, the target host) and the backup image (its bats stage runs
+# during the build). Both steps skip work that is already done.
+build_images() {
+  bash "${REPO_ROOT}/scripts/e2e-setup.sh" >/dev/null
+  "${VENV}/bin/inv" --search-root "${REPO_ROOT}" build-image >"${STATE_DIR}/build-image.log" 2>&1 \
+    || { tail -n 40 "${STATE_DIR}/build-image.log" >&2; die "building the backup image failed (log: ${STATE_DIR}/build-image.log)"; }
+  log "images: test images and $(tail -n 2 "${STATE_DIR}/build-image.log" | head -n 1 | sed 's/^ *tagged //') ready"
+}
+
 main() {
   mkdir -p "${STATE_DIR}"
   if [[ "${SETUP_SKIP_SYSTEM:-0}" != "1" ]]; then
@@ -180,6 +191,9 @@ main() {
     ensure_mariadb
   fi
   setup_venv
+  if [[ "${SETUP_SKIP_IMAGES:-0}" != "1" ]]; then
+    build_images
+  fi
   log "done"
 }
 

@@ -176,6 +176,11 @@ def derive(env: Env) -> Topology:
             environment=(
                 ("USER_ID", "USER_ID"),
                 ("TORRUST_TRACKER_DATABASE_DRIVER", "TORRUST_TRACKER_DATABASE_DRIVER"),
+                # The tracker image's entry script refuses to start without it.
+                (
+                    "TORRUST_TRACKER_CONFIG_OVERRIDE_CORE__DATABASE__DRIVER",
+                    "TORRUST_TRACKER_DATABASE_DRIVER",
+                ),
                 ("TORRUST_TRACKER_CONFIG_TOML_PATH", "TORRUST_TRACKER_CONFIG_TOML_PATH"),
             ),
             ports=tracker_ports(env),

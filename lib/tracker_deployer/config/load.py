@@ -349,7 +349,7 @@ class _Reader:
             value,
             path,
             required=("private_key_path", "public_key_path", "username"),
-            optional=("port", "host"),
+            optional=("port", "host", "known_hosts_path"),
         )
         if section is None:
             return None
@@ -358,9 +358,12 @@ class _Reader:
         username = self.typed(section, "username", path, parse_unix_user)
         port = self.int_(section, "port", path, 1, 65535, "use the SSH port, usually 22")
         host = self.typed(section, "host", path, parse_host)
+        known_hosts = self.typed(section, "known_hosts_path", path, parse_key_path)
         if None in (private, public, username) or ("port" in section and port is None):
             return None
-        if "host" in section and host is None:
+        if ("host" in section and host is None) or (
+            "known_hosts_path" in section and known_hosts is None
+        ):
             return None
         assert private is not None
         assert public is not None
@@ -372,7 +375,9 @@ class _Reader:
                 "point it at the .pub file of the key pair",
             )
             return None
-        return SshCredentials(private, public, username, port if port is not None else 22, host)
+        return SshCredentials(
+            private, public, username, port if port is not None else 22, host, known_hosts
+        )
 
     def provider(self, value: object) -> Provider | None:
         path = "provider"

@@ -362,6 +362,7 @@ class SshCredentials:
     username: str
     port: int = 22
     host: str | None = None
+    known_hosts_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,7 +72,7 @@ def target_for(
         port=env.ssh.port,
         user=env.ssh.username,
         private_key_path=env.ssh.private_key_path,
-        known_hosts_path=known_hosts or DEFAULT_KNOWN_HOSTS,
+        known_hosts_path=known_hosts or env.ssh.known_hosts_path or DEFAULT_KNOWN_HOSTS,
         accept_new_host_key=accept_new_host_key,
     )
 
