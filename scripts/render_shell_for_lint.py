@@ -11,7 +11,34 @@ from pathlib import Path
 
 from tracker_deployer import paths
 from tracker_deployer.config import load_env
-from tracker_deployer.render import render
+from tracker_deployer.render import operation_script, render
+
+# Example values: shellcheck looks at the scripts' shape, not at these.
+OPERATIONS = {
+    "inventory": {"backup_dir": "/opt/torrust/storage/backup", "verify": True},
+    "verify": {
+        "deploy_dir": "/opt/torrust",
+        "backup_dir": "/opt/torrust/storage/backup",
+        "set_id": "20261127_030000",
+        "db_type": "mysql",
+        "drill": True,
+        "backup_image": "torrust/tracker-backup:1.0.0",
+        "mysql_image": "mysql:8.4",
+        "app_uid": 1000,
+        "app_gid": 1000,
+    },
+    "restore": {
+        "deploy_dir": "/opt/torrust",
+        "backup_dir": "/opt/torrust/storage/backup",
+        "set_id": "20261127_030000",
+        "db_type": "sqlite",
+        "only": "all",
+        "safety_backup": False,
+        "maintenance_script": "/usr/local/bin/maintenance-backup.sh",
+        "sqlite_dir": "/opt/torrust/storage/tracker/lib/database",
+        "sqlite_name": "tracker.db",
+    },
+}
 
 
 def main(out_dir: Path) -> int:
@@ -26,6 +53,10 @@ def main(out_dir: Path) -> int:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(item.content)
                 count += 1
+    for name, context in OPERATIONS.items():
+        (out_dir / "operations").mkdir(exist_ok=True)
+        (out_dir / "operations" / f"{name}.sh").write_text(operation_script(name, **context))
+        count += 1
     print(f"rendered {count} shell scripts into {out_dir}")
     return 0
 

@@ -39,7 +39,8 @@ def dockerfile_version(context: Path) -> str:
     return match.group(1)
 
 
-def _client() -> Any:
+def docker_client() -> Any:
+    """A client of the local Docker daemon; a DeployError when it cannot be reached."""
     import docker  # only the image tasks need the SDK
     from docker.errors import DockerException
 
@@ -60,7 +61,7 @@ def build(
     """Build ``context`` (running its test stage); tag it with every tag."""
     from docker.errors import APIError, BuildError
 
-    client = _client()
+    client = docker_client()
     say(f"building {context} (the bats test stage runs as part of the build)")
     try:
         image, logs = client.images.build(

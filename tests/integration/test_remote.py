@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import stat
 import subprocess
@@ -277,3 +278,106 @@ def test_installed_cron_file_is_fired_by_a_real_cron_daemon(
     text = status.read_text()
     assert "result=failure" in text
     assert "backup run FAILED" in log.read_text()
+
+
+def make_sqlite_set(backup_root: Path, work: Path) -> str:
+    """A real backup set, written by backup.sh itself (no container needed)."""
+    work.mkdir(parents=True, exist_ok=True)
+    database = work / "tracker.db"
+    subprocess.run(
+        [
+            "sqlite3",
+            str(database),
+            "CREATE TABLE torrents(id INTEGER PRIMARY KEY, info_hash TEXT, completed INTEGER);"
+            "INSERT INTO torrents(info_hash, completed) VALUES ('a', 1), ('b', 2), ('c', 3);",
+        ],
+        check=True,
+    )
+    paths_file = work / "paths.txt"
+    paths_file.write_text(f"{database}\n")
+    config = work / "backup.conf"
+    config.write_text(f"BACKUP_PATHS_FILE='{paths_file}'\nDB_TYPE='sqlite'\nDB_PATH='{database}'\n")
+    backup_root.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "docker/backup/backup.sh"), "run"],
+        env={**os.environ, "CONFIG_FILE": str(config), "BACKUP_ROOT": str(backup_root)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_backups_lists_sets_and_reports_a_failed_last_run(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    backups = target.host_path("/opt/torrust/storage/backup")
+    set_id = make_sqlite_set(backups, tmp_path / "work")
+    status = backups / "status"
+    status.mkdir()
+    (status / "last-run.env").write_text(
+        "result=failure\nexit_code=3\nstarted_at=2026-11-27T03:00:00Z\nduration_seconds=4\n"
+        "downtime_seconds=1\nset=\nreason=the snapshot failed (backup container exit 3)\n"
+    )
+    (status / "last-failure.log").write_text("2026-11-27T03:00:02Z backup.sh: cannot connect\n")
+    known = str(target.known_hosts)
+    result = inv("backups", "--env", str(env), "--known-hosts", known)
+    assert result.returncode == 1
+    assert "the last backup run FAILED" in result.stderr
+    stamp = f"{set_id[:4]}-{set_id[4:6]}-{set_id[6:8]} {set_id[9:11]}:{set_id[11:13]}:{set_id[13:]}"
+    row = next(line for line in result.stdout.splitlines() if line.startswith(stamp))
+    assert "sqlite+config" in row
+    assert "complete" in row
+    assert row.endswith(" ok")
+    assert "last run: FAILURE at 2026-11-27T03:00:00Z (exit 3" in result.stdout
+    assert "reason: the snapshot failed (backup container exit 3)" in result.stdout
+    assert "backup.sh: cannot connect" in result.stdout
+
+    as_json = inv("backups", "--env", str(env), "--known-hosts", known, "--json")
+    data = json.loads(as_json.stdout)
+    assert data["sets"][0]["set"] == set_id
+    assert data["sets"][0]["rows"] == {"torrents": 3}
+    assert data["last_run"]["result"] == "failure"
+
+
+def test_fetch_backup_downloads_a_verified_set_and_resumes(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite"), user=SUDO_USER))
+    backups = target.host_path("/opt/torrust/storage/backup")
+    set_id = make_sqlite_set(backups, tmp_path / "work")
+    destination = tmp_path / "offsite"
+    known = str(target.known_hosts)
+    first = inv("fetch-backup", "--env", str(env), "--known-hosts", known, "--to", str(destination))
+    assert first.returncode == 0, first.stderr
+    assert "3 downloaded, 0 already there" in first.stdout
+    local = destination / set_id
+    check = subprocess.run(
+        ["sha256sum", "-c", f"manifests/set_{set_id}.sha256"],
+        cwd=local,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout
+    assert (local / f"sqlite/sqlite_{set_id}.db.gz").read_bytes() == (
+        backups / f"sqlite/sqlite_{set_id}.db.gz"
+    ).read_bytes()
+
+    (local / f"config/config_{set_id}.tar.gz").write_bytes(b"truncated")
+    again = inv(
+        "fetch-backup",
+        "--env",
+        str(env),
+        "--known-hosts",
+        known,
+        "--to",
+        str(destination),
+        "--set",
+        set_id,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "1 downloaded, 2 already there" in again.stdout
+    assert not list(local.rglob("*.part"))

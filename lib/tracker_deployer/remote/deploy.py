@@ -40,6 +40,9 @@ COMPOSE = (
     f"-f {shlex.quote(str(paths.COMPOSE_FILE))}"
 )
 UP_TIMEOUT_SECONDS = 600
+# compose up/restart wait this long for a running backup (the maintenance lock).
+LOCK_WAIT_SECONDS = 240
+EXIT_LOCK_BUSY = 75
 
 
 class Masker:
@@ -106,8 +109,10 @@ def dry_run(tree: RenderedTree, env: Env, target: Target | None, scopes: Sequenc
                 "  remove /usr/local/bin/maintenance-backup.sh, /etc/cron.d/tracker-backup,"
             )
             lines.append("         /etc/logrotate.d/tracker-backup (backup is off)")
-    if Scope.PUSH in scopes:
-        lines.append(mask(f"then: {COMPOSE} up -d --wait (restart services whose config changed)"))
+        if scope is Scope.PUSH:
+            lines.append(
+                mask(f"then: {COMPOSE} up -d --wait (restart services whose config changed)")
+            )
     return "\n".join(lines)
 
 
@@ -128,14 +133,14 @@ def _previously(host: SshHost) -> tuple[PurePosixPath, ...]:
     return parse_state_file(result.stdout)
 
 
-def _run_script(host: SshHost, script: str, *args: str) -> Result:
+def run_script(host: SshHost, script: str, *args: str, stream: Say | None = None) -> Result:
     """Upload ``script`` and run it as root (scripts never go through stdin:
     Invoke feeds stdin a byte at a time, which takes seconds per kilobyte)."""
     staging = _mktemp(host)
     try:
         host.put(script.encode(), f"{staging}/script.sh")
         quoted = " ".join(shlex.quote(arg) for arg in args)
-        return host.run(f"bash {shlex.quote(staging + '/script.sh')} {quoted}")
+        return host.run(f"bash {shlex.quote(staging + '/script.sh')} {quoted}", stream=stream)
     finally:
         _cleanup(host, staging)
 
@@ -154,7 +159,7 @@ def plan_on_host(
 ) -> tuple[Plan, tuple[PurePosixPath, ...]]:
     previously = _previously(host)
     wanted = probe_paths(tree, scope, previously)
-    result = _run_script(host, PROBE_SCRIPT, *wanted)
+    result = run_script(host, PROBE_SCRIPT, *wanted)
     if not result.ok:
         raise RemoteError(
             f"could not inspect files on {host.target.host}: {result.stderr.strip()}",
@@ -232,11 +237,34 @@ def check_host(host: SshHost) -> None:
             raise RemoteError(f"{host.target.host}: {problem}", hint)
 
 
+def under_backup_lock(command: str) -> str:
+    """``command`` holding the maintenance script's lock: compose never recreates or
+    restarts services in the middle of a backup run, and a scheduled run that fires
+    meanwhile skips (exit 75, logged) instead of stopping a tracker being deployed."""
+    lock = paths.BACKUP_LOCK
+    return (
+        f"mkdir -p {shlex.quote(str(lock.parent))} && flock -E {EXIT_LOCK_BUSY} "
+        f"-w {LOCK_WAIT_SECONDS} {shlex.quote(str(lock))} {command}"
+    )
+
+
+def _lock_busy(host: SshHost) -> RemoteError:
+    return RemoteError(
+        f"a backup run on {host.target.host} held {paths.BACKUP_LOCK} for more than "
+        f"{LOCK_WAIT_SECONDS} s; nothing was started or restarted",
+        f"see {paths.BACKUP_LOG} on the host, then run the deploy again",
+    )
+
+
 def compose_up(host: SshHost, restart: Sequence[str], say: Say) -> None:
     say(f"compose: up -d --wait in {paths.DEPLOY_DIR}")
     result = host.run(
-        f"{COMPOSE} up -d --wait --remove-orphans", stream=say, timeout=UP_TIMEOUT_SECONDS
+        under_backup_lock(f"{COMPOSE} up -d --wait --remove-orphans"),
+        stream=say,
+        timeout=UP_TIMEOUT_SECONDS,
     )
+    if result.exit_code == EXIT_LOCK_BUSY:
+        raise _lock_busy(host)
     if not result.ok:
         raise RemoteError(
             f"`docker compose up` failed on {host.target.host} (exit {result.exit_code})",
@@ -245,7 +273,13 @@ def compose_up(host: SshHost, restart: Sequence[str], say: Say) -> None:
         )
     if restart:
         say(f"compose: restarting {', '.join(restart)} (its configuration changed)")
-        result = host.run(f"{COMPOSE} restart " + " ".join(restart), stream=say)
+        result = host.run(
+            under_backup_lock(f"{COMPOSE} restart " + " ".join(restart)),
+            stream=say,
+            timeout=UP_TIMEOUT_SECONDS,
+        )
+        if result.exit_code == EXIT_LOCK_BUSY:
+            raise _lock_busy(host)
         if not result.ok:
             raise RemoteError(f"restarting {', '.join(restart)} failed on {host.target.host}")
 
@@ -294,11 +328,12 @@ def deploy(host: SshHost, tree: RenderedTree, say: Say) -> DeployResult:
     say(f"checking {host.target.host}")
     check_host(host)
     pushed = push(host, tree, say)
-    cron = install_cron(host, tree, say)
     restart = services_to_restart(
         step.path for step in pushed.plan.steps if step.change in (Change.UPDATE, Change.METADATA)
     )
     compose_up(host, restart, say)
+    # Only now the schedule: a run fired by cron never meets a half-started stack.
+    cron = install_cron(host, tree, say)
     services = service_health(host)
     return DeployResult(pushed, cron, restart, services)
 

@@ -238,6 +238,38 @@ class SshHost:
         except (SSHException, OSError) as error:
             raise RemoteError(f"uploading {remote_path} to {self.target} failed: {error}") from None
 
+    def download(self, remote_path: str, local_path: Path) -> None:
+        """Fetch a file readable only by root: non-root users get a private copy first."""
+        local_path.parent.mkdir(parents=True, exist_ok=True)
+        source = remote_path
+        staging = ""
+        if not self.is_root:
+            made = self.run("mktemp -d /tmp/tracker-deployer-fetch.XXXXXXXX", root=False)
+            staging = made.stdout.strip()
+            if not made.ok or not staging:
+                raise RemoteError(f"mktemp failed on {self.target.host}: {made.stderr.strip()}")
+            source = f"{staging}/file"
+            copied = self.run(
+                f"install -m 0600 -o {shlex.quote(self.target.user)} "
+                f"{shlex.quote(remote_path)} {shlex.quote(source)}"
+            )
+            if not copied.ok:
+                self.run(f"rm -rf -- {shlex.quote(staging)}", root=False)
+                raise RemoteError(
+                    f"cannot read {remote_path} on {self.target.host}: {copied.stderr.strip()}"
+                )
+        try:
+            with local_path.open("wb") as handle:
+                local_path.chmod(0o600)
+                self._conn.get(source, local=handle)
+        except (SSHException, OSError) as error:
+            raise RemoteError(
+                f"downloading {remote_path} from {self.target} failed: {error}"
+            ) from None
+        finally:
+            if staging:
+                self.run(f"rm -rf -- {shlex.quote(staging)}", root=False)
+
 
 class _LineWriter(io.TextIOBase):
     """A text stream that hands complete lines to a callback."""

@@ -325,6 +325,13 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
     return RenderedTree(env.name, tuple(files), ordered_dirs)
 
 
+def operation_script(name: str, templates_dir: Path = paths.TEMPLATES_DIR, **context: Any) -> str:
+    """A script from templates/operations/ (run on the host by backups/verify/restore)."""
+    return _render_template(
+        _environment(templates_dir), f"operations/{name}.sh.j2", **context
+    ).decode()
+
+
 def maintenance_script(
     env: Env,
     *,

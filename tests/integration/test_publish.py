@@ -1,0 +1,275 @@
+"""`inv publish` against the real Docker daemon and real git checkouts; nothing is pushed.
+
+The real backup image takes minutes to build, so these tests build a tiny
+stand-in FROM debian:bookworm-slim with (or without) the tests-passed marker,
+tagged under a throw-away repository name (removed afterwards), in a
+temporary git checkout whose docker/backup/Dockerfile is that stand-in's.
+Every publish here is a --dry-run or is refused by a check, which happens
+before any tag or push: no test can reach a registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tracker_deployer import publish
+from tracker_deployer.image import TESTS_PASSED_MARKER
+
+from tests.helpers import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+VERSION = "1.0.0"
+
+
+@pytest.fixture(scope="module")
+def docker_client() -> Any:
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except DockerException as error:
+        pytest.fail(f"the Docker daemon is not reachable ({error}): run scripts/setup.sh")
+    return client
+
+
+def git(root: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+def dockerfile(with_marker: bool) -> str:
+    lines = [
+        "FROM debian:bookworm-slim",
+        f'LABEL org.opencontainers.image.version="{VERSION}"',
+    ]
+    if with_marker:
+        marker = Path(TESTS_PASSED_MARKER)
+        lines.append(f"RUN mkdir -p {marker.parent} && touch {marker}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Release:
+    """A temporary checkout with a built stand-in image, ready to publish."""
+
+    root: Path
+    repository: str
+    image_id: str
+
+    @property
+    def context(self) -> Path:
+        return self.root / "docker" / "backup"
+
+
+def make_release(tmp_path: Path, client: Any, *, with_marker: bool) -> Release:
+    root = tmp_path / "checkout"
+    context = root / "docker" / "backup"
+    context.mkdir(parents=True)
+    (context / "Dockerfile").write_text(dockerfile(with_marker))
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "test@example.com")
+    git(root, "config", "user.name", "publish test")
+    git(root, "config", "commit.gpgsign", "false")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "stand-in backup image")
+    repository = f"tdtest/tracker-backup-{uuid.uuid4().hex[:10]}"
+    image, _ = client.images.build(
+        path=str(context), tag=f"{repository}:{VERSION}", rm=True, forcerm=True
+    )
+    return Release(root, repository, str(image.id))
+
+
+def remove_release(client: Any, release: Release) -> None:
+    from docker.errors import ImageNotFound
+
+    for tag in (VERSION, "latest"):
+        with contextlib.suppress(ImageNotFound):
+            client.images.remove(f"{release.repository}:{tag}", noprune=False)
+
+
+@pytest.fixture
+def release(tmp_path: Path, docker_client: Any) -> Iterator[Release]:
+    built = make_release(tmp_path, docker_client, with_marker=True)
+    yield built
+    remove_release(docker_client, built)
+
+
+@pytest.fixture
+def untested_release(tmp_path: Path, docker_client: Any) -> Iterator[Release]:
+    built = make_release(tmp_path, docker_client, with_marker=False)
+    yield built
+    remove_release(docker_client, built)
+
+
+def inv_publish(release: Release, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "invoke",
+        "publish",
+        "--repository",
+        release.repository,
+        "--context",
+        str(release.context),
+        *args,
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, check=False, cwd=REPO_ROOT, timeout=300
+    )
+
+
+def has_tag(client: Any, reference: str) -> bool:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(reference)
+    except ImageNotFound:
+        return False
+    return True
+
+
+def test_dry_run_prints_both_tags_and_the_image_id(release: Release, docker_client: Any) -> None:
+    result = inv_publish(release, "--dry-run", "--version", VERSION)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"  would push {release.repository}:{VERSION}" in result.stdout
+    assert f"  would push {release.repository}:latest" in result.stdout
+    assert f"  image      {release.image_id}" in result.stdout
+    assert "FAIL" not in result.stdout
+    assert "dry run: every check passed; nothing was tagged or pushed" in result.stdout
+    assert result.stderr == ""
+    # A dry run changes nothing, not even the local tags.
+    assert not has_tag(docker_client, f"{release.repository}:latest")
+
+
+def test_dry_run_defaults_to_the_dockerfile_version(release: Release) -> None:
+    result = inv_publish(release, "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"publish {release.repository}:{VERSION} (dry run" in result.stdout
+
+
+def test_an_image_without_the_marker_is_refused(
+    untested_release: Release, docker_client: Any
+) -> None:
+    for args in (["--dry-run", "--version", VERSION], ["--version", VERSION]):
+        result = inv_publish(untested_release, *args)
+        assert result.returncode == 1, result.stdout
+        assert "  FAIL  image passed its bats test stage" in result.stdout
+        errors = result.stderr.strip().splitlines()
+        assert len(errors) == 1, result.stderr
+        assert errors[0].startswith(
+            f"error: image {untested_release.repository}:{VERSION} "
+            f"({publish.short_id(untested_release.image_id)}) has no {TESTS_PASSED_MARKER}: "
+            "its bats test stage did not run or did not pass — hint: rebuild it with "
+        )
+        assert "Traceback" not in result.stderr
+    assert not has_tag(docker_client, f"{untested_release.repository}:latest")
+
+
+def test_a_dirty_working_tree_is_refused_even_in_a_dry_run(release: Release) -> None:
+    (release.root / "notes.txt").write_text("not committed\n")
+    result = inv_publish(release, "--dry-run", "--version", VERSION)
+    assert result.returncode == 1
+    assert "  FAIL  clean git working tree" in result.stdout
+    assert result.stderr.strip() == (
+        f"error: the git working tree {release.root.resolve()} has uncommitted changes "
+        "(1 path: notes.txt) — hint: commit (or remove) them first, so the published image "
+        "is exactly a commit"
+    )
+
+
+def test_a_release_tag_on_another_commit_is_refused(release: Release) -> None:
+    git(release.root, "tag", publish.git_tag_for(VERSION))
+    tagged = git(release.root, "rev-parse", "HEAD")
+    (release.context / "README.md").write_text("changed after the release\n")
+    git(release.root, "add", "-A")
+    git(release.root, "commit", "-q", "-m", "after the release")
+    result = inv_publish(release, "--dry-run", "--version", VERSION)
+    assert result.returncode == 1
+    assert (
+        f"error: git tag backup-image-v{VERSION} points at {tagged[:12]}, not at HEAD"
+        in result.stderr
+    )
+
+
+def test_a_release_tag_at_head_is_fine(release: Release, docker_client: Any) -> None:
+    git(release.root, "tag", "-a", publish.git_tag_for(VERSION), "-m", "release")
+    plan = publish.prepare(
+        release.context,
+        repository=release.repository,
+        version=VERSION,
+        connect=lambda: docker_client,
+    )
+    assert plan.ok, plan.refusals
+    assert plan.git.tag_commit == plan.git.head
+
+
+def test_a_version_other_than_the_dockerfile_label_is_refused(release: Release) -> None:
+    result = inv_publish(release, "--dry-run", "--version", "1.1.0")
+    assert result.returncode == 1
+    assert "error: version 1.1.0 is not the version docker/backup/Dockerfile declares" in (
+        result.stderr
+    )
+    assert f"error: there is no local image {release.repository}:1.1.0" in result.stderr
+
+
+def test_a_malformed_version_is_refused_before_anything_else(release: Release) -> None:
+    result = inv_publish(release, "--version", "v1.0")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip() == (
+        "error: version 'v1.0' is not a release version X.Y.Z — hint: use three numbers "
+        "without a prefix or suffix, e.g. --version 1.0.0"
+    )
+
+
+def test_library_reads_the_image_facts(release: Release, docker_client: Any) -> None:
+    facts = publish.read_image_facts(docker_client, f"{release.repository}:{VERSION}")
+    assert facts == publish.ImageFacts(
+        reference=f"{release.repository}:{VERSION}",
+        image_id=release.image_id,
+        version_label=VERSION,
+        tests_passed=True,
+    )
+    assert publish.read_image_facts(docker_client, f"{release.repository}:9.9.9") is None
+    # Reading the facts leaves no container behind.
+    leftovers = docker_client.containers.list(all=True, filters={"ancestor": release.image_id})
+    assert leftovers == []
+
+
+def test_outside_a_git_checkout_publish_is_refused(tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(dockerfile(with_marker=True))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "publish",
+            "--dry-run",
+            "--context",
+            str(context),
+            "--repository",
+            "tdtest/never-built",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"error: {context} is not inside a git checkout")
