@@ -85,7 +85,7 @@ def shellcheck(session: nox.Session) -> None:
     session.run("shellcheck", "--severity=style", *_shell_files(), *rendered)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def bats(session: nox.Session) -> None:
     """bats tests of the backup image's backup.sh against real MariaDB and SQLite."""
     session.run("bash", "docker/backup/tests/run.sh", *session.posargs, external=True)
@@ -93,14 +93,21 @@ def bats(session: nox.Session) -> None:
 
 @nox.session
 def e2e(session: nox.Session) -> None:
-    """End to end: deploy to a real target host and check cron-fired backups and restore."""
+    """End to end: deploy to a real target host and check cron-fired backups and restore.
+
+    `nox -s e2e` uses an LXD target host; `nox -s e2e -- --target container` a
+    container one (no LXD needed). Builds the images it needs first (both steps
+    skip work that is already done).
+    """
     _install(session, "test")
+    session.run("bash", "scripts/e2e-setup.sh", external=True)
+    session.run("inv", "build-image")
     env = {"TRACKER_DEPLOYER_E2E": "1"}
-    session.run("pytest", "tests/e2e", *session.posargs, env=env)
+    session.run("pytest", "tests/e2e", "-p", "no:cacheprovider", "-v", *session.posargs, env=env)
 
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Benchmarks of the backup's maintenance window (not part of `nox`)."""
-    _install(session, "test")
+    _install(session, "test", "bench")
     session.run("python", "bench/run.py", *session.posargs, env=dict(os.environ))

@@ -6,9 +6,11 @@ failure is a DeployError, turned here into one message and a non-zero exit.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,6 +59,10 @@ def _errors() -> Iterator[None]:
         raise Exit(f"error: {error}", code=error.exit_code) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
+    except BrokenPipeError:
+        # Output piped into e.g. `head`, which stopped reading: not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise Exit(code=141) from None
 
 
 def _load(env: str) -> Env:
@@ -152,6 +158,29 @@ def create_template(
         print(f"wrote {target}; edit the 'change-me' values, then: inv validate --env {target}")
 
 
+@dataclass(frozen=True)
+class _Remote:
+    """What a task that changes a host needs: the env, its tree and the target."""
+
+    env: Env
+    tree: RenderedTree
+    target: Target
+
+
+def _plan_or_prepare(
+    env: str, host: str, dry_run: bool, known_hosts: str, accept: bool, scopes: list[Scope]
+) -> _Remote | None:
+    """Validate and render; for --dry-run print the plan and return None (no connection)."""
+    parsed = _load(env)
+    tree = _render_for_remote(parsed)
+    target = _target(parsed, host, known_hosts, accept, dry_run)
+    if dry_run:
+        print(remote.dry_run(tree, parsed, target, scopes))
+        return None
+    assert target is not None
+    return _Remote(parsed, tree, target)
+
+
 @task(help=REMOTE_HELP)
 def push(
     c: Context,
@@ -163,15 +192,10 @@ def push(
 ) -> None:
     """Upload the rendered /opt/torrust tree (only files whose sha256 differs)."""
     with _errors():
-        parsed = _load(env)
-        tree = _render_for_remote(parsed)
-        target = _target(parsed, host, known_hosts, accept_new_host_key, dry_run)
-        if dry_run:
-            print(remote.dry_run(tree, parsed, target, [Scope.PUSH]))
-            return
-        assert target is not None
-        with SshHost(target) as connection:
-            remote.push(connection, tree, _say)
+        job = _plan_or_prepare(env, host, dry_run, known_hosts, accept_new_host_key, [Scope.PUSH])
+        if job:
+            with SshHost(job.target) as connection:
+                remote.push(connection, job.tree, _say)
 
 
 @task(name="install-cron", help=REMOTE_HELP)
@@ -185,15 +209,10 @@ def install_cron(
 ) -> None:
     """Install (or, with backups off, remove) the maintenance script, cron.d and logrotate files."""
     with _errors():
-        parsed = _load(env)
-        tree = _render_for_remote(parsed)
-        target = _target(parsed, host, known_hosts, accept_new_host_key, dry_run)
-        if dry_run:
-            print(remote.dry_run(tree, parsed, target, [Scope.CRON]))
-            return
-        assert target is not None
-        with SshHost(target) as connection:
-            remote.install_cron(connection, tree, _say)
+        job = _plan_or_prepare(env, host, dry_run, known_hosts, accept_new_host_key, [Scope.CRON])
+        if job:
+            with SshHost(job.target) as connection:
+                remote.install_cron(connection, job.tree, _say)
 
 
 @task(help=REMOTE_HELP)
@@ -207,16 +226,13 @@ def deploy(
 ) -> None:
     """Validate, render, check the host, push, install cron, compose up, report health."""
     with _errors():
-        parsed = _load(env)
-        tree = _render_for_remote(parsed)
-        target = _target(parsed, host, known_hosts, accept_new_host_key, dry_run)
-        if dry_run:
-            print(remote.dry_run(tree, parsed, target, [Scope.PUSH, Scope.CRON]))
+        scopes = [Scope.PUSH, Scope.CRON]
+        job = _plan_or_prepare(env, host, dry_run, known_hosts, accept_new_host_key, scopes)
+        if not job:
             return
-        assert target is not None
-        with SshHost(target) as connection:
-            result = remote.deploy(connection, tree, _say)
-        print(f"deployed {parsed.name} to {target}")
+        with SshHost(job.target) as connection:
+            result = remote.deploy(connection, job.tree, _say)
+        print(f"deployed {job.env.name} to {job.target}")
         for row in result.services:
             print(
                 f"  {row['service']:12} {row['state']:10} health={row['health']:10} {row['status']}"

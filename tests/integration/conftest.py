@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from tests.helpers import parse, sample_data
+from tests.integration.stack import (
+    BACKUP_IMAGE,
+    STANDIN_IMAGE,
+    Stack,
+    env_for_stack,
+    require_images,
+)
 
 
 def _compose_works() -> bool:
@@ -21,3 +32,15 @@ def compose_cli() -> list[str]:
     if not _compose_works():
         pytest.fail("`docker compose` (Compose v2) is not available: run scripts/setup.sh")
     return ["docker", "compose"]
+
+
+@pytest.fixture
+def sqlite_stack(tmp_path: Path) -> Iterator[Stack]:
+    """A running SQLite stack (tracker stand-in) in a scratch deploy directory."""
+    require_images(STANDIN_IMAGE, BACKUP_IMAGE)
+    stack = Stack(parse(env_for_stack(sample_data("manual-test-sqlite"))), tmp_path / "s").install()
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.cleanup()

@@ -36,6 +36,15 @@ def missing_images(*names: str) -> list[str]:
     return [name for name in names if not image_exists(name)]
 
 
+def require_images(*names: str) -> None:
+    """Fail (never skip) with the command that builds what is missing."""
+    import pytest
+
+    missing = missing_images(*names)
+    if missing:
+        pytest.fail(f"missing images {missing}: run scripts/setup.sh (it builds them)")
+
+
 class Stack:
     """A deploy directory with the stack's files and a compose project name of its own."""
 
@@ -123,6 +132,23 @@ class Stack:
             cwd=self.deploy_dir,
             timeout=timeout,
         )
+
+    def mysql_query(self, sql: str, password: str = "root_secret") -> str:
+        """Run SQL as MySQL root in the stack's mysql service; tab-separated rows."""
+        result = self.compose(
+            "exec",
+            "-T",
+            "-e",
+            f"MYSQL_PWD={password}",
+            "mysql",
+            "mariadb",
+            "-uroot",
+            "-N",
+            "-e",
+            sql,
+            "torrust_tracker",
+        )
+        return result.stdout
 
     def status(self) -> dict[str, str]:
         text = (self.status_dir / "last-run.env").read_text()

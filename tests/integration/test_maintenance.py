@@ -8,7 +8,6 @@ import json
 import re
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -21,32 +20,12 @@ from tests.integration.stack import (
     STANDIN_IMAGE,
     Stack,
     env_for_stack,
-    missing_images,
+    require_images,
 )
 
 pytestmark = pytest.mark.integration
 
 TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
-
-
-def need(*images: str) -> None:
-    missing = missing_images(*images)
-    if missing:
-        pytest.fail(
-            f"missing images {missing}: run scripts/e2e-setup.sh and `inv build-image` "
-            "(scripts/test.sh does both)"
-        )
-
-
-@pytest.fixture
-def sqlite_stack(tmp_path: Path) -> Iterator[Stack]:
-    need(STANDIN_IMAGE, BACKUP_IMAGE)
-    stack = Stack(parse(env_for_stack(sample_data("manual-test-sqlite"))), tmp_path / "s").install()
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.cleanup()
 
 
 def tracker_started_at(stack: Stack) -> datetime:
@@ -129,7 +108,7 @@ def test_scheduled_run_writes_a_verified_set_and_restarts_the_tracker(
 def test_failing_backup_container_still_restarts_the_tracker_and_logs_why(
     tmp_path: Path,
 ) -> None:
-    need(STANDIN_IMAGE)
+    require_images(STANDIN_IMAGE)
     data = env_for_stack(sample_data("manual-test-sqlite"), backup_image="debian:bookworm-slim")
     stack = Stack(parse(data), tmp_path / "s").install()
     try:
@@ -175,7 +154,7 @@ def test_a_stopped_tracker_stays_stopped(sqlite_stack: Stack) -> None:
 
 
 def test_mysql_run_dumps_the_database_with_row_counts(tmp_path: Path) -> None:
-    need(STANDIN_IMAGE, MARIADB_IMAGE, BACKUP_IMAGE)
+    require_images(STANDIN_IMAGE, MARIADB_IMAGE, BACKUP_IMAGE)
     data = env_for_stack(sample_data("manual-test-mysql"))
     data["tracker"]["core"]["database"]["password"] = "p a'ss\"w$(x)`;#\\ ü"
     stack = Stack(parse(data), tmp_path / "m").install()

@@ -12,7 +12,6 @@ import http.server
 import sqlite3
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,16 +27,10 @@ from tests.integration.stack import (
     STANDIN_IMAGE,
     Stack,
     env_for_stack,
-    missing_images,
+    require_images,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def need(*images: str) -> None:
-    missing = missing_images(*images)
-    if missing:
-        pytest.fail(f"missing images {missing}: run scripts/setup.sh")
 
 
 def run_operation(stack: Stack, name: str, **context: Any) -> subprocess.CompletedProcess[str]:
@@ -89,17 +82,6 @@ def restore(stack: Stack, set_id: str, only: str = "db") -> subprocess.Completed
 def table_dump(database: Path) -> list[tuple[Any, ...]]:
     with sqlite3.connect(database) as db:
         return db.execute("SELECT id, info_hash, completed FROM torrents ORDER BY id").fetchall()
-
-
-@pytest.fixture
-def sqlite_stack(tmp_path: Path) -> Iterator[Stack]:
-    need(STANDIN_IMAGE, BACKUP_IMAGE)
-    stack = Stack(parse(env_for_stack(sample_data("manual-test-sqlite"))), tmp_path / "s").install()
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.cleanup()
 
 
 def test_inventory_lists_sets_checksums_and_the_last_run(sqlite_stack: Stack) -> None:
@@ -182,27 +164,13 @@ def test_restore_starts_a_running_tracker_again_and_waits_for_health(sqlite_stac
 
 
 def test_mysql_verify_drill_and_restore_round_trip(tmp_path: Path) -> None:
-    need(STANDIN_IMAGE, MARIADB_IMAGE, BACKUP_IMAGE)
+    require_images(STANDIN_IMAGE, MARIADB_IMAGE, BACKUP_IMAGE)
     data = env_for_stack(sample_data("manual-test-mysql"))
     data["tracker"]["core"]["database"]["password"] = "p a'ss\"w$(x)`;#\\ ü"
     stack = Stack(parse(data), tmp_path / "m").install()
 
     def rows() -> str:
-        query = "SELECT id, info_hash, completed FROM torrents ORDER BY id"
-        result = stack.compose(
-            "exec",
-            "-T",
-            "-e",
-            "MYSQL_PWD=root_secret",
-            "mysql",
-            "mariadb",
-            "-uroot",
-            "-N",
-            "-e",
-            query,
-            "torrust_tracker",
-        )
-        return result.stdout
+        return stack.mysql_query("SELECT id, info_hash, completed FROM torrents ORDER BY id")
 
     try:
         stack.up()
@@ -241,21 +209,11 @@ def test_mysql_verify_drill_and_restore_round_trip(tmp_path: Path) -> None:
         assert restored_count == int(stack.meta(set_id)["rows.torrents"])
         # The stand-in's invariant holds in the restored data: no half-written download.
         assert "INSERT INTO `torrents`" in dumped
-        total = stack.compose(
-            "exec",
-            "-T",
-            "-e",
-            "MYSQL_PWD=root_secret",
-            "mysql",
-            "mariadb",
-            "-uroot",
-            "-N",
-            "-e",
+        total = stack.mysql_query(
             "SELECT (SELECT COALESCE(SUM(completed), 0) FROM torrents) = (SELECT value FROM "
             "torrent_aggregate_metrics WHERE metric_name = 'torrents_downloads_total')",
-            "torrust_tracker",
         )
-        assert total.stdout.strip() == "1"
+        assert total.strip() == "1"
     finally:
         stack.cleanup()
 
@@ -276,7 +234,7 @@ class _Pings(http.server.BaseHTTPRequestHandler):
 def test_notify_url_gets_start_and_success_pings_and_a_dead_url_fails_nothing(
     tmp_path: Path,
 ) -> None:
-    need(STANDIN_IMAGE, BACKUP_IMAGE)
+    require_images(STANDIN_IMAGE, BACKUP_IMAGE)
     server = http.server.HTTPServer(("127.0.0.1", 0), _Pings)
     port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
