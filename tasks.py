@@ -18,7 +18,7 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
-from tracker_deployer import image, paths
+from tracker_deployer import image, paths, sandbox
 from tracker_deployer import publish as publishing
 from tracker_deployer.config import Env, env_path, load_env
 from tracker_deployer.config.template import starter_config_text
@@ -224,7 +224,7 @@ def deploy(
     known_hosts: str = "",
     accept_new_host_key: bool = False,
 ) -> None:
-    """Validate, render, check the host, push, install cron, compose up, report health."""
+    """Validate, render, check the host, push, compose up, install cron, report health."""
     with _errors():
         scopes = [Scope.PUSH, Scope.CRON]
         job = _plan_or_prepare(env, host, dry_run, known_hosts, accept_new_host_key, scopes)
@@ -489,6 +489,59 @@ def fetch_backup(
         )
 
 
+SANDBOX_TARGET_HELP = (
+    "lxd, container or auto (default): LXD when it works here or can be installed, "
+    "else a container with sshd + cron using this machine's Docker daemon"
+)
+SANDBOX_ENV_HELP = (
+    f"the sandbox environment (default {sandbox.DEFAULT_ENV}); its ssh_credentials say where "
+    "the sandbox listens and which key and known_hosts file it uses"
+)
+
+
+@task(name="up", help={"target": SANDBOX_TARGET_HELP, "env": SANDBOX_ENV_HELP})
+def sandbox_up(c: Context, target: str = sandbox.AUTO, env: str = sandbox.DEFAULT_ENV) -> None:
+    """Create a local target host for the sandbox environment (an LXD instance or a container)."""
+    with _errors():
+        parsed = _load(env)
+        made = sandbox.up(parsed, target, _say)
+        print(f"sandbox up: {made.kind} target {made.name}, SSH as root on {made.host}:{made.port}")
+        print(f"  key:         {parsed.ssh.private_key_path}")
+        print(f"  known_hosts: {parsed.ssh.known_hosts_path} (the target's host keys)")
+        if parsed.images.tracker == sandbox.STANDIN_IMAGE:
+            print(sandbox.STANDIN_NOTICE.format(image=parsed.images.tracker))
+        print(f"next: inv deploy --env {parsed.name} && inv backup --env {parsed.name}")
+        print("remove it with: inv sandbox.down")
+
+
+@task(
+    name="down",
+    help={"target": "lxd or container (default: the one sandbox.up made)", "env": SANDBOX_ENV_HELP},
+)
+def sandbox_down(c: Context, target: str = sandbox.AUTO, env: str = sandbox.DEFAULT_ENV) -> None:
+    """Remove the local sandbox target host with its stack and backups."""
+    with _errors():
+        sandbox.down(_load(env), target, _say)
+
+
+@task(name="status", help={"env": SANDBOX_ENV_HELP})
+def sandbox_status(c: Context, env: str = sandbox.DEFAULT_ENV) -> None:
+    """Show whether the sandbox target host runs and how to reach it (exit 1 when it does not)."""
+    with _errors():
+        parsed = _load(env)
+        record, address = sandbox.status(parsed)
+        if record is None or address is None:
+            raise DeployError("no sandbox is running", "create one: inv sandbox.up")
+        print(
+            f"sandbox: {record.kind} target {record.name} running; SSH as root on "
+            f"{record.host}:{record.port} (target address {address.host}:{address.port})"
+        )
+        print(f"  deploy to it: inv deploy --env {parsed.name}")
+
+
+sandbox_tasks = Collection("sandbox", sandbox_up, sandbox_down, sandbox_status)
+
+
 ns = Collection(
     validate,
     render,
@@ -503,4 +556,5 @@ ns = Collection(
     fetch_backup,
     build_image,
     publish,
+    sandbox_tasks,
 )

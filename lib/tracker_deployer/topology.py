@@ -187,7 +187,11 @@ def derive(env: Env) -> Topology:
             volumes=(
                 Mount("./storage/tracker/lib", paths.TRACKER_LIB_IN_CONTAINER),
                 Mount("./storage/tracker/log", "/var/log/torrust/tracker"),
-                Mount("./storage/tracker/etc", "/etc/torrust/tracker"),
+                # Read-only: the deployer owns the config. The tracker image's entry
+                # script chowns/chmods /etc/torrust (ignored on a read-only mount);
+                # on a writable one every deploy would "fix" the owner back and
+                # restart the tracker.
+                Mount("./storage/tracker/etc", "/etc/torrust/tracker", read_only=True),
             ),
             networks=tuple(tracker_networks),
             depends_on=(Dependency("mysql", "service_healthy"),) if mysql else (),

@@ -36,9 +36,14 @@ def free_port() -> int:
 class SshTarget:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
-    def __init__(self, base: Path, *, with_cron: bool = False) -> None:
+    def __init__(self, base: Path, *, with_cron: bool = False, with_docker: bool = True) -> None:
         self.base = base
         self.with_cron = with_cron
+        # The machine's Docker daemon resolves bind mounts in ITS filesystem, not in
+        # our namespace: a stack started from here would mount the machine's real
+        # /opt/torrust (and create directories there). Leave it out where a
+        # maintenance run could start one (cron).
+        self.with_docker = with_docker
         self.port = free_port()
         self.root = base / "root"  # throw-away target paths live here
         self.client_key = base / "client_key"
@@ -127,6 +132,7 @@ class SshTarget:
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_public[0]} {host_public[1]}\n")
 
         docker_sock = Path("/run/docker.sock")
+        share_docker = self.with_docker and docker_sock.exists()
         mounts = [
             f"mount --bind {self.root / 'opt'} /opt",
             f"mount --bind {self.root / 'etc/cron.d'} /etc/cron.d",
@@ -139,13 +145,13 @@ class SshTarget:
             f"mount --bind {sudoers} /etc/sudoers.d",
             f"mount --bind {self.base / 'crontab'} /etc/crontab",
         ]
-        if docker_sock.exists():
+        if share_docker:
             keep = self.base / "docker.sock"
             keep.touch()
             mounts.append(f"mount --bind {docker_sock} {keep}")
         mounts.append(f"mount --bind {self.root / 'run'} /run")
         mounts.append("mkdir -p /run/sshd /run/lock && chmod 0755 /run/sshd")
-        if docker_sock.exists():
+        if share_docker:
             mounts.append(
                 f"touch /run/docker.sock && mount --bind {self.base / 'docker.sock'} /run/docker.sock"
             )

@@ -248,7 +248,9 @@ def cron_target(tmp_path: Path) -> Iterator[SshTarget]:
         pytest.fail(reason)
     if not Path("/usr/sbin/cron").exists():
         pytest.fail("/usr/sbin/cron is missing: run scripts/setup.sh")
-    with SshTarget(tmp_path / "target", with_cron=True) as started:
+    # No Docker daemon for cron's runs: the daemon would resolve the maintenance
+    # script's /opt/torrust bind mounts on this machine, not in the namespace.
+    with SshTarget(tmp_path / "target", with_cron=True, with_docker=False) as started:
         yield started
 
 

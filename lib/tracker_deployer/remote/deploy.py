@@ -244,7 +244,7 @@ def under_backup_lock(command: str) -> str:
     lock = paths.BACKUP_LOCK
     return (
         f"mkdir -p {shlex.quote(str(lock.parent))} && flock -E {EXIT_LOCK_BUSY} "
-        f"-w {LOCK_WAIT_SECONDS} {shlex.quote(str(lock))} {command}"
+        f"-w {LOCK_WAIT_SECONDS} {shlex.quote(str(lock))} sh -c {shlex.quote(command)}"
     )
 
 
@@ -273,8 +273,9 @@ def compose_up(host: SshHost, restart: Sequence[str], say: Say) -> None:
         )
     if restart:
         say(f"compose: restarting {', '.join(restart)} (its configuration changed)")
+        # `restart` does not wait for the healthcheck; `up --wait` (a no-op otherwise) does.
         result = host.run(
-            under_backup_lock(f"{COMPOSE} restart " + " ".join(restart)),
+            under_backup_lock(f"{COMPOSE} restart {' '.join(restart)} && {COMPOSE} up -d --wait"),
             stream=say,
             timeout=UP_TIMEOUT_SECONDS,
         )

@@ -1,0 +1,261 @@
+"""The e2e target host as the tests see it: made by scripts/{lxd,container}-target.sh
+(through tracker_deployer.sandbox), reached with the system ssh client, which is
+independent of the deployer's Fabric code.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tracker_deployer import paths
+from tracker_deployer.remote.deploy import parse_compose_ps
+from tracker_deployer.sandbox import LXD, TargetAddress
+
+from tests.helpers import REPO_ROOT
+
+# The key pair envs/e2e-*.json name (ssh_credentials.private_key_path); the
+# target fixture makes it when it is missing.
+E2E_STATE_DIR = Path("/var/tmp/tracker-deployer-e2e")
+KEY = E2E_STATE_DIR / "id_ed25519"
+TARGET_NAME = "tracker-deployer-e2e"
+BACKUP_IMAGE = "torrust/tracker-backup:1.0.0"
+STANDIN_IMAGE = "tracker-deployer-test/tracker-standin:e2e"
+MARIADB_IMAGE = "tracker-deployer-test/mariadb:e2e"
+TARGET_HOST_IMAGE = "tracker-deployer-test/target-host:e2e"
+
+DEPLOY_DIR = str(paths.DEPLOY_DIR)
+BACKUPS = str(paths.BACKUP_DIR)
+STATUS_FILE = f"{paths.BACKUP_STATUS_DIR}/last-run.env"
+LOG_FILE = str(paths.BACKUP_LOG)
+LOCK_FILE = str(paths.BACKUP_LOCK)
+COMPOSE = f"docker compose --project-directory {DEPLOY_DIR} -f {paths.COMPOSE_FILE}"
+
+Say = Callable[[str], None]
+
+
+def inv_command() -> list[str]:
+    """The operator's CLI from the environment running the tests (nox's or .venv)."""
+    beside = Path(sys.executable).with_name("inv")
+    return [str(beside if beside.exists() else REPO_ROOT / ".venv/bin/inv")]
+
+
+def inv(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*inv_command(), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        timeout=timeout,
+    )
+
+
+def shown(result: subprocess.CompletedProcess[str]) -> str:
+    """A finished command's output, for assertion messages."""
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def docker_time(text: str) -> datetime:
+    """Docker's RFC 3339 time with nanoseconds (``...T07:49:03.123456789Z``)."""
+    text = text.strip().replace("Z", "")
+    if "." in text:
+        whole, fraction = text.split(".", 1)
+        text = f"{whole}.{fraction[:6]}"
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def status_time(text: str) -> datetime:
+    """The maintenance script's ``YYYY-MM-DDTHH:MM:SSZ``."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def key_value_lines(text: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            result[key] = value
+    return result
+
+
+class RemoteHost:
+    """A running target host (LXD instance or container) and an SSH client for it."""
+
+    def __init__(self, address: TargetAddress, key: Path, known_hosts: Path) -> None:
+        self.address = address
+        self.kind = address.kind
+        self.key = key
+        self.known_hosts = known_hosts  # the harness's own, written from the host's keys
+
+    # -- commands --------------------------------------------------------------
+
+    def run(
+        self, command: str, *, timeout: int = 180, stdin: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        ssh = [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(self.key),
+            "-p",
+            str(self.address.port),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=15",
+            f"{self.address.user}@{self.address.host}",
+            command,
+        ]
+        return subprocess.run(
+            ssh,
+            input=stdin if stdin is not None else b"",
+            capture_output=True,
+            check=False,
+            timeout=timeout,
+        )
+
+    def check(self, command: str, *, timeout: int = 180, stdin: bytes | None = None) -> str:
+        """Run ``command``; its stdout, or an AssertionError with everything it printed."""
+        result = self.run(command, timeout=timeout, stdin=stdin)
+        if result.returncode != 0:
+            raise AssertionError(
+                f"on the target: {command!r} exited {result.returncode}\n"
+                f"--- stdout\n{result.stdout.decode(errors='replace')}\n"
+                f"--- stderr\n{result.stderr.decode(errors='replace')}"
+            )
+        return result.stdout.decode()
+
+    def script(self, text: str, *args: str, timeout: int = 300) -> str:
+        """Run a bash script on the target (uploaded first, so its commands keep stdin)."""
+        path = self.check("mktemp /tmp/tracker-deployer-e2e.XXXXXXXX").strip()
+        try:
+            self.check(f"cat > {path}", stdin=text.encode())
+            quoted = " ".join(shlex.quote(arg) for arg in args)
+            return self.check(f"bash {path} {quoted}", timeout=timeout)
+        finally:
+            self.run(f"rm -f {path}")
+
+    def read(self, path: str) -> bytes:
+        result = self.run(f"cat {shlex.quote(path)}")
+        if result.returncode != 0:
+            raise AssertionError(f"cannot read {path} on the target: {result.stderr.decode()}")
+        return result.stdout
+
+    def exists(self, path: str) -> bool:
+        return self.run(f"test -e {shlex.quote(path)}").returncode == 0
+
+    # -- the stack -------------------------------------------------------------
+
+    def compose(self, args: str, *, timeout: int = 180) -> str:
+        return self.check(f"{COMPOSE} {args}", timeout=timeout)
+
+    def services(self) -> dict[str, dict[str, str]]:
+        """`docker compose ps --all` by service: state, health, status."""
+        rows = parse_compose_ps(self.compose("ps --all --format json"))
+        return {row["service"]: row for row in rows}
+
+    def containers(self) -> dict[str, tuple[str, str]]:
+        """Container id and StartedAt of every service container of the stack."""
+        ids = self.compose("ps --all --quiet").split()
+        if not ids:
+            return {}
+        output = self.check(
+            "docker inspect -f "
+            + shlex.quote(
+                '{{ index .Config.Labels "com.docker.compose.service" }} {{.Id}} {{.State.StartedAt}}'
+            )
+            + " "
+            + " ".join(ids)
+        )
+        result: dict[str, tuple[str, str]] = {}
+        for line in output.splitlines():
+            service, container_id, started = line.split()
+            result[service] = (container_id, started)
+        return result
+
+    def wait_healthy(self, service: str, timeout: float, say: Say | None = None) -> dict[str, str]:
+        """Wait (bounded) until ``service`` runs and its healthcheck passes."""
+        deadline = time.monotonic() + timeout
+        row: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            row = self.services().get(service, {})
+            if row.get("state") == "running" and row.get("health") == "healthy":
+                return row
+            time.sleep(2)
+        if say is not None:
+            say(self.compose(f"logs --tail 30 {service}"))
+        raise AssertionError(f"{service} is not running + healthy after {timeout} s: {row}")
+
+    def status(self) -> dict[str, str]:
+        return key_value_lines(self.read(STATUS_FILE).decode())
+
+    def complete_sets(self) -> list[str]:
+        output = self.check(
+            f"cd {BACKUPS}/manifests 2>/dev/null && ls set_*.sha256 2>/dev/null || true"
+        )
+        return sorted(name[len("set_") : -len(".sha256")] for name in output.split())
+
+    def verify_set(self, set_id: str) -> str:
+        """`sha256sum -c` of a set's manifest, on the host; its output."""
+        return self.check(f"cd {BACKUPS} && sha256sum -c manifests/set_{set_id}.sha256")
+
+    def meta(self, set_id: str) -> dict[str, str]:
+        return key_value_lines(self.read(f"{BACKUPS}/manifests/set_{set_id}.meta").decode())
+
+    def diagnostics(self) -> str:
+        """What runs on the target, for a failure message."""
+        result = self.run(
+            f"set -x; ps -ef; {COMPOSE} --profile backup ps --all; docker ps -a; "
+            f"ls -la {BACKUPS}; stat -c '%d:%i' {BACKUPS}/.lock; cat /proc/locks; "
+            f"tail -n 40 {LOG_FILE}"
+        )
+        return (result.stdout + result.stderr).decode(errors="replace")
+
+    # -- cron and clean-up -----------------------------------------------------
+
+    def pause_cron(self) -> None:
+        """Stop the cron daemon and wait for a run it started: the scheduled
+        backups must not race the on-demand ones (cron fires every minute)."""
+        if self.kind == LXD:
+            stop = "systemctl stop cron"
+        else:
+            stop = 'if [ -s /run/crond.pid ]; then kill "$(cat /run/crond.pid)" 2>/dev/null || true; fi'
+        self.check(
+            f"{stop}; sleep 2; mkdir -p /run/lock && flock -w 150 {LOCK_FILE} true", timeout=180
+        )
+
+    def resume_cron(self) -> None:
+        if self.kind == LXD:
+            self.check("systemctl start cron")
+        else:
+            self.check(
+                '[ -s /run/crond.pid ] && kill -0 "$(cat /run/crond.pid)" 2>/dev/null '
+                "|| /usr/sbin/cron"
+            )
+
+    def reset(self) -> None:
+        """Remove a deployed stack and everything the deployer installed."""
+        self.check(
+            f"""
+            set -o errexit
+            if [ -f {paths.COMPOSE_FILE} ]; then
+              timeout 180 {COMPOSE} --profile backup down --volumes --remove-orphans --timeout 5
+            fi
+            mkdir -p {DEPLOY_DIR}
+            find {DEPLOY_DIR} -mindepth 1 -delete
+            rm -f {paths.CRON_FILE} {paths.LOGROTATE_FILE} {paths.MAINTENANCE_SCRIPT} \\
+              {LOG_FILE} {LOG_FILE}.* {LOCK_FILE} /tmp/tracker-backup-*
+            """,
+            timeout=240,
+        )

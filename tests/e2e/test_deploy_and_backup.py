@@ -1,0 +1,512 @@
+"""Deploy envs/e2e-sqlite.json and envs/e2e-mysql.json to a real host with the real
+CLI, then check the backups there: fired by cron, run on demand, consistent with
+the live database, failing loudly and safely, and a second deploy that changes
+nothing.
+
+The tests of one environment run in file order against one deployment (a
+module-scoped fixture, one parameter per environment; both environments use
+/opt/torrust, so they run one after the other on the same target host, which is
+reset in between). The stack runs the tracker STAND-IN
+(tests/e2e/images/tracker-standin): every transaction it writes adds 1 to
+torrents.completed and to the metric torrents_downloads_total together, so a
+consistent snapshot has SUM(completed) == torrents_downloads_total.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shlex
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tracker_deployer import paths
+from tracker_deployer.config import Env, load_env
+from tracker_deployer.config.model import MysqlDatabase
+from tracker_deployer.sandbox import host_keys
+
+from tests.e2e.remote_host import (
+    BACKUPS,
+    COMPOSE,
+    LOG_FILE,
+    STATUS_FILE,
+    TARGET_NAME,
+    RemoteHost,
+    docker_time,
+    inv,
+    shown,
+    status_time,
+)
+from tests.helpers import ENVS_DIR
+
+pytestmark = pytest.mark.e2e
+
+Say = Callable[[str], None]
+
+CRON_FIRE_TIMEOUT = 75  # `* * * * *` fires at the next minute boundary
+RUN_TIMEOUT = 120  # a backup run of the small e2e database takes a few seconds
+HEALTHY_TIMEOUT = 120
+DOWNLOADS_METRIC = "torrents_downloads_total"
+TABLES = ("torrents", "whitelist", "keys", "torrent_aggregate_metrics")
+SUMMARY = re.compile(
+    r"(?P<scope>push|install-cron): (?P<created>\d+) created, (?P<changed>\d+) changed, "
+    r"(?P<fixed>\d+) mode/owner fixed, (?P<removed>\d+) removed, (?P<unchanged>\d+) unchanged"
+)
+
+
+@dataclass
+class Deployment:
+    """One environment deployed to the target host."""
+
+    database: str  # sqlite | mysql
+    env: Env
+    env_arg: str  # what --env gets
+    host: RemoteHost
+    known_hosts: Path  # the deployer's (filled by --accept-new-host-key)
+    label: str
+    first: subprocess.CompletedProcess[str] | None = None
+    deployed_at: float = 0.0  # time.monotonic() when the first deploy returned
+
+    def inv(self, task: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return inv(
+            task,
+            "--env",
+            self.env_arg,
+            "--host",
+            self.host.address.host,
+            "--known-hosts",
+            str(self.known_hosts),
+            *extra,
+        )
+
+
+def summaries(output: str) -> dict[str, dict[str, int]]:
+    return {
+        match["scope"]: {
+            key: int(value) for key, value in match.groupdict().items() if key != "scope"
+        }
+        for match in SUMMARY.finditer(output)
+    }
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mysql"])
+def deployment(
+    request: pytest.FixtureRequest,
+    target: RemoteHost,
+    tmp_path_factory: pytest.TempPathFactory,
+    say: Say,
+) -> Iterator[Deployment]:
+    name = f"e2e-{request.param}"
+    label = f"{target.kind}/{name}"
+    work = tmp_path_factory.mktemp(name)
+    env_file = ENVS_DIR / f"{name}.json"
+    env_arg = name
+    if target.address.port != 22:
+        # The container target's sshd is on a published port; the env file says 22.
+        data = json.loads(env_file.read_text(encoding="utf-8"))
+        data["ssh_credentials"]["port"] = target.address.port
+        copy = work / f"{name}.json"
+        copy.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        env_arg = str(copy)
+    deployment = Deployment(
+        database=request.param,
+        env=load_env(env_file),
+        env_arg=env_arg,
+        host=target,
+        known_hosts=work / "known_hosts",
+        label=label,
+    )
+    try:
+        say(f"[{label}] resetting the target host (no stack, no cron file, cron running)")
+        target.reset()
+        target.resume_cron()
+        say(
+            f"[{label}] inv deploy --env {env_arg} --host {target.address.host} "
+            "--accept-new-host-key (first contact, empty known_hosts)"
+        )
+        started = time.monotonic()
+        first = deployment.inv("deploy", "--accept-new-host-key")
+        deployment.deployed_at = time.monotonic()
+        deployment.first = first
+        assert first.returncode == 0, shown(first)
+        say(f"[{label}] deployed in {deployment.deployed_at - started:.0f} s")
+        for line in first.stdout.splitlines():
+            if line.startswith(("push:", "install-cron:", "deployed")) or " health=" in line:
+                say(f"[{label}]   {line.strip()}")
+        yield deployment
+    finally:
+        say(f"[{label}] removing the stack and the deployer's files from the target host")
+        target.reset()
+
+
+# --------------------------------------------------------------------------- deploy
+
+
+def test_deploy_brings_up_a_healthy_stack_and_records_the_host_key(
+    deployment: Deployment,
+) -> None:
+    first = deployment.first
+    assert first is not None
+    counts = summaries(first.stdout)
+    assert counts["push"]["created"] > 0, first.stdout
+    assert counts["push"]["changed"] == counts["push"]["unchanged"] == 0
+    assert counts["install-cron"] == {
+        "created": 3,
+        "changed": 0,
+        "fixed": 0,
+        "removed": 0,
+        "unchanged": 0,
+    }
+    expected = ["tracker", "mysql"] if deployment.database == "mysql" else ["tracker"]
+    for service in expected:
+        assert re.search(rf"^  {service}\s+running\s+health=healthy\b", first.stdout, re.M), (
+            first.stdout
+        )
+    # The deployer recorded the host's real key (read from inside the host).
+    recorded = deployment.known_hosts.read_text()
+    real = host_keys(deployment.host.kind, TARGET_NAME)
+    assert any(key in recorded for key in real), (recorded, real)
+    # The rendered cron entry is the one the host has.
+    cron = deployment.host.read(str(paths.CRON_FILE)).decode()
+    assert "* * * * * root cd /opt/torrust && /usr/local/bin/maintenance-backup.sh --quiet" in cron
+
+
+# --------------------------------------------------------------------------- cron
+
+
+def test_cron_fires_by_itself_and_writes_a_complete_verified_set(
+    deployment: Deployment, say: Say
+) -> None:
+    host, label = deployment.host, deployment.label
+    say(f"[{label}] waiting (at most {CRON_FIRE_TIMEOUT} s) for cron to fire the backup by itself")
+    deadline = deployment.deployed_at + CRON_FIRE_TIMEOUT
+    log = ""
+    while "backup run started" not in log:
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"cron did not start the maintenance script within {CRON_FIRE_TIMEOUT} s of "
+                f"the deploy; {LOG_FILE}:\n{log}"
+            )
+        time.sleep(2)
+        log = host.run(f"cat {LOG_FILE} 2>/dev/null").stdout.decode()
+    fired = time.monotonic() - deployment.deployed_at
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not host.exists(STATUS_FILE):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the cron-fired run did not finish within {RUN_TIMEOUT} s")
+        time.sleep(2)
+    log = host.read(LOG_FILE).decode()
+    status = host.status()
+    assert status["result"] == "success", f"{status}\n{log}\n{host.diagnostics()}"
+    set_id = status["set"]
+    assert f"backup run finished: set {set_id} complete" in log
+
+    checked = host.verify_set(set_id)
+    database_file = (
+        f"sqlite/sqlite_{set_id}.db.gz"
+        if deployment.database == "sqlite"
+        else f"mysql/mysql_{set_id}.sql.gz"
+    )
+    assert f"{database_file}: OK" in checked
+    assert f"config/config_{set_id}.tar.gz: OK" in checked
+    assert "FAILED" not in checked
+    meta = host.meta(set_id)
+    assert meta["set"] == set_id
+    assert meta["db_type"] == deployment.database
+    assert int(meta["rows.torrents"]) > 0, meta
+    say(
+        f"[{label}] CRON-FIRED BACKUP: cron started the run {fired:.0f} s after the deploy; "
+        f"set {set_id} complete in {status['duration_seconds']} s "
+        f"(tracker down {status['downtime_seconds']} s)"
+    )
+    say(f"[{label}]   sha256sum -c on the host: {checked.count(': OK')} files OK")
+    say(
+        f"[{label}]   .meta: db_type={meta['db_type']} "
+        + " ".join(f"{key}={value}" for key, value in meta.items() if key.startswith("rows."))
+    )
+
+
+# --------------------------------------------------------------------------- redeploy
+
+
+def test_second_deploy_changes_nothing_and_restarts_nothing(
+    deployment: Deployment, say: Say
+) -> None:
+    host, label = deployment.host, deployment.label
+    host.pause_cron()  # a scheduled run would restart the tracker in between
+    before = host.containers()
+    say(f"[{label}] second inv deploy (same config; known host key, no --accept-new-host-key)")
+    second = deployment.inv("deploy")
+    assert second.returncode == 0, shown(second)
+    counts = summaries(second.stdout)
+    for scope in ("push", "install-cron"):
+        assert counts[scope]["created"] == 0, second.stdout
+        assert counts[scope]["changed"] == 0, second.stdout
+        assert counts[scope]["fixed"] == 0, second.stdout
+        assert counts[scope]["removed"] == 0, second.stdout
+    assert counts["install-cron"]["unchanged"] == 3
+    after = host.containers()
+    assert after == before, f"containers changed:\nbefore {before}\nafter  {after}"
+    for line in second.stdout.splitlines():
+        if line.startswith(("push:", "install-cron:")):
+            say(f"[{label}]   {line}")
+    say(f"[{label}]   containers unchanged (id, StartedAt): {', '.join(sorted(after))}")
+
+
+# --------------------------------------------------------------------------- on demand
+
+
+def test_on_demand_backup_stops_the_tracker_only_for_the_snapshot(
+    deployment: Deployment, say: Say
+) -> None:
+    host, label = deployment.host, deployment.label
+    host.pause_cron()
+    before = host.containers()
+    say(f"[{label}] inv backup (on demand)")
+    result = deployment.inv("backup")
+    assert result.returncode == 0, shown(result)
+    assert "stopping tracker for the database snapshot" in result.stdout
+    assert "backup complete" in result.stdout
+
+    status = host.status()
+    assert status["result"] == "success", status
+    set_id = status["set"]
+    after = host.containers()
+    tracker_id, tracker_started = after["tracker"]
+    assert tracker_id == before["tracker"][0], "the tracker container was replaced"
+    restarted = docker_time(tracker_started)
+    assert restarted > docker_time(before["tracker"][1]), "the tracker was not restarted"
+    assert restarted >= status_time(status["started_at"])
+    downtime = int(status["downtime_seconds"])
+    assert 0 <= downtime <= int(status["duration_seconds"])
+    if deployment.database == "mysql":
+        assert after["mysql"] == before["mysql"], "MySQL was restarted by the backup"
+    row = host.wait_healthy("tracker", HEALTHY_TIMEOUT, say)
+    checked = host.verify_set(set_id)
+    assert "FAILED" not in checked
+    say(
+        f"[{label}] ON-DEMAND BACKUP: set {set_id} complete; tracker stopped for the snapshot "
+        f"and started again (StartedAt {before['tracker'][1][:19]} -> {tracker_started[:19]}, "
+        f"run started {status['started_at']}), downtime_seconds={downtime}"
+    )
+    say(f"[{label}]   docker compose ps: tracker {row['state']} ({row['health']}), {row['status']}")
+    say(f"[{label}]   sha256sum -c on the host: {checked.count(': OK')} files OK")
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def test_backup_restores_to_a_consistent_snapshot_of_the_live_database(
+    deployment: Deployment, say: Say, tmp_path: Path
+) -> None:
+    host, label = deployment.host, deployment.label
+    host.pause_cron()
+    sets = host.complete_sets()
+    assert sets, "no complete backup set on the host"
+    set_id = sets[-1]
+    meta = host.meta(set_id)
+    if deployment.database == "sqlite":
+        how = "fetched the .db.gz over SSH, opened it with sqlite3"
+        restored, live = _restore_and_compare_sqlite(host, set_id, deployment.env, tmp_path)
+    else:
+        how = "loaded the dump into the scratch database e2e_restore in the stack's MySQL"
+        restored, live = _restore_and_compare_mysql(host, set_id, deployment.env)
+    say(f"[{label}] RESTORE CHECK of set {set_id}: {how}")
+    for table in TABLES:
+        assert restored[f"rows.{table}"] == int(meta[f"rows.{table}"]), (table, restored, meta)
+    say(
+        f"[{label}]   row counts equal the .meta: "
+        + ", ".join(f"{table}={restored[f'rows.{table}']}" for table in TABLES)
+    )
+    assert restored["rows.torrents"] > 0
+    assert restored["metric"] > 0, "the stand-in counted no download before the snapshot"
+    assert restored["sum_completed"] == restored["metric"], restored
+    say(
+        f"[{label}]   no half-written transaction: SUM(completed)={restored['sum_completed']}"
+        f" = {DOWNLOADS_METRIC}={restored['metric']}"
+    )
+    assert live["missing_or_behind"] == 0, live
+    assert live["metric"] >= restored["metric"], (live, restored)
+    assert live["torrents"] >= restored["rows.torrents"], (live, restored)
+    say(
+        f"[{label}]   every one of the {restored['rows.torrents']} snapshot rows is in the live "
+        f"database with completed >= the snapshot's (live now: {live['torrents']} torrents, "
+        f"{DOWNLOADS_METRIC}={live['metric']})"
+    )
+
+
+LIVE_SQLITE = """
+import json, sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True, timeout=30)
+torrents = db.execute("SELECT info_hash, completed FROM torrents").fetchall()
+row = db.execute(
+    "SELECT value FROM torrent_aggregate_metrics WHERE metric_name = ?", (sys.argv[2],)
+).fetchone()
+print(json.dumps({"torrents": dict(torrents), "metric": row[0] if row else 0}))
+"""
+
+
+def _restore_and_compare_sqlite(
+    host: RemoteHost, set_id: str, env: Env, tmp_path: Path
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Fetch the set's .db.gz over SSH, read it with sqlite3 here, and compare it with
+    the live database (read inside the running tracker container)."""
+    database = tmp_path / "restored.db"
+    database.write_bytes(gzip.decompress(host.read(f"{BACKUPS}/sqlite/sqlite_{set_id}.db.gz")))
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        restored = {
+            f"rows.{table}": int(db.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0])  # noqa: S608
+            for table in TABLES
+        }
+        restored["sum_completed"] = int(
+            db.execute("SELECT COALESCE(SUM(completed), 0) FROM torrents").fetchone()[0]
+        )
+        metric = db.execute(
+            "SELECT value FROM torrent_aggregate_metrics WHERE metric_name = ?",
+            (DOWNLOADS_METRIC,),
+        ).fetchone()
+        restored["metric"] = int(metric[0]) if metric else 0
+        snapshot = dict(db.execute("SELECT info_hash, completed FROM torrents").fetchall())
+    db.close()
+    path = paths.sqlite_in_tracker(env.database.database_name)
+    output = host.compose(
+        f"exec -T tracker python3 -c {shlex.quote(LIVE_SQLITE)} {path} {DOWNLOADS_METRIC}"
+    )
+    now = json.loads(output)
+    behind = [
+        info_hash
+        for info_hash, completed in snapshot.items()
+        if now["torrents"].get(info_hash, -1) < completed
+    ]
+    live = {
+        "torrents": len(now["torrents"]),
+        "metric": int(now["metric"]),
+        "missing_or_behind": len(behind),
+    }
+    return restored, live
+
+
+MYSQL_RESTORE = r"""
+set -o errexit -o nounset -o pipefail
+readonly DUMP="$1" LIVE="$2" METRIC="$3" SCRATCH=e2e_restore
+cd /opt/torrust
+# The root password comes from the stack's own .env (MYSQL_ROOT_PASSWORD in the
+# container's environment); it never appears on a command line.
+sql() {
+  docker compose exec -T mysql sh -c \
+    'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" exec mariadb -uroot --batch --skip-column-names "$@"' sh "$@"
+}
+sql -e "DROP DATABASE IF EXISTS ${SCRATCH}; CREATE DATABASE ${SCRATCH}"
+trap 'sql -e "DROP DATABASE IF EXISTS ${SCRATCH}" || true' EXIT
+gzip -dc "${DUMP}" | sql "${SCRATCH}"
+sql "${SCRATCH}" <<SQL
+SELECT 'rows.torrents', COUNT(*) FROM torrents;
+SELECT 'rows.whitelist', COUNT(*) FROM whitelist;
+SELECT 'rows.keys', COUNT(*) FROM \`keys\`;
+SELECT 'rows.torrent_aggregate_metrics', COUNT(*) FROM torrent_aggregate_metrics;
+SELECT 'sum_completed', COALESCE(SUM(completed), 0) FROM torrents;
+SELECT 'metric', COALESCE((SELECT value FROM torrent_aggregate_metrics
+                           WHERE metric_name = '${METRIC}'), 0);
+SELECT 'live.missing_or_behind', COUNT(*) FROM torrents r
+  LEFT JOIN \`${LIVE}\`.torrents l ON l.info_hash = r.info_hash
+  WHERE l.id IS NULL OR l.completed < r.completed;
+SELECT 'live.torrents', COUNT(*) FROM \`${LIVE}\`.torrents;
+SELECT 'live.metric', COALESCE((SELECT value FROM \`${LIVE}\`.torrent_aggregate_metrics
+                                WHERE metric_name = '${METRIC}'), 0);
+SQL
+"""
+
+
+def _restore_and_compare_mysql(
+    host: RemoteHost, set_id: str, env: Env
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Load the set's dump into a scratch database in the stack's MySQL (as root, with
+    the password from the env) and compare it there with the live database."""
+    database = env.database
+    assert isinstance(database, MysqlDatabase)
+    output = host.script(
+        MYSQL_RESTORE,
+        f"{BACKUPS}/mysql/mysql_{set_id}.sql.gz",
+        database.database_name,
+        DOWNLOADS_METRIC,
+    )
+    values = {}
+    for line in output.splitlines():
+        key, value = line.split("\t")
+        values[key] = int(value)
+    restored = {key: value for key, value in values.items() if not key.startswith("live.")}
+    live = {key[len("live.") :]: value for key, value in values.items() if key.startswith("live.")}
+    return restored, live
+
+
+# --------------------------------------------------------------------------- failure
+
+
+def test_failed_backup_exits_non_zero_logs_why_and_keeps_tracker_and_old_sets(
+    deployment: Deployment, say: Say
+) -> None:
+    host, label = deployment.host, deployment.label
+    host.pause_cron()
+    sets_before = host.complete_sets()
+    assert sets_before, "no complete backup set on the host to protect"
+    log_before = len(host.read(LOG_FILE).decode().splitlines())
+    if deployment.database == "mysql":
+        how = "docker compose stop mysql (the backup container runs with --no-deps)"
+        host.compose("stop mysql")
+        undo = f"{COMPOSE} start mysql"
+    else:
+        staging = f"{BACKUPS}/.staging"
+        how = f"{staging} made read-only for the backup container's user"
+        mode = host.check(
+            f"test -d {staging} || install -d -o 1000 -g 1000 -m 0700 {staging}; "
+            f"stat -c %a {staging}"
+        ).strip()
+        host.check(f"chmod 0500 {staging}")
+        undo = f"chmod {mode} {staging}"
+    say(f"[{label}] FAILURE CASE: {how}; inv backup")
+    try:
+        result = deployment.inv("backup")
+        services = host.services()
+        status = host.status()
+        log = "\n".join(host.read(LOG_FILE).decode().splitlines()[log_before:])
+        failure_log = host.read(f"{paths.BACKUP_STATUS_DIR}/last-failure.log").decode()
+    finally:
+        host.check(undo)
+    assert result.returncode != 0, shown(result)
+    assert "the backup failed with exit code" in result.stderr
+    assert status["result"] == "failure", status
+    assert status["exit_code"] == str(result.returncode)
+    assert "snapshot failed" in status["reason"], status
+    assert "backup run FAILED" in log, log
+    assert status["reason"] in log
+    assert failure_log.strip()
+    if deployment.database == "mysql":
+        assert "cannot query database" in log, log
+    assert services["tracker"]["state"] == "running", services
+    assert host.complete_sets() == sets_before, "the failed run added or removed a set"
+    for set_id in sets_before:
+        checked = host.verify_set(set_id)
+        assert "FAILED" not in checked
+    reason_lines = [line for line in log.splitlines() if "error" in line.lower()]
+    say(
+        f"[{label}]   inv backup exited {result.returncode}; {STATUS_FILE}: result={status['result']} exit_code={status['exit_code']} reason={status['reason']!r}"
+    )
+    for line in reason_lines[:3]:
+        say(f"[{label}]   {LOG_FILE}: {line}")
+    say(
+        f"[{label}]   tracker still {services['tracker']['state']} ({services['tracker']['status']})"
+    )
+    if deployment.database == "mysql":
+        # `compose start tracker` (the script's EXIT path) starts its dependency too.
+        mysql = services["mysql"]
+        say(f"[{label}]   mysql after the run: {mysql['state']} ({mysql['status']})")
+    say(f"[{label}]   the {len(sets_before)} older set(s) still verify: {', '.join(sets_before)}")
+    row = host.wait_healthy("tracker", HEALTHY_TIMEOUT, say)
+    say(f"[{label}]   tracker healthy again after the fault was undone ({row['status']})")
