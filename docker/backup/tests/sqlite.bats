@@ -59,6 +59,49 @@ teardown() {
   gzip -t "${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz"
 }
 
+@test "snapshot: writers wait while the database file is copied (read lock)" {
+  # A cp that says when it starts and takes a while: a write meanwhile must
+  # fail on the lock (the CLI has no busy timeout) and the set keeps all rows.
+  local real_cp
+  real_cp="$(command -v cp)"
+  mkdir -p "${BATS_TEST_TMPDIR}/bin"
+  printf '#!/bin/sh\n: >"%s"\nsleep 2\nexec "%s" "$@"\n' \
+    "${BATS_TEST_TMPDIR}/cp.started" "${real_cp}" >"${BATS_TEST_TMPDIR}/bin/cp"
+  chmod +x "${BATS_TEST_TMPDIR}/bin/cp"
+  PATH="${BATS_TEST_TMPDIR}/bin:${PATH}" "${BACKUP_SH}" snapshot \
+    >"${BATS_TEST_TMPDIR}/snapshot.out" 2>"${BATS_TEST_TMPDIR}/snapshot.err" 3>&- &
+  local pid=$! waited
+  for ((waited = 0; waited < 100; waited++)); do
+    [[ -f "${BATS_TEST_TMPDIR}/cp.started" ]] && break
+    sleep 0.05
+  done
+  [[ -f "${BATS_TEST_TMPDIR}/cp.started" ]]
+  run sqlite3 "${SQLITE_DB}" "DELETE FROM torrents WHERE id > 10;"
+  assert_failure
+  assert_output --partial "database is locked"
+  wait "${pid}"
+  backup_ok finish "$(tail -n 1 "${BATS_TEST_TMPDIR}/snapshot.out")"
+  run cat "${BACKUP_ROOT}/manifests/set_${SET_TS}.meta"
+  assert_line "rows.torrents=100"
+}
+
+@test "snapshot: a WAL database is copied with the online backup API, -wal content included" {
+  sqlite3 "${SQLITE_DB}" 'PRAGMA journal_mode=WAL;' >/dev/null
+  # An open reader keeps the next write in the -wal file (no checkpoint
+  # past it), so a copy of the main file alone would miss those rows.
+  sqlite3 "${SQLITE_DB}" 'BEGIN' 'SELECT count(*) FROM keys' '.shell sleep 5' 'COMMIT' \
+    >/dev/null 2>&1 3>&- &
+  local reader=$!
+  sleep 0.5
+  sqlite3 "${SQLITE_DB}" "INSERT INTO torrents (info_hash, completed) VALUES ('wal-only', 1);"
+  [[ -s "${SQLITE_DB}-wal" ]]
+  backup_ok run
+  [[ "${stderr}" == *"journal mode 'wal'"* ]]
+  run cat "${BACKUP_ROOT}/manifests/set_${SET_TS}.meta"
+  assert_line "rows.torrents=101"
+  wait "${reader}"
+}
+
 @test "snapshot + finish: the snapshot waits in staging until its finish" {
   backup_ok snapshot
   local ts="${SET_TS}"
@@ -179,8 +222,8 @@ EOF
   [[ ! -e "${SQLITE_DB}" ]]
 }
 
-@test "failure: a corrupt SQLite database fails integrity_check (exit 4)" {
-  # Valid header, garbage pages: the online backup copies it, integrity_check catches it.
+@test "failure: a corrupt SQLite database fails quick_check (exit 4)" {
+  # Valid header, garbage pages: the snapshot copies it, quick_check catches it.
   rm "${SQLITE_DB}"
   make_sqlite_db "${SQLITE_DB}" 2000
   local size
@@ -188,7 +231,7 @@ EOF
   dd if=/dev/urandom of="${SQLITE_DB}" bs=1 seek=4096 count=$((size - 8192)) conv=notrunc status=none
   run --separate-stderr "${BACKUP_SH}" run
   assert_equal "${status}" 4
-  [[ "${stderr}" == *"integrity_check of the SQLite snapshot failed"* ]]
+  [[ "${stderr}" == *"quick_check of the SQLite snapshot failed"* ]]
   run staging_entries
   assert_output ""
   run final_files
