@@ -102,6 +102,22 @@ def _target(parsed: Env, host: str, known_hosts: str, accept: bool, dry_run: boo
     )
 
 
+CONNECT_HELP = {
+    "env": ENV_HELP,
+    "host": HOST_HELP,
+    "known_hosts": KNOWN_HOSTS_HELP,
+    "accept_new_host_key": ACCEPT_HELP,
+}
+
+
+@contextmanager
+def _connected(parsed: Env, host: str, known_hosts: str, accept: bool) -> Iterator[SshHost]:
+    target = _target(parsed, host, known_hosts, accept, False)
+    assert target is not None
+    with SshHost(target) as connection:
+        yield connection
+
+
 @task(help={"env": ENV_HELP})
 def validate(c: Context, env: str = "") -> None:
     """Check an environment config; list every problem with its path and a hint."""
@@ -249,14 +265,7 @@ def deploy(
             )
 
 
-@task(
-    help={
-        "env": ENV_HELP,
-        "host": HOST_HELP,
-        "known_hosts": KNOWN_HOSTS_HELP,
-        "accept_new_host_key": ACCEPT_HELP,
-    }
-)
+@task(help=CONNECT_HELP)
 def backup(
     c: Context,
     env: str = "",
@@ -267,9 +276,7 @@ def backup(
     """Run a backup now on the host (the maintenance script), streaming its log."""
     with _errors():
         parsed = _load(env)
-        target = _target(parsed, host, known_hosts, accept_new_host_key, False)
-        assert target is not None
-        with SshHost(target) as connection:
+        with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
             code = remote.run_backup(connection, _say)
         if code != 0:
             raise Exit(
@@ -346,22 +353,6 @@ def publish(
             print(
                 f"then tag the release: git tag {tag} {plan.git.head[:12]} && git push origin {tag}"
             )
-
-
-CONNECT_HELP = {
-    "env": ENV_HELP,
-    "host": HOST_HELP,
-    "known_hosts": KNOWN_HOSTS_HELP,
-    "accept_new_host_key": ACCEPT_HELP,
-}
-
-
-@contextmanager
-def _connected(parsed: Env, host: str, known_hosts: str, accept: bool) -> Iterator[SshHost]:
-    target = _target(parsed, host, known_hosts, accept, False)
-    assert target is not None
-    with SshHost(target) as connection:
-        yield connection
 
 
 @task(
