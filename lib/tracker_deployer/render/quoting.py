@@ -84,8 +84,3 @@ def url_part(value: str) -> str:
     """Percent-encode a URL user-info or path part (everything but unreserved)."""
     return _url_quote(value, safe="")
 
-
-def compose_literal(value: str) -> str:
-    """A string for docker-compose.yml: YAML-quoted, with ``$`` doubled so that
-    Compose's variable interpolation leaves it alone."""
-    return yaml(value.replace("$", "$$"))
