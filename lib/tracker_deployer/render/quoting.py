@@ -83,4 +83,3 @@ def yaml(value: str) -> str:
 def url_part(value: str) -> str:
     """Percent-encode a URL user-info or path part (everything but unreserved)."""
     return _url_quote(value, safe="")
-
