@@ -453,10 +453,22 @@ setup_mysql() {
   MYSQL_DUMP=("${dump}" "--defaults-extra-file=${option_file}")
 }
 
+# Write "table=count" lines to $2 from the tables (args 3...) and the counts in
+# "$1.counts" (one per line, in the same order).
+pair_counts() {
+  local work="$1" out="$2" index
+  shift 2
+  local -a tables=("$@") counts=()
+  mapfile -t counts <"${work}.counts"
+  for index in "${!tables[@]}"; do
+    printf '%s=%s\n' "${tables[index]}" "${counts[index]:-?}"
+  done >"${out}"
+}
+
 # Write "table=count" for every base table of the MySQL database to $1.
 mysql_row_counts() {
   local out="$1" work="$1.work"
-  local -a tables=() counts=()
+  local -a tables=()
   if ! "${MYSQL_CLIENT[@]}" --batch --skip-column-names -e \
     "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name" \
     >"${work}"; then
@@ -473,11 +485,7 @@ mysql_row_counts() {
     if ! "${MYSQL_CLIENT[@]}" --batch --skip-column-names <"${work}" >"${work}.counts"; then
       die "${EXIT_BACKUP}" "cannot count rows in ${CONFIG[DB_NAME]}"
     fi
-    mapfile -t counts <"${work}.counts"
-    local index
-    for index in "${!tables[@]}"; do
-      printf '%s=%s\n' "${tables[index]}" "${counts[index]:-?}"
-    done >"${out}"
+    pair_counts "${work}" "${out}" "${tables[@]}"
   fi
   rm -f -- "${work}" "${work}.counts"
 }
@@ -485,7 +493,7 @@ mysql_row_counts() {
 # Write "table=count" for every table of the SQLite database $1 to $2.
 sqlite_row_counts() {
   local db="$1" out="$2" work="$2.work"
-  local -a tables=() counts=()
+  local -a tables=()
   if ! sqlite3 -bail -readonly "${db}" \
     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name" \
     >"${work}"; then
@@ -501,11 +509,7 @@ sqlite_row_counts() {
     if ! sqlite3 -bail -readonly "${db}" <"${work}" >"${work}.counts"; then
       die "${EXIT_BACKUP}" "cannot count rows in ${db}"
     fi
-    mapfile -t counts <"${work}.counts"
-    local index
-    for index in "${!tables[@]}"; do
-      printf '%s=%s\n' "${tables[index]}" "${counts[index]:-?}"
-    done >"${out}"
+    pair_counts "${work}" "${out}" "${tables[@]}"
   fi
   rm -f -- "${work}" "${work}.counts"
 }

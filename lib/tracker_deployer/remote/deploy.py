@@ -256,33 +256,36 @@ def _lock_busy(host: SshHost) -> RemoteError:
     )
 
 
-def compose_up(host: SshHost, restart: Sequence[str], say: Say) -> None:
-    say(f"compose: up -d --wait in {paths.DEPLOY_DIR}")
-    result = host.run(
-        under_backup_lock(f"{COMPOSE} up -d --wait --remove-orphans"),
-        stream=say,
-        timeout=UP_TIMEOUT_SECONDS,
-    )
+def _run_locked(host: SshHost, command: str, say: Say, failure: RemoteError) -> None:
+    """Run a compose command under the backup lock, streaming; raise ``failure`` if it fails."""
+    result = host.run(under_backup_lock(command), stream=say, timeout=UP_TIMEOUT_SECONDS)
     if result.exit_code == EXIT_LOCK_BUSY:
         raise _lock_busy(host)
     if not result.ok:
-        raise RemoteError(
-            f"`docker compose up` failed on {host.target.host} (exit {result.exit_code})",
+        raise failure
+
+
+def compose_up(host: SshHost, restart: Sequence[str], say: Say) -> None:
+    say(f"compose: up -d --wait in {paths.DEPLOY_DIR}")
+    _run_locked(
+        host,
+        f"{COMPOSE} up -d --wait --remove-orphans",
+        say,
+        RemoteError(
+            f"`docker compose up` failed on {host.target.host}",
             f"see the output above; on the host: cd {paths.DEPLOY_DIR} && docker compose ps -a "
             "&& docker compose logs --tail 50",
-        )
+        ),
+    )
     if restart:
         say(f"compose: restarting {', '.join(restart)} (its configuration changed)")
         # `restart` does not wait for the healthcheck; `up --wait` (a no-op otherwise) does.
-        result = host.run(
-            under_backup_lock(f"{COMPOSE} restart {' '.join(restart)} && {COMPOSE} up -d --wait"),
-            stream=say,
-            timeout=UP_TIMEOUT_SECONDS,
+        _run_locked(
+            host,
+            f"{COMPOSE} restart {' '.join(restart)} && {COMPOSE} up -d --wait",
+            say,
+            RemoteError(f"restarting {', '.join(restart)} failed on {host.target.host}"),
         )
-        if result.exit_code == EXIT_LOCK_BUSY:
-            raise _lock_busy(host)
-        if not result.ok:
-            raise RemoteError(f"restarting {', '.join(restart)} failed on {host.target.host}")
 
 
 def service_health(host: SshHost) -> list[dict[str, str]]:
