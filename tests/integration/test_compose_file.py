@@ -8,13 +8,43 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tracker_deployer.render import render, write_tree
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tracker_deployer.render import quoting, render, write_tree
 
 from tests.helpers import SAMPLES, parse, sample_data
 
 pytestmark = pytest.mark.integration
 
 HOSTILE = "p a'ss\"w$(touch /tmp/pwned)`id`;#\\ ${HOME} $$ ünï 🙂"
+
+# What a secret may hold (config/model.py Secret.parse): anything but control
+# characters and lone surrogates.
+PRINTABLE = st.characters(exclude_categories=["Cc", "Cs"])
+# The characters .env quoting is about, drawn as often as runs of any printable text,
+# so that every batch has them in every position, at the end too.
+AWKWARD = st.sampled_from(["\\", '"', "'", "$", "{", "}", "#", " ", "=", "`", "\u00a0", "\u2028"])
+VALUES = st.lists(
+    st.one_of(AWKWARD, st.text(PRINTABLE, min_size=1, max_size=6)), min_size=1, max_size=8
+).map("".join)
+EDGE_VALUES = [
+    "ends in a backslash \\",
+    "\\",
+    "\\\\",
+    "'\\",
+    "\\'",
+    '\\"',
+    '"',
+    "\\$",
+    "$${X}",
+    "${HOME:-x}",
+    "\\n not a newline",
+    "\\0101",
+    " # not a comment ",
+    "'quoted'",
+    '"double"',
+    HOSTILE,
+]
 
 
 def compose_config(compose_cli: list[str], root: Path, *extra: str) -> dict[str, Any]:
@@ -122,3 +152,56 @@ def test_hostile_secrets_reach_containers_exactly_through_dotenv(
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode() == HOSTILE + "\n"
     assert not Path("/tmp/pwned").exists()
+
+
+def dotenv_reads(compose_cli: list[str], directory: Path, values: list[str]) -> list[str]:
+    """What compose reads back for each value, written to .env by ``quoting.dotenv``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names = [f"HARDENING05_V{index}" for index in range(len(values))]
+    lines = [f"{name}={quoting.dotenv(value)}\n" for name, value in zip(names, values, strict=True)]
+    (directory / ".env").write_text("".join(lines), encoding="utf-8")
+    service = {"image": "scratch", "environment": {name: f"${{{name}}}" for name in names}}
+    (directory / "compose.json").write_text(json.dumps({"services": {"s": service}}))
+    result = subprocess.run(
+        [*compose_cli, "--project-directory", str(directory), "-f", str(directory / "compose.json")]
+        + ["config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    environment = json.loads(result.stdout)["services"]["s"]["environment"]
+    # `config` prints a compose file again, so it writes every `$` as `$$`.
+    return [environment[name].replace("$$", "$") for name in names]
+
+
+def test_hardening_05_dotenv_edge_values_round_trip_through_compose(
+    tmp_path: Path, compose_cli: list[str]
+) -> None:
+    assert dotenv_reads(compose_cli, tmp_path, EDGE_VALUES) == EDGE_VALUES
+
+
+@settings(max_examples=20, deadline=None)
+@given(values=st.lists(VALUES, min_size=40, max_size=40))
+def test_hardening_05_dotenv_round_trips_any_printable_value_through_compose(
+    values: list[str], tmp_path_factory: pytest.TempPathFactory, compose_cli: list[str]
+) -> None:
+    directory = tmp_path_factory.mktemp("dotenv")
+    assert dotenv_reads(compose_cli, directory, values) == values
+
+
+def test_hardening_05_secrets_ending_in_a_backslash_reach_compose(
+    tmp_path: Path, compose_cli: list[str]
+) -> None:
+    data = sample_data("manual-test-mysql")
+    data["tracker"]["core"]["database"]["password"] = "db\\"
+    data["mysql"]["root_password"] = "root'\\"
+    data["grafana"]["admin_user"] = "admin\\"
+    data["grafana"]["admin_password"] = '"quoted"\\'
+    root = write_tree(render(parse(data)), tmp_path / "tree")
+    services = compose_config(compose_cli, root)["services"]
+
+    assert services["mysql"]["environment"]["MYSQL_PASSWORD"] == "db\\"
+    assert services["mysql"]["environment"]["MYSQL_ROOT_PASSWORD"] == "root'\\"
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_USER"] == "admin\\"
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == '"quoted"\\'

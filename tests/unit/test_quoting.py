@@ -69,9 +69,11 @@ def test_yaml_string_round_trips_any_text(value: str) -> None:
     assert yaml.safe_load(f"key: {quoting.yaml(value)}\n") == {"key": value}
 
 
-def test_dotenv_uses_single_quotes_unless_the_value_has_one() -> None:
-    assert quoting.dotenv("a$b\\c") == "'a$b\\c'"
-    assert quoting.dotenv("it's $x") == '"it\'s \\$x"'
+def test_dotenv_always_double_quotes_and_escapes_backslash_quote_dollar() -> None:
+    # The round trip through the real compose is in tests/integration/test_compose_file.py.
+    assert quoting.dotenv("a$b\\c") == '"a\\$b\\\\c"'
+    assert quoting.dotenv("it's \"$x\"") == '"it\'s \\"\\$x\\""'
+    assert quoting.dotenv("ends in \\") == '"ends in \\\\"'
 
 
 def test_url_part_escapes_everything_but_unreserved() -> None:

@@ -20,14 +20,15 @@ def shell(value: str) -> str:
 
 
 def dotenv(value: str) -> str:
-    """A value for a Docker Compose ``.env`` file.
+    """A value for a Docker Compose ``.env`` file: always double quotes.
 
-    Compose reads single-quoted values literally (no escapes, no ``$``
-    interpolation), so that is used whenever the value has no ``'``. Otherwise
-    double quotes, where compose expands ``\\\\``, ``\\"`` and ``\\$`` escapes.
+    Inside double quotes compose-go turns ``\\\\``, ``\\"`` and ``\\$`` back into
+    ``\\``, ``"`` and a literal ``$``; every backslash written starts one of
+    those three escapes. Single quotes cannot hold every value: compose-go reads
+    ``\\'`` there as an escaped quote, so a value ending in ``\\`` would run on
+    past its closing quote. Values never hold control characters (the config
+    refuses them), so no other escape is needed.
     """
-    if "'" not in value:
-        return "'" + value + "'"
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
     return '"' + escaped + '"'
 
