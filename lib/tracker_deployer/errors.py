@@ -51,7 +51,9 @@ class ConfigIssue:
         self.hint = hint
 
     def format(self, source: str) -> str:
-        where = f"at '{self.path}'" if self.path else "at the top level"
+        # A key is the config's own text: escape what a terminal would obey (ESC, newline).
+        path = "".join(c if c.isprintable() else repr(c)[1:-1] for c in self.path)
+        where = f"at '{path}'" if self.path else "at the top level"
         text = f"{source}: {where}: {self.message}"
         if self.hint:
             text += f" — hint: {self.hint}"

@@ -72,7 +72,7 @@ def test_yaml_string_round_trips_any_text(value: str) -> None:
 def test_dotenv_always_double_quotes_and_escapes_backslash_quote_dollar() -> None:
     # The round trip through the real compose is in tests/integration/test_compose_file.py.
     assert quoting.dotenv("a$b\\c") == '"a\\$b\\\\c"'
-    assert quoting.dotenv("it's \"$x\"") == '"it\'s \\"\\$x\\""'
+    assert quoting.dotenv('it\'s "$x"') == '"it\'s \\"\\$x\\""'
     assert quoting.dotenv("ends in \\") == '"ends in \\\\"'
 
 

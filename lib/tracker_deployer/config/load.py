@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,10 +122,44 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def parse_env(data: object, *, source: str, path: Path) -> Env:
     """Parse already-decoded JSON; raise :class:`ConfigError` with every issue."""
     reader = _Reader()
+    # A lone surrogate (a "\\uD800" escape without its pair) is no character: no
+    # file can hold it, and rendering would crash. Reported once, at its path.
+    unencodable = list(_lone_surrogates(data, ""))
     env = reader.env(data, path)
+    if unencodable:
+        where = {issue.path for issue in unencodable}
+        unencodable += [issue for issue in reader.issues if issue.path not in where]
+        raise ConfigError(source, unencodable)
     if reader.issues or env is None:
         raise ConfigError(source, reader.issues or [ConfigIssue("", "invalid config")])
     return env
+
+
+def _lone_surrogates(data: object, path: str) -> Iterator[ConfigIssue]:
+    """An issue for every key or string value that holds a lone surrogate."""
+    hint = (
+        "JSON escapes \\uD800-\\uDFFF only come in pairs (one character); "
+        "write the character itself in UTF-8 instead"
+    )
+
+    def first(text: str) -> str | None:
+        return next((f"U+{ord(c):04X}" for c in text if "\ud800" <= c <= "\udfff"), None)
+
+    if isinstance(data, str):
+        if (code := first(data)) is not None:
+            yield ConfigIssue(
+                path, f"contains a lone surrogate {code}, which is no character", hint
+            )
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            yield from _lone_surrogates(item, f"{path}[{index}]")
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            where = _join(path, key)
+            if (code := first(key)) is not None:
+                yield ConfigIssue(where, f"the key holds a lone surrogate {code}", hint)
+            else:
+                yield from _lone_surrogates(value, where)
 
 
 # --------------------------------------------------------------------------- the reader
@@ -606,6 +641,12 @@ class _Reader:
         use_tls = self.bool_(section, "use_tls_proxy", path, False)
         if user is not None:
             user = self.apply(_join(path, "admin_user"), user, _parse_plain_name)
+        if user is not None:
+            user = self.apply(_join(path, "admin_user"), user, _refuse_grafana_expansion)
+        if password is not None:
+            where = _join(path, "admin_password")
+            if self.apply(where, password.reveal(), _refuse_grafana_expansion) is None:
+                password = None
         if user is None or password is None or ("domain" in section and domain is None):
             return None
         return Grafana(user, password, domain, use_tls)
@@ -862,6 +903,34 @@ def _parse_mysql_host(value: str) -> str:
             'the deployer runs MySQL in the stack as service "mysql"; use "mysql"',
         )
     return value
+
+
+# Grafana expands ``${NAME}``, ``$__env{NAME}``, ``$__file{PATH}`` (and ``$__vault{...}``)
+# in every setting, GF_* environment variables included, and has no escape for them:
+# the regex of grafana/pkg/setting/expanders.go. Also in the schema (a test compares).
+GRAFANA_EXPANSION = r"\$(?:__[0-9A-Za-z_]+)?\{[^}]+\}"
+_GRAFANA_EXPANSION = re.compile(GRAFANA_EXPANSION)
+
+
+def _refuse_grafana_expansion(value: str) -> str:
+    """Refuse a Grafana setting that Grafana would not take literally.
+
+    The message shows only the kind of expansion, never the value (it may be a secret).
+    """
+    found = _GRAFANA_EXPANSION.search(value)
+    if found is None:
+        return value
+    provider = found.group(0)[1 : found.group(0).index("{")]
+    form, replacement = {
+        "": ("${...}", "the value of an environment variable"),
+        "__env": ("$__env{...}", "the value of an environment variable"),
+        "__file": ("$__file{...}", "the contents of a file"),
+    }.get(provider, ("$__NAME{...}", "what that provider returns (Vault, for one)"))
+    raise InvalidValue(
+        f"contains {form}, which Grafana replaces with {replacement}",
+        'Grafana has no escape for this: change the value so that no "$" is followed '
+        'by "{...}" or by "__name{...}" (a "$" or "{" on its own is fine)',
+    )
 
 
 def _parse_plain_name(value: str) -> str:

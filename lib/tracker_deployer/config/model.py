@@ -200,6 +200,16 @@ _URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
 
 
 def parse_http_url(value: str) -> str:
+    # Printable ASCII only: bash drops a NUL, a terminal obeys ESC, and curl and the
+    # backup.conf grammar need nothing else (anything else is percent-encoded).
+    for position, char in enumerate(value):
+        if not " " <= char <= "~":
+            raise InvalidValue(
+                f"{value!r} has the character U+{ord(char):04X} at position {position + 1}; "
+                "a URL holds only printable ASCII",
+                "percent-encode anything else (e.g. 'é' as '%C3%A9'), "
+                "e.g. 'https://hc-ping.com/your-uuid'",
+            )
     if not _URL.fullmatch(value):
         raise InvalidValue(
             f"{value!r} is not an http(s) URL",
@@ -313,12 +323,12 @@ class CronSchedule:
         fields = value.split()
         if value.startswith("@"):
             raise InvalidValue(
-                f'"{value}" is a cron nickname, not a 5-field cron schedule',
+                f"{value!r} is a cron nickname, not a 5-field cron schedule",
                 f"write the five fields instead, {_CRON_HINT}",
             )
         if len(fields) != 5:
             raise InvalidValue(
-                f'"{value}" is not a valid 5-field cron schedule '
+                f"{value!r} is not a valid 5-field cron schedule "
                 f"(it has {len(fields)} field{'s' if len(fields) != 1 else ''})",
                 f"use minute hour day-of-month month day-of-week, {_CRON_HINT}",
             )
@@ -328,18 +338,18 @@ class CronSchedule:
                 _check_cron_field(text, name, low, high, names)
             except InvalidValue as error:
                 raise InvalidValue(
-                    f'"{value}" is not a valid 5-field cron schedule ({error.message})',
+                    f"{value!r} is not a valid 5-field cron schedule ({error.message})",
                     _CRON_HINT,
                 ) from None
         # Second opinion: croniter must agree (it also knows names and specials).
         if not croniter.is_valid(value):
-            raise InvalidValue(f'"{value}" is not a valid 5-field cron schedule', _CRON_HINT)
+            raise InvalidValue(f"{value!r} is not a valid 5-field cron schedule", _CRON_HINT)
         # A valid expression may still never fire (e.g. "0 3 30 2 *": February 30th).
         try:
             croniter(value, datetime(2000, 1, 1)).get_next(datetime)
         except CroniterBadDateError:
             raise InvalidValue(
-                f'"{value}" never fires (no such date in any year)', _CRON_HINT
+                f"{value!r} never fires (no such date in any year)", _CRON_HINT
             ) from None
         return cls(" ".join(fields))
 
