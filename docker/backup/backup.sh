@@ -127,11 +127,15 @@ EOF
 
 # --- backup.conf --------------------------------------------------------------
 
-# Parse one line of backup.conf without executing anything. The grammar is the
-# subset of POSIX shell assignments our renderer writes: KEY=VALUE where VALUE
-# concatenates single-quoted segments, backslash escapes and bare characters;
-# whitespace after the value may start a comment. Sets PARSED_KIND to skip,
-# assign or error, plus PARSED_KEY/PARSED_VALUE or PARSED_ERROR.
+# Parse one line of backup.conf without executing anything. The grammar is a
+# subset of POSIX shell assignments: KEY=VALUE where VALUE concatenates
+# single-quoted segments, double-quoted segments (with the escapes bash honours
+# there: \\ \" \$ \` and backslash-newline; any other backslash stays), backslash
+# escapes and bare characters; whitespace after the value may start a comment.
+# A "$" or "`" inside double quotes is refused: bash would expand it. Sets
+# PARSED_KIND to skip, assign, continue (a double-quoted segment ends the line
+# with a backslash, which joins the next line) or error, plus
+# PARSED_KEY/PARSED_VALUE or PARSED_ERROR.
 parse_config_line() {
   local LC_ALL=C
   local line="$1"
@@ -153,6 +157,10 @@ parse_config_line() {
   while [[ -n "${rest}" ]]; do
     char="${rest:0:1}"
     case "${char}" in
+      '"')
+        rest="${rest:1}"
+        parse_double_quoted || return 0
+        ;;
       "'")
         rest="${rest:1}"
         if [[ "${rest}" != *"'"* ]]; then
@@ -178,7 +186,7 @@ parse_config_line() {
         fi
         rest=""
         ;;
-      '$' | '`' | '"' | ';' | '&' | '|' | '<' | '>' | '(' | ')' | '~')
+      '$' | '`' | ';' | '&' | '|' | '<' | '>' | '(' | ')' | '~')
         PARSED_ERROR="unquoted '${char}' in the value (quote it)"
         return 0
         ;;
@@ -200,6 +208,53 @@ parse_config_line() {
   PARSED_VALUE="${value}"
 }
 
+# The double-quoted segment at the start of $rest (its opening quote already
+# taken): appends to $value and leaves $rest after the closing quote. Returns 1
+# with PARSED_KIND/PARSED_ERROR set when the segment is refused or goes on past
+# the end of the line. Helper of parse_config_line (shares its locals).
+parse_double_quoted() {
+  local chunk next
+  while true; do
+    chunk="${rest%%[\"\\\$\`[:cntrl:]]*}"
+    value+="${chunk}"
+    rest="${rest:${#chunk}}"
+    char="${rest:0:1}"
+    case "${char}" in
+      '"')
+        rest="${rest:1}"
+        return 0
+        ;;
+      \\)
+        next="${rest:1:1}"
+        case "${next}" in
+          '') PARSED_KIND="continue" ;;
+          \\ | '"' | '$' | '`') value+="${next}" ;;
+          [[:cntrl:]]) PARSED_ERROR="control character in the value" ;;
+          *) value+="\\${next}" ;;
+        esac
+        [[ -n "${next}" && -z "${PARSED_ERROR}" ]] || return 1
+        rest="${rest:2}"
+        ;;
+      '$' | '`')
+        PARSED_ERROR="'${char}' inside double quotes (bash would expand it; write \\${char} or use single quotes)"
+        return 1
+        ;;
+      '')
+        PARSED_ERROR="unterminated double quote"
+        return 1
+        ;;
+      *)
+        if [[ "${char}" == $'\r' ]]; then
+          PARSED_ERROR="carriage return in the value (CRLF line endings?)"
+        else
+          PARSED_ERROR="control character in the value"
+        fi
+        return 1
+        ;;
+    esac
+  done
+}
+
 # Read backup.conf into CONFIG. Errors name the file and line, never a value.
 load_config() {
   local file="$1"
@@ -207,18 +262,30 @@ load_config() {
     die "${EXIT_CONFIG}" "config file ${file} does not exist or is not readable (set CONFIG_FILE?)"
   fi
   CONFIG=()
-  local line number=0
+  local line next number=0 start
   while IFS= read -r line || [[ -n "${line}" ]]; do
     number=$((number + 1))
+    start="${number}"
     parse_config_line "${line}"
+    # Inside double quotes a backslash-newline joins the next line, as in bash.
+    while [[ "${PARSED_KIND}" == continue ]]; do
+      if ! IFS= read -r next && [[ -z "${next}" ]]; then
+        PARSED_KIND="error"
+        PARSED_ERROR="unterminated double quote (a backslash ends the file)"
+        break
+      fi
+      number=$((number + 1))
+      line="${line%?}${next}"
+      parse_config_line "${line}"
+    done
     case "${PARSED_KIND}" in
       skip) ;;
       assign) CONFIG["${PARSED_KEY}"]="${PARSED_VALUE}" ;;
       *)
         if [[ -n "${PARSED_KEY}" ]]; then
-          die "${EXIT_CONFIG}" "${file}:${number}: malformed value for ${PARSED_KEY}: ${PARSED_ERROR}"
+          die "${EXIT_CONFIG}" "${file}:${start}: malformed value for ${PARSED_KEY}: ${PARSED_ERROR}"
         fi
-        die "${EXIT_CONFIG}" "${file}:${number}: malformed line: ${PARSED_ERROR}"
+        die "${EXIT_CONFIG}" "${file}:${start}: malformed line: ${PARSED_ERROR}"
         ;;
     esac
   done <"${file}"

@@ -83,6 +83,68 @@ EOF
   assert_output "last wins|bare/path_1.2:3@x|a b\$c'd|quotedtail;|||value|indented key|"
 }
 
+@test "hardening extra backup_conf_grammar: double-quoted segments read back as bash reads them" {
+  # shellcheck source=/dev/null
+  source "${BACKUP_SH}"
+  cat >"${CONFIG_FILE}" <<'EOF'
+A='it'"'"'s'
+B="a\\b\"c\$d\`e\xf\\"
+C="plain"tail'single'\ x
+D="# not a comment" # a comment
+E=""
+F="over \
+two lines"
+G="ünï"'ñ'
+H=x
+EOF
+  load_config "${CONFIG_FILE}"
+  assert_equal "${CONFIG[A]}" "it's"
+  assert_equal "${CONFIG[B]}" 'a\b"c$d`e\xf\'
+  assert_equal "${CONFIG[C]}" "plaintailsingle x"
+  assert_equal "${CONFIG[D]}" "# not a comment"
+  assert_equal "${CONFIG[E]}" ""
+  assert_equal "${CONFIG[F]}" "over two lines"
+  assert_equal "${CONFIG[G]}" "ünïñ"
+  assert_equal "${CONFIG[H]}" "x"
+  # Same values as a shell reads them.
+  run bash -c '. "$1"; printf "%s|" "$A" "$B" "$C" "$D" "$E" "$F" "$G" "$H"' _ "${CONFIG_FILE}"
+  assert_output 'it'\''s|a\b"c$d`e\xf\|plaintailsingle x|# not a comment||over two lines|ünïñ|x|'
+}
+
+@test "hardening extra backup_conf_grammar: hostile values quoted as shlex.quote does read back" {
+  # shellcheck source=/dev/null
+  source "${BACKUP_SH}"
+  local value quoted
+  while IFS= read -r -d '' value; do
+    quoted="'${value//\'/\'\"\'\"\'}'" # shlex.quote: each ' becomes '"'"'
+    printf 'DB_PASSWORD=%s\n' "${quoted}" >"${CONFIG_FILE}"
+    load_config "${CONFIG_FILE}"
+    assert_equal "${CONFIG[DB_PASSWORD]}" "${value}"
+  done < <(hostile_values)
+}
+
+@test "hardening extra backup_conf_grammar: \$ or a backtick inside double quotes exits 2 naming the line" {
+  local line
+  for line in 'DB_PASSWORD="a$b"' 'DB_PASSWORD="$(touch pwned)"' 'DB_PASSWORD="x`touch pwned`"' \
+    'DB_PASSWORD="${HOME}"'; do
+    printf "DB_TYPE='sqlite'\n%s\nDB_PATH='/x'\n" "${line}" >"${CONFIG_FILE}"
+    run --separate-stderr "${BACKUP_SH}" run
+    assert_equal "${status}" 2
+    [[ "${stderr}" == *"${CONFIG_FILE}:2: malformed value for DB_PASSWORD: '"[\$\`]"' inside double quotes (bash would expand it;"* ]] \
+      || fail "unclear error for: ${line}"$'\n'"${stderr}"
+    [[ "${stderr}" != *"touch pwned"* && "${stderr}" != *HOME* ]] || fail "value echoed: ${stderr}"
+  done
+  [[ ! -e pwned && ! -e "${BATS_TEST_TMPDIR}/pwned" ]]
+}
+
+@test "hardening extra backup_conf_grammar: a backslash-newline at the end of the file exits 2" {
+  printf 'DB_TYPE=sqlite\nDB_PASSWORD="abc\\' >"${CONFIG_FILE}"
+  run --separate-stderr "${BACKUP_SH}" run
+  assert_equal "${status}" 2
+  [[ "${stderr}" == *"${CONFIG_FILE}:2: malformed value for DB_PASSWORD: unterminated double quote"* ]] \
+    || fail "${stderr}"
+}
+
 @test "config: a malformed line exits 2 naming the line, never executing or echoing it" {
   local -a malformed=(
     "DB_PASSWORD='unterminated"
@@ -90,7 +152,9 @@ EOF
     'DB_PASSWORD=`touch pwned`'
     'DB_PASSWORD=two words'
     'DB_PASSWORD=semi;touch pwned'
-    'DB_PASSWORD="double quoted"'
+    'DB_PASSWORD="double $(touch pwned) quoted"'
+    'DB_PASSWORD="`touch pwned`"'
+    'DB_PASSWORD="unterminated'
     'DB_PASSWORD=ends-with-backslash\'
     $'DB_PASSWORD=\'crlf\'\r'
     'just some text'
