@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -350,6 +351,8 @@ def test_fetch_backup_downloads_a_verified_set_and_resumes(
     env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite"), user=SUDO_USER))
     backups = target.host_path("/opt/torrust/storage/backup")
     set_id = make_sqlite_set(backups, tmp_path / "work")
+    # A stray file whose name only looks like a set's is not part of any set.
+    (backups / f"sqlite/sqlite_{set_id}_copy.db.gz").write_bytes(b"stray")
     destination = tmp_path / "offsite"
     known = str(target.known_hosts)
     first = inv("fetch-backup", "--env", str(env), "--known-hosts", known, "--to", str(destination))
@@ -383,3 +386,138 @@ def test_fetch_backup_downloads_a_verified_set_and_resumes(
     assert again.returncode == 0, again.stderr
     assert "1 downloaded, 2 already there" in again.stdout
     assert not list(local.rglob("*.part"))
+
+
+# --------------------------------------------------------------------------- hostile hosts
+
+# A compromised host: its `bash` prints a canned backup listing for the inventory
+# script (a double of what a hostile host may answer) and runs everything else.
+HOSTILE_BASH = """#!/bin/bash
+if [[ -f "${1:-}" ]] && grep -q 'list the backup sets on this host' "$1"; then
+  cat /opt/hostile-listing.txt
+  exit 0
+fi
+exec /bin/bash "$@"
+"""
+
+
+def hostile_listing(target: SshTarget, lines: list[str]) -> None:
+    target.host_path("/opt/hostile-listing.txt").write_text("\n".join(lines) + "\n")
+    wrapper = target.host_path("/usr/local/bin/bash")
+    wrapper.write_text(HOSTILE_BASH)
+    wrapper.chmod(0o755)
+
+
+def fetch_args(env: Path, target: SshTarget, destination: Path, *extra: str) -> list[str]:
+    known = str(target.known_hosts)
+    return [
+        "fetch-backup",
+        "--env",
+        str(env),
+        "--known-hosts",
+        known,
+        "--to",
+        str(destination),
+        *extra,
+    ]
+
+
+def test_hardening_01_fetch_refuses_a_manifest_naming_paths_outside_the_set(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    backups = target.host_path("/opt/torrust/storage/backup")
+    set_id = make_sqlite_set(backups, tmp_path / "work")
+    destination = tmp_path / "out"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the operator's file\n")
+    # The host serves evil content for "../../victim.txt" (= /opt/torrust/victim.txt
+    # there) and lists it, with the right sha256, in the set's manifest.
+    evil = b"evil\n"
+    target.host_path("/opt/torrust/victim.txt").write_bytes(evil)
+    manifest = backups / f"manifests/set_{set_id}.sha256"
+    original = manifest.read_text()
+    digest = hashlib.sha256(evil).hexdigest()
+    for hostile in ("../../victim.txt", str(victim)):
+        manifest.write_text(original + f"{digest}  {hostile}\n")
+        result = inv(*fetch_args(env, target, destination))
+        assert result.returncode == 3, result.stderr
+        assert f"the host's checksum manifest of set {set_id} is not one backup.sh writes" in (
+            result.stderr
+        )
+        assert f"line 4 is '{digest}  {hostile}'" in result.stderr
+        assert "nothing was fetched" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert victim.read_text() == "the operator's file\n"
+        assert not destination.exists()
+
+
+def test_hardening_01_fetch_latest_refuses_a_hostile_set_id(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    destination = tmp_path / "a" / "out"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    victim.chmod(0o755)
+    hostile = "../../victim"
+    hostile_listing(
+        target,
+        [
+            f"FILE\t{hostile}\tsqlite\tsqlite/sqlite_{hostile}.db.gz\t10\t1764039600",
+            f"SET\t{hostile}\tcomplete\tunchecked",
+            "NOW\t1764140000",
+        ],
+    )
+    result = inv(*fetch_args(env, target, destination, "--set", "latest"))
+    assert result.returncode == 3, result.stderr
+    assert "the host's backup listing has a line this tool never writes (line 1:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o755
+    assert not (tmp_path / "a").exists()
+
+
+def test_hardening_01_fetch_refuses_a_file_larger_than_the_host_listed(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    backups = target.host_path("/opt/torrust/storage/backup")
+    set_id = make_sqlite_set(backups, tmp_path / "work")
+    listed = [f"sqlite/sqlite_{set_id}.db.gz", f"config/config_{set_id}.tar.gz"]
+    listed += [f"manifests/set_{set_id}.meta", f"manifests/set_{set_id}.sha256"]
+    hostile_listing(
+        target,
+        [f"FILE\t{set_id}\t{name.split('/')[0]}\t{name}\t1\t1764039600" for name in listed]
+        + [f"SET\t{set_id}\tcomplete\tunchecked"],
+    )
+    destination = tmp_path / "out"
+    result = inv(*fetch_args(env, target, destination))
+    assert result.returncode == 3, result.stderr
+    assert "the host sent more than 1 bytes for" in result.stderr
+    assert "Traceback" not in result.stderr
+    left = sorted(str(p.relative_to(destination)) for p in destination.rglob("*") if p.is_file())
+    assert left == []
+
+
+@pytest.mark.parametrize("link", ["sqlite", "config/config_{set_id}.tar.gz", "{set_id}"])
+def test_hardening_01_fetch_never_writes_through_a_symlink_in_the_destination(
+    target: SshTarget, tmp_path: Path, link: str
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    backups = target.host_path("/opt/torrust/storage/backup")
+    set_id = make_sqlite_set(backups, tmp_path / "work")
+    destination = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("keep\n")
+    relative = link.format(set_id=set_id)
+    where = destination / relative if relative == set_id else destination / set_id / relative
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.symlink_to(elsewhere if relative.count("/") == 0 else elsewhere / "keep")
+    result = inv(*fetch_args(env, target, destination))
+    assert result.returncode == 1, result.stderr
+    assert f"{where} is a symbolic link; refusing to write through it" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [p.name for p in elsewhere.iterdir()] == ["keep"]
+    assert (elsewhere / "keep").read_text() == "keep\n"
+    assert not (destination / set_id / f"manifests/set_{set_id}.sha256").exists()

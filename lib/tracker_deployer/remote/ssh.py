@@ -10,6 +10,7 @@ refused.
 from __future__ import annotations
 
 import io
+import os
 import shlex
 import socket
 from collections.abc import Callable
@@ -238,9 +239,26 @@ class SshHost:
         except (SSHException, OSError) as error:
             raise RemoteError(f"uploading {remote_path} to {self.target} failed: {error}") from None
 
-    def download(self, remote_path: str, local_path: Path) -> None:
-        """Fetch a file readable only by root: non-root users get a private copy first."""
-        local_path.parent.mkdir(parents=True, exist_ok=True)
+    def download(self, remote_path: str, local_path: Path, *, limit: int | None = None) -> None:
+        """Fetch a file readable only by root into a NEW local file (never through a
+        symlink, never over an existing file); at most ``limit`` bytes are accepted."""
+        try:
+            fd = os.open(local_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as error:
+            raise DeployError(
+                f"cannot create {local_path}: {error.strerror}",
+                "check the destination directory (it must be writable and hold no link there)",
+            ) from None
+        with os.fdopen(fd, "wb") as handle:
+            self._fetch(remote_path, _LimitedSink(handle, limit, remote_path))
+
+    def read_bytes(self, remote_path: str, *, limit: int) -> bytes:
+        """A small file readable only by root, in memory (at most ``limit`` bytes)."""
+        buffer = io.BytesIO()
+        self._fetch(remote_path, _LimitedSink(buffer, limit, remote_path))
+        return buffer.getvalue()
+
+    def _fetch(self, remote_path: str, sink: _LimitedSink) -> None:
         source = remote_path
         staging = ""
         if not self.is_root:
@@ -259,9 +277,7 @@ class SshHost:
                     f"cannot read {remote_path} on {self.target.host}: {copied.stderr.strip()}"
                 )
         try:
-            with local_path.open("wb") as handle:
-                local_path.chmod(0o600)
-                self._conn.get(source, local=handle)
+            self._conn.get(source, local=sink)
         except (SSHException, OSError) as error:
             raise RemoteError(
                 f"downloading {remote_path} from {self.target} failed: {error}"
@@ -269,6 +285,31 @@ class SshHost:
         finally:
             if staging:
                 self.run(f"rm -rf -- {shlex.quote(staging)}", root=False)
+
+
+class TooLarge(RemoteError):
+    """The host sent more bytes than it said a file holds."""
+
+
+class _LimitedSink:
+    """A writable that refuses more than ``limit`` bytes (a host may lie about sizes)."""
+
+    def __init__(self, handle: io.IOBase | io.BufferedWriter, limit: int | None, name: str) -> None:
+        self._handle = handle
+        self._limit = limit
+        self._name = name
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        self.written += len(data)
+        if self._limit is not None and self.written > self._limit:
+            raise TooLarge(
+                f"the host sent more than {self._limit} bytes for {self._name}",
+                "the file changed on the host or the host is not trustworthy; "
+                "list the sets with `inv backups` and try again",
+            )
+        written: int = self._handle.write(data)
+        return written
 
 
 class _LineWriter(io.TextIOBase):
