@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -521,3 +522,107 @@ def test_hardening_01_fetch_never_writes_through_a_symlink_in_the_destination(
     assert [p.name for p in elsewhere.iterdir()] == ["keep"]
     assert (elsewhere / "keep").read_text() == "keep\n"
     assert not (destination / set_id / f"manifests/set_{set_id}.sha256").exists()
+
+
+# --------------------------------------------------------------------------- known_hosts
+
+
+def _public_key(path: Path) -> str:
+    """'TYPE BASE64' of a fresh ed25519 key (another host's, or a CA's)."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    kind, key = Path(f"{path}.pub").read_text().split()[:2]
+    return f"{kind} {key}"
+
+
+def _sk_key() -> str:
+    blob = b"\x00\x00\x00\x1ask-ssh-ed25519@openssh.com" + b"\x00\x00\x00\x20" + bytes(32)
+    blob += b"\x00\x00\x00\x04ssh:"
+    return "sk-ssh-ed25519@openssh.com " + base64.b64encode(blob).decode()
+
+
+def _operator_known_hosts(tmp_path: Path, *, markers: bool = True) -> str:
+    """A known_hosts as an operator's may look: comments, markers, sk- and hashed keys."""
+    ca = _public_key(tmp_path / "ca_key")
+    other = _public_key(tmp_path / "other_host_key")
+    return (
+        "# my hosts\n"
+        + (f"@cert-authority *.example.com {ca}\n" if markers else "")
+        + f"security-key.example.org {_sk_key()}\n"
+        + f"|1|c2FsdHNhbHRzYWx0c2FsdHNhbHQ=|aGFzaGhhc2hoYXNoaGFzaGhhc2g= {other}\n"
+        + (f"@revoked old.example.net {other}\n" if markers else "")
+        + "\n"
+        + "   # indented comment, no newline at the end"
+    )
+
+
+def test_hardening_11_known_hosts_with_marker_lines_is_read_without_a_traceback(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    known = tmp_path / "known_hosts"
+    known.write_text(_operator_known_hosts(tmp_path) + "\n" + target.known_hosts.read_text())
+    before = known.read_bytes()
+    result = inv("push", "--env", str(env), "--known-hosts", str(known))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert known.read_bytes() == before
+
+
+def test_hardening_11_a_revoked_host_key_is_refused(target: SshTarget, tmp_path: Path) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    host_key = " ".join((tmp_path / "target/ssh_host_ed25519_key.pub").read_text().split()[:2])
+    for listed, extra in (
+        (True, []),  # listed as a known host AND revoked: revoked wins
+        (False, ["--accept-new-host-key"]),  # never seen, accepting new keys: still refused
+    ):
+        known = tmp_path / f"known_hosts_{listed}"
+        text = f"@revoked * {host_key}\n"
+        if listed:
+            text += target.known_hosts.read_text()
+        known.write_text(text)
+        result = inv("push", "--env", str(env), "--known-hosts", str(known), *extra)
+        assert result.returncode == 3, result.stderr
+        assert f"the host key of 127.0.0.1:{target.port} is marked @revoked in {known}" in (
+            result.stderr
+        )
+        assert "Traceback" not in result.stderr
+        assert known.read_text() == text
+    assert not target.host_path("/opt/torrust").exists()
+
+
+@pytest.mark.parametrize("markers", [False, True])
+def test_hardening_11_accept_new_host_key_appends_one_line_and_keeps_the_rest(
+    target: SshTarget, tmp_path: Path, markers: bool
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    known = tmp_path / "known_hosts"
+    known.write_text(_operator_known_hosts(tmp_path, markers=markers))
+    known.chmod(0o644)
+    before = known.read_bytes()
+    result = inv("push", "--env", str(env), "--known-hosts", str(known), "--accept-new-host-key")
+    assert result.returncode == 0, result.stderr
+    kind, key = (tmp_path / "target/ssh_host_ed25519_key.pub").read_text().split()[:2]
+    assert known.read_bytes() == before + f"\n[127.0.0.1]:{target.port} {kind} {key}\n".encode()
+    assert stat.S_IMODE(known.stat().st_mode) == 0o644
+    # The recorded line is one OpenSSH reads: the system ssh client now trusts the host.
+    check = subprocess.run(
+        ["ssh-keygen", "-F", f"[127.0.0.1]:{target.port}", "-f", str(known)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+    again = inv("push", "--env", str(env), "--known-hosts", str(known))
+    assert again.returncode == 0, again.stderr
+
+
+def test_hardening_11_a_hashed_known_hosts_line_still_vouches_for_the_host(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    known = tmp_path / "known_hosts"
+    known.write_text(target.known_hosts.read_text())
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(known)], check=True, capture_output=True)
+    assert known.read_text().startswith("|1|")
+    result = inv("push", "--env", str(env), "--known-hosts", str(known))
+    assert result.returncode == 0, result.stderr
