@@ -626,3 +626,29 @@ def test_hardening_11_a_hashed_known_hosts_line_still_vouches_for_the_host(
     assert known.read_text().startswith("|1|")
     result = inv("push", "--env", str(env), "--known-hosts", str(known))
     assert result.returncode == 0, result.stderr
+
+
+def test_hardening_14_push_updates_a_changed_secret_file_without_manifest_hashes(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    """Deploy diffing compares the host's files with the rendered bytes, not with the
+    manifest, so leaving secret hashes out of manifest.json does not blind it."""
+    data = target.env_data(sample_data("manual-test-sqlite"))
+    env = write_env(tmp_path, data)
+    known = str(target.known_hosts)
+    assert inv("push", "--env", str(env), "--known-hosts", known).returncode == 0
+    data["tracker"]["http_api"]["admin_token"] = "a-new-token-8d1e"  # type: ignore[index]
+    env = write_env(tmp_path, data)
+    result = inv("push", "--env", str(env), "--known-hosts", known)
+    assert result.returncode == 0, result.stderr
+    assert "0 created, 2 changed" in result.stdout  # tracker.toml and prometheus.yml
+    assert "update    /opt/torrust/storage/tracker/etc/tracker.toml" in result.stdout
+    toml = target.host_path("/opt/torrust/storage/tracker/etc/tracker.toml")
+    assert "a-new-token-8d1e" in toml.read_text()
+    entry = next(
+        e
+        for e in manifest_of(REPO_ROOT / "build/manual-test-sqlite")["files"]
+        if e["path"] == "/opt/torrust/storage/tracker/etc/tracker.toml"
+    )
+    assert entry["secret"] is True
+    assert "sha256" not in entry
