@@ -530,7 +530,7 @@ def _directory(root: Path, relative: str) -> Path:
 
 
 def _fresh(path: Path) -> None:
-    """Remove a leftover ``.part`` (a file or a link itself, never what a link points to)."""
+    """Remove a leftover ``.part`` file (callers have refused links with _inside)."""
     try:
         info = path.lstat()
     except FileNotFoundError:

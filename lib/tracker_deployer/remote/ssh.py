@@ -166,7 +166,14 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
             raise RevokedHostKey(f"{hostname} offered a revoked {key.get_name()} key")
         if not self.accept_new:
             raise SSHException(f"Server {hostname!r} not found in known_hosts")
-        append_known_host(self.known_hosts, hostname, key)
+        try:
+            append_known_host(self.known_hosts, hostname, key)
+        except OSError as error:
+            raise DeployError(
+                f"cannot record the host key of {hostname} in {self.known_hosts}: {error.strerror}",
+                "make the known_hosts file writable, or add the key yourself after checking "
+                "its fingerprint (ssh-keyscan)",
+            ) from None
 
 
 class SshHost:
