@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -350,6 +352,8 @@ def test_fetch_backup_downloads_a_verified_set_and_resumes(
     env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite"), user=SUDO_USER))
     backups = target.host_path("/opt/torrust/storage/backup")
     set_id = make_sqlite_set(backups, tmp_path / "work")
+    # A stray file whose name only looks like a set's is not part of any set.
+    (backups / f"sqlite/sqlite_{set_id}_copy.db.gz").write_bytes(b"stray")
     destination = tmp_path / "offsite"
     known = str(target.known_hosts)
     first = inv("fetch-backup", "--env", str(env), "--known-hosts", known, "--to", str(destination))
@@ -383,3 +387,268 @@ def test_fetch_backup_downloads_a_verified_set_and_resumes(
     assert again.returncode == 0, again.stderr
     assert "1 downloaded, 2 already there" in again.stdout
     assert not list(local.rglob("*.part"))
+
+
+# --------------------------------------------------------------------------- hostile hosts
+
+# A compromised host: its `bash` prints a canned backup listing for the inventory
+# script (a double of what a hostile host may answer) and runs everything else.
+HOSTILE_BASH = """#!/bin/bash
+if [[ -f "${1:-}" ]] && grep -q 'list the backup sets on this host' "$1"; then
+  cat /opt/hostile-listing.txt
+  exit 0
+fi
+exec /bin/bash "$@"
+"""
+
+
+def hostile_listing(target: SshTarget, lines: list[str]) -> None:
+    target.host_path("/opt/hostile-listing.txt").write_text("\n".join(lines) + "\n")
+    wrapper = target.host_path("/usr/local/bin/bash")
+    wrapper.write_text(HOSTILE_BASH)
+    wrapper.chmod(0o755)
+
+
+def fetch_args(env: Path, target: SshTarget, destination: Path, *extra: str) -> list[str]:
+    known = str(target.known_hosts)
+    return [
+        "fetch-backup",
+        "--env",
+        str(env),
+        "--known-hosts",
+        known,
+        "--to",
+        str(destination),
+        *extra,
+    ]
+
+
+def test_hardening_01_fetch_refuses_a_manifest_naming_paths_outside_the_set(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    backups = target.host_path("/opt/torrust/storage/backup")
+    set_id = make_sqlite_set(backups, tmp_path / "work")
+    destination = tmp_path / "out"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the operator's file\n")
+    # The host serves evil content for "../../victim.txt" (= /opt/torrust/victim.txt
+    # there) and lists it, with the right sha256, in the set's manifest.
+    evil = b"evil\n"
+    target.host_path("/opt/torrust/victim.txt").write_bytes(evil)
+    manifest = backups / f"manifests/set_{set_id}.sha256"
+    original = manifest.read_text()
+    digest = hashlib.sha256(evil).hexdigest()
+    for hostile in ("../../victim.txt", str(victim)):
+        manifest.write_text(original + f"{digest}  {hostile}\n")
+        result = inv(*fetch_args(env, target, destination))
+        assert result.returncode == 3, result.stderr
+        assert f"the host's checksum manifest of set {set_id} is not one backup.sh writes" in (
+            result.stderr
+        )
+        assert f"line 4 is '{digest}  {hostile}'" in result.stderr
+        assert "nothing was fetched" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert victim.read_text() == "the operator's file\n"
+        assert not destination.exists()
+
+
+def test_hardening_01_fetch_latest_refuses_a_hostile_set_id(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    destination = tmp_path / "a" / "out"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    victim.chmod(0o755)
+    hostile = "../../victim"
+    hostile_listing(
+        target,
+        [
+            f"FILE\t{hostile}\tsqlite\tsqlite/sqlite_{hostile}.db.gz\t10\t1764039600",
+            f"SET\t{hostile}\tcomplete\tunchecked",
+            "NOW\t1764140000",
+        ],
+    )
+    result = inv(*fetch_args(env, target, destination, "--set", "latest"))
+    assert result.returncode == 3, result.stderr
+    assert "the host's backup listing has a line this tool never writes (line 1:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o755
+    assert not (tmp_path / "a").exists()
+
+
+def test_hardening_01_fetch_refuses_a_file_larger_than_the_host_listed(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    backups = target.host_path("/opt/torrust/storage/backup")
+    set_id = make_sqlite_set(backups, tmp_path / "work")
+    listed = [f"sqlite/sqlite_{set_id}.db.gz", f"config/config_{set_id}.tar.gz"]
+    listed += [f"manifests/set_{set_id}.meta", f"manifests/set_{set_id}.sha256"]
+    hostile_listing(
+        target,
+        [f"FILE\t{set_id}\t{name.split('/')[0]}\t{name}\t1\t1764039600" for name in listed]
+        + [f"SET\t{set_id}\tcomplete\tunchecked"],
+    )
+    destination = tmp_path / "out"
+    result = inv(*fetch_args(env, target, destination))
+    assert result.returncode == 3, result.stderr
+    assert "the host sent more than 1 bytes for" in result.stderr
+    assert "Traceback" not in result.stderr
+    left = sorted(str(p.relative_to(destination)) for p in destination.rglob("*") if p.is_file())
+    assert left == []
+
+
+@pytest.mark.parametrize("link", ["sqlite", "config/config_{set_id}.tar.gz", "{set_id}"])
+def test_hardening_01_fetch_never_writes_through_a_symlink_in_the_destination(
+    target: SshTarget, tmp_path: Path, link: str
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    backups = target.host_path("/opt/torrust/storage/backup")
+    set_id = make_sqlite_set(backups, tmp_path / "work")
+    destination = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("keep\n")
+    relative = link.format(set_id=set_id)
+    where = destination / relative if relative == set_id else destination / set_id / relative
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.symlink_to(elsewhere if relative.count("/") == 0 else elsewhere / "keep")
+    result = inv(*fetch_args(env, target, destination))
+    assert result.returncode == 1, result.stderr
+    assert f"{where} is a symbolic link; refusing to write through it" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [p.name for p in elsewhere.iterdir()] == ["keep"]
+    assert (elsewhere / "keep").read_text() == "keep\n"
+    assert not (destination / set_id / f"manifests/set_{set_id}.sha256").exists()
+
+
+# --------------------------------------------------------------------------- known_hosts
+
+
+def _public_key(path: Path) -> str:
+    """'TYPE BASE64' of a fresh ed25519 key (another host's, or a CA's)."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    kind, key = Path(f"{path}.pub").read_text().split()[:2]
+    return f"{kind} {key}"
+
+
+def _sk_key() -> str:
+    blob = b"\x00\x00\x00\x1ask-ssh-ed25519@openssh.com" + b"\x00\x00\x00\x20" + bytes(32)
+    blob += b"\x00\x00\x00\x04ssh:"
+    return "sk-ssh-ed25519@openssh.com " + base64.b64encode(blob).decode()
+
+
+def _operator_known_hosts(tmp_path: Path, *, markers: bool = True) -> str:
+    """A known_hosts as an operator's may look: comments, markers, sk- and hashed keys."""
+    ca = _public_key(tmp_path / "ca_key")
+    other = _public_key(tmp_path / "other_host_key")
+    return (
+        "# my hosts\n"
+        + (f"@cert-authority *.example.com {ca}\n" if markers else "")
+        + f"security-key.example.org {_sk_key()}\n"
+        + f"|1|c2FsdHNhbHRzYWx0c2FsdHNhbHQ=|aGFzaGhhc2hoYXNoaGFzaGhhc2g= {other}\n"
+        + (f"@revoked old.example.net {other}\n" if markers else "")
+        + "\n"
+        + "   # indented comment, no newline at the end"
+    )
+
+
+def test_hardening_11_known_hosts_with_marker_lines_is_read_without_a_traceback(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    known = tmp_path / "known_hosts"
+    known.write_text(_operator_known_hosts(tmp_path) + "\n" + target.known_hosts.read_text())
+    before = known.read_bytes()
+    result = inv("push", "--env", str(env), "--known-hosts", str(known))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert known.read_bytes() == before
+
+
+def test_hardening_11_a_revoked_host_key_is_refused(target: SshTarget, tmp_path: Path) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    host_key = " ".join((tmp_path / "target/ssh_host_ed25519_key.pub").read_text().split()[:2])
+    for listed, extra in (
+        (True, []),  # listed as a known host AND revoked: revoked wins
+        (False, ["--accept-new-host-key"]),  # never seen, accepting new keys: still refused
+    ):
+        known = tmp_path / f"known_hosts_{listed}"
+        text = f"@revoked * {host_key}\n"
+        if listed:
+            text += target.known_hosts.read_text()
+        known.write_text(text)
+        result = inv("push", "--env", str(env), "--known-hosts", str(known), *extra)
+        assert result.returncode == 3, result.stderr
+        assert f"the host key of 127.0.0.1:{target.port} is marked @revoked in {known}" in (
+            result.stderr
+        )
+        assert "Traceback" not in result.stderr
+        assert known.read_text() == text
+    assert not target.host_path("/opt/torrust").exists()
+
+
+@pytest.mark.parametrize("markers", [False, True])
+def test_hardening_11_accept_new_host_key_appends_one_line_and_keeps_the_rest(
+    target: SshTarget, tmp_path: Path, markers: bool
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    known = tmp_path / "known_hosts"
+    known.write_text(_operator_known_hosts(tmp_path, markers=markers))
+    known.chmod(0o644)
+    before = known.read_bytes()
+    result = inv("push", "--env", str(env), "--known-hosts", str(known), "--accept-new-host-key")
+    assert result.returncode == 0, result.stderr
+    kind, key = (tmp_path / "target/ssh_host_ed25519_key.pub").read_text().split()[:2]
+    assert known.read_bytes() == before + f"\n[127.0.0.1]:{target.port} {kind} {key}\n".encode()
+    assert stat.S_IMODE(known.stat().st_mode) == 0o644
+    # The recorded line is one OpenSSH reads: the system ssh client now trusts the host.
+    check = subprocess.run(
+        ["ssh-keygen", "-F", f"[127.0.0.1]:{target.port}", "-f", str(known)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+    again = inv("push", "--env", str(env), "--known-hosts", str(known))
+    assert again.returncode == 0, again.stderr
+
+
+def test_hardening_11_a_hashed_known_hosts_line_still_vouches_for_the_host(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    known = tmp_path / "known_hosts"
+    known.write_text(target.known_hosts.read_text())
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(known)], check=True, capture_output=True)
+    assert known.read_text().startswith("|1|")
+    result = inv("push", "--env", str(env), "--known-hosts", str(known))
+    assert result.returncode == 0, result.stderr
+
+
+def test_hardening_14_push_updates_a_changed_secret_file_without_manifest_hashes(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    """Deploy diffing compares the host's files with the rendered bytes, not with the
+    manifest, so leaving secret hashes out of manifest.json does not blind it."""
+    data = target.env_data(sample_data("manual-test-sqlite"))
+    env = write_env(tmp_path, data)
+    known = str(target.known_hosts)
+    assert inv("push", "--env", str(env), "--known-hosts", known).returncode == 0
+    data["tracker"]["http_api"]["admin_token"] = "a-new-token-8d1e"  # type: ignore[index]
+    env = write_env(tmp_path, data)
+    result = inv("push", "--env", str(env), "--known-hosts", known)
+    assert result.returncode == 0, result.stderr
+    assert "0 created, 2 changed" in result.stdout  # tracker.toml and prometheus.yml
+    assert "update    /opt/torrust/storage/tracker/etc/tracker.toml" in result.stdout
+    toml = target.host_path("/opt/torrust/storage/tracker/etc/tracker.toml")
+    assert "a-new-token-8d1e" in toml.read_text()
+    entry = next(
+        e
+        for e in manifest_of(REPO_ROOT / "build/manual-test-sqlite")["files"]
+        if e["path"] == "/opt/torrust/storage/tracker/etc/tracker.toml"
+    )
+    assert entry["secret"] is True
+    assert "sha256" not in entry

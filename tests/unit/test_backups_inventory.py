@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from tracker_deployer.errors import DeployError
 from tracker_deployer.remote.backups import (
+    HostDataError,
     format_inventory,
     human_size,
+    is_set_id,
     parse_checksums,
     parse_inventory,
     restore_plan,
+    set_layout,
 )
 
-from tests.helpers import parse, sample_data
+from tests.helpers import REPO_ROOT, parse, sample_data
 
 OUTPUT = "\n".join(
     [
@@ -88,9 +93,117 @@ def test_sizes_are_human() -> None:
     assert human_size(3 * 1024 * 1024) == "3.0 MiB"
 
 
+SET = "20261125_030000"
+GOOD_MANIFEST = [
+    "ab" * 32 + f"  sqlite/sqlite_{SET}.db.gz",
+    "cd" * 32 + f"  config/config_{SET}.tar.gz",
+    "ef" * 32 + f"  manifests/set_{SET}.meta",
+]
+
+
 def test_parse_checksums_reads_sha256sum_lines() -> None:
-    text = "ab" * 32 + "  sqlite/sqlite_20261125_030000.db.gz\n"
-    assert parse_checksums(text) == {"sqlite/sqlite_20261125_030000.db.gz": "ab" * 32}
+    sums = parse_checksums("\n".join(GOOD_MANIFEST) + "\n", SET)
+    assert sums == {
+        f"sqlite/sqlite_{SET}.db.gz": "ab" * 32,
+        f"config/config_{SET}.tar.gz": "cd" * 32,
+        f"manifests/set_{SET}.meta": "ef" * 32,
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\u0662\u0660\u0662\u0666\u0661\u0661\u0662\u0665_030000",  # Arabic-Indic digits
+        "\uff12\uff10\uff12\uff16\uff11\uff11\uff12\uff15_030000",  # full-width digits
+        "20261125_030000\n",
+        "../../victim",
+        "/home/op/.bashrc",
+        "20261125-030000",
+        "2026112_0300000",
+        "",
+    ],
+)
+def test_hardening_01_set_ids_are_ascii_digits_only(text: str) -> None:
+    assert not is_set_id(text)
+    with pytest.raises(DeployError, match="is not a backup set id"):
+        parse_inventory(OUTPUT).resolve(text)
+    line = f"FILE\t{text}\tsqlite\tsqlite/sqlite_{text}.db.gz\t1\t1"
+    with pytest.raises(HostDataError, match="line this tool never writes"):
+        parse_inventory(line)
+    with pytest.raises(HostDataError):
+        parse_inventory(f"SET\t{text}\tcomplete\tok")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"FILE\t{SET}\tsqlite\t../../victim\t1\t1",
+        f"FILE\t{SET}\tsqlite\t/home/op/.bashrc\t1\t1",
+        f"FILE\t{SET}\tsqlite\tsqlite/sqlite_20261126_030000.db.gz\t1\t1",  # another set
+        f"FILE\t{SET}\tconfig\tsqlite/sqlite_{SET}.db.gz\t1\t1",  # wrong part
+        f"FILE\t{SET}\tsqlite\tsqlite/sqlite_{SET}.db.gz\t\u00b2\t1",  # '²'.isdigit()
+        f"FILE\t{SET}\tsqlite\tsqlite/sqlite_{SET}.db.gz\t-1\t1",
+        f"FILE\t{SET}\tsqlite\tsqlite/sqlite_{SET}.db.gz\t1",
+        f"SET\t{SET}\tcomplete\t$(id)",
+        "NOW\t\u0663",
+    ],
+)
+def test_hardening_01_listing_lines_outside_the_layout_are_refused(line: str) -> None:
+    with pytest.raises(HostDataError, match="line this tool never writes") as error:
+        parse_inventory(OUTPUT + "\n" + line)
+    assert "(line 15:" in error.value.message
+
+
+def test_hardening_01_row_counts_take_ascii_digits_only() -> None:
+    inventory = parse_inventory(f"META\t{SET}\trows.torrents\t\u00b2\nMETA\t{SET}\trows.keys\t7")
+    assert inventory.sets[0].rows == {"keys": 7}
+
+
+@pytest.mark.parametrize(
+    ("lines", "fragment"),
+    [
+        ([*GOOD_MANIFEST, "00" * 32 + "  ../../home/op/.bashrc"], "line 4 is"),
+        ([*GOOD_MANIFEST, "00" * 32 + "  /home/op/.bashrc"], "line 4 is"),
+        ([*GOOD_MANIFEST, "00" * 32 + f"  manifests/set_{SET}.sha256"], "line 4 is"),
+        ([*GOOD_MANIFEST, "00" * 32 + f"  mysql/mysql_{SET}.sql.gz"], "exactly one database"),
+        ([*GOOD_MANIFEST, GOOD_MANIFEST[0]], "line 4 is"),
+        (GOOD_MANIFEST[:2], "exactly one database"),
+        (
+            [GOOD_MANIFEST[0].replace("sqlite_20261125", "sqlite_20261126"), *GOOD_MANIFEST[1:]],
+            "line 1",
+        ),
+        ([GOOD_MANIFEST[0].upper(), *GOOD_MANIFEST[1:]], "line 1 is"),
+        ([GOOD_MANIFEST[0].replace("  ", " *"), *GOOD_MANIFEST[1:]], "line 1 is"),
+        ([GOOD_MANIFEST[0] + "\r", *GOOD_MANIFEST[1:]], "line 1 is"),
+        ([GOOD_MANIFEST[0], "", *GOOD_MANIFEST[1:]], "line 2 is"),
+        ([GOOD_MANIFEST[0][:-1], *GOOD_MANIFEST[1:]], "line 1 is"),
+        ([], "line 1 is"),  # an empty line
+    ],
+)
+def test_hardening_01_manifest_entries_must_fit_the_set_layout(
+    lines: list[str], fragment: str
+) -> None:
+    with pytest.raises(HostDataError, match=fragment) as error:
+        parse_checksums("\n".join(lines) + "\n", SET)
+    assert "is not one backup.sh writes" in error.value.message
+    assert "nothing was fetched" in error.value.message
+
+
+def test_set_layout_is_the_one_backup_sh_writes(tmp_path: Path) -> None:
+    """One owner per language: backup.sh's set_files/db_file_name and set_layout agree."""
+    for relative in set_layout(SET):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    script = (
+        f"source {REPO_ROOT / 'docker/backup/backup.sh'}; ROOT_DIR={tmp_path}; set_files {SET}; "
+        f"db_file_name mysql {SET}; echo; db_file_name sqlite {SET}; echo"
+    )
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=True, timeout=30
+    )
+    listed = result.stdout.splitlines()
+    assert sorted(listed[:-2]) == sorted(set_layout(SET))
+    assert listed[-2:] == [f"mysql/mysql_{SET}.sql.gz", f"sqlite/sqlite_{SET}.db.gz"]
 
 
 def test_restore_plan_names_the_safety_backup_only_for_mysql() -> None:

@@ -14,6 +14,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
+from tracker_deployer import __version__
+from tracker_deployer.errors import DeployError
 from tracker_deployer.render import render, write_tree
 
 from tests.helpers import SAMPLES, parse, sample_data
@@ -77,7 +79,9 @@ def test_manifest_lists_every_file_with_its_checksum_and_mode(name: str, tmp_pat
     assert [entry["path"] for entry in manifest["files"]] == on_disk
     for entry in manifest["files"]:
         local = out / entry["path"].lstrip("/")
-        assert hashlib.sha256(local.read_bytes()).hexdigest() == entry["sha256"]
+        if not entry["secret"]:
+            assert hashlib.sha256(local.read_bytes()).hexdigest() == entry["sha256"]
+            assert local.stat().st_size == entry["size"]
         assert f"{stat.S_IMODE(local.stat().st_mode):04o}" == entry["mode"]
 
 
@@ -186,6 +190,93 @@ def test_write_tree_refuses_a_foreign_non_empty_directory(
     with pytest.raises(Exception, match=r"holds no manifest\.json"):
         write_tree(render(parse(sqlite_data)), tmp_path)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        '{"name": "my-web-app", "version": "1.0.0"}',  # some other tool's manifest.json
+        '{"generator": "other-tool 1.0", "format": 1}',
+        '{"generator": "tracker-deployer 0.1.0"}',  # no format key
+        '{"generator": "tracker-deployer 0.1.0", "format": true}',
+        '{"generator": "tracker-deployer 0.1.0", "format": 99}',
+        '["tracker-deployer"]',
+        "not json at all",
+    ],
+)
+def test_hardening_13_render_out_refuses_a_directory_it_did_not_write(
+    sqlite_data: dict[str, Any], tmp_path: Path, manifest: str
+) -> None:
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "manifest.json").write_text(manifest)
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(DeployError) as error:
+        write_tree(render(parse(sqlite_data)), out)
+    assert str(error.value).startswith(f"{out} holds a manifest.json that this tool did not write")
+    assert "only a directory that `inv render` wrote itself is replaced" in str(error.value)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "precious.txt"]
+    assert (out / "manifest.json").read_text() == manifest
+    assert [p.name for p in tmp_path.iterdir()] == ["project"]
+
+
+def test_hardening_13_a_linked_manifest_json_does_not_make_a_directory_ours(
+    sqlite_data: dict[str, Any], tmp_path: Path
+) -> None:
+    ours = write_tree(render(parse(sqlite_data)), tmp_path / "ours")
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "manifest.json").symlink_to(ours / "manifest.json")
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(DeployError, match="that this tool did not write"):
+        write_tree(render(parse(sqlite_data)), out)
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_hardening_13_render_out_refuses_a_file(
+    sqlite_data: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_text("keep me")
+    with pytest.raises(DeployError, match="exists and is not a directory"):
+        write_tree(render(parse(sqlite_data)), out)
+    assert out.read_text() == "keep me"
+
+
+def test_hardening_13_the_manifest_names_its_generator_and_format(
+    sqlite_data: dict[str, Any], tmp_path: Path
+) -> None:
+    out = write_tree(render(parse(sqlite_data)), tmp_path / "out")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generator"] == f"tracker-deployer {__version__}"
+    assert manifest["format"] == 1
+    (out / "opt/torrust/stray.txt").write_text("left by hand")
+    write_tree(render(parse(sqlite_data)), out)  # an earlier render is replaced
+    assert not (out / "opt/torrust/stray.txt").exists()
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_hardening_14_manifest_holds_no_hash_or_size_of_a_file_with_secrets(
+    name: str, tmp_path: Path
+) -> None:
+    data = sample_data(name)
+    data["tracker"]["http_api"]["admin_token"] = "guessable"
+    tree = render(parse(data))
+    out = write_tree(tree, tmp_path / "out")
+    text = (out / "manifest.json").read_text()
+    entries = {entry["path"]: entry for entry in json.loads(text)["files"]}
+    secret_files = [item for item in tree.files if item.secret]
+    assert "/opt/torrust/storage/tracker/etc/tracker.toml" in entries
+    assert secret_files
+    for item in secret_files:
+        entry = entries[str(item.path)]
+        assert entry["secret"] is True
+        assert "sha256" not in entry
+        assert "size" not in entry
+        assert item.sha256 not in text
+    for item in tree.files:
+        if not item.secret:
+            assert entries[str(item.path)]["sha256"] == item.sha256
 
 
 def test_write_tree_replaces_an_earlier_render_without_leftovers(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,8 +27,53 @@ from tracker_deployer.topology import APP_GID, APP_UID
 
 Say = Callable[[str], None]
 
-SET_ID = re.compile(r"^\d{8}_\d{6}$")
+# A set id: YYYYMMDD_HHMMSS in ASCII digits (``\\d`` and str.isdigit would take
+# any Unicode digit). Always used with fullmatch.
+SET_ID = re.compile(r"[0-9]{8}_[0-9]{6}")
+NUMBER = re.compile(r"[0-9]{1,18}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 PARTS = ("mysql", "sqlite", "config")
+# A checksum manifest lists three files; anything much larger is not one.
+MAX_MANIFEST_BYTES = 16 * 1024
+
+
+def is_set_id(text: str) -> bool:
+    return SET_ID.fullmatch(text) is not None
+
+
+def set_layout(set_id: str) -> dict[str, str]:
+    """Every file a set may hold, relative to the backup directory -> its part.
+
+    The set layout of docker/backup/backup.sh (``db_file_name``, ``set_files``);
+    tests/unit/test_backups_inventory.py holds the two to each other.
+    """
+    return {
+        f"mysql/mysql_{set_id}.sql.gz": "mysql",
+        f"sqlite/sqlite_{set_id}.db.gz": "sqlite",
+        f"config/config_{set_id}.tar.gz": "config",
+        f"manifests/set_{set_id}.meta": "manifests",
+        checksum_manifest(set_id): "manifests",
+    }
+
+
+def checksum_manifest(set_id: str) -> str:
+    """The set's sha256sum manifest (relative to the backup directory); written last."""
+    return f"manifests/set_{set_id}.sha256"
+
+
+class HostDataError(RemoteError):
+    """The host answered with something this tool's host scripts never print."""
+
+
+def _shown(text: str, limit: int = 160) -> str:
+    """A host-supplied value for a message: escaped, cut short."""
+    shown = repr(text[:limit])
+    return shown + ("..." if len(text) > limit else "")
+
+
+def printable(text: str) -> str:
+    """Host text for the terminal: control characters escaped (never sent raw)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class VerificationFailed(DeployError):
@@ -61,7 +108,7 @@ class BackupSet:
         return {
             key[len("rows.") :]: int(value)
             for key, value in self.meta.items()
-            if key.startswith("rows.") and value.isdigit()
+            if key.startswith("rows.") and NUMBER.fullmatch(value)
         }
 
 
@@ -87,9 +134,9 @@ class Inventory:
                     "run `inv backup --env NAME` first, or check `inv backups --env NAME`",
                 )
             return complete[-1]
-        if not SET_ID.fullmatch(wanted):
+        if not is_set_id(wanted):
             raise DeployError(
-                f"{wanted!r} is not a backup set id",
+                f"{_shown(wanted)} is not a backup set id",
                 "use 'latest' or a set id as shown by `inv backups`, e.g. 20261127_030000",
             )
         for backup_set in self.sets:
@@ -106,6 +153,8 @@ class Inventory:
 
 
 def parse_inventory(output: str) -> Inventory:
+    """The inventory script's records; anything it would never print is refused
+    (the host is not trusted: ids, paths and numbers are checked before use)."""
     sets: dict[str, BackupSet] = {}
     last_run: dict[str, str] = {}
     failure_log: list[str] = []
@@ -114,29 +163,59 @@ def parse_inventory(output: str) -> Inventory:
     def get(set_id: str) -> BackupSet:
         return sets.setdefault(set_id, BackupSet(set_id))
 
-    for line in output.splitlines():
+    for number, line in enumerate(output.splitlines(), 1):
         fields = line.split("\t")
         kind = fields[0]
         if kind == "FILE" and len(fields) == 6:
-            backup_set = get(fields[1])
-            backup_set.files[fields[3]] = int(fields[4])
-            backup_set.newest_mtime = max(backup_set.newest_mtime, int(fields[5]))
+            _, set_id, part, relative, size, mtime = fields
+            if not (
+                is_set_id(set_id)
+                and set_layout(set_id).get(relative) == part
+                and NUMBER.fullmatch(size)
+                and NUMBER.fullmatch(mtime)
+            ):
+                raise _bad_listing(number, line)
+            backup_set = get(set_id)
+            backup_set.files[relative] = int(size)
+            backup_set.newest_mtime = max(backup_set.newest_mtime, int(mtime))
         elif kind == "SET" and len(fields) == 4:
-            backup_set = get(fields[1])
-            backup_set.complete = fields[2] == "complete"
-            backup_set.checksums = fields[3]
+            _, set_id, state, checksums = fields
+            if not (
+                is_set_id(set_id)
+                and state in ("complete", "incomplete")
+                and checksums in ("ok", "FAILED", "unchecked", "-")
+            ):
+                raise _bad_listing(number, line)
+            backup_set = get(set_id)
+            backup_set.complete = state == "complete"
+            backup_set.checksums = checksums
         elif kind == "META" and len(fields) == 4:
+            if not is_set_id(fields[1]):
+                raise _bad_listing(number, line)
             get(fields[1]).meta[fields[2]] = fields[3]
         elif kind == "STATUS" and len(fields) == 3:
             last_run[fields[1]] = fields[2]
         elif kind == "FAILLOG" and len(fields) >= 2:
             failure_log.append("\t".join(fields[1:]))
-        elif kind == "NOW" and len(fields) == 2 and fields[1].isdigit():
+        elif kind == "NOW" and len(fields) == 2:
+            if not NUMBER.fullmatch(fields[1]):
+                raise _bad_listing(number, line)
             inventory.host_now = int(fields[1])
         elif kind == "NODIR":
             inventory.missing_dir = True
+        elif kind in ("FILE", "SET", "META", "STATUS", "NOW"):
+            raise _bad_listing(number, line)
     inventory.sets = [sets[key] for key in sorted(sets)]
     return inventory
+
+
+def _bad_listing(number: int, line: str) -> HostDataError:
+    return HostDataError(
+        f"the host's backup listing has a line this tool never writes (line {number}: "
+        f"{_shown(line)}); nothing was used from it",
+        f"the backup directory {paths.BACKUP_DIR} on the host holds unexpected names or the "
+        "host is not trustworthy: inspect it there before fetching or restoring",
+    )
 
 
 # --------------------------------------------------------------------------- presentation
@@ -203,7 +282,7 @@ def format_last_run(inventory: Inventory) -> list[str]:
         lines += ["  " + entry for entry in inventory.failure_log]
     elif run.get("set"):
         lines.append(f"  set: {run['set']}")
-    return lines
+    return [printable(line) for line in lines]
 
 
 def inventory_json(inventory: Inventory) -> str:
@@ -357,15 +436,45 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def parse_checksums(text: str) -> dict[str, str]:
-    """``sha256sum`` lines -> {relative path: sha256}."""
+def parse_checksums(text: str, set_id: str) -> dict[str, str]:
+    """A set's ``sha256sum`` manifest -> {relative path: sha256}, checked line by line.
+
+    Exactly what backup.sh writes (and its ``verify`` accepts): one database
+    file, one config archive and the .meta, each under its name in the set
+    layout, with a lower-case hex sha256. Anything else is refused.
+    """
+    layout = set_layout(set_id)
+    name = checksum_manifest(set_id)
     sums: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        digest, _, name = line.partition("  ")
-        sums[name.strip()] = digest.strip()
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    for number, line in enumerate(lines, 1):
+        digest, separator, relative = line.partition("  ")
+        if not (
+            separator
+            and SHA256_HEX.fullmatch(digest)
+            and relative in layout
+            and relative != name
+            and relative not in sums
+        ):
+            raise _bad_manifest(set_id, f"line {number} is {_shown(line)}")
+        sums[relative] = digest
+    parts = sorted(layout[relative] for relative in sums)
+    if parts not in (["config", "manifests", "mysql"], ["config", "manifests", "sqlite"]):
+        raise _bad_manifest(
+            set_id, "it does not list exactly one database file, one config archive and one .meta"
+        )
     return sums
+
+
+def _bad_manifest(set_id: str, what: str) -> HostDataError:
+    return HostDataError(
+        f"the host's checksum manifest of set {set_id} is not one backup.sh writes: {what}; "
+        "nothing was fetched",
+        f"run `inv verify --env NAME --set {set_id}` and inspect "
+        f"{paths.BACKUP_DIR}/{checksum_manifest(set_id)} on the host",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,34 +485,144 @@ class Fetched:
     kept: tuple[str, ...]
 
 
+def _local_destination(destination: Path) -> Path:
+    """--to as an absolute, resolved directory (it may be a link the operator made)."""
+    root = destination.expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise DeployError(f"--to {destination} is not a directory", "pass a directory for --to")
+    return root.resolve()
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """``root/relative``, refused unless it stays inside ``root`` with no link on the way."""
+    parts = Path(relative).parts
+    if Path(relative).is_absolute() or ".." in parts or not parts:
+        raise DeployError(f"{relative!r} would land outside {root}", "this is a bug; report it")
+    current = root
+    for component in parts:
+        current = current / component
+        try:
+            info = current.lstat()
+        except FileNotFoundError:
+            break
+        if stat.S_ISLNK(info.st_mode):
+            raise DeployError(
+                f"{current} is a symbolic link; refusing to write through it",
+                "remove the link (fetch-backup only writes real files and directories inside --to)",
+            )
+    local = root.joinpath(*parts)
+    if not local.resolve().is_relative_to(root):
+        raise DeployError(f"{relative!r} would land outside {root}", "this is a bug; report it")
+    return local
+
+
+def _directory(root: Path, relative: str) -> Path:
+    local = _inside(root, relative)
+    try:
+        local.mkdir(mode=0o700, parents=False, exist_ok=True)
+    except FileExistsError:
+        raise DeployError(
+            f"{local} exists and is not a directory", "move it away or pick another --to"
+        ) from None
+    if not local.is_dir():
+        raise DeployError(f"{local} is not a directory", "move it away or pick another --to")
+    return local
+
+
+def _fresh(path: Path) -> None:
+    """Remove a leftover ``.part`` file (callers have refused links with _inside)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise DeployError(f"{path} is a directory", "move it away or pick another --to")
+    path.unlink()
+
+
 def fetch(host: SshHost, env: Env, wanted: str, destination: Path, say: Say) -> Fetched:
-    """Download a set and its manifests; files already there with the right sha256 are kept."""
+    """Download a set and its manifests into ``destination/SET_ID``.
+
+    Nothing the host says is used unchecked: the set id and every name must fit
+    the set layout, sizes bound each download, and every file is compared with
+    its sha256 before it gets its name. Files already there with the right
+    sha256 are kept (resumable). The checksum manifest is written last, so a
+    local set with a manifest is a complete one.
+    """
     _require_backups(env)
     backup_set = inventory(host, verify=False).resolve(wanted)
-    target = destination / backup_set.set_id
-    target.mkdir(parents=True, exist_ok=True)
+    set_id = backup_set.set_id
+    if not is_set_id(set_id):  # parse_inventory checked it; a second look costs nothing
+        raise _bad_manifest(set_id, "its id is not YYYYMMDD_HHMMSS")
+    manifest_name = checksum_manifest(set_id)
+    raw = host.read_bytes(str(paths.BACKUP_DIR / manifest_name), limit=MAX_MANIFEST_BYTES)
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise _bad_manifest(set_id, "it is not ASCII text") from None
+    sums = parse_checksums(text, set_id)
+    for relative in sums:
+        if relative not in backup_set.files:
+            raise _bad_manifest(set_id, f"{relative} is not in the host's listing")
+
+    root = _local_destination(destination)
+    try:
+        return _fetch_into(host, backup_set, sums, raw, root, say)
+    except OSError as error:
+        raise DeployError(
+            f"writing the set into {root} failed: {error.strerror} ({error.filename})",
+            "check free space and permissions of --to; run the fetch again to resume",
+        ) from None
+
+
+def _fetch_into(
+    host: SshHost,
+    backup_set: BackupSet,
+    sums: dict[str, str],
+    manifest: bytes,
+    root: Path,
+    say: Say,
+) -> Fetched:
+    set_id = backup_set.set_id
+    root.mkdir(parents=True, exist_ok=True)
+    target = _directory(root, set_id)
     target.chmod(0o700)
-    manifest = f"manifests/set_{backup_set.set_id}.sha256"
-    manifest_local = target / manifest
-    host.download(str(paths.BACKUP_DIR / manifest), manifest_local)
-    sums = parse_checksums(manifest_local.read_text(encoding="utf-8"))
     downloaded: list[str] = []
     kept: list[str] = []
     for relative, digest in sorted(sums.items()):
-        local = target / relative
+        _directory(target, relative.split("/")[0])
+        local = _inside(target, relative)
+        if local.exists() and not local.is_file():
+            raise DeployError(f"{local} is not a regular file", "move it away and fetch again")
         if local.is_file() and sha256_of(local) == digest:
             kept.append(relative)
             continue
-        partial = local.with_name(local.name + ".part")
-        host.download(str(paths.BACKUP_DIR / relative), partial)
-        if sha256_of(partial) != digest:
+        partial = _inside(target, relative + ".part")
+        _fresh(partial)
+        try:
+            host.download(
+                str(paths.BACKUP_DIR / relative), partial, limit=backup_set.files[relative]
+            )
+            matches = sha256_of(partial) == digest
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        if not matches:
             partial.unlink()
             raise VerificationFailed(
                 f"{relative} does not match its checksum after download",
-                "the file on the host may be corrupt: run `inv verify --env NAME --set "
-                f"{backup_set.set_id}`",
+                f"the file on the host may be corrupt: run `inv verify --env NAME --set {set_id}`",
             )
         partial.replace(local)
         downloaded.append(relative)
         say(f"  fetched {relative} ({human_size(local.stat().st_size)})")
-    return Fetched(backup_set.set_id, target, tuple(downloaded), tuple(kept))
+    # The checksum manifest last: a local set that has one is complete.
+    manifest_name = checksum_manifest(set_id)
+    _directory(target, manifest_name.split("/")[0])
+    partial = _inside(target, manifest_name + ".part")
+    _fresh(partial)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(manifest)
+    partial.replace(_inside(target, manifest_name))
+    return Fetched(set_id, target, tuple(downloaded), tuple(kept))

@@ -2,14 +2,15 @@
 
 :class:`SshHost` runs commands (as root: directly when logged in as root,
 otherwise through ``sudo -n``) and uploads bytes. Host keys are checked
-against a known_hosts file; an unknown host is refused unless the caller
-explicitly accepts a new key (then it is recorded). A changed key is always
-refused.
+against a known_hosts file (:class:`KnownHosts`); an unknown host is refused
+unless the caller explicitly accepts a new key (then one line is appended to
+the file). A changed key, or one marked ``@revoked``, is always refused.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import shlex
 import socket
 from collections.abc import Callable
@@ -59,11 +60,101 @@ class Result:
         return self.exit_code == 0
 
 
-class _AcceptNewAndRecord(paramiko.MissingHostKeyPolicy):
-    """Accept a host never seen before and write its key to known_hosts."""
+REVOKED_MARKER = "@revoked"
 
-    def __init__(self, known_hosts: Path) -> None:
+
+class RevokedHostKey(SSHException):
+    """The host offered a key that known_hosts marks ``@revoked``."""
+
+
+@dataclass(frozen=True, slots=True)
+class KnownHosts:
+    """What a known_hosts file says, read the way OpenSSH reads it.
+
+    Plain lines become host keys (paramiko parses each one; a line it cannot
+    parse, e.g. an ``sk-`` key, is skipped as OpenSSH skips what it does not
+    understand). ``@revoked`` lines are honoured: such a key is refused for any
+    host, even where a plain line lists it. ``@cert-authority`` lines are
+    skipped: host certificates are not checked by this tool, so they never
+    vouch for a host here.
+    """
+
+    entries: tuple[paramiko.hostkeys.HostKeyEntry, ...]
+    revoked: tuple[paramiko.PKey, ...]
+
+    @classmethod
+    def read(cls, path: Path) -> KnownHosts:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return cls((), ())
+        except OSError as error:
+            raise DeployError(
+                f"cannot read the known_hosts file {path}: {error.strerror}",
+                "check the path given by --known-hosts or ssh_credentials.known_hosts_path",
+            ) from None
+        entries: list[paramiko.hostkeys.HostKeyEntry] = []
+        revoked: list[paramiko.PKey] = []
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("@"):
+                marker, _, rest = line.partition(" ")
+                if marker == REVOKED_MARKER:
+                    entry = _parse_host_line(rest.strip(), number)
+                    if entry is not None:
+                        revoked.append(entry.key)
+                continue  # @cert-authority and unknown markers vouch for nothing here
+            entry = _parse_host_line(line, number)
+            if entry is not None:
+                entries.append(entry)
+        return cls(tuple(entries), tuple(revoked))
+
+    def is_revoked(self, key: paramiko.PKey) -> bool:
+        return any(key == bad for bad in self.revoked)
+
+    def add_to(self, keys: paramiko.HostKeys) -> None:
+        """Every listed key that is not revoked, into paramiko's host keys."""
+        for entry in self.entries:
+            if self.is_revoked(entry.key):
+                continue
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
+
+
+def _parse_host_line(line: str, number: int) -> paramiko.hostkeys.HostKeyEntry | None:
+    try:
+        entry: paramiko.hostkeys.HostKeyEntry | None = paramiko.hostkeys.HostKeyEntry.from_line(
+            line, number
+        )
+    except (paramiko.hostkeys.InvalidHostKey, SSHException, ValueError, TypeError):
+        return None
+    return entry
+
+
+def append_known_host(path: Path, hostname: str, key: paramiko.PKey) -> None:
+    """Add one OpenSSH line for ``hostname`` at the end of ``path``; nothing else changes."""
+    line = f"{hostname} {key.get_name()} {key.get_base64()}\n".encode("ascii")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
+    """A host key that no known_hosts line lists: refused if revoked, else
+    recorded when the operator accepts new keys, else refused."""
+
+    def __init__(self, known_hosts: Path, known: KnownHosts, accept_new: bool) -> None:
         self.known_hosts = known_hosts
+        self.known = known
+        self.accept_new = accept_new
 
     def missing_host_key(
         self,
@@ -71,13 +162,18 @@ class _AcceptNewAndRecord(paramiko.MissingHostKeyPolicy):
         hostname: str,
         key: paramiko.PKey,
     ) -> None:
-        self.known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        entries = paramiko.HostKeys()
-        if self.known_hosts.exists():
-            entries.load(str(self.known_hosts))
-        entries.add(hostname, key.get_name(), key)
-        entries.save(str(self.known_hosts))
-        self.known_hosts.chmod(0o600)
+        if self.known.is_revoked(key):
+            raise RevokedHostKey(f"{hostname} offered a revoked {key.get_name()} key")
+        if not self.accept_new:
+            raise SSHException(f"Server {hostname!r} not found in known_hosts")
+        try:
+            append_known_host(self.known_hosts, hostname, key)
+        except OSError as error:
+            raise DeployError(
+                f"cannot record the host key of {hostname} in {self.known_hosts}: {error.strerror}",
+                "make the known_hosts file writable, or add the key yourself after checking "
+                "its fingerprint (ssh-keyscan)",
+            ) from None
 
 
 class SshHost:
@@ -105,12 +201,11 @@ class SshHost:
             },
         )
         client = self._conn.client
-        if self._known_hosts.exists():
-            client.load_host_keys(str(self._known_hosts))
-        if target.accept_new_host_key:
-            client.set_missing_host_key_policy(_AcceptNewAndRecord(self._known_hosts))
-        else:
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        self._known = KnownHosts.read(self._known_hosts)
+        self._known.add_to(client.get_host_keys())
+        client.set_missing_host_key_policy(
+            _KnownHostsPolicy(self._known_hosts, self._known, target.accept_new_host_key)
+        )
         self.is_root = target.user == "root"
 
     # -- connection ------------------------------------------------------------
@@ -126,7 +221,20 @@ class SshHost:
         target = self.target
         try:
             self._conn.open()
-        except BadHostKeyException:
+        except RevokedHostKey:
+            raise RemoteError(
+                f"the host key of {target.host}:{target.port} is marked @revoked in "
+                f"{self._known_hosts}",
+                "do not connect: the key was revoked on purpose. If the host got a new key, "
+                "check its fingerprint and add that key",
+            ) from None
+        except BadHostKeyException as error:
+            if self._known.is_revoked(error.key):
+                raise RemoteError(
+                    f"the host key of {target.host}:{target.port} is marked @revoked in "
+                    f"{self._known_hosts}",
+                    "do not connect: the key was revoked on purpose",
+                ) from None
             raise RemoteError(
                 f"the host key of {target.host}:{target.port} does not match the one in "
                 f"{self._known_hosts}",
@@ -238,9 +346,26 @@ class SshHost:
         except (SSHException, OSError) as error:
             raise RemoteError(f"uploading {remote_path} to {self.target} failed: {error}") from None
 
-    def download(self, remote_path: str, local_path: Path) -> None:
-        """Fetch a file readable only by root: non-root users get a private copy first."""
-        local_path.parent.mkdir(parents=True, exist_ok=True)
+    def download(self, remote_path: str, local_path: Path, *, limit: int | None = None) -> None:
+        """Fetch a file readable only by root into a NEW local file (never through a
+        symlink, never over an existing file); at most ``limit`` bytes are accepted."""
+        try:
+            fd = os.open(local_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as error:
+            raise DeployError(
+                f"cannot create {local_path}: {error.strerror}",
+                "check the destination directory (it must be writable and hold no link there)",
+            ) from None
+        with os.fdopen(fd, "wb") as handle:
+            self._fetch(remote_path, _LimitedSink(handle, limit, remote_path))
+
+    def read_bytes(self, remote_path: str, *, limit: int) -> bytes:
+        """A small file readable only by root, in memory (at most ``limit`` bytes)."""
+        buffer = io.BytesIO()
+        self._fetch(remote_path, _LimitedSink(buffer, limit, remote_path))
+        return buffer.getvalue()
+
+    def _fetch(self, remote_path: str, sink: _LimitedSink) -> None:
         source = remote_path
         staging = ""
         if not self.is_root:
@@ -259,9 +384,7 @@ class SshHost:
                     f"cannot read {remote_path} on {self.target.host}: {copied.stderr.strip()}"
                 )
         try:
-            with local_path.open("wb") as handle:
-                local_path.chmod(0o600)
-                self._conn.get(source, local=handle)
+            self._conn.get(source, local=sink)
         except (SSHException, OSError) as error:
             raise RemoteError(
                 f"downloading {remote_path} from {self.target} failed: {error}"
@@ -269,6 +392,31 @@ class SshHost:
         finally:
             if staging:
                 self.run(f"rm -rf -- {shlex.quote(staging)}", root=False)
+
+
+class TooLarge(RemoteError):
+    """The host sent more bytes than it said a file holds."""
+
+
+class _LimitedSink:
+    """A writable that refuses more than ``limit`` bytes (a host may lie about sizes)."""
+
+    def __init__(self, handle: io.IOBase | io.BufferedWriter, limit: int | None, name: str) -> None:
+        self._handle = handle
+        self._limit = limit
+        self._name = name
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        self.written += len(data)
+        if self._limit is not None and self.written > self._limit:
+            raise TooLarge(
+                f"the host sent more than {self._limit} bytes for {self._name}",
+                "the file changed on the host or the host is not trustworthy; "
+                "list the sets with `inv backups` and try again",
+            )
+        written: int = self._handle.write(data)
+        return written
 
 
 class _LineWriter(io.TextIOBase):

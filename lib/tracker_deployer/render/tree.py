@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +26,10 @@ ROOT_UID = 0
 ROOT_GID = 0
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
+# The manifest's "generator" starts with this: it is how `render --out` knows a
+# directory it may replace is one it wrote itself.
+GENERATOR = "tracker-deployer"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,24 +78,30 @@ class RenderedTree:
         return {
             "format": MANIFEST_FORMAT,
             "environment": self.environment,
-            "generator": f"tracker-deployer {__version__}",
+            "generator": f"{GENERATOR} {__version__}",
             "directories": [
                 {"path": str(d.path), "mode": f"{d.mode:04o}", "uid": d.uid, "gid": d.gid}
                 for d in self.directories
             ],
-            "files": [
-                {
-                    "path": str(f.path),
-                    "mode": f"{f.mode:04o}",
-                    "uid": f.uid,
-                    "gid": f.gid,
-                    "size": len(f.content),
-                    "sha256": f.sha256,
-                    "secret": f.secret,
-                }
-                for f in self.files
-            ],
+            "files": [_manifest_entry(f) for f in self.files],
         }
+
+
+def _manifest_entry(item: RenderedFile) -> dict[str, Any]:
+    """A file's manifest entry. A file that holds secrets gets no sha256 and no size:
+    the manifest is world-readable, and a hash of a password file lets anyone who has
+    it test guessed passwords offline (its length narrows the guess)."""
+    entry: dict[str, Any] = {
+        "path": str(item.path),
+        "mode": f"{item.mode:04o}",
+        "uid": item.uid,
+        "gid": item.gid,
+        "secret": item.secret,
+    }
+    if not item.secret:
+        entry["size"] = len(item.content)
+        entry["sha256"] = item.sha256
+    return entry
 
 
 # --------------------------------------------------------------------------- templates
@@ -368,14 +379,11 @@ def write_tree(tree: RenderedTree, out_dir: Path) -> Path:
 
     The tree is written next to ``out_dir`` first and swapped in at the end, so
     an interrupted render never leaves a half-written tree. A non-empty
-    ``out_dir`` that is not an earlier render is refused.
+    ``out_dir`` is replaced only when it is an earlier render of this tool
+    (:func:`_check_replaceable`); anything else is refused.
     """
     out_dir = out_dir.absolute()
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
-        raise DeployError(
-            f"{out_dir} exists, is not empty and holds no {MANIFEST_NAME}",
-            "pick an empty or new directory for --out (an earlier render is replaced)",
-        )
+    _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -405,6 +413,50 @@ def write_tree(tree: RenderedTree, out_dir: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse ``out_dir`` unless it is new, empty, or a render this tool wrote: a
+    regular ``manifest.json`` whose own ``generator`` and ``format`` keys say so."""
+    hint = (
+        "pick an empty or new directory for --out; only a directory that `inv render` "
+        "wrote itself is replaced"
+    )
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir():
+        raise DeployError(f"{out_dir} exists and is not a directory", hint)
+    try:
+        if not any(out_dir.iterdir()):
+            return
+    except OSError as error:
+        raise DeployError(f"cannot list {out_dir}: {error.strerror}", hint) from None
+    manifest_path = out_dir / MANIFEST_NAME
+    try:
+        manifest_info = manifest_path.lstat()
+    except FileNotFoundError:
+        raise DeployError(
+            f"{out_dir} exists, is not empty and holds no {MANIFEST_NAME}", hint
+        ) from None
+    data: Any = None
+    if stat.S_ISREG(manifest_info.st_mode) and manifest_info.st_size <= MAX_MANIFEST_BYTES:
+        try:
+            data = json.loads(manifest_path.read_bytes())
+        except (OSError, ValueError):
+            data = None
+    generator = data.get("generator") if isinstance(data, dict) else None
+    ours = (
+        isinstance(generator, str)
+        and generator.startswith(GENERATOR + " ")
+        and type(data.get("format")) is int
+        and data.get("format") == MANIFEST_FORMAT
+    )
+    if not ours:
+        raise DeployError(
+            f"{out_dir} holds a {MANIFEST_NAME} that this tool did not write (it needs "
+            f'"generator": "{GENERATOR} …" and "format": {MANIFEST_FORMAT}); not replacing it',
+            hint,
+        )
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any]:
