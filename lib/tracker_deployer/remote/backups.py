@@ -399,42 +399,41 @@ def restore_plan(
 ) -> str:
     """What `inv restore` would do (for --dry-run; no connection)."""
     steps = [
-        f"restore plan for {env.name}: set {wanted}, parts: {only}",
-        f"  0. take the host's backup lock {paths.BACKUP_LOCK} for the whole restore (refuse if "
-        "a backup run, deploy or restore holds it)",
+        f"take the host's backup lock {paths.BACKUP_LOCK} for the whole restore (refuse, "
+        "changing nothing, while a backup run, deploy or restore holds it)"
     ]
     if not force:
         steps.append(
-            "  1. verify the set: checksums, archives and a restore drill into a scratch target"
+            "verify the set: checksums, archives and a restore drill into a scratch target"
         )
     else:
-        steps.append(
-            "  1. check the set's checksums and archives (--force skips the restore drill)"
-        )
+        steps.append("check the set's checksums and archives (--force skips the restore drill)")
     if only != "config":
-        steps.append("  2. stop the tracker")
+        steps.append("stop the tracker")
         if env.uses_mysql:
             if skip_safety_backup:
                 steps.append(
-                    f"  3. NO safety backup ({SKIP_SAFETY_BACKUP_FLAG}): the current database is "
+                    f"NO safety backup ({SKIP_SAFETY_BACKUP_FLAG}): the current database is "
                     "replaced without a copy"
                 )
             else:
                 steps.append(
-                    "  3. safety backup of the current database (a new backup set; prunes nothing)"
+                    "safety backup of the current database (a new backup set; prunes nothing)"
                 )
-            steps.append("  4. load the dump into the database; compare row counts with the set")
+            steps.append("load the dump into the database; compare row counts with the set")
         else:
             steps.append(
-                "  4. unpack the database, check integrity and row counts, swap it in atomically "
+                "unpack the database, check integrity and row counts, swap it in atomically "
                 "(the old file is kept as tracker.db.before-restore-TIME)"
             )
-        steps.append("  5. start the tracker and wait until it is healthy")
+        steps.append("start the tracker and wait until it is healthy")
     if only != "db":
-        steps.append(f"  6. extract the configuration under {paths.BACKUP_DIR}/restore-SET/")
-    steps.append("  7. release the backup lock")
-    steps.append("nothing is changed: this is a dry run")
-    return "\n".join(steps)
+        steps.append(f"extract the configuration under {paths.BACKUP_DIR}/restore-SET/")
+    steps.append("release the backup lock")
+    lines = [f"restore plan for {env.name}: set {wanted}, parts: {only}"]
+    lines += [f"  {number}. {step}" for number, step in enumerate(steps, start=1)]
+    lines.append("nothing is changed: this is a dry run")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- fetch
