@@ -415,6 +415,8 @@ def verify(
         "only": "db or config (default: both)",
         "yes": "confirm: the restore replaces live data",
         "force": "skip the restore drill before restoring (checksums are still checked)",
+        "skip_safety_backup": "MySQL: restore without first backing up the current database "
+        "(when that backup cannot succeed: damaged database, full disk); it cannot be undone",
         "dry_run": "print the plan and change nothing; opens no connection",
     }
 )
@@ -425,6 +427,7 @@ def restore(
     only: str = "all",
     yes: bool = False,
     force: bool = False,
+    skip_safety_backup: bool = False,
     dry_run: bool = False,
     host: str = "",
     known_hosts: str = "",
@@ -438,7 +441,11 @@ def restore(
                 "no backup set given", "pass --set latest or --set SET_ID (see `inv backups`)"
             )
         if dry_run:
-            print(operations.restore_plan(parsed, set, only, force))
+            print(
+                operations.restore_plan(
+                    parsed, set, only, force, skip_safety_backup=skip_safety_backup
+                )
+            )
             return
         if not yes:
             raise DeployError(
@@ -446,7 +453,15 @@ def restore(
                 "check the plan with --dry-run, then run again with --yes",
             )
         with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
-            restored = operations.restore(connection, parsed, set, only, _say, force=force)
+            restored = operations.restore(
+                connection,
+                parsed,
+                set,
+                only,
+                _say,
+                force=force,
+                skip_safety_backup=skip_safety_backup,
+            )
         print(f"restored backup set {restored.set_id} ({only}) on {parsed.name}")
 
 

@@ -11,6 +11,11 @@ from pathlib import Path
 
 from tracker_deployer import paths
 from tracker_deployer.config import load_env
+from tracker_deployer.remote.backups import (
+    RESTORE_EXIT_LOCK_BUSY,
+    RESTORE_EXIT_NOT_VERIFIED,
+    RESTORE_EXIT_SAFETY_BACKUP_FAILED,
+)
 from tracker_deployer.render import operation_script, render
 
 # Example values: shellcheck looks at the scripts' shape, not at these.
@@ -33,8 +38,13 @@ OPERATIONS = {
         "set_id": "20261127_030000",
         "db_type": "sqlite",
         "only": "all",
-        "safety_backup": False,
-        "maintenance_script": "/usr/local/bin/maintenance-backup.sh",
+        "verify_first": True,
+        "safety_backup": True,
+        "skip_safety_backup": False,
+        "lock_file": str(paths.BACKUP_LOCK),
+        "exit_lock_busy": RESTORE_EXIT_LOCK_BUSY,
+        "exit_not_verified": RESTORE_EXIT_NOT_VERIFIED,
+        "exit_safety_backup_failed": RESTORE_EXIT_SAFETY_BACKUP_FAILED,
         "sqlite_dir": "/opt/torrust/storage/tracker/lib/database",
         "sqlite_name": "tracker.db",
     },

@@ -108,11 +108,12 @@ usage() {
 Usage: backup.sh [COMMAND]
 
 Commands:
-  run                        snapshot + finish (the default)
+  run [--no-prune]           snapshot + finish (the default)
   snapshot                   consistent database snapshot into BACKUP_ROOT/.staging;
                              prints the set's TS as the last line of stdout
-  finish TS                  check, compress, archive config, checksum, rename,
-                             then apply retention
+  finish TS [--no-prune]     check, compress, archive config, checksum, rename,
+                             then apply retention (--no-prune: delete nothing;
+                             the safety backup before a restore uses it)
   list                       one line per set: TS, state (complete|incomplete), files
   verify [TS|latest]         check a set's checksums and gzip/tar integrity
   restore [TS|latest] --yes [--only db|config]
@@ -1041,8 +1042,37 @@ cmd_snapshot() {
   printf '%s\n' "${SET_TS}"
 }
 
+# Options of `run` and `finish`: --no-prune sets PRUNE=no; other arguments
+# are left in PRUNE_ARGS. The restore's safety backup passes --no-prune, so it
+# can never delete the (possibly old) set it is about to restore.
+PRUNE="yes"
+declare -ga PRUNE_ARGS=()
+parse_prune_option() {
+  PRUNE="yes"
+  PRUNE_ARGS=()
+  while (($# > 0)); do
+    case "$1" in
+      --no-prune) PRUNE="no" ;;
+      -*) die "${EXIT_CONFIG}" "unknown option $1 (see --help)" ;;
+      *) PRUNE_ARGS+=("$1") ;;
+    esac
+    shift
+  done
+}
+
+# Retention after a new set, unless --no-prune was given.
+retention_unless_no_prune() {
+  if [[ "${PRUNE}" == "no" ]]; then
+    log "retention: skipped (--no-prune); no set was deleted"
+    return 0
+  fi
+  apply_retention "${CONFIG[BACKUP_RETENTION_DAYS]}"
+}
+
 cmd_finish() {
-  local ts="$1"
+  parse_prune_option "$@"
+  ((${#PRUNE_ARGS[@]} == 1)) || die "${EXIT_CONFIG}" "usage: backup.sh finish TS [--no-prune]"
+  local ts="${PRUNE_ARGS[0]}"
   [[ "${ts}" =~ ${TS_REGEX} ]] || die "${EXIT_CONFIG}" "finish: '${ts}' is not a set name (YYYYMMDD_HHMMSS)"
   load_config "${CONFIG_PATH}"
   validate_config backup
@@ -1050,11 +1080,13 @@ cmd_finish() {
   acquire_lock
   ON_ERROR_EXIT="${EXIT_BACKUP}"
   finish_set "${ts}"
-  apply_retention "${CONFIG[BACKUP_RETENTION_DAYS]}"
+  retention_unless_no_prune
   printf '%s\n' "${ts}"
 }
 
 cmd_run() {
+  parse_prune_option "$@"
+  ((${#PRUNE_ARGS[@]} == 0)) || die "${EXIT_CONFIG}" "usage: backup.sh run [--no-prune]"
   local started_at
   started_at="$(utc_now)"
   load_config "${CONFIG_PATH}"
@@ -1068,7 +1100,7 @@ cmd_run() {
   # Nobody retries the finish of a failed run: drop the whole staging then.
   FAILURE_DIRS+=("${STAGING_DIR}/${SET_TS}")
   finish_set "${SET_TS}"
-  apply_retention "${CONFIG[BACKUP_RETENTION_DAYS]}"
+  retention_unless_no_prune
   printf '%s\n' "${SET_TS}"
 }
 
@@ -1159,13 +1191,15 @@ main() {
     shift
   fi
   case "${command}" in
-    run | snapshot | list)
+    snapshot | list)
       (($# == 0)) || die "${EXIT_CONFIG}" "${command} takes no arguments (see --help)"
       "cmd_${command}"
       ;;
+    run)
+      cmd_run "$@"
+      ;;
     finish)
-      (($# == 1)) || die "${EXIT_CONFIG}" "usage: backup.sh finish TS"
-      cmd_finish "$1"
+      cmd_finish "$@"
       ;;
     verify)
       (($# <= 1)) || die "${EXIT_CONFIG}" "usage: backup.sh verify [TS|latest]"

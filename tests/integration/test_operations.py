@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import os
 import sqlite3
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from tracker_deployer.remote.backups import parse_inventory
+from tracker_deployer.remote.backups import (
+    RESTORE_EXIT_LOCK_BUSY,
+    RESTORE_EXIT_SAFETY_BACKUP_FAILED,
+    parse_inventory,
+    restore_script,
+    verify_script,
+)
 from tracker_deployer.render import operation_script
 from tracker_deployer.topology import APP_GID, APP_UID
 
@@ -64,18 +72,38 @@ def verify(stack: Stack, set_id: str, *, drill: bool = True) -> subprocess.Compl
     )
 
 
-def restore(stack: Stack, set_id: str, only: str = "db") -> subprocess.CompletedProcess[str]:
-    sqlite = stack.deploy_dir / "storage/tracker/lib/database"
-    return run_operation(
-        stack,
-        "restore",
-        set_id=set_id,
-        db_type="mysql" if stack.env.uses_mysql else "sqlite",
-        only=only,
-        safety_backup=stack.env.uses_mysql,
-        maintenance_script=str(stack.script),
-        sqlite_dir=str(sqlite),
-        sqlite_name="" if stack.env.uses_mysql else "tracker.db",
+def restore(
+    stack: Stack,
+    set_id: str,
+    only: str = "db",
+    *,
+    verify_first: bool = False,
+    skip_safety_backup: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """The restore script as `inv restore` runs it (verify.sh next to it when verify_first)."""
+    where = {"deploy_dir": str(stack.deploy_dir), "backup_dir": str(stack.backups)}
+    if verify_first:
+        (stack.base / "verify.sh").write_text(verify_script(stack.env, set_id, drill=True, **where))
+    script = stack.base / "restore.sh"
+    script.write_text(
+        restore_script(
+            stack.env,
+            set_id,
+            only,
+            verify_first=verify_first,
+            skip_safety_backup=skip_safety_backup,
+            lock_file=str(stack.lock_file),
+            sqlite_dir=str(stack.deploy_dir / "storage/tracker/lib/database"),
+            **where,
+        )
+    )
+    return subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=stack.environ(),
+        timeout=600,
     )
 
 
@@ -216,6 +244,196 @@ def test_mysql_verify_drill_and_restore_round_trip(tmp_path: Path) -> None:
         assert total.strip() == "1"
     finally:
         stack.cleanup()
+
+
+# --------------------------------------------------------------------------- issue 11: restore
+
+# A whitelist row written after the set: gone once the set is restored.
+MARKER = "abababababababababababababababababababab"
+INSERT_MARKER = (
+    "INSERT INTO whitelist (info_hash) VALUES ('abababababababababababababababababababab')"
+)
+COUNT_MARKER = (
+    "SELECT COUNT(*) FROM whitelist WHERE info_hash = 'abababababababababababababababababababab'"
+)
+
+
+def _mysql_stack(tmp_path: Path, name: str) -> Stack:
+    require_images(STANDIN_IMAGE, MARIADB_IMAGE, BACKUP_IMAGE)
+    stack = Stack(parse(env_for_stack(sample_data("manual-test-mysql"))), tmp_path / name)
+    return stack.install()
+
+
+def _age_set(stack: Stack, set_id: str, days: int) -> None:
+    """Date every file of a set back by ``days`` (retention goes by mtime)."""
+    when = time.time() - days * 86400
+    files = list(stack.backups.glob(f"*/*_{set_id}.*"))
+    assert len(files) == 4, files
+    for file in files:
+        os.utime(file, (when, when))
+
+
+def _marker_rows(stack: Stack) -> str:
+    return stack.mysql_query(COUNT_MARKER).strip()
+
+
+def test_hardening_03_restoring_a_set_older_than_retention_keeps_it(tmp_path: Path) -> None:
+    """The safety backup writes a new set but prunes nothing: the old set survives."""
+    stack = _mysql_stack(tmp_path, "h03")
+    try:
+        stack.up()
+        assert stack.run_maintenance().returncode == 0
+        [old] = stack.sets()
+        retention = stack.env.backup.retention_days if stack.env.backup else 0
+        _age_set(stack, old, retention + 3)
+        stack.compose("stop", "tracker")  # the row counts below stay put
+        stack.mysql_query(INSERT_MARKER)
+
+        result = restore(stack, old)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "retention: skipped (--no-prune); no set was deleted" in result.stderr
+        assert "retention: deleting" not in result.stderr
+        sets = stack.sets()
+        assert len(sets) == 2, sets
+        assert old in sets
+        [safety] = [s for s in sets if s != old]
+        assert f"set {safety} holds the data as it was before this restore" in result.stdout
+        assert len(list(stack.backups.glob(f"*/*_{old}.*"))) == 4
+        # Restored: the row counts are the old set's, and the marker written later is gone.
+        meta = stack.meta(old)
+        torrents = stack.mysql_query("SELECT COUNT(*) FROM torrents").strip()
+        whitelist = stack.mysql_query("SELECT COUNT(*) FROM whitelist").strip()
+        assert torrents == meta["rows.torrents"], (torrents, meta)
+        assert whitelist == meta["rows.whitelist"], (whitelist, meta)
+        assert _marker_rows(stack) == "0"
+        # ... and the safety set holds the data as it was, marker included.
+        with gzip.open(stack.backups / f"mysql/mysql_{safety}.sql.gz", "rt") as dump:
+            assert MARKER in dump.read()
+    finally:
+        stack.cleanup()
+
+
+def test_hardening_06_failed_safety_backup_names_the_flag_and_the_flag_restores(
+    tmp_path: Path,
+) -> None:
+    """A damaged database (a view over a dropped table) makes mariadb-dump fail."""
+    stack = _mysql_stack(tmp_path, "h06")
+    try:
+        stack.up()
+        assert stack.run_maintenance().returncode == 0
+        [set_id] = stack.sets()
+        stack.mysql_query(INSERT_MARKER)
+        stack.mysql_query(
+            "CREATE TABLE scratch (x INT); CREATE VIEW broken AS SELECT x FROM scratch; "
+            "DROP TABLE scratch"
+        )
+
+        refused = restore(stack, set_id)
+        assert refused.returncode == RESTORE_EXIT_SAFETY_BACKUP_FAILED, refused.stdout
+        assert "mariadb-dump failed" in refused.stderr
+        assert "the safety backup failed" in refused.stdout
+        assert "run again with --skip-safety-backup" in refused.stdout
+        assert "restoring the database" not in refused.stdout
+        # Nothing restored, no half-written set, and the tracker runs again.
+        assert _marker_rows(stack) == "1"
+        assert stack.sets() == [set_id]
+        assert not list((stack.backups / ".staging").iterdir())
+        assert "tracker" in stack.running_services()
+
+        skipped = restore(stack, set_id, skip_safety_backup=True)
+        assert skipped.returncode == 0, skipped.stdout + skipped.stderr
+        assert "WARNING: --skip-safety-backup: no safety backup" in skipped.stdout
+        assert "mariadb-dump" not in skipped.stderr
+        assert _marker_rows(stack) == "0"
+        assert stack.sets() == [set_id]
+        assert "tracker is healthy" in skipped.stdout
+    finally:
+        stack.cleanup()
+
+
+def _lock_is_free(lock: Path) -> bool:
+    probe = subprocess.run(["flock", "--nonblock", str(lock), "true"], check=False)
+    return probe.returncode == 0
+
+
+def _wait_until_locked(lock: Path, deadline_seconds: float = 60) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    while _lock_is_free(lock):
+        assert time.monotonic() < deadline, f"nobody took {lock} within {deadline_seconds} s"
+        time.sleep(0.05)
+
+
+def test_hardening_07_busy_lock_names_its_holder_and_changes_nothing(sqlite_stack: Stack) -> None:
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    [set_id] = stack.sets()
+    stack.lock_file.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(["flock", str(stack.lock_file), "sleep", "300"])
+    try:
+        _wait_until_locked(stack.lock_file)
+        result = restore(stack, set_id, only="all")
+    finally:
+        holder.terminate()
+        holder.wait(timeout=30)
+    assert result.returncode == RESTORE_EXIT_LOCK_BUSY, result.stdout + result.stderr
+    assert f"is held by pid {holder.pid} (flock {stack.lock_file} sleep 300)" in result.stdout
+    assert "Nothing was changed" in result.stdout
+    assert "stopping tracker" not in result.stdout
+    database = stack.deploy_dir / "storage/tracker/lib/database"
+    assert not list(database.glob("tracker.db.before-restore-*"))
+    assert not (stack.backups / f"restore-{set_id}").exists()
+    assert "tracker" in stack.running_services()
+    assert stack.sets() == [set_id]
+
+
+def test_hardening_07_restore_holds_the_lock_so_a_scheduled_run_skips(sqlite_stack: Stack) -> None:
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    [set_id] = stack.sets()
+    script = stack.base / "restore.sh"
+    (stack.base / "verify.sh").write_text(
+        verify_script(
+            stack.env,
+            set_id,
+            drill=True,
+            deploy_dir=str(stack.deploy_dir),
+            backup_dir=str(stack.backups),
+        )
+    )
+    script.write_text(
+        restore_script(
+            stack.env,
+            set_id,
+            "db",
+            verify_first=True,
+            lock_file=str(stack.lock_file),
+            deploy_dir=str(stack.deploy_dir),
+            backup_dir=str(stack.backups),
+            sqlite_dir=str(stack.deploy_dir / "storage/tracker/lib/database"),
+        )
+    )
+    running = subprocess.Popen(
+        ["bash", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=stack.environ(),
+    )
+    try:
+        stack.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        _wait_until_locked(stack.lock_file)
+        scheduled = stack.run_maintenance("--quiet")
+        output, _ = running.communicate(timeout=600)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+    assert running.returncode == 0, output
+    assert f"set {set_id}: VERIFIED" in output  # the drill ran under the lock too
+    assert scheduled.returncode == 75, scheduled.stdout + scheduled.stderr
+    assert stack.sets() == [set_id]
+    assert _lock_is_free(stack.lock_file)
+    assert "tracker is healthy" in output
 
 
 class _Pings(http.server.BaseHTTPRequestHandler):

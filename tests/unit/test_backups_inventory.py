@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tracker_deployer import paths
 from tracker_deployer.errors import DeployError
 from tracker_deployer.remote.backups import (
+    RESTORE_EXIT_LOCK_BUSY,
     HostDataError,
     format_inventory,
     human_size,
@@ -16,8 +18,11 @@ from tracker_deployer.remote.backups import (
     parse_checksums,
     parse_inventory,
     restore_plan,
+    restore_script,
     set_layout,
 )
+from tracker_deployer.remote.deploy import EXIT_LOCK_BUSY, under_backup_lock
+from tracker_deployer.render.tree import maintenance_script
 
 from tests.helpers import REPO_ROOT, parse, sample_data
 
@@ -214,3 +219,23 @@ def test_restore_plan_names_the_safety_backup_only_for_mysql() -> None:
     assert "before-restore" in sqlite
     assert "restore drill" in sqlite
     assert "dry run" in sqlite
+
+
+def test_hardening_06_restore_plan_shows_a_skipped_safety_backup() -> None:
+    env = parse(sample_data("manual-test-mysql"))
+    skipped = restore_plan(env, "latest", "all", False, skip_safety_backup=True)
+    assert "NO safety backup (--skip-safety-backup)" in skipped
+    assert "prunes nothing" in restore_plan(env, "latest", "all", False)
+
+
+def test_hardening_07_restore_takes_the_lock_of_the_maintenance_script_and_deploy() -> None:
+    """One lock owner: paths.BACKUP_LOCK, in the restore, cron and deploy alike."""
+    env = parse(sample_data("manual-test-mysql"))
+    lock = str(paths.BACKUP_LOCK)
+    restore = restore_script(env, "20261125_030000", "all", verify_first=True)
+    assert f"readonly LOCK_FILE='{lock}'\n" in restore
+    assert f"readonly EXIT_LOCK_BUSY={EXIT_LOCK_BUSY}\n" in restore
+    assert RESTORE_EXIT_LOCK_BUSY == EXIT_LOCK_BUSY
+    assert f"readonly LOCK_FILE='{lock}'\n" in maintenance_script(env).decode()
+    assert f" {lock} sh -c " in under_backup_lock("true")
+    assert "lock" in restore_plan(env, "latest", "all", False)

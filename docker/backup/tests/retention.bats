@@ -126,3 +126,49 @@ retain() {
   done
   set_exists "${SETS[1]}"
 }
+
+# The safety backup before a restore: restoring the oldest set (from before a
+# corruption) must not delete it through the safety backup's own retention.
+@test "hardening 03: run --no-prune deletes no set, not even the only set older than retention" {
+  make_sets 1
+  local old="${SETS[0]}"
+  age_set "${old}" "30 days ago"
+  backup_ok run --no-prune
+  [[ "${stderr}" == *"retention: skipped (--no-prune); no set was deleted"* ]]
+  [[ "${stderr}" != *"retention: deleting"* ]]
+  set_exists "${old}"
+  set_exists "${SET_TS}"
+  run --separate-stderr "${BACKUP_SH}" verify "${old}"
+  assert_success
+  # Without the option the same situation prunes it: the option is what keeps it.
+  backup_ok run
+  refute set_exists "${old}"
+}
+
+@test "hardening 03: finish TS --no-prune deletes no set" {
+  make_sets 2
+  age_set "${SETS[0]}" "30 days ago"
+  age_set "${SETS[1]}" "20 days ago"
+  backup_ok snapshot
+  local ts="${SET_TS}"
+  backup_ok finish --no-prune "${ts}"
+  assert_equal "${SET_TS}" "${ts}"
+  set_exists "${SETS[0]}"
+  set_exists "${SETS[1]}"
+  run --separate-stderr "${BACKUP_SH}" verify "${ts}"
+  assert_success
+}
+
+@test "hardening 03: run and finish refuse an unknown option or a stray argument" {
+  run --separate-stderr "${BACKUP_SH}" run --no-purge
+  assert_equal "${status}" 2
+  [[ "${stderr}" == *"unknown option --no-purge"* ]]
+  run --separate-stderr "${BACKUP_SH}" run extra
+  assert_equal "${status}" 2
+  [[ "${stderr}" == *"usage: backup.sh run [--no-prune]"* ]]
+  run --separate-stderr "${BACKUP_SH}" finish
+  assert_equal "${status}" 2
+  [[ "${stderr}" == *"usage: backup.sh finish TS [--no-prune]"* ]]
+  run final_files
+  assert_equal "${#lines[@]}" 0
+}

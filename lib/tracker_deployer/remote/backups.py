@@ -20,7 +20,7 @@ from typing import Any
 from tracker_deployer import paths
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
-from tracker_deployer.remote.deploy import run_script
+from tracker_deployer.remote.deploy import EXIT_LOCK_BUSY, run_script
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.render import operation_script
 from tracker_deployer.topology import APP_GID, APP_UID
@@ -328,15 +328,20 @@ def _require_backups(env: Env) -> None:
         )
 
 
-def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True) -> BackupSet:
-    """Checksums, archives and a restore drill of one set; raise when it fails."""
-    _require_backups(env)
-    backup_set = inventory(host, verify=False).resolve(wanted)
-    script = operation_script(
+def verify_script(
+    env: Env,
+    set_id: str,
+    *,
+    drill: bool,
+    deploy_dir: str = str(paths.DEPLOY_DIR),
+    backup_dir: str = str(paths.BACKUP_DIR),
+) -> str:
+    """templates/operations/verify.sh.j2 for one set; tests point the paths at a scratch stack."""
+    return operation_script(
         "verify",
-        deploy_dir=str(paths.DEPLOY_DIR),
-        backup_dir=str(paths.BACKUP_DIR),
-        set_id=backup_set.set_id,
+        deploy_dir=deploy_dir,
+        backup_dir=backup_dir,
+        set_id=set_id,
         db_type="mysql" if env.uses_mysql else "sqlite",
         drill=drill,
         backup_image=env.images.backup,
@@ -344,6 +349,13 @@ def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True
         app_uid=APP_UID,
         app_gid=APP_GID,
     )
+
+
+def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True) -> BackupSet:
+    """Checksums, archives and a restore drill of one set; raise when it fails."""
+    _require_backups(env)
+    backup_set = inventory(host, verify=False).resolve(wanted)
+    script = verify_script(env, backup_set.set_id, drill=drill)
     result = run_script(host, script, stream=say)
     if result.exit_code != 0:
         raise VerificationFailed(
@@ -354,6 +366,49 @@ def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True
     return backup_set
 
 
+# Exit codes of templates/operations/restore.sh.j2 besides the backup container's.
+RESTORE_EXIT_NOT_VERIFIED = 65  # the set did not verify, or is gone: nothing changed
+RESTORE_EXIT_SAFETY_BACKUP_FAILED = 73  # the safety backup failed: nothing restored
+RESTORE_EXIT_LOCK_BUSY = EXIT_LOCK_BUSY  # the host's backup lock is held: nothing changed
+SKIP_SAFETY_BACKUP_FLAG = "--skip-safety-backup"
+
+
+def restore_script(
+    env: Env,
+    set_id: str,
+    only: str,
+    *,
+    verify_first: bool,
+    skip_safety_backup: bool = False,
+    deploy_dir: str = str(paths.DEPLOY_DIR),
+    backup_dir: str = str(paths.BACKUP_DIR),
+    lock_file: str = str(paths.BACKUP_LOCK),
+    sqlite_dir: str | None = None,
+) -> str:
+    """templates/operations/restore.sh.j2; tests point the paths at a scratch stack."""
+    database = env.database
+    sqlite_name = "" if env.uses_mysql else database.database_name
+    if sqlite_dir is None:
+        sqlite_dir = str(paths.sqlite_on_host(sqlite_name or "x").parent)
+    return operation_script(
+        "restore",
+        deploy_dir=deploy_dir,
+        backup_dir=backup_dir,
+        set_id=set_id,
+        db_type="mysql" if env.uses_mysql else "sqlite",
+        only=only,
+        verify_first=verify_first,
+        safety_backup=env.uses_mysql,
+        skip_safety_backup=skip_safety_backup,
+        lock_file=lock_file,
+        sqlite_dir=sqlite_dir,
+        sqlite_name=sqlite_name,
+        exit_lock_busy=RESTORE_EXIT_LOCK_BUSY,
+        exit_not_verified=RESTORE_EXIT_NOT_VERIFIED,
+        exit_safety_backup_failed=RESTORE_EXIT_SAFETY_BACKUP_FAILED,
+    )
+
+
 def restore(
     host: SshHost,
     env: Env,
@@ -362,67 +417,102 @@ def restore(
     say: Say,
     *,
     force: bool = False,
+    skip_safety_backup: bool = False,
 ) -> BackupSet:
+    """Verify and restore a set in one host script that holds the backup lock throughout."""
     _require_backups(env)
     if only not in ("all", "db", "config"):
         raise DeployError(f"--only {only!r} is not db or config", "use --only db or --only config")
     backup_set = inventory(host, verify=False).resolve(wanted)
+    set_id = backup_set.set_id
     if force:
-        say(
-            f"--force: skipping the restore drill of set {backup_set.set_id} (checksums are still checked)"
-        )
-    else:
-        verify(host, env, backup_set.set_id, say)
-    database = env.database
-    sqlite_name = "" if env.uses_mysql else database.database_name
-    script = operation_script(
-        "restore",
-        deploy_dir=str(paths.DEPLOY_DIR),
-        backup_dir=str(paths.BACKUP_DIR),
-        set_id=backup_set.set_id,
-        db_type="mysql" if env.uses_mysql else "sqlite",
-        only=only,
-        safety_backup=env.uses_mysql,
-        maintenance_script=str(paths.MAINTENANCE_SCRIPT),
-        sqlite_dir=str(paths.sqlite_on_host(sqlite_name or "x").parent),
-        sqlite_name=sqlite_name,
+        say(f"--force: skipping the restore drill of set {set_id} (checksums are still checked)")
+    if skip_safety_backup:
+        if env.uses_mysql and only != "config":
+            say(
+                f"WARNING: {SKIP_SAFETY_BACKUP_FLAG}: the current database is replaced without a "
+                "copy of it; it cannot be brought back"
+            )
+        else:
+            say(
+                f"{SKIP_SAFETY_BACKUP_FLAG}: nothing to skip (only a MySQL database restore takes "
+                "a safety backup; SQLite keeps the replaced file next to the new one)"
+            )
+    companions = {} if force else {"verify.sh": verify_script(env, set_id, drill=True)}
+    script = restore_script(
+        env, set_id, only, verify_first=not force, skip_safety_backup=skip_safety_backup
     )
-    result = run_script(host, script, stream=say)
-    if result.exit_code != 0:
+    result = run_script(host, script, stream=say, companions=companions)
+    code = result.exit_code
+    if code == 0:
+        return backup_set
+    where = host.target.host
+    if code == RESTORE_EXIT_LOCK_BUSY:
         raise RemoteError(
-            f"restoring set {backup_set.set_id} failed (exit {result.exit_code})",
-            "see the lines above; the tracker was started again if it had been running",
+            f"the backup lock {paths.BACKUP_LOCK} on {where} is busy (held by the process named "
+            "above); nothing was changed",
+            f"wait for the backup run ({paths.BACKUP_LOG}), deploy or restore to finish, then run "
+            "`inv restore` again",
         )
-    return backup_set
+    if code == RESTORE_EXIT_NOT_VERIFIED:
+        raise VerificationFailed(
+            f"backup set {set_id} was not restored: it did not verify or is gone; nothing was "
+            "changed",
+            "see the lines above; pick another set from `inv backups --env NAME`",
+        )
+    if code == RESTORE_EXIT_SAFETY_BACKUP_FAILED:
+        raise RemoteError(
+            f"the safety backup before restoring set {set_id} failed on {where}; nothing was "
+            "restored and the tracker runs as before",
+            "fix its cause (see the lines above: disk space, a damaged database), or run again "
+            f"with {SKIP_SAFETY_BACKUP_FLAG} to restore over the current data without a copy",
+        )
+    raise RemoteError(
+        f"restoring set {set_id} failed (exit {code})",
+        "see the lines above; the tracker was started again if it had been running",
+    )
 
 
-def restore_plan(env: Env, wanted: str, only: str, force: bool) -> str:
+def restore_plan(
+    env: Env, wanted: str, only: str, force: bool, *, skip_safety_backup: bool = False
+) -> str:
     """What `inv restore` would do (for --dry-run; no connection)."""
-    steps = [f"restore plan for {env.name}: set {wanted}, parts: {only}"]
+    steps = [
+        f"take the host's backup lock {paths.BACKUP_LOCK} for the whole restore (refuse, "
+        "changing nothing, while a backup run, deploy or restore holds it)"
+    ]
     if not force:
         steps.append(
-            "  1. verify the set: checksums, archives and a restore drill into a scratch target"
+            "verify the set: checksums, archives and a restore drill into a scratch target"
         )
     else:
-        steps.append(
-            "  1. check the set's checksums and archives (--force skips the restore drill)"
-        )
+        steps.append("check the set's checksums and archives (--force skips the restore drill)")
     if only != "config":
+        steps.append("stop the tracker")
         if env.uses_mysql:
-            steps.append("  2. safety backup of the current database (a new backup set)")
-        steps.append("  3. stop the tracker")
-        if env.uses_mysql:
-            steps.append("  4. load the dump into the database; compare row counts with the set")
+            if skip_safety_backup:
+                steps.append(
+                    f"NO safety backup ({SKIP_SAFETY_BACKUP_FLAG}): the current database is "
+                    "replaced without a copy"
+                )
+            else:
+                steps.append(
+                    "safety backup of the current database (a new backup set; prunes nothing)"
+                )
+            steps.append("load the dump into the database; compare row counts with the set")
         else:
             steps.append(
-                "  4. unpack the database, check integrity and row counts, swap it in atomically "
+                "unpack the database, check integrity and row counts, swap it in atomically "
                 "(the old file is kept as tracker.db.before-restore-TIME)"
             )
-        steps.append("  5. start the tracker and wait until it is healthy")
+        steps.append("start the tracker and wait until it is healthy")
     if only != "db":
-        steps.append(f"  6. extract the configuration under {paths.BACKUP_DIR}/restore-SET/")
-    steps.append("nothing is changed: this is a dry run")
-    return "\n".join(steps)
+        steps.append(f"extract the configuration under {paths.BACKUP_DIR}/restore-SET/")
+    steps.append("release the backup lock")
+    lines = [f"restore plan for {env.name}: set {wanted}, parts: {only}"]
+    lines += [f"  {number}. {step}" for number, step in enumerate(steps, start=1)]
+    lines.append("nothing is changed: this is a dry run")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- fetch

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -133,11 +133,20 @@ def _previously(host: SshHost) -> tuple[PurePosixPath, ...]:
     return parse_state_file(result.stdout)
 
 
-def run_script(host: SshHost, script: str, *args: str, stream: Say | None = None) -> Result:
+def run_script(
+    host: SshHost,
+    script: str,
+    *args: str,
+    stream: Say | None = None,
+    companions: Mapping[str, str] | None = None,
+) -> Result:
     """Upload ``script`` and run it as root (scripts never go through stdin:
-    Invoke feeds stdin a byte at a time, which takes seconds per kilobyte)."""
+    Invoke feeds stdin a byte at a time, which takes seconds per kilobyte).
+    ``companions`` (file name -> text) are uploaded next to it, for the script to run."""
     staging = _mktemp(host)
     try:
+        for name, text in (companions or {}).items():
+            host.put(text.encode(), f"{staging}/{name}")
         host.put(script.encode(), f"{staging}/script.sh")
         quoted = " ".join(shlex.quote(arg) for arg in args)
         return host.run(f"bash {shlex.quote(staging + '/script.sh')} {quoted}", stream=stream)
