@@ -20,7 +20,11 @@ CADDYFILE = STORAGE_DIR / "caddy/etc/Caddyfile"
 BACKUP_DIR = STORAGE_DIR / "backup"
 BACKUP_CONF = BACKUP_DIR / "etc/backup.conf"
 BACKUP_PATHS = BACKUP_DIR / "etc/backup-paths.txt"
-BACKUP_STATUS_DIR = BACKUP_DIR / "status"
+# The maintenance script's status and its "tracker stopped by a backup run"
+# marker: root-owned (0755) in a root-owned parent, outside storage/backup,
+# which uid 1000 owns (root must never follow a link that user can plant).
+BACKUP_STATUS_DIR = DEPLOY_DIR / "backup-status"
+TRACKER_STOPPED_MARKER = BACKUP_STATUS_DIR / "tracker-stopped-by-backup"
 MAINTENANCE_SCRIPT = PurePosixPath("/usr/local/bin/maintenance-backup.sh")
 CRON_FILE = PurePosixPath("/etc/cron.d/tracker-backup")
 LOGROTATE_FILE = PurePosixPath("/etc/logrotate.d/tracker-backup")

@@ -13,7 +13,10 @@ import json
 import os
 import shutil
 import subprocess
+import threading
+import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,10 @@ class Stack:
         self.deploy_dir = base / "deploy"
         self.log_file = base / "log/tracker-backup.log"
         self.lock_file = base / "lock/tracker-backup.lock"
-        self.status_dir = self.deploy_dir / "storage/backup/status"
+        self.status_dir = self.deploy_dir / str(
+            paths.BACKUP_STATUS_DIR.relative_to(paths.DEPLOY_DIR)
+        )
+        self.marker = self.status_dir / paths.TRACKER_STOPPED_MARKER.name
         self.script = base / "maintenance-backup.sh"
         self.project = f"tdtest-{uuid.uuid4().hex[:10]}"
 
@@ -122,6 +128,26 @@ class Stack:
         result = self.compose("ps", "--status", "running", "--services")
         return set(result.stdout.split())
 
+    def start_maintenance(self, *args: str) -> subprocess.Popen[str]:
+        """The maintenance script in the background, in a process group of its own."""
+        return subprocess.Popen(
+            [str(self.script), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.environ(),
+            cwd=self.deploy_dir,
+            start_new_session=True,
+        )
+
+    def wait_for_log(self, text: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log_file.exists() and text in self.log_file.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} did not appear in {self.log_file} within {timeout} s")
+
     def run_maintenance(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.script), *args],
@@ -181,3 +207,54 @@ def env_for_stack(data: dict[str, Any], *, backup_image: str = BACKUP_IMAGE) -> 
     tracker["http_trackers"] = [{"bind_address": "127.0.0.1:7070"}]
     tracker["http_api"]["bind_address"] = "127.0.0.1:1212"
     return data
+
+
+# A test double for the backup image: its `snapshot` never ends (a hung
+# database or disk), built from the local debian:bookworm-slim in a second.
+HANGING_BACKUP_IMAGE = "tracker-deployer-test/backup-hangs:test"
+
+
+def hanging_backup_image() -> str:
+    if not image_exists(HANGING_BACKUP_IMAGE):
+        dockerfile = (
+            "FROM debian:bookworm-slim\n"
+            'ENTRYPOINT ["/bin/sh", "-c", '
+            '"echo backup double: hanging >&2; exec sleep infinity", "backup-double"]\n'
+        )
+        subprocess.run(
+            ["docker", "build", "-q", "-t", HANGING_BACKUP_IMAGE, "-"],
+            input=dockerfile,
+            text=True,
+            capture_output=True,
+            check=True,
+        )
+    return HANGING_BACKUP_IMAGE
+
+
+class PingServer:
+    """An HTTP server on loopback that records the notify pings (paths) it gets."""
+
+    def __init__(self) -> None:
+        pings: list[str] = []
+        self.pings = pings
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                pings.append(self.path)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ping"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> PingServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import fcntl
 import gzip
 import json
+import os
 import re
+import signal
 import sqlite3
 import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -18,8 +21,10 @@ from tests.integration.stack import (
     BACKUP_IMAGE,
     MARIADB_IMAGE,
     STANDIN_IMAGE,
+    PingServer,
     Stack,
     env_for_stack,
+    hanging_backup_image,
     require_images,
 )
 
@@ -131,18 +136,6 @@ def test_failing_backup_container_still_restarts_the_tracker_and_logs_why(
         stack.cleanup()
 
 
-def test_a_second_run_waits_for_no_one_and_exits_75(sqlite_stack: Stack) -> None:
-    stack = sqlite_stack
-    stack.lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with stack.lock_file.open("a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        result = stack.run_maintenance()
-    assert result.returncode == 75
-    assert "another backup run holds" in stack.log_file.read_text()
-    assert stack.sets() == []
-    assert "tracker" in stack.running_services()
-
-
 def test_a_stopped_tracker_stays_stopped(sqlite_stack: Stack) -> None:
     stack = sqlite_stack
     stack.compose("stop", "tracker")
@@ -175,3 +168,314 @@ def test_mysql_run_dumps_the_database_with_row_counts(tmp_path: Path) -> None:
         )
     finally:
         stack.cleanup()
+
+
+# --------------------------------------------------------------------------- hardening (issue 11)
+
+
+def snapshot_container(process: subprocess.Popen[str]) -> str:
+    """The name the maintenance script gives its snapshot container."""
+    return f"tracker-backup-{process.pid}-snapshot"
+
+
+def containers_named(name: str) -> str:
+    result = subprocess.run(
+        ["docker", "ps", "-a", "-q", "--filter", f"name=^{name}$"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def wait_for_free_lock(lock_file: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with lock_file.open("a") as handle:
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                time.sleep(0.2)
+                continue
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+    raise AssertionError(f"{lock_file} is still held after {timeout} s")
+
+
+def hanging_stack(tmp_path: Path, pings: PingServer | None = None, **backup: object) -> Stack:
+    """A running SQLite stack whose backup container hangs in `snapshot` (a test double)."""
+    require_images(STANDIN_IMAGE)
+    data = env_for_stack(sample_data("manual-test-sqlite"), backup_image=hanging_backup_image())
+    if pings is not None:
+        data["backup"]["notify_url"] = pings.url
+    data["backup"].update(backup)
+    stack = Stack(parse(data), tmp_path / "s").install()
+    stack.up()
+    return stack
+
+
+def kill_during_the_snapshot(stack: Stack) -> None:
+    """SIGKILL a run's whole process group while the tracker is stopped, then let the
+    orphaned snapshot container die as it would when the host goes down."""
+    process = stack.start_maintenance("--quiet")
+    stack.wait_for_log("backup double: hanging")
+    assert "tracker" not in stack.running_services()
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    subprocess.run(
+        ["docker", "rm", "-f", snapshot_container(process)], capture_output=True, check=False
+    )
+    wait_for_free_lock(stack.lock_file)
+    assert "tracker" not in stack.running_services()
+    assert "stopped_by=backup run started" in stack.marker.read_text()
+
+
+@pytest.mark.parametrize(
+    ("signal_number", "whole_group"),
+    [
+        (signal.SIGTERM, False),
+        (signal.SIGHUP, False),
+        (signal.SIGINT, True),
+        (signal.SIGTERM, True),
+    ],
+    ids=["TERM-script", "HUP-script", "INT-process-group", "TERM-process-group"],
+)
+def test_hardening_02_a_signalled_run_fails_pings_fail_and_restarts_the_tracker(
+    tmp_path: Path, signal_number: signal.Signals, whole_group: bool
+) -> None:
+    with PingServer() as pings:
+        stack = hanging_stack(tmp_path, pings)
+        try:
+            process = stack.start_maintenance("--quiet")
+            stack.wait_for_log("backup double: hanging")
+            assert "tracker" not in stack.running_services()
+            if whole_group:
+                os.killpg(process.pid, signal_number)
+            else:
+                process.send_signal(signal_number)
+            _, stderr = process.communicate(timeout=90)
+
+            expected = f"killed by signal {signal_number.value} ({signal_number.name})"
+            assert process.returncode == 128 + signal_number.value
+            assert "tracker" in stack.running_services()
+            status = stack.status()
+            assert status["result"] == "failure"
+            assert status["exit_code"] == str(128 + signal_number.value)
+            assert status["reason"] == expected
+            assert pings.pings == ["/ping/start", "/ping/fail"]
+            assert f"backup run FAILED (exit {128 + signal_number.value}): {expected}" in (
+                stack.log_file.read_text()
+            )
+            assert expected in stderr  # cron mails it
+            assert containers_named(snapshot_container(process)) == ""
+            assert not stack.marker.exists()
+            assert stack.sets() == []
+        finally:
+            stack.cleanup()
+
+
+def test_hardening_04_the_next_run_starts_a_tracker_a_killed_run_left_stopped(
+    tmp_path: Path,
+) -> None:
+    stack = hanging_stack(tmp_path)
+    try:
+        kill_during_the_snapshot(stack)
+        # the image is fixed; the next scheduled run comes
+        require_images(BACKUP_IMAGE)
+        compose_file = stack.deploy_dir / "docker-compose.yml"
+        compose_file.write_text(compose_file.read_text().replace(hanging_backup_image(), BACKUP_IMAGE))
+
+        result = stack.run_maintenance("--quiet")
+        assert result.returncode == 70, result.stderr
+        assert "tracker" in stack.running_services()
+        assert not stack.marker.exists()
+        [set_id] = stack.sets()
+        status = stack.status()
+        assert status["result"] == "failure"
+        assert "had been left stopped by backup run started" in status["reason"]
+        assert f"set {set_id} is complete" in status["reason"]
+        assert "had been left stopped" in result.stderr
+    finally:
+        stack.cleanup()
+
+
+def test_hardening_04_recover_at_boot_starts_a_tracker_a_killed_run_left_stopped(
+    tmp_path: Path,
+) -> None:
+    with PingServer() as pings:
+        stack = hanging_stack(tmp_path, pings)
+        try:
+            kill_during_the_snapshot(stack)
+            pings.pings.clear()
+
+            result = stack.run_maintenance("--recover", "--quiet")
+            assert result.returncode == 70, result.stderr
+            assert result.stdout == ""
+            assert "tracker backup FAILED (exit 70)" in result.stderr
+            assert "tracker" in stack.running_services()
+            assert not stack.marker.exists()
+            status = stack.status()
+            assert status["result"] == "failure"
+            assert "had been left stopped by backup run started" in status["reason"]
+            assert pings.pings == ["/ping/fail"]
+
+            # nothing left to recover: silent, and the status stays as it is
+            before = (stack.status_dir / "last-run.env").read_text()
+            again = stack.run_maintenance("--recover", "--quiet")
+            assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+            assert (stack.status_dir / "last-run.env").read_text() == before
+        finally:
+            stack.cleanup()
+
+
+def test_hardening_08_a_full_log_disk_still_gives_status_and_fail_ping(tmp_path: Path) -> None:
+    require_images(STANDIN_IMAGE)
+    with PingServer() as pings:
+        # debian:bookworm-slim has no backup.sh: the snapshot fails
+        data = env_for_stack(sample_data("manual-test-sqlite"), backup_image="debian:bookworm-slim")
+        data["backup"]["notify_url"] = pings.url
+        stack = Stack(parse(data), tmp_path / "s").install()
+        stack.log_file.parent.mkdir(parents=True, exist_ok=True)
+        stack.log_file.symlink_to("/dev/full")  # every write: ENOSPC
+        try:
+            stack.up()
+            result = stack.run_maintenance("--quiet")
+            assert result.returncode not in (0, 70), result.stderr
+            assert "tracker" in stack.running_services()
+            status = stack.status()
+            assert status["result"] == "failure"
+            assert "the snapshot failed" in status["reason"]
+            assert pings.pings == ["/ping/start", "/ping/fail"]
+            assert "tracker backup FAILED" in result.stderr
+        finally:
+            stack.cleanup()
+
+
+def test_hardening_09_root_never_writes_through_links_uid_1000_plants(
+    sqlite_stack: Stack, tmp_path: Path
+) -> None:
+    stack = sqlite_stack
+    secret = tmp_path / "root-only.key"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    names = ("last-run.env", ".last-run.env.tmp", "history.tsv", "last-failure.log")
+
+    def as_uid_1000(script: str, mounts: dict[Path, str]) -> subprocess.CompletedProcess[str]:
+        volumes = [arg for host, inside in mounts.items() for arg in ("-v", f"{host}:{inside}")]
+        return subprocess.run(
+            ["docker", "run", "--rm", "--user", "1000:1000", *volumes, "debian:bookworm-slim"]
+            + ["sh", "-c", script],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    # what the backup container's user can do: plant links in storage/backup/status,
+    # the status directory of earlier versions ...
+    links = " && ".join(f"ln -s {secret} /b/status/{name}" for name in names)
+    planted = as_uid_1000(f"mkdir /b/status && {links}", {stack.backups: "/b"})
+    assert planted.returncode == 0, planted.stderr
+    # ... but nothing in the status directory, which is root's
+    refused = as_uid_1000(f"ln -s {secret} /s/last-run.env", {stack.status_dir: "/s"})
+    assert refused.returncode != 0
+    assert "Permission denied" in refused.stderr
+
+    result = stack.run_maintenance()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert secret.read_text() == "root only\n"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert stack.status()["result"] == "success"
+    for name in names:
+        assert (stack.backups / "status" / name).is_symlink()
+    info = stack.status_dir.stat()
+    assert (info.st_uid, info.st_mode & 0o777) == (0, 0o755)
+
+    # a status directory that is a link (or not root's) is refused, not followed
+    stack.status_dir.rename(tmp_path / "moved-status")
+    stack.status_dir.symlink_to(stack.backups / "status")
+    refused_run = stack.run_maintenance("--quiet")
+    assert refused_run.returncode == 77
+    assert "is a symlink or not a directory; refusing to write through it" in refused_run.stderr
+    assert secret.read_text() == "root only\n"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert "tracker" in stack.running_services()
+
+
+def test_hardening_10_a_hung_snapshot_is_killed_at_the_downtime_limit(tmp_path: Path) -> None:
+    with PingServer() as pings:
+        stack = hanging_stack(tmp_path, pings, max_downtime_seconds=5)
+        try:
+            started = time.monotonic()
+            process = stack.start_maintenance("--quiet")
+            _, stderr = process.communicate(timeout=120)
+            elapsed = time.monotonic() - started
+            assert process.returncode == 124, stderr
+            assert elapsed < 60
+            assert "tracker" in stack.running_services()
+            status = stack.status()
+            assert status["result"] == "failure"
+            assert "downtime limit of 5 s (backup.max_downtime_seconds) expired" in (
+                status["reason"]
+            )
+            assert int(status["downtime_seconds"]) < 40
+            assert pings.pings == ["/ping/start", "/ping/fail"]
+            assert containers_named(snapshot_container(process)) == ""
+            assert not stack.marker.exists()
+            assert stack.sets() == []
+        finally:
+            stack.cleanup()
+
+
+def test_hardening_10_a_lock_busy_run_tells_stderr_and_records_itself(
+    sqlite_stack: Stack,
+) -> None:
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    last_run = (stack.status_dir / "last-run.env").read_text()
+    with stack.lock_file.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = stack.run_maintenance("--quiet")
+    assert result.returncode == 75
+    assert result.stdout == ""
+    assert "another backup run, a restore or a deploy holds" in result.stderr
+    assert "this run did not start" in stack.log_file.read_text()
+    # the last real run's result stays; the busy run has its own record
+    assert (stack.status_dir / "last-run.env").read_text() == last_run
+    busy = dict(
+        line.split("=", 1)
+        for line in (stack.status_dir / "last-lock-busy.env").read_text().splitlines()
+    )
+    assert TIMESTAMPED.match(busy["lock_busy_at"] + " ")
+    assert "holds" in busy["lock_busy_reason"]
+    history = (stack.status_dir / "history.tsv").read_text().splitlines()
+    assert history[-1].split("\t")[1:3] == ["skipped", "75"]
+    assert history[-2].split("\t")[1:3] == ["success", "0"]
+    assert len(stack.sets()) == 1
+    assert "tracker" in stack.running_services()
+
+
+def test_hardening_extra_double_timestamps_every_line_is_stamped_once(
+    sqlite_stack: Stack,
+) -> None:
+    result = sqlite_stack.run_maintenance()
+    assert result.returncode == 0, result.stdout + result.stderr
+    twice = re.compile(TIMESTAMPED.pattern + r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
+    for text in (sqlite_stack.log_file.read_text(), result.stdout):
+        lines = text.splitlines()
+        assert any(" backup.sh: " in line for line in lines)
+        assert all(TIMESTAMPED.match(line) for line in lines), lines[:5]
+        assert not [line for line in lines if twice.match(line)]
+
+
+def test_hardening_extra_stray_output_set_ids_stay_out_of_the_output(
+    sqlite_stack: Stack,
+) -> None:
+    result = sqlite_stack.run_maintenance()
+    assert result.returncode == 0, result.stdout + result.stderr
+    [set_id] = sqlite_stack.sets()
+    bare_id = re.compile(r"^(\S+Z )?\d{8}_\d{6}$")
+    for text in (sqlite_stack.log_file.read_text(), result.stdout, result.stderr):
+        assert not [line for line in text.splitlines() if bare_id.match(line)]
+    # the id is still known to the script: it reports the set
+    assert f"set {set_id} complete" in result.stdout
+    assert sqlite_stack.status()["set"] == set_id

@@ -123,6 +123,7 @@ def test_backup_section_empty_means_defaults(sqlite_data: dict[str, Any]) -> Non
     assert str(env.backup.schedule) == "0 3 * * *"
     assert env.backup.retention_days == 7
     assert env.backup.compression_level == 6
+    assert env.backup.max_downtime_seconds == 600
 
 
 def test_backup_absent_means_off(sqlite_data: dict[str, Any]) -> None:

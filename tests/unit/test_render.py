@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
-from tracker_deployer import __version__
+from tracker_deployer import __version__, paths
 from tracker_deployer.errors import DeployError
 from tracker_deployer.render import render, write_tree
 
@@ -178,9 +178,48 @@ def test_cron_file_follows_cron_d_rules(mysql_data: dict[str, Any]) -> None:
         if line and not line.startswith("#") and "=" not in line.split()[0]
     ]
     assert job == [
-        "*/30 1-5 * * mon-fri root cd /opt/torrust && /usr/local/bin/maintenance-backup.sh --quiet"
+        "*/30 1-5 * * mon-fri root cd /opt/torrust && /usr/local/bin/maintenance-backup.sh --quiet",
+        "@reboot root cd /opt/torrust && /usr/local/bin/maintenance-backup.sh --recover --quiet",
     ]
-    assert "%" not in job[0]
+    assert not [line for line in job if "%" in line]
+
+
+def test_hardening_04_cron_file_starts_a_tracker_left_stopped_at_boot(
+    sqlite_data: dict[str, Any],
+) -> None:
+    text = render(parse(sqlite_data)).text("/etc/cron.d/tracker-backup")
+    assert (
+        "\n@reboot root cd /opt/torrust && /usr/local/bin/maintenance-backup.sh --recover --quiet\n"
+        in text
+    )
+
+
+def test_hardening_09_status_lives_in_a_root_owned_directory_outside_the_backup_dir(
+    sqlite_data: dict[str, Any],
+) -> None:
+    tree = render(parse(sqlite_data))
+    directories = {str(d.path): d for d in tree.directories}
+    status = directories["/opt/torrust/backup-status"]
+    assert (status.mode, status.uid, status.gid) == (0o755, 0, 0)
+    # every ancestor is root's and not writable by others: uid 1000 cannot swap it
+    parent = directories["/opt/torrust"]
+    assert (parent.uid, parent.mode & 0o022) == (0, 0)
+    assert not str(status.path).startswith(str(paths.BACKUP_DIR))
+    script = tree.text("/usr/local/bin/maintenance-backup.sh")
+    assert "readonly STATUS_DIR='/opt/torrust/backup-status'\n" in script
+    assert (
+        "readonly MARKER_FILE='/opt/torrust/backup-status/tracker-stopped-by-backup'\n" in script
+    )
+
+
+def test_hardening_10_max_downtime_reaches_the_maintenance_script(
+    sqlite_data: dict[str, Any],
+) -> None:
+    script = render(parse(sqlite_data)).text("/usr/local/bin/maintenance-backup.sh")
+    assert "readonly MAX_DOWNTIME_SECONDS=600\n" in script
+    sqlite_data["backup"]["max_downtime_seconds"] = 45
+    script = render(parse(sqlite_data)).text("/usr/local/bin/maintenance-backup.sh")
+    assert "readonly MAX_DOWNTIME_SECONDS=45\n" in script
 
 
 def test_write_tree_refuses_a_foreign_non_empty_directory(

@@ -20,8 +20,10 @@ from referencing.jsonschema import DRAFT202012
 from tracker_deployer.config.model import (
     DEFAULT_COMPRESSION_LEVEL,
     DEFAULT_IMAGES,
+    DEFAULT_MAX_DOWNTIME_SECONDS,
     DEFAULT_RETENTION_DAYS,
     DEFAULT_SCHEDULE,
+    MAX_MAX_DOWNTIME_SECONDS,
 )
 from tracker_deployer.errors import ConfigError
 from tracker_deployer.paths import SCHEMA_FILE
@@ -138,6 +140,8 @@ def test_defaults_are_the_models() -> None:
     assert backup["schedule"]["default"] == DEFAULT_SCHEDULE
     assert backup["retention_days"]["default"] == DEFAULT_RETENTION_DAYS
     assert backup["compression_level"]["default"] == DEFAULT_COMPRESSION_LEVEL
+    assert backup["max_downtime_seconds"]["default"] == DEFAULT_MAX_DOWNTIME_SECONDS
+    assert backup["max_downtime_seconds"]["maximum"] == MAX_MAX_DOWNTIME_SECONDS
     assert backup["mailto"]["default"] == ""
     images = SCHEMA["properties"]["images"]["properties"]
     assert {key: value["default"] for key, value in images.items()} == DEFAULT_IMAGES

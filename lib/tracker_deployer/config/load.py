@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 from tracker_deployer.config.model import (
     DEFAULT_COMPRESSION_LEVEL,
     DEFAULT_IMAGES,
+    DEFAULT_MAX_DOWNTIME_SECONDS,
     DEFAULT_RETENTION_DAYS,
+    MAX_MAX_DOWNTIME_SECONDS,
     DEFAULT_SCHEDULE,
     BackupConfig,
     BindAddress,
@@ -665,7 +667,14 @@ class _Reader:
             value,
             path,
             required=(),
-            optional=("schedule", "retention_days", "compression_level", "mailto", "notify_url"),
+            optional=(
+                "schedule",
+                "retention_days",
+                "compression_level",
+                "max_downtime_seconds",
+                "mailto",
+                "notify_url",
+            ),
         )
         if section is None:
             return None
@@ -686,6 +695,15 @@ class _Reader:
             9,
             f"gzip levels run from 1 (fastest) to 9 (smallest); default {DEFAULT_COMPRESSION_LEVEL}",
         )
+        downtime = self.int_(
+            section,
+            "max_downtime_seconds",
+            path,
+            1,
+            MAX_MAX_DOWNTIME_SECONDS,
+            "the longest the tracker may stay stopped for a snapshot, in seconds, "
+            f"e.g. {DEFAULT_MAX_DOWNTIME_SECONDS} (the default); raise it for a large MySQL database",
+        )
         mailto = self.str_(section, "mailto", path)
         if mailto:
             mailto = self.apply(_join(path, "mailto"), mailto, parse_email_list)
@@ -696,6 +714,7 @@ class _Reader:
                 ("schedule", schedule),
                 ("retention_days", retention),
                 ("compression_level", level),
+                ("max_downtime_seconds", downtime),
                 ("mailto", mailto),
                 ("notify_url", notify),
             )
@@ -707,6 +726,9 @@ class _Reader:
             schedule=schedule or CronSchedule(DEFAULT_SCHEDULE),
             retention_days=retention if retention is not None else DEFAULT_RETENTION_DAYS,
             compression_level=level if level is not None else DEFAULT_COMPRESSION_LEVEL,
+            max_downtime_seconds=(
+                downtime if downtime is not None else DEFAULT_MAX_DOWNTIME_SECONDS
+            ),
             mailto=mailto or "",
             notify_url=notify,
         )

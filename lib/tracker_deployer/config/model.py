@@ -474,6 +474,10 @@ class Https:
 DEFAULT_SCHEDULE = "0 3 * * *"
 DEFAULT_RETENTION_DAYS = 7
 DEFAULT_COMPRESSION_LEVEL = 6
+# The longest the tracker may stay stopped for a snapshot (compose stop + the
+# snapshot); then the snapshot is killed, the tracker started, the run failed.
+DEFAULT_MAX_DOWNTIME_SECONDS = 600
+MAX_MAX_DOWNTIME_SECONDS = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +487,7 @@ class BackupConfig:
     schedule: CronSchedule = field(default_factory=lambda: CronSchedule(DEFAULT_SCHEDULE))
     retention_days: int = DEFAULT_RETENTION_DAYS
     compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    max_downtime_seconds: int = DEFAULT_MAX_DOWNTIME_SECONDS
     mailto: str = ""
     notify_url: str | None = None
 

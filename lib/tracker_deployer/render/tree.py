@@ -294,6 +294,7 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
     if env.backup:
         directory(paths.BACKUP_DIR, 0o750, APP_UID, APP_GID)
         directory(paths.BACKUP_DIR / "etc", 0o750, ROOT_UID, APP_GID)
+        directory(paths.BACKUP_STATUS_DIR, 0o755, ROOT_UID, ROOT_GID)
         add(
             paths.BACKUP_CONF,
             "backup/backup.conf.j2",
@@ -363,7 +364,9 @@ def maintenance_script(
         log_file=log_file,
         lock_file=lock_file,
         status_dir=status_dir,
+        marker_file=f"{status_dir}/{paths.TRACKER_STOPPED_MARKER.name}",
         notify_url=env.backup.notify_url or "",
+        max_downtime_seconds=env.backup.max_downtime_seconds,
     )
 
 
