@@ -225,6 +225,7 @@ def kill_during_the_snapshot(stack: Stack) -> None:
     subprocess.run(
         ["docker", "rm", "-f", snapshot_container(process)], capture_output=True, check=False
     )
+    process.communicate(timeout=60)  # the orphaned compose client has ended too
     wait_for_free_lock(stack.lock_file)
     assert "tracker" not in stack.running_services()
     assert "stopped_by=backup run started" in stack.marker.read_text()
