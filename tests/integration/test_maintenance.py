@@ -371,21 +371,24 @@ def test_hardening_09_root_never_writes_through_links_uid_1000_plants(
             check=False,
         )
 
-    # what the backup container's user can do: plant links in storage/backup/status,
-    # the status directory of earlier versions ...
+    # what the backup container's user can do: it owns storage/backup, so it can
+    # swap in a storage/backup/status of its own (the status directory of earlier
+    # versions), full of links ...
     links = " && ".join(f"ln -s {secret} /b/status/{name}" for name in names)
-    planted = as_uid_1000(f"mkdir /b/status && {links}", {stack.backups: "/b"})
+    planted = as_uid_1000(
+        f"if [ -e /b/status ]; then mv /b/status /b/status-moved; fi; mkdir /b/status && {links}",
+        {stack.backups: "/b"},
+    )
     assert planted.returncode == 0, planted.stderr
-    # ... but nothing in the status directory, which is root's
-    refused = as_uid_1000(f"ln -s {secret} /s/last-run.env", {stack.status_dir: "/s"})
-    assert refused.returncode != 0
-    assert "Permission denied" in refused.stderr
-
     result = stack.run_maintenance()
     assert result.returncode == 0, result.stdout + result.stderr
     assert secret.read_text() == "root only\n"
     assert secret.stat().st_mode & 0o777 == 0o600
     assert stack.status()["result"] == "success"
+    # ... but nothing in the status directory, which is root's
+    refused = as_uid_1000(f"ln -s {secret} /s/planted", {stack.status_dir: "/s"})
+    assert refused.returncode != 0
+    assert "Permission denied" in refused.stderr
     for name in names:
         assert (stack.backups / "status" / name).is_symlink()
     info = stack.status_dir.stat()
