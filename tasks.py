@@ -380,6 +380,8 @@ def backups(
             print(operations.inventory_json(found))
         else:
             print(operations.format_inventory(found, datetime.now(UTC)))
+        if found.last_run.get("tracker_stopped_by"):
+            raise Exit("error: a backup run left the tracker stopped (see above)", code=1)
         if found.last_run.get("result") == "failure":
             raise Exit("error: the last backup run FAILED (see above)", code=1)
 

@@ -45,6 +45,8 @@ def run_operation(stack: Stack, name: str, **context: Any) -> subprocess.Complet
     common: dict[str, Any] = {
         "deploy_dir": str(stack.deploy_dir),
         "backup_dir": str(stack.backups),
+        "status_dir": str(stack.status_dir),
+        "marker_name": stack.marker.name,
     }
     script = stack.base / f"{name}.sh"
     script.write_text(operation_script(name, **{**common, **context}))

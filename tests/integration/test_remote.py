@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tracker_deployer import paths
 
 from tests.helpers import REPO_ROOT, sample_data
 from tests.integration.ssh_target import SUDO_USER, SshTarget, require_tools
@@ -276,7 +277,7 @@ def test_installed_cron_file_is_fired_by_a_real_cron_daemon(
         pytest.fail(f"cron did not run the maintenance script within 75 s (log: {log})")
     # No compose stack runs on this target, so the run fails — visibly, with a reason.
     deadline = time.monotonic() + 60
-    status = cron_target.host_path("/opt/torrust/storage/backup/status/last-run.env")
+    status = cron_target.host_path(f"{paths.BACKUP_STATUS_DIR}/last-run.env")
     while time.monotonic() < deadline and not status.exists():
         time.sleep(1)
     text = status.read_text()
@@ -319,8 +320,8 @@ def test_backups_lists_sets_and_reports_a_failed_last_run(
     env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
     backups = target.host_path("/opt/torrust/storage/backup")
     set_id = make_sqlite_set(backups, tmp_path / "work")
-    status = backups / "status"
-    status.mkdir()
+    status = target.host_path(str(paths.BACKUP_STATUS_DIR))
+    status.mkdir(mode=0o755)
     (status / "last-run.env").write_text(
         "result=failure\nexit_code=3\nstarted_at=2026-11-27T03:00:00Z\nduration_seconds=4\n"
         "downtime_seconds=1\nset=\nreason=the snapshot failed (backup container exit 3)\n"

@@ -13,6 +13,7 @@ from tracker_deployer.remote.backups import (
     RESTORE_EXIT_LOCK_BUSY,
     HostDataError,
     format_inventory,
+    format_last_run,
     human_size,
     is_set_id,
     parse_checksums,
@@ -239,3 +240,35 @@ def test_hardening_07_restore_takes_the_lock_of_the_maintenance_script_and_deplo
     assert f"readonly LOCK_FILE='{lock}'\n" in maintenance_script(env).decode()
     assert f" {lock} sh -c " in under_backup_lock("true")
     assert "lock" in restore_plan(env, "latest", "all", False)
+
+
+def test_hardening_10_a_lock_busy_run_is_shown_but_keeps_the_last_result() -> None:
+    listing = "\n".join(
+        [
+            "STATUS\tresult\tsuccess",
+            "STATUS\texit_code\t0",
+            "STATUS\tstarted_at\t2026-11-26T03:00:00Z",
+            "STATUS\tset\t20261126_030000",
+            "STATUS\tlock_busy_at\t2026-11-27T03:00:00Z",
+            "STATUS\tlock_busy_reason\tanother backup run, a restore or a deploy holds the lock",
+        ]
+    )
+    lines = format_last_run(parse_inventory(listing))
+    assert lines[0].startswith("last run: SUCCESS at 2026-11-26T03:00:00Z")
+    assert lines[-1] == (
+        "a later run did not start at 2026-11-27T03:00:00Z: "
+        "another backup run, a restore or a deploy holds the lock"
+    )
+    # an older busy record (a real run came after it) is not news
+    older = listing.replace("2026-11-27T03:00:00Z", "2026-11-25T03:00:00Z")
+    assert not [line for line in format_last_run(parse_inventory(older)) if "did not start" in line]
+
+
+def test_hardening_04_a_tracker_left_stopped_is_a_warning_first() -> None:
+    listing = "STATUS\ttracker_stopped_by\tbackup run started 2026-11-27T03:00:00Z (pid 42)"
+    lines = format_last_run(parse_inventory(listing))
+    assert lines[0].startswith(
+        "WARNING: the tracker was stopped by backup run started 2026-11-27T03:00:00Z (pid 42)"
+    )
+    assert "--recover" in lines[0]
+    assert lines[1] == "last run: none recorded yet"

@@ -266,22 +266,40 @@ def format_inventory(inventory: Inventory, now: datetime) -> str:
 
 def format_last_run(inventory: Inventory) -> list[str]:
     run = inventory.last_run
-    if not run:
-        return ["last run: none recorded yet"]
-    result = run.get("result", "?").upper()
-    line = (
-        f"last run: {result} at {run.get('started_at', '?')} "
-        f"(exit {run.get('exit_code', '?')}, {run.get('duration_seconds', '?')} s"
-    )
-    if run.get("downtime_seconds"):
-        line += f", tracker down {run['downtime_seconds']} s"
-    line += ")"
-    lines = [line]
-    if run.get("result") == "failure":
-        lines.append(f"  reason: {run.get('reason') or 'see the log'}")
-        lines += ["  " + entry for entry in inventory.failure_log]
-    elif run.get("set"):
-        lines.append(f"  set: {run['set']}")
+    lines: list[str] = []
+    if run.get("tracker_stopped_by"):
+        # The maintenance script's marker: a run was cut off (SIGKILL, reboot) with
+        # the tracker stopped; the next run or --recover at boot starts it again.
+        lines.append(
+            f"WARNING: the tracker was stopped by {run['tracker_stopped_by']} and not "
+            "started again (the run was killed or the host rebooted); the next run "
+            f"starts it, or now: sudo {paths.MAINTENANCE_SCRIPT} --recover"
+        )
+    if "result" not in run:
+        lines.append("last run: none recorded yet")
+    else:
+        result = run["result"].upper()
+        line = (
+            f"last run: {result} at {run.get('started_at', '?')} "
+            f"(exit {run.get('exit_code', '?')}, {run.get('duration_seconds', '?')} s"
+        )
+        if run.get("downtime_seconds"):
+            line += f", tracker down {run['downtime_seconds']} s"
+        line += ")"
+        lines.append(line)
+        if run.get("result") == "failure":
+            lines.append(f"  reason: {run.get('reason') or 'see the log'}")
+            lines += ["  " + entry for entry in inventory.failure_log]
+        elif run.get("set"):
+            lines.append(f"  set: {run['set']}")
+    # A run that found the lock busy did not run: it never replaces the last
+    # run's result, and is shown only when it came after that run.
+    busy_at = run.get("lock_busy_at", "")
+    if busy_at and busy_at >= run.get("started_at", ""):
+        lines.append(
+            f"a later run did not start at {busy_at}: "
+            f"{run.get('lock_busy_reason') or 'the backup lock was busy'}"
+        )
     return [printable(line) for line in lines]
 
 
@@ -310,7 +328,13 @@ def inventory_json(inventory: Inventory) -> str:
 
 
 def inventory(host: SshHost, *, verify: bool = True) -> Inventory:
-    script = operation_script("inventory", backup_dir=str(paths.BACKUP_DIR), verify=verify)
+    script = operation_script(
+        "inventory",
+        backup_dir=str(paths.BACKUP_DIR),
+        status_dir=str(paths.BACKUP_STATUS_DIR),
+        marker_name=paths.TRACKER_STOPPED_MARKER.name,
+        verify=verify,
+    )
     result = run_script(host, script)
     if not result.ok:
         raise RemoteError(
