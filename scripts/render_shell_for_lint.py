@@ -20,7 +20,12 @@ from tracker_deployer.render import operation_script, render
 
 # Example values: shellcheck looks at the scripts' shape, not at these.
 OPERATIONS = {
-    "inventory": {"backup_dir": "/opt/torrust/storage/backup", "verify": True},
+    "inventory": {
+        "backup_dir": "/opt/torrust/storage/backup",
+        "status_dir": str(paths.BACKUP_STATUS_DIR),
+        "marker_name": paths.TRACKER_STOPPED_MARKER.name,
+        "verify": True,
+    },
     "verify": {
         "deploy_dir": "/opt/torrust",
         "backup_dir": "/opt/torrust/storage/backup",

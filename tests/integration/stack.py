@@ -239,7 +239,7 @@ class PingServer:
         self.pings = pings
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 pings.append(self.path)
                 self.send_response(200)
                 self.end_headers()

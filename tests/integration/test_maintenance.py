@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from tracker_deployer.remote.backups import format_last_run, parse_inventory
+from tracker_deployer.render import operation_script
 
 from tests.helpers import parse, sample_data
 from tests.integration.stack import (
@@ -284,7 +286,9 @@ def test_hardening_04_the_next_run_starts_a_tracker_a_killed_run_left_stopped(
         # the image is fixed; the next scheduled run comes
         require_images(BACKUP_IMAGE)
         compose_file = stack.deploy_dir / "docker-compose.yml"
-        compose_file.write_text(compose_file.read_text().replace(hanging_backup_image(), BACKUP_IMAGE))
+        compose_file.write_text(
+            compose_file.read_text().replace(hanging_backup_image(), BACKUP_IMAGE)
+        )
 
         result = stack.run_maintenance("--quiet")
         assert result.returncode == 70, result.stderr
@@ -308,6 +312,25 @@ def test_hardening_04_recover_at_boot_starts_a_tracker_a_killed_run_left_stopped
         try:
             kill_during_the_snapshot(stack)
             pings.pings.clear()
+            # `inv backups` warns while the marker is there
+            listing = subprocess.run(
+                [
+                    "bash",
+                    "-c",
+                    operation_script(
+                        "inventory",
+                        backup_dir=str(stack.backups),
+                        status_dir=str(stack.status_dir),
+                        marker_name=stack.marker.name,
+                        verify=False,
+                    ),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            [warning, *_] = format_last_run(parse_inventory(listing))
+            assert warning.startswith("WARNING: the tracker was stopped by backup run started")
 
             result = stack.run_maintenance("--recover", "--quiet")
             assert result.returncode == 70, result.stderr
@@ -364,8 +387,11 @@ def test_hardening_09_root_never_writes_through_links_uid_1000_plants(
     def as_uid_1000(script: str, mounts: dict[Path, str]) -> subprocess.CompletedProcess[str]:
         volumes = [arg for host, inside in mounts.items() for arg in ("-v", f"{host}:{inside}")]
         return subprocess.run(
-            ["docker", "run", "--rm", "--user", "1000:1000", *volumes, "debian:bookworm-slim"]
-            + ["sh", "-c", script],
+            [
+                *("docker", "run", "--rm", "--user", "1000:1000"),
+                *volumes,
+                *("debian:bookworm-slim", "sh", "-c", script),
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -418,8 +444,8 @@ def test_hardening_10_a_hung_snapshot_is_killed_at_the_downtime_limit(tmp_path: 
             assert "tracker" in stack.running_services()
             status = stack.status()
             assert status["result"] == "failure"
-            assert "downtime limit of 5 s (backup.max_downtime_seconds) expired" in (
-                status["reason"]
+            assert (
+                "downtime limit of 5 s (backup.max_downtime_seconds) expired" in (status["reason"])
             )
             assert int(status["downtime_seconds"]) < 40
             assert pings.pings == ["/ping/start", "/ping/fail"]

@@ -207,9 +207,7 @@ def test_hardening_09_status_lives_in_a_root_owned_directory_outside_the_backup_
     assert not str(status.path).startswith(str(paths.BACKUP_DIR))
     script = tree.text("/usr/local/bin/maintenance-backup.sh")
     assert "readonly STATUS_DIR='/opt/torrust/backup-status'\n" in script
-    assert (
-        "readonly MARKER_FILE='/opt/torrust/backup-status/tracker-stopped-by-backup'\n" in script
-    )
+    assert "readonly MARKER_FILE='/opt/torrust/backup-status/tracker-stopped-by-backup'\n" in script
 
 
 def test_hardening_10_max_downtime_reaches_the_maintenance_script(
