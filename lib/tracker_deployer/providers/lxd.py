@@ -23,6 +23,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from tracker_deployer import paths, state
 from tracker_deployer.config.model import Env, LxdProvider
@@ -204,7 +205,7 @@ class Lxd:
             if result.returncode != 0:
                 raise DeployError(f"lxc start {self.name} failed: {_text(result)}")
         try:
-            record = self._first_boot(public.read_text(encoding="utf-8").strip(), say)
+            record = self._first_boot(public, say)
         except BaseException:
             if launched:  # nothing half-created: the instance goes with the failure
                 say(f"  removing {self.name} again (provisioning failed)")
@@ -305,10 +306,11 @@ class Lxd:
             )
         return fields["image"]
 
-    def _first_boot(self, public_key: str, say: Say) -> state.HostRecord:
+    def _first_boot(self, public_key: Path, say: Say) -> state.HostRecord:
         address = self._wait_for_boot()
+        key_line = public_key.read_text(encoding="utf-8").strip()
         result = self.exec(
-            FIRST_BOOT, self.env.ssh.username, public_key, str(self.env.ssh.port), timeout=300
+            FIRST_BOOT, self.env.ssh.username, key_line, str(self.env.ssh.port), timeout=300
         )
         if result.returncode != 0:
             raise DeployError(
@@ -316,8 +318,7 @@ class Lxd:
                 f"look inside: lxc exec {self.name} -- bash",
             )
         say(
-            f"  first boot: user {self.env.ssh.username} authorized with "
-            f"{self.env.ssh.public_key_path}"
+            f"  first boot: user {self.env.ssh.username} authorized with {public_key}"
             + (", passwordless sudo" if self.env.ssh.username != "root" else "")
         )
         keys = self.host_keys()
