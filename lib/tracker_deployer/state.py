@@ -196,6 +196,21 @@ def write_known_hosts(
     return path
 
 
+def merge_known_hosts(path: Path, host: str, port: int, keys: list[str]) -> Path:
+    """Replace host:port's lines in a known_hosts file the user named; keep the rest."""
+    where = host if port == 22 else f"[{host}]:{port}"
+    try:
+        kept = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+            if where not in line.split(" ", 1)[0].split(",")
+        ]
+    except FileNotFoundError:
+        kept = []
+    _write_private(path, "".join(kept) + known_hosts_text(host, port, keys), 0o600)
+    return path
+
+
 def known_hosts_text(host: str, port: int, keys: list[str]) -> str:
     """known_hosts lines for ``keys`` (each ``TYPE BASE64``) of host:port."""
     where = host if port == 22 else f"[{host}]:{port}"

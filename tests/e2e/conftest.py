@@ -17,12 +17,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tracker_deployer import state
+from tracker_deployer import image, state
 from tracker_deployer.config.model import DEFAULT_IMAGES
 
 from tests.e2e.remote_host import (
@@ -31,6 +32,7 @@ from tests.e2e.remote_host import (
     TARGET_NAME,
     Address,
     RemoteHost,
+    env_argument,
     inv,
     lxc_exec,
     shown,
@@ -69,6 +71,9 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     if config.getoption("--images") != OFFICIAL:
         return
+    # The e2e envs without their stand-ins (the backup image stays the one built
+    # here); every test reaches them through env_argument().
+    env_argument.use_official(Path(tempfile.mkdtemp(prefix="e2e-official-")), image.default_tag())
     missing = official_images_missing()
     if missing and os.environ.get("GITHUB_ACTIONS") != "true":
         # No network probe (test traffic stays on this machine): this project's

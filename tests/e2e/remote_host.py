@@ -5,6 +5,7 @@ the deployer's Fabric code, and looked into with `lxc exec`.
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tracker_deployer import image, paths
 from tracker_deployer.remote.deploy import parse_compose_ps
@@ -35,6 +37,42 @@ LOCK_FILE = str(paths.BACKUP_LOCK)
 COMPOSE = f"docker compose --project-directory {DEPLOY_DIR} -f {paths.COMPOSE_FILE}"
 
 Say = Callable[[str], None]
+
+
+class _EnvArgument:
+    """What `--env` gets for an e2e environment: its name, or (``--images official``)
+    a copy of its file whose images are the official ones."""
+
+    def __init__(self) -> None:
+        self.directory: Path | None = None
+        self.backup_image = ""
+
+    def use_official(self, directory: Path, backup_image: str) -> None:
+        self.directory = directory
+        self.backup_image = backup_image
+
+    @property
+    def official(self) -> bool:
+        return self.directory is not None
+
+    def data(self, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(
+            (REPO_ROOT / "envs" / f"{name}.json").read_text(encoding="utf-8")
+        )
+        if self.directory is not None:
+            data["images"] = {"backup": self.backup_image}
+        return data
+
+    def __call__(self, name: str) -> str:
+        if self.directory is None:
+            return name
+        data = self.data(name)
+        copy = self.directory / f"{name}.json"
+        copy.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        return str(copy)
+
+
+env_argument = _EnvArgument()
 
 
 def inv_command() -> list[str]:

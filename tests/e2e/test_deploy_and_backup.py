@@ -37,6 +37,7 @@ from tests.e2e.remote_host import (
     STATUS_FILE,
     RemoteHost,
     docker_time,
+    env_argument,
     host_keys,
     inv,
     shown,
@@ -105,7 +106,7 @@ def deployment(
     label = f"{target.kind}/{name}"
     work = tmp_path_factory.mktemp(name)
     env_file = ENVS_DIR / f"{name}.json"
-    env_arg = name
+    env_arg = env_argument(name)
     deployment = Deployment(
         database=request.param,
         env=load_env(env_file),
@@ -243,6 +244,9 @@ def test_second_deploy_changes_nothing_and_restarts_nothing(
         assert counts[scope]["fixed"] == 0, second.stdout
         assert counts[scope]["removed"] == 0, second.stdout
     assert counts["install-cron"]["unchanged"] == 3
+    # configure (phase 2) found the host as wanted: every step unchanged.
+    assert "  unchanged firewall (nftables)" in second.stdout, second.stdout
+    assert "  changed   " not in second.stdout, second.stdout
     after = host.containers()
     assert after == before, f"containers changed:\nbefore {before}\nafter  {after}"
     for line in second.stdout.splitlines():
@@ -294,6 +298,9 @@ def test_on_demand_backup_stops_the_tracker_only_for_the_snapshot(
 # --------------------------------------------------------------------------- restore
 
 
+@pytest.mark.skipif(
+    env_argument.official, reason="checks the stand-in's invariant (--images official)"
+)
 def test_backup_restores_to_a_consistent_snapshot_of_the_live_database(
     deployment: Deployment, say: Say, tmp_path: Path
 ) -> None:

@@ -17,8 +17,14 @@ from pathlib import Path
 import pytest
 from tracker_deployer import state
 
-from tests.e2e.remote_host import PROVISIONED_ENV, TARGET_NAME, RemoteHost, inv, shown
-from tests.helpers import ENVS_DIR
+from tests.e2e.remote_host import (
+    PROVISIONED_ENV,
+    TARGET_NAME,
+    RemoteHost,
+    env_argument,
+    inv,
+    shown,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +42,7 @@ def _answers_tcp(host: str, port: int) -> bool:
 
 
 def _env_copy(tmp_path: Path, **changes: object) -> Path:
-    data = json.loads((ENVS_DIR / f"{PROVISIONED_ENV}.json").read_text(encoding="utf-8"))
+    data = env_argument.data(PROVISIONED_ENV)
     for dotted, value in changes.items():
         *parents, last = dotted.split("__")
         node = data
@@ -51,18 +57,18 @@ def _env_copy(tmp_path: Path, **changes: object) -> Path:
 def test_deploy_by_the_recorded_host_then_nothing_changes(target: RemoteHost, say: Say) -> None:
     # No --host, no --known-hosts, no --accept-new-host-key: all of it is state.
     say(f"inv deploy --env {PROVISIONED_ENV} (host and host keys from the state directory)")
-    first = inv("deploy", "--env", PROVISIONED_ENV)
+    first = inv("deploy", "--env", env_argument(PROVISIONED_ENV))
     assert first.returncode == 0, shown(first)
     for phase in ("provision", "configure", "push", "compose up", "install-cron", "health"):
         assert f"] {phase}\n" in first.stdout, first.stdout
         assert f"      {phase}: " in first.stdout  # its time
     assert "skipped: the host is known" in first.stdout
     say("inv configure, then inv deploy again: nothing may change")
-    configured = inv("configure", "--env", PROVISIONED_ENV)
+    configured = inv("configure", "--env", env_argument(PROVISIONED_ENV))
     assert configured.returncode == 0, shown(configured)
     assert "configure: 0 changed, 6 unchanged" in configured.stdout, configured.stdout
     assert "  changed" not in configured.stdout
-    second = inv("deploy", "--env", PROVISIONED_ENV)
+    second = inv("deploy", "--env", env_argument(PROVISIONED_ENV))
     assert second.returncode == 0, shown(second)
     assert "nothing changed" in second.stdout, second.stdout
     say(f"  second deploy: {second.stdout.strip().splitlines()[-3:]}")
@@ -100,7 +106,7 @@ def test_an_image_that_cannot_be_pulled_is_one_clear_line(
     assert "      configure: " in result.stdout
     assert "      push: " in result.stdout
     say(f"  {error[0][:160]}")
-    restored = inv("deploy", "--env", PROVISIONED_ENV)
+    restored = inv("deploy", "--env", env_argument(PROVISIONED_ENV))
     assert restored.returncode == 0, shown(restored)
 
 

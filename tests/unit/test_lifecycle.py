@@ -346,3 +346,23 @@ def test_deploy_dry_run_lists_the_phases_and_creates_nothing(tmp_path: Path) -> 
     assert "no connection is opened" in result.stdout
     assert "torrust/tracker" in result.stdout  # the images the host will need
     assert not (tmp_path / "state").exists()  # no key, no record
+
+
+def test_merging_host_keys_into_a_users_known_hosts_keeps_other_hosts(tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        "10.0.0.5 ssh-ed25519 OLD\nother.example ssh-ed25519 KEEP\n[10.0.0.5]:2222 ssh-rsa KEEP2\n"
+    )
+    state.merge_known_hosts(known, "10.0.0.5", 22, ["ssh-ed25519 NEW"])
+    assert known.read_text() == (
+        "other.example ssh-ed25519 KEEP\n[10.0.0.5]:2222 ssh-rsa KEEP2\n10.0.0.5 ssh-ed25519 NEW\n"
+    )
+    assert stat.S_IMODE(known.stat().st_mode) == 0o600
+
+
+def test_sandbox_tasks_are_the_lifecycle_tasks_of_the_sandbox_env(tmp_path: Path) -> None:
+    result = _inv(tmp_path, "sandbox.status")
+    assert result.returncode == 1
+    assert "environment: sandbox-sqlite" in result.stdout
+    assert "provider:    lxd (instance tracker-sandbox)" in result.stdout
+    assert "inv provision --env sandbox-sqlite" in result.stdout

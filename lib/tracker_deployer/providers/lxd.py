@@ -323,7 +323,12 @@ class Lxd:
         )
         keys = self.host_keys()
         port = self.env.ssh.port
-        known_hosts = state.write_known_hosts(self.env.name, address, port, keys)
+        if self.env.ssh.known_hosts_path:  # the user's own file: only this host's lines
+            known_hosts = state.merge_known_hosts(
+                state.resolve(self.env.ssh.known_hosts_path), address, port, keys
+            )
+        else:
+            known_hosts = state.write_known_hosts(self.env.name, address, port, keys)
         say(f"  host keys read through LXD into {known_hosts}")
         _wait_for_ssh(address, port)
         record = state.HostRecord("lxd", address, port, self.name)

@@ -266,9 +266,12 @@ def plan(env: Env, host_os: HostOs) -> tuple[HostStep, ...]:
     # Ubuntu 24.04: docker-compose-v2 is in the package list, so `install` brings it.
     compose_apply = _compose_from_trixie() if host_os.key == "debian 12" else install
     restart_docker = f"if {SYSTEMD}; then systemctl restart docker; fi"
+    # With systemd: Docker running, both enabled (an operator's `systemctl stop cron`
+    # is theirs to undo; cron starts again at boot). Without: both running.
     services_ok = (
-        "docker info >/dev/null 2>&1 && pgrep -x cron >/dev/null "
-        f"&& {{ ! {SYSTEMD} || systemctl is-enabled --quiet docker cron; }}"
+        "docker info >/dev/null 2>&1 && "
+        f"if {SYSTEMD}; then systemctl is-enabled --quiet docker cron; "
+        "else pgrep -x cron >/dev/null; fi"
     )
     services_apply = (
         f"if {SYSTEMD}; then systemctl enable --now docker cron; else "
@@ -306,7 +309,7 @@ def plan(env: Env, host_os: HostOs) -> tuple[HostStep, ...]:
             _has_content(DAEMON_JSON, daemon_json()),
             f"{_write(DAEMON_JSON, daemon_json())}; {restart_docker}",
         ),
-        HostStep("services: docker and cron enabled and running", services_ok, services_apply),
+        HostStep("services: docker running, docker and cron enabled", services_ok, services_apply),
         HostStep(
             f"unattended security upgrades ({AUTO_UPGRADES})",
             _has_content(AUTO_UPGRADES, auto_upgrades()),
