@@ -113,6 +113,7 @@ def test_an_image_that_cannot_be_pulled_is_one_clear_line(
 def test_status_reports_provider_host_services_and_last_backup(target: RemoteHost) -> None:
     taken = inv("backup", "--env", PROVISIONED_ENV)
     assert taken.returncode == 0, shown(taken)
+    target.wait_healthy("tracker", 120)  # the backup restarted it
     result = inv("status", "--env", PROVISIONED_ENV, "--json")
     assert result.returncode == 0, shown(result)
     report = json.loads(result.stdout)
