@@ -363,7 +363,10 @@ def status(env: Env) -> dict[str, Any]:
     report["recorded_in"] = str(state.record_path(env.name)) if record else None
     try:
         with SshHost(found) as connection:
-            report["services"] = remote.service_health(connection)
+            deployed = connection.run(f"test -f {shlex.quote(str(paths.COMPOSE_FILE))}").ok
+            report["deployed"] = deployed
+            if deployed:
+                report["services"] = remote.service_health(connection)
             if env.backup is not None:
                 inventory = operations.inventory(connection, verify=False)
                 report["last_backup_run"] = inventory.last_run or None
@@ -387,8 +390,10 @@ def format_status(report: dict[str, Any]) -> str:
             lines.append(
                 f"  {row['service']:12} {row['state']:10} health={row['health']:10} {row['status']}"
             )
+    elif report["host"] and report.get("deployed") is False:
+        lines.append(f"services:    none (no {paths.COMPOSE_FILE}: not deployed)")
     elif report["host"]:
-        lines.append("services:    none (not deployed?)")
+        lines.append("services:    none")
     run = report.get("last_backup_run")
     if run:
         lines.append(
