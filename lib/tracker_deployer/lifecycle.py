@@ -283,8 +283,15 @@ def _sets_through_lxd(env: Env) -> operations.Inventory | None:
 
     lxd = Lxd(env)
     instance = lxd.instance()
-    if instance is None or not lxd.is_ours(instance) or instance.get("status") != "Running":
-        return None
+    if instance is None or not lxd.is_ours(instance):
+        return None  # nothing of ours to lose (destroy refuses a foreign instance)
+    if instance.get("status") != "Running":
+        raise DeployError(
+            f"instance {lxd.name} is {str(instance.get('status', 'not running')).lower()}: "
+            "its backup sets cannot be checked",
+            f"start it (`lxc start {lxd.name}`) and run destroy again, or pass "
+            "--delete-backups to delete it with whatever sets it holds",
+        )
     script = operation_script("inventory", backup_dir=str(paths.BACKUP_DIR), verify=False)
     result = lxd.exec(script)
     if result.returncode != 0:
@@ -320,9 +327,8 @@ rm -rf -- {paths.DEPLOY_DIR}
 def destroy(env: Env, delete_backups: bool, say: Say) -> None:
     provider = providers.for_env(env)
     if isinstance(env.provider, LxdProvider):
-        inventory = _sets_through_lxd(env)
         if not delete_backups:
-            refuse_with_sets(env, inventory)
+            refuse_with_sets(env, _sets_through_lxd(env))
         provider.destroy(say)
         return
     found = target(env, make_key=False)

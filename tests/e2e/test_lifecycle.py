@@ -158,6 +158,14 @@ def test_destroy_refuses_while_sets_exist_then_removes_the_instance(
     target: RemoteHost, say: Say
 ) -> None:
     assert target.complete_sets(), "the status test took a backup"
+    # A stopped instance's sets cannot be checked: refused too, nothing deleted.
+    subprocess.run(["lxc", "stop", TARGET_NAME], check=True, timeout=120)
+    try:
+        stopped = inv("destroy", "--env", PROVISIONED_ENV)
+        assert stopped.returncode == 1, shown(stopped)
+        assert "its backup sets cannot be checked" in stopped.stderr
+    finally:
+        subprocess.run(["lxc", "start", TARGET_NAME], check=True, timeout=120)
     refused = inv("destroy", "--env", PROVISIONED_ENV)
     assert refused.returncode == 1, shown(refused)
     assert "refusing to destroy" in refused.stderr
