@@ -178,7 +178,7 @@ def dry_run_phases(env: Env, tree: RenderedTree, connect_to: Target | None) -> s
     pushed = remote.dry_run(tree, env, connect_to, [Scope.PUSH]).splitlines()[1:]
     lines.append("[3/6] push:")
     lines += ["  " + line for line in pushed if not line.startswith("then:")]
-    images = ", ".join(sorted({s.image for s in derive(env).services}))
+    images = ", ".join(stack_images(env))
     lines.append("[4/6] compose up:")
     lines.append(f"  images the host needs (lxd: loaded from this machine if present): {images}")
     lines += ["  " + line for line in pushed if line.startswith("then:")]
@@ -189,10 +189,15 @@ def dry_run_phases(env: Env, tree: RenderedTree, connect_to: Target | None) -> s
     return "\n".join(lines)
 
 
+def stack_images(env: Env) -> list[str]:
+    """Every image of the stack, once each, in service order (the tracker first)."""
+    return list(dict.fromkeys(service.image for service in derive(env).services))
+
+
 def ensure_images(host: SshHost, env: Env, say: Say) -> None:
     """Every image of the stack on the host, pulled where missing; a pull failure
     is one line naming the image."""
-    images = sorted({service.image for service in derive(env).services})
+    images = stack_images(env)
     for image in images:
         quoted = shlex.quote(image)
         if host.run(f"docker image inspect {quoted} >/dev/null 2>&1").ok:
@@ -212,7 +217,7 @@ def sideload(env: Env, say: Say) -> None:
     if isinstance(env.provider, LxdProvider):
         from tracker_deployer.providers.lxd import Lxd
 
-        Lxd(env).sideload(sorted({service.image for service in derive(env).services}), say)
+        Lxd(env).sideload(stack_images(env), say)
 
 
 @dataclass(frozen=True, slots=True)

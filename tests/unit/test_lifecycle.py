@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tracker_deployer import state
+from tracker_deployer import lifecycle, state
 from tracker_deployer.errors import DeployError
 from tracker_deployer.remote import configure
 
@@ -366,3 +366,11 @@ def test_sandbox_tasks_are_the_lifecycle_tasks_of_the_sandbox_env(tmp_path: Path
     assert "environment: sandbox-sqlite" in result.stdout
     assert "provider:    lxd (instance tracker-sandbox)" in result.stdout
     assert "inv provision --env sandbox-sqlite" in result.stdout
+
+
+def test_stack_images_name_the_tracker_first_and_each_image_once() -> None:
+    env = parse(sample_data("manual-test-mysql"))
+    images = lifecycle.stack_images(env)
+    assert images[0] == "torrust/tracker:v3.0.0"
+    assert "mysql:8.4" in images
+    assert len(images) == len(set(images))
