@@ -93,11 +93,11 @@ def bats(session: nox.Session) -> None:
 
 @nox.session
 def e2e(session: nox.Session) -> None:
-    """End to end: deploy to a real target host and check cron-fired backups and restore.
+    """End to end: provision a bare LXD host, deploy, check backups, restore, destroy.
 
-    `nox -s e2e` uses an LXD target host; `nox -s e2e -- --target container` a
-    container one (no LXD needed). Builds the images it needs first (both steps
-    skip work that is already done).
+    `nox -s e2e -- --images official` runs it with the official images (only
+    where a registry is reachable; elsewhere it stops at once and says so).
+    Builds the test-double and backup images first (skipping work already done).
     """
     _install(session, "test")
     session.run("bash", "scripts/e2e-setup.sh", external=True)

@@ -18,24 +18,27 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
-from tracker_deployer import image, paths, sandbox
+from tracker_deployer import image, lifecycle, paths, sandbox, state
 from tracker_deployer import publish as publishing
 from tracker_deployer.config import Env, env_path, load_env
 from tracker_deployer.config.template import starter_config_text
 from tracker_deployer.describe import describe_env
 from tracker_deployer.errors import ConfigError, DeployError, RemoteError
 from tracker_deployer.remote import backups as operations
+from tracker_deployer.remote import configure as host_setup
 from tracker_deployer.remote import deploy as remote
-from tracker_deployer.remote.deploy import target_for
 from tracker_deployer.remote.plan import Scope
 from tracker_deployer.remote.ssh import SshHost, Target
 from tracker_deployer.render import RenderedTree, write_tree
 from tracker_deployer.render import render as render_tree
 
 ENV_HELP = "environment: NAME for envs/NAME.json, or a path to a config file"
-HOST_HELP = "target host (overrides ssh_credentials.host)"
+HOST_HELP = "target host (overrides the recorded host and ssh_credentials.host)"
 DRY_RUN_HELP = "print the plan (secrets masked) and change nothing; opens no connection"
-KNOWN_HOSTS_HELP = "known_hosts file to check the host key against (default ~/.ssh/known_hosts)"
+KNOWN_HOSTS_HELP = (
+    "known_hosts file to check the host key against (default: ssh_credentials.known_hosts_path, "
+    "else the host's file in the state directory)"
+)
 ACCEPT_HELP = "accept and record the host key if this host was never seen (first contact only)"
 REMOTE_HELP = {
     "env": ENV_HELP,
@@ -95,11 +98,9 @@ def _render_for_remote(parsed: Env) -> RenderedTree:
 
 
 def _target(parsed: Env, host: str, known_hosts: str, accept: bool, dry_run: bool) -> Target | None:
-    if dry_run and not (host or parsed.ssh.host):
-        return None
-    return target_for(
-        parsed, host or None, known_hosts=known_hosts or None, accept_new_host_key=accept
-    )
+    if dry_run:
+        return lifecycle.target(parsed, host, known_hosts, accept, make_key=False)
+    return lifecycle.require_target(parsed, host, known_hosts, accept)
 
 
 CONNECT_HELP = {
@@ -240,15 +241,25 @@ def deploy(
     known_hosts: str = "",
     accept_new_host_key: bool = False,
 ) -> None:
-    """Validate, render, check the host, push, compose up, install cron, report health."""
+    """Provision (lxd, first time) → configure → push → compose up → install-cron → health."""
     with _errors():
-        scopes = [Scope.PUSH, Scope.CRON]
-        job = _plan_or_prepare(env, host, dry_run, known_hosts, accept_new_host_key, scopes)
-        if not job:
+        parsed = _load(env)
+        tree = _render_for_remote(parsed)
+        if dry_run:
+            where = lifecycle.target(parsed, host, known_hosts, make_key=False)
+            print(lifecycle.dry_run_phases(parsed, tree, where))
             return
-        with SshHost(job.target) as connection:
-            result = remote.deploy(connection, job.tree, _say)
-        print(f"deployed {job.env.name} to {job.target}")
+        result = lifecycle.deploy(
+            parsed,
+            tree,
+            _say,
+            host=host,
+            known_hosts=known_hosts,
+            accept_new_host_key=accept_new_host_key,
+        )
+        print(f"deployed {parsed.name} to {result.target}")
+        if result.changed_nothing:
+            print("  nothing changed (host, files, cron and services were already as wanted)")
         for row in result.services:
             print(
                 f"  {row['service']:12} {row['state']:10} health={row['health']:10} {row['status']}"
@@ -263,6 +274,102 @@ def deploy(
                 f"services not healthy after deploy: {', '.join(unhealthy)}",
                 "on the host: cd /opt/torrust && docker compose logs --tail 50 SERVICE",
             )
+        if parsed.images.tracker == sandbox.STANDIN_IMAGE:
+            print(sandbox.STANDIN_NOTICE.format(image=parsed.images.tracker))
+
+
+@task(help={"env": ENV_HELP})
+def provision(c: Context, env: str = "") -> None:
+    """Create the environment's host (lxd: an LXD instance) and record where it is."""
+    with _errors():
+        parsed = _load(env)
+        print(f"provision {parsed.name} ({parsed.provider.kind})")
+        record = lifecycle.provision(parsed, _say)
+        print(f"host of {parsed.name}: {parsed.ssh.username}@{record.host}:{record.port}")
+        print(f"next: inv configure --env {parsed.name} (or inv deploy --env {parsed.name})")
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "host": "address of the host you prepared (IP or DNS name)",
+        "port": "its SSH port (default: ssh_credentials.port)",
+    }
+)
+def register(c: Context, env: str = "", host: str = "", port: int = 0) -> None:
+    """Record a host you prepared yourself (providers existing and hetzner)."""
+    with _errors():
+        parsed = _load(env)
+        if not host:
+            raise DeployError("no host given", "pass --host ADDRESS [--port N]")
+        lifecycle.register(parsed, host, port or parsed.ssh.port, _say)
+        known = state.known_hosts_path(parsed.name)
+        print(
+            f"first contact: check the host's key fingerprint, then run e.g. "
+            f"`inv configure --env {parsed.name} --accept-new-host-key` once (it records the "
+            f"key in {known})"
+        )
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "host": HOST_HELP,
+        "dry_run": "list the steps and change nothing; opens no connection",
+        "known_hosts": KNOWN_HOSTS_HELP,
+        "accept_new_host_key": ACCEPT_HELP,
+    }
+)
+def configure(
+    c: Context,
+    env: str = "",
+    host: str = "",
+    dry_run: bool = False,
+    known_hosts: str = "",
+    accept_new_host_key: bool = False,
+) -> None:
+    """Install Docker, Compose v2, cron, log rotation, upgrades, firewall (idempotent)."""
+    with _errors():
+        parsed = _load(env)
+        if dry_run:
+            print(f"dry run of configure for {parsed.name}: nothing is changed")
+            print("\n".join(host_setup.describe(parsed)))
+            return
+        with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+            print(f"configure {parsed.name} on {connection.target}")
+            done = host_setup.apply(connection, parsed, _say)
+        print(f"configure: {len(done.changed)} changed, {len(done.unchanged)} unchanged")
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "delete_backups": "also destroy the backup sets on the host (else destroy refuses)",
+    }
+)
+def destroy(c: Context, env: str = "", delete_backups: bool = False) -> None:
+    """Remove the host (lxd) or the stack and the deployer's files (existing)."""
+    with _errors():
+        parsed = _load(env)
+        print(f"destroy {parsed.name} ({parsed.provider.kind})")
+        lifecycle.destroy(parsed, delete_backups, _say)
+        print(f"destroyed {parsed.name}")
+
+
+@task(help={"env": ENV_HELP, "json": "print JSON for scripts instead of text"})
+def status(c: Context, env: str = "", json: bool = False) -> None:
+    """Provider, host, each service with its health, and the last backup run."""
+    with _errors():
+        parsed = _load(env)
+        report = lifecycle.status(parsed)
+        if json:
+            import json as json_module
+
+            print(json_module.dumps(report, indent=2, sort_keys=True))
+        else:
+            print(lifecycle.format_status(report))
+        if report.get("error"):
+            raise Exit(code=1)
 
 
 @task(help=CONNECT_HELP)
@@ -497,54 +604,26 @@ def fetch_backup(
         )
 
 
-SANDBOX_TARGET_HELP = (
-    "lxd, container or auto (default): LXD when it works here or can be installed, "
-    "else a container with sshd + cron using this machine's Docker daemon"
-)
-SANDBOX_ENV_HELP = (
-    f"the sandbox environment (default {sandbox.DEFAULT_ENV}); its ssh_credentials say where "
-    "the sandbox listens and which key and known_hosts file it uses"
-)
+SANDBOX_ENV_HELP = f"the sandbox environment (default {sandbox.DEFAULT_ENV})"
 
 
-@task(name="up", help={"target": SANDBOX_TARGET_HELP, "env": SANDBOX_ENV_HELP})
-def sandbox_up(c: Context, target: str = sandbox.AUTO, env: str = sandbox.DEFAULT_ENV) -> None:
-    """Create a local target host for the sandbox environment (an LXD instance or a container)."""
-    with _errors():
-        parsed = _load(env)
-        made = sandbox.up(parsed, target, _say)
-        print(f"sandbox up: {made.kind} target {made.name}, SSH as root on {made.host}:{made.port}")
-        print(f"  key:         {parsed.ssh.private_key_path}")
-        print(f"  known_hosts: {parsed.ssh.known_hosts_path} (the target's host keys)")
-        if parsed.images.tracker == sandbox.STANDIN_IMAGE:
-            print(sandbox.STANDIN_NOTICE.format(image=parsed.images.tracker))
-        print(f"next: inv deploy --env {parsed.name} && inv backup --env {parsed.name}")
-        print("remove it with: inv sandbox.down")
+@task(name="up", help={"env": SANDBOX_ENV_HELP})
+def sandbox_up(c: Context, env: str = sandbox.DEFAULT_ENV) -> None:
+    """Same as `inv deploy --env sandbox-sqlite`: provision an LXD host, configure, deploy."""
+    deploy(c, env=env)
+    print(f"next: inv backup --env {env} && inv backups --env {env}; remove: inv sandbox.down")
 
 
-@task(
-    name="down",
-    help={"target": "lxd or container (default: the one sandbox.up made)", "env": SANDBOX_ENV_HELP},
-)
-def sandbox_down(c: Context, target: str = sandbox.AUTO, env: str = sandbox.DEFAULT_ENV) -> None:
-    """Remove the local sandbox target host with its stack and backups."""
-    with _errors():
-        sandbox.down(_load(env), target, _say)
+@task(name="down", help={"env": SANDBOX_ENV_HELP})
+def sandbox_down(c: Context, env: str = sandbox.DEFAULT_ENV) -> None:
+    """Same as `inv destroy --env sandbox-sqlite --delete-backups`: remove the sandbox host."""
+    destroy(c, env=env, delete_backups=True)
 
 
 @task(name="status", help={"env": SANDBOX_ENV_HELP})
 def sandbox_status(c: Context, env: str = sandbox.DEFAULT_ENV) -> None:
-    """Show whether the sandbox target host runs and how to reach it (exit 1 when it does not)."""
-    with _errors():
-        parsed = _load(env)
-        record, address = sandbox.status(parsed)
-        if record is None or address is None:
-            raise DeployError("no sandbox is running", "create one: inv sandbox.up")
-        print(
-            f"sandbox: {record.kind} target {record.name} running; SSH as root on "
-            f"{record.host}:{record.port} (target address {address.host}:{address.port})"
-        )
-        print(f"  deploy to it: inv deploy --env {parsed.name}")
+    """Same as `inv status --env sandbox-sqlite`."""
+    status(c, env=env)
 
 
 sandbox_tasks = Collection("sandbox", sandbox_up, sandbox_down, sandbox_status)
@@ -556,7 +635,12 @@ ns = Collection(
     create_template,
     push,
     install_cron,
+    provision,
+    register,
+    configure,
     deploy,
+    destroy,
+    status,
     backup,
     backups,
     verify,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Build the end-to-end test images from tests/e2e/images/ (idempotent).
+# Build the test-double images from test-doubles/images/ (idempotent): the
+# tracker stand-in and MariaDB that the sandbox and e2e environments run.
 #
 # Usage: scripts/e2e-setup.sh [--force] [NAME...]
-#   NAME     mariadb | tracker-standin | target-host   (default: all three)
+#   NAME     mariadb | tracker-standin   (default: both)
 #   --force  rebuild even when the image is up to date
 #
 # Each image is tagged tracker-deployer-test/NAME:e2e and labelled with a hash
@@ -30,9 +31,6 @@ stage_context() {
   local name="$1" stage="$2"
   cp -a "${E2E_IMAGES_DIR}/${name}/." "${stage}/"
   find "${stage}" \( -name __pycache__ -o -name '*.pyc' \) -prune -exec rm -rf {} +
-  if [[ "${name}" == "target-host" ]]; then
-    cp "$(e2e_compose_deb)" "${stage}/docker-compose.deb"
-  fi
 }
 
 # Hash of a staged context: every file's path, mode and content, and the base

@@ -13,6 +13,8 @@
 # - debian:bookworm-slim imported from debootstrap when no registry has it
 # - bats + bats-assert + bats-support, shellcheck, cron, sshd, pigz, sqlite3,
 #   mariadb client/server for the backup tests
+# - LXD (the lxd provider: `inv provision`, the sandbox, e2e) and nftables
+#   (`nft -c` checks the host firewall `inv configure` writes)
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,6 +46,7 @@ install_packages() {
     openssh-server openssh-client cron sudo logrotate util-linux
     sqlite3 pigz gzip tar jq curl time
     mariadb-client mariadb-server
+    lxd lxd-client dnsmasq-base nftables
   )
   local -a missing=()
   local package
@@ -171,8 +174,8 @@ setup_venv() {
   printf '%s\n' "${want}" >"${stamp}"
 }
 
-# The images the tests and the sandbox run: the e2e test images (MariaDB, the
-# tracker stand-in, the target host) and the backup image (its bats stage runs
+# The images the tests and the sandbox run: the test doubles (MariaDB, the
+# tracker stand-in, from test-doubles/images) and the backup image (its bats stage runs
 # during the build). Both steps skip work that is already done.
 build_images() {
   bash "${REPO_ROOT}/scripts/e2e-setup.sh" >/dev/null

@@ -1,10 +1,15 @@
-"""End-to-end tier: the real CLI against a real target host (`nox -s e2e`).
+"""End-to-end tier: the real CLI against a real host (`nox -s e2e`).
 
-`--target lxd` (default) makes the host an LXD system container with its own
-dockerd; `--target container` a container with sshd + cron that drives this
-machine's dockerd (for machines without LXD). Both come from scripts/ (see
-tests/e2e/README.md). Progress lines start with `E2E:` and are printed even
-when the tests pass, so a CI log shows what was checked.
+The target host is an LXD instance that starts bare (no Docker, no cron) and
+is made by `inv provision` through the lxd provider, as a user would make
+theirs. The first `inv deploy` configures it. Every `inv` the tests run uses a
+state directory of their own (XDG_STATE_HOME), so the user's is never touched.
+Progress lines start with `E2E:` and are printed even when the tests pass, so a
+CI log shows what was checked.
+
+`--images official` runs the tests with the official images (torrust/tracker,
+mysql:8.4, ...): only where an image registry is reachable. Here none is, so it
+stops at once with one line saying why.
 """
 
 from __future__ import annotations
@@ -12,45 +17,73 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tracker_deployer.sandbox import (
-    CONTAINER,
-    KINDS,
-    LXD,
-    ensure_key_pair,
-    host_keys,
-    known_hosts_text,
-    missing_images,
-    start_target,
-    stop_target,
-)
+from tracker_deployer import image, state
+from tracker_deployer.config.model import DEFAULT_IMAGES
 
 from tests.e2e.remote_host import (
-    BACKUP_IMAGE,
-    DEPLOY_DIR,
-    KEY,
-    MARIADB_IMAGE,
-    STANDIN_IMAGE,
-    TARGET_HOST_IMAGE,
+    IMAGES,
+    PROVISIONED_ENV,
     TARGET_NAME,
+    Address,
     RemoteHost,
+    env_argument,
+    inv,
+    lxc_exec,
+    shown,
 )
 
 Say = Callable[[str], None]
 
+OFFICIAL = "official"
+STANDIN = "standin"
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--target",
-        choices=KINDS,
-        default=LXD,
-        help="e2e target host: lxd (an LXD instance, default) or container "
-        "(sshd + cron in a container using this machine's docker daemon)",
+        "--images",
+        choices=(STANDIN, OFFICIAL),
+        default=STANDIN,
+        help="standin (default): the test doubles built here; official: torrust/tracker, "
+        "mysql:8.4, ... (needs an image registry)",
     )
+
+
+def official_images_missing() -> list[str]:
+    wanted = [DEFAULT_IMAGES["tracker"], DEFAULT_IMAGES["mysql"]]
+    return [
+        name
+        for name in wanted
+        if subprocess.run(
+            ["docker", "image", "inspect", name], capture_output=True, check=False, timeout=60
+        ).returncode
+        != 0
+    ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("TRACKER_DEPLOYER_E2E") != "1":
+        return
+    if config.getoption("--images") != OFFICIAL:
+        return
+    # The e2e envs without their stand-ins (the backup image stays the one built
+    # here); every test reaches them through env_argument().
+    env_argument.use_official(Path(tempfile.mkdtemp(prefix="e2e-official-")), image.default_tag())
+    missing = official_images_missing()
+    if missing and os.environ.get("GITHUB_ACTIONS") != "true":
+        # No network probe (test traffic stays on this machine): this project's
+        # machines have no registry, and the images are not here.
+        pytest.exit(
+            f"--images official: no image registry is reachable from this machine and "
+            f"{', '.join(missing)} are not in its docker; run this on GitHub (ci.yml, job "
+            "e2e-official), or load the images here first",
+            returncode=2,
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -81,70 +114,69 @@ def say(pytestconfig: pytest.Config) -> Say:
 
 
 @pytest.fixture(scope="session")
-def target_kind(pytestconfig: pytest.Config) -> str:
-    kind: str = pytestconfig.getoption("--target")
-    return kind
+def images_choice(pytestconfig: pytest.Config) -> str:
+    choice: str = pytestconfig.getoption("--images")
+    return choice
 
 
-def _require_machine(kind: str) -> None:
+def _require_machine() -> None:
     if os.geteuid() != 0:
-        pytest.fail("the e2e tests need root (LXD, docker, /opt/torrust): run them as root")
-    if shutil.which("ssh") is None:
-        pytest.fail("the ssh client is missing: run scripts/setup.sh")
-    images = [BACKUP_IMAGE, STANDIN_IMAGE, MARIADB_IMAGE]
-    if kind == CONTAINER:
-        images.append(TARGET_HOST_IMAGE)
-    missing = missing_images(images)
+        pytest.fail("the e2e tests need root (LXD, docker): run them as root")
+    for tool in ("ssh", "lxc", "docker"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: run scripts/setup.sh")
+    missing = [
+        name
+        for name in IMAGES
+        if subprocess.run(
+            ["docker", "image", "inspect", name], capture_output=True, check=False, timeout=60
+        ).returncode
+        != 0
+    ]
     if missing:
-        pytest.fail(
-            f"missing images {missing}: run scripts/e2e-setup.sh and `inv build-image` "
-            "(`nox -s e2e` does both)"
-        )
-
-
-def _deploy_dir_in_use() -> bool:
-    """The container target deploys into this machine's /opt/torrust."""
-    deploy_dir = Path(DEPLOY_DIR)
-    if deploy_dir.exists() and any(deploy_dir.iterdir()):
-        return True
-    result = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=torrust"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    return bool(result.stdout.strip())
+        pytest.fail(f"missing images {missing}: run scripts/setup.sh (`nox -s e2e` builds them)")
 
 
 @pytest.fixture(scope="session")
-def target(
-    target_kind: str, tmp_path_factory: pytest.TempPathFactory, say: Say
-) -> Iterator[RemoteHost]:
-    """One target host for the whole run; removed afterwards, also after a failure."""
-    _require_machine(target_kind)
-    if target_kind == CONTAINER and _deploy_dir_in_use():
-        pytest.fail(
-            f"{DEPLOY_DIR} or a compose project 'torrust' is in use on this machine, and the "
-            "container target deploys there (a container sandbox? `inv sandbox.down`)"
-        )
-    public_key = ensure_key_pair(KEY, comment="tracker-deployer-e2e")
-    say(f"creating the {target_kind} target host {TARGET_NAME}")
+def state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tests' own state directory: every `inv` they run (and this process) uses it."""
+    home = tmp_path_factory.mktemp("state-home")
+    before = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if before is None:
+            os.environ.pop("XDG_STATE_HOME", None)
+        else:
+            os.environ["XDG_STATE_HOME"] = before
+
+
+@pytest.fixture(scope="session")
+def target(state_home: Path, say: Say) -> Iterator[RemoteHost]:
+    """One bare LXD host made by `inv provision`; destroyed afterwards, also after a failure."""
+    _require_machine()
+    # A leftover of a killed run (ours only: destroy refuses anything else).
+    leftover = inv("destroy", "--env", PROVISIONED_ENV, "--delete-backups")
+    assert leftover.returncode == 0, shown(leftover)
+    say(f"inv provision --env {PROVISIONED_ENV} (a bare LXD instance {TARGET_NAME})")
     started = time.monotonic()
     try:
-        address = start_target(target_kind, TARGET_NAME, public_key, images=[BACKUP_IMAGE])
-        known_hosts = tmp_path_factory.mktemp("harness") / "known_hosts"
-        known_hosts.write_text(
-            known_hosts_text(address.host, address.port, host_keys(target_kind, TARGET_NAME))
+        made = inv("provision", "--env", PROVISIONED_ENV, timeout=1500)
+        assert made.returncode == 0, shown(made)
+        record = state.read_record(PROVISIONED_ENV)
+        assert record is not None, made.stdout
+        assert record.provider == "lxd"
+        assert record.instance == TARGET_NAME
+        say(f"provisioned in {time.monotonic() - started:.0f} s: {record.host}:{record.port}")
+        bare = lxc_exec("command -v docker || command -v cron || command -v nft")
+        assert bare.returncode != 0, f"the new instance is not bare: {bare.stdout}"
+        yield RemoteHost(
+            Address(record.host, record.port, "root"),
+            state.key_path(),
+            state.known_hosts_path(PROVISIONED_ENV),
         )
-        say(f"target host up in {time.monotonic() - started:.0f} s: {address}")
-        yield RemoteHost(address, KEY, known_hosts)
     finally:
-        say(f"removing the {target_kind} target host {TARGET_NAME}")
-        try:
-            stop_target(target_kind, TARGET_NAME)
-        finally:
-            if target_kind == CONTAINER:
-                # The stack's files landed in this machine's /opt/torrust.
-                shutil.rmtree(DEPLOY_DIR, ignore_errors=True)
-        say(f"target host {TARGET_NAME} removed")
+        say(f"inv destroy --env {PROVISIONED_ENV} --delete-backups")
+        removed = inv("destroy", "--env", PROVISIONED_ENV, "--delete-backups")
+        say(f"  exit {removed.returncode}: {removed.stdout.strip().splitlines()[-1:]}")

@@ -1,33 +1,33 @@
-"""The e2e target host as the tests see it: made by scripts/{lxd,container}-target.sh
-(through tracker_deployer.sandbox), reached with the system ssh client, which is
-independent of the deployer's Fabric code.
+"""The e2e target host as the tests see it: an LXD instance made by `inv provision`
+(the lxd provider), reached with the system ssh client, which is independent of
+the deployer's Fabric code, and looked into with `lxc exec`.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from tracker_deployer import paths
+from tracker_deployer import image, paths
 from tracker_deployer.remote.deploy import parse_compose_ps
-from tracker_deployer.sandbox import LXD, TargetAddress
+from tracker_deployer.sandbox import MARIADB_IMAGE, STANDIN_IMAGE
 
 from tests.helpers import REPO_ROOT
 
-# The key pair envs/e2e-*.json name (ssh_credentials.private_key_path); the
-# target fixture makes it when it is missing.
-E2E_STATE_DIR = Path("/var/tmp/tracker-deployer-e2e")
-KEY = E2E_STATE_DIR / "id_ed25519"
+# The environment whose `inv provision` makes the target host (its
+# provider.profile_name); e2e-sqlite deploys to the same host with --host.
+PROVISIONED_ENV = "e2e-mysql"
 TARGET_NAME = "tracker-deployer-e2e"
-BACKUP_IMAGE = "torrust/tracker-backup:1.0.0"
-STANDIN_IMAGE = "tracker-deployer-test/tracker-standin:e2e"
-MARIADB_IMAGE = "tracker-deployer-test/mariadb:e2e"
-TARGET_HOST_IMAGE = "tracker-deployer-test/target-host:e2e"
+BACKUP_IMAGE = image.default_tag()
+IMAGES = (BACKUP_IMAGE, STANDIN_IMAGE, MARIADB_IMAGE)
 
 DEPLOY_DIR = str(paths.DEPLOY_DIR)
 BACKUPS = str(paths.BACKUP_DIR)
@@ -37,6 +37,42 @@ LOCK_FILE = str(paths.BACKUP_LOCK)
 COMPOSE = f"docker compose --project-directory {DEPLOY_DIR} -f {paths.COMPOSE_FILE}"
 
 Say = Callable[[str], None]
+
+
+class _EnvArgument:
+    """What `--env` gets for an e2e environment: its name, or (``--images official``)
+    a copy of its file whose images are the official ones."""
+
+    def __init__(self) -> None:
+        self.directory: Path | None = None
+        self.backup_image = ""
+
+    def use_official(self, directory: Path, backup_image: str) -> None:
+        self.directory = directory
+        self.backup_image = backup_image
+
+    @property
+    def official(self) -> bool:
+        return self.directory is not None
+
+    def data(self, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(
+            (REPO_ROOT / "envs" / f"{name}.json").read_text(encoding="utf-8")
+        )
+        if self.directory is not None:
+            data["images"] = {"backup": self.backup_image}
+        return data
+
+    def __call__(self, name: str) -> str:
+        if self.directory is None:
+            return name
+        data = self.data(name)
+        copy = self.directory / f"{name}.json"
+        copy.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        return str(copy)
+
+
+env_argument = _EnvArgument()
 
 
 def inv_command() -> list[str]:
@@ -84,14 +120,43 @@ def key_value_lines(text: str) -> dict[str, str]:
     return result
 
 
-class RemoteHost:
-    """A running target host (LXD instance or container) and an SSH client for it."""
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+    user: str
 
-    def __init__(self, address: TargetAddress, key: Path, known_hosts: Path) -> None:
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+def lxc_exec(command: str, *, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    """A shell command inside the target instance, through LXD (not SSH)."""
+    return subprocess.run(
+        ["lxc", "exec", TARGET_NAME, "--", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
+def host_keys() -> list[str]:
+    """The instance's SSH host public keys (``TYPE BASE64``), read through LXD."""
+    result = lxc_exec("cat /etc/ssh/ssh_host_*_key.pub")
+    assert result.returncode == 0, result.stderr
+    return [" ".join(line.split()[:2]) for line in result.stdout.splitlines() if line.strip()]
+
+
+class RemoteHost:
+    """The running target host (an LXD instance) and an SSH client for it."""
+
+    kind = "lxd"
+
+    def __init__(self, address: Address, key: Path, known_hosts: Path) -> None:
         self.address = address
-        self.kind = address.kind
         self.key = key
-        self.known_hosts = known_hosts  # the harness's own, written from the host's keys
+        self.known_hosts = known_hosts  # written by `inv provision` from the host's keys
 
     # -- commands --------------------------------------------------------------
 
@@ -227,22 +292,14 @@ class RemoteHost:
     def pause_cron(self) -> None:
         """Stop the cron daemon and wait for a run it started: the scheduled
         backups must not race the on-demand ones (cron fires every minute)."""
-        if self.kind == LXD:
-            stop = "systemctl stop cron"
-        else:
-            stop = 'if [ -s /run/crond.pid ]; then kill "$(cat /run/crond.pid)" 2>/dev/null || true; fi'
+        stop = "systemctl stop cron"
         self.check(
             f"{stop}; sleep 2; mkdir -p /run/lock && flock -w 150 {LOCK_FILE} true", timeout=180
         )
 
     def resume_cron(self) -> None:
-        if self.kind == LXD:
-            self.check("systemctl start cron")
-        else:
-            self.check(
-                '[ -s /run/crond.pid ] && kill -0 "$(cat /run/crond.pid)" 2>/dev/null '
-                "|| /usr/sbin/cron"
-            )
+        # Before the first deploy the host is bare: no cron to start yet.
+        self.check("if systemctl cat cron >/dev/null 2>&1; then systemctl start cron; fi")
 
     def reset(self) -> None:
         """Remove a deployed stack and everything the deployer installed."""

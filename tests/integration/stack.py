@@ -4,7 +4,7 @@ The maintenance script is rendered from its real template with the deploy
 directory, log, lock and status paths pointed at the temporary directory, and
 run directly on this machine against the real Docker engine (the SSH side is
 covered by test_remote.py). Images: the tracker stand-in and MariaDB from
-tests/e2e/images (scripts/e2e-setup.sh) and the backup image (inv build-image).
+test-doubles/images (scripts/e2e-setup.sh) and the backup image (inv build-image).
 """
 
 from __future__ import annotations

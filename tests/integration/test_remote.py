@@ -653,3 +653,61 @@ def test_hardening_14_push_updates_a_changed_secret_file_without_manifest_hashes
     )
     assert entry["secret"] is True
     assert "sha256" not in entry
+
+
+def test_destroy_of_an_existing_host_refuses_while_sets_exist_then_removes_our_files(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    data = target.env_data(sample_data("manual-test-sqlite"))
+    data["provider"] = {"provider": "existing"}
+    data["ssh_credentials"]["known_hosts_path"] = str(target.known_hosts)  # type: ignore[index]
+    env = write_env(tmp_path, data)
+    isolated = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}  # forget() is ours
+
+    def destroy(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [INV, "destroy", "--env", str(env), *flags],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO_ROOT,
+            env=isolated,
+            timeout=300,
+        )
+
+    assert inv("push", "--env", str(env)).returncode == 0
+    assert inv("install-cron", "--env", str(env)).returncode == 0
+    # No compose project here: `down` would reach this machine's Docker daemon.
+    target.host_path("/opt/torrust/docker-compose.yml").unlink()
+    set_id = make_sqlite_set(target.host_path("/opt/torrust/storage/backup"), tmp_path / "work")
+    unrelated = target.host_path("/etc/cron.d") / "someone-elses"
+    unrelated.write_text("# not ours\n")
+
+    status = subprocess.run(
+        [INV, "status", "--env", str(env), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        env=isolated,
+        timeout=300,
+    )
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["provider"] == "existing"
+    assert report["host"] == f"127.0.0.1:{target.port}"
+    assert report["deployed"] is False
+    assert report["backup_sets"] == 1
+
+    refused = destroy()
+    assert refused.returncode == 1, refused.stderr
+    assert f"1 backup set(s) ({set_id})" in refused.stderr
+    assert "inv fetch-backup --env manual-test-sqlite --set SET --to DIR" in refused.stderr
+    assert target.host_path("/opt/torrust/storage/backup").is_dir()
+
+    done = destroy("--delete-backups")
+    assert done.returncode == 0, done.stderr
+    assert not target.host_path("/opt/torrust").exists()
+    assert not target.host_path("/etc/cron.d/tracker-backup").exists()
+    assert not target.host_path("/usr/local/bin/maintenance-backup.sh").exists()
+    assert unrelated.read_text() == "# not ours\n"

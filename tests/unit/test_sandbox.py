@@ -1,22 +1,20 @@
-"""The sandbox and e2e environments, the sandbox's pure helpers, and the deploy
-details the e2e run depends on (read-only tracker config, the maintenance lock)."""
+"""The sample, sandbox and e2e environments, and the deploy details the e2e run
+depends on (read-only tracker config, the maintenance lock)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
-from tracker_deployer import image, paths, sandbox
+from tracker_deployer import image, paths, sandbox, state
 from tracker_deployer.config import load_env
-from tracker_deployer.errors import DeployError
+from tracker_deployer.remote import configure
 from tracker_deployer.remote.deploy import EXIT_LOCK_BUSY, under_backup_lock
 from tracker_deployer.topology import derive
 
-from tests.e2e.remote_host import KEY
 from tests.helpers import ENVS_DIR, parse, sample_data
 
 LOCAL_ENVS = ("sandbox-sqlite", "e2e-sqlite", "e2e-mysql")
@@ -37,81 +35,31 @@ def test_local_envs_are_valid_and_use_only_images_built_here(name: str) -> None:
     assert env.backup is not None
 
 
-def test_sandbox_env_points_at_the_loopback_port_and_its_own_state_files() -> None:
-    env = load_env(ENVS_DIR / "sandbox-sqlite.json")
-    assert (env.ssh.host, env.ssh.port) == ("127.0.0.1", 2222)
-    for path in (env.ssh.private_key_path, env.ssh.public_key_path, env.ssh.known_hosts_path):
-        assert path is not None
-        assert path.startswith(sandbox.STATE_DIR + "/")
-    assert str(env.backup.schedule) == "*/5 * * * *"  # type: ignore[union-attr]
+@pytest.mark.parametrize("name", [*LOCAL_ENVS, "manual-test-mysql", "manual-test-sqlite"])
+def test_sample_envs_name_the_project_key_and_no_host(name: str) -> None:
+    # The key pair is made on first use in the state directory; the host is state too.
+    env = load_env(ENVS_DIR / f"{name}.json")
+    assert env.ssh.private_key_path == f"{state.SPELLED}/ssh/{state.KEY_NAME}"
+    assert env.ssh.public_key_path == f"{state.SPELLED}/ssh/{state.KEY_NAME}.pub"
+    assert env.ssh.host is None
+    assert env.ssh.known_hosts_path is None
+    assert env.provider.kind == "lxd"
+
+
+def test_no_placeholder_paths_remain_in_envs() -> None:
+    for path in ENVS_DIR.glob("*.json"):
+        assert "/path/to" not in path.read_text(encoding="utf-8"), path
 
 
 @pytest.mark.parametrize("name", ["e2e-sqlite", "e2e-mysql"])
-def test_e2e_envs_name_no_host_and_the_key_the_tests_make(name: str) -> None:
+def test_e2e_envs_share_one_instance_and_publish_the_tracker(name: str) -> None:
     env = load_env(ENVS_DIR / f"{name}.json")
-    assert env.ssh.host is None  # the tests pass --host
-    assert env.ssh.private_key_path == str(KEY)
+    assert env.provider.profile_name == "tracker-deployer-e2e"  # type: ignore[union-attr]
     assert env.ssh.port == 22
     assert str(env.backup.schedule) == "* * * * *"  # type: ignore[union-attr]
-
-
-@pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        (
-            "host=10.187.33.7 port=22 user=root name=t1",
-            sandbox.TargetAddress("lxd", "t1", "10.187.33.7", 22, "root"),
-        ),
-        (
-            "host=127.0.0.1 port=2222 user=root name=t1 deploy_dir=/opt/torrust",
-            sandbox.TargetAddress("lxd", "t1", "127.0.0.1", 2222, "root"),
-        ),
-        ("name=t1 state=absent", None),
-    ],
-)
-def test_parse_target_line_reads_the_scripts_last_line(
-    line: str, expected: sandbox.TargetAddress | None
-) -> None:
-    assert sandbox.parse_target_line("lxd", line) == expected
-
-
-def test_known_hosts_text_brackets_non_default_ports() -> None:
-    keys = ["ssh-ed25519 AAAA1", "ecdsa-sha2-nistp256 AAAA2"]
-    assert sandbox.known_hosts_text("127.0.0.1", 2222, keys) == (
-        "[127.0.0.1]:2222 ssh-ed25519 AAAA1\n[127.0.0.1]:2222 ecdsa-sha2-nistp256 AAAA2\n"
-    )
-    assert sandbox.known_hosts_text("10.0.0.5", 22, keys[:1]) == "10.0.0.5 ssh-ed25519 AAAA1\n"
-
-
-def test_choose_kind_takes_an_explicit_target_and_refuses_others() -> None:
-    assert sandbox.choose_kind("container") == "container"
-    assert sandbox.choose_kind("lxd") == "lxd"
-    with pytest.raises(DeployError, match="not a sandbox target"):
-        sandbox.choose_kind("vm")
-
-
-def _sandbox_data(**ssh: Any) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(
-        (ENVS_DIR / "sandbox-sqlite.json").read_text(encoding="utf-8")
-    )
-    data["ssh_credentials"].update(ssh)
-    return data
-
-
-@pytest.mark.parametrize(
-    ("ssh", "fragment"),
-    [
-        ({"host": "192.0.2.10"}, "not a sandbox environment"),
-        ({"port": 22}, "this machine's own sshd"),
-        ({"username": "torrust"}, "authorizes root only"),
-    ],
-)
-def test_sandbox_refuses_environments_that_do_not_point_at_it(
-    ssh: dict[str, Any], fragment: str
-) -> None:
-    env = parse(_sandbox_data(**ssh))
-    with pytest.raises(DeployError, match=fragment):
-        sandbox.status(env)
+    published = {(p.host, p.protocol) for p in configure.published_ports(env)}
+    assert (7070, "tcp") in published
+    assert all(port != 3306 for port, _ in published)
 
 
 def test_tracker_config_is_mounted_read_only() -> None:
@@ -132,7 +80,7 @@ def test_compose_changes_run_under_the_maintenance_lock() -> None:
 
 
 def test_sandbox_module_never_loads_fabric() -> None:
-    # Only remote.ssh talks to hosts; the sandbox drives scripts/ and the ssh client.
+    # Only remote.ssh talks to hosts; the sandbox module holds names only.
     probe = (
         "import sys, tracker_deployer.sandbox; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fabric', 'paramiko')))"

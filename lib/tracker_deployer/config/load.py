@@ -28,6 +28,7 @@ from tracker_deployer.config.model import (
     Database,
     Endpoint,
     Env,
+    ExistingProvider,
     Grafana,
     HetznerProvider,
     HttpApi,
@@ -49,6 +50,8 @@ from tracker_deployer.config.model import (
     parse_email,
     parse_email_list,
     parse_environment_name,
+    parse_hetzner_image,
+    parse_hetzner_name,
     parse_host,
     parse_http_url,
     parse_image,
@@ -250,6 +253,15 @@ class _Reader:
             return None
         return value
 
+    def hetzner(
+        self, parent: Mapping[str, Any], key: str, path: str, parser: Callable[[str], str]
+    ) -> str | None:
+        """A Hetzner name: not blank ("must not be empty"), then well-formed."""
+        if key in parent and isinstance(parent[key], str) and parent[key].strip() == "":
+            self.error(_join(path, key), "must not be empty")
+            return None
+        return self.typed(parent, key, path, parser)
+
     def nonempty_str(self, parent: Mapping[str, Any], key: str, path: str) -> str | None:
         value = self.str_(parent, key, path)
         if value is not None and value.strip() == "":
@@ -438,14 +450,19 @@ class _Reader:
             if section is None:
                 return None
             token = self.secret(section, "api_token", path)
-            server_type = self.nonempty_str(section, "server_type", path)
-            location = self.nonempty_str(section, "location", path)
-            image = self.nonempty_str(section, "image", path)
+            server_type = self.hetzner(section, "server_type", path, parse_hetzner_name)
+            location = self.hetzner(section, "location", path, parse_hetzner_name)
+            image = self.hetzner(section, "image", path, parse_hetzner_image)
             if token is None or server_type is None or location is None:
+                return None
+            if "image" in section and image is None:
                 return None
             if image is None:
                 return HetznerProvider(token, server_type, location)
             return HetznerProvider(token, server_type, location, image)
+        if kind == "existing":
+            section = self.obj(value, path, required=("provider",), optional=())
+            return ExistingProvider() if section is not None else None
         # Unknown or missing kind: still report keys no provider knows.
         self.obj(
             {k: v for k, v in value.items() if k != "provider"},
@@ -459,7 +476,7 @@ class _Reader:
             self.error(
                 _join(path, "provider"),
                 f"{_show(kind)} is not a known provider",
-                'use "lxd" or "hetzner"',
+                'use "lxd", "hetzner" or "existing"',
             )
         return None
 

@@ -172,6 +172,30 @@ def parse_email_list(value: str) -> str:
     return ",".join(addresses)
 
 
+_HETZNER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_HETZNER_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def parse_hetzner_name(value: str) -> str:
+    """A Hetzner server type or location, e.g. 'cx22', 'nbg1'."""
+    if not _HETZNER_NAME.fullmatch(value):
+        raise InvalidValue(
+            f"{value!r} is not a Hetzner name",
+            "use lowercase letters, digits and '-', starting with a letter, e.g. 'cx22' or 'nbg1'",
+        )
+    return value
+
+
+def parse_hetzner_image(value: str) -> str:
+    """A Hetzner image name, e.g. 'ubuntu-24.04'."""
+    if not _HETZNER_IMAGE.fullmatch(value):
+        raise InvalidValue(
+            f"{value!r} is not a Hetzner image name",
+            "use lowercase letters, digits, '.', '_' and '-', e.g. 'ubuntu-24.04' or 'debian-12'",
+        )
+    return value
+
+
 def parse_key_path(value: str) -> str:
     if not (value.startswith("/") or value.startswith("~/")):
         raise InvalidValue(
@@ -390,7 +414,14 @@ class HetznerProvider:
     kind: str = "hetzner"
 
 
-Provider = LxdProvider | HetznerProvider
+@dataclass(frozen=True, slots=True)
+class ExistingProvider:
+    """A host the user prepared; ``inv register`` records its address."""
+
+    kind: str = "existing"
+
+
+Provider = LxdProvider | HetznerProvider | ExistingProvider
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 
 from tracker_deployer import paths
 from tracker_deployer.config.model import Env
-from tracker_deployer.errors import DeployError, RemoteError
+from tracker_deployer.errors import RemoteError
 from tracker_deployer.remote.plan import (
     PROBE_SCRIPT,
     STATE_FILE,
@@ -28,9 +28,8 @@ from tracker_deployer.remote.plan import (
     parse_state_file,
     probe_paths,
     render_apply_script,
-    services_to_restart,
 )
-from tracker_deployer.remote.ssh import DEFAULT_KNOWN_HOSTS, Result, SshHost, Target
+from tracker_deployer.remote.ssh import Result, SshHost, Target
 from tracker_deployer.render import RenderedTree
 
 Say = Callable[[str], None]
@@ -55,29 +54,6 @@ class Masker:
         for secret in self._secrets:
             text = text.replace(secret, "********")
         return text
-
-
-def target_for(
-    env: Env,
-    host: str | None = None,
-    *,
-    known_hosts: str | None = None,
-    accept_new_host_key: bool = False,
-) -> Target:
-    chosen = host or env.ssh.host
-    if not chosen:
-        raise DeployError(
-            f"no target host for environment {env.name}",
-            'pass --host ADDRESS, or set "host" in ssh_credentials',
-        )
-    return Target(
-        host=chosen,
-        port=env.ssh.port,
-        user=env.ssh.username,
-        private_key_path=env.ssh.private_key_path,
-        known_hosts_path=known_hosts or env.ssh.known_hosts_path or DEFAULT_KNOWN_HOSTS,
-        accept_new_host_key=accept_new_host_key,
-    )
 
 
 # --------------------------------------------------------------------------- dry runs
@@ -219,33 +195,6 @@ def install_cron(host: SshHost, tree: RenderedTree, say: Say) -> Applied:
 # --------------------------------------------------------------------------- deploy
 
 
-def check_host(host: SshHost) -> None:
-    """Docker, Compose v2 and cron present and working, else name what is missing."""
-    checks = [
-        (
-            "command -v docker",
-            "docker is not installed",
-            "install Docker Engine (docker.io or docker-ce)",
-        ),
-        (
-            "docker info --format '{{.ServerVersion}}'",
-            "the Docker daemon is not reachable",
-            "start it: `systemctl start docker` (or dockerd)",
-        ),
-        (
-            "docker compose version --short",
-            "Docker Compose v2 (`docker compose`) is missing",
-            "install the docker-compose-plugin (or Debian's docker-compose >= 2) package",
-        ),
-        ("command -v flock", "flock is missing", "install util-linux"),
-        ("test -d /etc/cron.d", "/etc/cron.d is missing (no cron daemon?)", "install cron"),
-    ]
-    for command, problem, hint in checks:
-        result = host.run(command)
-        if not result.ok:
-            raise RemoteError(f"{host.target.host}: {problem}", hint)
-
-
 def under_backup_lock(command: str) -> str:
     """``command`` holding the maintenance script's lock: compose never recreates or
     restarts services in the middle of a backup run, and a scheduled run that fires
@@ -327,28 +276,6 @@ def parse_compose_ps(output: str) -> list[dict[str, str]]:
             }
         )
     return sorted(rows, key=lambda row: row["service"])
-
-
-@dataclass(frozen=True, slots=True)
-class DeployResult:
-    push: Applied
-    cron: Applied
-    restarted: tuple[str, ...]
-    services: list[dict[str, str]]
-
-
-def deploy(host: SshHost, tree: RenderedTree, say: Say) -> DeployResult:
-    say(f"checking {host.target.host}")
-    check_host(host)
-    pushed = push(host, tree, say)
-    restart = services_to_restart(
-        step.path for step in pushed.plan.steps if step.change in (Change.UPDATE, Change.METADATA)
-    )
-    compose_up(host, restart, say)
-    # Only now the schedule: a run fired by cron never meets a half-started stack.
-    cron = install_cron(host, tree, say)
-    services = service_health(host)
-    return DeployResult(pushed, cron, restart, services)
 
 
 def run_backup(host: SshHost, say: Say) -> int:

@@ -1,0 +1,419 @@
+"""The host lifecycle: provision → configure → deploy → (operate) → destroy.
+
+This module strings the pieces together: providers (where a host comes from),
+``remote.configure`` (packages, firewall), ``remote.deploy`` (files, compose,
+cron) and the state directory (where the host is). ``tasks.py`` calls it; it
+prints through ``say`` and raises :class:`DeployError` for expected failures.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracker_deployer import paths, providers, state
+from tracker_deployer.config.model import Env, InvalidValue, LxdProvider, parse_host
+from tracker_deployer.errors import DeployError, RemoteError
+from tracker_deployer.providers.existing import register_hint
+from tracker_deployer.remote import backups as operations
+from tracker_deployer.remote import configure as configuring
+from tracker_deployer.remote import deploy as remote
+from tracker_deployer.remote.plan import Change, Scope, services_to_restart
+from tracker_deployer.remote.ssh import DEFAULT_KNOWN_HOSTS, SshHost, Target
+from tracker_deployer.render import RenderedTree, operation_script
+from tracker_deployer.topology import derive
+
+Say = Callable[[str], None]
+
+PHASES = ("provision", "configure", "push", "compose up", "install-cron", "health")
+PULL_TIMEOUT_SECONDS = 300
+SANDBOX_HINT = (
+    "no image registry is reachable from here: use a sandbox environment "
+    "(envs/sandbox-sqlite.json, envs/e2e-sqlite.json, envs/e2e-mysql.json), whose "
+    "stand-in images scripts/setup.sh builds on this machine"
+)
+
+
+# --------------------------------------------------------------------------- where the host is
+
+
+def no_host_error(env: Env) -> DeployError:
+    if isinstance(env.provider, LxdProvider):
+        how = f"create it with `inv provision --env {env.name}` (inv deploy does that itself)"
+    else:
+        how = f"record it with `{register_hint(env)}`"
+    return DeployError(
+        f"no target host for environment {env.name}: none is recorded",
+        f"{how}, or pass --host ADDRESS",
+    )
+
+
+def target(
+    env: Env,
+    host: str = "",
+    known_hosts: str = "",
+    accept_new_host_key: bool = False,
+    *,
+    make_key: bool = True,
+) -> Target | None:
+    """Where to connect: --host, else ssh_credentials.host, else the state record.
+
+    None when no host is known. Paths are resolved (``~``, the state directory);
+    the project's own key pair is made on first use when ``make_key``.
+    """
+    record = None if host or env.ssh.host else state.read_record(env.name)
+    if host:
+        address, port = host, env.ssh.port
+    elif env.ssh.host:
+        address, port = env.ssh.host, env.ssh.port
+    elif record is not None:
+        address, port = record.host, record.port
+    else:
+        return None
+    if known_hosts:
+        known = state.resolve(known_hosts)
+    elif env.ssh.known_hosts_path:
+        known = state.resolve(env.ssh.known_hosts_path)
+    elif env.ssh.host:
+        known = Path(DEFAULT_KNOWN_HOSTS).expanduser()
+    else:
+        known = state.known_hosts_path(env.name)
+    if make_key:
+        private, _, _ = state.ensure_key_pair(env.ssh.private_key_path, env.ssh.public_key_path)
+    else:
+        private = state.resolve(env.ssh.private_key_path)
+    return Target(
+        host=address,
+        port=port,
+        user=env.ssh.username,
+        private_key_path=str(private),
+        known_hosts_path=str(known),
+        accept_new_host_key=accept_new_host_key,
+    )
+
+
+def require_target(
+    env: Env, host: str = "", known_hosts: str = "", accept_new_host_key: bool = False
+) -> Target:
+    found = target(env, host, known_hosts, accept_new_host_key)
+    if found is None:
+        raise no_host_error(env)
+    return found
+
+
+# --------------------------------------------------------------------------- provision, register
+
+
+def provision(env: Env, say: Say) -> state.HostRecord:
+    return providers.for_env(env).provision(say)
+
+
+def register(env: Env, host: str, port: int, say: Say) -> state.HostRecord:
+    """Record a host the user prepared (existing or hetzner providers)."""
+    if isinstance(env.provider, LxdProvider):
+        raise DeployError(
+            f"environment {env.name} uses the lxd provider, which records its own address",
+            f'run `inv provision --env {env.name}`, or set "provider": "existing" to register '
+            "a host you prepared",
+        )
+    try:
+        address = parse_host(host)
+    except InvalidValue as error:
+        raise DeployError(f"--host {host!r}: {error.message}", error.hint) from None
+    if not 0 < port < 65536:
+        raise DeployError(f"--port {port} is not a TCP port", "use 1-65535, usually 22")
+    record = state.HostRecord(env.provider.kind, address, port)
+    path = state.write_record(env.name, record)
+    say(f"registered {address}:{port} for {env.name} in {path}")
+    return record
+
+
+# --------------------------------------------------------------------------- deploy
+
+
+@dataclass
+class PhaseClock:
+    say: Say
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        number = PHASES.index(name) + 1
+        self.say(f"[{number}/{len(PHASES)}] {name}")
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            took = time.monotonic() - started
+            self.timings.append((name, took))
+            self.say(f"      {name}: {took:.1f} s")
+
+
+def dry_run_phases(env: Env, tree: RenderedTree, connect_to: Target | None) -> str:
+    """Every phase and what it would do; opens no connection, creates nothing."""
+    record = state.read_record(env.name)
+    where = (
+        str(connect_to)
+        if connect_to
+        else ("(a new LXD instance)" if isinstance(env.provider, LxdProvider) else "(no host)")
+    )
+    lines = [
+        f"dry run of deploy for {env.name} on {where}: phases in order; "
+        "nothing is changed, no connection is opened"
+    ]
+    if isinstance(env.provider, LxdProvider) and record is None and connect_to is None:
+        lines.append(
+            f"[1/6] provision: create LXD instance {env.provider.profile_name} (Debian 12, "
+            "nesting), first-boot user and key, record its address and host keys"
+        )
+    else:
+        lines.append("[1/6] provision: skipped (the host is known)")
+    lines.append("[2/6] configure: check each step, apply only what differs:")
+    lines += configuring.describe(env)
+    pushed = remote.dry_run(tree, env, connect_to, [Scope.PUSH]).splitlines()[1:]
+    lines.append("[3/6] push:")
+    lines += ["  " + line for line in pushed if not line.startswith("then:")]
+    images = ", ".join(stack_images(env))
+    lines.append("[4/6] compose up:")
+    lines.append(f"  images the host needs (lxd: loaded from this machine if present): {images}")
+    lines += ["  " + line for line in pushed if line.startswith("then:")]
+    lines.append("[5/6] install-cron:")
+    cron = remote.dry_run(tree, env, connect_to, [Scope.CRON]).splitlines()[1:]
+    lines += ["  " + line for line in cron]
+    lines.append("[6/6] health: docker compose ps, every service running and healthy")
+    return "\n".join(lines)
+
+
+def stack_images(env: Env) -> list[str]:
+    """Every image of the stack, once each, in service order (the tracker first)."""
+    return list(dict.fromkeys(service.image for service in derive(env).services))
+
+
+def ensure_images(host: SshHost, env: Env, say: Say) -> None:
+    """Every image of the stack on the host, pulled where missing; a pull failure
+    is one line naming the image."""
+    images = stack_images(env)
+    for image in images:
+        quoted = shlex.quote(image)
+        if host.run(f"docker image inspect {quoted} >/dev/null 2>&1").ok:
+            continue
+        say(f"  pulling {image}")
+        pulled = host.run(f"docker pull -q {quoted}", timeout=PULL_TIMEOUT_SECONDS)
+        if not pulled.ok:
+            reason = (pulled.stderr or pulled.stdout).strip().splitlines()
+            detail = f" ({reason[-1][:160]})" if reason else ""
+            raise RemoteError(
+                f"cannot pull image {image} on {host.target.host}{detail}", SANDBOX_HINT
+            )
+
+
+def sideload(env: Env, say: Say) -> None:
+    """lxd: copy the stack's images this machine has into the instance (no registry)."""
+    if isinstance(env.provider, LxdProvider):
+        from tracker_deployer.providers.lxd import Lxd
+
+        Lxd(env).sideload(stack_images(env), say)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployed:
+    target: Target
+    services: list[dict[str, str]]
+    configured: configuring.Configured
+    pushed: remote.Applied
+    cron: remote.Applied
+    restarted: tuple[str, ...]
+    timings: tuple[tuple[str, float], ...]
+
+    @property
+    def changed_nothing(self) -> bool:
+        return (
+            not self.configured.changed
+            and not self.pushed.plan.has_changes
+            and not self.cron.plan.has_changes
+            and not self.restarted
+        )
+
+
+def deploy(
+    env: Env,
+    tree: RenderedTree,
+    say: Say,
+    *,
+    host: str = "",
+    known_hosts: str = "",
+    accept_new_host_key: bool = False,
+) -> Deployed:
+    clock = PhaseClock(say)
+    with clock.phase("provision"):
+        found = target(env, host, known_hosts, accept_new_host_key)
+        if found is None:
+            if not isinstance(env.provider, LxdProvider):
+                raise no_host_error(env)
+            provision(env, say)
+            found = require_target(env, host, known_hosts, accept_new_host_key)
+        else:
+            say(f"  skipped: the host is known ({found.host}:{found.port})")
+    with SshHost(found) as connection:
+        with clock.phase("configure"):
+            configured = configuring.apply(connection, env, say)
+        with clock.phase("push"):
+            pushed = remote.push(connection, tree, say)
+        with clock.phase("compose up"):
+            sideload(env, say)
+            ensure_images(connection, env, say)
+            restart = services_to_restart(
+                step.path
+                for step in pushed.plan.steps
+                if step.change in (Change.UPDATE, Change.METADATA)
+            )
+            remote.compose_up(connection, restart, say)
+        with clock.phase("install-cron"):
+            cron = remote.install_cron(connection, tree, say)
+        with clock.phase("health"):
+            services = remote.service_health(connection)
+    return Deployed(found, services, configured, pushed, cron, restart, tuple(clock.timings))
+
+
+# --------------------------------------------------------------------------- destroy, status
+
+
+def _sets_through_lxd(env: Env) -> operations.Inventory | None:
+    from tracker_deployer.providers.lxd import Lxd
+
+    lxd = Lxd(env)
+    instance = lxd.instance()
+    if instance is None or not lxd.is_ours(instance):
+        return None  # nothing of ours to lose (destroy refuses a foreign instance)
+    if instance.get("status") != "Running":
+        raise DeployError(
+            f"instance {lxd.name} is {str(instance.get('status', 'not running')).lower()}: "
+            "its backup sets cannot be checked",
+            f"start it (`lxc start {lxd.name}`) and run destroy again, or pass "
+            "--delete-backups to delete it with whatever sets it holds",
+        )
+    script = operation_script("inventory", backup_dir=str(paths.BACKUP_DIR), verify=False)
+    result = lxd.exec(script)
+    if result.returncode != 0:
+        raise DeployError(
+            f"listing the backup sets in {lxd.name} failed: "
+            f"{result.stderr.decode(errors='replace').strip()}"
+        )
+    return operations.parse_inventory(result.stdout.decode(errors="replace"))
+
+
+def refuse_with_sets(env: Env, inventory: operations.Inventory | None) -> None:
+    if inventory is None or not inventory.sets:
+        return
+    ids = [s.set_id for s in inventory.sets]
+    raise DeployError(
+        f"the host of {env.name} holds {len(ids)} backup set(s) ({', '.join(ids[-3:])}"
+        f"{', ...' if len(ids) > 3 else ''}) that exist nowhere else; refusing to destroy it",
+        f"fetch them first: inv fetch-backup --env {env.name} --set SET --to DIR (one per set; "
+        "`inv backups` lists them), or pass --delete-backups to delete them with the host",
+    )
+
+
+REMOVE_STACK = f"""
+set -o errexit
+if [ -f {paths.COMPOSE_FILE} ]; then
+  timeout 300 {remote.COMPOSE} --profile backup down --volumes --remove-orphans --timeout 10
+fi
+rm -f -- {paths.CRON_FILE} {paths.LOGROTATE_FILE} {paths.MAINTENANCE_SCRIPT}
+rm -rf -- {paths.DEPLOY_DIR}
+"""
+
+
+def destroy(env: Env, delete_backups: bool, say: Say) -> None:
+    provider = providers.for_env(env)
+    if isinstance(env.provider, LxdProvider):
+        if not delete_backups:
+            refuse_with_sets(env, _sets_through_lxd(env))
+        provider.destroy(say)
+        return
+    found = target(env, make_key=False)
+    if found is None:
+        raise no_host_error(env)
+    with SshHost(found) as connection:
+        inventory = operations.inventory(connection, verify=False)
+        if not delete_backups:
+            refuse_with_sets(env, inventory)
+        say(f"  removing the stack and the deployer's files from {found.host}")
+        result = connection.run(REMOVE_STACK, timeout=600)
+        if not result.ok:
+            raise RemoteError(
+                f"removing the stack from {found.host} failed: {result.stderr.strip()}",
+                "look at the host, then run `inv destroy` again",
+            )
+    provider.destroy(say)
+
+
+def status(env: Env) -> dict[str, Any]:
+    """Provider, host, each service with its health, and the last backup run."""
+    record = state.read_record(env.name)
+    report: dict[str, Any] = {
+        "environment": env.name,
+        "provider": env.provider.kind,
+        "instance": env.provider.profile_name if isinstance(env.provider, LxdProvider) else None,
+        "host": None,
+        "services": [],
+        "last_backup_run": None,
+        "backup_sets": None,
+        "error": None,
+    }
+    found = target(env, make_key=False)
+    if found is None:
+        report["error"] = str(no_host_error(env))
+        return report
+    report["host"] = f"{found.host}:{found.port}"
+    report["recorded_in"] = str(state.record_path(env.name)) if record else None
+    try:
+        with SshHost(found) as connection:
+            deployed = connection.run(f"test -f {shlex.quote(str(paths.COMPOSE_FILE))}").ok
+            report["deployed"] = deployed
+            if deployed:
+                report["services"] = remote.service_health(connection)
+            if env.backup is not None:
+                inventory = operations.inventory(connection, verify=False)
+                report["last_backup_run"] = inventory.last_run or None
+                report["backup_sets"] = len(inventory.complete_sets)
+    except DeployError as error:
+        report["error"] = str(error)
+    return report
+
+
+def format_status(report: dict[str, Any]) -> str:
+    lines = [f"environment: {report['environment']}"]
+    provider = report["provider"]
+    if report.get("instance"):
+        provider += f" (instance {report['instance']})"
+    lines.append(f"provider:    {provider}")
+    lines.append(f"host:        {report['host'] or 'none recorded'}")
+    services: Sequence[dict[str, str]] = report["services"]
+    if services:
+        lines.append("services:")
+        for row in services:
+            lines.append(
+                f"  {row['service']:12} {row['state']:10} health={row['health']:10} {row['status']}"
+            )
+    elif report["host"] and report.get("deployed") is False:
+        lines.append(f"services:    none (no {paths.COMPOSE_FILE}: not deployed)")
+    elif report["host"]:
+        lines.append("services:    none")
+    run = report.get("last_backup_run")
+    if run:
+        lines.append(
+            f"last backup: {str(run.get('result', '?')).upper()} at {run.get('started_at', '?')}"
+            + (f", set {run['set']}" if run.get("set") else "")
+            + f"; {report.get('backup_sets', 0)} complete set(s) on the host"
+        )
+    elif report["host"]:
+        lines.append("last backup: none recorded")
+    if report.get("error"):
+        lines.append(f"problem:     {report['error']}")
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""The user's state directory: the one owner of every path the deployer keeps there.
+
+``$XDG_STATE_HOME/tracker-deployer`` (default ``~/.local/state/tracker-deployer``)
+holds what is the user's and not the repository's:
+
+- ``ssh/id_ed25519`` (+ ``.pub``): the project's key pair, made on first use;
+  the sample environments name it as ``~/.local/state/tracker-deployer/ssh/...``;
+- ``hosts/NAME.json``: where environment NAME's host is (provider, address,
+  port), written by ``inv provision`` or ``inv register``; never in ``envs/``;
+- ``hosts/NAME.known_hosts``: that host's SSH host keys (the lxd provider reads
+  them through LXD; otherwise the first ``--accept-new-host-key`` records them).
+
+Environment files are static and shared, so they spell the state directory
+as ``~/.local/state/tracker-deployer``; :func:`resolve` maps that spelling to
+``$XDG_STATE_HOME/tracker-deployer`` when the variable is set. Nothing here
+reads the environment at import time: ``environ`` is a parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tracker_deployer.errors import DeployError
+
+APP = "tracker-deployer"
+# How environment files spell the state directory (see resolve()).
+SPELLED = f"~/.local/state/{APP}"
+KEY_NAME = "id_ed25519"
+KEY_TIMEOUT_SECONDS = 60
+
+
+def root(environ: Mapping[str, str] | None = None) -> Path:
+    """The state directory: ``$XDG_STATE_HOME/tracker-deployer`` or ``~/.local/state/...``."""
+    environ = os.environ if environ is None else environ
+    xdg = environ.get("XDG_STATE_HOME", "")
+    # The XDG spec: a relative value is invalid and must be ignored.
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / APP
+    return Path(SPELLED).expanduser()
+
+
+def resolve(path_text: str, environ: Mapping[str, str] | None = None) -> Path:
+    """A path from an environment file, with ``~`` and the state directory resolved."""
+    if path_text == SPELLED or path_text.startswith(SPELLED + "/"):
+        return root(environ) / path_text[len(SPELLED) + 1 :]
+    return Path(path_text).expanduser()
+
+
+def key_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The project's private key (the public one is next to it, ``.pub``)."""
+    return root(environ) / "ssh" / KEY_NAME
+
+
+def is_project_key(private_key: Path, environ: Mapping[str, str] | None = None) -> bool:
+    """True for a key inside the state directory: the project may make it."""
+    return private_key.is_relative_to(root(environ))
+
+
+def ensure_key_pair(
+    private_text: str, public_text: str, environ: Mapping[str, str] | None = None
+) -> tuple[Path, Path, bool]:
+    """The key pair an environment names: (private, public, made_now).
+
+    A pair inside the state directory is made on first use (ed25519, no
+    passphrase, 0600 in a 0700 directory). Any other missing key is an error
+    naming the path and how to make it; nothing is created outside the state
+    directory.
+    """
+    private = resolve(private_text, environ)
+    public = resolve(public_text, environ)
+    if private.is_file() and public.is_file():
+        return private, public, False
+    if not is_project_key(private, environ) or public != private.with_name(private.name + ".pub"):
+        missing = private if not private.is_file() else public
+        raise DeployError(
+            f"SSH key {missing} (ssh_credentials."
+            f"{'private' if missing == private else 'public'}_key_path) does not exist",
+            f"make a pair with `ssh-keygen -t ed25519 -N '' -f {private}`, or point "
+            f"ssh_credentials at {SPELLED}/ssh/{KEY_NAME} (the project makes that one itself)",
+        )
+    if not shutil.which("ssh-keygen"):
+        raise DeployError("ssh-keygen is missing", "install openssh-client (scripts/setup.sh)")
+    private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private.parent.chmod(0o700)
+    if private.is_file():
+        derived = _keygen(["-y", "-f", str(private)], f"read the key {private}")
+        _write_private(public, derived, 0o644)
+        return private, public, True
+    public.unlink(missing_ok=True)  # a lone .pub cannot be trusted to match
+    _keygen(
+        ["-q", "-t", "ed25519", "-N", "", "-C", f"{APP}@{os.uname().nodename}", "-f", str(private)],
+        f"make the key pair {private}",
+    )
+    return private, public, True
+
+
+def _keygen(args: list[str], what: str) -> str:
+    result = subprocess.run(
+        ["ssh-keygen", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=KEY_TIMEOUT_SECONDS,
+    )
+    if result.returncode != 0:
+        raise DeployError(
+            f"could not {what}: {result.stderr.strip()}",
+            "remove the broken key files to let a new pair be made",
+        )
+    return result.stdout
+
+
+def _write_private(path: Path, text: str, mode: int) -> None:
+    """Write ``text`` to ``path`` atomically with ``mode`` (never briefly wider)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    temporary.chmod(mode)
+    temporary.replace(path)
+
+
+# --------------------------------------------------------------------------- host records
+
+
+@dataclass(frozen=True, slots=True)
+class HostRecord:
+    """Where an environment's host is: written by provision or register."""
+
+    provider: str  # lxd | existing | hetzner
+    host: str
+    port: int
+    instance: str = ""  # the lxd instance name; empty for others
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def hosts_dir(environ: Mapping[str, str] | None = None) -> Path:
+    return root(environ) / "hosts"
+
+
+def record_path(env_name: str, environ: Mapping[str, str] | None = None) -> Path:
+    return hosts_dir(environ) / f"{env_name}.json"
+
+
+def known_hosts_path(env_name: str, environ: Mapping[str, str] | None = None) -> Path:
+    return hosts_dir(environ) / f"{env_name}.known_hosts"
+
+
+def read_record(env_name: str, environ: Mapping[str, str] | None = None) -> HostRecord | None:
+    path = record_path(env_name, environ)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+        record = HostRecord(
+            provider=str(data["provider"]),
+            host=str(data["host"]),
+            port=int(data["port"]),
+            instance=str(data.get("instance", "")),
+        )
+    except (ValueError, KeyError, TypeError):
+        raise DeployError(
+            f"{path} is not a host record of {APP}",
+            f"remove it, then `inv provision --env {env_name}` or `inv register --env {env_name}`",
+        ) from None
+    if not record.host or not 0 < record.port < 65536:
+        raise DeployError(f"{path} names no usable host: {text.strip()!r}")
+    return record
+
+
+def write_record(
+    env_name: str, record: HostRecord, environ: Mapping[str, str] | None = None
+) -> Path:
+    path = record_path(env_name, environ)
+    _write_private(path, record.to_json(), 0o600)
+    return path
+
+
+def write_known_hosts(
+    env_name: str, host: str, port: int, keys: list[str], environ: Mapping[str, str] | None = None
+) -> Path:
+    path = known_hosts_path(env_name, environ)
+    _write_private(path, known_hosts_text(host, port, keys), 0o600)
+    return path
+
+
+def merge_known_hosts(path: Path, host: str, port: int, keys: list[str]) -> Path:
+    """Replace host:port's lines in a known_hosts file the user named; keep the rest."""
+    where = host if port == 22 else f"[{host}]:{port}"
+    try:
+        kept = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+            if where not in line.split(" ", 1)[0].split(",")
+        ]
+    except FileNotFoundError:
+        kept = []
+    _write_private(path, "".join(kept) + known_hosts_text(host, port, keys), 0o600)
+    return path
+
+
+def known_hosts_text(host: str, port: int, keys: list[str]) -> str:
+    """known_hosts lines for ``keys`` (each ``TYPE BASE64``) of host:port."""
+    where = host if port == 22 else f"[{host}]:{port}"
+    return "".join(f"{where} {key}\n" for key in keys)
+
+
+def forget(env_name: str, environ: Mapping[str, str] | None = None) -> None:
+    """Remove the host record and its known_hosts file."""
+    record_path(env_name, environ).unlink(missing_ok=True)
+    known_hosts_path(env_name, environ).unlink(missing_ok=True)

@@ -1,0 +1,180 @@
+"""The host lifecycle on the LXD host `inv provision` made (conftest.py): deploy by
+the recorded host, the firewall seen from this machine, a second configure and
+deploy that change nothing, an image that cannot be pulled, a foreign instance
+that is never touched, and destroy (refused while sets exist, then done).
+
+Runs after test_deploy_and_backup.py (file order): destroy removes the host.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tracker_deployer import state
+
+from tests.e2e.remote_host import (
+    PROVISIONED_ENV,
+    TARGET_NAME,
+    RemoteHost,
+    env_argument,
+    inv,
+    shown,
+)
+
+pytestmark = pytest.mark.e2e
+
+Say = Callable[[str], None]
+FOREIGN = "tracker-deployer-e2e-foreign"
+
+
+def _answers_tcp(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return bool(sock.recv(64))
+    except OSError:
+        return False
+
+
+def _env_copy(tmp_path: Path, **changes: object) -> Path:
+    data = env_argument.data(PROVISIONED_ENV)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = tmp_path / f"{PROVISIONED_ENV}.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_deploy_by_the_recorded_host_then_nothing_changes(target: RemoteHost, say: Say) -> None:
+    # No --host, no --known-hosts, no --accept-new-host-key: all of it is state.
+    say(f"inv deploy --env {PROVISIONED_ENV} (host and host keys from the state directory)")
+    first = inv("deploy", "--env", env_argument(PROVISIONED_ENV))
+    assert first.returncode == 0, shown(first)
+    for phase in ("provision", "configure", "push", "compose up", "install-cron", "health"):
+        assert f"] {phase}\n" in first.stdout, first.stdout
+        assert f"      {phase}: " in first.stdout  # its time
+    assert "skipped: the host is known" in first.stdout
+    say("inv configure, then inv deploy again: nothing may change")
+    configured = inv("configure", "--env", env_argument(PROVISIONED_ENV))
+    assert configured.returncode == 0, shown(configured)
+    assert "configure: 0 changed, 6 unchanged" in configured.stdout, configured.stdout
+    assert "  changed" not in configured.stdout
+    second = inv("deploy", "--env", env_argument(PROVISIONED_ENV))
+    assert second.returncode == 0, shown(second)
+    assert "nothing changed" in second.stdout, second.stdout
+    say(f"  second deploy: {second.stdout.strip().splitlines()[-3:]}")
+
+
+def test_published_tracker_port_answers_from_here_and_mysql_does_not(
+    target: RemoteHost, say: Say
+) -> None:
+    host = target.address.host
+    services = target.services()
+    assert services["mysql"]["state"] == "running"  # it runs, only unreachable from here
+    assert _answers_tcp(host, 7070), f"the tracker's published port {host}:7070 does not answer"
+    assert not _answers_tcp(host, 3306), f"MySQL answers on {host}:3306 from this machine"
+    # The health-check API is bound to the host's loopback: not from here either.
+    assert not _answers_tcp(host, 1313)
+    rules = target.check("nft list table inet tracker_deployer")
+    assert "tcp dport 7070" in rules or "7070" in rules
+    say(f"  {host}:7070 answers; {host}:3306 and {host}:1313 do not")
+
+
+def test_an_image_that_cannot_be_pulled_is_one_clear_line(
+    target: RemoteHost, tmp_path: Path, say: Say
+) -> None:
+    # A registry on the host's loopback that does not exist: the pull fails at once,
+    # and no traffic leaves the machines this test made.
+    unpullable = "127.0.0.1:5999/torrust/tracker:v0.0.0-e2e"
+    env = _env_copy(tmp_path, images__tracker=unpullable)
+    result = inv("deploy", "--env", str(env))
+    assert result.returncode == 3, shown(result)
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1, result.stderr
+    assert f"cannot pull image {unpullable}" in error[0]
+    assert "sandbox" in error[0]
+    # Everything before the pull succeeded.
+    assert "      configure: " in result.stdout
+    assert "      push: " in result.stdout
+    say(f"  {error[0][:160]}")
+    restored = inv("deploy", "--env", env_argument(PROVISIONED_ENV))
+    assert restored.returncode == 0, shown(restored)
+
+
+def test_status_reports_provider_host_services_and_last_backup(target: RemoteHost) -> None:
+    taken = inv("backup", "--env", PROVISIONED_ENV)
+    assert taken.returncode == 0, shown(taken)
+    target.wait_healthy("tracker", 120)  # the backup restarted it
+    result = inv("status", "--env", PROVISIONED_ENV, "--json")
+    assert result.returncode == 0, shown(result)
+    report = json.loads(result.stdout)
+    assert report["provider"] == "lxd"
+    assert report["instance"] == TARGET_NAME
+    assert report["host"] == f"{target.address.host}:22"
+    health = {row["service"]: row["health"] for row in report["services"]}
+    assert health["tracker"] == "healthy"
+    assert health["mysql"] == "healthy"
+    assert report["last_backup_run"]["result"] == "success"
+    assert report["backup_sets"] >= 1
+
+
+def test_a_foreign_instance_is_refused_and_never_touched(tmp_path: Path, say: Say) -> None:
+    subprocess.run(["lxc", "delete", "--force", FOREIGN], capture_output=True, check=False)
+    made = subprocess.run(
+        ["lxc", "init", "--empty", FOREIGN, "-c", "user.note=not-ours"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    try:
+        env = _env_copy(tmp_path, provider__profile_name=FOREIGN)
+        for task in (["provision"], ["destroy", "--delete-backups"]):
+            refused = inv(*task, "--env", str(env))
+            assert refused.returncode == 1, shown(refused)
+            assert "was not created by tracker-deployer" in refused.stderr
+            assert "not touching it" in refused.stderr
+        config = subprocess.run(
+            ["lxc", "config", "show", FOREIGN], capture_output=True, text=True, check=True
+        ).stdout
+        assert "user.note: not-ours" in config
+        assert "user.tracker-deployer" not in config
+        say(f"  {FOREIGN}: provision and destroy refused, instance untouched")
+    finally:
+        subprocess.run(["lxc", "delete", "--force", FOREIGN], capture_output=True, check=False)
+
+
+def test_destroy_refuses_while_sets_exist_then_removes_the_instance(
+    target: RemoteHost, say: Say
+) -> None:
+    assert target.complete_sets(), "the status test took a backup"
+    # A stopped instance's sets cannot be checked: refused too, nothing deleted.
+    subprocess.run(["lxc", "stop", TARGET_NAME], check=True, timeout=120)
+    try:
+        stopped = inv("destroy", "--env", PROVISIONED_ENV)
+        assert stopped.returncode == 1, shown(stopped)
+        assert "its backup sets cannot be checked" in stopped.stderr
+    finally:
+        subprocess.run(["lxc", "start", TARGET_NAME], check=True, timeout=120)
+    refused = inv("destroy", "--env", PROVISIONED_ENV)
+    assert refused.returncode == 1, shown(refused)
+    assert "refusing to destroy" in refused.stderr
+    assert f"inv fetch-backup --env {PROVISIONED_ENV}" in refused.stderr
+    assert subprocess.run(["lxc", "info", TARGET_NAME], capture_output=True).returncode == 0
+    say(f"  refused: {refused.stderr.strip()[:160]}")
+    done = inv("destroy", "--env", PROVISIONED_ENV, "--delete-backups")
+    assert done.returncode == 0, shown(done)
+    assert subprocess.run(["lxc", "info", TARGET_NAME], capture_output=True).returncode != 0
+    assert state.read_record(PROVISIONED_ENV) is None
+    assert not state.known_hosts_path(PROVISIONED_ENV).exists()
+    say(f"  {TARGET_NAME} destroyed with --delete-backups")

@@ -1,0 +1,376 @@
+"""The host lifecycle's pure parts: the state directory, key creation, host records,
+the configure plan and firewall, and the CLI's refusals that need no host."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tracker_deployer import lifecycle, state
+from tracker_deployer.errors import DeployError
+from tracker_deployer.remote import configure
+
+from tests.helpers import REPO_ROOT, parse, sample_data
+
+# --------------------------------------------------------------------------- state directory
+
+
+def test_state_root_follows_xdg_state_home_and_ignores_a_relative_one(tmp_path: Path) -> None:
+    assert state.root({"XDG_STATE_HOME": str(tmp_path)}) == tmp_path / "tracker-deployer"
+    assert state.root({"XDG_STATE_HOME": "relative/dir"}) == Path(state.SPELLED).expanduser()
+    assert state.root({}) == Path("~/.local/state/tracker-deployer").expanduser()
+
+
+def test_resolve_maps_the_spelled_state_dir_to_xdg(tmp_path: Path) -> None:
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    spelled = f"{state.SPELLED}/ssh/id_ed25519"
+    assert state.resolve(spelled, environ) == tmp_path / "tracker-deployer/ssh/id_ed25519"
+    assert state.resolve(spelled, {}) == Path(spelled).expanduser()
+    assert state.resolve("/etc/key", environ) == Path("/etc/key")
+    # A look-alike prefix is not the state directory.
+    assert (
+        state.resolve("~/.local/state/tracker-deployer-x/k", environ)
+        == Path("~/.local/state/tracker-deployer-x/k").expanduser()
+    )
+
+
+def test_key_pair_is_made_on_first_use_in_the_state_dir_only_once(tmp_path: Path) -> None:
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    spelled = f"{state.SPELLED}/ssh/id_ed25519"
+    private, public, made = state.ensure_key_pair(spelled, spelled + ".pub", environ)
+    assert made
+    assert private == tmp_path / "tracker-deployer/ssh/id_ed25519"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(private.parent.stat().st_mode) == 0o700
+    assert public.read_text().startswith("ssh-ed25519 ")
+    before = private.read_bytes()
+    again = state.ensure_key_pair(spelled, spelled + ".pub", environ)
+    assert again == (private, public, False)
+    assert private.read_bytes() == before
+
+
+def test_a_lost_public_key_is_derived_from_the_private_one(tmp_path: Path) -> None:
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    spelled = f"{state.SPELLED}/ssh/id_ed25519"
+    _private, public, _ = state.ensure_key_pair(spelled, spelled + ".pub", environ)
+    original = public.read_text().split()[:2]
+    public.unlink()
+    _, _, made = state.ensure_key_pair(spelled, spelled + ".pub", environ)
+    assert made
+    assert public.read_text().split()[:2] == original
+
+
+def test_a_missing_key_outside_the_state_dir_is_named_with_how_to_make_it(tmp_path: Path) -> None:
+    environ = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    missing = tmp_path / "keys" / "id_test"
+    with pytest.raises(DeployError) as raised:
+        state.ensure_key_pair(str(missing), f"{missing}.pub", environ)
+    text = str(raised.value)
+    assert str(missing) in text
+    assert f"ssh-keygen -t ed25519 -N '' -f {missing}" in text
+    assert not missing.parent.exists()  # nothing is created outside the state dir
+
+
+def test_host_record_round_trip_and_forget(tmp_path: Path) -> None:
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    record = state.HostRecord("lxd", "10.187.33.9", 22, "tracker-sandbox")
+    path = state.write_record("sandbox-sqlite", record, environ)
+    assert path == tmp_path / "tracker-deployer/hosts/sandbox-sqlite.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert state.read_record("sandbox-sqlite", environ) == record
+    known = state.write_known_hosts(
+        "sandbox-sqlite", "10.187.33.9", 22, ["ssh-ed25519 AAAA"], environ
+    )
+    assert known.read_text() == "10.187.33.9 ssh-ed25519 AAAA\n"
+    state.forget("sandbox-sqlite", environ)
+    assert state.read_record("sandbox-sqlite", environ) is None
+    assert not known.exists()
+
+
+def test_a_broken_host_record_is_a_clear_error(tmp_path: Path) -> None:
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    path = state.record_path("x", environ)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"provider": "lxd"}')
+    with pytest.raises(DeployError, match=r"is not a host record .* `inv provision --env x`"):
+        state.read_record("x", environ)
+
+
+def test_known_hosts_text_brackets_non_default_ports() -> None:
+    keys = ["ssh-ed25519 AAAA1", "ecdsa-sha2-nistp256 AAAA2"]
+    assert state.known_hosts_text("127.0.0.1", 2222, keys) == (
+        "[127.0.0.1]:2222 ssh-ed25519 AAAA1\n[127.0.0.1]:2222 ecdsa-sha2-nistp256 AAAA2\n"
+    )
+    assert state.known_hosts_text("10.0.0.5", 22, keys[:1]) == "10.0.0.5 ssh-ed25519 AAAA1\n"
+
+
+# --------------------------------------------------------------------------- configure plan
+
+
+def test_configure_plan_covers_every_piece_for_debian_12() -> None:
+    env = parse(sample_data("manual-test-mysql"))
+    steps = configure.plan(env, configure.HostOs("debian", "12", "Debian GNU/Linux 12"))
+    names = " | ".join(step.name for step in steps)
+    for piece in (
+        "docker.io",
+        "cron",
+        "logrotate",
+        "util-linux",
+        "curl",
+        "unattended-upgrades",
+        "nftables",
+        f"docker-compose {configure.COMPOSE_DEB_VERSION} from trixie",
+        "docker log rotation",
+        "unattended security upgrades",
+        "firewall (nftables): SSH 22, 1212/tcp, 3000/tcp, 7070/tcp, 6969/udp",
+    ):
+        assert piece in names
+    # Every step has a check: a second run that finds everything in place changes nothing.
+    assert all(step.check and step.apply for step in steps)
+
+
+def test_ubuntu_24_04_maps_compose_to_its_own_package() -> None:
+    env = parse(sample_data("manual-test-sqlite"))
+    steps = configure.plan(env, configure.HostOs("ubuntu", "24.04", "Ubuntu 24.04 LTS"))
+    assert "docker-compose-v2" in steps[0].name
+    assert "trixie" not in steps[1].apply
+
+
+def test_compose_version_is_the_one_setup_sh_pins() -> None:
+    setup = (REPO_ROOT / "scripts/setup.sh").read_text(encoding="utf-8")
+    pinned = re.search(r'^readonly COMPOSE_DEB_VERSION="([^"]+)"', setup, re.MULTILINE)
+    assert pinned is not None
+    assert pinned.group(1) == configure.COMPOSE_DEB_VERSION
+
+
+@pytest.mark.parametrize(
+    ("output", "supported"),
+    [
+        ("debian\t12\tDebian GNU/Linux 12 (bookworm)\n", True),
+        ("ubuntu\t24.04\tUbuntu 24.04.1 LTS\n", True),
+        ("debian\t11\tDebian GNU/Linux 11 (bullseye)\n", False),
+        ("centos\t9\tCentOS Stream 9\n", False),
+        ("", False),
+    ],
+)
+def test_parse_os_and_supported_systems(output: str, supported: bool) -> None:
+    assert (configure.parse_os(output).key in configure.SUPPORTED) is supported
+
+
+def test_unsupported_os_is_one_line_naming_what_was_found() -> None:
+    found = configure.parse_os("centos\t9\tCentOS Stream 9\n")
+    with pytest.raises(DeployError) as raised:
+        configure.require_supported(found, "203.0.113.7")
+    text = str(raised.value)
+    assert "\n" not in text
+    assert "'CentOS Stream 9'" in text
+    assert "Debian 12" in text
+
+
+@pytest.mark.parametrize(
+    ("output", "fragment"),
+    [
+        ("E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 42", "locked"),
+        ("E: Unable to acquire the dpkg frontend lock", "locked"),
+        ("Err:1 http://deb.debian.org bookworm InRelease\n  Temporary failure resolving", "mirror"),
+        ("E: Failed to fetch http://x/y.deb  Connection failed", "mirror"),
+    ],
+)
+def test_apt_lock_and_offline_are_named_and_say_a_rerun_resumes(output: str, fragment: str) -> None:
+    error = configure.apt_failure("h1", output)
+    assert error is not None
+    assert fragment in str(error)
+    assert "resumes" in str(error)
+
+
+def test_other_apt_failures_are_not_misreported() -> None:
+    assert configure.apt_failure("h1", "E: Unable to locate package nosuch") is None
+
+
+def test_firewall_allows_ssh_and_exactly_the_published_ports() -> None:
+    data = sample_data("manual-test-mysql")
+    data["ssh_credentials"]["port"] = 2200
+    env = parse(data)
+    rules = configure.firewall_rules(env)
+    assert "policy drop;" in rules
+    assert "tcp dport 2200 accept" in rules
+    assert "tcp dport { 1212, 3000, 7070 } accept" in rules
+    assert "udp dport { 6969 } accept" in rules
+    assert "3306" not in rules  # MySQL is never published
+    assert "9090" not in rules  # Prometheus listens on the host's loopback only
+    assert "1313" not in rules  # the health-check API is bound to 127.0.0.1
+    assert "flush ruleset" not in rules  # Docker's and LXD's tables stay
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="nft -c needs root (CAP_NET_ADMIN)")
+@pytest.mark.parametrize("name", ["manual-test-mysql", "manual-test-sqlite-no-backup"])
+def test_firewall_rules_are_accepted_by_nft(name: str, tmp_path: Path) -> None:
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    if not Path(nft).exists():
+        pytest.fail("nft is missing: run scripts/setup.sh (it installs nftables)")
+    rules = tmp_path / "rules.nft"
+    rules.write_text(configure.firewall_rules(parse(sample_data(name))))
+    checked = subprocess.run(
+        [nft, "-c", "-f", str(rules)], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_content_checks_compare_the_exact_bytes(tmp_path: Path) -> None:
+    target = tmp_path / "daemon.json"
+    check = configure._has_content(str(target), configure.daemon_json())
+    assert subprocess.run(["bash", "-c", check], check=False).returncode == 1
+    write = configure._write(str(target), configure.daemon_json())
+    assert subprocess.run(["bash", "-c", write], check=False).returncode == 0
+    assert json.loads(target.read_text())["log-opts"] == {"max-size": "10m", "max-file": "3"}
+    assert subprocess.run(["bash", "-c", check], check=False).returncode == 0
+    target.write_text(target.read_text() + " ")
+    assert subprocess.run(["bash", "-c", check], check=False).returncode == 1
+
+
+# --------------------------------------------------------------------------- the CLI, no host
+
+
+def _inv(tmp_path: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    if path is not None:
+        environ["PATH"] = path
+    inv = Path(sys.executable).with_name("inv")
+    return subprocess.run(
+        [str(inv), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        env=environ,
+        timeout=120,
+    )
+
+
+def _write_env(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "env.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_hetzner_provision_exits_2_with_one_line_and_never_prints_the_token(
+    tmp_path: Path,
+) -> None:
+    data = sample_data("manual-test-sqlite")
+    data["provider"] = {
+        "provider": "hetzner",
+        "api_token": "tok-3nV3r-pr1nt",
+        "server_type": "cx22",
+        "location": "nbg1",
+    }
+    result = _inv(tmp_path, "provision", "--env", str(_write_env(tmp_path, data)))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "inv register --env manual-test-sqlite --host" in result.stderr
+    assert "tok-3nV3r-pr1nt" not in result.stdout + result.stderr
+    assert not (tmp_path / "state/tracker-deployer/hosts").exists()
+
+
+def test_register_records_the_host_in_the_state_dir_never_in_envs(tmp_path: Path) -> None:
+    data = sample_data("manual-test-sqlite")
+    data["provider"] = {"provider": "existing"}
+    env = _write_env(tmp_path, data)
+    before = env.read_bytes()
+    result = _inv(
+        tmp_path, "register", "--env", str(env), "--host", "203.0.113.7", "--port", "2200"
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(
+        (tmp_path / "state/tracker-deployer/hosts/manual-test-sqlite.json").read_text()
+    )
+    assert record == {"host": "203.0.113.7", "instance": "", "port": 2200, "provider": "existing"}
+    assert env.read_bytes() == before
+    # deploy --dry-run now names the registered host and opens no connection.
+    dry = _inv(tmp_path, "deploy", "--env", str(env), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "root@203.0.113.7:2200" not in dry.stdout  # the user is torrust
+    assert "torrust@203.0.113.7:2200" in dry.stdout
+    assert "[1/6] provision: skipped" in dry.stdout
+
+
+def test_register_refuses_a_bad_address_and_the_lxd_provider(tmp_path: Path) -> None:
+    data = sample_data("manual-test-sqlite")
+    data["provider"] = {"provider": "existing"}
+    bad = _inv(tmp_path, "register", "--env", str(_write_env(tmp_path, data)), "--host", "a b")
+    assert bad.returncode == 1
+    assert "--host 'a b'" in bad.stderr
+    lxd = _inv(tmp_path, "register", "--env", "manual-test-sqlite", "--host", "203.0.113.7")
+    assert lxd.returncode == 1
+    assert "records its own address" in lxd.stderr
+
+
+def test_existing_provider_without_a_host_says_how_to_register(tmp_path: Path) -> None:
+    data = sample_data("manual-test-sqlite")
+    data["provider"] = {"provider": "existing"}
+    result = _inv(tmp_path, "deploy", "--env", str(_write_env(tmp_path, data)))
+    assert result.returncode == 1
+    assert "inv register --env manual-test-sqlite --host ADDRESS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_lxd_not_installed_names_the_setup_command(tmp_path: Path) -> None:
+    # A PATH without lxc/lxd (the inv script runs by its full path).
+    result = _inv(tmp_path, "provision", "--env", "manual-test-sqlite", path="/nonexistent")
+    assert result.returncode == 1
+    assert "LXD is not installed" in result.stderr
+    assert "scripts/setup.sh" in result.stderr
+    assert not (tmp_path / "state").exists()  # nothing half-created
+
+
+def test_deploy_dry_run_lists_the_phases_and_creates_nothing(tmp_path: Path) -> None:
+    result = _inv(tmp_path, "deploy", "--env", "manual-test-mysql", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    phases = [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("[")]
+    assert phases == [
+        "[1/6] provision",
+        "[2/6] configure",
+        "[3/6] push",
+        "[4/6] compose up",
+        "[5/6] install-cron",
+        "[6/6] health",
+    ]
+    assert "create LXD instance torrust-profile-mysql" in result.stdout
+    assert "no connection is opened" in result.stdout
+    assert "torrust/tracker" in result.stdout  # the images the host will need
+    assert not (tmp_path / "state").exists()  # no key, no record
+
+
+def test_merging_host_keys_into_a_users_known_hosts_keeps_other_hosts(tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        "10.0.0.5 ssh-ed25519 OLD\nother.example ssh-ed25519 KEEP\n[10.0.0.5]:2222 ssh-rsa KEEP2\n"
+    )
+    state.merge_known_hosts(known, "10.0.0.5", 22, ["ssh-ed25519 NEW"])
+    assert known.read_text() == (
+        "other.example ssh-ed25519 KEEP\n[10.0.0.5]:2222 ssh-rsa KEEP2\n10.0.0.5 ssh-ed25519 NEW\n"
+    )
+    assert stat.S_IMODE(known.stat().st_mode) == 0o600
+
+
+def test_sandbox_tasks_are_the_lifecycle_tasks_of_the_sandbox_env(tmp_path: Path) -> None:
+    result = _inv(tmp_path, "sandbox.status")
+    assert result.returncode == 1
+    assert "environment: sandbox-sqlite" in result.stdout
+    assert "provider:    lxd (instance tracker-sandbox)" in result.stdout
+    assert "inv provision --env sandbox-sqlite" in result.stdout
+
+
+def test_stack_images_name_the_tracker_first_and_each_image_once() -> None:
+    env = parse(sample_data("manual-test-mysql"))
+    images = lifecycle.stack_images(env)
+    assert images[0] == "torrust/tracker:v3.0.0"
+    assert "mysql:8.4" in images
+    assert len(images) == len(set(images))
