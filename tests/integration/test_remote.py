@@ -56,11 +56,12 @@ def test_push_uploads_exactly_the_manifest_files_with_their_modes(
     env = write_env(tmp_path, target.env_data(sample_data("manual-test-mysql")))
     result = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
     assert result.returncode == 0, result.stderr
-    assert "push: 9 created, 0 changed" in result.stdout
+    # 9 files of the stack + the backup alert rules and the Backups dashboard
+    assert "push: 11 created, 0 changed" in result.stdout
 
     manifest = manifest_of(REPO_ROOT / "build/manual-test-mysql")
     pushed = [e for e in manifest["files"] if e["path"].startswith("/opt/torrust/")]
-    assert len(pushed) == 9
+    assert len(pushed) == 11
     for entry in pushed:
         local = target.host_path(entry["path"])
         info = local.stat()
@@ -94,7 +95,9 @@ def test_second_push_uploads_nothing(target: SshTarget, tmp_path: Path) -> None:
     time.sleep(0.05)
     second = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
     assert second.returncode == 0, second.stderr
-    assert "push: 0 created, 0 changed, 0 mode/owner fixed, 0 removed, 9 unchanged" in second.stdout
+    assert (
+        "push: 0 created, 0 changed, 0 mode/owner fixed, 0 removed, 11 unchanged" in second.stdout
+    )
     assert compose.stat().st_mtime_ns == before
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import jinja2
 
-from tracker_deployer import __version__, paths
+from tracker_deployer import __version__, monitoring, paths
 from tracker_deployer.config.model import Env, MysqlDatabase
 from tracker_deployer.errors import DeployError, RenderError
 from tracker_deployer.render import quoting
@@ -192,6 +192,19 @@ def backup_settings(env: Env) -> list[tuple[str, str]]:
     return settings
 
 
+def backup_monitoring(env: Env) -> dict[str, str] | None:
+    """The scrape job and rules file in prometheus.yml (None: no backup monitoring)."""
+    if not monitoring.monitors_backups(env):
+        return None
+    # Relative: Prometheus (and promtool) resolve it next to prometheus.yml.
+    rules = paths.PROMETHEUS_RULES.relative_to(paths.PROMETHEUS_CONFIG.parent)
+    return {
+        "job": monitoring.SCRAPE_JOB,
+        "target": f"{monitoring.NODE_EXPORTER_SERVICE}:{monitoring.NODE_EXPORTER_PORT}",
+        "rules_file": str(rules),
+    }
+
+
 def backup_paths(config_files: Iterable[PurePosixPath]) -> list[str]:
     """Every rendered config file, as seen in the backup container."""
     wanted = {path for path in config_files if path.is_relative_to(paths.DEPLOY_DIR)}
@@ -258,7 +271,15 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
             mode=0o640,
             gid=APP_GID,
             secret=True,
+            backup_monitoring=backup_monitoring(env),
         )
+        if monitoring.monitors_backups(env):
+            add(
+                paths.PROMETHEUS_RULES,
+                "prometheus/backup-alerts.yml.j2",
+                alerts=monitoring.alert_settings(env),
+                m=monitoring.METRICS,
+            )
     if env.grafana:
         provisioning = paths.GRAFANA_PROVISIONING
         for sub in ("", "/provisioning", "/provisioning/datasources", "/provisioning/dashboards"):
@@ -276,11 +297,22 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
             provisioning / "dashboards/torrust/tracker.json",
             "grafana/provisioning/dashboards/torrust/tracker.json.j2",
         )
+        if monitoring.monitors_backups(env):
+            add(
+                paths.GRAFANA_BACKUPS_DASHBOARD,
+                "grafana/provisioning/dashboards/torrust/backups.json.j2",
+                alerts=monitoring.alert_settings(env),
+                m=monitoring.METRICS,
+            )
     if env.https:
         directory(paths.STORAGE_DIR / "caddy")
         directory(paths.STORAGE_DIR / "caddy/etc")
         add(paths.CADDYFILE, "caddy/Caddyfile.j2", proxied=proxied_upstreams(env))
     if env.backup:
+        # Root-owned: only root's metrics and drill scripts write here.
+        directory(paths.METRICS_TEXTFILE_DIR.parent)
+        directory(paths.METRICS_TEXTFILE_DIR)
+        directory(paths.DRILL_DIR)
         directory(paths.BACKUP_DIR, 0o750, APP_UID, APP_GID)
         directory(paths.BACKUP_DIR / "etc", 0o750, ROOT_UID, APP_GID)
         add(
