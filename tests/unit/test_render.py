@@ -38,6 +38,7 @@ def test_mysql_backup_tree_has_every_file_of_the_design(mysql_data: dict[str, An
         "/opt/torrust/storage/prometheus/etc/prometheus.yml",
         "/opt/torrust/storage/tracker/etc/tracker.toml",
         "/usr/local/bin/maintenance-backup.sh",
+        "/usr/local/bin/tracker-backup-metrics.sh",
     ]
 
 

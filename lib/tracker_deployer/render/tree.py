@@ -342,6 +342,11 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
                 0o755,
             )
         )
+        files.append(
+            RenderedFile(
+                paths.METRICS_SCRIPT, metrics_script(env, templates_dir=templates_dir), 0o755
+            )
+        )
         add(
             paths.CRON_FILE,
             "backup/tracker-backup.cron.j2",
@@ -385,6 +390,29 @@ def maintenance_script(
         lock_file=lock_file,
         status_dir=status_dir,
         notify_url=env.backup.notify_url or "",
+    )
+
+
+def metrics_script(
+    env: Env,
+    *,
+    backup_dir: str = str(paths.BACKUP_DIR),
+    status_dir: str = str(paths.BACKUP_STATUS_DIR),
+    drill_dir: str = str(paths.DRILL_DIR),
+    textfile_dir: str = str(paths.METRICS_TEXTFILE_DIR),
+    templates_dir: Path = paths.TEMPLATES_DIR,
+) -> bytes:
+    """The host's tracker-backup-metrics.sh; tests point the paths at a scratch directory."""
+    return _render_template(
+        _environment(templates_dir),
+        "backup/backup-metrics.sh.j2",
+        env=env,
+        backup_dir=backup_dir,
+        status_dir=status_dir,
+        drill_dir=drill_dir,
+        textfile_dir=textfile_dir,
+        textfile_name=monitoring.TEXTFILE_NAME,
+        m=monitoring.METRICS,
     )
 
 
