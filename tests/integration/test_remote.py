@@ -143,11 +143,15 @@ def test_install_cron_installs_valid_files_and_removes_them_when_backup_is_off(
     env = write_env(tmp_path, data)
     result = inv("install-cron", "--env", str(env), "--known-hosts", str(target.known_hosts))
     assert result.returncode == 0, result.stderr
-    assert "install-cron: 3 created" in result.stdout
+    assert "install-cron: 7 created" in result.stdout
     expected = {
         "/usr/local/bin/maintenance-backup.sh": 0o755,
         "/etc/cron.d/tracker-backup": 0o644,
         "/etc/logrotate.d/tracker-backup": 0o644,
+        "/usr/local/bin/tracker-backup-metrics.sh": 0o755,
+        "/usr/local/bin/tracker-backup-verify.sh": 0o755,
+        "/usr/local/bin/tracker-backup-drill.sh": 0o755,
+        "/etc/cron.d/tracker-backup-drill": 0o644,
     }
     for path, mode in expected.items():
         info = target.host_path(path).stat()
@@ -164,7 +168,7 @@ def test_install_cron_installs_valid_files_and_removes_them_when_backup_is_off(
     env = write_env(tmp_path, data)
     result = inv("install-cron", "--env", str(env), "--known-hosts", str(target.known_hosts))
     assert result.returncode == 0, result.stderr
-    assert "3 removed" in result.stdout
+    assert "7 removed" in result.stdout
     for path in expected:
         assert not target.host_path(path).exists(), path
 

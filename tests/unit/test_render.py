@@ -25,6 +25,7 @@ def test_mysql_backup_tree_has_every_file_of_the_design(mysql_data: dict[str, An
     tree = render(parse(mysql_data))
     assert [str(path) for path in tree.paths] == [
         "/etc/cron.d/tracker-backup",
+        "/etc/cron.d/tracker-backup-drill",
         "/etc/logrotate.d/tracker-backup",
         "/opt/torrust/.env",
         "/opt/torrust/docker-compose.yml",
@@ -38,7 +39,9 @@ def test_mysql_backup_tree_has_every_file_of_the_design(mysql_data: dict[str, An
         "/opt/torrust/storage/prometheus/etc/prometheus.yml",
         "/opt/torrust/storage/tracker/etc/tracker.toml",
         "/usr/local/bin/maintenance-backup.sh",
+        "/usr/local/bin/tracker-backup-drill.sh",
         "/usr/local/bin/tracker-backup-metrics.sh",
+        "/usr/local/bin/tracker-backup-verify.sh",
     ]
 
 

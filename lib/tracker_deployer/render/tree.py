@@ -110,6 +110,8 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
         yaml=quoting.yaml,
         url=quoting.url_part,
     )
+    # Templates may take a fixed path from its owner (e.g. paths.DRILL_DIR).
+    environment.globals["paths"] = paths
     return environment
 
 
@@ -347,6 +349,22 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
                 paths.METRICS_SCRIPT, metrics_script(env, templates_dir=templates_dir), 0o755
             )
         )
+        files.append(
+            RenderedFile(
+                paths.VERIFY_SCRIPT, verify_script(env, templates_dir=templates_dir), 0o755
+            )
+        )
+        files.append(
+            RenderedFile(paths.DRILL_SCRIPT, drill_script(env, templates_dir=templates_dir), 0o755)
+        )
+        add(
+            paths.DRILL_CRON_FILE,
+            "backup/tracker-backup-drill.cron.j2",
+            schedule=str(env.backup.drill_schedule),
+            script=str(paths.DRILL_SCRIPT),
+            mailto=env.backup.mailto,
+            **common,
+        )
         add(
             paths.CRON_FILE,
             "backup/tracker-backup.cron.j2",
@@ -413,6 +431,62 @@ def metrics_script(
         textfile_dir=textfile_dir,
         textfile_name=monitoring.TEXTFILE_NAME,
         m=monitoring.METRICS,
+    )
+
+
+def verify_script(
+    env: Env,
+    *,
+    deploy_dir: str = str(paths.DEPLOY_DIR),
+    backup_dir: str = str(paths.BACKUP_DIR),
+    templates_dir: Path = paths.TEMPLATES_DIR,
+) -> bytes:
+    """The verify drill installed on the host; it takes the set id as its argument."""
+    return operation_script(
+        "verify",
+        templates_dir,
+        deploy_dir=deploy_dir,
+        backup_dir=backup_dir,
+        set_id=None,
+        db_type="mysql" if env.uses_mysql else "sqlite",
+        drill=True,
+        backup_image=env.images.backup,
+        mysql_image=env.images.mysql,
+        app_uid=APP_UID,
+        app_gid=APP_GID,
+    ).encode()
+
+
+DRILL_LOCK_WAIT_SECONDS = 3600
+
+
+def drill_script(
+    env: Env,
+    *,
+    backup_dir: str = str(paths.BACKUP_DIR),
+    drill_dir: str = str(paths.DRILL_DIR),
+    lock_file: str = str(paths.BACKUP_LOCK),
+    log_file: str = str(paths.BACKUP_LOG),
+    verify_script: str = str(paths.VERIFY_SCRIPT),
+    metrics_script: str = str(paths.METRICS_SCRIPT),
+    lock_wait_seconds: int = DRILL_LOCK_WAIT_SECONDS,
+    templates_dir: Path = paths.TEMPLATES_DIR,
+) -> bytes:
+    """The host's scheduled restore drill; tests point the paths at a scratch directory."""
+    assert env.backup is not None
+    return _render_template(
+        _environment(templates_dir),
+        "backup/backup-drill.sh.j2",
+        env=env,
+        backup_dir=backup_dir,
+        drill_dir=drill_dir,
+        lock_file=lock_file,
+        log_file=log_file,
+        verify_script=verify_script,
+        metrics_script=metrics_script,
+        lock_wait_seconds=lock_wait_seconds,
+        cron_file=str(paths.DRILL_CRON_FILE),
+        drill_schedule=str(env.backup.drill_schedule),
     )
 
 
