@@ -15,7 +15,7 @@ readonly E2E_SETUP_STATE_DIR="${SETUP_STATE_DIR:-/var/tmp/tracker-deployer-setup
 readonly E2E_IMAGE_REPOSITORY="tracker-deployer-test"
 readonly E2E_IMAGE_TAG="e2e"
 # The images that scripts/e2e-setup.sh builds, in build order.
-readonly E2E_IMAGE_NAMES=(mariadb tracker-standin target-host)
+readonly E2E_IMAGE_NAMES=(mariadb tracker-standin target-host prometheus node-exporter)
 # The images a target host needs to run the stack.
 readonly E2E_STACK_IMAGE_NAMES=(mariadb tracker-standin)
 readonly E2E_BASE_IMAGE="debian:bookworm-slim"

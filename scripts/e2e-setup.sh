@@ -2,7 +2,7 @@
 # Build the end-to-end test images from tests/e2e/images/ (idempotent).
 #
 # Usage: scripts/e2e-setup.sh [--force] [NAME...]
-#   NAME     mariadb | tracker-standin | target-host   (default: all three)
+#   NAME     mariadb | tracker-standin | target-host | prometheus | node-exporter (default: all)
 #   --force  rebuild even when the image is up to date
 #
 # Each image is tagged tracker-deployer-test/NAME:e2e and labelled with a hash
