@@ -138,3 +138,15 @@ def test_backups_dashboard_shows_age_downtime_sizes_and_drills(
     assert queries["Size per part (newest set)"] == ["tracker_backup_set_bytes"]
     assert queries["Restore drill results"] == ["tracker_backup_last_drill_success"]
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_validate_summary_names_the_drill_schedule(mysql_data: dict[str, Any]) -> None:
+    from datetime import datetime
+
+    from tracker_deployer.describe import describe_env
+
+    mysql_data["backup"]["drill_schedule"] = "30 5 * * sat"
+    text = describe_env(parse(mysql_data), now=datetime(2026, 11, 29, 4, 0))
+
+    assert '  drills:      "30 5 * * sat", next 2026-12-05 05:30 (host time)' in text.splitlines()
+    assert "node-exporter" in text
