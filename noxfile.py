@@ -14,7 +14,7 @@ import nox
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "typecheck", "tests", "shellcheck", "bats", "e2e"]
+nox.options.sessions = ["lint", "typecheck", "tests", "rules", "shellcheck", "bats", "e2e"]
 
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml("pyproject.toml")
@@ -74,6 +74,17 @@ def tests(session: nox.Session) -> None:
     _install(session, "test")
     args = session.posargs or ["tests/unit", "tests/integration"]
     session.run("pytest", *args)
+
+
+@nox.session
+def rules(session: nox.Session) -> None:
+    """promtool: unit tests of the backup alert rules, check of the rendered prometheus.yml."""
+    _install(session)
+    out = ROOT / ".nox/rendered-prometheus"
+    session.run("python", "scripts/render_prometheus.py", str(out), *session.posargs)
+    session.run("promtool", "check", "config", str(out / "prometheus.yml"), external=True)
+    tests = sorted(str(path) for path in out.glob("*.test.yml"))
+    session.run("promtool", "test", "rules", *tests, external=True)
 
 
 @nox.session

@@ -13,7 +13,7 @@ readonly E2E_STATE_DIR="${E2E_STATE_DIR:-/var/tmp/tracker-deployer-e2e}"
 readonly E2E_IMAGE_REPOSITORY="tracker-deployer-test"
 readonly E2E_IMAGE_TAG="e2e"
 # The images that scripts/e2e-setup.sh builds, in build order.
-readonly E2E_IMAGE_NAMES=(mariadb tracker-standin)
+readonly E2E_IMAGE_NAMES=(mariadb tracker-standin prometheus node-exporter)
 readonly E2E_BASE_IMAGE="debian:bookworm-slim"
 readonly E2E_HASH_LABEL="org.tracker-deployer.e2e.context-sha256"
 

@@ -3,7 +3,7 @@
 # tracker stand-in and MariaDB that the sandbox and e2e environments run.
 #
 # Usage: scripts/e2e-setup.sh [--force] [NAME...]
-#   NAME     mariadb | tracker-standin   (default: both)
+#   NAME     mariadb | tracker-standin | prometheus | node-exporter (default: all)
 #   --force  rebuild even when the image is up to date
 #
 # Each image is tagged tracker-deployer-test/NAME:e2e and labelled with a hash

@@ -15,6 +15,8 @@
 #   mariadb client/server for the backup tests
 # - LXD (the lxd provider: `inv provision`, the sandbox, e2e) and nftables
 #   (`nft -c` checks the host firewall `inv configure` writes)
+# - promtool (Debian's prometheus package) for `nox -s rules`; its daemon is
+#   never started
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,6 +64,26 @@ install_packages() {
   log "system packages: installing ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# promtool ships in Debian's prometheus package, which also holds the server.
+# A policy-rc.d that refuses every start keeps the install from starting it
+# (our images have one already; a machine with an init system may not).
+install_promtool() {
+  if command -v promtool >/dev/null 2>&1; then
+    log "promtool: $(promtool --version 2>&1 | head -n 1)"
+    return
+  fi
+  local policy=/usr/sbin/policy-rc.d added=0
+  if [[ ! -e "${policy}" ]]; then
+    as_root sh -c "printf '#!/bin/sh\\nexit 101\\n' >'${policy}' && chmod 0755 '${policy}'"
+    added=1
+  fi
+  log "promtool: installing Debian's prometheus package (daemon not started)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || { ((added == 0)) || as_root rm -f "${policy}"; die "installing the prometheus package failed"; }
+  ((added == 0)) || as_root rm -f "${policy}"
+  command -v promtool >/dev/null || die "the prometheus package is installed but promtool is not on PATH"
 }
 
 install_compose_v2() {
@@ -188,6 +210,7 @@ main() {
   mkdir -p "${STATE_DIR}"
   if [[ "${SETUP_SKIP_SYSTEM:-0}" != "1" ]]; then
     install_packages
+    install_promtool
     start_dockerd
     install_compose_v2
     ensure_base_image

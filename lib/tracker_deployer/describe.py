@@ -25,4 +25,8 @@ def describe_env(env: Env, *, now: datetime) -> str:
             f'  backups:     "{env.backup.schedule}", keep {env.backup.retention_days} days'
         )
         lines.append(f"  next runs:   {when} (host time)")
+        drill = env.backup.drill_schedule.next_runs(now, 1)[0]
+        lines.append(
+            f'  drills:      "{env.backup.drill_schedule}", next {drill:%Y-%m-%d %H:%M} (host time)'
+        )
     return "\n".join(lines)

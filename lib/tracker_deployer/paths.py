@@ -30,6 +30,21 @@ CRON_FILE = PurePosixPath("/etc/cron.d/tracker-backup")
 LOGROTATE_FILE = PurePosixPath("/etc/logrotate.d/tracker-backup")
 BACKUP_LOG = PurePosixPath("/var/log/tracker-backup.log")
 BACKUP_LOCK = PurePosixPath("/run/lock/tracker-backup.lock")
+# Backup health for Prometheus (node_exporter's textfile collector) and the
+# scheduled restore drills. Both directories are root-owned in root-owned
+# parents, outside storage/backup (which uid 1000 owns), so root never writes
+# through a path that user could plant.
+METRICS_TEXTFILE_DIR = STORAGE_DIR / "node-exporter/textfile"
+METRICS_TEXTFILE_IN_CONTAINER = PurePosixPath("/textfile")
+METRICS_SCRIPT = PurePosixPath("/usr/local/bin/tracker-backup-metrics.sh")
+DRILL_DIR = STORAGE_DIR / "backup-drills"
+DRILL_SCRIPT = PurePosixPath("/usr/local/bin/tracker-backup-drill.sh")
+VERIFY_SCRIPT = PurePosixPath("/usr/local/bin/tracker-backup-verify.sh")
+DRILL_LAST = DRILL_DIR / "last-drill.env"
+DRILL_CRON_FILE = PurePosixPath("/etc/cron.d/tracker-backup-drill")
+PROMETHEUS_RULES = STORAGE_DIR / "prometheus/etc/backup-alerts.yml"
+PROMETHEUS_CONFIG_IN_CONTAINER = PurePosixPath("/etc/prometheus")
+GRAFANA_BACKUPS_DASHBOARD = GRAFANA_PROVISIONING / "dashboards/torrust/backups.json"
 
 # In containers.
 TRACKER_LIB_IN_CONTAINER = "/var/lib/torrust/tracker"

@@ -9,6 +9,9 @@ depend on is decided here, in Python, so the compose template only prints it
 * ``database_network``: tracker, mysql and backup, only with MySQL.
 * ``metrics_network``: tracker and prometheus. ``visualization_network``:
   prometheus and grafana. ``proxy_network``: caddy and every proxied service.
+  ``backup_metrics_network``: prometheus and node-exporter only.
+* node-exporter with backup and prometheus: only its textfile collector, the
+  root-owned textfile directory mounted read-only, no host port.
 * The backup service: ``profiles: [backup]`` (never started by ``up``),
   ``restart: "no"``, joins the database network and depends on
   ``mysql: service_healthy`` only with MySQL; with SQLite it has no network at
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tracker_deployer import paths
+from tracker_deployer import monitoring, paths
 from tracker_deployer.config.model import Endpoint, Env
 
 APP_UID = 1000
@@ -117,6 +120,8 @@ DATABASE_NETWORK = "database_network"
 METRICS_NETWORK = "metrics_network"
 VISUALIZATION_NETWORK = "visualization_network"
 PROXY_NETWORK = "proxy_network"
+BACKUP_METRICS_NETWORK = "backup_metrics_network"
+NOBODY = "65534:65534"
 
 
 def tracker_ports(env: Env) -> tuple[Port, ...]:
@@ -221,6 +226,9 @@ def derive(env: Env) -> Topology:
         )
 
     if env.prometheus:
+        prometheus_networks = [build.network(METRICS_NETWORK), build.network(VISUALIZATION_NETWORK)]
+        if monitoring.monitors_backups(env):
+            prometheus_networks.append(build.network(BACKUP_METRICS_NETWORK))
         build.services.append(
             Service(
                 name="prometheus",
@@ -228,9 +236,39 @@ def derive(env: Env) -> Topology:
                 # prometheus.yml holds the API token: 0640 root:1000, read via group 1000.
                 group_add=(str(APP_GID),),
                 ports=(Port(9090, 9090, host_ip="127.0.0.1"),),
-                volumes=(Mount("./storage/prometheus/etc", "/etc/prometheus", read_only=True),),
-                networks=(build.network(METRICS_NETWORK), build.network(VISUALIZATION_NETWORK)),
+                volumes=(
+                    Mount(
+                        "./storage/prometheus/etc",
+                        str(paths.PROMETHEUS_CONFIG_IN_CONTAINER),
+                        read_only=True,
+                    ),
+                ),
+                networks=tuple(prometheus_networks),
                 depends_on=(Dependency("tracker", "service_started"),),
+            )
+        )
+
+    if monitoring.monitors_backups(env):
+        textfile = paths.METRICS_TEXTFILE_IN_CONTAINER
+        build.services.append(
+            Service(
+                name=monitoring.NODE_EXPORTER_SERVICE,
+                image=env.images.node_exporter,
+                user=NOBODY,
+                command=(
+                    "--collector.disable-defaults",
+                    "--collector.textfile",
+                    f"--collector.textfile.directory={textfile}",
+                    f"--web.listen-address=:{monitoring.NODE_EXPORTER_PORT}",
+                ),
+                volumes=(
+                    Mount(
+                        "./" + str(paths.METRICS_TEXTFILE_DIR.relative_to(paths.DEPLOY_DIR)),
+                        str(textfile),
+                        read_only=True,
+                    ),
+                ),
+                networks=(BACKUP_METRICS_NETWORK,),
             )
         )
 
@@ -302,6 +340,12 @@ def derive(env: Env) -> Topology:
             )
         )
 
-    order = [DATABASE_NETWORK, METRICS_NETWORK, VISUALIZATION_NETWORK, PROXY_NETWORK]
+    order = [
+        DATABASE_NETWORK,
+        METRICS_NETWORK,
+        VISUALIZATION_NETWORK,
+        PROXY_NETWORK,
+        BACKUP_METRICS_NETWORK,
+    ]
     networks = tuple(name for name in order if name in build.networks)
     return Topology(tuple(build.services), networks, tuple(build.volumes))

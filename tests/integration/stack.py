@@ -62,6 +62,8 @@ class Stack:
         )
         self.marker = self.status_dir / paths.TRACKER_STOPPED_MARKER.name
         self.script = base / "maintenance-backup.sh"
+        # The maintenance script calls it on its way out when a test writes it here.
+        self.metrics_script = base / "tracker-backup-metrics.sh"
         self.project = f"tdtest-{uuid.uuid4().hex[:10]}"
 
     def install(self) -> Stack:
@@ -88,6 +90,7 @@ class Stack:
                 log_file=str(self.log_file),
                 lock_file=str(self.lock_file),
                 status_dir=str(self.status_dir),
+                metrics_script=str(self.metrics_script),
             )
         )
         self.script.chmod(0o755)

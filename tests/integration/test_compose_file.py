@@ -85,6 +85,11 @@ def test_compose_accepts_the_rendered_file(
         expected.add("grafana")
     if env.backup:
         expected.add("backup")
+    if env.backup and env.prometheus:
+        expected.add("node-exporter")
+        exporter = config["services"]["node-exporter"]
+        assert "ports" not in exporter
+        assert exporter["volumes"][0]["read_only"] is True
     assert set(config["services"]) == expected
     assert config["name"] == "torrust"
 

@@ -59,11 +59,12 @@ def test_push_uploads_exactly_the_manifest_files_with_their_modes(
     env = write_env(tmp_path, target.env_data(sample_data("manual-test-mysql")))
     result = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
     assert result.returncode == 0, result.stderr
-    assert "push: 9 created, 0 changed" in result.stdout
+    # 9 files of the stack + the backup alert rules and the Backups dashboard
+    assert "push: 11 created, 0 changed" in result.stdout
 
     manifest = manifest_of(REPO_ROOT / "build/manual-test-mysql")
     pushed = [e for e in manifest["files"] if e["path"].startswith("/opt/torrust/")]
-    assert len(pushed) == 9
+    assert len(pushed) == 11
     for entry in pushed:
         local = target.host_path(entry["path"])
         info = local.stat()
@@ -97,7 +98,9 @@ def test_second_push_uploads_nothing(target: SshTarget, tmp_path: Path) -> None:
     time.sleep(0.05)
     second = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
     assert second.returncode == 0, second.stderr
-    assert "push: 0 created, 0 changed, 0 mode/owner fixed, 0 removed, 9 unchanged" in second.stdout
+    assert (
+        "push: 0 created, 0 changed, 0 mode/owner fixed, 0 removed, 11 unchanged" in second.stdout
+    )
     assert compose.stat().st_mtime_ns == before
 
 
@@ -143,11 +146,15 @@ def test_install_cron_installs_valid_files_and_removes_them_when_backup_is_off(
     env = write_env(tmp_path, data)
     result = inv("install-cron", "--env", str(env), "--known-hosts", str(target.known_hosts))
     assert result.returncode == 0, result.stderr
-    assert "install-cron: 3 created" in result.stdout
+    assert "install-cron: 7 created" in result.stdout
     expected = {
         "/usr/local/bin/maintenance-backup.sh": 0o755,
         "/etc/cron.d/tracker-backup": 0o644,
         "/etc/logrotate.d/tracker-backup": 0o644,
+        "/usr/local/bin/tracker-backup-metrics.sh": 0o755,
+        "/usr/local/bin/tracker-backup-verify.sh": 0o755,
+        "/usr/local/bin/tracker-backup-drill.sh": 0o755,
+        "/etc/cron.d/tracker-backup-drill": 0o644,
     }
     for path, mode in expected.items():
         info = target.host_path(path).stat()
@@ -164,7 +171,7 @@ def test_install_cron_installs_valid_files_and_removes_them_when_backup_is_off(
     env = write_env(tmp_path, data)
     result = inv("install-cron", "--env", str(env), "--known-hosts", str(target.known_hosts))
     assert result.returncode == 0, result.stderr
-    assert "3 removed" in result.stdout
+    assert "7 removed" in result.stdout
     for path in expected:
         assert not target.host_path(path).exists(), path
 

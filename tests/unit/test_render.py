@@ -27,17 +27,23 @@ def test_mysql_backup_tree_has_every_file_of_the_design(mysql_data: dict[str, An
     tree = render(parse(mysql_data))
     assert [str(path) for path in tree.paths] == [
         "/etc/cron.d/tracker-backup",
+        "/etc/cron.d/tracker-backup-drill",
         "/etc/logrotate.d/tracker-backup",
         "/opt/torrust/.env",
         "/opt/torrust/docker-compose.yml",
         "/opt/torrust/storage/backup/etc/backup-paths.txt",
         "/opt/torrust/storage/backup/etc/backup.conf",
         "/opt/torrust/storage/grafana/provisioning/dashboards/torrust.yml",
+        "/opt/torrust/storage/grafana/provisioning/dashboards/torrust/backups.json",
         "/opt/torrust/storage/grafana/provisioning/dashboards/torrust/tracker.json",
         "/opt/torrust/storage/grafana/provisioning/datasources/prometheus.yml",
+        "/opt/torrust/storage/prometheus/etc/backup-alerts.yml",
         "/opt/torrust/storage/prometheus/etc/prometheus.yml",
         "/opt/torrust/storage/tracker/etc/tracker.toml",
         "/usr/local/bin/maintenance-backup.sh",
+        "/usr/local/bin/tracker-backup-drill.sh",
+        "/usr/local/bin/tracker-backup-metrics.sh",
+        "/usr/local/bin/tracker-backup-verify.sh",
     ]
 
 

@@ -19,6 +19,8 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 from tracker_deployer.config.model import (
     DEFAULT_COMPRESSION_LEVEL,
+    DEFAULT_DOWNTIME_BUDGET_SECONDS,
+    DEFAULT_DRILL_SCHEDULE,
     DEFAULT_IMAGES,
     DEFAULT_MAX_DOWNTIME_SECONDS,
     DEFAULT_RETENTION_DAYS,
@@ -143,6 +145,8 @@ def test_defaults_are_the_models() -> None:
     assert backup["max_downtime_seconds"]["default"] == DEFAULT_MAX_DOWNTIME_SECONDS
     assert backup["max_downtime_seconds"]["maximum"] == MAX_MAX_DOWNTIME_SECONDS
     assert backup["mailto"]["default"] == ""
+    assert backup["drill_schedule"]["default"] == DEFAULT_DRILL_SCHEDULE
+    assert backup["downtime_budget_seconds"]["default"] == DEFAULT_DOWNTIME_BUDGET_SECONDS
     images = SCHEMA["properties"]["images"]["properties"]
     assert {key: value["default"] for key, value in images.items()} == DEFAULT_IMAGES
     assert SCHEMA["properties"]["ssh_credentials"]["properties"]["port"]["default"] == 22

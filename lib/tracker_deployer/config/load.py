@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -17,10 +18,13 @@ from typing import Any, TypeVar
 
 from tracker_deployer.config.model import (
     DEFAULT_COMPRESSION_LEVEL,
+    DEFAULT_DOWNTIME_BUDGET_SECONDS,
+    DEFAULT_DRILL_SCHEDULE,
     DEFAULT_IMAGES,
     DEFAULT_MAX_DOWNTIME_SECONDS,
     DEFAULT_RETENTION_DAYS,
     DEFAULT_SCHEDULE,
+    MAX_DOWNTIME_BUDGET_SECONDS,
     MAX_MAX_DOWNTIME_SECONDS,
     BackupConfig,
     BindAddress,
@@ -312,6 +316,25 @@ class _Reader:
             return None
         if value > high:
             self.error(where, f"{value} is more than the maximum of {high}", hint)
+            return None
+        return value
+
+    def positive_number(
+        self, parent: Mapping[str, Any], key: str, path: str, high: float, hint: str
+    ) -> float | None:
+        """A number (integer or decimal) above 0 and at most ``high``."""
+        if key not in parent:
+            return None
+        value = parent[key]
+        where = _join(path, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(where, f"must be a number, not {_type_name(value)} ({_show(value)})", hint)
+            return None
+        if not math.isfinite(value) or value <= 0:
+            self.error(where, f"{_show(value)} is not a positive number", hint)
+            return None
+        if value > high:
+            self.error(where, f"{_show(value)} is more than the maximum of {_show(high)}", hint)
             return None
         return value
 
@@ -691,6 +714,8 @@ class _Reader:
                 "max_downtime_seconds",
                 "mailto",
                 "notify_url",
+                "drill_schedule",
+                "downtime_budget_seconds",
             ),
         )
         if section is None:
@@ -725,6 +750,15 @@ class _Reader:
         if mailto:
             mailto = self.apply(_join(path, "mailto"), mailto, parse_email_list)
         notify = self.typed(section, "notify_url", path, parse_http_url)
+        drill_schedule = self.typed(section, "drill_schedule", path, CronSchedule.parse)
+        budget = self.positive_number(
+            section,
+            "downtime_budget_seconds",
+            path,
+            MAX_DOWNTIME_BUDGET_SECONDS,
+            "the longest tracker downtime per backup run before BackupDowntimeOverBudget "
+            f"fires, in seconds, e.g. {DEFAULT_DOWNTIME_BUDGET_SECONDS}",
+        )
         failed = [
             key
             for key, parsed in (
@@ -734,6 +768,8 @@ class _Reader:
                 ("max_downtime_seconds", downtime),
                 ("mailto", mailto),
                 ("notify_url", notify),
+                ("drill_schedule", drill_schedule),
+                ("downtime_budget_seconds", budget),
             )
             if key in section and parsed is None
         ]
@@ -748,6 +784,10 @@ class _Reader:
             ),
             mailto=mailto or "",
             notify_url=notify,
+            drill_schedule=drill_schedule or CronSchedule(DEFAULT_DRILL_SCHEDULE),
+            downtime_budget_seconds=(
+                budget if budget is not None else DEFAULT_DOWNTIME_BUDGET_SECONDS
+            ),
         )
 
     def images(self, value: object) -> Images | None:

@@ -509,6 +509,10 @@ DEFAULT_COMPRESSION_LEVEL = 6
 # snapshot); then the snapshot is killed, the tracker started, the run failed.
 DEFAULT_MAX_DOWNTIME_SECONDS = 600
 MAX_MAX_DOWNTIME_SECONDS = 86400
+# Weekly restore drill, Sunday 04:00: an hour after the default backup.
+DEFAULT_DRILL_SCHEDULE = "0 4 * * 0"
+DEFAULT_DOWNTIME_BUDGET_SECONDS = 60
+MAX_DOWNTIME_BUDGET_SECONDS = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,6 +525,10 @@ class BackupConfig:
     max_downtime_seconds: int = DEFAULT_MAX_DOWNTIME_SECONDS
     mailto: str = ""
     notify_url: str | None = None
+    drill_schedule: CronSchedule = field(
+        default_factory=lambda: CronSchedule(DEFAULT_DRILL_SCHEDULE)
+    )
+    downtime_budget_seconds: float = DEFAULT_DOWNTIME_BUDGET_SECONDS
 
 
 BACKUP_IMAGE_REPOSITORY = "torrust/tracker-backup"
@@ -533,6 +541,8 @@ DEFAULT_IMAGES: dict[str, str] = {
     "grafana": "grafana/grafana:12.1.0",
     "caddy": "caddy:2.10",
     "backup": f"{BACKUP_IMAGE_REPOSITORY}:{BACKUP_IMAGE_VERSION}",
+    # Reads the backup metrics (textfile collector) when backup and prometheus are on.
+    "node_exporter": "prom/node-exporter:v1.9.1",
 }
 
 
@@ -544,6 +554,7 @@ class Images:
     grafana: str = DEFAULT_IMAGES["grafana"]
     caddy: str = DEFAULT_IMAGES["caddy"]
     backup: str = DEFAULT_IMAGES["backup"]
+    node_exporter: str = DEFAULT_IMAGES["node_exporter"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ Say = Callable[[str], None]
 SET_ID = re.compile(r"[0-9]{8}_[0-9]{6}")
 NUMBER = re.compile(r"[0-9]{1,18}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+DRILL_EVIDENCE = re.compile(r"drill_[0-9]{8}_[0-9]{6}_set_[0-9]{8}_[0-9]{6}\.json")
 PARTS = ("mysql", "sqlite", "config")
 # A checksum manifest lists three files; anything much larger is not one.
 MAX_MANIFEST_BYTES = 16 * 1024
@@ -112,6 +113,22 @@ class BackupSet:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class DrillRecord:
+    """One scheduled restore drill, from its evidence file on the host."""
+
+    evidence: str  # file name in paths.DRILL_DIR
+    set_id: str
+    result: str  # success | failure
+    exit_code: str
+    duration_seconds: str
+
+    @property
+    def ran_at(self) -> datetime:
+        stamp = self.evidence[len("drill_") : len("drill_") + 15]
+        return datetime.strptime(stamp, "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+
+
 @dataclass(slots=True)
 class Inventory:
     sets: list[BackupSet]
@@ -119,6 +136,8 @@ class Inventory:
     failure_log: list[str]
     host_now: int | None = None
     missing_dir: bool = False
+    drills: list[DrillRecord] = field(default_factory=list)
+    last_drill: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete_sets(self) -> list[BackupSet]:
@@ -201,6 +220,19 @@ def parse_inventory(output: str) -> Inventory:
             if not NUMBER.fullmatch(fields[1]):
                 raise _bad_listing(number, line)
             inventory.host_now = int(fields[1])
+        elif kind == "DRILL":
+            # Host data: every field checked before it is shown or used.
+            if not (
+                len(fields) == 6
+                and DRILL_EVIDENCE.fullmatch(fields[1])
+                and SET_ID.fullmatch(fields[2])
+                and fields[3] in ("success", "failure", "?")
+                and all(NUMBER.fullmatch(f) or f == "?" for f in fields[4:6])
+            ):
+                raise _bad_listing(number, line)
+            inventory.drills.append(DrillRecord(*fields[1:]))
+        elif kind == "DRILLSTATUS" and len(fields) == 3:
+            inventory.last_drill[fields[1]] = fields[2]
         elif kind == "NODIR":
             inventory.missing_dir = True
         elif kind in ("FILE", "SET", "META", "STATUS", "NOW"):
@@ -261,6 +293,7 @@ def format_inventory(inventory: Inventory, now: datetime) -> str:
         )
     lines.append("")
     lines += format_last_run(inventory)
+    lines += format_drills(inventory)
     return "\n".join(lines)
 
 
@@ -303,6 +336,25 @@ def format_last_run(inventory: Inventory) -> list[str]:
     return [printable(line) for line in lines]
 
 
+def format_drills(inventory: Inventory) -> list[str]:
+    """The scheduled restore drills whose evidence is on the host, newest last."""
+    last = inventory.last_drill
+    if not inventory.drills and not last:
+        return ["restore drills: none recorded yet"]
+    lines = ["restore drills (evidence in " + str(paths.DRILL_DIR) + "):"]
+    for drill in sorted(inventory.drills, key=lambda d: d.evidence):
+        lines.append(
+            f"  {drill.ran_at:%Y-%m-%d %H:%M:%S}  set {drill.set_id}  {drill.result.upper():8} "
+            f"(exit {drill.exit_code}, {drill.duration_seconds} s)  {drill.evidence}"
+        )
+    if last.get("result") == "failure":
+        lines.append(
+            f"  last drill FAILED (exit {last.get('exit_code', '?')}): "
+            f"{last.get('reason') or 'see ' + str(paths.BACKUP_LOG)}"
+        )
+    return [printable(line) for line in lines]
+
+
 def inventory_json(inventory: Inventory) -> str:
     data: dict[str, Any] = {
         "sets": [
@@ -320,6 +372,20 @@ def inventory_json(inventory: Inventory) -> str:
         ],
         "last_run": inventory.last_run or None,
         "last_failure_log": inventory.failure_log,
+        "drills": [
+            {
+                "evidence": d.evidence,
+                "ran_at": d.ran_at.isoformat().replace("+00:00", "Z"),
+                "set": d.set_id,
+                "result": d.result,
+                "exit_code": int(d.exit_code) if d.exit_code.isdigit() else None,
+                "duration_seconds": int(d.duration_seconds)
+                if d.duration_seconds.isdigit()
+                else None,
+            }
+            for d in sorted(inventory.drills, key=lambda d: d.evidence)
+        ],
+        "last_drill": inventory.last_drill or None,
     }
     return json.dumps(data, indent=2, sort_keys=True)
 

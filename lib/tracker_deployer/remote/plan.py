@@ -23,7 +23,16 @@ STATE_DIR = paths.DEPLOY_DIR / ".tracker-deployer"
 STATE_FILE = STATE_DIR / "deployed-files.txt"
 
 # Files managed by `install-cron`; everything under DEPLOY_DIR is `push`'s.
-CRON_FILES = (paths.MAINTENANCE_SCRIPT, paths.CRON_FILE, paths.LOGROTATE_FILE)
+CRON_FILES = (
+    paths.MAINTENANCE_SCRIPT,
+    paths.CRON_FILE,
+    paths.LOGROTATE_FILE,
+    # backup health metrics and the scheduled restore drill
+    paths.METRICS_SCRIPT,
+    paths.VERIFY_SCRIPT,
+    paths.DRILL_SCRIPT,
+    paths.DRILL_CRON_FILE,
+)
 
 
 class Scope(Enum):

@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from tracker_deployer import __version__, paths
+from tracker_deployer import __version__, monitoring, paths
 from tracker_deployer.config.model import Env, MysqlDatabase
 from tracker_deployer.errors import DeployError, RenderError
 from tracker_deployer.render import quoting
@@ -121,6 +121,8 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
         yaml=quoting.yaml,
         url=quoting.url_part,
     )
+    # Templates may take a fixed path from its owner (e.g. paths.DRILL_DIR).
+    environment.globals["paths"] = paths
     return environment
 
 
@@ -203,6 +205,19 @@ def backup_settings(env: Env) -> list[tuple[str, str]]:
     return settings
 
 
+def backup_monitoring(env: Env) -> dict[str, str] | None:
+    """The scrape job and rules file in prometheus.yml (None: no backup monitoring)."""
+    if not monitoring.monitors_backups(env):
+        return None
+    # Relative: Prometheus (and promtool) resolve it next to prometheus.yml.
+    rules = paths.PROMETHEUS_RULES.relative_to(paths.PROMETHEUS_CONFIG.parent)
+    return {
+        "job": monitoring.SCRAPE_JOB,
+        "target": f"{monitoring.NODE_EXPORTER_SERVICE}:{monitoring.NODE_EXPORTER_PORT}",
+        "rules_file": str(rules),
+    }
+
+
 def backup_paths(config_files: Iterable[PurePosixPath]) -> list[str]:
     """Every rendered config file, as seen in the backup container."""
     wanted = {path for path in config_files if path.is_relative_to(paths.DEPLOY_DIR)}
@@ -269,7 +284,15 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
             mode=0o640,
             gid=APP_GID,
             secret=True,
+            backup_monitoring=backup_monitoring(env),
         )
+        if monitoring.monitors_backups(env):
+            add(
+                paths.PROMETHEUS_RULES,
+                "prometheus/backup-alerts.yml.j2",
+                alerts=monitoring.alert_settings(env),
+                m=monitoring.METRICS,
+            )
     if env.grafana:
         provisioning = paths.GRAFANA_PROVISIONING
         for sub in ("", "/provisioning", "/provisioning/datasources", "/provisioning/dashboards"):
@@ -287,11 +310,22 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
             provisioning / "dashboards/torrust/tracker.json",
             "grafana/provisioning/dashboards/torrust/tracker.json.j2",
         )
+        if monitoring.monitors_backups(env):
+            add(
+                paths.GRAFANA_BACKUPS_DASHBOARD,
+                "grafana/provisioning/dashboards/torrust/backups.json.j2",
+                alerts=monitoring.alert_settings(env),
+                m=monitoring.METRICS,
+            )
     if env.https:
         directory(paths.STORAGE_DIR / "caddy")
         directory(paths.STORAGE_DIR / "caddy/etc")
         add(paths.CADDYFILE, "caddy/Caddyfile.j2", proxied=proxied_upstreams(env))
     if env.backup:
+        # Root-owned: only root's metrics and drill scripts write here.
+        directory(paths.METRICS_TEXTFILE_DIR.parent)
+        directory(paths.METRICS_TEXTFILE_DIR)
+        directory(paths.DRILL_DIR)
         directory(paths.BACKUP_DIR, 0o750, APP_UID, APP_GID)
         directory(paths.BACKUP_DIR / "etc", 0o750, ROOT_UID, APP_GID)
         directory(paths.BACKUP_STATUS_DIR, 0o755, ROOT_UID, ROOT_GID)
@@ -322,6 +356,27 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
                 0o755,
             )
         )
+        files.append(
+            RenderedFile(
+                paths.METRICS_SCRIPT, metrics_script(env, templates_dir=templates_dir), 0o755
+            )
+        )
+        files.append(
+            RenderedFile(
+                paths.VERIFY_SCRIPT, verify_script(env, templates_dir=templates_dir), 0o755
+            )
+        )
+        files.append(
+            RenderedFile(paths.DRILL_SCRIPT, drill_script(env, templates_dir=templates_dir), 0o755)
+        )
+        add(
+            paths.DRILL_CRON_FILE,
+            "backup/tracker-backup-drill.cron.j2",
+            schedule=str(env.backup.drill_schedule),
+            script=str(paths.DRILL_SCRIPT),
+            mailto=env.backup.mailto,
+            **common,
+        )
         add(
             paths.CRON_FILE,
             "backup/tracker-backup.cron.j2",
@@ -351,6 +406,7 @@ def maintenance_script(
     log_file: str = str(paths.BACKUP_LOG),
     lock_file: str = str(paths.BACKUP_LOCK),
     status_dir: str = str(paths.BACKUP_STATUS_DIR),
+    metrics_script: str = str(paths.METRICS_SCRIPT),
     templates_dir: Path = paths.TEMPLATES_DIR,
 ) -> bytes:
     """The host's maintenance-backup.sh; tests point the paths at a scratch directory."""
@@ -367,6 +423,86 @@ def maintenance_script(
         marker_file=f"{status_dir}/{paths.TRACKER_STOPPED_MARKER.name}",
         notify_url=env.backup.notify_url or "",
         max_downtime_seconds=env.backup.max_downtime_seconds,
+        metrics_script=metrics_script,
+    )
+
+
+def metrics_script(
+    env: Env,
+    *,
+    backup_dir: str = str(paths.BACKUP_DIR),
+    status_dir: str = str(paths.BACKUP_STATUS_DIR),
+    drill_dir: str = str(paths.DRILL_DIR),
+    textfile_dir: str = str(paths.METRICS_TEXTFILE_DIR),
+    templates_dir: Path = paths.TEMPLATES_DIR,
+) -> bytes:
+    """The host's tracker-backup-metrics.sh; tests point the paths at a scratch directory."""
+    return _render_template(
+        _environment(templates_dir),
+        "backup/backup-metrics.sh.j2",
+        env=env,
+        backup_dir=backup_dir,
+        status_dir=status_dir,
+        drill_dir=drill_dir,
+        textfile_dir=textfile_dir,
+        textfile_name=monitoring.TEXTFILE_NAME,
+        m=monitoring.METRICS,
+    )
+
+
+def verify_script(
+    env: Env,
+    *,
+    deploy_dir: str = str(paths.DEPLOY_DIR),
+    backup_dir: str = str(paths.BACKUP_DIR),
+    templates_dir: Path = paths.TEMPLATES_DIR,
+) -> bytes:
+    """The verify drill installed on the host; it takes the set id as its argument."""
+    return operation_script(
+        "verify",
+        templates_dir,
+        deploy_dir=deploy_dir,
+        backup_dir=backup_dir,
+        set_id=None,
+        db_type="mysql" if env.uses_mysql else "sqlite",
+        drill=True,
+        backup_image=env.images.backup,
+        mysql_image=env.images.mysql,
+        app_uid=APP_UID,
+        app_gid=APP_GID,
+    ).encode()
+
+
+DRILL_LOCK_WAIT_SECONDS = 3600
+
+
+def drill_script(
+    env: Env,
+    *,
+    backup_dir: str = str(paths.BACKUP_DIR),
+    drill_dir: str = str(paths.DRILL_DIR),
+    lock_file: str = str(paths.BACKUP_LOCK),
+    log_file: str = str(paths.BACKUP_LOG),
+    verify_script: str = str(paths.VERIFY_SCRIPT),
+    metrics_script: str = str(paths.METRICS_SCRIPT),
+    lock_wait_seconds: int = DRILL_LOCK_WAIT_SECONDS,
+    templates_dir: Path = paths.TEMPLATES_DIR,
+) -> bytes:
+    """The host's scheduled restore drill; tests point the paths at a scratch directory."""
+    assert env.backup is not None
+    return _render_template(
+        _environment(templates_dir),
+        "backup/backup-drill.sh.j2",
+        env=env,
+        backup_dir=backup_dir,
+        drill_dir=drill_dir,
+        lock_file=lock_file,
+        log_file=log_file,
+        verify_script=verify_script,
+        metrics_script=metrics_script,
+        lock_wait_seconds=lock_wait_seconds,
+        cron_file=str(paths.DRILL_CRON_FILE),
+        drill_schedule=str(env.backup.drill_schedule),
     )
 
 

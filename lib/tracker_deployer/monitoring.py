@@ -1,0 +1,139 @@
+"""Backup health as Prometheus data: metric names, alert thresholds, scrape target.
+
+Pure: everything here is derived from an :class:`Env` (time is never read), so
+rendering stays deterministic. This module owns the metric names; the metrics
+script, the alert rules and the dashboard get them from here as data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from croniter import croniter
+
+from tracker_deployer.config.model import CronSchedule, Env
+
+METRIC_PREFIX = "tracker_backup_"
+NODE_EXPORTER_SERVICE = "node-exporter"
+NODE_EXPORTER_PORT = 9100
+SCRAPE_JOB = "tracker_backup"
+TEXTFILE_NAME = "tracker_backup.prom"
+
+# The metrics, by role. Values are full metric names (prefix included).
+METRICS: dict[str, str] = {
+    "run_start": "tracker_backup_last_run_start_timestamp_seconds",
+    "run_end": "tracker_backup_last_run_end_timestamp_seconds",
+    "run_success": "tracker_backup_last_run_success",
+    "run_exit_code": "tracker_backup_last_run_exit_code",
+    "run_duration": "tracker_backup_last_run_duration_seconds",
+    "run_downtime": "tracker_backup_last_run_downtime_seconds",
+    "last_success": "tracker_backup_last_success_timestamp_seconds",
+    "set_bytes": "tracker_backup_set_bytes",
+    "set_rows": "tracker_backup_set_rows",
+    "local_sets": "tracker_backup_local_sets",
+    "oldest_set": "tracker_backup_oldest_set_timestamp_seconds",
+    "newest_set": "tracker_backup_newest_set_timestamp_seconds",
+    "oldest_set_age": "tracker_backup_oldest_set_age_seconds",
+    "newest_set_age": "tracker_backup_newest_set_age_seconds",
+    "drill_success": "tracker_backup_last_drill_success",
+    "drill_time": "tracker_backup_last_drill_timestamp_seconds",
+    "drill_duration": "tracker_backup_last_drill_duration_seconds",
+    "drill_last_success": "tracker_backup_last_drill_success_timestamp_seconds",
+    "written": "tracker_backup_metrics_written_timestamp_seconds",
+}
+
+# BackupMissing / BackupDrillMissing fire after period x 1.5 plus this margin
+# (a run's own length, a host clock change).
+MISSING_FACTOR = 1.5
+MISSING_MARGIN_SECONDS = 1800
+
+# The window over which the period of a schedule is measured: a fixed start
+# (rendering must not depend on today), at least a year of fires, but no more
+# than MAX_FIRES of them (an every-minute schedule has 525600 a year).
+_PERIOD_START = datetime(2001, 1, 1)
+_PERIOD_WINDOW = timedelta(days=400)
+_MAX_FIRES = 2000
+_MIN_FIRES = 3
+
+
+def schedule_period_seconds(schedule: CronSchedule) -> int:
+    """The longest gap between two consecutive fires of ``schedule``, in seconds.
+
+    "0 3 * * *" gives a day, "0 3 * * mon-fri" three days (Friday to Monday),
+    "0 4 * * 0" a week, "0 3 29 2 *" four years.
+    """
+    return _period_seconds(schedule.expression)
+
+
+@lru_cache(maxsize=64)
+def _period_seconds(expression: str) -> int:
+    iterator = croniter(expression, _PERIOD_START)
+    end = _PERIOD_START + _PERIOD_WINDOW
+    previous: datetime = iterator.get_next(datetime)
+    longest = 0
+    fires = 1
+    while fires < _MIN_FIRES or (fires < _MAX_FIRES and previous < end):
+        current: datetime = iterator.get_next(datetime)
+        longest = max(longest, int((current - previous).total_seconds()))
+        previous = current
+        fires += 1
+    return longest
+
+
+def missing_after_seconds(schedule: CronSchedule) -> int:
+    """How long without a success before an alert says the job stopped."""
+    return int(schedule_period_seconds(schedule) * MISSING_FACTOR) + MISSING_MARGIN_SECONDS
+
+
+def prometheus_duration(seconds: float) -> str:
+    """A Prometheus duration literal (``for:``), e.g. 37h30m."""
+    whole = int(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return "".join(parts) or "0s"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    """Thresholds of the rendered alert rules."""
+
+    missing_after_seconds: int
+    drill_missing_after_seconds: int
+    downtime_budget_seconds: float
+    schedule: str
+    drill_schedule: str
+
+    @property
+    def missing_for(self) -> str:
+        return prometheus_duration(self.missing_after_seconds)
+
+    @property
+    def drill_missing_for(self) -> str:
+        return prometheus_duration(self.drill_missing_after_seconds)
+
+    @property
+    def downtime_budget(self) -> str:
+        """The budget as PromQL writes numbers (no trailing .0)."""
+        budget = self.downtime_budget_seconds
+        return str(int(budget)) if float(budget).is_integer() else repr(float(budget))
+
+
+def alert_settings(env: Env) -> AlertSettings:
+    assert env.backup is not None
+    return AlertSettings(
+        missing_after_seconds=missing_after_seconds(env.backup.schedule),
+        drill_missing_after_seconds=missing_after_seconds(env.backup.drill_schedule),
+        downtime_budget_seconds=env.backup.downtime_budget_seconds,
+        schedule=str(env.backup.schedule),
+        drill_schedule=str(env.backup.drill_schedule),
+    )
+
+
+def monitors_backups(env: Env) -> bool:
+    """node-exporter, the scrape job, the rules: only with backup and prometheus."""
+    return env.backup is not None and env.prometheus is not None

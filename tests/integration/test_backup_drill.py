@@ -1,0 +1,259 @@
+"""The scheduled restore drill (tracker-backup-drill.sh) on real sets, with its evidence and metrics."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from tracker_deployer.remote.backups import format_inventory, inventory_json, parse_inventory
+from tracker_deployer.render import operation_script
+from tracker_deployer.render.tree import drill_script, metrics_script, verify_script
+
+from tests.helpers import parse, sample_data
+from tests.integration.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+
+class Drill:
+    """The drill, verify and metrics scripts rendered with their paths in a scratch directory."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        base: Path,
+        *,
+        verify: Path | None = None,
+        lock_wait_seconds: int = 60,
+    ) -> None:
+        self.stack = stack
+        self.base = base
+        self.drill_dir = base / "drills"
+        self.textfile_dir = base / "textfile"
+        self.lock_file = base / "lock/tracker-backup.lock"
+        self.log_file = base / "log/tracker-backup.log"
+        base.mkdir(parents=True, exist_ok=True)
+        self.verify = verify or base / "tracker-backup-verify.sh"
+        if verify is None:
+            self.verify.write_bytes(
+                verify_script(
+                    stack.env, deploy_dir=str(stack.deploy_dir), backup_dir=str(stack.backups)
+                )
+            )
+            self.verify.chmod(0o755)
+        self.metrics = base / "tracker-backup-metrics.sh"
+        self.metrics.write_bytes(
+            metrics_script(
+                stack.env,
+                backup_dir=str(stack.backups),
+                status_dir=str(stack.status_dir),
+                drill_dir=str(self.drill_dir),
+                textfile_dir=str(self.textfile_dir),
+            )
+        )
+        self.metrics.chmod(0o755)
+        self.script = base / "tracker-backup-drill.sh"
+        self.script.write_bytes(
+            drill_script(
+                stack.env,
+                backup_dir=str(stack.backups),
+                drill_dir=str(self.drill_dir),
+                lock_file=str(self.lock_file),
+                log_file=str(self.log_file),
+                verify_script=str(self.verify),
+                metrics_script=str(self.metrics),
+                lock_wait_seconds=lock_wait_seconds,
+            )
+        )
+        self.script.chmod(0o755)
+
+    def run(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.script), "--quiet"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=self.stack.environ(),
+            timeout=600,
+        )
+
+    def evidence(self) -> list[dict[str, object]]:
+        files = sorted(self.drill_dir.glob("drill_*_set_*.json"))
+        return [json.loads(path.read_text()) for path in files]
+
+    def last(self) -> dict[str, str]:
+        text = (self.drill_dir / "last-drill.env").read_text()
+        return dict(line.split("=", 1) for line in text.splitlines())
+
+    def metric(self, name: str) -> float | None:
+        for line in (self.textfile_dir / "tracker_backup.prom").read_text().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        return None
+
+    def inventory(self) -> str:
+        """What `inv backups` gets from the host's inventory script."""
+        script = self.base / "inventory.sh"
+        script.write_text(
+            operation_script(
+                "inventory",
+                backup_dir=str(self.stack.backups),
+                verify=False,
+                drill_dir=str(self.drill_dir),
+            )
+        )
+        result = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_drill_restores_the_newest_set_writes_evidence_and_metrics(
+    sqlite_stack: Stack, tmp_path: Path
+) -> None:
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    [set_id] = stack.sets()
+    live = stack.deploy_dir / "storage/tracker/lib/database/tracker.db"
+    # The stand-in tracker writes to its database all the time: stop it, so that
+    # only the drill could change the live file.
+    stack.compose("stop", "tracker")
+    live_before = sha256(live)
+    drill = Drill(stack, tmp_path / "drill")
+
+    result = drill.run()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == result.stderr == ""  # --quiet: silent when it passes
+    [evidence] = drill.evidence()
+    assert evidence["set"] == set_id
+    assert evidence["result"] == "success"
+    assert evidence["exit_code"] == 0
+    assert evidence["live_database_touched"] is False
+    manifest = (stack.backups / f"manifests/set_{set_id}.sha256").read_text().split("\n")
+    assert [f"{c['sha256']}  {c['file']}" for c in evidence["checksums"]] == [  # type: ignore[attr-defined]
+        line for line in manifest if line
+    ]
+    meta = stack.meta(set_id)
+    tables = {t["table"]: t for t in evidence["tables"]}  # type: ignore[attr-defined]
+    assert tables["torrents"] == {
+        "table": "torrents",
+        "rows_in_set": int(meta["rows.torrents"]),
+        "rows_restored": int(meta["rows.torrents"]),
+        "match": True,
+    }
+    assert len(tables) == len([key for key in meta if key.startswith("rows.")])
+    assert drill.last()["result"] == "success"
+    assert drill.metric("tracker_backup_last_drill_success") == 1
+    finished = float(drill.last()["finished_epoch"])
+    assert drill.metric("tracker_backup_last_drill_timestamp_seconds") == finished
+    assert drill.metric("tracker_backup_last_drill_success_timestamp_seconds") == finished
+    log = drill.log_file.read_text()
+    assert f"drill of set {set_id} PASSED" in log
+    assert f"set {set_id}: VERIFIED" in log
+    # the live database is untouched and the scratch files are gone
+    assert sha256(live) == live_before
+    assert not list(stack.backups.glob(".drill-*"))
+
+    # A flipped byte in the set: the drill fails, says so, and keeps the last success.
+    archive = stack.backups / f"sqlite/sqlite_{set_id}.db.gz"
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    archive.write_bytes(bytes(data))
+
+    failed = drill.run()
+
+    assert failed.returncode == 4, failed.stdout + failed.stderr
+    assert "tracker backup drill FAILED (exit 4)" in failed.stderr
+    second = drill.evidence()[-1]
+    assert second["result"] == "failure"
+    assert second["exit_code"] == 4
+    assert drill.metric("tracker_backup_last_drill_success") == 0
+    assert drill.metric("tracker_backup_last_drill_success_timestamp_seconds") == finished
+    assert sha256(live) == live_before
+
+    # `inv backups` lists both drills
+    inventory = parse_inventory(drill.inventory())
+    assert [(d.set_id, d.result, d.exit_code) for d in inventory.drills] == [
+        (set_id, "success", "0"),
+        (set_id, "failure", "4"),
+    ]
+    listing = format_inventory(inventory, datetime.now(UTC))
+    assert f"set {set_id}  SUCCESS  (exit 0," in listing
+    assert "last drill FAILED (exit 4): the verify drill of set" in listing
+    assert json.loads(inventory_json(inventory))["drills"][1]["result"] == "failure"
+
+
+# The wrapper's own rules, with a stand-in for the verify drill (a script that
+# records its argument): the real verify drill is exercised above.
+STANDIN_VERIFY = """#!/usr/bin/env bash
+printf '%s\\n' "$1" >>"$(dirname "$0")/verified"
+exit "${STANDIN_EXIT:-0}"
+"""
+
+
+def fake_set(backups: Path, set_id: str) -> None:
+    manifests = backups / "manifests"
+    manifests.mkdir(parents=True, exist_ok=True)
+    (manifests / f"set_{set_id}.meta").write_text(f"set={set_id}\nrows.torrents=3\n")
+    (manifests / f"set_{set_id}.sha256").write_text("")
+
+
+def standin(tmp_path: Path) -> tuple[Stack, Path]:
+    stack = Stack(parse(sample_data("manual-test-sqlite")), tmp_path / "s")
+    stack.backups.mkdir(parents=True)
+    verify = tmp_path / "standin/verify.sh"
+    verify.parent.mkdir()
+    verify.write_text(STANDIN_VERIFY)
+    verify.chmod(0o755)
+    return stack, verify
+
+
+def test_drill_waits_for_the_backup_lock_and_gives_up_after_the_bound(tmp_path: Path) -> None:
+    stack, verify = standin(tmp_path)
+    fake_set(stack.backups, "20261101_030000")
+    drill = Drill(stack, tmp_path / "drill", verify=verify, lock_wait_seconds=1)
+    drill.lock_file.parent.mkdir(parents=True)
+    with drill.lock_file.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a backup run holds it
+        result = drill.run()
+
+    assert result.returncode == 75
+    assert not (verify.parent / "verified").exists()
+    assert drill.last()["result"] == "failure"
+    assert "stayed busy" in drill.log_file.read_text()
+    assert drill.metric("tracker_backup_last_drill_success") == 0
+
+
+def test_drill_takes_the_newest_complete_set_and_prunes_evidence_of_gone_sets(
+    tmp_path: Path,
+) -> None:
+    stack, verify = standin(tmp_path)
+    drill = Drill(stack, tmp_path / "drill", verify=verify)
+    assert drill.run().returncode == 66  # no set yet
+    assert drill.last()["result"] == "failure"
+
+    fake_set(stack.backups, "20261101_030000")
+    fake_set(stack.backups, "20261102_030000")
+    (stack.backups / "manifests/set_20261103_030000.meta").write_text("incomplete\n")
+    assert drill.run().returncode == 0
+    assert (verify.parent / "verified").read_text() == "20261102_030000\n"
+    [first] = drill.evidence()
+    assert first["set"] == "20261102_030000"
+
+    # retention deleted that set; a newer one is drilled; the old evidence goes
+    (stack.backups / "manifests/set_20261102_030000.sha256").unlink()
+    fake_set(stack.backups, "20261104_030000")
+    # (a second run in the same second would reuse the file name)
+    for old in drill.drill_dir.glob("drill_*.json"):
+        old.rename(old.with_name(old.name.replace("drill_2", "drill_1", 1)))
+    assert drill.run().returncode == 0
+    assert [e["set"] for e in drill.evidence()] == ["20261104_030000"]

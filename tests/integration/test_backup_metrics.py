@@ -1,0 +1,147 @@
+"""tracker-backup-metrics.sh on real sets: a real stack, real runs, promtool's verdict."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from tracker_deployer.render.tree import metrics_script
+
+from tests.integration.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+SAMPLE = re.compile(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$")
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail("promtool is missing: run scripts/setup.sh (Debian's prometheus package)")
+    return found
+
+
+class Metrics:
+    """The metrics script rendered with its paths in a scratch directory."""
+
+    def __init__(self, stack: Stack, base: Path) -> None:
+        self.stack = stack
+        self.textfile_dir = base / "textfile"
+        self.drill_dir = base / "drills"
+        self.drill_dir.mkdir(parents=True)
+        self.script = base / "tracker-backup-metrics.sh"
+        self.script.write_bytes(
+            metrics_script(
+                stack.env,
+                backup_dir=str(stack.backups),
+                status_dir=str(stack.status_dir),
+                drill_dir=str(self.drill_dir),
+                textfile_dir=str(self.textfile_dir),
+            )
+        )
+        self.script.chmod(0o755)
+
+    @property
+    def output(self) -> Path:
+        return self.textfile_dir / "tracker_backup.prom"
+
+    def write(self) -> dict[str, float]:
+        result = subprocess.run([str(self.script)], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        text = self.output.read_text()
+        check = subprocess.run(
+            [promtool(), "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert check.stdout + check.stderr == "", check.stdout + check.stderr
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            match = SAMPLE.match(line)
+            assert match, line
+            name, labels, value = match.groups()
+            samples[f"{name}{{{labels}}}" if labels else name] = float(value)
+        return samples
+
+
+def epoch(iso: str) -> float:
+    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def test_metrics_describe_a_real_run_and_then_a_failed_one(
+    sqlite_stack: Stack, tmp_path: Path
+) -> None:
+    stack = sqlite_stack
+    metrics = Metrics(stack, tmp_path / "metrics")
+    result = stack.run_maintenance()
+    assert result.returncode == 0, result.stdout + result.stderr
+    [set_id] = stack.sets()
+    status = stack.status()
+    meta = stack.meta(set_id)
+
+    samples = metrics.write()
+
+    assert samples["tracker_backup_last_run_success"] == 1
+    assert samples["tracker_backup_last_run_exit_code"] == 0
+    assert samples["tracker_backup_last_run_start_timestamp_seconds"] == epoch(status["started_at"])
+    assert samples["tracker_backup_last_run_end_timestamp_seconds"] == epoch(status["finished_at"])
+    assert samples["tracker_backup_last_run_duration_seconds"] == int(status["duration_seconds"])
+    assert samples["tracker_backup_last_run_downtime_seconds"] == int(status["downtime_seconds"])
+    assert samples["tracker_backup_last_success_timestamp_seconds"] == epoch(status["finished_at"])
+    db_file = stack.backups / f"sqlite/sqlite_{set_id}.db.gz"
+    config_file = stack.backups / f"config/config_{set_id}.tar.gz"
+    assert samples['tracker_backup_set_bytes{part="db"}'] == db_file.stat().st_size
+    assert samples['tracker_backup_set_bytes{part="config"}'] == config_file.stat().st_size
+    rows = {
+        key[len("rows.") :]: int(value) for key, value in meta.items() if key.startswith("rows.")
+    }
+    assert rows["torrents"] > 0
+    for table, count in rows.items():
+        assert samples[f'tracker_backup_set_rows{{table="{table}"}}'] == count
+    assert samples["tracker_backup_local_sets"] == 1
+    set_time = datetime.strptime(set_id, "%Y%m%d_%H%M%S").replace(tzinfo=UTC).timestamp()
+    assert samples["tracker_backup_newest_set_timestamp_seconds"] == set_time
+    assert samples["tracker_backup_oldest_set_timestamp_seconds"] == set_time
+    assert 0 <= samples["tracker_backup_newest_set_age_seconds"] < 600
+    assert "tracker_backup_last_drill_success" not in samples  # no drill yet
+    # written atomically: nothing but the one .prom file in the directory
+    assert [path.name for path in metrics.textfile_dir.iterdir()] == ["tracker_backup.prom"]
+    assert oct(metrics.output.stat().st_mode & 0o777) == "0o644"
+
+    # A real failed run: a backup.conf the backup container refuses (exit 2).
+    conf = stack.deploy_dir / "storage/backup/etc/backup.conf"
+    conf.write_text(conf.read_text() + "NOT A SETTING\n")
+    failed = stack.run_maintenance()
+    assert failed.returncode != 0
+
+    samples = metrics.write()
+
+    assert samples["tracker_backup_last_run_success"] == 0
+    assert samples["tracker_backup_last_run_exit_code"] == failed.returncode
+    # the last success is still the first run, and its set is still there
+    assert samples["tracker_backup_last_success_timestamp_seconds"] == epoch(status["finished_at"])
+    assert samples["tracker_backup_local_sets"] == 1
+    assert samples['tracker_backup_set_bytes{part="db"}'] == db_file.stat().st_size
+
+
+def test_planted_symlinks_are_not_followed(sqlite_stack: Stack, tmp_path: Path) -> None:
+    stack = sqlite_stack
+    metrics = Metrics(stack, tmp_path / "metrics")
+    secret = tmp_path / "root-only"
+    secret.write_text("rows.stolen=12345\n")
+    manifests = stack.backups / "manifests"
+    manifests.mkdir(parents=True, exist_ok=True)
+    # what the backup directory's owner (uid 1000) could plant: a "complete set" whose
+    # .meta is a link to a file only root may read
+    (manifests / "set_20260101_000000.sha256").write_text("")
+    (manifests / "set_20260101_000000.meta").symlink_to(secret)
+
+    samples = metrics.write()
+
+    assert samples["tracker_backup_local_sets"] == 1
+    assert not [name for name in samples if "stolen" in name]

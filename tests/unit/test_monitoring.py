@@ -1,0 +1,152 @@
+"""Backup monitoring as rendered: node-exporter, the scrape job, the alert rules, the dashboard."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+from tracker_deployer import monitoring, paths
+from tracker_deployer.config.model import CronSchedule
+from tracker_deployer.render import render
+from tracker_deployer.topology import BACKUP_METRICS_NETWORK, derive
+
+from tests.helpers import parse
+
+
+@pytest.mark.parametrize(
+    ("expression", "period"),
+    [
+        ("0 3 * * *", 86400),
+        ("0 3 * * mon-fri", 3 * 86400),
+        ("0 4 * * 0", 7 * 86400),
+        ("*/30 * * * *", 1800),
+        ("0 */6 * * *", 6 * 3600),
+        ("0 3 1,15 * *", 17 * 86400),
+        ("0 3 1 1 *", 365 * 86400),
+    ],
+)
+def test_schedule_period_is_the_longest_gap_between_fires(expression: str, period: int) -> None:
+    assert monitoring.schedule_period_seconds(CronSchedule.parse(expression)) == period
+
+
+def test_missing_threshold_is_period_times_one_and_a_half_plus_margin() -> None:
+    schedule = CronSchedule.parse("0 */6 * * *")
+    assert monitoring.missing_after_seconds(schedule) == 6 * 3600 * 3 // 2 + 1800
+
+
+def _rules(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    tree = render(parse(data))
+    groups = yaml.safe_load(tree.text(paths.PROMETHEUS_RULES))["groups"]
+    return {
+        f"{rule['alert']}/{rule['labels'].get('reason', '')}": rule
+        for group in groups
+        for rule in group["rules"]
+    }
+
+
+def test_rules_follow_the_schedules_and_the_budget(mysql_data: dict[str, Any]) -> None:
+    mysql_data["backup"].update(
+        schedule="0 */6 * * *", drill_schedule="0 5 * * *", downtime_budget_seconds=7.5
+    )
+    rules = _rules(mysql_data)
+
+    assert sorted(rules) == [
+        "BackupDowntimeOverBudget/",
+        "BackupDrillFailed/",
+        "BackupDrillMissing/never",
+        "BackupDrillMissing/stale",
+        "BackupFailed/",
+        "BackupMissing/never",
+        "BackupMissing/stale",
+    ]
+    assert rules["BackupMissing/stale"]["expr"] == (
+        "time() - tracker_backup_last_success_timestamp_seconds > 34200"
+    )
+    assert rules["BackupMissing/never"]["for"] == "9h30m"
+    assert rules["BackupDrillMissing/stale"]["expr"].endswith("> 131400")
+    assert rules["BackupDowntimeOverBudget/"]["expr"] == (
+        "tracker_backup_last_run_downtime_seconds > 7.5"
+    )
+    assert rules["BackupFailed/"]["expr"] == "tracker_backup_last_run_success == 0"
+
+
+def test_node_exporter_reads_only_the_textfile_directory(mysql_data: dict[str, Any]) -> None:
+    mysql_data["images"] = {"node_exporter": "registry.example.com/node-exporter:1"}
+    topology = derive(parse(mysql_data))
+    service = topology.service("node-exporter")
+
+    assert service.image == "registry.example.com/node-exporter:1"
+    assert service.command[:3] == (
+        "--collector.disable-defaults",
+        "--collector.textfile",
+        "--collector.textfile.directory=/textfile",
+    )
+    assert [str(mount) for mount in service.volumes] == [
+        "./storage/node-exporter/textfile:/textfile:ro"
+    ]
+    assert service.ports == ()
+    assert service.networks == (BACKUP_METRICS_NETWORK,)
+    on_network = [s.name for s in topology.services if BACKUP_METRICS_NETWORK in s.networks]
+    assert on_network == ["prometheus", "node-exporter"]
+
+
+def test_prometheus_scrapes_node_exporter_and_loads_the_rules(mysql_data: dict[str, Any]) -> None:
+    config = yaml.safe_load(render(parse(mysql_data)).text(paths.PROMETHEUS_CONFIG))
+
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["tracker_backup"]["static_configs"] == [{"targets": ["node-exporter:9100"]}]
+    assert config["rule_files"] == ["backup-alerts.yml"]
+
+
+@pytest.mark.parametrize("drop", ["backup", "prometheus"])
+def test_no_backup_monitoring_without_backup_or_prometheus(
+    mysql_data: dict[str, Any], drop: str
+) -> None:
+    del mysql_data[drop]
+    mysql_data.pop("grafana", None)
+    env = parse(mysql_data)
+    tree = render(env)
+
+    assert "node-exporter" not in derive(env).service_names
+    assert paths.PROMETHEUS_RULES not in tree.paths
+    assert paths.GRAFANA_BACKUPS_DASHBOARD not in tree.paths
+    if drop == "backup":
+        config = yaml.safe_load(tree.text(paths.PROMETHEUS_CONFIG))
+        assert "rule_files" not in config
+        assert [job["job_name"] for job in config["scrape_configs"]] == [
+            "tracker_stats",
+            "tracker_metrics",
+        ]
+
+
+def test_backups_dashboard_shows_age_downtime_sizes_and_drills(
+    mysql_data: dict[str, Any],
+) -> None:
+    dashboard = json.loads(render(parse(mysql_data)).text(paths.GRAFANA_BACKUPS_DASHBOARD))
+
+    assert dashboard["title"] == "Backups"
+    queries = {
+        panel["title"]: [target["expr"] for target in panel["targets"]]
+        for panel in dashboard["panels"]
+    }
+    assert queries["Age of the last successful backup"] == [
+        "time() - tracker_backup_last_success_timestamp_seconds"
+    ]
+    assert "tracker_backup_last_run_downtime_seconds" in queries["Tracker downtime per run"]
+    assert queries["Size per part (newest set)"] == ["tracker_backup_set_bytes"]
+    assert queries["Restore drill results"] == ["tracker_backup_last_drill_success"]
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_validate_summary_names_the_drill_schedule(mysql_data: dict[str, Any]) -> None:
+    from datetime import datetime
+
+    from tracker_deployer.describe import describe_env
+
+    mysql_data["backup"]["drill_schedule"] = "30 5 * * sat"
+    text = describe_env(parse(mysql_data), now=datetime(2026, 11, 29, 4, 0))
+
+    assert '  drills:      "30 5 * * sat", next 2026-12-05 05:30 (host time)' in text.splitlines()
+    assert "node-exporter" in text
