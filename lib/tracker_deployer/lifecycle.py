@@ -25,7 +25,7 @@ from tracker_deployer.remote import configure as configuring
 from tracker_deployer.remote import deploy as remote
 from tracker_deployer.remote.plan import Change, Scope, services_to_restart
 from tracker_deployer.remote.ssh import DEFAULT_KNOWN_HOSTS, SshHost, Target
-from tracker_deployer.render import RenderedTree, operation_script
+from tracker_deployer.render import RenderedTree, inventory_script
 from tracker_deployer.topology import derive
 
 Say = Callable[[str], None]
@@ -297,8 +297,7 @@ def _sets_through_lxd(env: Env) -> operations.Inventory | None:
             f"start it (`lxc start {lxd.name}`) and run destroy again, or pass "
             "--delete-backups to delete it with whatever sets it holds",
         )
-    script = operation_script("inventory", backup_dir=str(paths.BACKUP_DIR), verify=False)
-    result = lxd.exec(script)
+    result = lxd.exec(inventory_script(verify=False))
     if result.returncode != 0:
         raise DeployError(
             f"listing the backup sets in {lxd.name} failed: "

@@ -18,6 +18,7 @@ from typing import Any
 
 from tracker_deployer import image, paths
 from tracker_deployer.remote.deploy import parse_compose_ps
+from tracker_deployer.remote.plan import CRON_FILES
 from tracker_deployer.sandbox import MARIADB_IMAGE, STANDIN_IMAGE
 
 from tests.helpers import REPO_ROOT
@@ -311,7 +312,7 @@ class RemoteHost:
             fi
             mkdir -p {DEPLOY_DIR}
             find {DEPLOY_DIR} -mindepth 1 -delete
-            rm -f {paths.CRON_FILE} {paths.LOGROTATE_FILE} {paths.MAINTENANCE_SCRIPT} \\
+            rm -f {" ".join(str(path) for path in CRON_FILES)} \\
               {LOG_FILE} {LOG_FILE}.* {LOCK_FILE} /tmp/tracker-backup-*
             """,
             timeout=240,

@@ -29,6 +29,7 @@ import pytest
 from tracker_deployer import paths
 from tracker_deployer.config import Env, load_env
 from tracker_deployer.config.model import MysqlDatabase
+from tracker_deployer.remote.plan import CRON_FILES
 
 from tests.e2e.remote_host import (
     BACKUPS,
@@ -150,7 +151,7 @@ def test_deploy_brings_up_a_healthy_stack_and_records_the_host_key(
     assert counts["push"]["created"] > 0, first.stdout
     assert counts["push"]["changed"] == counts["push"]["unchanged"] == 0
     assert counts["install-cron"] == {
-        "created": 3,
+        "created": len(CRON_FILES),
         "changed": 0,
         "fixed": 0,
         "removed": 0,
@@ -243,7 +244,7 @@ def test_second_deploy_changes_nothing_and_restarts_nothing(
         assert counts[scope]["changed"] == 0, second.stdout
         assert counts[scope]["fixed"] == 0, second.stdout
         assert counts[scope]["removed"] == 0, second.stdout
-    assert counts["install-cron"]["unchanged"] == 3
+    assert counts["install-cron"]["unchanged"] == len(CRON_FILES)
     # configure (phase 2) found the host as wanted: every step unchanged.
     assert "  unchanged firewall (nftables)" in second.stdout, second.stdout
     assert "  changed   " not in second.stdout, second.stdout

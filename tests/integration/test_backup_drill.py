@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from tracker_deployer.remote.backups import format_inventory, inventory_json, parse_inventory
-from tracker_deployer.render import operation_script
+from tracker_deployer.render import inventory_script
 from tracker_deployer.render.tree import drill_script, metrics_script, verify_script
 
 from tests.helpers import parse, sample_data
@@ -100,11 +100,11 @@ class Drill:
         """What `inv backups` gets from the host's inventory script."""
         script = self.base / "inventory.sh"
         script.write_text(
-            operation_script(
-                "inventory",
+            inventory_script(
                 backup_dir=str(self.stack.backups),
-                verify=False,
+                status_dir=str(self.stack.status_dir),
                 drill_dir=str(self.drill_dir),
+                verify=False,
             )
         )
         result = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)

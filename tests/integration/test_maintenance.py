@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from tracker_deployer.remote.backups import format_last_run, parse_inventory
-from tracker_deployer.render import operation_script
+from tracker_deployer.render import inventory_script
 
 from tests.helpers import parse, sample_data
 from tests.integration.stack import (
@@ -317,11 +317,9 @@ def test_hardening_04_recover_at_boot_starts_a_tracker_a_killed_run_left_stopped
                 [
                     "bash",
                     "-c",
-                    operation_script(
-                        "inventory",
+                    inventory_script(
                         backup_dir=str(stack.backups),
                         status_dir=str(stack.status_dir),
-                        marker_name=stack.marker.name,
                         verify=False,
                     ),
                 ],

@@ -22,7 +22,7 @@ from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote.deploy import EXIT_LOCK_BUSY, run_script
 from tracker_deployer.remote.ssh import SshHost
-from tracker_deployer.render import operation_script
+from tracker_deployer.render import inventory_script, operation_script
 from tracker_deployer.topology import APP_GID, APP_UID
 
 Say = Callable[[str], None]
@@ -394,14 +394,7 @@ def inventory_json(inventory: Inventory) -> str:
 
 
 def inventory(host: SshHost, *, verify: bool = True) -> Inventory:
-    script = operation_script(
-        "inventory",
-        backup_dir=str(paths.BACKUP_DIR),
-        status_dir=str(paths.BACKUP_STATUS_DIR),
-        marker_name=paths.TRACKER_STOPPED_MARKER.name,
-        verify=verify,
-    )
-    result = run_script(host, script)
+    result = run_script(host, inventory_script(verify=verify))
     if not result.ok:
         raise RemoteError(
             f"listing backups on {host.target.host} failed: {result.stderr.strip()}",

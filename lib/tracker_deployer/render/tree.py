@@ -399,6 +399,27 @@ def operation_script(name: str, templates_dir: Path = paths.TEMPLATES_DIR, **con
     ).decode()
 
 
+def inventory_script(
+    *,
+    verify: bool,
+    backup_dir: str = str(paths.BACKUP_DIR),
+    status_dir: str = str(paths.BACKUP_STATUS_DIR),
+    drill_dir: str = str(paths.DRILL_DIR),
+    templates_dir: Path = paths.TEMPLATES_DIR,
+) -> str:
+    """The host script that lists the backup sets, the last run and the drills
+    (`inv backups`, `status`, `destroy`); tests point the paths at a scratch directory."""
+    return operation_script(
+        "inventory",
+        templates_dir,
+        backup_dir=backup_dir,
+        status_dir=status_dir,
+        marker_name=paths.TRACKER_STOPPED_MARKER.name,
+        drill_dir=drill_dir,
+        verify=verify,
+    )
+
+
 def maintenance_script(
     env: Env,
     *,
