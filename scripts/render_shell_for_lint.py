@@ -16,16 +16,10 @@ from tracker_deployer.remote.backups import (
     RESTORE_EXIT_NOT_VERIFIED,
     RESTORE_EXIT_SAFETY_BACKUP_FAILED,
 )
-from tracker_deployer.render import operation_script, render
+from tracker_deployer.render import inventory_script, operation_script, render
 
 # Example values: shellcheck looks at the scripts' shape, not at these.
 OPERATIONS = {
-    "inventory": {
-        "backup_dir": "/opt/torrust/storage/backup",
-        "status_dir": str(paths.BACKUP_STATUS_DIR),
-        "marker_name": paths.TRACKER_STOPPED_MARKER.name,
-        "verify": True,
-    },
     "verify": {
         "deploy_dir": "/opt/torrust",
         "backup_dir": "/opt/torrust/storage/backup",
@@ -68,8 +62,10 @@ def main(out_dir: Path) -> int:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(item.content)
                 count += 1
+    (out_dir / "operations").mkdir(exist_ok=True)
+    (out_dir / "operations" / "inventory.sh").write_text(inventory_script(verify=True))
+    count += 1
     for name, context in OPERATIONS.items():
-        (out_dir / "operations").mkdir(exist_ok=True)
         (out_dir / "operations" / f"{name}.sh").write_text(operation_script(name, **context))
         count += 1
     print(f"rendered {count} shell scripts into {out_dir}")

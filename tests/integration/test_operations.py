@@ -25,7 +25,7 @@ from tracker_deployer.remote.backups import (
     restore_script,
     verify_script,
 )
-from tracker_deployer.render import operation_script
+from tracker_deployer.render import inventory_script, operation_script
 from tracker_deployer.topology import APP_GID, APP_UID
 
 from tests.helpers import parse, sample_data
@@ -50,6 +50,24 @@ def run_operation(stack: Stack, name: str, **context: Any) -> subprocess.Complet
     }
     script = stack.base / f"{name}.sh"
     script.write_text(operation_script(name, **{**common, **context}))
+    return _run_script(stack, script)
+
+
+def run_inventory(stack: Stack) -> subprocess.CompletedProcess[str]:
+    """The inventory exactly as `inv backups` renders it, pointed at the stack's paths."""
+    script = stack.base / "inventory.sh"
+    script.write_text(
+        inventory_script(
+            verify=True,
+            backup_dir=str(stack.backups),
+            status_dir=str(stack.status_dir),
+            drill_dir=str(stack.base / "drills"),
+        )
+    )
+    return _run_script(stack, script)
+
+
+def _run_script(stack: Stack, script: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(script)],
         capture_output=True,
@@ -117,7 +135,7 @@ def table_dump(database: Path) -> list[tuple[Any, ...]]:
 def test_inventory_lists_sets_checksums_and_the_last_run(sqlite_stack: Stack) -> None:
     stack = sqlite_stack
     assert stack.run_maintenance().returncode == 0
-    result = run_operation(stack, "inventory", verify=True)
+    result = run_inventory(stack)
     assert result.returncode == 0, result.stderr
     inventory = parse_inventory(result.stdout)
     [backup_set] = inventory.sets
@@ -145,7 +163,7 @@ def test_verify_drill_passes_and_a_flipped_byte_is_caught(sqlite_stack: Stack) -
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0x01
     archive.write_bytes(bytes(data))
-    inventory = parse_inventory(run_operation(stack, "inventory", verify=True).stdout)
+    inventory = parse_inventory(run_inventory(stack).stdout)
     assert inventory.sets[0].checksums == "FAILED"
     failed = verify(stack, set_id)
     assert failed.returncode == 4, failed.stdout + failed.stderr
