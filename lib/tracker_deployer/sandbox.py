@@ -16,6 +16,12 @@ DEFAULT_ENV = "sandbox-sqlite"
 # Test doubles that scripts/setup.sh builds (scripts/e2e-setup.sh, from test-doubles/images/).
 STANDIN_IMAGE = "tracker-deployer-test/tracker-standin:e2e"
 MARIADB_IMAGE = "tracker-deployer-test/mariadb:e2e"
+# Debian-built stand-ins for prom/prometheus and prom/node-exporter (the e2e
+# environments and the integration tests run them with Prometheus on).
+PROMETHEUS_IMAGE = "tracker-deployer-test/prometheus:e2e"
+NODE_EXPORTER_IMAGE = "tracker-deployer-test/node-exporter:e2e"
+# Every test double scripts/e2e-setup.sh builds (scripts/e2e-common.sh names them).
+TEST_DOUBLE_IMAGES = (MARIADB_IMAGE, STANDIN_IMAGE, PROMETHEUS_IMAGE, NODE_EXPORTER_IMAGE)
 
 STANDIN_NOTICE = (
     "note: the sandbox runs the tracker STAND-IN image ({image}), a test double, not the "

@@ -55,7 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def official_images_missing() -> list[str]:
-    wanted = [DEFAULT_IMAGES["tracker"], DEFAULT_IMAGES["mysql"]]
+    wanted = [DEFAULT_IMAGES[name] for name in ("tracker", "mysql", "prometheus", "node_exporter")]
     return [
         name
         for name in wanted

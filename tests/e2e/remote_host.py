@@ -19,7 +19,7 @@ from typing import Any
 from tracker_deployer import image, paths
 from tracker_deployer.remote.deploy import parse_compose_ps
 from tracker_deployer.remote.plan import CRON_FILES
-from tracker_deployer.sandbox import MARIADB_IMAGE, STANDIN_IMAGE
+from tracker_deployer.sandbox import TEST_DOUBLE_IMAGES
 
 from tests.helpers import REPO_ROOT
 
@@ -28,7 +28,7 @@ from tests.helpers import REPO_ROOT
 PROVISIONED_ENV = "e2e-mysql"
 TARGET_NAME = "tracker-deployer-e2e"
 BACKUP_IMAGE = image.default_tag()
-IMAGES = (BACKUP_IMAGE, STANDIN_IMAGE, MARIADB_IMAGE)
+IMAGES = (BACKUP_IMAGE, *TEST_DOUBLE_IMAGES)
 
 DEPLOY_DIR = str(paths.DEPLOY_DIR)
 BACKUPS = str(paths.BACKUP_DIR)

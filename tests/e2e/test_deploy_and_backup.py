@@ -10,6 +10,15 @@ reset in between). The stack runs the tracker STAND-IN
 (test-doubles/images/tracker-standin): every transaction it writes adds 1 to
 torrents.completed and to the metric torrents_downloads_total together, so a
 consistent snapshot has SUM(completed) == torrents_downloads_total.
+
+Both environments run Prometheus (scraping every second) with node-exporter
+reading the backup metrics. Their images are Debian-built STAND-INS for the
+official prom/prometheus and prom/node-exporter images, which cannot be pulled
+here: tracker-deployer-test/prometheus:e2e and
+tracker-deployer-test/node-exporter:e2e (test-doubles/images, from Debian's
+`prometheus` and `prometheus-node-exporter` packages). The tests query that
+Prometheus from inside the host (tests/e2e/prometheus.py) after the cron-fired
+run, after the failed run and after a restore drill.
 """
 
 from __future__ import annotations
@@ -26,11 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tracker_deployer import paths
+from tracker_deployer import monitoring, paths
 from tracker_deployer.config import Env, load_env
 from tracker_deployer.config.model import MysqlDatabase
 from tracker_deployer.remote.plan import CRON_FILES
+from tracker_deployer.render.tree import backup_monitoring
 
+from tests.e2e.prometheus import StackPrometheus, metric, sample_value
 from tests.e2e.remote_host import (
     BACKUPS,
     COMPOSE,
@@ -41,6 +52,7 @@ from tests.e2e.remote_host import (
     env_argument,
     host_keys,
     inv,
+    key_value_lines,
     shown,
     status_time,
 )
@@ -53,6 +65,9 @@ Say = Callable[[str], None]
 CRON_FIRE_TIMEOUT = 75  # `* * * * *` fires at the next minute boundary
 RUN_TIMEOUT = 120  # a backup run of the small e2e database takes a few seconds
 HEALTHY_TIMEOUT = 120
+DRILL_TIMEOUT = 300  # a restore drill of the small e2e database (MySQL: a scratch server)
+BACKUP_FAILED = 'ALERTS{alertname="BackupFailed"}'
+BACKUP_FAILED_FIRING = 'ALERTS{alertname="BackupFailed",alertstate="firing"}'
 DOWNLOADS_METRIC = "torrents_downloads_total"
 TABLES = ("torrents", "whitelist", "keys", "torrent_aggregate_metrics")
 SUMMARY = re.compile(
@@ -73,6 +88,7 @@ class Deployment:
     label: str
     first: subprocess.CompletedProcess[str] | None = None
     deployed_at: float = 0.0  # time.monotonic() when the first deploy returned
+    cron_run: dict[str, str] | None = None  # last-run.env of the cron-fired run
 
     def inv(self, task: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return inv(
@@ -198,6 +214,7 @@ def test_cron_fires_by_itself_and_writes_a_complete_verified_set(
     log = host.read(LOG_FILE).decode()
     status = host.status()
     assert status["result"] == "success", f"{status}\n{log}\n{host.diagnostics()}"
+    deployment.cron_run = status
     set_id = status["set"]
     assert f"backup run finished: set {set_id} complete" in log
 
@@ -223,6 +240,46 @@ def test_cron_fires_by_itself_and_writes_a_complete_verified_set(
     say(
         f"[{label}]   .meta: db_type={meta['db_type']} "
         + " ".join(f"{key}={value}" for key, value in meta.items() if key.startswith("rows."))
+    )
+
+
+# --------------------------------------------------------------------------- prometheus
+
+
+def test_stack_prometheus_returns_the_cron_fired_runs_last_success(
+    deployment: Deployment, say: Say
+) -> None:
+    """A PromQL query against the stack's own Prometheus on the host returns the
+    end of the cron-fired run as the last-success timestamp.
+
+    The Prometheus and node-exporter images are Debian-built stand-ins for the
+    official prom/prometheus and prom/node-exporter images (see the module docstring).
+    """
+    host, label = deployment.host, deployment.label
+    run = deployment.cron_run
+    assert run is not None, "the cron-fired run was not seen (see the test before this one)"
+    host.pause_cron()  # no later run may replace the one checked here
+    assert host.status() == run, "another run finished after the cron-fired one"
+    finished = int(status_time(run["finished_at"]).timestamp())
+    prometheus = StackPrometheus(host, deployment.env)
+    query = metric("last_success")
+    [sample] = prometheus.wait_for(
+        query,
+        f"the last success of the cron-fired run (finished_at {run['finished_at']})",
+        lambda vector: len(vector) == 1 and sample_value(vector[0]) == finished,
+    )
+    scrape = backup_monitoring(deployment.env)
+    assert scrape is not None
+    assert sample["metric"]["instance"] == scrape["target"]  # read through node-exporter
+    [ended] = prometheus.wait_for(metric("run_end"), "the end of the last run")
+    assert sample_value(ended) == finished
+    [succeeded] = prometheus.wait_for(metric("run_success"), "the result of the last run")
+    assert sample_value(succeeded) == 1
+    assert prometheus.query(BACKUP_FAILED) == [], "BackupFailed before any run failed"
+    say(
+        f"[{label}] PROMETHEUS (Debian-built stand-in) after the cron-fired run: "
+        f"{query} = {finished} = finished_at {run['finished_at']} of set {run['set']}; "
+        f"run_success=1; {BACKUP_FAILED}: none"
     )
 
 
@@ -634,3 +691,66 @@ def test_failed_backup_exits_non_zero_logs_why_and_keeps_tracker_and_old_sets(
     say(f"[{label}]   the {len(sets_before)} older set(s) still verify: {', '.join(sets_before)}")
     row = host.wait_healthy("tracker", HEALTHY_TIMEOUT, say)
     say(f"[{label}]   tracker healthy again after the fault was undone ({row['status']})")
+
+
+def test_stack_prometheus_fires_backup_failed_after_the_failed_run(
+    deployment: Deployment, say: Say
+) -> None:
+    """After the failure case, BackupFailed is firing in the stack's own Prometheus
+    (a Debian-built stand-in for prom/prometheus, see the module docstring)."""
+    host, label = deployment.host, deployment.label
+    host.pause_cron()
+    status = host.status()
+    assert status["result"] == "failure", f"the last run is not the failed one: {status}"
+    prometheus = StackPrometheus(host, deployment.env)
+    firing = BACKUP_FAILED_FIRING
+    [alert] = prometheus.wait_for(firing, "BackupFailed firing after the failed run")
+    assert alert["metric"]["severity"] == "critical", alert
+    assert alert["metric"]["job"] == monitoring.SCRAPE_JOB, alert
+    [code] = prometheus.wait_for(metric("run_exit_code"), "the failed run's exit code")
+    assert sample_value(code) == int(status["exit_code"])
+    say(
+        f"[{label}] PROMETHEUS after the failed run: {firing} present "
+        f"(severity={alert['metric']['severity']}); "
+        f"{monitoring.METRICS['run_exit_code']}={status['exit_code']}"
+    )
+
+
+def test_drill_on_the_host_is_listed_and_its_metric_reaches_prometheus(
+    deployment: Deployment, say: Say
+) -> None:
+    """The scheduled drill's script, run on the host over SSH: it passes on the newest
+    set, `inv backups` lists it, and the stack's Prometheus (a Debian-built stand-in,
+    see the module docstring) has the drill metric at 1 for that drill."""
+    host, label = deployment.host, deployment.label
+    host.pause_cron()
+    newest = host.complete_sets()[-1]
+    say(f"[{label}] DRILL: {paths.DRILL_SCRIPT} on the host (over SSH)")
+    host.check(f"{paths.DRILL_SCRIPT} --quiet", timeout=DRILL_TIMEOUT)
+    last = key_value_lines(host.read(str(paths.DRILL_LAST)).decode())
+    assert last["result"] == "success", last
+    assert last["set"] == newest, last
+    listed = deployment.inv("backups", "--json")
+    # Exit 1: the last backup run (the failure case's) failed; a drill does not hide that.
+    assert listed.returncode == 1, shown(listed)
+    assert "the last backup run FAILED" in listed.stderr, shown(listed)
+    inventory = json.loads(listed.stdout)
+    assert inventory["last_drill"]["finished_epoch"] == last["finished_epoch"]
+    [drill] = [d for d in inventory["drills"] if d["evidence"] == last["evidence"]]
+    assert drill["result"] == "success", drill
+    assert drill["set"] == newest, drill
+    prometheus = StackPrometheus(host, deployment.env)
+    finished = int(last["finished_epoch"])
+    prometheus.wait_for(
+        metric("drill_time"),
+        f"the time of this drill ({finished})",
+        lambda vector: len(vector) == 1 and sample_value(vector[0]) == finished,
+    )
+    [passed] = prometheus.wait_for(metric("drill_success"), "the drill's result")
+    assert sample_value(passed) == 1
+    assert prometheus.query('ALERTS{alertname="BackupDrillFailed"}') == []
+    say(
+        f"[{label}]   drill of set {newest} passed ({last['duration_seconds']} s); inv backups "
+        f"lists {last['evidence']}; Prometheus: {monitoring.METRICS['drill_success']}=1, "
+        f"{monitoring.METRICS['drill_time']}={finished}"
+    )

@@ -24,9 +24,16 @@ from tracker_deployer import paths
 from tracker_deployer.config import Env
 from tracker_deployer.render import render
 from tracker_deployer.render.tree import maintenance_script
+from tracker_deployer.sandbox import (
+    MARIADB_IMAGE,
+    NODE_EXPORTER_IMAGE,
+    PROMETHEUS_IMAGE,
+    STANDIN_IMAGE,
+)
 
-STANDIN_IMAGE = "tracker-deployer-test/tracker-standin:e2e"
-MARIADB_IMAGE = "tracker-deployer-test/mariadb:e2e"
+# The test doubles' names, owned by tracker_deployer.sandbox; re-exported for the tests.
+__all__ = ["MARIADB_IMAGE", "NODE_EXPORTER_IMAGE", "PROMETHEUS_IMAGE", "STANDIN_IMAGE"]
+
 BACKUP_IMAGE = os.environ.get("TRACKER_DEPLOYER_BACKUP_IMAGE", "torrust/tracker-backup:1.0.0")
 
 

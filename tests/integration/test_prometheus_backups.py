@@ -28,6 +28,8 @@ from tracker_deployer.render.tree import metrics_script
 from tests.helpers import parse, sample_data
 from tests.integration.stack import (
     BACKUP_IMAGE,
+    NODE_EXPORTER_IMAGE,
+    PROMETHEUS_IMAGE,
     STANDIN_IMAGE,
     Stack,
     env_for_stack,
@@ -37,8 +39,6 @@ from tests.integration.test_backup_drill import Drill
 
 pytestmark = pytest.mark.integration
 
-PROMETHEUS_DOUBLE = "tracker-deployer-test/prometheus:e2e"
-NODE_EXPORTER_DOUBLE = "tracker-deployer-test/node-exporter:e2e"
 WAIT_SECONDS = 90
 
 
@@ -87,10 +87,10 @@ class Prometheus:
 def test_prometheus_sees_the_runs_fires_backup_failed_and_sees_the_drill(
     tmp_path: Path,
 ) -> None:
-    require_images(STANDIN_IMAGE, BACKUP_IMAGE, PROMETHEUS_DOUBLE, NODE_EXPORTER_DOUBLE)
+    require_images(STANDIN_IMAGE, BACKUP_IMAGE, PROMETHEUS_IMAGE, NODE_EXPORTER_IMAGE)
     data = env_for_stack(sample_data("manual-test-sqlite"))
     data["prometheus"] = {"scrape_interval_in_secs": 1}
-    data["images"].update(prometheus=PROMETHEUS_DOUBLE, node_exporter=NODE_EXPORTER_DOUBLE)
+    data["images"].update(prometheus=PROMETHEUS_IMAGE, node_exporter=NODE_EXPORTER_IMAGE)
     stack = Stack(parse(data), tmp_path / "s").install()
     textfile_dir = stack.deploy_dir / "storage/node-exporter/textfile"
     metrics = stack.metrics_script

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 from jsonschema import Draft202012Validator
-from tracker_deployer import image, paths, sandbox, state
+from tracker_deployer import image, monitoring, paths, sandbox, state
 from tracker_deployer.config import load_env
 from tracker_deployer.remote import configure
 from tracker_deployer.remote.deploy import EXIT_LOCK_BUSY, under_backup_lock
 from tracker_deployer.topology import derive
 
-from tests.helpers import ENVS_DIR, parse, sample_data
+from tests.helpers import ENVS_DIR, REPO_ROOT, parse, sample_data
 
 LOCAL_ENVS = ("sandbox-sqlite", "e2e-sqlite", "e2e-mysql")
 SCHEMA = Draft202012Validator(json.loads(paths.SCHEMA_FILE.read_text(encoding="utf-8")))
@@ -30,7 +30,7 @@ def test_local_envs_are_valid_and_use_only_images_built_here(name: str) -> None:
     assert env.images.tracker == sandbox.STANDIN_IMAGE
     assert env.images.backup == image.default_tag()  # what `inv build-image` tags
     used = {service.image for service in derive(env).services}
-    assert used <= {sandbox.STANDIN_IMAGE, sandbox.MARIADB_IMAGE, image.default_tag()}
+    assert used <= {*sandbox.TEST_DOUBLE_IMAGES, image.default_tag()}
     assert env.ssh.username == "root"
     assert env.backup is not None
 
@@ -60,6 +60,38 @@ def test_e2e_envs_share_one_instance_and_publish_the_tracker(name: str) -> None:
     published = {(p.host, p.protocol) for p in configure.published_ports(env)}
     assert (7070, "tcp") in published
     assert all(port != 3306 for port, _ in published)
+
+
+@pytest.mark.parametrize("name", ["e2e-sqlite", "e2e-mysql"])
+def test_e2e_envs_run_prometheus_and_node_exporter_doubles_scraping_every_second(
+    name: str,
+) -> None:
+    # The e2e reads backup health from the stack's Prometheus (tests/e2e): the two
+    # Debian-built stand-ins, named once in tracker_deployer.sandbox.
+    env = load_env(ENVS_DIR / f"{name}.json")
+    assert env.prometheus is not None
+    assert env.prometheus.scrape_interval_in_secs == 1
+    assert env.images.prometheus == sandbox.PROMETHEUS_IMAGE
+    assert env.images.node_exporter == sandbox.NODE_EXPORTER_IMAGE
+    services = {service.name: service for service in derive(env).services}
+    assert services["prometheus"].image == sandbox.PROMETHEUS_IMAGE
+    assert services[monitoring.NODE_EXPORTER_SERVICE].image == sandbox.NODE_EXPORTER_IMAGE
+    # Prometheus stays on the host's loopback: the e2e queries it over SSH.
+    assert {port.host_ip for port in services["prometheus"].ports} == {"127.0.0.1"}
+    assert services[monitoring.NODE_EXPORTER_SERVICE].ports == ()
+
+
+def test_setup_script_builds_exactly_the_test_doubles_named_in_python() -> None:
+    # scripts/e2e-common.sh names the images e2e-setup.sh builds; sandbox.py names
+    # the ones the envs and tests use. They must be the same images.
+    probe = (
+        'source scripts/e2e-common.sh && for name in "${E2E_IMAGE_NAMES[@]}"; do '
+        'e2e_image_ref "$name"; done'
+    )
+    result = subprocess.run(
+        ["bash", "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60
+    )
+    assert sorted(result.stdout.split()) == sorted(sandbox.TEST_DOUBLE_IMAGES)
 
 
 def test_tracker_config_is_mounted_read_only() -> None:
