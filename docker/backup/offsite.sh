@@ -140,7 +140,7 @@ classify() {
     *"wrong password or no key found"*)
       fail "${OFFSITE_EXIT_PASSWORD}" "${what}: wrong repository password (backup.offsite.password does not open ${RESTIC_REPOSITORY%%\?*})" ;;
     *"repository is already locked"* | *"unable to create lock"*)
-      fail "${OFFSITE_EXIT_LOCKED}" "${what}: the repository is locked by another restic process that is still alive (only stale locks are removed); try again later, or see 'restic list locks'" ;;
+      fail "${OFFSITE_EXIT_LOCKED}" "${what}: the repository is locked by another restic process that is still alive, or by another host within the last 30 minutes (only stale locks are removed); try again later, or see 'restic list locks'" ;;
     *"unable to open config file"* | *"dial tcp"* | *"connection refused"* | *"Connection refused"* \
       | *"no such host"* | *"ssh command exited"* | *"unable to start the sftp session"* \
       | *"Host key verification failed"* | *"Permission denied"* | *"timeout"* | *"Access Denied"*)

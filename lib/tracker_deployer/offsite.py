@@ -15,6 +15,13 @@ from tracker_deployer.config.model import Env, OffsiteConfig
 # The compose service that runs offsite.sh (profile "backup", never started by `up`).
 SERVICE = "offsite"
 
+# The offsite container's hostname, restic's idea of "this host" for locks: the
+# host scripts export HOSTNAME_VARIABLE="$(hostname -s)-offsite" for compose to
+# interpolate (DEFAULT_HOSTNAME when a command runs without it).
+HOSTNAME_VARIABLE = "TRACKER_OFFSITE_HOSTNAME"
+HOSTNAME_SUFFIX = "-offsite"
+DEFAULT_HOSTNAME = "tracker-offsite"
+
 # The maintenance script's outcome "local ok, off-host failed": the set is complete
 # and verified on this host, the upload (or forget --prune) did not succeed.
 EXIT_OFFSITE_FAILED = 76

@@ -19,8 +19,11 @@ depend on is decided here, in Python, so the compose template only prints it
 * The offsite service (with ``backup.offsite``): the backup image running
   ``offsite.sh``, profile ``backup``, the sets mounted read-only, restic's
   settings from an ``env_file``; the host's network (the repository is
-  wherever the host can reach it) and the host's process table (``restic
-  unlock`` may then tell a dead lock holder from a live one); a local-path
+  wherever the host can reach it) but its own process table, and the hostname
+  ``<host>-offsite`` (from ``$TRACKER_OFFSITE_HOSTNAME``, which the host scripts
+  set): restic 0.14 judges a lock of the same hostname by signalling its PID,
+  which the private PID namespace confines to the container; a lock of any
+  other host counts as live until it is 30 minutes old. A local-path
   repository is mounted at its own path.
 """
 
@@ -30,6 +33,8 @@ from dataclasses import dataclass, field
 
 from tracker_deployer import monitoring, paths
 from tracker_deployer.config.model import Endpoint, Env
+from tracker_deployer.offsite import DEFAULT_HOSTNAME as OFFSITE_DEFAULT_HOSTNAME
+from tracker_deployer.offsite import HOSTNAME_VARIABLE as OFFSITE_HOSTNAME_VARIABLE
 from tracker_deployer.offsite import SERVICE as OFFSITE_SERVICE
 
 APP_UID = 1000
@@ -94,7 +99,7 @@ class Service:
     long_running: bool = True
     entrypoint: tuple[str, ...] = ()
     env_file: tuple[str, ...] = ()
-    pid: str | None = None
+    hostname: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +391,7 @@ def offsite_service(env: Env) -> Service:
         env_file=(f"./{env_file}",),
         volumes=tuple(volumes),
         network_mode="host",
-        pid="host",
+        hostname=f"${{{OFFSITE_HOSTNAME_VARIABLE}:-{OFFSITE_DEFAULT_HOSTNAME}}}",
         profiles=("backup",),
         long_running=False,
     )
