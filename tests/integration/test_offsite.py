@@ -26,8 +26,11 @@ from typing import Any
 
 import pytest
 
+from tracker_deployer.render.tree import offsite_check_script
+
 from tests.helpers import parse, sample_data
 from tests.integration.ssh_target import SshTarget, free_port, require_tools
+from tests.integration.test_backup_metrics import Metrics
 from tests.integration.stack import (
     BACKUP_IMAGE,
     STANDIN_IMAGE,
@@ -464,3 +467,106 @@ def test_disk_full_repository_fails_clearly_and_keeps_the_local_sets(tmp_path: P
         if stack is not None:
             stack.cleanup()
         subprocess.run(["umount", str(mount)], check=False)
+
+
+# --------------------------------------------------------------------------- check, metrics, quoting
+
+
+def check_script(stack: Stack, base: Path) -> Path:
+    """The scheduled check, rendered with the stack's scratch paths."""
+    script = base / "tracker-backup-offsite-check.sh"
+    script.write_bytes(
+        offsite_check_script(
+            stack.env,
+            deploy_dir=str(stack.deploy_dir),
+            log_file=str(stack.log_file),
+            lock_file=str(stack.lock_file),
+            status_dir=str(stack.status_dir),
+            metrics_script=str(stack.metrics_script),
+            lock_wait_seconds=5,
+        )
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_scheduled_check_records_its_result_and_the_metrics_show_it(
+    tmp_path: Path, rest_server: Server
+) -> None:
+    """REST (rclone serve restic): a sound repository, then one with a damaged pack."""
+    repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
+    offsite = {"repository": repository, "password": PASSWORD, "check_read_data": 100}
+    stack = offsite_stack(tmp_path / "s", offsite)
+    try:
+        metrics = Metrics(stack, tmp_path / "metrics")
+        shutil.copyfile(metrics.script, stack.metrics_script)
+        stack.metrics_script.chmod(0o755)
+        assert_success_with_upload(stack, stack.run_maintenance())
+        script = check_script(stack, tmp_path)
+        ok = subprocess.run(
+            [str(script)], capture_output=True, text=True, env=stack.environ(), check=False
+        )
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        status = dict(
+            line.split("=", 1)
+            for line in (stack.status_dir / "last-offsite-check.env").read_text().splitlines()
+        )
+        assert status["result"] == "success"
+        assert status["read_data_percent"] == "100"
+        assert "--read-data" in stack.log_file.read_text()
+        samples = metrics.write()
+        assert samples["tracker_backup_offsite_last_upload_success"] == 1
+        assert samples["tracker_backup_offsite_last_upload_exit_code"] == 0
+        assert samples["tracker_backup_offsite_last_check_success"] == 1
+        upload = offsite_status(stack)
+        assert samples["tracker_backup_offsite_last_success_timestamp_seconds"] == float(
+            upload["last_success_epoch"]
+        )
+
+        pack = next(p for p in (tmp_path / "rest-data/tracker/data").rglob("*") if p.is_file())
+        with pack.open("r+b") as handle:
+            handle.seek(40)
+            handle.write(b"damage")
+        damaged = subprocess.run(
+            [str(script), "--quiet"],
+            capture_output=True,
+            text=True,
+            env=stack.environ(),
+            check=False,
+        )
+        assert damaged.returncode == 24, damaged.stdout + damaged.stderr
+        assert "offsite check FAILED (exit 24)" in damaged.stderr
+        assert metrics.write()["tracker_backup_offsite_last_check_success"] == 0
+        assert_local_sets_intact(stack)
+    finally:
+        stack.cleanup()
+
+
+def test_compose_hands_the_credentials_to_the_container_exactly(tmp_path: Path) -> None:
+    """The real consumer of offsite.env: Docker Compose's env_file (no server)."""
+    require_images(STANDIN_IMAGE, BACKUP_IMAGE)
+    hostile = "s3 'secret\"$x`id`\\ ü #"
+    data = env_for_stack(sample_data("manual-test-sqlite"))
+    data["backup"]["offsite"] = {
+        "repository": "s3:http://127.0.0.1:9/bucket",
+        "password": PASSWORD,
+        "env": {"AWS_ACCESS_KEY_ID": "AKIATEST", "AWS_SECRET_ACCESS_KEY": hostile},
+    }
+    stack = Stack(parse(data), tmp_path / "s").install()
+    try:
+        result = stack.compose(
+            "--profile",
+            "backup",
+            "run",
+            "--rm",
+            "--no-deps",
+            "-T",
+            "--entrypoint",
+            "sh",
+            "offsite",
+            "-c",
+            'printf "%s" "$AWS_SECRET_ACCESS_KEY"; printf "|"; cat "$RESTIC_PASSWORD_FILE"',
+        )
+        assert result.stdout == f"{hostile}|{PASSWORD}\n"
+    finally:
+        stack.cleanup()
