@@ -78,5 +78,6 @@ def env_file_values(env: Env) -> list[tuple[str, str]]:
 
 
 def _offsite(env: Env) -> OffsiteConfig:
-    assert env.backup is not None and env.backup.offsite is not None
+    assert env.backup is not None
+    assert env.backup.offsite is not None
     return env.backup.offsite

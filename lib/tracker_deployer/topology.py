@@ -370,7 +370,8 @@ def derive(env: Env) -> Topology:
 
 def offsite_service(env: Env) -> Service:
     """The service that copies sets to the restic repository (see the module doc)."""
-    assert env.backup is not None and env.backup.offsite is not None
+    assert env.backup is not None
+    assert env.backup.offsite is not None
     offsite = env.backup.offsite
     etc = paths.BACKUP_CONF.parent.relative_to(paths.DEPLOY_DIR)
     backups = paths.BACKUP_DIR.relative_to(paths.DEPLOY_DIR)

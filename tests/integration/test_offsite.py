@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tracker_deployer.render.tree import offsite_check_script
 
 from tests.helpers import parse, sample_data
 from tests.integration.ssh_target import SshTarget, free_port, require_tools
-from tests.integration.test_backup_metrics import Metrics
 from tests.integration.stack import (
     BACKUP_IMAGE,
     STANDIN_IMAGE,
@@ -39,6 +37,7 @@ from tests.integration.stack import (
     env_for_stack,
     require_images,
 )
+from tests.integration.test_backup_metrics import Metrics
 
 pytestmark = pytest.mark.integration
 
@@ -292,7 +291,10 @@ def test_sftp_sshd_gets_the_set_with_the_operators_key_and_known_hosts(
     stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
     try:
         ssh_dir = stack.backups / "etc/offsite-ssh"
-        for name, source in (("id", sftp_server.client_key), ("known_hosts", sftp_server.known_hosts)):
+        for name, source in (
+            ("id", sftp_server.client_key),
+            ("known_hosts", sftp_server.known_hosts),
+        ):
             shutil.copyfile(source, ssh_dir / name)
             os.chown(ssh_dir / name, 0, 1000)
             (ssh_dir / name).chmod(0o640)
@@ -364,14 +366,24 @@ def test_wrong_password_fails_clearly_and_keeps_the_local_sets(
         stack.cleanup()
 
 
-def hold_lock(environ: dict[str, str], locks: Path, hostname: str | None) -> subprocess.Popen[bytes]:
+def hold_lock(
+    environ: dict[str, str], locks: Path, hostname: str | None
+) -> subprocess.Popen[bytes]:
     """This machine's restic holding a repository lock (`backup --stdin` keeps it
     while its input stays open), under ``hostname`` (its own UTS namespace) if given."""
     before = set(locks.iterdir()) if locks.is_dir() else set()
     command = ["restic", "--no-cache", "backup", "--stdin", "--stdin-filename", "held"]
     if hostname:
         command = ["unshare", "--uts", "sh", "-c", 'hostname "$1" && shift && exec "$@"', "-"]
-        command += [hostname, "restic", "--no-cache", "backup", "--stdin", "--stdin-filename", "held"]
+        command += [
+            hostname,
+            "restic",
+            "--no-cache",
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "held",
+        ]
     holder = subprocess.Popen(
         command,
         stdin=subprocess.PIPE,

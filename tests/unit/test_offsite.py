@@ -26,7 +26,11 @@ SECRET_KEY = "s3 'secret\"$x\\"
 
 def with_offsite(**fields: Any) -> dict[str, Any]:
     data = sample_data("manual-test-sqlite")
-    data["backup"]["offsite"] = {"repository": "/mnt/offsite/restic", "password": PASSWORD, **fields}
+    data["backup"]["offsite"] = {
+        "repository": "/mnt/offsite/restic",
+        "password": PASSWORD,
+        **fields,
+    }
     return data
 
 
@@ -157,7 +161,8 @@ def test_read_data_is_written_without_exponent_or_trailing_zeros(percent: float,
 
 def test_defaults_of_backup_offsite() -> None:
     config = parse(with_offsite()).backup
-    assert config is not None and config.offsite is not None
+    assert config is not None
+    assert config.offsite is not None
     assert config.offsite.keep.rules == DEFAULT_OFFSITE_KEEP
     assert str(config.offsite.check_schedule) == DEFAULT_OFFSITE_CHECK_SCHEDULE
     assert config.offsite.check_read_data == DEFAULT_OFFSITE_CHECK_READ_DATA
@@ -167,7 +172,8 @@ def test_defaults_of_backup_offsite() -> None:
 
 def test_keep_policy_becomes_restics_flags_in_a_fixed_order() -> None:
     config = parse(with_offsite(keep={"yearly": 2, "last": 3})).backup
-    assert config is not None and config.offsite is not None
+    assert config is not None
+    assert config.offsite is not None
     assert config.offsite.keep.restic_args() == ("--keep-last", "3", "--keep-yearly", "2")
 
 
@@ -186,6 +192,7 @@ def test_every_supported_repository_form_parses(repository: str, kind: str) -> N
     if kind == "s3":
         data["backup"]["offsite"]["env"] = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
     config = parse(data).backup
-    assert config is not None and config.offsite is not None
+    assert config is not None
+    assert config.offsite is not None
     assert config.offsite.kind == kind
     assert not config.offsite.repository.endswith("/") or kind != "local"

@@ -27,8 +27,8 @@ from tracker_deployer.config.model import (
     DEFAULT_OFFSITE_KEEP,
     DEFAULT_RETENTION_DAYS,
     DEFAULT_SCHEDULE,
-    MAX_DOWNTIME_BUDGET_SECONDS,
     KEEP_RULES,
+    MAX_DOWNTIME_BUDGET_SECONDS,
     MAX_KEEP,
     MAX_MAX_DOWNTIME_SECONDS,
     BackupConfig,
@@ -70,8 +70,8 @@ from tracker_deployer.config.model import (
     parse_offsite_env_name,
     parse_offsite_password,
     parse_restic_repository,
-    repository_kind,
     parse_unix_user,
+    repository_kind,
 )
 from tracker_deployer.errors import ConfigError, ConfigIssue
 
@@ -917,9 +917,7 @@ class _Reader:
                 rules.append((rule, count))
         return KeepPolicy(tuple(rules)) if ok else None
 
-    def percentage(
-        self, parent: Mapping[str, Any], key: str, path: str, hint: str
-    ) -> float | None:
+    def percentage(self, parent: Mapping[str, Any], key: str, path: str, hint: str) -> float | None:
         """A number from 0 to 100."""
         if key not in parent:
             return None

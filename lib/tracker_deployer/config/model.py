@@ -564,12 +564,15 @@ def parse_restic_repository(value: str) -> str:
         return value.rstrip("/")
     kind, colon, rest = value.partition(":")
     if not colon or kind not in ("s3", "sftp", "rest"):
-        raise InvalidValue(f"{value!r} is not a restic repository this deployer supports", _REPOSITORY_HINT)
+        raise InvalidValue(
+            f"{value!r} is not a restic repository this deployer supports", _REPOSITORY_HINT
+        )
     if rest == "" or rest == "//":
         raise InvalidValue(f"{value!r} names no {kind} location", _REPOSITORY_HINT)
     if kind == "rest" and not re.fullmatch(r"https?://[^/\s]+(/.*)?", rest):
         raise InvalidValue(
-            f"{value!r} is not a rest: URL", "use e.g. 'rest:https://backup.example.com:8000/tracker'"
+            f"{value!r} is not a rest: URL",
+            "use e.g. 'rest:https://backup.example.com:8000/tracker'",
         )
     if kind == "sftp" and not re.fullmatch(r"(//[^/]+/.+|[^/:]+:.+)", rest):
         raise InvalidValue(

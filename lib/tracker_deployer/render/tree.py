@@ -404,7 +404,8 @@ def _add_offsite(
 ) -> None:
     """backup.offsite's files: restic's settings and password (the modes of
     backup.conf), the directory for an sftp: key, the scheduled check."""
-    assert env.backup is not None and env.backup.offsite is not None
+    assert env.backup is not None
+    assert env.backup.offsite is not None
     directory(paths.OFFSITE_SSH_DIR, 0o750, ROOT_UID, APP_GID)
     add(
         paths.OFFSITE_ENV_FILE,
@@ -418,9 +419,7 @@ def _add_offsite(
     # refuses a password that has any), so the newline is harmless.
     password = env.backup.offsite.password.reveal() + "\n"
     files.append(
-        RenderedFile(
-            paths.OFFSITE_PASSWORD_FILE, password.encode(), 0o640, ROOT_UID, APP_GID, True
-        )
+        RenderedFile(paths.OFFSITE_PASSWORD_FILE, password.encode(), 0o640, ROOT_UID, APP_GID, True)
     )
     files.append(
         RenderedFile(
@@ -451,7 +450,8 @@ def offsite_check_script(
     templates_dir: Path = paths.TEMPLATES_DIR,
 ) -> bytes:
     """The host's scheduled `restic check`; tests point the paths at a scratch directory."""
-    assert env.backup is not None and env.backup.offsite is not None
+    assert env.backup is not None
+    assert env.backup.offsite is not None
     return _render_template(
         _environment(templates_dir),
         "backup/offsite-check.sh.j2",
