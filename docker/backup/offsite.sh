@@ -8,6 +8,9 @@
 #                         then `restic forget --prune` with the keep policy
 #   offsite.sh check      `restic check`, reading OFFSITE_CHECK_READ_DATA percent
 #   offsite.sh snapshots  this environment's snapshots, as restic's JSON
+#   offsite.sh sets       the same JSON on a line "SNAPSHOTS <json>", then one
+#                         line "SIZE <snapshot id> <bytes>" per snapshot (the
+#                         restored size, `restic stats --mode restore-size`)
 #
 # It never writes, renames or deletes anything under BACKUP_ROOT: the local
 # sets are read only (the compose service mounts them read-only). The set
@@ -287,16 +290,29 @@ cmd_snapshots() {
   cat -- "${snapshots}"
 }
 
+cmd_sets() {
+  local snapshots="${WORK_DIR}/snapshots.json" id size
+  run_restic --no-lock snapshots --json --host "${OFFSITE_ENV_NAME}" --tag "env=${OFFSITE_ENV_NAME}" >"${snapshots}" \
+    || classify "listing the snapshots"
+  printf 'SNAPSHOTS %s\n' "$(tr -d '\n' <"${snapshots}")"
+  while IFS= read -r id; do
+    run_restic --no-lock stats --json --mode restore-size "${id}" >"${WORK_DIR}/stats.json" \
+      || classify "measuring snapshot ${id:0:8}"
+    size="$(grep -o '"total_size":[0-9]*' "${WORK_DIR}/stats.json" | head -n 1 | cut -d: -f2)"
+    printf 'SIZE %s %s\n' "${id}" "${size:-?}"
+  done < <(grep -o '"id":"[0-9a-f]\{64\}"' "${snapshots}" | cut -d'"' -f4)
+}
+
 offsite_main() {
   umask 077
   export TZ=UTC
   trap cleanup EXIT
   init_paths
   local command="${1:-}"
-  (($# == 1)) || fail "${OFFSITE_EXIT_CONFIG}" "usage: offsite.sh upload|check|snapshots"
+  (($# == 1)) || fail "${OFFSITE_EXIT_CONFIG}" "usage: offsite.sh upload|check|snapshots|sets"
   case "${command}" in
-    upload | check | snapshots) ;;
-    *) fail "${OFFSITE_EXIT_CONFIG}" "unknown command '${command}' (upload, check or snapshots)" ;;
+    upload | check | snapshots | sets) ;;
+    *) fail "${OFFSITE_EXIT_CONFIG}" "unknown command '${command}' (upload, check, snapshots or sets)" ;;
   esac
   check_settings
   "cmd_${command}"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tracker_deployer.remote.offsite import listing_error, listing_script, parse_listing
 from tracker_deployer.render.tree import offsite_check_script
 
 from tests.helpers import parse, sample_data
@@ -580,5 +581,55 @@ def test_compose_hands_the_credentials_to_the_container_exactly(tmp_path: Path) 
             'printf "%s" "$AWS_SECRET_ACCESS_KEY"; printf "|"; cat "$RESTIC_PASSWORD_FILE"',
         )
         assert result.stdout == f"{hostile}|{PASSWORD}\n"
+    finally:
+        stack.cleanup()
+
+
+def test_backups_offsite_lists_the_repositorys_sets_with_time_and_size(
+    tmp_path: Path, rest_server: Server
+) -> None:
+    """REST (rclone serve restic): the host side of `inv backups --offsite` (its
+    script run here as root, as over SSH) and the parser of its output."""
+    repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
+    offsite = {"repository": repository, "password": PASSWORD, "keep": {"last": 5}}
+    stack = offsite_stack(tmp_path / "s", offsite)
+    try:
+        first = assert_success_with_upload(stack, stack.run_maintenance())
+        time.sleep(1.1)
+        second = assert_success_with_upload(stack, stack.run_maintenance())
+        result = subprocess.run(
+            ["bash", "-c", listing_script(str(stack.deploy_dir))],
+            capture_output=True,
+            text=True,
+            env=stack.environ(),
+            check=False,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        assert PASSWORD not in result.stdout + result.stderr
+        found = parse_listing(result.stdout, stack.env.name)
+        assert [item.set_id for item in found] == [first, second]
+        for item in found:
+            files = sorted((stack.backups).glob(f"*/*_{item.set_id}.*"))
+            assert item.size == sum(path.stat().st_size for path in files)
+            assert item.time.strftime("%Y%m%d_%H%M%S") == item.set_id
+
+        restic(
+            restic_host(repository, tmp_path),
+            "key",
+            "passwd",
+            "--new-password-file",
+            str(restic_host(repository, tmp_path, password="another")["RESTIC_PASSWORD_FILE"]),
+        )
+        failed = subprocess.run(
+            ["bash", "-c", listing_script(str(stack.deploy_dir))],
+            capture_output=True,
+            text=True,
+            env=stack.environ(),
+            check=False,
+            timeout=300,
+        )
+        error = listing_error(failed.returncode, failed.stderr)
+        assert "repository password is wrong" in str(error)
     finally:
         stack.cleanup()

@@ -3,7 +3,9 @@ files (modes, where secrets go), the offsite compose service and its values."""
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,6 +14,14 @@ from tracker_deployer.config.model import (
     DEFAULT_OFFSITE_CHECK_READ_DATA,
     DEFAULT_OFFSITE_CHECK_SCHEDULE,
     DEFAULT_OFFSITE_KEEP,
+)
+from tracker_deployer.remote.backups import HostDataError
+from tracker_deployer.remote.offsite import (
+    format_sets,
+    listing_error,
+    listing_script,
+    parse_listing,
+    sets_json,
 )
 from tracker_deployer.render import render
 from tracker_deployer.topology import derive
@@ -196,3 +206,71 @@ def test_every_supported_repository_form_parses(repository: str, kind: str) -> N
     assert config.offsite is not None
     assert config.offsite.kind == kind
     assert not config.offsite.repository.endswith("/") or kind != "local"
+
+
+# --------------------------------------------------------------------------- inv backups --offsite
+
+SNAPSHOT_ID = "303e15608675c9b71eb072b9b0cde9a4b25a14827c75308aa22241459693d992"
+
+
+def listing(snapshots: list[dict[str, Any]], sizes: dict[str, int] | None = None) -> str:
+    lines = ["SNAPSHOTS " + json.dumps(snapshots)]
+    lines += [f"SIZE {snapshot} {size}" for snapshot, size in (sizes or {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def snapshot(**overrides: Any) -> dict[str, Any]:
+    item = {
+        "time": "2026-12-04T19:00:34.123456789Z",
+        "hostname": "tracker-prod",
+        "tags": ["env=tracker-prod", "set=20261204_190034"],
+        "id": SNAPSHOT_ID,
+        "short_id": SNAPSHOT_ID[:8],
+    }
+    item.update(overrides)
+    return item
+
+
+def test_offsite_listing_gives_set_time_and_size() -> None:
+    [found] = parse_listing(listing([snapshot()], {SNAPSHOT_ID: 942}), "tracker-prod")
+    assert found.set_id == "20261204_190034"
+    assert found.time == datetime(2026, 12, 4, 19, 0, 34, tzinfo=UTC)
+    assert found.size == 942
+    assert found.short_id == "303e1560"
+    text = format_sets([found], "tracker-prod")
+    assert "20261204_190034  2026-12-04 19:00:34      942 B  303e1560" in text
+    assert json.loads(sets_json([found]))[0]["size_bytes"] == 942
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "",
+        "SNAPSHOTS not json\n",
+        "SNAPSHOTS {}\n",
+        listing([snapshot(id="../../etc")]),
+        listing([snapshot(tags=["env=other", "set=20261204_190034"])]),
+        listing([snapshot(tags=["env=tracker-prod", "set=../x"])]),
+        listing([snapshot(tags=["env=tracker-prod"])]),
+        listing([snapshot(time="yesterday")]),
+        listing([snapshot()]) + "rm -rf /\n",
+        listing([snapshot()], {SNAPSHOT_ID: -1}),
+    ],
+)
+def test_offsite_listing_refuses_what_offsite_sh_never_prints(output: str) -> None:
+    with pytest.raises(HostDataError):
+        parse_listing(output, "tracker-prod")
+
+
+def test_offsite_listing_errors_name_the_cause() -> None:
+    stderr = "2026-12-04T19:00:42Z offsite: error: opening the repository: wrong repository password (x)\n"
+    error = listing_error(offsite.OFFSITE_SH_EXIT["PASSWORD"], stderr)
+    assert "repository password is wrong" in str(error)
+    assert "wrong repository password (x)" in str(error)
+    assert "unreachable" in str(listing_error(offsite.OFFSITE_SH_EXIT["UNREACHABLE"], ""))
+
+
+def test_offsite_listing_script_runs_the_sets_command_in_the_offsite_service() -> None:
+    script = listing_script()
+    assert f"--no-deps -T {offsite.SERVICE} sets\n" in script
+    assert f"export {offsite.HOSTNAME_VARIABLE}\n" in script
