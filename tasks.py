@@ -27,6 +27,7 @@ from tracker_deployer.errors import ConfigError, DeployError, RemoteError
 from tracker_deployer.remote import backups as operations
 from tracker_deployer.remote import configure as host_setup
 from tracker_deployer.remote import deploy as remote
+from tracker_deployer.remote import offsite as offsite_copies
 from tracker_deployer.remote.plan import Scope
 from tracker_deployer.remote.ssh import SshHost, Target
 from tracker_deployer.render import RenderedTree, write_tree
@@ -467,6 +468,8 @@ def publish(
         **CONNECT_HELP,
         "json": "print JSON for scripts instead of a table",
         "quick": "skip checking every set's checksums",
+        "offsite": "list the sets in the off-host repository (backup.offsite) instead: "
+        "set id, time, size",
     }
 )
 def backups(
@@ -477,10 +480,19 @@ def backups(
     accept_new_host_key: bool = False,
     json: bool = False,
     quick: bool = False,
+    offsite: bool = False,
 ) -> None:
     """List the backup sets on the host (parts, size, age, checksums) and the last run."""
     with _errors():
         parsed = _load(env)
+        if offsite:
+            with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+                found_offsite = offsite_copies.list_sets(connection, parsed)
+            if json:
+                print(offsite_copies.sets_json(found_offsite))
+            else:
+                print(offsite_copies.format_sets(found_offsite, parsed.name))
+            return
         with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
             found = operations.inventory(connection, verify=not quick)
         if json:

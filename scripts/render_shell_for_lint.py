@@ -54,7 +54,9 @@ def main(out_dir: Path) -> int:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     count = 0
-    for env_file in sorted(paths.ENVS_DIR.glob("*.json")):
+    # envs/ plus the every-option config (the only one with backup.offsite).
+    every_option = paths.REPO_ROOT / "tests/data/valid/every-option.json"
+    for env_file in [*sorted(paths.ENVS_DIR.glob("*.json")), every_option]:
         tree = render(load_env(env_file))
         for item in tree.files:
             if item.content.startswith(b"#!/usr/bin/env bash") or item.path.suffix == ".sh":

@@ -13,6 +13,8 @@
 # - debian:bookworm-slim imported from debootstrap when no registry has it
 # - bats + bats-assert + bats-support, shellcheck, cron, sshd, pigz, sqlite3,
 #   mariadb client/server for the backup tests
+# - restic and rclone (off-host copies: the tests' restic client, and
+#   `rclone serve restic`, the REST server they upload to)
 # - LXD (the lxd provider: `inv provision`, the sandbox, e2e) and nftables
 #   (`nft -c` checks the host firewall `inv configure` writes)
 # - promtool (Debian's prometheus package) for `nox -s rules`; its daemon is
@@ -49,6 +51,7 @@ install_packages() {
     sqlite3 pigz gzip tar jq curl time
     mariadb-client mariadb-server
     lxd lxd-client dnsmasq-base nftables
+    restic rclone
   )
   local -a missing=()
   local package

@@ -42,6 +42,13 @@ METRICS: dict[str, str] = {
     "drill_duration": "tracker_backup_last_drill_duration_seconds",
     "drill_last_success": "tracker_backup_last_drill_success_timestamp_seconds",
     "written": "tracker_backup_metrics_written_timestamp_seconds",
+    # off-host copies (backup.offsite): the last upload and the last restic check
+    "offsite_success": "tracker_backup_offsite_last_upload_success",
+    "offsite_time": "tracker_backup_offsite_last_upload_timestamp_seconds",
+    "offsite_exit_code": "tracker_backup_offsite_last_upload_exit_code",
+    "offsite_last_success": "tracker_backup_offsite_last_success_timestamp_seconds",
+    "offsite_check_success": "tracker_backup_offsite_last_check_success",
+    "offsite_check_time": "tracker_backup_offsite_last_check_timestamp_seconds",
 }
 
 # BackupMissing / BackupDrillMissing fire after period x 1.5 plus this margin

@@ -45,6 +45,16 @@ DRILL_CRON_FILE = PurePosixPath("/etc/cron.d/tracker-backup-drill")
 PROMETHEUS_RULES = STORAGE_DIR / "prometheus/etc/backup-alerts.yml"
 PROMETHEUS_CONFIG_IN_CONTAINER = PurePosixPath("/etc/prometheus")
 GRAFANA_BACKUPS_DASHBOARD = GRAFANA_PROVISIONING / "dashboards/torrust/backups.json"
+# Off-host copies (backup.offsite): the restic settings and password next to
+# backup.conf (same modes), the operator's SSH key for sftp: repositories, the
+# scheduled `restic check`, and their status files in BACKUP_STATUS_DIR.
+OFFSITE_ENV_FILE = BACKUP_DIR / "etc/offsite.env"
+OFFSITE_PASSWORD_FILE = BACKUP_DIR / "etc/offsite.password"
+OFFSITE_SSH_DIR = BACKUP_DIR / "etc/offsite-ssh"
+OFFSITE_CHECK_SCRIPT = PurePosixPath("/usr/local/bin/tracker-backup-offsite-check.sh")
+OFFSITE_CHECK_CRON_FILE = PurePosixPath("/etc/cron.d/tracker-backup-offsite-check")
+OFFSITE_LAST_UPLOAD = BACKUP_STATUS_DIR / "last-offsite.env"
+OFFSITE_LAST_CHECK = BACKUP_STATUS_DIR / "last-offsite-check.env"
 
 # In containers.
 TRACKER_LIB_IN_CONTAINER = "/var/lib/torrust/tracker"
@@ -53,6 +63,9 @@ STORAGE_IN_BACKUP = PurePosixPath("/data/storage")
 COMPOSE_IN_BACKUP = PurePosixPath("/data/compose")
 BACKUP_CONF_IN_BACKUP = PurePosixPath("/etc/backup/backup.conf")
 BACKUP_PATHS_IN_BACKUP = PurePosixPath("/etc/backup/backup-paths.txt")
+BACKUP_ETC_IN_BACKUP = PurePosixPath("/etc/backup")
+BACKUP_ROOT_IN_BACKUP = PurePosixPath("/backups")
+OFFSITE_SCRIPT_IN_BACKUP = PurePosixPath("/usr/local/bin/offsite.sh")
 
 
 def sqlite_in_tracker(database_name: str) -> str:

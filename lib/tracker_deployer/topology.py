@@ -16,6 +16,15 @@ depend on is decided here, in Python, so the compose template only prints it
   ``restart: "no"``, joins the database network and depends on
   ``mysql: service_healthy`` only with MySQL; with SQLite it has no network at
   all (``network_mode: none``).
+* The offsite service (with ``backup.offsite``): the backup image running
+  ``offsite.sh``, profile ``backup``, the sets mounted read-only, restic's
+  settings from an ``env_file``; the host's network (the repository is
+  wherever the host can reach it) but its own process table, and the hostname
+  ``<host>-offsite`` (from ``$TRACKER_OFFSITE_HOSTNAME``, which the host scripts
+  set): restic 0.14 judges a lock of the same hostname by signalling its PID,
+  which the private PID namespace confines to the container; a lock of any
+  other host counts as live until it is 30 minutes old. A local-path
+  repository is mounted at its own path.
 """
 
 from __future__ import annotations
@@ -24,6 +33,9 @@ from dataclasses import dataclass, field
 
 from tracker_deployer import monitoring, paths
 from tracker_deployer.config.model import Endpoint, Env
+from tracker_deployer.offsite import DEFAULT_HOSTNAME as OFFSITE_DEFAULT_HOSTNAME
+from tracker_deployer.offsite import HOSTNAME_VARIABLE as OFFSITE_HOSTNAME_VARIABLE
+from tracker_deployer.offsite import SERVICE as OFFSITE_SERVICE
 
 APP_UID = 1000
 APP_GID = 1000
@@ -85,6 +97,9 @@ class Service:
     healthcheck: Healthcheck | None = None
     profiles: tuple[str, ...] = ()
     long_running: bool = True
+    entrypoint: tuple[str, ...] = ()
+    env_file: tuple[str, ...] = ()
+    hostname: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +354,8 @@ def derive(env: Env) -> Topology:
                 long_running=False,
             )
         )
+        if env.backup.offsite:
+            build.services.append(offsite_service(env))
 
     order = [
         DATABASE_NETWORK,
@@ -349,3 +366,33 @@ def derive(env: Env) -> Topology:
     ]
     networks = tuple(name for name in order if name in build.networks)
     return Topology(tuple(build.services), networks, tuple(build.volumes))
+
+
+def offsite_service(env: Env) -> Service:
+    """The service that copies sets to the restic repository (see the module doc)."""
+    assert env.backup is not None
+    assert env.backup.offsite is not None
+    offsite = env.backup.offsite
+    etc = paths.BACKUP_CONF.parent.relative_to(paths.DEPLOY_DIR)
+    backups = paths.BACKUP_DIR.relative_to(paths.DEPLOY_DIR)
+    env_file = paths.OFFSITE_ENV_FILE.relative_to(paths.DEPLOY_DIR)
+    volumes = [
+        Mount(f"./{etc}", str(paths.BACKUP_ETC_IN_BACKUP), read_only=True),
+        Mount(f"./{backups}", str(paths.BACKUP_ROOT_IN_BACKUP), read_only=True),
+    ]
+    if offsite.kind == "local":
+        volumes.append(Mount(offsite.repository, offsite.repository))
+    return Service(
+        name=OFFSITE_SERVICE,
+        image=env.images.backup,
+        restart="no",
+        init=True,
+        user=f"{APP_UID}:{APP_GID}",
+        entrypoint=(str(paths.OFFSITE_SCRIPT_IN_BACKUP),),
+        env_file=(f"./{env_file}",),
+        volumes=tuple(volumes),
+        network_mode="host",
+        hostname=f"${{{OFFSITE_HOSTNAME_VARIABLE}:-{OFFSITE_DEFAULT_HOSTNAME}}}",
+        profiles=("backup",),
+        long_running=False,
+    )

@@ -23,6 +23,9 @@ from tracker_deployer.config.model import (
     DEFAULT_DRILL_SCHEDULE,
     DEFAULT_IMAGES,
     DEFAULT_MAX_DOWNTIME_SECONDS,
+    DEFAULT_OFFSITE_CHECK_READ_DATA,
+    DEFAULT_OFFSITE_CHECK_SCHEDULE,
+    DEFAULT_OFFSITE_KEEP,
     DEFAULT_RETENTION_DAYS,
     DEFAULT_SCHEDULE,
     MAX_MAX_DOWNTIME_SECONDS,
@@ -147,6 +150,10 @@ def test_defaults_are_the_models() -> None:
     assert backup["mailto"]["default"] == ""
     assert backup["drill_schedule"]["default"] == DEFAULT_DRILL_SCHEDULE
     assert backup["downtime_budget_seconds"]["default"] == DEFAULT_DOWNTIME_BUDGET_SECONDS
+    offsite = backup["offsite"]["properties"]
+    assert offsite["keep"]["default"] == dict(DEFAULT_OFFSITE_KEEP)
+    assert offsite["check_schedule"]["default"] == DEFAULT_OFFSITE_CHECK_SCHEDULE
+    assert offsite["check_read_data"]["default"] == DEFAULT_OFFSITE_CHECK_READ_DATA
     images = SCHEMA["properties"]["images"]["properties"]
     assert {key: value["default"] for key, value in images.items()} == DEFAULT_IMAGES
     assert SCHEMA["properties"]["ssh_credentials"]["properties"]["port"]["default"] == 22

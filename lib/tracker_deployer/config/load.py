@@ -22,9 +22,14 @@ from tracker_deployer.config.model import (
     DEFAULT_DRILL_SCHEDULE,
     DEFAULT_IMAGES,
     DEFAULT_MAX_DOWNTIME_SECONDS,
+    DEFAULT_OFFSITE_CHECK_READ_DATA,
+    DEFAULT_OFFSITE_CHECK_SCHEDULE,
+    DEFAULT_OFFSITE_KEEP,
     DEFAULT_RETENTION_DAYS,
     DEFAULT_SCHEDULE,
+    KEEP_RULES,
     MAX_DOWNTIME_BUDGET_SECONDS,
+    MAX_KEEP,
     MAX_MAX_DOWNTIME_SECONDS,
     BackupConfig,
     BindAddress,
@@ -39,9 +44,11 @@ from tracker_deployer.config.model import (
     Https,
     Images,
     InvalidValue,
+    KeepPolicy,
     LxdProvider,
     MysqlDatabase,
     MysqlServer,
+    OffsiteConfig,
     Prometheus,
     Protocol,
     Provider,
@@ -60,7 +67,11 @@ from tracker_deployer.config.model import (
     parse_http_url,
     parse_image,
     parse_key_path,
+    parse_offsite_env_name,
+    parse_offsite_password,
+    parse_restic_repository,
     parse_unix_user,
+    repository_kind,
 )
 from tracker_deployer.errors import ConfigError, ConfigIssue
 
@@ -716,6 +727,7 @@ class _Reader:
                 "notify_url",
                 "drill_schedule",
                 "downtime_budget_seconds",
+                "offsite",
             ),
         )
         if section is None:
@@ -759,6 +771,7 @@ class _Reader:
             "the longest tracker downtime per backup run before BackupDowntimeOverBudget "
             f"fires, in seconds, e.g. {DEFAULT_DOWNTIME_BUDGET_SECONDS}",
         )
+        offsite = self.offsite(section["offsite"]) if "offsite" in section else None
         failed = [
             key
             for key, parsed in (
@@ -770,6 +783,7 @@ class _Reader:
                 ("notify_url", notify),
                 ("drill_schedule", drill_schedule),
                 ("downtime_budget_seconds", budget),
+                ("offsite", offsite),
             )
             if key in section and parsed is None
         ]
@@ -788,7 +802,134 @@ class _Reader:
             downtime_budget_seconds=(
                 budget if budget is not None else DEFAULT_DOWNTIME_BUDGET_SECONDS
             ),
+            offsite=offsite,
         )
+
+    def offsite(self, value: object) -> OffsiteConfig | None:
+        """``backup.offsite``: the restic repository that gets a copy of every set."""
+        path = "backup.offsite"
+        section = self.obj(
+            value,
+            path,
+            required=("repository", "password"),
+            optional=("env", "keep", "check_schedule", "check_read_data"),
+        )
+        if section is None:
+            return None
+        repository = self.typed(section, "repository", path, parse_restic_repository)
+        password = self.typed(section, "password", path, parse_offsite_password)
+        env = self.offsite_env(section["env"], repository) if "env" in section else ()
+        if "env" not in section and repository and repository_kind(repository) == "s3":
+            self.error(
+                _join(path, "env"),
+                "is required for an s3: repository",
+                'add "env": {"AWS_ACCESS_KEY_ID": "...", "AWS_SECRET_ACCESS_KEY": "..."}',
+            )
+            env = None
+        keep = self.keep(section["keep"]) if "keep" in section else KeepPolicy(DEFAULT_OFFSITE_KEEP)
+        check_schedule = self.typed(section, "check_schedule", path, CronSchedule.parse)
+        read_data = self.percentage(
+            section,
+            "check_read_data",
+            path,
+            "the share of the repository's data each `restic check` reads, in percent "
+            f"(0 = structure only, 100 = everything), e.g. {DEFAULT_OFFSITE_CHECK_READ_DATA:g}",
+        )
+        if (
+            repository is None
+            or password is None
+            or env is None
+            or keep is None
+            or ("check_schedule" in section and check_schedule is None)
+            or ("check_read_data" in section and read_data is None)
+        ):
+            return None
+        return OffsiteConfig(
+            repository=repository,
+            password=password,
+            env=env,
+            keep=keep,
+            check_schedule=check_schedule or CronSchedule(DEFAULT_OFFSITE_CHECK_SCHEDULE),
+            check_read_data=(
+                read_data if read_data is not None else DEFAULT_OFFSITE_CHECK_READ_DATA
+            ),
+        )
+
+    def offsite_env(
+        self, value: object, repository: str | None
+    ) -> tuple[tuple[str, Secret], ...] | None:
+        path = "backup.offsite.env"
+        if not isinstance(value, dict):
+            self.error(
+                path,
+                f"must be an object, not {_type_name(value)}",
+                'use {"AWS_ACCESS_KEY_ID": "...", "AWS_SECRET_ACCESS_KEY": "..."}',
+            )
+            return None
+        pairs: list[tuple[str, Secret]] = []
+        ok = True
+        for name in value:
+            where = _join(path, name)
+            checked = self.apply(where, name, parse_offsite_env_name)
+            secret = self.secret(value, name, path)
+            if checked is None or secret is None:
+                ok = False
+            else:
+                pairs.append((checked, secret))
+        if repository and repository_kind(repository) == "s3":
+            for needed in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                if needed not in value:
+                    self.error(
+                        _join(path, needed),
+                        "is required for an s3: repository",
+                        "add the access key of a key that may read and write the bucket",
+                    )
+                    ok = False
+        return tuple(sorted(pairs)) if ok else None
+
+    def keep(self, value: object) -> KeepPolicy | None:
+        path = "backup.offsite.keep"
+        section = self.obj(value, path, required=(), optional=KEEP_RULES)
+        if section is None:
+            return None
+        if not section:
+            self.error(
+                path,
+                "is empty: restic refuses to forget with no policy (it would keep nothing)",
+                'keep at least one rule, e.g. {"daily": 7, "weekly": 4, "monthly": 12}',
+            )
+            return None
+        rules: list[tuple[str, int]] = []
+        ok = True
+        for rule in KEEP_RULES:
+            count = self.int_(
+                section,
+                rule,
+                path,
+                1,
+                MAX_KEEP,
+                f"how many {rule} snapshots to keep, e.g. "
+                f"{dict(DEFAULT_OFFSITE_KEEP).get(rule, 3)}; leave the rule out instead of 0",
+            )
+            if rule in section and count is None:
+                ok = False
+            elif count is not None:
+                rules.append((rule, count))
+        return KeepPolicy(tuple(rules)) if ok else None
+
+    def percentage(self, parent: Mapping[str, Any], key: str, path: str, hint: str) -> float | None:
+        """A number from 0 to 100."""
+        if key not in parent:
+            return None
+        value = parent[key]
+        where = _join(path, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(where, f"must be a number, not {_type_name(value)} ({_show(value)})", hint)
+            return None
+        if not math.isfinite(value) or not 0 <= value <= 100:
+            self.error(where, f"{_show(value)} is not a percentage from 0 to 100", hint)
+            return None
+        return float(value)
 
     def images(self, value: object) -> Images | None:
         keys = tuple(DEFAULT_IMAGES)

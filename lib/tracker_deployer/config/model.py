@@ -515,6 +515,136 @@ DEFAULT_DOWNTIME_BUDGET_SECONDS = 60
 MAX_DOWNTIME_BUDGET_SECONDS = 86400
 
 
+# --------------------------------------------------------------------------- off-host copies
+
+# Weekly repository check, Sunday 05:00: after the default drill (04:00).
+DEFAULT_OFFSITE_CHECK_SCHEDULE = "0 5 * * 0"
+# Share of the repository's data `restic check` reads each time (percent).
+DEFAULT_OFFSITE_CHECK_READ_DATA = 5.0
+KEEP_RULES = ("last", "daily", "weekly", "monthly", "yearly")
+DEFAULT_OFFSITE_KEEP: tuple[tuple[str, int], ...] = (("daily", 7), ("weekly", 4), ("monthly", 12))
+MAX_KEEP = 100000
+_REPOSITORY_HINT = (
+    "use 's3:https://HOST/BUCKET[/PREFIX]', 'sftp:USER@HOST:/PATH', "
+    "'rest:https://HOST:PORT/PATH' or an absolute local path such as '/mnt/offsite/restic'"
+)
+_ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+# Set by the deployer itself (or the container's basics): never from backup.offsite.env.
+RESERVED_OFFSITE_ENV = frozenset(
+    {
+        "RESTIC_REPOSITORY",
+        "RESTIC_REPOSITORY_FILE",
+        "RESTIC_PASSWORD",
+        "RESTIC_PASSWORD_FILE",
+        "RESTIC_PASSWORD_COMMAND",
+        "RESTIC_CACHE_DIR",
+        "PATH",
+        "HOME",
+        "TZ",
+        "TMPDIR",
+    }
+)
+RESERVED_OFFSITE_ENV_PREFIX = "OFFSITE_"
+
+
+def parse_restic_repository(value: str) -> str:
+    """A restic repository: ``s3:``, ``sftp:``, ``rest:`` or an absolute local path."""
+    for position, char in enumerate(value):
+        if not "!" <= char <= "~":
+            raise InvalidValue(
+                f"{value!r} has {'a space' if char == ' ' else f'the character U+{ord(char):04X}'} "
+                f"at position {position + 1}; a repository holds printable ASCII without spaces",
+                "percent-encode anything else in a URL; pick a local path without spaces",
+            )
+    if value.startswith("/"):
+        if any(part == ".." for part in value.split("/")):
+            raise InvalidValue(f"{value!r} contains '..'", "write the path without '..'")
+        if value.rstrip("/") == "":
+            raise InvalidValue(f"{value!r} is the root directory", _REPOSITORY_HINT)
+        return value.rstrip("/")
+    kind, colon, rest = value.partition(":")
+    if not colon or kind not in ("s3", "sftp", "rest"):
+        raise InvalidValue(
+            f"{value!r} is not a restic repository this deployer supports", _REPOSITORY_HINT
+        )
+    if rest == "" or rest == "//":
+        raise InvalidValue(f"{value!r} names no {kind} location", _REPOSITORY_HINT)
+    if kind == "rest" and not re.fullmatch(r"https?://[^/\s]+(/.*)?", rest):
+        raise InvalidValue(
+            f"{value!r} is not a rest: URL",
+            "use e.g. 'rest:https://backup.example.com:8000/tracker'",
+        )
+    if kind == "sftp" and not re.fullmatch(r"(//[^/]+/.+|[^/:]+:.+)", rest):
+        raise InvalidValue(
+            f"{value!r} is not an sftp: location",
+            "use 'sftp:USER@HOST:/PATH' or 'sftp://USER@HOST:PORT//PATH'",
+        )
+    return value
+
+
+def parse_offsite_password(value: str) -> Secret:
+    """The repository password: a secret that restic's password file keeps whole."""
+    secret = Secret.parse(value)
+    if value != value.strip():
+        raise InvalidValue(
+            "starts or ends with whitespace, which restic strips from a password file "
+            "(the repository would then open only with the stripped password)",
+            "remove the leading and trailing spaces",
+        )
+    return secret
+
+
+def parse_offsite_env_name(value: str) -> str:
+    if not _ENV_NAME_RE.fullmatch(value):
+        raise InvalidValue(
+            f"{value!r} is not an environment variable name",
+            "use uppercase letters, digits and '_', e.g. 'AWS_ACCESS_KEY_ID'",
+        )
+    if value in RESERVED_OFFSITE_ENV or value.startswith(RESERVED_OFFSITE_ENV_PREFIX):
+        raise InvalidValue(
+            f"{value!r} is set by the deployer itself",
+            "set the repository with 'repository' and the password with 'password'; "
+            "'env' holds only the backend's credentials, e.g. 'AWS_ACCESS_KEY_ID'",
+        )
+    return value
+
+
+def repository_kind(repository: str) -> str:
+    """``s3``, ``sftp``, ``rest`` or ``local``."""
+    return "local" if repository.startswith("/") else repository.partition(":")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class KeepPolicy:
+    """restic's ``forget`` rules (GFS); never empty."""
+
+    rules: tuple[tuple[str, int], ...]
+
+    def restic_args(self) -> tuple[str, ...]:
+        args: list[str] = []
+        for rule, count in self.rules:
+            args += [f"--keep-{rule}", str(count)]
+        return tuple(args)
+
+
+@dataclass(frozen=True, slots=True)
+class OffsiteConfig:
+    """Off-host, encrypted copies of every complete set (restic)."""
+
+    repository: str
+    password: Secret
+    env: tuple[tuple[str, Secret], ...] = ()
+    keep: KeepPolicy = field(default_factory=lambda: KeepPolicy(DEFAULT_OFFSITE_KEEP))
+    check_schedule: CronSchedule = field(
+        default_factory=lambda: CronSchedule(DEFAULT_OFFSITE_CHECK_SCHEDULE)
+    )
+    check_read_data: float = DEFAULT_OFFSITE_CHECK_READ_DATA
+
+    @property
+    def kind(self) -> str:
+        return repository_kind(self.repository)
+
+
 @dataclass(frozen=True, slots=True)
 class BackupConfig:
     """Backups are on when this exists (``"backup": {}`` = all defaults)."""
@@ -529,6 +659,7 @@ class BackupConfig:
         default_factory=lambda: CronSchedule(DEFAULT_DRILL_SCHEDULE)
     )
     downtime_budget_seconds: float = DEFAULT_DOWNTIME_BUDGET_SECONDS
+    offsite: OffsiteConfig | None = None
 
 
 BACKUP_IMAGE_REPOSITORY = "torrust/tracker-backup"
@@ -592,4 +723,7 @@ class Env:
             values.append(self.grafana.admin_password)
         if isinstance(self.provider, HetznerProvider):
             values.append(self.provider.api_token)
+        if self.backup and self.backup.offsite:
+            values.append(self.backup.offsite.password)
+            values += [value for _, value in self.backup.offsite.env]
         return [secret.reveal() for secret in values]

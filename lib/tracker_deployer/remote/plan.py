@@ -32,6 +32,9 @@ CRON_FILES = (
     paths.VERIFY_SCRIPT,
     paths.DRILL_SCRIPT,
     paths.DRILL_CRON_FILE,
+    # the scheduled check of the off-host repository (backup.offsite)
+    paths.OFFSITE_CHECK_SCRIPT,
+    paths.OFFSITE_CHECK_CRON_FILE,
 )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from tracker_deployer import __version__, monitoring, paths
+from tracker_deployer import __version__, monitoring, offsite, paths
 from tracker_deployer.config.model import Env, MysqlDatabase
 from tracker_deployer.errors import DeployError, RenderError
 from tracker_deployer.render import quoting
@@ -386,10 +386,86 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
             **common,
         )
         add(paths.LOGROTATE_FILE, "backup/tracker-backup.logrotate.j2", **common)
+        if env.backup.offsite:
+            _add_offsite(env, files, directory, add, templates_dir, common)
 
     files.sort(key=lambda item: str(item.path))
     ordered_dirs = tuple(directories[key] for key in sorted(directories, key=str))
     return RenderedTree(env.name, tuple(files), ordered_dirs)
+
+
+def _add_offsite(
+    env: Env,
+    files: list[RenderedFile],
+    directory: Any,
+    add: Any,
+    templates_dir: Path,
+    common: dict[str, Any],
+) -> None:
+    """backup.offsite's files: restic's settings and password (the modes of
+    backup.conf), the directory for an sftp: key, the scheduled check."""
+    assert env.backup is not None
+    assert env.backup.offsite is not None
+    directory(paths.OFFSITE_SSH_DIR, 0o750, ROOT_UID, APP_GID)
+    add(
+        paths.OFFSITE_ENV_FILE,
+        "backup/offsite.env.j2",
+        mode=0o640,
+        gid=APP_GID,
+        secret=True,
+        values=offsite.env_file_values(env),
+    )
+    # restic reads the password file whole, less surrounding whitespace (the config
+    # refuses a password that has any), so the newline is harmless.
+    password = env.backup.offsite.password.reveal() + "\n"
+    files.append(
+        RenderedFile(paths.OFFSITE_PASSWORD_FILE, password.encode(), 0o640, ROOT_UID, APP_GID, True)
+    )
+    files.append(
+        RenderedFile(
+            paths.OFFSITE_CHECK_SCRIPT,
+            offsite_check_script(env, templates_dir=templates_dir),
+            0o755,
+        )
+    )
+    add(
+        paths.OFFSITE_CHECK_CRON_FILE,
+        "backup/tracker-backup-offsite-check.cron.j2",
+        schedule=str(env.backup.offsite.check_schedule),
+        script=str(paths.OFFSITE_CHECK_SCRIPT),
+        mailto=env.backup.mailto,
+        **common,
+    )
+
+
+def offsite_check_script(
+    env: Env,
+    *,
+    deploy_dir: str = str(paths.DEPLOY_DIR),
+    log_file: str = str(paths.BACKUP_LOG),
+    lock_file: str = str(paths.BACKUP_LOCK),
+    status_dir: str = str(paths.BACKUP_STATUS_DIR),
+    metrics_script: str = str(paths.METRICS_SCRIPT),
+    lock_wait_seconds: int = offsite.CHECK_LOCK_WAIT_SECONDS,
+    templates_dir: Path = paths.TEMPLATES_DIR,
+) -> bytes:
+    """The host's scheduled `restic check`; tests point the paths at a scratch directory."""
+    assert env.backup is not None
+    assert env.backup.offsite is not None
+    return _render_template(
+        _environment(templates_dir),
+        "backup/offsite-check.sh.j2",
+        env=env,
+        deploy_dir=deploy_dir,
+        compose_file=f"{deploy_dir}/docker-compose.yml",
+        log_file=log_file,
+        lock_file=lock_file,
+        status_dir=status_dir,
+        metrics_script=metrics_script,
+        lock_wait_seconds=lock_wait_seconds,
+        offsite=offsite_settings(env),
+        read_data=offsite.read_data_text(env.backup.offsite.check_read_data),
+    )
 
 
 def operation_script(name: str, templates_dir: Path = paths.TEMPLATES_DIR, **context: Any) -> str:
@@ -445,7 +521,24 @@ def maintenance_script(
         notify_url=env.backup.notify_url or "",
         max_downtime_seconds=env.backup.max_downtime_seconds,
         metrics_script=metrics_script,
+        offsite=offsite_settings(env),
     )
+
+
+def offsite_settings(env: Env) -> dict[str, Any] | None:
+    """What the host scripts need of backup.offsite (None: no off-host copies)."""
+    if env.backup is None or env.backup.offsite is None:
+        return None
+    return {
+        "service": offsite.SERVICE,
+        "exit_failed": offsite.EXIT_OFFSITE_FAILED,
+        "timeout_seconds": offsite.UPLOAD_TIMEOUT_SECONDS,
+        "check_timeout_seconds": offsite.CHECK_TIMEOUT_SECONDS,
+        "status_name": paths.OFFSITE_LAST_UPLOAD.name,
+        "check_status_name": paths.OFFSITE_LAST_CHECK.name,
+        "hostname_variable": offsite.HOSTNAME_VARIABLE,
+        "hostname_suffix": offsite.HOSTNAME_SUFFIX,
+    }
 
 
 def metrics_script(

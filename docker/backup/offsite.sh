@@ -1,0 +1,323 @@
+#!/usr/bin/env bash
+#
+# Off-host, encrypted copies of the backup sets with restic (backup.offsite).
+#
+#   offsite.sh upload     upload every complete, verified local set newer than
+#                         the repository's newest one for this environment
+#                         (tagged env=NAME and set=ID, dated at the set's time),
+#                         then `restic forget --prune` with the keep policy
+#   offsite.sh check      `restic check`, reading OFFSITE_CHECK_READ_DATA percent
+#   offsite.sh snapshots  this environment's snapshots, as restic's JSON
+#   offsite.sh sets       the same JSON on a line "SNAPSHOTS <json>", then one
+#                         line "SIZE <snapshot id> <bytes>" per snapshot (the
+#                         restored size, `restic stats --mode restore-size`)
+#
+# It never writes, renames or deletes anything under BACKUP_ROOT: the local
+# sets are read only (the compose service mounts them read-only). The set
+# layout and the verification come from backup.sh, which this script sources
+# (one owner for both).
+#
+# Settings come from the environment (the compose service's env_file,
+# /etc/backup/offsite.env, mode 0640): RESTIC_REPOSITORY, RESTIC_PASSWORD_FILE
+# (the password itself sits in that file, never on argv or in an environment
+# variable), OFFSITE_ENV_NAME, OFFSITE_KEEP ("--keep-daily 7 --keep-weekly 4"),
+# OFFSITE_CHECK_READ_DATA (0-100) and the backend's credentials (e.g.
+# AWS_ACCESS_KEY_ID). For sftp: repositories, the SSH key and known_hosts are
+# read from OFFSITE_SSH_DIR (default /etc/backup/offsite-ssh: files `id` and
+# `known_hosts`).
+#
+# Exit codes (docs/reference/backup-format.md; the deployer holds a copy in
+# lib/tracker_deployer/offsite.py, checked by a test):
+#   0 done; 2 bad settings; 20 repository unreachable (or not a restic
+#   repository); 21 wrong repository password; 22 the repository is locked by
+#   a live process (stale locks are removed and the step retried once);
+#   23 the upload or forget failed otherwise; 24 `restic check` found errors;
+#   25 no space left on a device (the repository's or this container's).
+
+set -o errexit -o nounset -o pipefail
+
+readonly OFFSITE_EXIT_CONFIG=2
+readonly OFFSITE_EXIT_UNREACHABLE=20
+readonly OFFSITE_EXIT_PASSWORD=21
+readonly OFFSITE_EXIT_LOCKED=22
+readonly OFFSITE_EXIT_FAILED=23
+readonly OFFSITE_EXIT_CHECK=24
+readonly OFFSITE_EXIT_NO_SPACE=25
+
+readonly OFFSITE_BACKUP_SH="${OFFSITE_BACKUP_SH:-/usr/local/bin/backup.sh}"
+# backup.sh is checked on its own (nox -s shellcheck lists it); not followed here.
+# shellcheck source=/dev/null
+source "${OFFSITE_BACKUP_SH}"
+
+readonly KEEP_REGEX='^(--keep-(last|daily|weekly|monthly|yearly) [1-9][0-9]{0,5}( |$))+$'
+readonly PERCENT_REGEX='^(100([.]0+)?|[0-9]{1,2}([.][0-9]+)?)$'
+readonly ENV_NAME_REGEX='^[a-z0-9]([a-z0-9-]*[a-z0-9])?$'
+
+WORK_DIR=""
+ERROR_FILE=""
+declare -ga RESTIC=()
+
+say() {
+  printf '%s offsite: %s\n' "$(utc_now)" "$*" >&2
+}
+
+# fail CODE MESSAGE: the one line the maintenance script reports, then exit.
+fail() {
+  local code="$1"
+  shift
+  printf '%s offsite: error: %s\n' "$(utc_now)" "$*" >&2
+  exit "${code}"
+}
+
+cleanup() {
+  [[ -z "${WORK_DIR}" ]] || rm -rf -- "${WORK_DIR}"
+}
+
+check_settings() {
+  [[ -n "${RESTIC_REPOSITORY:-}" ]] || fail "${OFFSITE_EXIT_CONFIG}" "RESTIC_REPOSITORY is not set (backup.offsite.repository)"
+  [[ -n "${RESTIC_PASSWORD_FILE:-}" && -f "${RESTIC_PASSWORD_FILE}" && -r "${RESTIC_PASSWORD_FILE}" ]] \
+    || fail "${OFFSITE_EXIT_CONFIG}" "the password file ${RESTIC_PASSWORD_FILE:-(RESTIC_PASSWORD_FILE unset)} is missing or unreadable by uid $(id -u); deploy again"
+  [[ -z "${RESTIC_PASSWORD:-}" && -z "${RESTIC_PASSWORD_COMMAND:-}" ]] \
+    || fail "${OFFSITE_EXIT_CONFIG}" "RESTIC_PASSWORD/RESTIC_PASSWORD_COMMAND are set; the password comes from RESTIC_PASSWORD_FILE only"
+  [[ "${OFFSITE_ENV_NAME:-}" =~ ${ENV_NAME_REGEX} ]] \
+    || fail "${OFFSITE_EXIT_CONFIG}" "OFFSITE_ENV_NAME '${OFFSITE_ENV_NAME:-}' is not an environment name"
+  command -v restic >/dev/null 2>&1 || fail "${OFFSITE_EXIT_CONFIG}" "restic is not installed"
+  WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/offsite.XXXXXX")" || fail "${OFFSITE_EXIT_NO_SPACE}" "cannot create a temporary directory"
+  ERROR_FILE="${WORK_DIR}/restic.err"
+  RESTIC=(restic --cache-dir "${WORK_DIR}/cache")
+  if [[ "${RESTIC_REPOSITORY}" == sftp:* ]]; then
+    RESTIC+=(-o "sftp.command=$(sftp_command "${RESTIC_REPOSITORY}")")
+  fi
+}
+
+# The ssh command restic's sftp backend runs: the key and known_hosts from
+# OFFSITE_SSH_DIR, strict host key checking, never a prompt. Both URL forms:
+# sftp:[USER@]HOST:PATH and sftp://[USER@]HOST[:PORT]/PATH.
+sftp_command() {
+  local location="${1#sftp:}" authority user="" host port=""
+  local ssh_dir="${OFFSITE_SSH_DIR:-/etc/backup/offsite-ssh}"
+  if [[ "${location}" == //* ]]; then
+    authority="${location#//}"
+    authority="${authority%%/*}"
+    if [[ "${authority}" == *:* ]]; then
+      port="${authority##*:}"
+      authority="${authority%:*}"
+    fi
+  else
+    authority="${location%%:*}"
+  fi
+  if [[ "${authority}" == *@* ]]; then
+    user="${authority%@*}"
+    host="${authority##*@}"
+  else
+    host="${authority}"
+  fi
+  [[ "${host}" =~ ^[A-Za-z0-9._-]+$ && "${user}" =~ ^[A-Za-z0-9._-]*$ && "${port}" =~ ^[0-9]*$ ]] \
+    || fail "${OFFSITE_EXIT_CONFIG}" "cannot read user, host and port from the sftp: repository"
+  [[ -r "${ssh_dir}/id" && -r "${ssh_dir}/known_hosts" ]] \
+    || fail "${OFFSITE_EXIT_CONFIG}" "an sftp: repository needs the SSH key ${ssh_dir}/id and ${ssh_dir}/known_hosts (see docs/user-guide/offsite.md)"
+  local -a ssh=(ssh -F /dev/null -i "${ssh_dir}/id" -o IdentitiesOnly=yes -o BatchMode=yes
+    -o StrictHostKeyChecking=yes -o "UserKnownHostsFile=${ssh_dir}/known_hosts" -o ConnectTimeout=30)
+  [[ -z "${port}" ]] || ssh+=(-p "${port}")
+  [[ -z "${user}" ]] || ssh+=(-l "${user}")
+  ssh+=("${host}" -s sftp)
+  printf "%s" "${ssh[*]}"
+}
+
+# run_restic ARGS...: restic with its stderr kept in ERROR_FILE (and shown).
+run_restic() {
+  local rc=0
+  "${RESTIC[@]}" "$@" 2>"${ERROR_FILE}" || rc=$?
+  if [[ -s "${ERROR_FILE}" ]]; then
+    sed 's/^/restic: /' -- "${ERROR_FILE}" >&2 || :
+  fi
+  return "${rc}"
+}
+
+# The offsite exit code (and its message) for the restic error in ERROR_FILE.
+classify() {
+  local what="$1" text
+  text="$(head -c 65536 -- "${ERROR_FILE}" 2>/dev/null | tr '\n' ' ')" || text=""
+  case "${text}" in
+    *"no space left on device"* | *"No space left on device"*)
+      fail "${OFFSITE_EXIT_NO_SPACE}" "${what}: no space left on a device (the repository's disk, or this host's temporary space)" ;;
+    *"wrong password or no key found"*)
+      fail "${OFFSITE_EXIT_PASSWORD}" "${what}: wrong repository password (backup.offsite.password does not open ${RESTIC_REPOSITORY%%\?*})" ;;
+    *"repository is already locked"* | *"unable to create lock"*)
+      fail "${OFFSITE_EXIT_LOCKED}" "${what}: the repository is locked by another restic process that is still alive, or by another host within the last 30 minutes (only stale locks are removed); try again later, or see 'restic list locks'" ;;
+    *"unable to open config file"* | *"dial tcp"* | *"connection refused"* | *"Connection refused"* \
+      | *"no such host"* | *"ssh command exited"* | *"unable to start the sftp session"* \
+      | *"Host key verification failed"* | *"Permission denied"* | *"timeout"* | *"Access Denied"*)
+      fail "${OFFSITE_EXIT_UNREACHABLE}" "${what}: the repository is unreachable or not a restic repository (${text:0:300})" ;;
+  esac
+  fail "${OFFSITE_EXIT_FAILED}" "${what} failed (${text:0:300})"
+}
+
+is_locked_error() {
+  grep -q -e 'repository is already locked' -e 'unable to create lock' -- "${ERROR_FILE}" 2>/dev/null
+}
+
+is_missing_repository() {
+  grep -q 'unable to open config file' -- "${ERROR_FILE}" 2>/dev/null \
+    && grep -q -e 'no such file or directory' -e 'does not exist' -- "${ERROR_FILE}" 2>/dev/null \
+    && ! grep -q -e 'dial tcp' -e 'onnection refused' -e 'no such host' -- "${ERROR_FILE}" 2>/dev/null
+}
+
+# restic_locked WHAT ARGS...: run restic; on a lock, `restic unlock` (it removes
+# stale locks only) and one more try.
+restic_locked() {
+  local what="$1"
+  shift
+  run_restic "$@" && return 0
+  is_locked_error || classify "${what}"
+  say "${what}: the repository is locked; removing stale locks (restic unlock removes only locks of dead processes or older than 30 minutes)"
+  run_restic unlock || classify "restic unlock"
+  run_restic "$@" || classify "${what}"
+}
+
+# This environment's snapshots (JSON) into $1; creates the repository on the
+# very first run (a location that holds no repository yet).
+list_snapshots() {
+  local out="$1"
+  if run_restic snapshots --no-lock --json --host "${OFFSITE_ENV_NAME}" --tag "env=${OFFSITE_ENV_NAME}" >"${out}"; then
+    return 0
+  fi
+  if is_missing_repository; then
+    say "no repository at the location yet: creating it (restic init)"
+    run_restic init >&2 || classify "restic init"
+    printf '[]\n' >"${out}"
+    return 0
+  fi
+  classify "opening the repository"
+}
+
+# Set ids in restic's snapshot JSON on stdin (tags set=ID), sorted.
+uploaded_sets() {
+  { grep -o '"set=[0-9]\{8\}_[0-9]\{6\}"' || :; } | tr -d '"' | sed 's/^set=//' | sort -u
+}
+
+set_time() {
+  local ts="$1"
+  printf '%s-%s-%s %s:%s:%s' "${ts:0:4}" "${ts:4:2}" "${ts:6:2}" "${ts:9:2}" "${ts:11:2}" "${ts:13:2}"
+}
+
+# upload_set TS: 1 when the local set fails verification (nothing uploaded);
+# a restic failure ends the script with its offsite exit code.
+upload_set() {
+  local ts="$1" list="${WORK_DIR}/files-$1" relative
+  (verify_set "${ts}") || return 1
+  while IFS= read -r relative; do
+    printf '%s/%s\n' "${ROOT_DIR}" "${relative}"
+  done < <(set_files "${ts}") >"${list}"
+  say "uploading set ${ts} ($(wc -l <"${list}") files)"
+  restic_locked "uploading set ${ts}" backup --quiet \
+    --host "${OFFSITE_ENV_NAME}" --tag "env=${OFFSITE_ENV_NAME}" --tag "set=${ts}" \
+    --time "$(set_time "${ts}")" --files-from-verbatim "${list}" >&2
+  say "set ${ts} uploaded"
+}
+
+cmd_upload() {
+  local keep="${OFFSITE_KEEP:-}"
+  [[ "${keep}" =~ ${KEEP_REGEX} ]] || fail "${OFFSITE_EXIT_CONFIG}" "OFFSITE_KEEP '${keep}' is not a keep policy (e.g. '--keep-daily 7')"
+  local -a keep_args
+  read -r -a keep_args <<<"${keep}"
+  [[ -d "${ROOT_DIR}" ]] || fail "${OFFSITE_EXIT_CONFIG}" "BACKUP_ROOT ${ROOT_DIR} does not exist"
+
+  local snapshots="${WORK_DIR}/snapshots.json" newest="" ts
+  list_snapshots "${snapshots}"
+  newest="$(uploaded_sets <"${snapshots}" | tail -n 1)"
+  say "repository opened; newest set there for ${OFFSITE_ENV_NAME}: ${newest:-none}"
+
+  local -a pending=() uploaded=() corrupt=()
+  while IFS= read -r ts; do
+    set_is_complete "${ts}" || continue
+    [[ -z "${newest}" || "${ts}" > "${newest}" ]] || continue
+    pending+=("${ts}")
+  done < <(all_set_timestamps)
+  if ((${#pending[@]} == 0)); then
+    say "nothing to upload: the repository has every complete local set"
+  fi
+  for ts in "${pending[@]}"; do
+    if upload_set "${ts}"; then
+      uploaded+=("${ts}")
+    else
+      corrupt+=("${ts}")
+      say "set ${ts} fails verification; not uploaded"
+    fi
+  done
+
+  say "forget --prune: ${keep}"
+  restic_locked "restic forget --prune" forget --prune --quiet --host "${OFFSITE_ENV_NAME}" \
+    --tag "env=${OFFSITE_ENV_NAME}" --group-by host "${keep_args[@]}" >&2
+  printf 'uploaded=%s\n' "${uploaded[*]}"
+  if ((${#corrupt[@]} > 0)); then
+    fail "${OFFSITE_EXIT_FAILED}" "local set(s) ${corrupt[*]} fail verification and were not uploaded"
+  fi
+  say "done: ${#uploaded[@]} set(s) uploaded"
+}
+
+cmd_check() {
+  local percent="${OFFSITE_CHECK_READ_DATA:-0}"
+  [[ "${percent}" =~ ${PERCENT_REGEX} ]] || fail "${OFFSITE_EXIT_CONFIG}" "OFFSITE_CHECK_READ_DATA '${percent}' is not a percentage"
+  local -a read_args=()
+  if [[ "${percent}" =~ ^100 ]]; then
+    read_args=(--read-data)
+  elif [[ ! "${percent}" =~ ^0+([.]0+)?$ ]]; then
+    read_args=("--read-data-subset=${percent}%")
+  fi
+  local snapshots="${WORK_DIR}/snapshots.json"
+  run_restic snapshots --no-lock --json >"${snapshots}" || classify "opening the repository"
+  say "restic check ${read_args[*]:-(structure only)}"
+  if run_restic check "${read_args[@]}" >&2; then
+    say "check passed"
+    return 0
+  fi
+  if is_locked_error; then
+    restic_locked "restic check" check "${read_args[@]}" >&2
+    say "check passed"
+    return 0
+  fi
+  if grep -q -e 'wrong password' -e 'unable to open config file' -e 'dial tcp' -e 'no space left' -- "${ERROR_FILE}"; then
+    classify "restic check"
+  fi
+  fail "${OFFSITE_EXIT_CHECK}" "restic check found errors in the repository (see the lines above)"
+}
+
+cmd_snapshots() {
+  local snapshots="${WORK_DIR}/snapshots.json"
+  run_restic snapshots --no-lock --json --host "${OFFSITE_ENV_NAME}" --tag "env=${OFFSITE_ENV_NAME}" >"${snapshots}" \
+    || classify "listing the snapshots"
+  cat -- "${snapshots}"
+}
+
+cmd_sets() {
+  local snapshots="${WORK_DIR}/snapshots.json" id size
+  run_restic --no-lock snapshots --json --host "${OFFSITE_ENV_NAME}" --tag "env=${OFFSITE_ENV_NAME}" >"${snapshots}" \
+    || classify "listing the snapshots"
+  printf 'SNAPSHOTS %s\n' "$(tr -d '\n' <"${snapshots}")"
+  while IFS= read -r id; do
+    run_restic --no-lock stats --json --mode restore-size "${id}" >"${WORK_DIR}/stats.json" \
+      || classify "measuring snapshot ${id:0:8}"
+    size="$(grep -o '"total_size":[0-9]*' "${WORK_DIR}/stats.json" | head -n 1 | cut -d: -f2)"
+    printf 'SIZE %s %s\n' "${id}" "${size:-?}"
+  done < <(grep -o '"id":"[0-9a-f]\{64\}"' "${snapshots}" | cut -d'"' -f4)
+}
+
+offsite_main() {
+  umask 077
+  export TZ=UTC
+  trap cleanup EXIT
+  init_paths
+  local command="${1:-}"
+  (($# == 1)) || fail "${OFFSITE_EXIT_CONFIG}" "usage: offsite.sh upload|check|snapshots|sets"
+  case "${command}" in
+    upload | check | snapshots | sets) ;;
+    *) fail "${OFFSITE_EXIT_CONFIG}" "unknown command '${command}' (upload, check, snapshots or sets)" ;;
+  esac
+  check_settings
+  "cmd_${command}"
+}
+
+if [[ "${BASH_SOURCE[0]}" == "${0}" ]]; then
+  offsite_main "$@"
+fi

@@ -1,0 +1,126 @@
+#!/usr/bin/env bats
+# shellcheck disable=SC2154
+# (status/stderr/output come from bats' run)
+# offsite.sh against a real restic (Debian's package) and a local-path
+# repository; the network backends (sftp, rest, s3) are covered by
+# tests/integration/test_offsite.py with real servers.
+
+bats_require_minimum_version 1.7.0
+
+setup() {
+  load test_helper
+  common_setup
+  use_sqlite_config 20
+  command -v restic >/dev/null || skip "restic is not installed"
+  OFFSITE_SH="$(cd "${BATS_TEST_DIRNAME}/.." && pwd)/offsite.sh"
+  export OFFSITE_BACKUP_SH="${BACKUP_SH}"
+  export RESTIC_REPOSITORY="${BATS_TEST_TMPDIR}/repo"
+  export RESTIC_PASSWORD_FILE="${BATS_TEST_TMPDIR}/etc/offsite.password"
+  export OFFSITE_ENV_NAME="bats-env"
+  export OFFSITE_KEEP="--keep-last 2"
+  export OFFSITE_CHECK_READ_DATA="100"
+  unset RESTIC_PASSWORD RESTIC_PASSWORD_COMMAND
+  printf '%s' "p a'ss\"w\$(x)\`;#\\ ü" >"${RESTIC_PASSWORD_FILE}"
+}
+
+# The set ids in the repository (restic's own listing).
+repository_sets() {
+  restic --no-cache snapshots --json 2>/dev/null | grep -o '"set=[0-9_]*"' | tr -d '"' | sed 's/^set=//' | sort
+}
+
+@test "offsite: the first upload creates the repository and uploads every complete set" {
+  backup_ok run
+  local first="${SET_TS}"
+  backup_ok run
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  assert_output "uploaded=${first} ${SET_TS}"
+  run repository_sets
+  assert_output "$(printf '%s\n%s' "${first}" "${SET_TS}")"
+}
+
+@test "offsite: the uploaded files are the set's files, byte for byte" {
+  backup_ok run
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  restic --no-cache restore latest --target "${BATS_TEST_TMPDIR}/restored" >/dev/null 2>&1
+  (cd "${BATS_TEST_TMPDIR}/restored${BACKUP_ROOT}" && sha256sum --check --strict "manifests/set_${SET_TS}.sha256")
+}
+
+@test "offsite: a second upload only sends the sets the repository lacks" {
+  backup_ok run
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  backup_ok run
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  assert_output "uploaded=${SET_TS}"
+}
+
+@test "offsite: forget --prune applies the keep policy to this environment's snapshots" {
+  local index
+  for index in 1 2 3; do backup_ok run; done
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  run repository_sets
+  assert_equal "${#lines[@]}" 2
+  assert_equal "${lines[1]}" "${SET_TS}"
+}
+
+@test "offsite: a wrong password exits 21 and names the cause" {
+  backup_ok run
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  printf 'not the password' >"${RESTIC_PASSWORD_FILE}"
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_failure 21
+  [[ "${stderr}" == *"wrong repository password"* ]]
+}
+
+@test "offsite: a corrupt local set is not uploaded, and the run fails with 23" {
+  backup_ok run
+  printf 'x' >>"${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz"
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_failure 23
+  [[ "${stderr}" == *"${SET_TS} fail verification"* ]]
+  run repository_sets
+  assert_output ""
+}
+
+@test "offsite: the local sets are never changed" {
+  backup_ok run
+  local before
+  before="$(cd "${BACKUP_ROOT}" && find . -type f -print0 | sort -z | xargs -0 sha256sum)"
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  assert_equal "$(cd "${BACKUP_ROOT}" && find . -type f -print0 | sort -z | xargs -0 sha256sum)" "${before}"
+}
+
+@test "offsite: check reads the data and passes on a sound repository" {
+  backup_ok run
+  "${OFFSITE_SH}" upload 2>/dev/null
+  run --separate-stderr "${OFFSITE_SH}" check
+  assert_success
+  [[ "${stderr}" == *"--read-data"* && "${stderr}" == *"check passed"* ]]
+}
+
+@test "offsite: check exits 24 when a pack file is damaged" {
+  backup_ok run
+  "${OFFSITE_SH}" upload 2>/dev/null
+  local pack
+  pack="$(find "${RESTIC_REPOSITORY}/data" -type f | head -n 1)"
+  chmod u+w "${pack}"
+  printf 'garbage' | dd of="${pack}" bs=1 seek=20 conv=notrunc 2>/dev/null
+  run --separate-stderr "${OFFSITE_SH}" check
+  assert_failure 24
+}
+
+@test "offsite: bad settings exit 2 before restic runs" {
+  OFFSITE_KEEP="" run --separate-stderr "${OFFSITE_SH}" upload
+  assert_failure 2
+  RESTIC_PASSWORD_FILE="${BATS_TEST_TMPDIR}/missing" run --separate-stderr "${OFFSITE_SH}" upload
+  assert_failure 2
+  [[ "${stderr}" == *"password file"* ]]
+  run --separate-stderr "${OFFSITE_SH}" delete
+  assert_failure 2
+}

@@ -1,0 +1,83 @@
+"""Off-host copies with restic (``backup.offsite``): the facts the host scripts,
+the compose service and the backup image share.
+
+Pure: values are derived from an :class:`Env`. The image's ``offsite.sh`` owns
+its exit codes; :data:`OFFSITE_SH_EXIT` is the copy the deployer reads them
+with, held to the script by a unit test. :data:`EXIT_OFFSITE_FAILED` is owned
+here and rendered into the maintenance script.
+"""
+
+from __future__ import annotations
+
+from tracker_deployer import paths
+from tracker_deployer.config.model import Env, OffsiteConfig
+
+# The compose service that runs offsite.sh (profile "backup", never started by `up`).
+SERVICE = "offsite"
+
+# The offsite container's hostname, restic's idea of "this host" for locks: the
+# host scripts export HOSTNAME_VARIABLE="$(hostname -s)-offsite" for compose to
+# interpolate (DEFAULT_HOSTNAME when a command runs without it).
+HOSTNAME_VARIABLE = "TRACKER_OFFSITE_HOSTNAME"
+HOSTNAME_SUFFIX = "-offsite"
+DEFAULT_HOSTNAME = "tracker-offsite"
+
+# The maintenance script's outcome "local ok, off-host failed": the set is complete
+# and verified on this host, the upload (or forget --prune) did not succeed.
+EXIT_OFFSITE_FAILED = 76
+
+# offsite.sh's exit codes (docker/backup/offsite.sh, docs/reference/backup-format.md).
+OFFSITE_SH_EXIT: dict[str, int] = {
+    "CONFIG": 2,
+    "UNREACHABLE": 20,
+    "PASSWORD": 21,
+    "LOCKED": 22,
+    "FAILED": 23,
+    "CHECK": 24,
+    "NO_SPACE": 25,
+}
+
+# The longest an upload (with forget --prune) or a check may take; then it is
+# killed and reported as failed.
+UPLOAD_TIMEOUT_SECONDS = 6 * 3600
+CHECK_TIMEOUT_SECONDS = 12 * 3600
+# The scheduled check waits this long for the backup's lock.
+CHECK_LOCK_WAIT_SECONDS = 3600
+
+
+def password_in_container() -> str:
+    return str(paths.BACKUP_ETC_IN_BACKUP / paths.OFFSITE_PASSWORD_FILE.name)
+
+
+def ssh_dir_in_container() -> str:
+    return str(paths.BACKUP_ETC_IN_BACKUP / paths.OFFSITE_SSH_DIR.name)
+
+
+def read_data_text(percent: float) -> str:
+    """The percentage as offsite.sh reads it: no exponent, no needless '.0'."""
+    text = f"{percent:.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def env_file_values(env: Env) -> list[tuple[str, str]]:
+    """The offsite service's env_file: restic's settings and the backend's credentials.
+
+    The password itself is not here: restic reads it from RESTIC_PASSWORD_FILE.
+    """
+    offsite = _offsite(env)
+    values = [
+        ("RESTIC_REPOSITORY", offsite.repository),
+        ("RESTIC_PASSWORD_FILE", password_in_container()),
+        ("OFFSITE_ENV_NAME", env.name),
+        ("OFFSITE_KEEP", " ".join(offsite.keep.restic_args())),
+        ("OFFSITE_CHECK_READ_DATA", read_data_text(offsite.check_read_data)),
+        ("OFFSITE_SSH_DIR", ssh_dir_in_container()),
+    ]
+    values += [(name, secret.reveal()) for name, secret in offsite.env]
+    return values
+
+
+def _offsite(env: Env) -> OffsiteConfig:
+    assert env.backup is not None
+    assert env.backup.offsite is not None
+    return env.backup.offsite
