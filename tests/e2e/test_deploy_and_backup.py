@@ -31,7 +31,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -41,6 +41,7 @@ from tracker_deployer.config.model import MysqlDatabase
 from tracker_deployer.remote.plan import CRON_FILES
 from tracker_deployer.render.tree import backup_monitoring
 
+from tests.e2e.downtime import Downtime, HealthPoller, http_tracker_health_url
 from tests.e2e.prometheus import StackPrometheus, metric, sample_value
 from tests.e2e.remote_host import (
     BACKUPS,
@@ -66,6 +67,10 @@ CRON_FIRE_TIMEOUT = 75  # `* * * * *` fires at the next minute boundary
 RUN_TIMEOUT = 120  # a backup run of the small e2e database takes a few seconds
 HEALTHY_TIMEOUT = 120
 DRILL_TIMEOUT = 300  # a restore drill of the small e2e database (MySQL: a scratch server)
+# Issue 15 item 4: the SQLite run's downtime seen from outside (the published HTTP
+# tracker's health route) stays within this.
+SQLITE_DOWNTIME_BOUND_SECONDS = 1.5
+ANSWER_AGAIN_TIMEOUT = 60  # a started tracker container opens its ports within this
 BACKUP_FAILED = 'ALERTS{alertname="BackupFailed"}'
 BACKUP_FAILED_FIRING = 'ALERTS{alertname="BackupFailed",alertstate="firing"}'
 DOWNLOADS_METRIC = "torrents_downloads_total"
@@ -89,6 +94,15 @@ class Deployment:
     first: subprocess.CompletedProcess[str] | None = None
     deployed_at: float = 0.0  # time.monotonic() when the first deploy returned
     cron_run: dict[str, str] | None = None  # last-run.env of the cron-fired run
+    # Polls the tracker's health from this machine from the deploy to the end of
+    # the cron-fired run.
+    cron_poller: HealthPoller | None = None
+    # (run, downtime seen from outside, the run's own downtime_seconds), per measured run.
+    downtimes: list[tuple[str, Downtime, str]] = field(default_factory=list)
+
+    @property
+    def health_url(self) -> str:
+        return http_tracker_health_url(self.env, self.host.address.host)
 
     def inv(self, task: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return inv(
@@ -145,12 +159,19 @@ def deployment(
         deployment.deployed_at = time.monotonic()
         deployment.first = first
         assert first.returncode == 0, shown(first)
+        # From now until the cron-fired run ends (bounded): its downtime from outside.
+        deployment.cron_poller = HealthPoller(
+            deployment.health_url,
+            limit_seconds=CRON_FIRE_TIMEOUT + RUN_TIMEOUT + ANSWER_AGAIN_TIMEOUT,
+        ).start()
         say(f"[{label}] deployed in {deployment.deployed_at - started:.0f} s")
         for line in first.stdout.splitlines():
             if line.startswith(("push:", "install-cron:", "deployed")) or " health=" in line:
                 say(f"[{label}]   {line.strip()}")
         yield deployment
     finally:
+        if deployment.cron_poller is not None:
+            deployment.cron_poller.stop()
         say(f"[{label}] removing the stack and the deployer's files from the target host")
         target.reset()
 
@@ -237,6 +258,10 @@ def test_cron_fires_by_itself_and_writes_a_complete_verified_set(
         f"(tracker down {status['downtime_seconds']} s)"
     )
     say(f"[{label}]   sha256sum -c on the host: {checked.count(': OK')} files OK")
+    poller = deployment.cron_poller
+    assert poller is not None
+    poller.wait_answering(ANSWER_AGAIN_TIMEOUT)
+    _measured(deployment, say, "cron-fired run", poller.stop(), status)
     say(
         f"[{label}]   .meta: db_type={meta['db_type']} "
         + " ".join(f"{key}={value}" for key, value in meta.items() if key.startswith("rows."))
@@ -322,8 +347,12 @@ def test_on_demand_backup_stops_the_tracker_only_for_the_snapshot(
     host, label = deployment.host, deployment.label
     host.pause_cron()
     before = host.containers()
-    say(f"[{label}] inv backup (on demand)")
-    result = deployment.inv("backup")
+    say(f"[{label}] inv backup (on demand), polling {deployment.health_url} from here")
+    with HealthPoller(
+        deployment.health_url, limit_seconds=RUN_TIMEOUT + ANSWER_AGAIN_TIMEOUT
+    ) as poller:
+        result = deployment.inv("backup")
+        poller.wait_answering(ANSWER_AGAIN_TIMEOUT)
     assert result.returncode == 0, shown(result)
     assert "stopping tracker for the database snapshot" in result.stdout
     assert "backup complete" in result.stdout
@@ -351,6 +380,54 @@ def test_on_demand_backup_stops_the_tracker_only_for_the_snapshot(
     )
     say(f"[{label}]   docker compose ps: tracker {row['state']} ({row['health']}), {row['status']}")
     say(f"[{label}]   sha256sum -c on the host: {checked.count(': OK')} files OK")
+    _measured(deployment, say, "on-demand run", poller.result, status)
+
+
+def _measured(
+    deployment: Deployment, say: Say, run: str, seen: Downtime, status: dict[str, str]
+) -> None:
+    """Record and print one run's downtime: from outside and as the run recorded it."""
+    recorded = status.get("downtime_seconds", "")
+    deployment.downtimes.append((run, seen, recorded))
+    say(
+        f"[{deployment.label}]   TRACKER DOWNTIME of the {run} (set {status.get('set')}), "
+        f"seen from here at {deployment.health_url}: {seen.describe()}; "
+        f"the run recorded downtime_seconds={recorded}"
+    )
+
+
+# --------------------------------------------------------------------------- downtime
+
+
+def test_tracker_downtime_seen_from_outside_is_short(deployment: Deployment, say: Say) -> None:
+    """Every measured run (the cron-fired one, the on-demand one) stopped the tracker
+    and it answered again; with SQLite, for at most SQLITE_DOWNTIME_BOUND_SECONDS
+    (issue 15 item 4). MySQL's is reported only."""
+    label = deployment.label
+    runs = [run for run, _, _ in deployment.downtimes]
+    assert runs == ["cron-fired run", "on-demand run"], runs
+    for run, seen, recorded in deployment.downtimes:
+        assert seen.answered_first, f"{run}: the tracker did not answer when polling began"
+        assert seen.answered_last, f"{run}: the tracker did not answer again: {seen.describe()}"
+        assert seen.failed > 0, f"{run}: no failed probe, so the stop was not seen: {seen}"
+        say(
+            f"[{label}] DOWNTIME {run}: {seen.longest_seconds:.2f} s from outside, "
+            f"{recorded} s recorded by the run"
+        )
+    worst = max(seen.longest_seconds for _, seen, _ in deployment.downtimes)
+    if deployment.database == "sqlite":
+        assert worst <= SQLITE_DOWNTIME_BOUND_SECONDS, (
+            f"SQLite: the tracker was down {worst:.2f} s seen from outside, more than "
+            f"{SQLITE_DOWNTIME_BOUND_SECONDS} s: {deployment.downtimes}"
+        )
+    say(
+        f"[{label}]   longest: {worst:.2f} s"
+        + (
+            f" (bound {SQLITE_DOWNTIME_BOUND_SECONDS} s)"
+            if deployment.database == "sqlite"
+            else " (MySQL: reported, no bound asserted)"
+        )
+    )
 
 
 # --------------------------------------------------------------------------- restore
