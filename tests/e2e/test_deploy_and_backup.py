@@ -71,15 +71,16 @@ DRILL_TIMEOUT = 300  # a restore drill of the small e2e database (MySQL: a scrat
 # tracker's health route) stays within this.
 SQLITE_DOWNTIME_BOUND_SECONDS = 1.5
 # Not met yet (strict xfail below). Measured in this e2e (LXD instance, nested
-# Docker, 2 cores), two full runs: 2.0 and 2.9 s on demand, 2.8 and 2.5 s for the
-# cron-fired run right after the deploy. Where it goes (steps timed on the host, warm, seconds): compose stop
+# Docker, 2 cores, a shared machine), four runs: 2.0, 2.9, 2.1 and 4.2 s on demand;
+# 2.8, 2.5, 2.7 and 2.2 s for the cron-fired run right after the deploy (the run's
+# own downtime_seconds said 1-4). Where it goes (steps timed on the host, warm, seconds): compose stop
 # 0.45-0.6, of which ~0.25 pass before the port closes; the backup container's
 # `run --rm ... snapshot` 0.45-1.0 (an empty container run alone 0.57-0.64); compose
 # start 0.47-0.99; the stand-in listening 0.1-0.3. A backup container started before
 # the stop and told to go takes 0.13-0.19 for the same snapshot: the cut worth
 # making, in the snapshot step that the MySQL-window change reworks (issue 15.1).
 SQLITE_DOWNTIME_OVER_BOUND = (
-    "issue 15 item 4 not met yet: the SQLite run keeps the tracker down 2.0-2.9 s "
+    "issue 15 item 4 not met yet: the SQLite run keeps the tracker down 2.0-4.2 s "
     "seen from outside (bound 1.5 s): the backup container's start and compose "
     "stop/start take longer than the bound; see SQLITE_DOWNTIME_BOUND_SECONDS"
 )
