@@ -31,7 +31,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,7 @@ from tracker_deployer.remote.plan import CRON_FILES
 from tracker_deployer.render import render
 from tracker_deployer.render.tree import backup_monitoring
 
+from tests.e2e.downtime import Downtime, HealthPoller, http_tracker_health_url
 from tests.e2e.prometheus import StackPrometheus, metric, sample_value
 from tests.e2e.remote_host import (
     BACKUPS,
@@ -67,6 +68,24 @@ CRON_FIRE_TIMEOUT = 75  # `* * * * *` fires at the next minute boundary
 RUN_TIMEOUT = 120  # a backup run of the small e2e database takes a few seconds
 HEALTHY_TIMEOUT = 120
 DRILL_TIMEOUT = 300  # a restore drill of the small e2e database (MySQL: a scratch server)
+# Issue 15 item 4: the SQLite run's downtime seen from outside (the published HTTP
+# tracker's health route) stays within this.
+SQLITE_DOWNTIME_BOUND_SECONDS = 1.5
+# Not met yet (strict xfail below). Measured in this e2e (LXD instance, nested
+# Docker, 2 cores, a shared machine), four runs: 2.0, 2.9, 2.1 and 4.2 s on demand;
+# 2.8, 2.5, 2.7 and 2.2 s for the cron-fired run right after the deploy (the run's
+# own downtime_seconds said 1-4). Where it goes (steps timed on the host, warm, seconds): compose stop
+# 0.45-0.6, of which ~0.25 pass before the port closes; the backup container's
+# `run --rm ... snapshot` 0.45-1.0 (an empty container run alone 0.57-0.64); compose
+# start 0.47-0.99; the stand-in listening 0.1-0.3. A backup container started before
+# the stop and told to go takes 0.13-0.19 for the same snapshot: the cut worth
+# making, in the snapshot step that the MySQL-window change reworks (issue 15.1).
+SQLITE_DOWNTIME_OVER_BOUND = (
+    "issue 15 item 4 not met yet: the SQLite run keeps the tracker down 2.0-4.2 s "
+    "seen from outside (bound 1.5 s): the backup container's start and compose "
+    "stop/start take longer than the bound; see SQLITE_DOWNTIME_BOUND_SECONDS"
+)
+ANSWER_AGAIN_TIMEOUT = 60  # a started tracker container opens its ports within this
 BACKUP_FAILED = 'ALERTS{alertname="BackupFailed"}'
 BACKUP_FAILED_FIRING = 'ALERTS{alertname="BackupFailed",alertstate="firing"}'
 DOWNLOADS_METRIC = "torrents_downloads_total"
@@ -90,6 +109,15 @@ class Deployment:
     first: subprocess.CompletedProcess[str] | None = None
     deployed_at: float = 0.0  # time.monotonic() when the first deploy returned
     cron_run: dict[str, str] | None = None  # last-run.env of the cron-fired run
+    # Polls the tracker's health from this machine from the deploy to the end of
+    # the cron-fired run.
+    cron_poller: HealthPoller | None = None
+    # (run, downtime seen from outside, the run's own downtime_seconds), per measured run.
+    downtimes: list[tuple[str, Downtime, str]] = field(default_factory=list)
+
+    @property
+    def health_url(self) -> str:
+        return http_tracker_health_url(self.env, self.host.address.host)
 
     def inv(self, task: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return inv(
@@ -152,12 +180,19 @@ def deployment(
         deployment.deployed_at = time.monotonic()
         deployment.first = first
         assert first.returncode == 0, shown(first)
+        # From now until the cron-fired run ends (bounded): its downtime from outside.
+        deployment.cron_poller = HealthPoller(
+            deployment.health_url,
+            limit_seconds=CRON_FIRE_TIMEOUT + RUN_TIMEOUT + ANSWER_AGAIN_TIMEOUT,
+        ).start()
         say(f"[{label}] deployed in {deployment.deployed_at - started:.0f} s")
         for line in first.stdout.splitlines():
             if line.startswith(("push:", "install-cron:", "deployed")) or " health=" in line:
                 say(f"[{label}]   {line.strip()}")
         yield deployment
     finally:
+        if deployment.cron_poller is not None:
+            deployment.cron_poller.stop()
         say(f"[{label}] removing the stack and the deployer's files from the target host")
         target.reset()
 
@@ -244,6 +279,10 @@ def test_cron_fires_by_itself_and_writes_a_complete_verified_set(
         f"(tracker down {status['downtime_seconds']} s)"
     )
     say(f"[{label}]   sha256sum -c on the host: {checked.count(': OK')} files OK")
+    poller = deployment.cron_poller
+    assert poller is not None
+    poller.wait_answering(ANSWER_AGAIN_TIMEOUT)
+    _measured(deployment, say, "cron-fired run", poller.stop(), status)
     say(
         f"[{label}]   .meta: db_type={meta['db_type']} "
         + " ".join(f"{key}={value}" for key, value in meta.items() if key.startswith("rows."))
@@ -282,11 +321,19 @@ def test_stack_prometheus_returns_the_cron_fired_runs_last_success(
     assert sample_value(ended) == finished
     [succeeded] = prometheus.wait_for(metric("run_success"), "the result of the last run")
     assert sample_value(succeeded) == 1
+    [down] = prometheus.wait_for(metric("run_downtime"), "the downtime of the last run")
+    assert sample_value(down) == float(run["downtime_seconds"])
     assert prometheus.query(BACKUP_FAILED) == [], "BackupFailed before any run failed"
     say(
         f"[{label}] PROMETHEUS (Debian-built stand-in) after the cron-fired run: "
         f"{query} = {finished} = finished_at {run['finished_at']} of set {run['set']}; "
         f"run_success=1; {BACKUP_FAILED}: none"
+    )
+    outside = [seen for name, seen, _ in deployment.downtimes if name == "cron-fired run"]
+    say(
+        f"[{label}]   {monitoring.METRICS['run_downtime']} = {sample_value(down):g} "
+        f"(downtime_seconds of the run); seen from outside: "
+        + (f"{outside[0].longest_seconds:.2f} s" if outside else "not measured")
     )
 
 
@@ -329,8 +376,12 @@ def test_on_demand_backup_stops_the_tracker_only_for_the_snapshot(
     host, label = deployment.host, deployment.label
     host.pause_cron()
     before = host.containers()
-    say(f"[{label}] inv backup (on demand)")
-    result = deployment.inv("backup")
+    say(f"[{label}] inv backup (on demand), polling {deployment.health_url} from here")
+    with HealthPoller(
+        deployment.health_url, limit_seconds=RUN_TIMEOUT + ANSWER_AGAIN_TIMEOUT
+    ) as poller:
+        result = deployment.inv("backup")
+        poller.wait_answering(ANSWER_AGAIN_TIMEOUT)
     assert result.returncode == 0, shown(result)
     assert "stopping tracker for the database snapshot" in result.stdout
     assert "backup complete" in result.stdout
@@ -358,6 +409,68 @@ def test_on_demand_backup_stops_the_tracker_only_for_the_snapshot(
     )
     say(f"[{label}]   docker compose ps: tracker {row['state']} ({row['health']}), {row['status']}")
     say(f"[{label}]   sha256sum -c on the host: {checked.count(': OK')} files OK")
+    _measured(deployment, say, "on-demand run", poller.result, status)
+
+
+def _measured(
+    deployment: Deployment, say: Say, run: str, seen: Downtime, status: dict[str, str]
+) -> None:
+    """Record and print one run's downtime: from outside and as the run recorded it."""
+    recorded = status.get("downtime_seconds", "")
+    deployment.downtimes.append((run, seen, recorded))
+    say(
+        f"[{deployment.label}]   TRACKER DOWNTIME of the {run} (set {status.get('set')}), "
+        f"seen from here at {deployment.health_url}: {seen.describe()}; "
+        f"the run recorded downtime_seconds={recorded}"
+    )
+
+
+# --------------------------------------------------------------------------- downtime
+
+
+def test_tracker_downtime_seen_from_outside_is_measured_for_every_run(
+    deployment: Deployment, say: Say
+) -> None:
+    """Every measured run (the cron-fired one, the on-demand one) stopped the tracker,
+    the poller saw it stop, and it answered again. Both engines; the numbers are
+    printed next to the run's own downtime_seconds (whole seconds, from the stop
+    command to the end of the start command: it leaves out the time the started
+    tracker takes to listen)."""
+    label = deployment.label
+    runs = [run for run, _, _ in deployment.downtimes]
+    assert runs == ["cron-fired run", "on-demand run"], runs
+    for run, seen, recorded in deployment.downtimes:
+        assert seen.answered_first, f"{run}: the tracker did not answer when polling began"
+        assert seen.answered_last, f"{run}: the tracker did not answer again: {seen.describe()}"
+        assert seen.failed > 0, f"{run}: no failed probe, so the stop was not seen: {seen}"
+        say(
+            f"[{label}] DOWNTIME of the {run}: {seen.longest_seconds:.2f} s seen from outside; "
+            f"downtime_seconds={recorded} recorded by the run"
+        )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=SQLITE_DOWNTIME_OVER_BOUND,
+)
+def test_sqlite_tracker_downtime_seen_from_outside_stays_within_bound(
+    deployment: Deployment, say: Say
+) -> None:
+    """Issue 15 item 4: with SQLite, every measured run keeps the tracker from
+    answering for at most SQLITE_DOWNTIME_BOUND_SECONDS, seen from outside."""
+    if deployment.database != "sqlite":
+        pytest.skip("the bound is SQLite's; MySQL's downtime is reported only")
+    assert deployment.downtimes, "no run was measured (see the tests before this one)"
+    worst = max(seen.longest_seconds for _, seen, _ in deployment.downtimes)
+    say(
+        f"[{deployment.label}] SQLite: longest downtime seen from outside {worst:.2f} s "
+        f"(bound {SQLITE_DOWNTIME_BOUND_SECONDS} s)"
+    )
+    assert worst <= SQLITE_DOWNTIME_BOUND_SECONDS, (
+        f"SQLite: the tracker was down {worst:.2f} s seen from outside, more than "
+        f"{SQLITE_DOWNTIME_BOUND_SECONDS} s: {deployment.downtimes}"
+    )
 
 
 # --------------------------------------------------------------------------- restore
