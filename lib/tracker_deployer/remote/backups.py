@@ -11,7 +11,6 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,12 +19,11 @@ from typing import Any
 from tracker_deployer import paths
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
-from tracker_deployer.remote.deploy import EXIT_LOCK_BUSY, run_script
+from tracker_deployer.remote.deploy import EXIT_LOCK_BUSY
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.render import inventory_script, operation_script
+from tracker_deployer.say import Say
 from tracker_deployer.topology import APP_GID, APP_UID
-
-Say = Callable[[str], None]
 
 # A set id: YYYYMMDD_HHMMSS in ASCII digits (``\\d`` and str.isdigit would take
 # any Unicode digit). Always used with fullmatch.
@@ -394,7 +392,7 @@ def inventory_json(inventory: Inventory) -> str:
 
 
 def inventory(host: SshHost, *, verify: bool = True) -> Inventory:
-    result = run_script(host, inventory_script(verify=verify))
+    result = host.run_script(inventory_script(verify=verify))
     if not result.ok:
         raise RemoteError(
             f"listing backups on {host.target.host} failed: {result.stderr.strip()}",
@@ -439,7 +437,7 @@ def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True
     _require_backups(env)
     backup_set = inventory(host, verify=False).resolve(wanted)
     script = verify_script(env, backup_set.set_id, drill=drill)
-    result = run_script(host, script, stream=say)
+    result = host.run_script(script, stream=say)
     if result.exit_code != 0:
         raise VerificationFailed(
             f"backup set {backup_set.set_id} FAILED verification (exit {result.exit_code})",
@@ -525,7 +523,7 @@ def restore(
     script = restore_script(
         env, set_id, only, verify_first=not force, skip_safety_backup=skip_safety_backup
     )
-    result = run_script(host, script, stream=say, companions=companions)
+    result = host.run_script(script, stream=say, companions=companions)
     code = result.exit_code
     if code == 0:
         return backup_set

@@ -617,19 +617,3 @@ def _check_replaceable(out_dir: Path) -> None:
             f'"generator": "{GENERATOR} …" and "format": {MANIFEST_FORMAT}); not replacing it',
             hint,
         )
-
-
-def read_manifest(out_dir: Path) -> dict[str, Any]:
-    """The manifest of a rendered tree (for push/plan)."""
-    manifest_path = out_dir / MANIFEST_NAME
-    try:
-        data: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DeployError(
-            f"{manifest_path} not found", "run `inv render --env NAME` first"
-        ) from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise DeployError(
-            f"{manifest_path} is unreadable ({error})", "render again with `inv render`"
-        ) from None
-    return data
