@@ -22,12 +22,13 @@ from typing import Any
 
 from tracker_deployer import paths
 from tracker_deployer.config import Env
+from tracker_deployer.image import default_tag
 from tracker_deployer.render import render
 from tracker_deployer.render.tree import maintenance_script
 
 STANDIN_IMAGE = "tracker-deployer-test/tracker-standin:e2e"
 MARIADB_IMAGE = "tracker-deployer-test/mariadb:e2e"
-BACKUP_IMAGE = os.environ.get("TRACKER_DEPLOYER_BACKUP_IMAGE", "torrust/tracker-backup:1.0.0")
+BACKUP_IMAGE = os.environ.get("TRACKER_DEPLOYER_BACKUP_IMAGE", default_tag())
 
 
 def image_exists(name: str) -> bool:

@@ -16,10 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tracker_deployer import paths
+from tracker_deployer import exit_codes, paths
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
-from tracker_deployer.remote.deploy import EXIT_LOCK_BUSY
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.render import inventory_script, operation_script
 from tracker_deployer.say import Say
@@ -447,10 +446,6 @@ def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True
     return backup_set
 
 
-# Exit codes of templates/operations/restore.sh.j2 besides the backup container's.
-RESTORE_EXIT_NOT_VERIFIED = 65  # the set did not verify, or is gone: nothing changed
-RESTORE_EXIT_SAFETY_BACKUP_FAILED = 73  # the safety backup failed: nothing restored
-RESTORE_EXIT_LOCK_BUSY = EXIT_LOCK_BUSY  # the host's backup lock is held: nothing changed
 SKIP_SAFETY_BACKUP_FLAG = "--skip-safety-backup"
 
 
@@ -470,7 +465,7 @@ def restore_script(
     database = env.database
     sqlite_name = "" if env.uses_mysql else database.database_name
     if sqlite_dir is None:
-        sqlite_dir = str(paths.sqlite_on_host(sqlite_name or "x").parent)
+        sqlite_dir = str(paths.SQLITE_DIR)
     return operation_script(
         "restore",
         deploy_dir=deploy_dir,
@@ -484,9 +479,6 @@ def restore_script(
         lock_file=lock_file,
         sqlite_dir=sqlite_dir,
         sqlite_name=sqlite_name,
-        exit_lock_busy=RESTORE_EXIT_LOCK_BUSY,
-        exit_not_verified=RESTORE_EXIT_NOT_VERIFIED,
-        exit_safety_backup_failed=RESTORE_EXIT_SAFETY_BACKUP_FAILED,
     )
 
 
@@ -528,20 +520,20 @@ def restore(
     if code == 0:
         return backup_set
     where = host.target.host
-    if code == RESTORE_EXIT_LOCK_BUSY:
+    if code == exit_codes.LOCK_BUSY:
         raise RemoteError(
             f"the backup lock {paths.BACKUP_LOCK} on {where} is busy (held by the process named "
             "above); nothing was changed",
             f"wait for the backup run ({paths.BACKUP_LOG}), deploy or restore to finish, then run "
             "`inv restore` again",
         )
-    if code == RESTORE_EXIT_NOT_VERIFIED:
+    if code == exit_codes.NOT_VERIFIED:
         raise VerificationFailed(
             f"backup set {set_id} was not restored: it did not verify or is gone; nothing was "
             "changed",
             "see the lines above; pick another set from `inv backups --env NAME`",
         )
-    if code == RESTORE_EXIT_SAFETY_BACKUP_FAILED:
+    if code == exit_codes.SAFETY_BACKUP_FAILED:
         raise RemoteError(
             f"the safety backup before restoring set {set_id} failed on {where}; nothing was "
             "restored and the tracker runs as before",

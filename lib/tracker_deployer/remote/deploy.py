@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 
-from tracker_deployer import paths
+from tracker_deployer import compose, exit_codes, paths
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import RemoteError
 from tracker_deployer.remote.plan import (
@@ -32,14 +32,10 @@ from tracker_deployer.remote.ssh import SshHost, Target
 from tracker_deployer.render import RenderedTree
 from tracker_deployer.say import Say
 
-COMPOSE = (
-    f"docker compose --project-directory {shlex.quote(str(paths.DEPLOY_DIR))} "
-    f"-f {shlex.quote(str(paths.COMPOSE_FILE))}"
-)
+COMPOSE = compose.command()
 UP_TIMEOUT_SECONDS = 600
 # compose up/restart wait this long for a running backup (the maintenance lock).
 LOCK_WAIT_SECONDS = 240
-EXIT_LOCK_BUSY = 75
 
 
 class Masker:
@@ -162,7 +158,7 @@ def under_backup_lock(command: str) -> str:
     meanwhile skips (exit 75, logged) instead of stopping a tracker being deployed."""
     lock = paths.BACKUP_LOCK
     return (
-        f"mkdir -p {shlex.quote(str(lock.parent))} && flock -E {EXIT_LOCK_BUSY} "
+        f"mkdir -p {shlex.quote(str(lock.parent))} && flock -E {exit_codes.LOCK_BUSY} "
         f"-w {LOCK_WAIT_SECONDS} {shlex.quote(str(lock))} sh -c {shlex.quote(command)}"
     )
 
@@ -178,7 +174,7 @@ def _lock_busy(host: SshHost) -> RemoteError:
 def _run_locked(host: SshHost, command: str, say: Say, failure: RemoteError) -> None:
     """Run a compose command under the backup lock, streaming; raise ``failure`` if it fails."""
     result = host.run(under_backup_lock(command), stream=say, timeout=UP_TIMEOUT_SECONDS)
-    if result.exit_code == EXIT_LOCK_BUSY:
+    if result.exit_code == exit_codes.LOCK_BUSY:
         raise _lock_busy(host)
     if not result.ok:
         raise failure

@@ -16,11 +16,11 @@ from typing import Any
 
 import jinja2
 
-from tracker_deployer import __version__, monitoring, paths
+from tracker_deployer import __version__, compose, exit_codes, monitoring, paths, ports
 from tracker_deployer.config.model import Env, MysqlDatabase
 from tracker_deployer.errors import DeployError, RenderError
 from tracker_deployer.render import quoting
-from tracker_deployer.topology import APP_GID, APP_UID, derive, proxied_upstreams
+from tracker_deployer.topology import APP_GID, APP_UID, DotEnv, derive, proxied_upstreams
 
 ROOT_UID = 0
 ROOT_GID = 0
@@ -121,8 +121,11 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
         yaml=quoting.yaml,
         url=quoting.url_part,
     )
-    # Templates may take a fixed path from its owner (e.g. paths.DRILL_DIR).
+    # Templates take fixed facts from their owners (e.g. paths.DRILL_DIR, exit_codes.LOCK_BUSY).
     environment.globals["paths"] = paths
+    environment.globals["ports"] = ports
+    environment.globals["exit_codes"] = exit_codes
+    environment.globals["compose_argv"] = compose.argv
     return environment
 
 
@@ -161,22 +164,22 @@ def database_path(env: Env) -> str:
 
 def dotenv_values(env: Env) -> list[tuple[str, str]]:
     values = [
-        ("USER_ID", str(APP_UID)),
-        ("TORRUST_TRACKER_DATABASE_DRIVER", env.database.driver),
-        ("TORRUST_TRACKER_CONFIG_TOML_PATH", paths.TRACKER_CONFIG_IN_CONTAINER),
+        (DotEnv.USER_ID, str(APP_UID)),
+        (DotEnv.DATABASE_DRIVER, env.database.driver),
+        (DotEnv.CONFIG_TOML_PATH, paths.TRACKER_CONFIG_IN_CONTAINER),
     ]
     database = env.database
     if isinstance(database, MysqlDatabase) and env.mysql:
         values += [
-            ("MYSQL_ROOT_PASSWORD", env.mysql.root_password.reveal()),
-            ("MYSQL_DATABASE", database.database_name),
-            ("MYSQL_USER", database.username),
-            ("MYSQL_PASSWORD", database.password.reveal()),
+            (DotEnv.MYSQL_ROOT_PASSWORD, env.mysql.root_password.reveal()),
+            (DotEnv.MYSQL_DATABASE, database.database_name),
+            (DotEnv.MYSQL_USER, database.username),
+            (DotEnv.MYSQL_PASSWORD, database.password.reveal()),
         ]
     if env.grafana:
         values += [
-            ("GF_SECURITY_ADMIN_USER", env.grafana.admin_user),
-            ("GF_SECURITY_ADMIN_PASSWORD", env.grafana.admin_password.reveal()),
+            (DotEnv.GRAFANA_ADMIN_USER, env.grafana.admin_user),
+            (DotEnv.GRAFANA_ADMIN_PASSWORD, env.grafana.admin_password.reveal()),
         ]
     return values
 
@@ -437,7 +440,6 @@ def maintenance_script(
         "backup/maintenance-backup.sh.j2",
         env=env,
         deploy_dir=deploy_dir,
-        compose_file=f"{deploy_dir}/docker-compose.yml",
         log_file=log_file,
         lock_file=lock_file,
         status_dir=status_dir,
