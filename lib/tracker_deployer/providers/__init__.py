@@ -22,12 +22,6 @@ from tracker_deployer.errors import DeployError
 from tracker_deployer.say import Say
 
 
-class ProvisionUnsupported(DeployError):
-    """This provider cannot create hosts here; exit 2 with one line saying what to do."""
-
-    exit_code = 2
-
-
 class HostProvider(Protocol):
     kind: str
 
