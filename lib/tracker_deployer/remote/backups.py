@@ -21,8 +21,8 @@ from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.render import inventory_script, operation_script
+from tracker_deployer.render.tree import verify_script as render_verify_script
 from tracker_deployer.say import Say
-from tracker_deployer.topology import APP_GID, APP_UID
 
 # A set id: YYYYMMDD_HHMMSS in ASCII digits (``\\d`` and str.isdigit would take
 # any Unicode digit). Always used with fullmatch.
@@ -417,18 +417,9 @@ def verify_script(
     backup_dir: str = str(paths.BACKUP_DIR),
 ) -> str:
     """templates/operations/verify.sh.j2 for one set; tests point the paths at a scratch stack."""
-    return operation_script(
-        "verify",
-        deploy_dir=deploy_dir,
-        backup_dir=backup_dir,
-        set_id=set_id,
-        db_type="mysql" if env.uses_mysql else "sqlite",
-        drill=drill,
-        backup_image=env.images.backup,
-        mysql_image=env.images.mysql,
-        app_uid=APP_UID,
-        app_gid=APP_GID,
-    )
+    return render_verify_script(
+        env, set_id=set_id, drill=drill, deploy_dir=deploy_dir, backup_dir=backup_dir
+    ).decode()
 
 
 def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True) -> BackupSet:

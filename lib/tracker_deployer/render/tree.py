@@ -476,19 +476,22 @@ def metrics_script(
 def verify_script(
     env: Env,
     *,
+    set_id: str | None = None,
+    drill: bool = True,
     deploy_dir: str = str(paths.DEPLOY_DIR),
     backup_dir: str = str(paths.BACKUP_DIR),
     templates_dir: Path = paths.TEMPLATES_DIR,
 ) -> bytes:
-    """The verify drill installed on the host; it takes the set id as its argument."""
+    """templates/operations/verify.sh.j2: for ``set_id``, or (None) the script installed
+    on the host, which takes the set id as its argument."""
     return operation_script(
         "verify",
         templates_dir,
         deploy_dir=deploy_dir,
         backup_dir=backup_dir,
-        set_id=None,
+        set_id=set_id,
         db_type="mysql" if env.uses_mysql else "sqlite",
-        drill=True,
+        drill=drill,
         backup_image=env.images.backup,
         mysql_image=env.images.mysql,
         app_uid=APP_UID,
