@@ -245,6 +245,10 @@ def test_backup_sh_reports_the_image_version_of_the_owner() -> None:
     match = re.search(r'TOOL_VERSION="([^"]+)"', _backup_sh_sources())
     assert match is not None
     assert match.group(1) == BACKUP_IMAGE_VERSION
+    bats = "\n".join(p.read_text() for p in (BACKUP_CONTEXT / "tests").glob("*.bats"))
+    expected = re.findall(r"tool_version=(\d+\.\d+\.\d+)", bats)
+    assert expected, "the bats tests no longer check tool_version"
+    assert set(expected) == {BACKUP_IMAGE_VERSION}
 
 
 def test_the_image_build_sets_the_user_compose_runs_the_backup_as() -> None:
