@@ -6,18 +6,21 @@ failure is a DeployError, turned here into one message and a non-zero exit.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
-from invoke.tasks import task
+from invoke.tasks import Task, task
 from tracker_deployer import image, lifecycle, paths, sandbox, state
 from tracker_deployer import publish as publishing
 from tracker_deployer.config import Env, env_path, load_env
@@ -34,20 +37,81 @@ from tracker_deployer.render import RenderedTree, write_tree
 from tracker_deployer.render import render as render_tree
 
 ENV_HELP = "environment: NAME for envs/NAME.json, or a path to a config file"
-HOST_HELP = "target host (overrides the recorded host and ssh_credentials.host)"
 DRY_RUN_HELP = "print the plan (secrets masked) and change nothing; opens no connection"
-KNOWN_HOSTS_HELP = (
-    "known_hosts file to check the host key against (default: ssh_credentials.known_hosts_path, "
-    "else the host's file in the state directory)"
-)
-ACCEPT_HELP = "accept and record the host key if this host was never seen (first contact only)"
-REMOTE_HELP = {
-    "env": ENV_HELP,
-    "host": HOST_HELP,
-    "dry_run": DRY_RUN_HELP,
-    "known_hosts": KNOWN_HOSTS_HELP,
-    "accept_new_host_key": ACCEPT_HELP,
+# The flags of every task that connects to a host: declared here once, added by @_host_task.
+HOST_FLAGS_HELP = {
+    "host": "target host (overrides the recorded host and ssh_credentials.host)",
+    "known_hosts": "known_hosts file to check the host key against (default: "
+    "ssh_credentials.known_hosts_path, else the host's file in the state directory)",
+    "accept_new_host_key": "accept and record the host key if this host was never seen "
+    "(first contact only)",
 }
+
+
+@dataclass(frozen=True)
+class _Host:
+    """Where a task connects: its --host, --known-hosts and --accept-new-host-key."""
+
+    host: str = ""
+    known_hosts: str = ""
+    accept_new_host_key: bool = False
+
+    def target(self, parsed: Env, dry_run: bool = False) -> Target | None:
+        """The recorded or given target; for a dry run None is fine and no key is made."""
+        if dry_run:
+            return lifecycle.target(
+                parsed, self.host, self.known_hosts, self.accept_new_host_key, make_key=False
+            )
+        return lifecycle.require_target(
+            parsed, self.host, self.known_hosts, self.accept_new_host_key
+        )
+
+    @contextmanager
+    def connect(self, parsed: Env) -> Iterator[SshHost]:
+        target = self.target(parsed)
+        assert target is not None
+        with SshHost(target) as connection:
+            yield connection
+
+
+ANY_HOST = _Host()  # the flags' defaults: the recorded host, checked against known_hosts
+
+
+def _host_task(
+    help: dict[str, str], name: str | None = None
+) -> Callable[[Callable[..., None]], Task[Any]]:
+    """@task for a command that connects to a host.
+
+    The body takes ``where: _Host = ANY_HOST``; the task gets the flags of
+    :class:`_Host` (with HOST_FLAGS_HELP) in its place, so they are declared once.
+    """
+
+    def decorate(body: Callable[..., None]) -> Task[Any]:
+        signature = inspect.signature(body)
+        parameters: list[inspect.Parameter] = []
+        for parameter in signature.parameters.values():
+            if parameter.name != "where":
+                parameters.append(parameter)
+                continue
+            parameters += [
+                parameter.replace(
+                    name=flag.name, default=getattr(ANY_HOST, flag.name), annotation=flag.type
+                )
+                for flag in fields(_Host)
+            ]
+
+        @functools.wraps(body)
+        def run(c: Context, **options: Any) -> None:
+            where = _Host(
+                **{f.name: options.pop(f.name) for f in fields(_Host) if f.name in options}
+            )
+            body(c, where=where, **options)
+
+        run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        made: Task[Any] = task(name=name, help={**help, **HOST_FLAGS_HELP})(run)
+        return made
+
+    return decorate
 
 
 @contextmanager
@@ -96,28 +160,6 @@ def _render_for_remote(parsed: Env) -> RenderedTree:
     tree = render_tree(parsed)
     write_tree(tree, _out_dir(parsed, ""))
     return tree
-
-
-def _target(parsed: Env, host: str, known_hosts: str, accept: bool, dry_run: bool) -> Target | None:
-    if dry_run:
-        return lifecycle.target(parsed, host, known_hosts, accept, make_key=False)
-    return lifecycle.require_target(parsed, host, known_hosts, accept)
-
-
-CONNECT_HELP = {
-    "env": ENV_HELP,
-    "host": HOST_HELP,
-    "known_hosts": KNOWN_HOSTS_HELP,
-    "accept_new_host_key": ACCEPT_HELP,
-}
-
-
-@contextmanager
-def _connected(parsed: Env, host: str, known_hosts: str, accept: bool) -> Iterator[SshHost]:
-    target = _target(parsed, host, known_hosts, accept, False)
-    assert target is not None
-    with SshHost(target) as connection:
-        yield connection
 
 
 @task(help={"env": ENV_HELP})
@@ -176,87 +218,48 @@ def create_template(
         print(f"wrote {target}; edit the 'change-me' values, then: inv validate --env {target}")
 
 
-@dataclass(frozen=True)
-class _Remote:
-    """What a task that changes a host needs: the env, its tree and the target."""
-
-    env: Env
-    tree: RenderedTree
-    target: Target
-
-
-def _plan_or_prepare(
-    env: str, host: str, dry_run: bool, known_hosts: str, accept: bool, scopes: list[Scope]
-) -> _Remote | None:
-    """Validate and render; for --dry-run print the plan and return None (no connection)."""
-    parsed = _load(env)
-    tree = _render_for_remote(parsed)
-    target = _target(parsed, host, known_hosts, accept, dry_run)
-    if dry_run:
-        print(remote.dry_run(tree, parsed, target, scopes))
-        return None
-    assert target is not None
-    return _Remote(parsed, tree, target)
+def _apply(env: str, where: _Host, dry_run: bool, scope: Scope) -> None:
+    """push and install-cron: validate, render, then plan and apply one scope."""
+    with _errors():
+        parsed = _load(env)
+        tree = _render_for_remote(parsed)
+        target = where.target(parsed, dry_run)
+        if dry_run:
+            print(remote.dry_run(tree, parsed, target, [scope]))
+            return
+        assert target is not None
+        with SshHost(target) as connection:
+            remote.apply_scope(connection, tree, scope, _say)
 
 
-@task(help=REMOTE_HELP)
-def push(
-    c: Context,
-    env: str = "",
-    host: str = "",
-    dry_run: bool = False,
-    known_hosts: str = "",
-    accept_new_host_key: bool = False,
-) -> None:
+@_host_task(help={"env": ENV_HELP, "dry_run": DRY_RUN_HELP})
+def push(c: Context, env: str = "", where: _Host = ANY_HOST, dry_run: bool = False) -> None:
     """Upload the rendered /opt/torrust tree (only files whose sha256 differs)."""
-    with _errors():
-        job = _plan_or_prepare(env, host, dry_run, known_hosts, accept_new_host_key, [Scope.PUSH])
-        if job:
-            with SshHost(job.target) as connection:
-                remote.push(connection, job.tree, _say)
+    _apply(env, where, dry_run, Scope.PUSH)
 
 
-@task(name="install-cron", help=REMOTE_HELP)
-def install_cron(
-    c: Context,
-    env: str = "",
-    host: str = "",
-    dry_run: bool = False,
-    known_hosts: str = "",
-    accept_new_host_key: bool = False,
-) -> None:
+@_host_task(name="install-cron", help={"env": ENV_HELP, "dry_run": DRY_RUN_HELP})
+def install_cron(c: Context, env: str = "", where: _Host = ANY_HOST, dry_run: bool = False) -> None:
     """Install (or, with backups off, remove) the maintenance script, cron.d and logrotate files."""
-    with _errors():
-        job = _plan_or_prepare(env, host, dry_run, known_hosts, accept_new_host_key, [Scope.CRON])
-        if job:
-            with SshHost(job.target) as connection:
-                remote.install_cron(connection, job.tree, _say)
+    _apply(env, where, dry_run, Scope.CRON)
 
 
-@task(help=REMOTE_HELP)
-def deploy(
-    c: Context,
-    env: str = "",
-    host: str = "",
-    dry_run: bool = False,
-    known_hosts: str = "",
-    accept_new_host_key: bool = False,
-) -> None:
+@_host_task(help={"env": ENV_HELP, "dry_run": DRY_RUN_HELP})
+def deploy(c: Context, env: str = "", where: _Host = ANY_HOST, dry_run: bool = False) -> None:
     """Provision (lxd, first time) → configure → push → compose up → install-cron → health."""
     with _errors():
         parsed = _load(env)
         tree = _render_for_remote(parsed)
         if dry_run:
-            where = lifecycle.target(parsed, host, known_hosts, make_key=False)
-            print(lifecycle.dry_run_phases(parsed, tree, where))
+            print(lifecycle.dry_run_phases(parsed, tree, where.target(parsed, dry_run=True)))
             return
         result = lifecycle.deploy(
             parsed,
             tree,
             _say,
-            host=host,
-            known_hosts=known_hosts,
-            accept_new_host_key=accept_new_host_key,
+            host=where.host,
+            known_hosts=where.known_hosts,
+            accept_new_host_key=where.accept_new_host_key,
         )
         print(f"deployed {parsed.name} to {result.target}")
         if result.changed_nothing:
@@ -312,23 +315,10 @@ def register(c: Context, env: str = "", host: str = "", port: int = 0) -> None:
         )
 
 
-@task(
-    help={
-        "env": ENV_HELP,
-        "host": HOST_HELP,
-        "dry_run": "list the steps and change nothing; opens no connection",
-        "known_hosts": KNOWN_HOSTS_HELP,
-        "accept_new_host_key": ACCEPT_HELP,
-    }
+@_host_task(
+    help={"env": ENV_HELP, "dry_run": "list the steps and change nothing; opens no connection"}
 )
-def configure(
-    c: Context,
-    env: str = "",
-    host: str = "",
-    dry_run: bool = False,
-    known_hosts: str = "",
-    accept_new_host_key: bool = False,
-) -> None:
+def configure(c: Context, env: str = "", where: _Host = ANY_HOST, dry_run: bool = False) -> None:
     """Install Docker, Compose v2, cron, log rotation, upgrades, firewall (idempotent)."""
     with _errors():
         parsed = _load(env)
@@ -336,7 +326,7 @@ def configure(
             print(f"dry run of configure for {parsed.name}: nothing is changed")
             print("\n".join(host_setup.describe(parsed)))
             return
-        with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+        with where.connect(parsed) as connection:
             print(f"configure {parsed.name} on {connection.target}")
             done = host_setup.apply(connection, parsed, _say)
         print(f"configure: {len(done.changed)} changed, {len(done.unchanged)} unchanged")
@@ -373,18 +363,12 @@ def status(c: Context, env: str = "", json: bool = False) -> None:
             raise Exit(code=1)
 
 
-@task(help=CONNECT_HELP)
-def backup(
-    c: Context,
-    env: str = "",
-    host: str = "",
-    known_hosts: str = "",
-    accept_new_host_key: bool = False,
-) -> None:
+@_host_task(help={"env": ENV_HELP})
+def backup(c: Context, env: str = "", where: _Host = ANY_HOST) -> None:
     """Run a backup now on the host (the maintenance script), streaming its log."""
     with _errors():
         parsed = _load(env)
-        with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+        with where.connect(parsed) as connection:
             code = remote.run_backup(connection, _say)
         if code != 0:
             raise Exit(
@@ -398,13 +382,9 @@ def backup(
     help={
         "tag": f"image tag (default {image.default_tag()}); also tagged :latest unless --no-latest",
         "latest": "also tag REPOSITORY:latest",
-        "uid": "uid the backup container runs as (must match the host's backup dir owner)",
-        "gid": "gid the backup container runs as",
     },
 )
-def build_image(
-    c: Context, tag: str = "", latest: bool = True, uid: int = 1000, gid: int = 1000
-) -> None:
+def build_image(c: Context, tag: str = "", latest: bool = True) -> None:
     """Build the backup image from docker/backup (its bats test stage must pass)."""
     with _errors():
         chosen = tag or image.default_tag()
@@ -416,7 +396,7 @@ def build_image(
         tags = [chosen]
         if latest:
             tags.append(chosen.rpartition(":")[0] + ":latest")
-        built = image.build(paths.REPO_ROOT / "docker/backup", tags, _say, uid=uid, gid=gid)
+        built = image.build(paths.REPO_ROOT / "docker/backup", tags, _say)
         print(f"built {built.image_id}")
         for name in built.tags:
             print(f"  tagged {name}")
@@ -463,9 +443,9 @@ def publish(
             )
 
 
-@task(
+@_host_task(
     help={
-        **CONNECT_HELP,
+        "env": ENV_HELP,
         "json": "print JSON for scripts instead of a table",
         "quick": "skip checking every set's checksums",
         "offsite": "list the sets in the off-host repository (backup.offsite) instead: "
@@ -475,9 +455,7 @@ def publish(
 def backups(
     c: Context,
     env: str = "",
-    host: str = "",
-    known_hosts: str = "",
-    accept_new_host_key: bool = False,
+    where: _Host = ANY_HOST,
     json: bool = False,
     quick: bool = False,
     offsite: bool = False,
@@ -486,14 +464,14 @@ def backups(
     with _errors():
         parsed = _load(env)
         if offsite:
-            with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+            with where.connect(parsed) as connection:
                 found_offsite = offsite_copies.list_sets(connection, parsed)
             if json:
                 print(offsite_copies.sets_json(found_offsite))
             else:
                 print(offsite_copies.format_sets(found_offsite, parsed.name))
             return
-        with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+        with where.connect(parsed) as connection:
             found = operations.inventory(connection, verify=not quick)
         if json:
             print(operations.inventory_json(found))
@@ -505,9 +483,9 @@ def backups(
             raise Exit("error: the last backup run FAILED (see above)", code=1)
 
 
-@task(
+@_host_task(
     help={
-        **CONNECT_HELP,
+        "env": ENV_HELP,
         "set": "set id, or latest (default)",
         "no_drill": "only check checksums and archives",
     }
@@ -516,22 +494,20 @@ def verify(
     c: Context,
     env: str = "",
     set: str = "latest",
-    host: str = "",
-    known_hosts: str = "",
-    accept_new_host_key: bool = False,
+    where: _Host = ANY_HOST,
     no_drill: bool = False,
 ) -> None:
     """Verify a backup set: checksums, archives and a restore drill into a scratch target."""
     with _errors():
         parsed = _load(env)
-        with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+        with where.connect(parsed) as connection:
             checked = operations.verify(connection, parsed, set, _say, drill=not no_drill)
         print(f"backup set {checked.set_id}: VERIFIED")
 
 
-@task(
+@_host_task(
     help={
-        **CONNECT_HELP,
+        "env": ENV_HELP,
         "set": "set id, or latest",
         "only": "db or config (default: both)",
         "yes": "confirm: the restore replaces live data",
@@ -550,9 +526,7 @@ def restore(
     force: bool = False,
     skip_safety_backup: bool = False,
     dry_run: bool = False,
-    host: str = "",
-    known_hosts: str = "",
-    accept_new_host_key: bool = False,
+    where: _Host = ANY_HOST,
 ) -> None:
     """Restore a backup set on the host: stop tracker, restore, start, health check."""
     with _errors():
@@ -573,7 +547,7 @@ def restore(
                 "a restore replaces the live database; refusing without --yes",
                 "check the plan with --dry-run, then run again with --yes",
             )
-        with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+        with where.connect(parsed) as connection:
             restored = operations.restore(
                 connection,
                 parsed,
@@ -586,10 +560,10 @@ def restore(
         print(f"restored backup set {restored.set_id} ({only}) on {parsed.name}")
 
 
-@task(
+@_host_task(
     name="fetch-backup",
     help={
-        **CONNECT_HELP,
+        "env": ENV_HELP,
         "set": "set id, or latest",
         "to": "local directory (the set lands in DIR/SET_ID/)",
     },
@@ -599,16 +573,14 @@ def fetch_backup(
     env: str = "",
     set: str = "latest",
     to: str = "",
-    host: str = "",
-    known_hosts: str = "",
-    accept_new_host_key: bool = False,
+    where: _Host = ANY_HOST,
 ) -> None:
     """Download a backup set with its manifests; verified by checksum, resumable."""
     with _errors():
         parsed = _load(env)
         if not to:
             raise DeployError("no destination given", "pass --to DIR")
-        with _connected(parsed, host, known_hosts, accept_new_host_key) as connection:
+        with where.connect(parsed) as connection:
             fetched = operations.fetch(connection, parsed, set, Path(to), _say)
         print(
             f"backup set {fetched.set_id} in {fetched.directory}: {len(fetched.downloaded)} "

@@ -9,13 +9,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from tracker_deployer import paths
+from tracker_deployer import image, paths
 from tracker_deployer.config import load_env
-from tracker_deployer.remote.backups import (
-    RESTORE_EXIT_LOCK_BUSY,
-    RESTORE_EXIT_NOT_VERIFIED,
-    RESTORE_EXIT_SAFETY_BACKUP_FAILED,
-)
 from tracker_deployer.render import inventory_script, operation_script, render
 
 # Example values: shellcheck looks at the scripts' shape, not at these.
@@ -26,7 +21,7 @@ OPERATIONS = {
         "set_id": "20261127_030000",
         "db_type": "mysql",
         "drill": True,
-        "backup_image": "torrust/tracker-backup:1.0.0",
+        "backup_image": image.default_tag(),
         "mysql_image": "mysql:8.4",
         "app_uid": 1000,
         "app_gid": 1000,
@@ -41,10 +36,7 @@ OPERATIONS = {
         "safety_backup": True,
         "skip_safety_backup": False,
         "lock_file": str(paths.BACKUP_LOCK),
-        "exit_lock_busy": RESTORE_EXIT_LOCK_BUSY,
-        "exit_not_verified": RESTORE_EXIT_NOT_VERIFIED,
-        "exit_safety_backup_failed": RESTORE_EXIT_SAFETY_BACKUP_FAILED,
-        "sqlite_dir": "/opt/torrust/storage/tracker/lib/database",
+        "sqlite_dir": str(paths.SQLITE_DIR),
         "sqlite_name": "tracker.db",
     },
 }

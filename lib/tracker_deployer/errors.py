@@ -71,3 +71,9 @@ class RemoteError(DeployError):
     """Something on the target host failed or is missing."""
 
     exit_code = 3
+
+
+class ProvisionUnsupported(DeployError):
+    """This provider cannot create hosts here; exit 2 with one line saying what to do."""
+
+    exit_code = 2

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tracker_deployer.config.model import BACKUP_IMAGE_REPOSITORY, BACKUP_IMAGE_VERSION
 from tracker_deployer.errors import DeployError
-
-Say = Callable[[str], None]
+from tracker_deployer.say import Say
+from tracker_deployer.topology import APP_GID, APP_UID
 
 # Set by the Dockerfile's final stage: proof that the bats stage ran and passed.
 TESTS_PASSED_MARKER = "/usr/share/tracker-backup/tests-passed"
@@ -55,9 +54,7 @@ def docker_client() -> Any:
     return client
 
 
-def build(
-    context: Path, tags: list[str], say: Say, *, uid: int = 1000, gid: int = 1000
-) -> BuiltImage:
+def build(context: Path, tags: list[str], say: Say) -> BuiltImage:
     """Build ``context`` (running its test stage); tag it with every tag."""
     from docker.errors import APIError, BuildError
 
@@ -69,7 +66,8 @@ def build(
             tag=tags[0],
             rm=True,
             forcerm=True,
-            buildargs={"BACKUP_UID": str(uid), "BACKUP_GID": str(gid)},
+            # The user the image declares; compose runs the service as this uid:gid anyway.
+            buildargs={"BACKUP_UID": str(APP_UID), "BACKUP_GID": str(APP_GID)},
         )
         for chunk in logs:
             line = str(chunk.get("stream", "")).rstrip()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +23,11 @@ from tracker_deployer.providers.existing import register_hint
 from tracker_deployer.remote import backups as operations
 from tracker_deployer.remote import configure as configuring
 from tracker_deployer.remote import deploy as remote
-from tracker_deployer.remote.plan import Change, Scope, services_to_restart
+from tracker_deployer.remote.plan import Change, Plan, Scope, services_to_restart
 from tracker_deployer.remote.ssh import DEFAULT_KNOWN_HOSTS, SshHost, Target
 from tracker_deployer.render import RenderedTree, inventory_script
+from tracker_deployer.say import Say
 from tracker_deployer.topology import derive
-
-Say = Callable[[str], None]
 
 PHASES = ("provision", "configure", "push", "compose up", "install-cron", "health")
 PULL_TIMEOUT_SECONDS = 300
@@ -225,8 +224,8 @@ class Deployed:
     target: Target
     services: list[dict[str, str]]
     configured: configuring.Configured
-    pushed: remote.Applied
-    cron: remote.Applied
+    pushed: Plan
+    cron: Plan
     restarted: tuple[str, ...]
     timings: tuple[tuple[str, float], ...]
 
@@ -234,8 +233,8 @@ class Deployed:
     def changed_nothing(self) -> bool:
         return (
             not self.configured.changed
-            and not self.pushed.plan.has_changes
-            and not self.cron.plan.has_changes
+            and not self.pushed.has_changes
+            and not self.cron.has_changes
             and not self.restarted
         )
 
@@ -269,7 +268,7 @@ def deploy(
             ensure_images(connection, env, say)
             restart = services_to_restart(
                 step.path
-                for step in pushed.plan.steps
+                for step in pushed.steps
                 if step.change in (Change.UPDATE, Change.METADATA)
             )
             remote.compose_up(connection, restart, say)

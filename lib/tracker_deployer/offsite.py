@@ -3,13 +3,13 @@ the compose service and the backup image share.
 
 Pure: values are derived from an :class:`Env`. The image's ``offsite.sh`` owns
 its exit codes; :data:`OFFSITE_SH_EXIT` is the copy the deployer reads them
-with, held to the script by a unit test. :data:`EXIT_OFFSITE_FAILED` is owned
-here and rendered into the maintenance script.
+with, held to the script by a unit test. :data:`EXIT_OFFSITE_FAILED` is
+exit_codes.OFFSITE_FAILED, rendered into the maintenance script.
 """
 
 from __future__ import annotations
 
-from tracker_deployer import paths
+from tracker_deployer import exit_codes, paths
 from tracker_deployer.config.model import Env, OffsiteConfig
 
 # The compose service that runs offsite.sh (profile "backup", never started by `up`).
@@ -24,7 +24,7 @@ DEFAULT_HOSTNAME = "tracker-offsite"
 
 # The maintenance script's outcome "local ok, off-host failed": the set is complete
 # and verified on this host, the upload (or forget --prune) did not succeed.
-EXIT_OFFSITE_FAILED = 76
+EXIT_OFFSITE_FAILED = exit_codes.OFFSITE_FAILED
 
 # offsite.sh's exit codes (docker/backup/offsite.sh, docs/reference/backup-format.md).
 OFFSITE_SH_EXIT: dict[str, int] = {

@@ -13,13 +13,19 @@ DEPLOY_DIR = PurePosixPath("/opt/torrust")
 COMPOSE_FILE = DEPLOY_DIR / "docker-compose.yml"
 DOTENV_FILE = DEPLOY_DIR / ".env"
 STORAGE_DIR = DEPLOY_DIR / "storage"
-TRACKER_CONFIG = STORAGE_DIR / "tracker/etc/tracker.toml"
-PROMETHEUS_CONFIG = STORAGE_DIR / "prometheus/etc/prometheus.yml"
+TRACKER_LIB_DIR = STORAGE_DIR / "tracker/lib"
+TRACKER_LOG_DIR = STORAGE_DIR / "tracker/log"
+TRACKER_ETC_DIR = STORAGE_DIR / "tracker/etc"
+TRACKER_CONFIG = TRACKER_ETC_DIR / "tracker.toml"
+SQLITE_DIR = TRACKER_LIB_DIR / "database"
+PROMETHEUS_ETC_DIR = STORAGE_DIR / "prometheus/etc"
+PROMETHEUS_CONFIG = PROMETHEUS_ETC_DIR / "prometheus.yml"
 GRAFANA_PROVISIONING = STORAGE_DIR / "grafana/provisioning"
 CADDYFILE = STORAGE_DIR / "caddy/etc/Caddyfile"
 BACKUP_DIR = STORAGE_DIR / "backup"
-BACKUP_CONF = BACKUP_DIR / "etc/backup.conf"
-BACKUP_PATHS = BACKUP_DIR / "etc/backup-paths.txt"
+BACKUP_ETC_DIR = BACKUP_DIR / "etc"
+BACKUP_CONF = BACKUP_ETC_DIR / "backup.conf"
+BACKUP_PATHS = BACKUP_ETC_DIR / "backup-paths.txt"
 # The maintenance script's status and its "tracker stopped by a backup run"
 # marker: root-owned (0755) in a root-owned parent, outside storage/backup,
 # which uid 1000 owns (root must never follow a link that user can plant).
@@ -42,7 +48,7 @@ DRILL_SCRIPT = PurePosixPath("/usr/local/bin/tracker-backup-drill.sh")
 VERIFY_SCRIPT = PurePosixPath("/usr/local/bin/tracker-backup-verify.sh")
 DRILL_LAST = DRILL_DIR / "last-drill.env"
 DRILL_CRON_FILE = PurePosixPath("/etc/cron.d/tracker-backup-drill")
-PROMETHEUS_RULES = STORAGE_DIR / "prometheus/etc/backup-alerts.yml"
+PROMETHEUS_RULES = PROMETHEUS_ETC_DIR / "backup-alerts.yml"
 PROMETHEUS_CONFIG_IN_CONTAINER = PurePosixPath("/etc/prometheus")
 GRAFANA_BACKUPS_DASHBOARD = GRAFANA_PROVISIONING / "dashboards/torrust/backups.json"
 # Off-host copies (backup.offsite): the restic settings and password next to
@@ -56,15 +62,25 @@ OFFSITE_CHECK_CRON_FILE = PurePosixPath("/etc/cron.d/tracker-backup-offsite-chec
 OFFSITE_LAST_UPLOAD = BACKUP_STATUS_DIR / "last-offsite.env"
 OFFSITE_LAST_CHECK = BACKUP_STATUS_DIR / "last-offsite-check.env"
 
-# In containers.
+# In containers (topology.py mounts the host paths above there).
 TRACKER_LIB_IN_CONTAINER = "/var/lib/torrust/tracker"
-TRACKER_CONFIG_IN_CONTAINER = "/etc/torrust/tracker/tracker.toml"
+TRACKER_LOG_IN_CONTAINER = "/var/log/torrust/tracker"
+TRACKER_ETC_IN_CONTAINER = "/etc/torrust/tracker"
+TRACKER_CONFIG_IN_CONTAINER = f"{TRACKER_ETC_IN_CONTAINER}/{TRACKER_CONFIG.name}"
+MYSQL_DATA_IN_CONTAINER = "/var/lib/mysql"
+GRAFANA_DATA_IN_CONTAINER = "/var/lib/grafana"
+GRAFANA_PROVISIONING_IN_CONTAINER = "/etc/grafana/provisioning"
+CADDYFILE_IN_CONTAINER = "/etc/caddy/Caddyfile"
+CADDY_DATA_IN_CONTAINER = "/data"
+CADDY_CONFIG_IN_CONTAINER = "/config"
+# The backup container: the image's defaults (docker/backup/backup.sh: CONFIG_FILE,
+# BACKUP_ROOT; tests/unit/test_owners.py checks them) and the read-only data mounts.
+BACKUP_ROOT_IN_BACKUP = PurePosixPath("/backups")
+BACKUP_ETC_IN_BACKUP = PurePosixPath("/etc/backup")
+BACKUP_CONF_IN_BACKUP = BACKUP_ETC_IN_BACKUP / BACKUP_CONF.name
+BACKUP_PATHS_IN_BACKUP = BACKUP_ETC_IN_BACKUP / BACKUP_PATHS.name
 STORAGE_IN_BACKUP = PurePosixPath("/data/storage")
 COMPOSE_IN_BACKUP = PurePosixPath("/data/compose")
-BACKUP_CONF_IN_BACKUP = PurePosixPath("/etc/backup/backup.conf")
-BACKUP_PATHS_IN_BACKUP = PurePosixPath("/etc/backup/backup-paths.txt")
-BACKUP_ETC_IN_BACKUP = PurePosixPath("/etc/backup")
-BACKUP_ROOT_IN_BACKUP = PurePosixPath("/backups")
 OFFSITE_SCRIPT_IN_BACKUP = PurePosixPath("/usr/local/bin/offsite.sh")
 
 
@@ -73,7 +89,12 @@ def sqlite_in_tracker(database_name: str) -> str:
 
 
 def sqlite_on_host(database_name: str) -> PurePosixPath:
-    return STORAGE_DIR / "tracker/lib/database" / database_name
+    return SQLITE_DIR / database_name
+
+
+def on_host_relative(host_path: PurePosixPath) -> str:
+    """A host path under /opt/torrust as compose writes it: relative to the compose file."""
+    return f"./{host_path.relative_to(DEPLOY_DIR)}"
 
 
 def in_backup_container(host_path: PurePosixPath) -> PurePosixPath:

@@ -27,8 +27,7 @@ from typing import Any
 from tracker_deployer.config.model import BACKUP_IMAGE_REPOSITORY, InvalidValue, parse_image
 from tracker_deployer.errors import DeployError
 from tracker_deployer.image import TESTS_PASSED_MARKER, dockerfile_version
-
-Say = Callable[[str], None]
+from tracker_deployer.say import Say
 
 DEFAULT_REPOSITORY = BACKUP_IMAGE_REPOSITORY
 GIT_TAG_PREFIX = "backup-image-v"

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tracker_deployer import monitoring, paths
+from tracker_deployer import monitoring, paths, ports
 from tracker_deployer.config.model import Endpoint, Env
 from tracker_deployer.offsite import DEFAULT_HOSTNAME as OFFSITE_DEFAULT_HOSTNAME
 from tracker_deployer.offsite import HOSTNAME_VARIABLE as OFFSITE_HOSTNAME_VARIABLE
@@ -139,6 +139,28 @@ BACKUP_METRICS_NETWORK = "backup_metrics_network"
 NOBODY = "65534:65534"
 
 
+class DotEnv:
+    """Variables of the stack's .env: render/tree.py writes them, the services read them."""
+
+    USER_ID = "USER_ID"
+    DATABASE_DRIVER = "TORRUST_TRACKER_DATABASE_DRIVER"
+    CONFIG_TOML_PATH = "TORRUST_TRACKER_CONFIG_TOML_PATH"
+    MYSQL_ROOT_PASSWORD = "MYSQL_ROOT_PASSWORD"  # noqa: S105 - a name, not a password
+    MYSQL_DATABASE = "MYSQL_DATABASE"
+    MYSQL_USER = "MYSQL_USER"
+    MYSQL_PASSWORD = "MYSQL_PASSWORD"  # noqa: S105 - a name, not a password
+    GRAFANA_ADMIN_USER = "GF_SECURITY_ADMIN_USER"
+    GRAFANA_ADMIN_PASSWORD = "GF_SECURITY_ADMIN_PASSWORD"  # noqa: S105 - a name
+
+
+def _from_dotenv(*variables: str) -> tuple[tuple[str, str], ...]:
+    """Container variables named as their .env variable."""
+    return tuple((variable, variable) for variable in variables)
+
+
+_host = paths.on_host_relative
+
+
 def tracker_ports(env: Env) -> tuple[Port, ...]:
     """Host ports of the tracker: every socket that is not loopback or proxied."""
     tracker = env.tracker
@@ -164,7 +186,7 @@ def proxied_upstreams(env: Env) -> tuple[tuple[str, str], ...]:
         if endpoint.use_tls_proxy and endpoint.domain:
             pairs.append((endpoint.domain, f"tracker:{endpoint.bind_address.port}"))
     if env.grafana and env.grafana.use_tls_proxy and env.grafana.domain:
-        pairs.append((env.grafana.domain, "grafana:3000"))
+        pairs.append((env.grafana.domain, f"grafana:{ports.GRAFANA}"))
     return tuple(pairs)
 
 
@@ -194,24 +216,20 @@ def derive(env: Env) -> Topology:
             image=env.images.tracker,
             init=True,
             environment=(
-                ("USER_ID", "USER_ID"),
-                ("TORRUST_TRACKER_DATABASE_DRIVER", "TORRUST_TRACKER_DATABASE_DRIVER"),
+                *_from_dotenv(DotEnv.USER_ID, DotEnv.DATABASE_DRIVER),
                 # The tracker image's entry script refuses to start without it.
-                (
-                    "TORRUST_TRACKER_CONFIG_OVERRIDE_CORE__DATABASE__DRIVER",
-                    "TORRUST_TRACKER_DATABASE_DRIVER",
-                ),
-                ("TORRUST_TRACKER_CONFIG_TOML_PATH", "TORRUST_TRACKER_CONFIG_TOML_PATH"),
+                ("TORRUST_TRACKER_CONFIG_OVERRIDE_CORE__DATABASE__DRIVER", DotEnv.DATABASE_DRIVER),
+                *_from_dotenv(DotEnv.CONFIG_TOML_PATH),
             ),
             ports=tracker_ports(env),
             volumes=(
-                Mount("./storage/tracker/lib", paths.TRACKER_LIB_IN_CONTAINER),
-                Mount("./storage/tracker/log", "/var/log/torrust/tracker"),
+                Mount(_host(paths.TRACKER_LIB_DIR), paths.TRACKER_LIB_IN_CONTAINER),
+                Mount(_host(paths.TRACKER_LOG_DIR), paths.TRACKER_LOG_IN_CONTAINER),
                 # Read-only: the deployer owns the config. The tracker image's entry
                 # script chowns/chmods /etc/torrust (ignored on a read-only mount);
                 # on a writable one every deploy would "fix" the owner back and
                 # restart the tracker.
-                Mount("./storage/tracker/etc", "/etc/torrust/tracker", read_only=True),
+                Mount(_host(paths.TRACKER_ETC_DIR), paths.TRACKER_ETC_IN_CONTAINER, read_only=True),
             ),
             networks=tuple(tracker_networks),
             depends_on=(Dependency("mysql", "service_healthy"),) if mysql else (),
@@ -225,13 +243,13 @@ def derive(env: Env) -> Topology:
             Service(
                 name="mysql",
                 image=env.images.mysql,
-                environment=(
-                    ("MYSQL_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD"),
-                    ("MYSQL_DATABASE", "MYSQL_DATABASE"),
-                    ("MYSQL_USER", "MYSQL_USER"),
-                    ("MYSQL_PASSWORD", "MYSQL_PASSWORD"),
+                environment=_from_dotenv(
+                    DotEnv.MYSQL_ROOT_PASSWORD,
+                    DotEnv.MYSQL_DATABASE,
+                    DotEnv.MYSQL_USER,
+                    DotEnv.MYSQL_PASSWORD,
                 ),
-                volumes=(Mount("mysql_data", "/var/lib/mysql"),),
+                volumes=(Mount("mysql_data", paths.MYSQL_DATA_IN_CONTAINER),),
                 networks=(DATABASE_NETWORK,),
                 healthcheck=Healthcheck(
                     ("CMD", "mysqladmin", "ping", "-h", "127.0.0.1", "--silent"),
@@ -250,10 +268,10 @@ def derive(env: Env) -> Topology:
                 image=env.images.prometheus,
                 # prometheus.yml holds the API token: 0640 root:1000, read via group 1000.
                 group_add=(str(APP_GID),),
-                ports=(Port(9090, 9090, host_ip="127.0.0.1"),),
+                ports=(Port(ports.PROMETHEUS, ports.PROMETHEUS, host_ip="127.0.0.1"),),
                 volumes=(
                     Mount(
-                        "./storage/prometheus/etc",
+                        _host(paths.PROMETHEUS_ETC_DIR),
                         str(paths.PROMETHEUS_CONFIG_IN_CONTAINER),
                         read_only=True,
                     ),
@@ -276,13 +294,7 @@ def derive(env: Env) -> Topology:
                     f"--collector.textfile.directory={textfile}",
                     f"--web.listen-address=:{monitoring.NODE_EXPORTER_PORT}",
                 ),
-                volumes=(
-                    Mount(
-                        "./" + str(paths.METRICS_TEXTFILE_DIR.relative_to(paths.DEPLOY_DIR)),
-                        str(textfile),
-                        read_only=True,
-                    ),
-                ),
+                volumes=(Mount(_host(paths.METRICS_TEXTFILE_DIR), str(textfile), read_only=True),),
                 networks=(BACKUP_METRICS_NETWORK,),
             )
         )
@@ -296,16 +308,13 @@ def derive(env: Env) -> Topology:
             Service(
                 name="grafana",
                 image=env.images.grafana,
-                environment=(
-                    ("GF_SECURITY_ADMIN_USER", "GF_SECURITY_ADMIN_USER"),
-                    ("GF_SECURITY_ADMIN_PASSWORD", "GF_SECURITY_ADMIN_PASSWORD"),
-                ),
-                ports=() if grafana_proxied else (Port(3000, 3000),),
+                environment=_from_dotenv(DotEnv.GRAFANA_ADMIN_USER, DotEnv.GRAFANA_ADMIN_PASSWORD),
+                ports=() if grafana_proxied else (Port(ports.GRAFANA, ports.GRAFANA),),
                 volumes=(
-                    Mount("grafana_data", "/var/lib/grafana"),
+                    Mount("grafana_data", paths.GRAFANA_DATA_IN_CONTAINER),
                     Mount(
-                        "./storage/grafana/provisioning",
-                        "/etc/grafana/provisioning",
+                        _host(paths.GRAFANA_PROVISIONING),
+                        paths.GRAFANA_PROVISIONING_IN_CONTAINER,
                         read_only=True,
                     ),
                 ),
@@ -321,11 +330,15 @@ def derive(env: Env) -> Topology:
             Service(
                 name="caddy",
                 image=env.images.caddy,
-                ports=(Port(80, 80), Port(443, 443), Port(443, 443, "udp")),
+                ports=(
+                    Port(ports.CADDY_HTTP, ports.CADDY_HTTP),
+                    Port(ports.CADDY_HTTPS, ports.CADDY_HTTPS),
+                    Port(ports.CADDY_HTTPS, ports.CADDY_HTTPS, "udp"),
+                ),
                 volumes=(
-                    Mount("./storage/caddy/etc/Caddyfile", "/etc/caddy/Caddyfile", read_only=True),
-                    Mount("caddy_data", "/data"),
-                    Mount("caddy_config", "/config"),
+                    Mount(_host(paths.CADDYFILE), paths.CADDYFILE_IN_CONTAINER, read_only=True),
+                    Mount("caddy_data", paths.CADDY_DATA_IN_CONTAINER),
+                    Mount("caddy_config", paths.CADDY_CONFIG_IN_CONTAINER),
                 ),
                 networks=(build.network(PROXY_NETWORK),),
                 depends_on=tuple(Dependency(name, "service_started") for name in upstream_services),
@@ -341,11 +354,15 @@ def derive(env: Env) -> Topology:
                 init=True,
                 user=f"{APP_UID}:{APP_GID}",
                 volumes=(
-                    Mount("./storage/backup/etc", "/etc/backup", read_only=True),
-                    Mount("./storage", "/data/storage", read_only=True),
-                    Mount("./storage/backup", "/backups"),
-                    Mount("./docker-compose.yml", "/data/compose/docker-compose.yml", True),
-                    Mount("./.env", "/data/compose/.env", read_only=True),
+                    Mount(
+                        _host(paths.BACKUP_ETC_DIR), str(paths.BACKUP_ETC_IN_BACKUP), read_only=True
+                    ),
+                    Mount(_host(paths.STORAGE_DIR), str(paths.STORAGE_IN_BACKUP), read_only=True),
+                    Mount(_host(paths.BACKUP_DIR), str(paths.BACKUP_ROOT_IN_BACKUP)),
+                    *(
+                        Mount(_host(path), str(paths.in_backup_container(path)), read_only=True)
+                        for path in (paths.COMPOSE_FILE, paths.DOTENV_FILE)
+                    ),
                 ),
                 networks=(DATABASE_NETWORK,) if mysql else (),
                 network_mode=None if mysql else "none",

@@ -22,6 +22,7 @@ from typing import Any
 
 from tracker_deployer import paths
 from tracker_deployer.config import Env
+from tracker_deployer.image import default_tag
 from tracker_deployer.render import render
 from tracker_deployer.render.tree import maintenance_script
 from tracker_deployer.sandbox import (
@@ -34,7 +35,7 @@ from tracker_deployer.sandbox import (
 # The test doubles' names, owned by tracker_deployer.sandbox; re-exported for the tests.
 __all__ = ["MARIADB_IMAGE", "NODE_EXPORTER_IMAGE", "PROMETHEUS_IMAGE", "STANDIN_IMAGE"]
 
-BACKUP_IMAGE = os.environ.get("TRACKER_DEPLOYER_BACKUP_IMAGE", "torrust/tracker-backup:1.0.0")
+BACKUP_IMAGE = os.environ.get("TRACKER_DEPLOYER_BACKUP_IMAGE", default_tag())
 
 
 def image_exists(name: str) -> bool:

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from tracker_deployer import exit_codes
 from tracker_deployer.remote.backups import (
-    RESTORE_EXIT_LOCK_BUSY,
-    RESTORE_EXIT_SAFETY_BACKUP_FAILED,
     parse_inventory,
     restore_script,
     verify_script,
@@ -349,7 +348,7 @@ def test_hardening_06_failed_safety_backup_names_the_flag_and_the_flag_restores(
         )
 
         refused = restore(stack, set_id)
-        assert refused.returncode == RESTORE_EXIT_SAFETY_BACKUP_FAILED, refused.stdout
+        assert refused.returncode == exit_codes.SAFETY_BACKUP_FAILED, refused.stdout
         assert "mariadb-dump failed" in refused.stderr
         assert "the safety backup failed" in refused.stdout
         assert "run again with --skip-safety-backup" in refused.stdout
@@ -395,7 +394,7 @@ def test_hardening_07_busy_lock_names_its_holder_and_changes_nothing(sqlite_stac
     finally:
         holder.terminate()
         holder.wait(timeout=30)
-    assert result.returncode == RESTORE_EXIT_LOCK_BUSY, result.stdout + result.stderr
+    assert result.returncode == exit_codes.LOCK_BUSY, result.stdout + result.stderr
     assert f"is held by pid {holder.pid} (flock {stack.lock_file} sleep 300)" in result.stdout
     assert "Nothing was changed" in result.stdout
     assert "stopping tracker" not in result.stdout

@@ -7,10 +7,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from tracker_deployer import paths
+from tracker_deployer import exit_codes, paths
 from tracker_deployer.errors import DeployError
 from tracker_deployer.remote.backups import (
-    RESTORE_EXIT_LOCK_BUSY,
     HostDataError,
     format_inventory,
     format_last_run,
@@ -22,7 +21,7 @@ from tracker_deployer.remote.backups import (
     restore_script,
     set_layout,
 )
-from tracker_deployer.remote.deploy import EXIT_LOCK_BUSY, under_backup_lock
+from tracker_deployer.remote.deploy import under_backup_lock
 from tracker_deployer.render.tree import maintenance_script
 
 from tests.helpers import REPO_ROOT, parse, sample_data
@@ -235,8 +234,8 @@ def test_hardening_07_restore_takes_the_lock_of_the_maintenance_script_and_deplo
     lock = str(paths.BACKUP_LOCK)
     restore = restore_script(env, "20261125_030000", "all", verify_first=True)
     assert f"readonly LOCK_FILE='{lock}'\n" in restore
-    assert f"readonly EXIT_LOCK_BUSY={EXIT_LOCK_BUSY}\n" in restore
-    assert RESTORE_EXIT_LOCK_BUSY == EXIT_LOCK_BUSY
+    assert f"readonly EXIT_LOCK_BUSY={exit_codes.LOCK_BUSY}\n" in restore
+    assert f"readonly EXIT_LOCKED={exit_codes.LOCK_BUSY}\n" in maintenance_script(env).decode()
     assert f"readonly LOCK_FILE='{lock}'\n" in maintenance_script(env).decode()
     assert f" {lock} sh -c " in under_backup_lock("true")
     assert "lock" in restore_plan(env, "latest", "all", False)

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 from jsonschema import Draft202012Validator
-from tracker_deployer import image, monitoring, paths, sandbox, state
+from tracker_deployer import exit_codes, image, monitoring, paths, sandbox, state
 from tracker_deployer.config import load_env
 from tracker_deployer.remote import configure
-from tracker_deployer.remote.deploy import EXIT_LOCK_BUSY, under_backup_lock
+from tracker_deployer.remote.deploy import under_backup_lock
 from tracker_deployer.topology import derive
 
 from tests.helpers import ENVS_DIR, REPO_ROOT, parse, sample_data
@@ -108,7 +108,7 @@ def test_compose_changes_run_under_the_maintenance_lock() -> None:
     assert command.startswith("mkdir -p /run/lock && flock -E 75 -w ")
     assert f" {paths.BACKUP_LOCK} sh -c " in command
     assert command.endswith("'docker compose restart tracker && docker compose up -d --wait'")
-    assert EXIT_LOCK_BUSY == 75
+    assert exit_codes.LOCK_BUSY == 75
 
 
 def test_sandbox_module_never_loads_fabric() -> None:

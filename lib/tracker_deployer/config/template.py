@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tracker_deployer import ports
 from tracker_deployer.config.model import DEFAULT_RETENTION_DAYS, DEFAULT_SCHEDULE
 
 
@@ -18,7 +19,7 @@ def starter_config(name: str = "my-tracker", database: str = "sqlite3") -> dict[
         database_section: dict[str, Any] = {
             "driver": "mysql",
             "host": "mysql",
-            "port": 3306,
+            "port": ports.MYSQL,
             "database_name": "torrust_tracker",
             "username": "tracker_user",
             "password": "change-me: tracker database password",

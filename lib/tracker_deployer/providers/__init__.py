@@ -14,20 +14,12 @@ never in ``envs/``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from tracker_deployer import state
 from tracker_deployer.config.model import Env, ExistingProvider, HetznerProvider, LxdProvider
 from tracker_deployer.errors import DeployError
-
-Say = Callable[[str], None]
-
-
-class ProvisionUnsupported(DeployError):
-    """This provider cannot create hosts here; exit 2 with one line saying what to do."""
-
-    exit_code = 2
+from tracker_deployer.say import Say
 
 
 class HostProvider(Protocol):

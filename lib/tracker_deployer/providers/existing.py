@@ -5,7 +5,7 @@ from __future__ import annotations
 from tracker_deployer import state
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError
-from tracker_deployer.providers import Say
+from tracker_deployer.say import Say
 
 
 def register_hint(env: Env) -> str:

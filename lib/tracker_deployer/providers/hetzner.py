@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from tracker_deployer import state
 from tracker_deployer.config.model import Env, HetznerProvider
-from tracker_deployer.providers import ProvisionUnsupported, Say
+from tracker_deployer.errors import ProvisionUnsupported
 from tracker_deployer.providers.existing import register_hint
+from tracker_deployer.say import Say
 
 
 class Hetzner:

@@ -28,7 +28,7 @@ from pathlib import Path
 from tracker_deployer import paths, state
 from tracker_deployer.config.model import Env, LxdProvider
 from tracker_deployer.errors import DeployError
-from tracker_deployer.providers import Say
+from tracker_deployer.say import Say
 
 OWNER_KEY = "user.tracker-deployer"
 PREPARE_SCRIPT = paths.REPO_ROOT / "scripts" / "lxd-host.sh"

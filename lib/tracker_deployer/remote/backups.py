@@ -11,21 +11,18 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tracker_deployer import paths
+from tracker_deployer import exit_codes, paths
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
-from tracker_deployer.remote.deploy import EXIT_LOCK_BUSY, run_script
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.render import inventory_script, operation_script
-from tracker_deployer.topology import APP_GID, APP_UID
-
-Say = Callable[[str], None]
+from tracker_deployer.render.tree import verify_script as render_verify_script
+from tracker_deployer.say import Say
 
 # A set id: YYYYMMDD_HHMMSS in ASCII digits (``\\d`` and str.isdigit would take
 # any Unicode digit). Always used with fullmatch.
@@ -394,7 +391,7 @@ def inventory_json(inventory: Inventory) -> str:
 
 
 def inventory(host: SshHost, *, verify: bool = True) -> Inventory:
-    result = run_script(host, inventory_script(verify=verify))
+    result = host.run_script(inventory_script(verify=verify))
     if not result.ok:
         raise RemoteError(
             f"listing backups on {host.target.host} failed: {result.stderr.strip()}",
@@ -420,18 +417,9 @@ def verify_script(
     backup_dir: str = str(paths.BACKUP_DIR),
 ) -> str:
     """templates/operations/verify.sh.j2 for one set; tests point the paths at a scratch stack."""
-    return operation_script(
-        "verify",
-        deploy_dir=deploy_dir,
-        backup_dir=backup_dir,
-        set_id=set_id,
-        db_type="mysql" if env.uses_mysql else "sqlite",
-        drill=drill,
-        backup_image=env.images.backup,
-        mysql_image=env.images.mysql,
-        app_uid=APP_UID,
-        app_gid=APP_GID,
-    )
+    return render_verify_script(
+        env, set_id=set_id, drill=drill, deploy_dir=deploy_dir, backup_dir=backup_dir
+    ).decode()
 
 
 def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True) -> BackupSet:
@@ -439,7 +427,7 @@ def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True
     _require_backups(env)
     backup_set = inventory(host, verify=False).resolve(wanted)
     script = verify_script(env, backup_set.set_id, drill=drill)
-    result = run_script(host, script, stream=say)
+    result = host.run_script(script, stream=say)
     if result.exit_code != 0:
         raise VerificationFailed(
             f"backup set {backup_set.set_id} FAILED verification (exit {result.exit_code})",
@@ -449,10 +437,6 @@ def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True
     return backup_set
 
 
-# Exit codes of templates/operations/restore.sh.j2 besides the backup container's.
-RESTORE_EXIT_NOT_VERIFIED = 65  # the set did not verify, or is gone: nothing changed
-RESTORE_EXIT_SAFETY_BACKUP_FAILED = 73  # the safety backup failed: nothing restored
-RESTORE_EXIT_LOCK_BUSY = EXIT_LOCK_BUSY  # the host's backup lock is held: nothing changed
 SKIP_SAFETY_BACKUP_FLAG = "--skip-safety-backup"
 
 
@@ -472,7 +456,7 @@ def restore_script(
     database = env.database
     sqlite_name = "" if env.uses_mysql else database.database_name
     if sqlite_dir is None:
-        sqlite_dir = str(paths.sqlite_on_host(sqlite_name or "x").parent)
+        sqlite_dir = str(paths.SQLITE_DIR)
     return operation_script(
         "restore",
         deploy_dir=deploy_dir,
@@ -486,9 +470,6 @@ def restore_script(
         lock_file=lock_file,
         sqlite_dir=sqlite_dir,
         sqlite_name=sqlite_name,
-        exit_lock_busy=RESTORE_EXIT_LOCK_BUSY,
-        exit_not_verified=RESTORE_EXIT_NOT_VERIFIED,
-        exit_safety_backup_failed=RESTORE_EXIT_SAFETY_BACKUP_FAILED,
     )
 
 
@@ -525,25 +506,25 @@ def restore(
     script = restore_script(
         env, set_id, only, verify_first=not force, skip_safety_backup=skip_safety_backup
     )
-    result = run_script(host, script, stream=say, companions=companions)
+    result = host.run_script(script, stream=say, companions=companions)
     code = result.exit_code
     if code == 0:
         return backup_set
     where = host.target.host
-    if code == RESTORE_EXIT_LOCK_BUSY:
+    if code == exit_codes.LOCK_BUSY:
         raise RemoteError(
             f"the backup lock {paths.BACKUP_LOCK} on {where} is busy (held by the process named "
             "above); nothing was changed",
             f"wait for the backup run ({paths.BACKUP_LOG}), deploy or restore to finish, then run "
             "`inv restore` again",
         )
-    if code == RESTORE_EXIT_NOT_VERIFIED:
+    if code == exit_codes.NOT_VERIFIED:
         raise VerificationFailed(
             f"backup set {set_id} was not restored: it did not verify or is gone; nothing was "
             "changed",
             "see the lines above; pick another set from `inv backups --env NAME`",
         )
-    if code == RESTORE_EXIT_SAFETY_BACKUP_FAILED:
+    if code == exit_codes.SAFETY_BACKUP_FAILED:
         raise RemoteError(
             f"the safety backup before restoring set {set_id} failed on {where}; nothing was "
             "restored and the tracker runs as before",

@@ -22,15 +22,14 @@ import base64
 import hashlib
 import json
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import RemoteError
 from tracker_deployer.remote.ssh import SshHost
+from tracker_deployer.say import Say
 from tracker_deployer.topology import Port, derive
-
-Say = Callable[[str], None]
 
 # The same pin as scripts/setup.sh (tests/unit/test_configure.py holds them equal).
 COMPOSE_DEB_VERSION = "2.26.1-4"

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 
-from tracker_deployer import paths
+from tracker_deployer import compose, exit_codes, paths
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import RemoteError
 from tracker_deployer.remote.plan import (
@@ -29,19 +28,14 @@ from tracker_deployer.remote.plan import (
     probe_paths,
     render_apply_script,
 )
-from tracker_deployer.remote.ssh import Result, SshHost, Target
+from tracker_deployer.remote.ssh import SshHost, Target
 from tracker_deployer.render import RenderedTree
+from tracker_deployer.say import Say
 
-Say = Callable[[str], None]
-
-COMPOSE = (
-    f"docker compose --project-directory {shlex.quote(str(paths.DEPLOY_DIR))} "
-    f"-f {shlex.quote(str(paths.COMPOSE_FILE))}"
-)
+COMPOSE = compose.command()
 UP_TIMEOUT_SECONDS = 600
 # compose up/restart wait this long for a running backup (the maintenance lock).
 LOCK_WAIT_SECONDS = 240
-EXIT_LOCK_BUSY = 75
 
 
 class Masker:
@@ -95,48 +89,9 @@ def dry_run(tree: RenderedTree, env: Env, target: Target | None, scopes: Sequenc
 # --------------------------------------------------------------------------- apply
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
-    plan: Plan
-
-    @property
-    def summary(self) -> str:
-        return self.plan.summary()
-
-
 def _previously(host: SshHost) -> tuple[PurePosixPath, ...]:
     result = host.run(f"cat {shlex.quote(str(STATE_FILE))} 2>/dev/null || true")
     return parse_state_file(result.stdout)
-
-
-def run_script(
-    host: SshHost,
-    script: str,
-    *args: str,
-    stream: Say | None = None,
-    companions: Mapping[str, str] | None = None,
-) -> Result:
-    """Upload ``script`` and run it as root (scripts never go through stdin:
-    Invoke feeds stdin a byte at a time, which takes seconds per kilobyte).
-    ``companions`` (file name -> text) are uploaded next to it, for the script to run."""
-    staging = _mktemp(host)
-    try:
-        for name, text in (companions or {}).items():
-            host.put(text.encode(), f"{staging}/{name}")
-        host.put(script.encode(), f"{staging}/script.sh")
-        quoted = " ".join(shlex.quote(arg) for arg in args)
-        return host.run(f"bash {shlex.quote(staging + '/script.sh')} {quoted}", stream=stream)
-    finally:
-        _cleanup(host, staging)
-
-
-def _mktemp(host: SshHost) -> str:
-    result = host.check("mktemp -d /tmp/tracker-deployer.XXXXXXXX", "mktemp", root=False)
-    return result.stdout.strip()
-
-
-def _cleanup(host: SshHost, staging: str) -> None:
-    host.run(f"rm -rf -- {shlex.quote(staging)}", root=False)
 
 
 def plan_on_host(
@@ -144,7 +99,7 @@ def plan_on_host(
 ) -> tuple[Plan, tuple[PurePosixPath, ...]]:
     previously = _previously(host)
     wanted = probe_paths(tree, scope, previously)
-    result = run_script(host, PROBE_SCRIPT, *wanted)
+    result = host.run_script(PROBE_SCRIPT, *wanted)
     if not result.ok:
         raise RemoteError(
             f"could not inspect files on {host.target.host}: {result.stderr.strip()}",
@@ -153,12 +108,11 @@ def plan_on_host(
     return diff(tree, scope, parse_probe(result.stdout), previously), previously
 
 
-def apply_plan(host: SshHost, plan: Plan, previously: Sequence[PurePosixPath], say: Say) -> Applied:
+def apply_plan(host: SshHost, plan: Plan, previously: Sequence[PurePosixPath], say: Say) -> None:
     recorded = {p for p in previously if plan.scope.owns(p)}
     if not plan.has_changes and recorded == set(plan.managed_after):
-        return Applied(plan)
-    staging = _mktemp(host)
-    try:
+        return
+    with host.staging() as staging:
         for index, step in enumerate(plan.steps):
             if step.change in (Change.CREATE, Change.UPDATE) and step.file is not None:
                 host.put(step.file.content, f"{staging}/{index}")
@@ -170,26 +124,29 @@ def apply_plan(host: SshHost, plan: Plan, previously: Sequence[PurePosixPath], s
                 f"{result.stderr.strip()}",
                 "check free disk space and permissions on the host, then run again",
             )
-    finally:
-        _cleanup(host, staging)
     for step in plan.steps:
         if step.change is not Change.UNCHANGED:
             say("  " + step.describe())
-    return Applied(plan)
 
 
-def push(host: SshHost, tree: RenderedTree, say: Say) -> Applied:
-    plan, previously = plan_on_host(host, tree, Scope.PUSH)
-    applied = apply_plan(host, plan, previously, say)
-    say(f"push: {applied.summary}")
-    return applied
+# The task that applies each scope, as its summary line names it.
+TASK_OF_SCOPE = {Scope.PUSH: "push", Scope.CRON: "install-cron"}
 
 
-def install_cron(host: SshHost, tree: RenderedTree, say: Say) -> Applied:
-    plan, previously = plan_on_host(host, tree, Scope.CRON)
-    applied = apply_plan(host, plan, previously, say)
-    say(f"install-cron: {applied.summary}")
-    return applied
+def apply_scope(host: SshHost, tree: RenderedTree, scope: Scope, say: Say) -> Plan:
+    """Probe, plan and apply one scope (``push`` or ``install-cron``); the applied plan."""
+    plan, previously = plan_on_host(host, tree, scope)
+    apply_plan(host, plan, previously, say)
+    say(f"{TASK_OF_SCOPE[scope]}: {plan.summary()}")
+    return plan
+
+
+def push(host: SshHost, tree: RenderedTree, say: Say) -> Plan:
+    return apply_scope(host, tree, Scope.PUSH, say)
+
+
+def install_cron(host: SshHost, tree: RenderedTree, say: Say) -> Plan:
+    return apply_scope(host, tree, Scope.CRON, say)
 
 
 # --------------------------------------------------------------------------- deploy
@@ -201,7 +158,7 @@ def under_backup_lock(command: str) -> str:
     meanwhile skips (exit 75, logged) instead of stopping a tracker being deployed."""
     lock = paths.BACKUP_LOCK
     return (
-        f"mkdir -p {shlex.quote(str(lock.parent))} && flock -E {EXIT_LOCK_BUSY} "
+        f"mkdir -p {shlex.quote(str(lock.parent))} && flock -E {exit_codes.LOCK_BUSY} "
         f"-w {LOCK_WAIT_SECONDS} {shlex.quote(str(lock))} sh -c {shlex.quote(command)}"
     )
 
@@ -217,7 +174,7 @@ def _lock_busy(host: SshHost) -> RemoteError:
 def _run_locked(host: SshHost, command: str, say: Say, failure: RemoteError) -> None:
     """Run a compose command under the backup lock, streaming; raise ``failure`` if it fails."""
     result = host.run(under_backup_lock(command), stream=say, timeout=UP_TIMEOUT_SECONDS)
-    if result.exit_code == EXIT_LOCK_BUSY:
+    if result.exit_code == exit_codes.LOCK_BUSY:
         raise _lock_busy(host)
     if not result.ok:
         raise failure

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tracker_deployer import offsite, paths
+from tracker_deployer import compose, offsite, paths
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote.backups import HostDataError, human_size, is_set_id
-from tracker_deployer.remote.deploy import run_script
 from tracker_deployer.remote.ssh import SshHost
 
 LISTING_TIMEOUT_SECONDS = 1800
@@ -59,11 +58,6 @@ class OffsiteSet:
 
 def listing_script(deploy_dir: str = str(paths.DEPLOY_DIR)) -> str:
     """The host side: offsite.sh `sets` in the offsite service (as root)."""
-    compose_file = f"{deploy_dir}/{paths.COMPOSE_FILE.name}"
-    compose = (
-        f"docker compose --project-directory {shlex.quote(deploy_dir)} "
-        f"-f {shlex.quote(compose_file)}"
-    )
     variable = offsite.HOSTNAME_VARIABLE
     return (
         "set -o errexit -o nounset -o pipefail\n"
@@ -71,7 +65,7 @@ def listing_script(deploy_dir: str = str(paths.DEPLOY_DIR)) -> str:
         f"{shlex.quote(offsite.HOSTNAME_SUFFIX)}\n"
         f"export {variable}\n"
         f"cd {shlex.quote(deploy_dir)}\n"
-        f"exec timeout {LISTING_TIMEOUT_SECONDS} {compose} --profile backup run --rm "
+        f"exec timeout {LISTING_TIMEOUT_SECONDS} {compose.command(deploy_dir)} --profile backup run --rm "
         f"--no-deps -T {offsite.SERVICE} sets\n"
     )
 
@@ -82,7 +76,7 @@ def list_sets(host: SshHost, env: Env) -> list[OffsiteSet]:
             f"environment {env.name} has no backup.offsite",
             "add a backup.offsite section (docs/user-guide/offsite.md) and deploy",
         )
-    result = run_script(host, listing_script())
+    result = host.run_script(listing_script())
     if result.exit_code != 0:
         raise listing_error(result.exit_code, result.stderr)
     return parse_listing(result.stdout, env.name)

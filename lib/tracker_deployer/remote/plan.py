@@ -92,10 +92,6 @@ class Plan:
         return sum(1 for step in self.steps if step.change is change)
 
     @property
-    def uploads(self) -> tuple[FileStep, ...]:
-        return tuple(s for s in self.steps if s.change in (Change.CREATE, Change.UPDATE))
-
-    @property
     def changed_paths(self) -> tuple[PurePosixPath, ...]:
         return tuple(s.path for s in self.steps if s.change is not Change.UNCHANGED)
 

@@ -13,14 +13,15 @@ import io
 import os
 import shlex
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paramiko
 from fabric import Config, Connection
-from invoke.exceptions import CommandTimedOut, UnexpectedExit
+from invoke.exceptions import CommandTimedOut
 from paramiko.ssh_exception import (
     AuthenticationException,
     BadHostKeyException,
@@ -314,8 +315,6 @@ class SshHost:
                 f"a command on {self.target.host} did not finish within {timeout} s",
                 "look at the host: `docker compose ps` and the backup log",
             ) from None
-        except UnexpectedExit as error:  # only with warn=False; kept for safety
-            result = error.result
         except (SSHException, OSError) as error:
             raise RemoteError(f"lost the SSH connection to {self.target}: {error}") from None
         if out_stream is not None:
@@ -338,6 +337,33 @@ class SshHost:
             last = detail[-1] if detail else f"exit code {result.exit_code}"
             raise RemoteError(f"{what} failed on {self.target.host}: {last}")
         return result
+
+    @contextmanager
+    def staging(self) -> Iterator[str]:
+        """A fresh directory under /tmp owned by the SSH user, removed afterwards."""
+        made = self.check("mktemp -d /tmp/tracker-deployer.XXXXXXXX", "mktemp", root=False)
+        directory = made.stdout.strip()
+        try:
+            yield directory
+        finally:
+            self.run(f"rm -rf -- {shlex.quote(directory)}", root=False)
+
+    def run_script(
+        self,
+        script: str,
+        *args: str,
+        stream: Callable[[str], None] | None = None,
+        companions: Mapping[str, str] | None = None,
+    ) -> Result:
+        """Upload ``script`` and run it as root (scripts never go through stdin:
+        Invoke feeds stdin a byte at a time, which takes seconds per kilobyte).
+        ``companions`` (file name -> text) are uploaded next to it, for the script to run."""
+        with self.staging() as staging:
+            for name, text in (companions or {}).items():
+                self.put(text.encode(), f"{staging}/{name}")
+            self.put(script.encode(), f"{staging}/script.sh")
+            quoted = " ".join(shlex.quote(arg) for arg in args)
+            return self.run(f"bash {shlex.quote(staging + '/script.sh')} {quoted}", stream=stream)
 
     def put(self, content: bytes, remote_path: str) -> None:
         """Upload ``content`` to ``remote_path`` as the SSH user (not root)."""

@@ -11,7 +11,6 @@ from tracker_deployer.render.tree import (
     RenderedTree,
     inventory_script,
     operation_script,
-    read_manifest,
     render,
     write_tree,
 )
@@ -22,7 +21,6 @@ __all__ = [
     "RenderedTree",
     "inventory_script",
     "operation_script",
-    "read_manifest",
     "render",
     "write_tree",
 ]

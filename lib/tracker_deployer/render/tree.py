@@ -16,11 +16,11 @@ from typing import Any
 
 import jinja2
 
-from tracker_deployer import __version__, monitoring, offsite, paths
+from tracker_deployer import __version__, compose, exit_codes, monitoring, offsite, paths, ports
 from tracker_deployer.config.model import Env, MysqlDatabase
 from tracker_deployer.errors import DeployError, RenderError
 from tracker_deployer.render import quoting
-from tracker_deployer.topology import APP_GID, APP_UID, derive, proxied_upstreams
+from tracker_deployer.topology import APP_GID, APP_UID, DotEnv, derive, proxied_upstreams
 
 ROOT_UID = 0
 ROOT_GID = 0
@@ -121,8 +121,11 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
         yaml=quoting.yaml,
         url=quoting.url_part,
     )
-    # Templates may take a fixed path from its owner (e.g. paths.DRILL_DIR).
+    # Templates take fixed facts from their owners (e.g. paths.DRILL_DIR, exit_codes.LOCK_BUSY).
     environment.globals["paths"] = paths
+    environment.globals["ports"] = ports
+    environment.globals["exit_codes"] = exit_codes
+    environment.globals["compose_argv"] = compose.argv
     return environment
 
 
@@ -161,22 +164,22 @@ def database_path(env: Env) -> str:
 
 def dotenv_values(env: Env) -> list[tuple[str, str]]:
     values = [
-        ("USER_ID", str(APP_UID)),
-        ("TORRUST_TRACKER_DATABASE_DRIVER", env.database.driver),
-        ("TORRUST_TRACKER_CONFIG_TOML_PATH", paths.TRACKER_CONFIG_IN_CONTAINER),
+        (DotEnv.USER_ID, str(APP_UID)),
+        (DotEnv.DATABASE_DRIVER, env.database.driver),
+        (DotEnv.CONFIG_TOML_PATH, paths.TRACKER_CONFIG_IN_CONTAINER),
     ]
     database = env.database
     if isinstance(database, MysqlDatabase) and env.mysql:
         values += [
-            ("MYSQL_ROOT_PASSWORD", env.mysql.root_password.reveal()),
-            ("MYSQL_DATABASE", database.database_name),
-            ("MYSQL_USER", database.username),
-            ("MYSQL_PASSWORD", database.password.reveal()),
+            (DotEnv.MYSQL_ROOT_PASSWORD, env.mysql.root_password.reveal()),
+            (DotEnv.MYSQL_DATABASE, database.database_name),
+            (DotEnv.MYSQL_USER, database.username),
+            (DotEnv.MYSQL_PASSWORD, database.password.reveal()),
         ]
     if env.grafana:
         values += [
-            ("GF_SECURITY_ADMIN_USER", env.grafana.admin_user),
-            ("GF_SECURITY_ADMIN_PASSWORD", env.grafana.admin_password.reveal()),
+            (DotEnv.GRAFANA_ADMIN_USER, env.grafana.admin_user),
+            (DotEnv.GRAFANA_ADMIN_PASSWORD, env.grafana.admin_password.reveal()),
         ]
     return values
 
@@ -457,7 +460,6 @@ def offsite_check_script(
         "backup/offsite-check.sh.j2",
         env=env,
         deploy_dir=deploy_dir,
-        compose_file=f"{deploy_dir}/docker-compose.yml",
         log_file=log_file,
         lock_file=lock_file,
         status_dir=status_dir,
@@ -513,7 +515,6 @@ def maintenance_script(
         "backup/maintenance-backup.sh.j2",
         env=env,
         deploy_dir=deploy_dir,
-        compose_file=f"{deploy_dir}/docker-compose.yml",
         log_file=log_file,
         lock_file=lock_file,
         status_dir=status_dir,
@@ -567,19 +568,22 @@ def metrics_script(
 def verify_script(
     env: Env,
     *,
+    set_id: str | None = None,
+    drill: bool = True,
     deploy_dir: str = str(paths.DEPLOY_DIR),
     backup_dir: str = str(paths.BACKUP_DIR),
     templates_dir: Path = paths.TEMPLATES_DIR,
 ) -> bytes:
-    """The verify drill installed on the host; it takes the set id as its argument."""
+    """templates/operations/verify.sh.j2: for ``set_id``, or (None) the script installed
+    on the host, which takes the set id as its argument."""
     return operation_script(
         "verify",
         templates_dir,
         deploy_dir=deploy_dir,
         backup_dir=backup_dir,
-        set_id=None,
+        set_id=set_id,
         db_type="mysql" if env.uses_mysql else "sqlite",
-        drill=True,
+        drill=drill,
         backup_image=env.images.backup,
         mysql_image=env.images.mysql,
         app_uid=APP_UID,
@@ -710,19 +714,3 @@ def _check_replaceable(out_dir: Path) -> None:
             f'"generator": "{GENERATOR} …" and "format": {MANIFEST_FORMAT}); not replacing it',
             hint,
         )
-
-
-def read_manifest(out_dir: Path) -> dict[str, Any]:
-    """The manifest of a rendered tree (for push/plan)."""
-    manifest_path = out_dir / MANIFEST_NAME
-    try:
-        data: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DeployError(
-            f"{manifest_path} not found", "run `inv render --env NAME` first"
-        ) from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise DeployError(
-            f"{manifest_path} is unreadable ({error})", "render again with `inv render`"
-        ) from None
-    return data

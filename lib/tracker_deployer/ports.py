@@ -1,0 +1,13 @@
+"""The fixed ports of the stack's own services (the tracker's come from the config).
+
+topology.py publishes them, templates take them from here; config/load.py
+repeats the ones it reserves and tests/unit/test_owners.py checks it.
+"""
+
+from __future__ import annotations
+
+PROMETHEUS = 9090  # published on 127.0.0.1 only
+GRAFANA = 3000  # published unless grafana is behind the TLS proxy
+CADDY_HTTP = 80
+CADDY_HTTPS = 443  # tcp, and udp for HTTP/3
+MYSQL = 3306  # on the database network only

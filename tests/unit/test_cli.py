@@ -1,0 +1,79 @@
+"""The CLI surface: flags declared once reach every task that connects to a host."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO_ROOT
+
+HOST_TASKS = (
+    "push",
+    "install-cron",
+    "deploy",
+    "configure",
+    "backup",
+    "backups",
+    "verify",
+    "restore",
+    "fetch-backup",
+)
+
+
+def _inv(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("inv")), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")},
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("name", HOST_TASKS)
+def test_every_host_task_takes_the_host_flags_with_their_help(tmp_path: Path, name: str) -> None:
+    result = _inv(tmp_path, "--help", name)
+    assert result.returncode == 0, result.stderr
+    assert "--host=STRING" in result.stdout
+    assert "overrides the recorded host" in result.stdout
+    assert "--known-hosts=STRING" in result.stdout
+    assert "--accept-new-host-key" in result.stdout
+    assert "--where" not in result.stdout
+
+
+@pytest.mark.parametrize(("name", "title"), [("push", "push: ensure"), ("install-cron", "cron:")])
+def test_push_and_install_cron_dry_runs_use_the_given_host(
+    tmp_path: Path, name: str, title: str
+) -> None:
+    result = _inv(
+        tmp_path,
+        name,
+        "--env",
+        "manual-test-sqlite",
+        "--dry-run",
+        "--host",
+        "203.0.113.9",
+        "--known-hosts",
+        str(tmp_path / "known_hosts"),
+    )
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("dry run for manual-test-sqlite on ")
+    assert "@203.0.113.9:" in first
+    assert "no connection is opened" in first
+    assert any(line.startswith(title) for line in result.stdout.splitlines())
+    assert not (tmp_path / "known_hosts").exists()
+
+
+def test_build_image_has_no_uid_or_gid_flags(tmp_path: Path) -> None:
+    result = _inv(tmp_path, "--help", "build-image")
+    assert result.returncode == 0, result.stderr
+    assert "--tag" in result.stdout
+    assert "--uid" not in result.stdout
+    assert "--gid" not in result.stdout

@@ -1,0 +1,261 @@
+"""One owner per fact: every copy outside its owner is checked against it here.
+
+Owners: paths.py (host and container paths), ports.py (the services' ports),
+topology.DotEnv (the .env variable names), compose.py (the compose command
+line), exit_codes.py (the host scripts' exit codes), config.model
+BACKUP_IMAGE_VERSION (the backup image version).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tracker_deployer import compose, exit_codes, paths, ports
+from tracker_deployer.config.model import BACKUP_IMAGE_REPOSITORY, BACKUP_IMAGE_VERSION
+from tracker_deployer.errors import ConfigError
+from tracker_deployer.image import default_tag
+from tracker_deployer.remote import deploy
+from tracker_deployer.remote.backups import restore_script, verify_script
+from tracker_deployer.render import render
+from tracker_deployer.render.tree import dotenv_values
+from tracker_deployer.topology import DotEnv, derive
+
+from tests.helpers import REPO_ROOT, parse, sample_data
+
+BACKUP_CONTEXT = REPO_ROOT / "docker" / "backup"
+LIB = REPO_ROOT / "lib" / "tracker_deployer"
+
+
+def _full_env_data() -> dict[str, Any]:
+    """MySQL with prometheus, grafana, https and backups: every service there is."""
+    data = sample_data("manual-test-mysql")
+    data["https"] = {"admin_email": "admin@example.com"}
+    data["tracker"]["http_trackers"].append(
+        {"bind_address": "0.0.0.0:7071", "domain": "tracker.example.com", "use_tls_proxy": True}
+    )
+    return data
+
+
+def _backup_sh_sources() -> str:
+    """The backup image's shell sources (backup.sh, and any file it is split into)."""
+    return "\n".join(path.read_text() for path in sorted(BACKUP_CONTEXT.glob("*.sh")))
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def test_backup_image_defaults_are_the_container_paths_of_paths_py() -> None:
+    sources = _backup_sh_sources()
+    config = re.search(r'DEFAULT_CONFIG_FILE="([^"]+)"', sources)
+    root = re.search(r'DEFAULT_BACKUP_ROOT="([^"]+)"', sources)
+    assert config is not None
+    assert root is not None
+    assert config.group(1) == str(paths.BACKUP_CONF_IN_BACKUP)
+    assert root.group(1) == str(paths.BACKUP_ROOT_IN_BACKUP)
+
+
+def test_the_backup_service_mounts_its_config_and_sets_where_the_image_looks() -> None:
+    backup = derive(parse(_full_env_data())).service("backup")
+    mounts = {mount.target: mount for mount in backup.volumes}
+    assert mounts[str(paths.BACKUP_ETC_IN_BACKUP)].read_only
+    assert paths.BACKUP_CONF_IN_BACKUP.parent == paths.BACKUP_ETC_IN_BACKUP
+    assert mounts[str(paths.BACKUP_ETC_IN_BACKUP)].source == "./storage/backup/etc"
+    assert not mounts[str(paths.BACKUP_ROOT_IN_BACKUP)].read_only
+    assert mounts[str(paths.BACKUP_ROOT_IN_BACKUP)].source == "./storage/backup"
+    # Every host file the backup reads is mounted where in_backup_container says.
+    for host_path in (paths.COMPOSE_FILE, paths.DOTENV_FILE, paths.TRACKER_CONFIG):
+        seen = paths.in_backup_container(host_path)
+        assert any(
+            seen.is_relative_to(target)
+            and (paths.DEPLOY_DIR / mount.source.removeprefix("./")) / seen.relative_to(target)
+            == host_path
+            for target, mount in mounts.items()
+        ), host_path
+
+
+def test_mount_targets_are_the_container_paths_of_paths_py() -> None:
+    owned = {
+        str(value)
+        for name, value in vars(paths).items()
+        if name.endswith(("_IN_CONTAINER", "_IN_BACKUP"))
+    } | {str(paths.in_backup_container(p)) for p in (paths.COMPOSE_FILE, paths.DOTENV_FILE)}
+    topology = derive(parse(_full_env_data()))
+    targets = {mount.target for service in topology.services for mount in service.volumes}
+    assert targets <= owned, targets - owned
+    sources = {m.source for s in topology.services for m in s.volumes if m.source.startswith(".")}
+    host = {paths.on_host_relative(p) for p in vars(paths).values() if _under_deploy_dir(p)}
+    assert sources <= host, sources - host
+
+
+def _under_deploy_dir(value: object) -> bool:
+    return isinstance(value, type(paths.DEPLOY_DIR)) and value.is_relative_to(paths.DEPLOY_DIR)
+
+
+@pytest.mark.parametrize("template", ["operations/verify.sh.j2", "operations/restore.sh.j2"])
+def test_operation_templates_hard_code_no_container_path(template: str) -> None:
+    text = (REPO_ROOT / "templates" / template).read_text()
+    for literal in ("/backups", "/etc/backup", "/data/storage", "/data/compose"):
+        assert literal not in text, literal
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def _tracker_on(data: dict[str, Any], port: int, protocol: str) -> dict[str, Any]:
+    key = "udp_trackers" if protocol == "udp" else "http_trackers"
+    data["tracker"][key].append({"bind_address": f"0.0.0.0:{port}"})
+    return data
+
+
+@pytest.mark.parametrize(
+    ("port", "protocol", "owner"),
+    [
+        (ports.PROMETHEUS, "tcp", "prometheus"),
+        (ports.GRAFANA, "tcp", "grafana"),
+        (ports.CADDY_HTTP, "tcp", "caddy"),
+        (ports.CADDY_HTTPS, "tcp", "caddy"),
+        (ports.CADDY_HTTPS, "udp", "caddy"),
+    ],
+)
+def test_the_config_reserves_the_ports_topology_publishes(
+    port: int, protocol: str, owner: str
+) -> None:
+    """config/load.py repeats these ports; a tracker there is refused with the owner's port."""
+    published = {
+        (p.host, p.protocol)
+        for service in derive(parse(_full_env_data())).services
+        if service.name == owner
+        for p in service.ports
+    }
+    assert (port, protocol) in published
+    with pytest.raises(ConfigError, match=rf"port {port}/{protocol} is also published by {owner}"):
+        parse(_tracker_on(_full_env_data(), port, protocol))
+
+
+def test_the_config_takes_only_the_mysql_port_of_ports_py() -> None:
+    data = sample_data("manual-test-mysql")
+    assert parse(data).database.port == ports.MYSQL  # type: ignore[union-attr]
+    data["tracker"]["core"]["database"]["port"] = ports.MYSQL + 1
+    with pytest.raises(ConfigError, match=f"use {ports.MYSQL}"):
+        parse(data)
+
+
+def test_grafana_reaches_prometheus_on_its_port() -> None:
+    tree = render(parse(_full_env_data()))
+    datasource = tree.text(paths.GRAFANA_PROVISIONING / "datasources/prometheus.yml")
+    assert f'url: "http://prometheus:{ports.PROMETHEUS}"' in datasource
+
+
+# --------------------------------------------------------------------------- env var names
+
+
+@pytest.mark.parametrize("name", ["manual-test-mysql", "manual-test-sqlite"])
+def test_every_variable_a_service_reads_is_in_the_dotenv_and_no_other(name: str) -> None:
+    env = parse(sample_data(name))
+    read = {variable for s in derive(env).services for _, variable in s.environment}
+    written = [variable for variable, _ in dotenv_values(env)]
+    assert len(written) == len(set(written))
+    assert read == set(written)
+    assert read <= {value for key, value in vars(DotEnv).items() if key.isupper()}
+
+
+# --------------------------------------------------------------------------- compose command
+
+
+def test_the_compose_command_line_is_built_only_in_compose_py() -> None:
+    shape = re.compile(r"docker compose\s+(\\\n\s*)?--project-directory")
+    places = [*LIB.rglob("*.py"), *(REPO_ROOT / "templates").rglob("*.j2")]
+    found = [
+        str(path.relative_to(REPO_ROOT))
+        for path in places
+        if path.name != "compose.py" and shape.search(path.read_text())
+    ]
+    assert found == []
+
+
+def test_host_scripts_and_ssh_commands_use_the_same_compose_command() -> None:
+    env = parse(sample_data("manual-test-mysql"))
+    array = "readonly -a COMPOSE=(" + " ".join(f"'{word}'" for word in compose.argv()) + ")\n"
+    tree = render(env)
+    assert array in tree.text(paths.MAINTENANCE_SCRIPT)
+    assert array in tree.text(paths.VERIFY_SCRIPT)
+    assert array in restore_script(env, "20261127_030000", "all", verify_first=True)
+    assert array in verify_script(env, "20261127_030000", drill=True)
+    assert compose.command() == deploy.COMPOSE
+    assert compose.argv()[-1] == str(paths.COMPOSE_FILE)
+
+
+# --------------------------------------------------------------------------- exit codes
+
+
+def test_templates_take_every_exit_code_from_exit_codes_py() -> None:
+    assignment = re.compile(r"^readonly EXIT_\w+=(\S+)$", re.MULTILINE)
+    literal_exit = re.compile(r"\bexit (6[4-9]|7[0-8])\b")
+    for template in (REPO_ROOT / "templates").rglob("*.sh.j2"):
+        text = template.read_text()
+        for value in assignment.findall(text):
+            assert value.startswith("{{ exit_codes."), f"{template.name}: EXIT_...={value}"
+        assert not literal_exit.search(text), template.name
+
+
+def test_rendered_scripts_carry_the_owners_exit_codes() -> None:
+    env = parse(sample_data("manual-test-mysql"))
+    tree = render(env)
+    maintenance = tree.text(paths.MAINTENANCE_SCRIPT)
+    assert f"readonly EXIT_LOCKED={exit_codes.LOCK_BUSY}\n" in maintenance
+    assert f"readonly EXIT_USAGE={exit_codes.USAGE}\n" in maintenance
+    drill = tree.text(paths.DRILL_SCRIPT)
+    assert f"readonly EXIT_LOCKED={exit_codes.LOCK_BUSY}\n" in drill
+    assert f"readonly EXIT_NO_SET={exit_codes.NO_SET}\n" in drill
+    restore = restore_script(env, "20261127_030000", "all", verify_first=True)
+    assert f"readonly EXIT_NOT_VERIFIED={exit_codes.NOT_VERIFIED}\n" in restore
+    assert f"flock -E {exit_codes.LOCK_BUSY} " in deploy.under_backup_lock("true")
+
+
+# --------------------------------------------------------------------------- image version
+
+
+def test_every_env_pins_the_backup_image_version_of_the_owner() -> None:
+    for path in sorted((REPO_ROOT / "envs").glob("*.json")):
+        image = json.loads(path.read_text()).get("images", {}).get("backup")
+        if image is not None and image.startswith(BACKUP_IMAGE_REPOSITORY + ":"):
+            assert image == default_tag(), path.name
+
+
+def test_the_schema_default_backup_image_is_the_owners() -> None:
+    schema = json.loads(paths.SCHEMA_FILE.read_text())
+    defaults = [value for value in _walk_defaults(schema) if BACKUP_IMAGE_REPOSITORY in str(value)]
+    assert defaults == [default_tag()]
+
+
+def _walk_defaults(node: object) -> list[object]:
+    if isinstance(node, dict):
+        found = [node["default"]] if "default" in node else []
+        return found + [d for value in node.values() for d in _walk_defaults(value)]
+    if isinstance(node, list):
+        return [d for value in node for d in _walk_defaults(value)]
+    return []
+
+
+def test_backup_sh_reports_the_image_version_of_the_owner() -> None:
+    match = re.search(r'TOOL_VERSION="([^"]+)"', _backup_sh_sources())
+    assert match is not None
+    assert match.group(1) == BACKUP_IMAGE_VERSION
+    bats = "\n".join(p.read_text() for p in (BACKUP_CONTEXT / "tests").glob("*.bats"))
+    expected = re.findall(r"tool_version=(\d+\.\d+\.\d+)", bats)
+    assert expected, "the bats tests no longer check tool_version"
+    assert set(expected) == {BACKUP_IMAGE_VERSION}
+
+
+def test_the_image_build_sets_the_user_compose_runs_the_backup_as() -> None:
+    dockerfile = (BACKUP_CONTEXT / "Dockerfile").read_text()
+    backup = derive(parse(sample_data("manual-test-sqlite"))).service("backup")
+    uid, gid = (backup.user or "").split(":")
+    assert f"ARG BACKUP_UID={uid}" in dockerfile
+    assert f"ARG BACKUP_GID={gid}" in dockerfile
+    source = Path(LIB / "image.py").read_text()
+    assert '"BACKUP_UID": str(APP_UID)' in source
