@@ -174,6 +174,7 @@ def test_apply_script_is_valid_bash() -> None:
         ((COMPOSE, DOTENV), ()),  # compose itself recreates on these
         ((TRACKER,), ("tracker",)),
         ((paths.PROMETHEUS_CONFIG,), ("prometheus",)),
+        ((paths.PROMETHEUS_RULES,), ("prometheus",)),  # the backup alert rules
         ((paths.CADDYFILE,), ("caddy",)),
         ((paths.GRAFANA_PROVISIONING / "dashboards/torrust/tracker.json",), ("grafana",)),
         (

@@ -258,6 +258,7 @@ def services_to_restart(changed: Iterable[PurePosixPath]) -> tuple[str, ...]:
     owners = {
         paths.TRACKER_CONFIG: "tracker",
         paths.PROMETHEUS_CONFIG: "prometheus",
+        paths.PROMETHEUS_RULES: "prometheus",
         paths.CADDYFILE: "caddy",
     }
     result: set[str] = set()
