@@ -744,7 +744,7 @@ class _Reader:
             1,
             MAX_MAX_DOWNTIME_SECONDS,
             "the longest the tracker may stay stopped for a snapshot, in seconds, "
-            f"e.g. {DEFAULT_MAX_DOWNTIME_SECONDS} (the default); raise it for a large MySQL database",
+            f"e.g. {DEFAULT_MAX_DOWNTIME_SECONDS} (the default)",
         )
         mailto = self.str_(section, "mailto", path)
         if mailto:

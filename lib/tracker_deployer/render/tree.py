@@ -445,6 +445,7 @@ def maintenance_script(
         notify_url=env.backup.notify_url or "",
         max_downtime_seconds=env.backup.max_downtime_seconds,
         metrics_script=metrics_script,
+        snapshot_open_line=paths.SNAPSHOT_OPEN_LINE,
     )
 
 
