@@ -9,7 +9,8 @@
 # in `backup.sh --help`.
 #
 # Runs in the backup container and directly on a host (tests): CONFIG_FILE and
-# BACKUP_ROOT override the container paths. Needs bash, coreutils, gzip (pigz
+# BACKUP_ROOT override the container paths. Needs bash, coreutils, zstd (for
+# BACKUP_COMPRESSION=zstd), gzip (pigz
 # is used when present), tar, flock, sqlite3 and/or the mariadb client.
 
 set -o errexit -o nounset -o pipefail -o errtrace
@@ -35,7 +36,7 @@ readonly DUMP_MARKER="-- Dump completed"
 # exists; the maintenance script starts the tracker again when it reads it.
 readonly SNAPSHOT_OPEN_LINE="snapshot-open"
 readonly -a KNOWN_KEYS=(
-  BACKUP_MODE BACKUP_RETENTION_DAYS BACKUP_PATHS_FILE BACKUP_COMPRESSION_LEVEL
+  BACKUP_MODE BACKUP_RETENTION_DAYS BACKUP_PATHS_FILE BACKUP_COMPRESSION BACKUP_COMPRESSION_LEVEL
   DB_TYPE DB_HOST DB_PORT DB_USER DB_PASSWORD DB_NAME DB_PATH
 )
 
@@ -50,7 +51,8 @@ declare -ga ROLLBACK_FILES=()  # final-named files of this run, removed on failu
 declare -ga FAILURE_DIRS=()    # staging directories removed on failure
 declare -ga MYSQL_CLIENT=()    # mariadb client + option file + database
 declare -ga MYSQL_DUMP=()      # mariadb-dump + option file
-declare -ga COMPRESSOR=()      # pigz/gzip with level, stdin -> stdout
+declare -ga COMPRESSOR=()      # the database file's: pigz/gzip or zstd with level, stdin -> stdout
+declare -ga CONFIG_COMPRESSOR=()  # the config archive's: always pigz/gzip (.tar.gz)
 SET_TS=""                      # set chosen by new_set_ts / resolve_set
 CONFIG_PATH=""                 # CONFIG_FILE
 declare -ga VERIFIED_FILES=()  # payload of the set verify_set checked
@@ -127,7 +129,7 @@ Commands:
                              then apply retention (--no-prune: delete nothing;
                              the safety backup before a restore uses it)
   list                       one line per set: TS, state (complete|incomplete), files
-  verify [TS|latest]         check a set's checksums and gzip/tar integrity
+  verify [TS|latest]         check a set's checksums and gzip/zstd/tar integrity
   restore [TS|latest] --yes [--only db|config]
                              restore a verified set (database and/or config files)
 
@@ -338,10 +340,24 @@ validate_config() {
   if [[ ! "${CONFIG[BACKUP_RETENTION_DAYS]}" =~ ^[1-9][0-9]{0,4}$ ]]; then
     die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_RETENTION_DAYS must be an integer >= 1"
   fi
-  CONFIG[BACKUP_COMPRESSION_LEVEL]="$(config_get BACKUP_COMPRESSION_LEVEL 6)"
-  if [[ ! "${CONFIG[BACKUP_COMPRESSION_LEVEL]}" =~ ^[1-9]$ ]]; then
-    die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_COMPRESSION_LEVEL must be 1-9"
-  fi
+  CONFIG[BACKUP_COMPRESSION]="$(config_get BACKUP_COMPRESSION gzip)"
+  case "${CONFIG[BACKUP_COMPRESSION]}" in
+    gzip)
+      CONFIG[BACKUP_COMPRESSION_LEVEL]="$(config_get BACKUP_COMPRESSION_LEVEL 6)"
+      if [[ ! "${CONFIG[BACKUP_COMPRESSION_LEVEL]}" =~ ^[1-9]$ ]]; then
+        die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_COMPRESSION_LEVEL must be 1-9 for gzip"
+      fi
+      ;;
+    zstd)
+      CONFIG[BACKUP_COMPRESSION_LEVEL]="$(config_get BACKUP_COMPRESSION_LEVEL 3)"
+      if [[ ! "${CONFIG[BACKUP_COMPRESSION_LEVEL]}" =~ ^([1-9]|1[0-9])$ ]]; then
+        die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_COMPRESSION_LEVEL must be 1-19 for zstd"
+      fi
+      ;;
+    *)
+      die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_COMPRESSION must be 'gzip' or 'zstd'"
+      ;;
+  esac
   case "${CONFIG[DB_TYPE]:-}" in
     mysql)
       require_key DB_HOST
@@ -403,21 +419,31 @@ acquire_lock() {
   fi
 }
 
-# Final names of a set's files, relative to BACKUP_ROOT.
+# Final name of a set's database file, relative to BACKUP_ROOT: TYPE TS
+# [COMPRESSION] (gzip, the default: .gz; zstd: .zst).
 db_file_name() {
-  local db_type="$1" ts="$2"
+  local db_type="$1" ts="$2" suffix="gz"
+  [[ "${3:-gzip}" == gzip ]] || suffix="zst"
   case "${db_type}" in
-    mysql) printf 'mysql/mysql_%s.sql.gz' "${ts}" ;;
-    sqlite) printf 'sqlite/sqlite_%s.db.gz' "${ts}" ;;
+    mysql) printf 'mysql/mysql_%s.sql.%s' "${ts}" "${suffix}" ;;
+    sqlite) printf 'sqlite/sqlite_%s.db.%s' "${ts}" "${suffix}" ;;
     *) return 1 ;;
+  esac
+}
+
+# decompress FILE: its content on stdout, by its suffix (.zst: zstd, else gzip).
+decompress() {
+  case "$1" in
+    *.zst) zstd -q -d -c -- "$1" ;;
+    *) gzip -d -c -- "$1" ;;
   esac
 }
 
 # Every final-named file of set $1 that exists (relative paths, one per line).
 set_files() {
   local ts="$1" relative
-  for relative in "mysql/mysql_${ts}.sql.gz" "sqlite/sqlite_${ts}.db.gz" \
-    "config/config_${ts}.tar.gz" "manifests/set_${ts}.meta" "manifests/set_${ts}.sha256"; do
+  for relative in "mysql/mysql_${ts}.sql.gz" "mysql/mysql_${ts}.sql.zst" \
+    "sqlite/sqlite_${ts}.db.gz" "sqlite/sqlite_${ts}.db.zst" "config/config_${ts}.tar.gz" "manifests/set_${ts}.meta" "manifests/set_${ts}.sha256"; do
     if [[ -f "${ROOT_DIR}/${relative}" ]]; then
       printf '%s\n' "${relative}"
     fi
@@ -430,6 +456,7 @@ all_set_timestamps() {
   local path name
   local -A seen=()
   for path in "${ROOT_DIR}"/mysql/mysql_*.sql.gz "${ROOT_DIR}"/sqlite/sqlite_*.db.gz \
+    "${ROOT_DIR}"/mysql/mysql_*.sql.zst "${ROOT_DIR}"/sqlite/sqlite_*.db.zst \
     "${ROOT_DIR}"/config/config_*.tar.gz "${ROOT_DIR}"/manifests/set_*.meta \
     "${ROOT_DIR}"/manifests/set_*.sha256; do
     [[ -f "${path}" ]] || continue
@@ -870,12 +897,19 @@ take_snapshot() {
 
 # --- finish -------------------------------------------------------------------
 
+# COMPRESSOR for the database file (BACKUP_COMPRESSION at its level), and
+# CONFIG_COMPRESSOR for the config archive, which stays .tar.gz (gzip at the
+# level, or at 6 when the database file is zstd's).
 setup_compressor() {
-  local level="${CONFIG[BACKUP_COMPRESSION_LEVEL]}"
-  if command -v pigz >/dev/null 2>&1; then
-    COMPRESSOR=(pigz -c -n "-${level}")
+  local level="${CONFIG[BACKUP_COMPRESSION_LEVEL]}" gzip_tool="gzip"
+  command -v pigz >/dev/null 2>&1 && gzip_tool="pigz"
+  if [[ "${CONFIG[BACKUP_COMPRESSION]}" == zstd ]]; then
+    command -v zstd >/dev/null 2>&1 || die "${EXIT_BACKUP}" "BACKUP_COMPRESSION=zstd but zstd is not installed"
+    COMPRESSOR=(zstd -q -c -T0 "-${level}")
+    CONFIG_COMPRESSOR=("${gzip_tool}" -c -n -6)
   else
-    COMPRESSOR=(gzip -c -n "-${level}")
+    COMPRESSOR=("${gzip_tool}" -c -n "-${level}")
+    CONFIG_COMPRESSOR=("${COMPRESSOR[@]}")
   fi
 }
 
@@ -905,12 +939,17 @@ collect_config_paths() {
 }
 
 # Compress staging file $1 to $2, testing the compressed stream while it is
-# written (tee into gzip -t) rather than in a second pass over the file. With
-# $3, gzip -dc does the test and the stream's last 200 bytes go to file $3.
+# written (tee into gzip -t / zstd -t) rather than in a second pass over the
+# file. With $3, gzip -dc / zstd -dc does the test and the stream's last 200
+# bytes go to file $3.
 compress_to() {
   local source="$1" target="$2" tail_file="${3:-/dev/null}"
   local -a check=(gzip -t)
   [[ "${tail_file}" == /dev/null ]] || check=(gzip -dc)
+  if [[ "${COMPRESSOR[0]}" == zstd ]]; then
+    check=(zstd -q -t)
+    [[ "${tail_file}" == /dev/null ]] || check=(zstd -q -d -c)
+  fi
   "${COMPRESSOR[@]}" <"${source}" | tee -- "${target}" | "${check[@]}" | tail -c 200 >"${tail_file}" \
     && return 0
   local -a statuses=("${PIPESTATUS[@]}")
@@ -918,7 +957,7 @@ compress_to() {
     die "${EXIT_BACKUP}" "compressing ${source##*/} failed"
   fi
   if ((statuses[2] != 0)); then
-    die "${EXIT_VERIFY}" "${target##*/} fails gzip -t"
+    die "${EXIT_VERIFY}" "${target##*/} fails ${check[0]} -t"
   fi
   die "${EXIT_BACKUP}" "writing ${target##*/} failed (tee/tail exit ${statuses[1]}/${statuses[3]}; see above)"
 }
@@ -937,7 +976,7 @@ finish_set() {
   db_type="$(sed -n 's/^db_type=//p' "${dir}/meta.partial")"
   local out="${dir}/out" db_name config_name="config/config_${ts}.tar.gz"
   local meta_name="manifests/set_${ts}.meta" sums_name="manifests/set_${ts}.sha256"
-  db_name="$(db_file_name "${db_type}" "${ts}")" || die "${EXIT_INTERNAL}" "unknown db_type in ${dir}/meta.partial"
+  db_name="$(db_file_name "${db_type}" "${ts}" "${CONFIG[BACKUP_COMPRESSION]}")" || die "${EXIT_INTERNAL}" "unknown db_type in ${dir}/meta.partial"
   rm -rf -- "${out}"
   FAILURE_DIRS+=("${out}")
   mkdir -p -- "${out}/mysql" "${out}/sqlite" "${out}/config" "${out}/manifests" \
@@ -975,7 +1014,7 @@ finish_set() {
   collect_config_paths "${dir}/paths.list"
   if ! tar --create --file=- --directory=/ --exclude-tag-all="${ROOT_TAG}" \
     --null --verbatim-files-from --files-from="${dir}/paths.list" \
-    | "${COMPRESSOR[@]}" >"${out}/${config_name}"; then
+    | "${CONFIG_COMPRESSOR[@]}" >"${out}/${config_name}"; then
     die "${EXIT_BACKUP}" "archiving config files failed (tar/compressor exit ${PIPESTATUS[*]}; see above)"
   fi
   if ! gzip -t -- "${out}/${config_name}" || ! tar --list --gzip --file="${out}/${config_name}" >"${dir}/config.list"; then
@@ -1073,7 +1112,7 @@ verify_set() {
   local ts="$1" sums="manifests/set_$1.sha256" line number=0 relative
   local -a payload=()
   local -A kinds=()
-  local line_regex="^[0-9a-f]{64}  (mysql/mysql_${ts}[.]sql[.]gz|sqlite/sqlite_${ts}[.]db[.]gz"
+  local line_regex="^[0-9a-f]{64}  (mysql/mysql_${ts}[.]sql[.](gz|zst)|sqlite/sqlite_${ts}[.]db[.](gz|zst)"
   line_regex+="|config/config_${ts}[.]tar[.]gz|manifests/set_${ts}[.]meta)$"
   while IFS= read -r line || [[ -n "${line}" ]]; do
     number=$((number + 1))
@@ -1097,12 +1136,15 @@ verify_set() {
       *.gz)
         gzip -t -- "${ROOT_DIR}/${relative}" || die "${EXIT_VERIFY}" "${relative} fails gzip -t"
         ;;&
+      *.zst)
+        zstd -q -t -- "${ROOT_DIR}/${relative}" || die "${EXIT_VERIFY}" "${relative} fails zstd -t"
+        ;;&
       *.tar.gz)
         tar --list --gzip --file="${ROOT_DIR}/${relative}" >/dev/null \
           || die "${EXIT_VERIFY}" "${relative} is not a readable tar archive"
         ;;
-      *.sql.gz)
-        if ! tail_bytes="$(gzip -dc -- "${ROOT_DIR}/${relative}" | tail -c 200)" || ! check_dump_marker "${tail_bytes}"; then
+      *.sql.gz | *.sql.zst)
+        if ! tail_bytes="$(decompress "${ROOT_DIR}/${relative}" | tail -c 200)" || ! check_dump_marker "${tail_bytes}"; then
           die "${EXIT_VERIFY}" "${relative} does not end with '${DUMP_MARKER}'"
         fi
         ;;
@@ -1125,7 +1167,7 @@ restore_sqlite() {
   local temporary="${target_dir}/.${base}.restore-${ts}.tmp"
   CLEANUP_FILES+=("${temporary}")
   log "restoring SQLite ${target} from ${file}"
-  gzip -dc -- "${ROOT_DIR}/${file}" >"${temporary}" || die "${EXIT_BACKUP}" "cannot write ${temporary}"
+  decompress "${ROOT_DIR}/${file}" >"${temporary}" || die "${EXIT_BACKUP}" "cannot write ${temporary}"
   local result
   result="$(sqlite3 -bail -readonly "${temporary}" 'PRAGMA integrity_check;' 2>&1 | head -n 5)" || true
   if [[ "${result}" != "ok" ]]; then
@@ -1168,8 +1210,8 @@ restore_mysql() {
     die "${EXIT_BACKUP}" "cannot connect to ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} (see the client's error above)"
   fi
   log "restoring MySQL database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} from ${file}"
-  if ! gzip -dc -- "${ROOT_DIR}/${file}" | "${MYSQL_CLIENT[@]}" --batch; then
-    die "${EXIT_BACKUP}" "loading the dump failed (gzip/mariadb exit ${PIPESTATUS[*]}; see above)"
+  if ! decompress "${ROOT_DIR}/${file}" | "${MYSQL_CLIENT[@]}" --batch; then
+    die "${EXIT_BACKUP}" "loading the dump failed (decompress/mariadb exit ${PIPESTATUS[*]}; see above)"
   fi
   local counts_file="${STAGING_DIR}/restore-rows.$$"
   CLEANUP_FILES+=("${counts_file}")
@@ -1320,11 +1362,16 @@ cmd_restore() {
   verify_set "${ts}"
   ON_ERROR_EXIT="${EXIT_BACKUP}"
   local meta="${ROOT_DIR}/manifests/set_${ts}.meta" db_file config_file="config/config_${ts}.tar.gz"
-  db_file="$(db_file_name "${CONFIG[DB_TYPE]}" "${ts}")"
   if [[ "${only}" != config ]]; then
-    local relative found="no"
-    for relative in "${VERIFIED_FILES[@]}"; do
-      [[ "${relative}" == "${db_file}" ]] && found="yes"
+    # The set's database file, whichever its compression (verify_set allows one).
+    local relative found="no" compression
+    for compression in gzip zstd; do
+      for relative in "${VERIFIED_FILES[@]}"; do
+        if [[ "${relative}" == "$(db_file_name "${CONFIG[DB_TYPE]}" "${ts}" "${compression}")" ]]; then
+          found="yes"
+          db_file="${relative}"
+        fi
+      done
     done
     if [[ "${found}" != "yes" ]]; then
       die "${EXIT_REFUSED}" "set ${ts} has no ${CONFIG[DB_TYPE]} backup (DB_TYPE=${CONFIG[DB_TYPE]} in ${CONFIG_PATH})"

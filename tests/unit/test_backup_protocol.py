@@ -1,11 +1,15 @@
-"""One owner per fact: the line `backup.sh snapshot` prints once its snapshot is open."""
+"""One owner per fact: backup.sh against the Python side (the snapshot-open line,
+the compressions and their levels)."""
 
 from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
+import pytest
 from tracker_deployer import paths
+from tracker_deployer.config.model import COMPRESSIONS
 from tracker_deployer.render import render
 
 from tests.helpers import REPO_ROOT, parse, sample_data
@@ -27,3 +31,34 @@ def test_backup_sh_prints_the_open_line_the_maintenance_script_waits_for() -> No
     script = render(parse(sample_data("manual-test-mysql"))).text(str(paths.MAINTENANCE_SCRIPT))
     [value] = re.findall(r"^readonly SNAPSHOT_OPEN_LINE=(.*)$", script, flags=re.MULTILINE)
     assert value.strip("'") == paths.SNAPSHOT_OPEN_LINE
+
+
+def _validated_level(tmp_path: Path, settings: str) -> subprocess.CompletedProcess[str]:
+    conf = tmp_path / "backup.conf"
+    conf.write_text(f"DB_TYPE=sqlite\nDB_PATH=/x\n{settings}")
+    script = (
+        f"source {REPO_ROOT / 'docker/backup/backup.sh'}; CONFIG_PATH={conf}; "
+        f'load_config {conf}; validate_config restore; printf %s "${{CONFIG[BACKUP_COMPRESSION_LEVEL]}}"'
+    )
+    return subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=False, timeout=30
+    )
+
+
+@pytest.mark.parametrize("name", list(COMPRESSIONS))
+def test_backup_sh_takes_the_compressions_and_levels_of_the_config_model(
+    tmp_path: Path, name: str
+) -> None:
+    lowest, highest, default = COMPRESSIONS[name]
+    assert _validated_level(tmp_path, f"BACKUP_COMPRESSION={name}\n").stdout == str(default)
+    for level in (lowest, highest):
+        result = _validated_level(
+            tmp_path, f"BACKUP_COMPRESSION={name}\nBACKUP_COMPRESSION_LEVEL={level}\n"
+        )
+        assert result.stdout == str(level), result.stderr
+    for level in (lowest - 1, highest + 1):
+        result = _validated_level(
+            tmp_path, f"BACKUP_COMPRESSION={name}\nBACKUP_COMPRESSION_LEVEL={level}\n"
+        )
+        assert result.returncode == 2
+        assert f"BACKUP_COMPRESSION_LEVEL must be {lowest}-{highest} for {name}" in result.stderr

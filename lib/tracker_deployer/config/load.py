@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tracker_deployer.config.model import (
-    DEFAULT_COMPRESSION_LEVEL,
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
     DEFAULT_DOWNTIME_BUDGET_SECONDS,
     DEFAULT_DRILL_SCHEDULE,
     DEFAULT_IMAGES,
@@ -710,6 +711,7 @@ class _Reader:
             optional=(
                 "schedule",
                 "retention_days",
+                "compression",
                 "compression_level",
                 "max_downtime_seconds",
                 "mailto",
@@ -729,13 +731,25 @@ class _Reader:
             MAX_RETENTION_DAYS,
             f"keep backups for at least 1 day, e.g. {DEFAULT_RETENTION_DAYS}",
         )
+        compression = self.str_(section, "compression", path)
+        if compression is not None and compression not in COMPRESSIONS:
+            self.error(
+                _join(path, "compression"),
+                f"{_show(compression)} is not a compression this deployer knows",
+                f"use one of {', '.join(repr(name) for name in COMPRESSIONS)}; "
+                f"default {DEFAULT_COMPRESSION!r}",
+            )
+            compression = None
+        algorithm = compression or DEFAULT_COMPRESSION
+        lowest, highest, default_level = COMPRESSIONS[algorithm]
         level = self.int_(
             section,
             "compression_level",
             path,
-            1,
-            9,
-            f"gzip levels run from 1 (fastest) to 9 (smallest); default {DEFAULT_COMPRESSION_LEVEL}",
+            lowest,
+            highest,
+            f"{algorithm} levels run from {lowest} (fastest) to {highest} (smallest); "
+            f"default {default_level}",
         )
         downtime = self.int_(
             section,
@@ -764,6 +778,7 @@ class _Reader:
             for key, parsed in (
                 ("schedule", schedule),
                 ("retention_days", retention),
+                ("compression", compression),
                 ("compression_level", level),
                 ("max_downtime_seconds", downtime),
                 ("mailto", mailto),
@@ -778,7 +793,8 @@ class _Reader:
         return BackupConfig(
             schedule=schedule or CronSchedule(DEFAULT_SCHEDULE),
             retention_days=retention if retention is not None else DEFAULT_RETENTION_DAYS,
-            compression_level=level if level is not None else DEFAULT_COMPRESSION_LEVEL,
+            compression=algorithm,
+            compression_level=level if level is not None else default_level,
             max_downtime_seconds=(
                 downtime if downtime is not None else DEFAULT_MAX_DOWNTIME_SECONDS
             ),

@@ -187,6 +187,7 @@ def backup_settings(env: Env) -> list[tuple[str, str]]:
         ("BACKUP_MODE", "single"),
         ("BACKUP_RETENTION_DAYS", str(env.backup.retention_days)),
         ("BACKUP_PATHS_FILE", str(paths.BACKUP_PATHS_IN_BACKUP)),
+        ("BACKUP_COMPRESSION", env.backup.compression),
         ("BACKUP_COMPRESSION_LEVEL", str(env.backup.compression_level)),
     ]
     database = env.database
