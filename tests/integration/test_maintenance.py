@@ -190,6 +190,16 @@ def test_mysql_tracker_runs_again_while_the_dump_goes_on(tmp_path: Path) -> None
         running = text.index("tracker running again after")
         dumped = text.index("backup.sh: dump complete")
         assert opened < running < dumped, text
+        # the downtime, step by step (issue 15.4): the parts add up to the whole
+        breakdown = re.search(
+            r"downtime breakdown: (\d+\.\d{3}) s = compose stop (\d+\.\d{3}) s \+ backup container "
+            r"until the snapshot was open (\d+\.\d{3}) s \+ compose start (\d+\.\d{3}) s",
+            text,
+        )
+        assert breakdown is not None, text
+        total, *parts = (float(value) for value in breakdown.groups())
+        assert abs(total - sum(parts)) <= 0.002
+        assert all(part > 0 for part in parts)
         [set_id] = stack.sets()
         assert stack.meta(set_id)["rows.bulk"] == "1500000"
         assert "tracker" in stack.running_services()

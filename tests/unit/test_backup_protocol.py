@@ -62,3 +62,8 @@ def test_backup_sh_takes_the_compressions_and_levels_of_the_config_model(
         )
         assert result.returncode == 2
         assert f"BACKUP_COMPRESSION_LEVEL must be {lowest}-{highest} for {name}" in result.stderr
+
+
+def test_the_bench_waits_for_the_same_open_line() -> None:
+    text = (REPO_ROOT / "bench/trackerbench/scenarios.py").read_text()
+    assert f'OPEN_LINE = "{paths.SNAPSHOT_OPEN_LINE}"' in text

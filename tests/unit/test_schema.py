@@ -145,13 +145,16 @@ def test_defaults_are_the_models() -> None:
     assert backup["compression"]["default"] == DEFAULT_COMPRESSION
     assert backup["compression"]["enum"] == list(COMPRESSIONS)
     # the level's range and default depend on the compression: the description says which
-    assert backup["compression_level"]["maximum"] == max(high for _, high, _ in COMPRESSIONS.values())
+    assert backup["compression_level"]["maximum"] == max(
+        high for _, high, _ in COMPRESSIONS.values()
+    )
     for name, (low, high, default) in COMPRESSIONS.items():
         assert f"{name} {low}" in backup["compression_level"]["description"]
         assert f"to {high}" in backup["compression_level"]["description"]
         assert f"default {default}" in backup["compression_level"]["description"]
-    assert SCHEMA["properties"]["backup"]["then"]["properties"]["compression_level"]["maximum"] == (
-        COMPRESSIONS["gzip"][1]
+    assert (
+        SCHEMA["properties"]["backup"]["then"]["properties"]["compression_level"]["maximum"]
+        == (COMPRESSIONS["gzip"][1])
     )
     assert backup["max_downtime_seconds"]["default"] == DEFAULT_MAX_DOWNTIME_SECONDS
     assert backup["max_downtime_seconds"]["maximum"] == MAX_MAX_DOWNTIME_SECONDS
