@@ -746,7 +746,10 @@ dump_until_snapshot_open() {
   local dir="$1" line started="no"
   shift
   mkfifo -m 0600 -- "${dir}/dump.err" || die "${EXIT_BACKUP}" "cannot create a FIFO in ${dir}"
-  "${MYSQL_DUMP[@]}" "$@" "${CONFIG[DB_NAME]}" >"${dir}/dump.sql" 2>"${dir}/dump.err" &
+  # Without the session's FIFOs: the session must see EOF (and end its
+  # transaction) when session_close closes them, not when the dump ends.
+  "${MYSQL_DUMP[@]}" "$@" "${CONFIG[DB_NAME]}" >"${dir}/dump.sql" 2>"${dir}/dump.err" \
+    {SESSION_IN_FD}>&- {SESSION_OUT_FD}<&- &
   DUMP_PID=$!
   BACKGROUND_PIDS+=("${DUMP_PID}")
   exec {DUMP_ERR_FD}<"${dir}/dump.err"

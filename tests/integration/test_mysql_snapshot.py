@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -291,3 +292,37 @@ def test_a_tracker_started_before_the_snapshot_breaks_the_set(database: Database
     # the row counts (one view) and the dump (another, opened later) disagree
     assert restore.returncode == 4, restore.stderr
     assert "row count mismatch in torrents" in restore.stderr
+
+
+def test_the_row_count_session_ends_with_its_counts_not_with_the_dump(database: Database) -> None:
+    """Its transaction (and the metadata locks of every table it counted) must not last
+    as long as the dump: the dump must not hold the session's FIFO open."""
+    real_dump = shutil.which("mariadb-dump", path=os.environ["PATH"])
+    assert real_dump is not None
+    done = database.bin_dir / "dump-done"
+    (database.bin_dir / "mariadb-dump").write_text(
+        f'#!/bin/sh\n{real_dump} "$@"\nrc=$?\n: >{done}\nsleep 5\nexit $rc\n'
+    )
+    with subprocess.Popen(
+        ["bash", str(BACKUP_SH), "snapshot"],
+        env=database.environ(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as process:
+        deadline = time.monotonic() + 60
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert done.exists()
+        connections = "1"
+        while time.monotonic() < deadline and process.poll() is None:
+            connections = admin(
+                "SELECT COUNT(*) FROM information_schema.processlist"
+                f" WHERE user = '{database.user}'"
+            ).strip()
+            if connections == "0":
+                break
+            time.sleep(0.05)
+        # the dump has ended, its wrapper still runs: no session of the backup is left
+        assert process.poll() is None
+        assert connections == "0", connections
+        assert process.wait(timeout=60) == 0
