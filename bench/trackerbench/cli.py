@@ -109,12 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat", type=int, default=3, help="runs per method and size; medians (default 3)"
     )
     parser.add_argument(
+        "--compression",
+        choices=("gzip", "zstd"),
+        default="gzip",
+        help="BACKUP_COMPRESSION of ours (default gzip, through pigz)",
+    )
+    parser.add_argument(
         "--compression-level",
         type=int,
-        choices=range(1, 10),
-        default=6,
-        metavar="1-9",
-        help="BACKUP_COMPRESSION_LEVEL of ours (default 6); the baseline always uses gzip -6",
+        choices=range(1, 20),
+        metavar="1-19",
+        help="BACKUP_COMPRESSION_LEVEL of ours (gzip 1-9, default 6; zstd 1-19, default 3); "
+        "the baseline always uses gzip -6",
     )
     parser.add_argument(
         "--cache-dir",
@@ -247,6 +253,7 @@ def bench_sqlite(
             "BACKUP_MODE": "single",
             "BACKUP_RETENTION_DAYS": "7",
             "BACKUP_PATHS_FILE": str(work / "config" / "backup-paths.txt"),
+            "BACKUP_COMPRESSION": args.compression,
             "BACKUP_COMPRESSION_LEVEL": str(args.compression_level),
             "DB_TYPE": "sqlite",
             "DB_PATH": str(database),
@@ -300,6 +307,7 @@ def bench_mysql(
             "BACKUP_MODE": "single",
             "BACKUP_RETENTION_DAYS": "7",
             "BACKUP_PATHS_FILE": str(work / "config" / "backup-paths.txt"),
+            "BACKUP_COMPRESSION": args.compression,
             "BACKUP_COMPRESSION_LEVEL": str(args.compression_level),
             "DB_TYPE": "mysql",
             "DB_HOST": account.host,
@@ -409,6 +417,7 @@ def _metadata(
             "sizes": list(sizes),
             "engines": args.engines,
             "repeat": args.repeat,
+            "compression": args.compression,
             "compression_level": args.compression_level,
             "baseline_compression_level": BASELINE_LEVEL,
             "cache": "warm page cache for every method (nothing is dropped)",
@@ -442,6 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--quick and --sizes exclude each other")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    default_level, highest = {"gzip": (6, 9), "zstd": (3, 19)}[args.compression]
+    if args.compression_level is None:
+        args.compression_level = default_level
+    if args.compression_level > highest:
+        parser.error(f"--compression-level runs from 1 to {highest} for {args.compression}")
     sizes: list[int] = args.sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
     if not args.backup_sh.is_file():
         parser.error(f"--backup-sh {args.backup_sh} does not exist")

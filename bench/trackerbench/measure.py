@@ -41,6 +41,8 @@ class Sample:
     tree_rss_bytes: int
     process_rss_bytes: int
     stdout: str
+    # with run_measured(open_line=...): when that line appeared on stdout
+    open_seconds: float | None = None
 
     @property
     def peak_rss_bytes(self) -> int:
@@ -131,28 +133,47 @@ def run_measured(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     interval: float = 0.01,
+    open_line: str | None = None,
 ) -> Sample:
-    """Run `argv` in its own session; raise CommandFailedError on a non-zero exit."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Run `argv` in its own session; raise CommandFailedError on a non-zero exit.
+
+    With `open_line`, stdout is read as it comes and the time of the first line
+    equal to it is kept (`backup.sh snapshot`'s "snapshot-open": the window)."""
+    lines: list[str] = []
+    opened: list[float] = []
+    with tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
-            stdout=out,
+            stdout=subprocess.PIPE,
             stderr=err,
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
         )
+        assert process.stdout is not None
+        stream = process.stdout
+
+        def read_stdout() -> None:
+            for raw in stream:
+                line = raw.decode(errors="replace")
+                if open_line is not None and not opened and line.rstrip("\n") == open_line:
+                    opened.append(time.perf_counter() - started)
+                lines.append(line)
+
+        reader = threading.Thread(target=read_stdout, daemon=True)
+        reader.start()
         sampler = _TreeSampler(process.pid, interval)
         sampler.start()
         _, status = os.waitpid(process.pid, 0)
         seconds = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         sampler.stop()
-        out.seek(0)
+        reader.join(timeout=60)
+        stream.close()
         err.seek(0)
-        stdout = out.read().decode(errors="replace")
+        stdout = "".join(lines)
         stderr = err.read().decode(errors="replace")
     if process.returncode != 0:
         raise CommandFailedError(argv, process.returncode, stderr)
@@ -161,6 +182,7 @@ def run_measured(
         tree_rss_bytes=sampler.tree_peak,
         process_rss_bytes=sampler.process_peak,
         stdout=stdout,
+        open_seconds=opened[0] if opened else None,
     )
 
 

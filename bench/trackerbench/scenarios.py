@@ -1,7 +1,8 @@
 """The three ways of backing up that the benchmark compares.
 
-- **ours**: `backup.sh snapshot` (the maintenance window: the tracker is
-  stopped) followed by `backup.sh finish TS` (the tracker runs again), run on
+- **ours**: `backup.sh snapshot` (the maintenance window, while the tracker is
+  stopped, ends when it prints "snapshot-open": for MySQL the dump goes on
+  after that) followed by `backup.sh finish TS` (the tracker runs again), run on
   the host with CONFIG_FILE/BACKUP_ROOT pointing at a temporary directory, as
   the bats tests do.
 - **baseline**: `bench/baseline.sh`, the naive backup that keeps the tracker
@@ -26,6 +27,8 @@ from trackerbench.measure import Sample, run_measured
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 BASELINE_SH = BENCH_DIR / "baseline.sh"
+# = tracker_deployer.paths.SNAPSHOT_OPEN_LINE (the bench runs without the package)
+OPEN_LINE = "snapshot-open"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +90,9 @@ def make_config_tree(root: Path) -> Path:
 def run_ours(backup_sh: Path, config_file: Path, backup_root: Path) -> Run:
     """`backup.sh snapshot` (the window), then `backup.sh finish TS`."""
     env = {**os.environ, "CONFIG_FILE": str(config_file), "BACKUP_ROOT": str(backup_root)}
-    snapshot = run_measured(["bash", str(backup_sh), "snapshot"], env=env)
+    snapshot = run_measured(["bash", str(backup_sh), "snapshot"], env=env, open_line=OPEN_LINE)
+    if snapshot.open_seconds is None:
+        raise RuntimeError(f"backup.sh snapshot never printed {OPEN_LINE!r}")
     lines = snapshot.stdout.strip().splitlines()
     if not lines:
         raise RuntimeError("backup.sh snapshot printed no set TS")
@@ -102,12 +107,13 @@ def run_ours(backup_sh: Path, config_file: Path, backup_root: Path) -> Run:
     if not (backup_root / "manifests" / f"set_{ts}.sha256").is_file():
         raise RuntimeError(f"backup.sh finish {ts} left no manifest: the set is incomplete")
     outputs = [
-        backup_root / "sqlite" / f"sqlite_{ts}.db.gz",
-        backup_root / "mysql" / f"mysql_{ts}.sql.gz",
+        backup_root / kind / f"{kind}_{ts}.{ext}.{suffix}"
+        for kind, ext in (("sqlite", "db"), ("mysql", "sql"))
+        for suffix in ("gz", "zst")
     ]
     output_bytes = sum(path.stat().st_size for path in outputs if path.is_file())
     return Run(
-        window_seconds=snapshot.seconds,
+        window_seconds=snapshot.open_seconds,
         total_seconds=snapshot.seconds + finish.seconds,
         peak_rss_bytes=max(snapshot.peak_rss_bytes, finish.peak_rss_bytes),
         output_bytes=output_bytes,

@@ -9,7 +9,8 @@
 # in `backup.sh --help`.
 #
 # Runs in the backup container and directly on a host (tests): CONFIG_FILE and
-# BACKUP_ROOT override the container paths. Needs bash, coreutils, gzip (pigz
+# BACKUP_ROOT override the container paths. Needs bash, coreutils, zstd (for
+# BACKUP_COMPRESSION=zstd), gzip (pigz
 # is used when present), tar, flock, sqlite3 and/or the mariadb client.
 
 set -o errexit -o nounset -o pipefail -o errtrace
@@ -31,8 +32,11 @@ readonly DEFAULT_BACKUP_ROOT="/backups"
 # holds storage/backup): backups must never archive backups.
 readonly ROOT_TAG=".tracker-backup-root"
 readonly DUMP_MARKER="-- Dump completed"
+# `snapshot` prints this line on stdout once the consistent view of the database
+# exists; the maintenance script starts the tracker again when it reads it.
+readonly SNAPSHOT_OPEN_LINE="snapshot-open"
 readonly -a KNOWN_KEYS=(
-  BACKUP_MODE BACKUP_RETENTION_DAYS BACKUP_PATHS_FILE BACKUP_COMPRESSION_LEVEL
+  BACKUP_MODE BACKUP_RETENTION_DAYS BACKUP_PATHS_FILE BACKUP_COMPRESSION BACKUP_COMPRESSION_LEVEL
   DB_TYPE DB_HOST DB_PORT DB_USER DB_PASSWORD DB_NAME DB_PATH
 )
 
@@ -47,7 +51,8 @@ declare -ga ROLLBACK_FILES=()  # final-named files of this run, removed on failu
 declare -ga FAILURE_DIRS=()    # staging directories removed on failure
 declare -ga MYSQL_CLIENT=()    # mariadb client + option file + database
 declare -ga MYSQL_DUMP=()      # mariadb-dump + option file
-declare -ga COMPRESSOR=()      # pigz/gzip with level, stdin -> stdout
+declare -ga COMPRESSOR=()      # the database file's: pigz/gzip or zstd with level, stdin -> stdout
+declare -ga CONFIG_COMPRESSOR=()  # the config archive's: always pigz/gzip (.tar.gz)
 SET_TS=""                      # set chosen by new_set_ts / resolve_set
 CONFIG_PATH=""                 # CONFIG_FILE
 declare -ga VERIFIED_FILES=()  # payload of the set verify_set checked
@@ -94,6 +99,13 @@ on_exit() {
       rm -rf -- "${FAILURE_DIRS[index]}"
     done
   fi
+  if ((rc != 0)); then
+    # The row-count session and the dump of a failed snapshot (none on success:
+    # they have been waited for).
+    for index in "${!BACKGROUND_PIDS[@]}"; do
+      kill -- "${BACKGROUND_PIDS[index]}" 2>/dev/null
+    done
+  fi
   for index in "${!CLEANUP_FILES[@]}"; do
     rm -f -- "${CLEANUP_FILES[index]}"
   done
@@ -110,12 +122,14 @@ Usage: backup.sh [COMMAND]
 Commands:
   run [--no-prune]           snapshot + finish (the default)
   snapshot                   consistent database snapshot into BACKUP_ROOT/.staging;
-                             prints the set's TS as the last line of stdout
+                             prints "snapshot-open" once the consistent view exists
+                             (MySQL: the dump goes on after it) and the set's TS as
+                             the last line of stdout
   finish TS [--no-prune]     check, compress, archive config, checksum, rename,
                              then apply retention (--no-prune: delete nothing;
                              the safety backup before a restore uses it)
   list                       one line per set: TS, state (complete|incomplete), files
-  verify [TS|latest]         check a set's checksums and gzip/tar integrity
+  verify [TS|latest]         check a set's checksums and gzip/zstd/tar integrity
   restore [TS|latest] --yes [--only db|config]
                              restore a verified set (database and/or config files)
 
@@ -326,10 +340,24 @@ validate_config() {
   if [[ ! "${CONFIG[BACKUP_RETENTION_DAYS]}" =~ ^[1-9][0-9]{0,4}$ ]]; then
     die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_RETENTION_DAYS must be an integer >= 1"
   fi
-  CONFIG[BACKUP_COMPRESSION_LEVEL]="$(config_get BACKUP_COMPRESSION_LEVEL 6)"
-  if [[ ! "${CONFIG[BACKUP_COMPRESSION_LEVEL]}" =~ ^[1-9]$ ]]; then
-    die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_COMPRESSION_LEVEL must be 1-9"
-  fi
+  CONFIG[BACKUP_COMPRESSION]="$(config_get BACKUP_COMPRESSION gzip)"
+  case "${CONFIG[BACKUP_COMPRESSION]}" in
+    gzip)
+      CONFIG[BACKUP_COMPRESSION_LEVEL]="$(config_get BACKUP_COMPRESSION_LEVEL 6)"
+      if [[ ! "${CONFIG[BACKUP_COMPRESSION_LEVEL]}" =~ ^[1-9]$ ]]; then
+        die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_COMPRESSION_LEVEL must be 1-9 for gzip"
+      fi
+      ;;
+    zstd)
+      CONFIG[BACKUP_COMPRESSION_LEVEL]="$(config_get BACKUP_COMPRESSION_LEVEL 3)"
+      if [[ ! "${CONFIG[BACKUP_COMPRESSION_LEVEL]}" =~ ^([1-9]|1[0-9])$ ]]; then
+        die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_COMPRESSION_LEVEL must be 1-19 for zstd"
+      fi
+      ;;
+    *)
+      die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_COMPRESSION must be 'gzip' or 'zstd'"
+      ;;
+  esac
   case "${CONFIG[DB_TYPE]:-}" in
     mysql)
       require_key DB_HOST
@@ -391,21 +419,31 @@ acquire_lock() {
   fi
 }
 
-# Final names of a set's files, relative to BACKUP_ROOT.
+# Final name of a set's database file, relative to BACKUP_ROOT: TYPE TS
+# [COMPRESSION] (gzip, the default: .gz; zstd: .zst).
 db_file_name() {
-  local db_type="$1" ts="$2"
+  local db_type="$1" ts="$2" suffix="gz"
+  [[ "${3:-gzip}" == gzip ]] || suffix="zst"
   case "${db_type}" in
-    mysql) printf 'mysql/mysql_%s.sql.gz' "${ts}" ;;
-    sqlite) printf 'sqlite/sqlite_%s.db.gz' "${ts}" ;;
+    mysql) printf 'mysql/mysql_%s.sql.%s' "${ts}" "${suffix}" ;;
+    sqlite) printf 'sqlite/sqlite_%s.db.%s' "${ts}" "${suffix}" ;;
     *) return 1 ;;
+  esac
+}
+
+# decompress FILE: its content on stdout, by its suffix (.zst: zstd, else gzip).
+decompress() {
+  case "$1" in
+    *.zst) zstd -q -d -c -- "$1" ;;
+    *) gzip -d -c -- "$1" ;;
   esac
 }
 
 # Every final-named file of set $1 that exists (relative paths, one per line).
 set_files() {
   local ts="$1" relative
-  for relative in "mysql/mysql_${ts}.sql.gz" "sqlite/sqlite_${ts}.db.gz" \
-    "config/config_${ts}.tar.gz" "manifests/set_${ts}.meta" "manifests/set_${ts}.sha256"; do
+  for relative in "mysql/mysql_${ts}.sql.gz" "mysql/mysql_${ts}.sql.zst" \
+    "sqlite/sqlite_${ts}.db.gz" "sqlite/sqlite_${ts}.db.zst" "config/config_${ts}.tar.gz" "manifests/set_${ts}.meta" "manifests/set_${ts}.sha256"; do
     if [[ -f "${ROOT_DIR}/${relative}" ]]; then
       printf '%s\n' "${relative}"
     fi
@@ -418,6 +456,7 @@ all_set_timestamps() {
   local path name
   local -A seen=()
   for path in "${ROOT_DIR}"/mysql/mysql_*.sql.gz "${ROOT_DIR}"/sqlite/sqlite_*.db.gz \
+    "${ROOT_DIR}"/mysql/mysql_*.sql.zst "${ROOT_DIR}"/sqlite/sqlite_*.db.zst \
     "${ROOT_DIR}"/config/config_*.tar.gz "${ROOT_DIR}"/manifests/set_*.meta \
     "${ROOT_DIR}"/manifests/set_*.sha256; do
     [[ -f "${path}" ]] || continue
@@ -615,24 +654,174 @@ check_dump_marker() {
 
 # --- snapshot -----------------------------------------------------------------
 
-snapshot_mysql() {
+# --- the MySQL snapshot ---------------------------------------------------------
+#
+# The tracker is stopped only until a consistent view of the database exists,
+# not for the whole dump (the maintenance script starts it again when `snapshot`
+# prints SNAPSHOT_OPEN_LINE). Two InnoDB read views are opened, both while the
+# tracker is stopped, so both see the same committed state:
+#   1. the row-count session: one mariadb client whose START TRANSACTION WITH
+#      CONSISTENT SNAPSHOT has returned (its SELECT of a sync token is answered
+#      only after that statement succeeded; --unbuffered hands the answer over
+#      at once);
+#   2. the dump: mariadb-dump --single-transaction --verbose. Its main() runs
+#      START TRANSACTION WITH CONSISTENT SNAPSHOT (start_transaction(), after
+#      printing "-- Starting transaction...") and exits on failure; only then
+#      does it dump the database, whose first step prints "-- Setting
+#      savepoint..." (dump_all_tables_in_db(), for an empty database too). That
+#      line on its stderr is the signal that the dump's view exists. An error
+#      line starts with the program's name, never with "-- ".
+# Then SNAPSHOT_OPEN_LINE is printed; the counts run in view 1 and the dump goes
+# on in view 2 while the tracker writes again: neither sees those writes.
+# (Only InnoDB tables get a read view; the tracker's tables are InnoDB.)
+readonly DUMP_TRANSACTION_STARTING="-- Starting transaction..."
+readonly DUMP_SNAPSHOT_OPEN="-- Setting savepoint..."
+
+SESSION_IN_FD=""               # the row-count session's stdin (a FIFO)
+SESSION_OUT_FD=""              # its stdout (a FIFO)
+SESSION_TOKEN=""               # the line that ends each answer
+SESSION_PID=""                 # the session's client
+declare -ga BACKGROUND_PIDS=() # killed on exit: the session, the dump
+
+# Start the row-count session: a mariadb client that reads statements from a
+# FIFO in staging directory $1, one answer at a time (session_query).
+session_open() {
   local dir="$1"
-  setup_mysql "${dir}"
-  mysql_row_counts "${dir}/rows"
-  local -a options=(--single-transaction --quick --no-tablespaces --hex-blob --routines --triggers)
-  if "${MYSQL_CLIENT[@]}" --batch -e 'SHOW EVENTS' >/dev/null 2>&1; then
-    options+=(--events)
-  else
-    log "events are not dumped: ${CONFIG[DB_USER]} may not list them (no EVENT privilege)"
+  mkfifo -m 0600 -- "${dir}/session.in" "${dir}/session.out" \
+    || die "${EXIT_BACKUP}" "cannot create FIFOs in ${dir}"
+  "${MYSQL_CLIENT[@]}" --batch --skip-column-names --unbuffered \
+    <"${dir}/session.in" >"${dir}/session.out" &
+  SESSION_PID=$!
+  BACKGROUND_PIDS+=("${SESSION_PID}")
+  exec {SESSION_IN_FD}>"${dir}/session.in" {SESSION_OUT_FD}<"${dir}/session.out"
+  rm -f -- "${dir}/session.in" "${dir}/session.out"
+  SESSION_TOKEN="backup.sh-sync-$$-${SRANDOM}"
+}
+
+# session_query SQL OUT: run SQL in the session; its output lines go to file
+# OUT. Returns 1 when the session ended first (the client's error is on stderr).
+session_query() {
+  local sql="$1" out="$2" line
+  # A subshell: should the client be gone, SIGPIPE ends the subshell only.
+  (printf '%s\nSELECT '\''%s'\'';\n' "${sql}" "${SESSION_TOKEN}" >&"${SESSION_IN_FD}") 2>/dev/null || return 1
+  : >"${out}"
+  while IFS= read -r line <&"${SESSION_OUT_FD}"; do
+    [[ "${line}" != "${SESSION_TOKEN}" ]] || return 0
+    printf '%s\n' "${line}" >>"${out}"
+  done
+  return 1
+}
+
+# End the session (its transaction rolls back: it only read) and reap it.
+session_close() {
+  exec {SESSION_IN_FD}>&- {SESSION_OUT_FD}<&-
+  wait "${SESSION_PID}" || die "${EXIT_BACKUP}" "the row-count session failed (see the client's error above)"
+}
+
+# Row counts of every table listed in file $2, in the session's view, as
+# "table=count" lines in $1.
+session_row_counts() {
+  local out="$1" list="$2" table
+  local -a tables=()
+  mapfile -t tables <"${list}"
+  : >"${out}"
+  ((${#tables[@]} > 0)) || return 0
+  local sql=""
+  for table in "${tables[@]}"; do
+    # shellcheck disable=SC2016  # backticks quote a MySQL identifier
+    sql+="$(printf 'SELECT COUNT(*) FROM `%s`;' "${table//\`/\`\`}")"$'\n'
+  done
+  session_query "${sql}" "${out}.counts" || die "${EXIT_BACKUP}" "cannot count rows in ${CONFIG[DB_NAME]}"
+  pair_counts "${out}" "${out}" "${tables[@]}"
+  rm -f -- "${out}.counts"
+}
+
+# Start mariadb-dump (options $2...) into $1/dump.sql and return once its
+# consistent snapshot is open (DUMP_SNAPSHOT_OPEN on its stderr) or it has
+# ended successfully. Its other stderr lines (errors, warnings) are passed on;
+# its progress lines ("-- ...") are dropped. DUMP_PID is the dump.
+DUMP_PID=""
+DUMP_ERR_FD=""
+dump_until_snapshot_open() {
+  local dir="$1" line started="no"
+  shift
+  mkfifo -m 0600 -- "${dir}/dump.err" || die "${EXIT_BACKUP}" "cannot create a FIFO in ${dir}"
+  # Without the session's FIFOs: the session must see EOF (and end its
+  # transaction) when session_close closes them, not when the dump ends.
+  "${MYSQL_DUMP[@]}" "$@" "${CONFIG[DB_NAME]}" >"${dir}/dump.sql" 2>"${dir}/dump.err" \
+    {SESSION_IN_FD}>&- {SESSION_OUT_FD}<&- &
+  DUMP_PID=$!
+  BACKGROUND_PIDS+=("${DUMP_PID}")
+  exec {DUMP_ERR_FD}<"${dir}/dump.err"
+  rm -f -- "${dir}/dump.err"
+  while IFS= read -r line <&"${DUMP_ERR_FD}"; do
+    case "${line}" in
+      "${DUMP_TRANSACTION_STARTING}"*) started="yes" ;;
+      "${DUMP_SNAPSHOT_OPEN}"*)
+        if [[ "${started}" == yes ]]; then
+          return 0
+        fi
+        ;;
+      "-- "*) ;;
+      *) printf '%s\n' "${line}" >&2 ;;
+    esac
+  done
+  # The dump ended before the signal: fine only when it succeeded.
+  if ! wait "${DUMP_PID}"; then
+    die "${EXIT_BACKUP}" "mariadb-dump failed (see its error above)"
   fi
-  log "dumping MySQL database ${CONFIG[DB_NAME]} from ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]}"
-  if ! "${MYSQL_DUMP[@]}" "${options[@]}" "${CONFIG[DB_NAME]}" >"${dir}/dump.sql"; then
+  [[ "${started}" == yes ]] || die "${EXIT_BACKUP}" "mariadb-dump did not start its transaction (--single-transaction)"
+}
+
+# After dump_until_snapshot_open: pass the dump's remaining error lines on,
+# wait for it, and check that it is complete.
+dump_wait() {
+  local dir="$1" line
+  while IFS= read -r line <&"${DUMP_ERR_FD}"; do
+    [[ "${line}" == "-- "* ]] || printf '%s\n' "${line}" >&2
+  done
+  exec {DUMP_ERR_FD}<&-
+  if ! wait "${DUMP_PID}"; then
     die "${EXIT_BACKUP}" "mariadb-dump failed (see its error above)"
   fi
   local tail_bytes
   tail_bytes="$(tail -c 200 -- "${dir}/dump.sql")"
   if [[ ! -s "${dir}/dump.sql" ]] || ! check_dump_marker "${tail_bytes}"; then
     die "${EXIT_BACKUP}" "the dump is empty or lacks '${DUMP_MARKER}'"
+  fi
+}
+
+snapshot_mysql() {
+  local dir="$1"
+  setup_mysql "${dir}"
+  local -a options=(--single-transaction --quick --no-tablespaces --hex-blob --routines --triggers --verbose)
+  if "${MYSQL_CLIENT[@]}" --batch -e 'SHOW EVENTS' >/dev/null 2>&1; then
+    options+=(--events)
+  else
+    log "events are not dumped: ${CONFIG[DB_USER]} may not list them (no EVENT privilege)"
+  fi
+  session_open "${dir}"
+  if ! session_query "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; START TRANSACTION WITH CONSISTENT SNAPSHOT;" "${dir}/session.txt" \
+    || ! session_query "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name;" "${dir}/tables"; then
+    die "${EXIT_BACKUP}" "cannot query database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} as ${CONFIG[DB_USER]} (see the client's error above)"
+  fi
+  log "dumping MySQL database ${CONFIG[DB_NAME]} from ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]}"
+  dump_until_snapshot_open "${dir}" "${options[@]}"
+  snapshot_is_open
+  session_row_counts "${dir}/rows" "${dir}/tables"
+  session_close
+  rm -f -- "${dir}/tables" "${dir}/session.txt"
+  dump_wait "${dir}"
+  log "dump complete"
+}
+
+# The consistent view of the database exists: log it, and tell the maintenance
+# script (on stdout) when this is `backup.sh snapshot`.
+SNAPSHOT_SIGNAL="no"
+snapshot_is_open() {
+  log "consistent snapshot open"
+  if [[ "${SNAPSHOT_SIGNAL}" == yes ]]; then
+    printf '%s\n' "${SNAPSHOT_OPEN_LINE}"
   fi
 }
 
@@ -690,7 +879,10 @@ take_snapshot() {
   snapshot_started_at="$(utc_now)"
   case "${CONFIG[DB_TYPE]}" in
     mysql) snapshot_mysql "${dir}" ;;
-    sqlite) snapshot_sqlite "${dir}" ;;
+    sqlite)
+      snapshot_sqlite "${dir}"
+      snapshot_is_open
+      ;;
   esac
   {
     printf 'set=%s\n' "${ts}"
@@ -708,12 +900,19 @@ take_snapshot() {
 
 # --- finish -------------------------------------------------------------------
 
+# COMPRESSOR for the database file (BACKUP_COMPRESSION at its level), and
+# CONFIG_COMPRESSOR for the config archive, which stays .tar.gz (gzip at the
+# level, or at 6 when the database file is zstd's).
 setup_compressor() {
-  local level="${CONFIG[BACKUP_COMPRESSION_LEVEL]}"
-  if command -v pigz >/dev/null 2>&1; then
-    COMPRESSOR=(pigz -c -n "-${level}")
+  local level="${CONFIG[BACKUP_COMPRESSION_LEVEL]}" gzip_tool="gzip"
+  command -v pigz >/dev/null 2>&1 && gzip_tool="pigz"
+  if [[ "${CONFIG[BACKUP_COMPRESSION]}" == zstd ]]; then
+    command -v zstd >/dev/null 2>&1 || die "${EXIT_BACKUP}" "BACKUP_COMPRESSION=zstd but zstd is not installed"
+    COMPRESSOR=(zstd -q -c -T0 "-${level}")
+    CONFIG_COMPRESSOR=("${gzip_tool}" -c -n -6)
   else
-    COMPRESSOR=(gzip -c -n "-${level}")
+    COMPRESSOR=("${gzip_tool}" -c -n "-${level}")
+    CONFIG_COMPRESSOR=("${COMPRESSOR[@]}")
   fi
 }
 
@@ -743,12 +942,17 @@ collect_config_paths() {
 }
 
 # Compress staging file $1 to $2, testing the compressed stream while it is
-# written (tee into gzip -t) rather than in a second pass over the file. With
-# $3, gzip -dc does the test and the stream's last 200 bytes go to file $3.
+# written (tee into gzip -t / zstd -t) rather than in a second pass over the
+# file. With $3, gzip -dc / zstd -dc does the test and the stream's last 200
+# bytes go to file $3.
 compress_to() {
   local source="$1" target="$2" tail_file="${3:-/dev/null}"
   local -a check=(gzip -t)
   [[ "${tail_file}" == /dev/null ]] || check=(gzip -dc)
+  if [[ "${COMPRESSOR[0]}" == zstd ]]; then
+    check=(zstd -q -t)
+    [[ "${tail_file}" == /dev/null ]] || check=(zstd -q -d -c)
+  fi
   "${COMPRESSOR[@]}" <"${source}" | tee -- "${target}" | "${check[@]}" | tail -c 200 >"${tail_file}" \
     && return 0
   local -a statuses=("${PIPESTATUS[@]}")
@@ -756,7 +960,7 @@ compress_to() {
     die "${EXIT_BACKUP}" "compressing ${source##*/} failed"
   fi
   if ((statuses[2] != 0)); then
-    die "${EXIT_VERIFY}" "${target##*/} fails gzip -t"
+    die "${EXIT_VERIFY}" "${target##*/} fails ${check[0]} -t"
   fi
   die "${EXIT_BACKUP}" "writing ${target##*/} failed (tee/tail exit ${statuses[1]}/${statuses[3]}; see above)"
 }
@@ -775,7 +979,7 @@ finish_set() {
   db_type="$(sed -n 's/^db_type=//p' "${dir}/meta.partial")"
   local out="${dir}/out" db_name config_name="config/config_${ts}.tar.gz"
   local meta_name="manifests/set_${ts}.meta" sums_name="manifests/set_${ts}.sha256"
-  db_name="$(db_file_name "${db_type}" "${ts}")" || die "${EXIT_INTERNAL}" "unknown db_type in ${dir}/meta.partial"
+  db_name="$(db_file_name "${db_type}" "${ts}" "${CONFIG[BACKUP_COMPRESSION]}")" || die "${EXIT_INTERNAL}" "unknown db_type in ${dir}/meta.partial"
   rm -rf -- "${out}"
   FAILURE_DIRS+=("${out}")
   mkdir -p -- "${out}/mysql" "${out}/sqlite" "${out}/config" "${out}/manifests" \
@@ -813,7 +1017,7 @@ finish_set() {
   collect_config_paths "${dir}/paths.list"
   if ! tar --create --file=- --directory=/ --exclude-tag-all="${ROOT_TAG}" \
     --null --verbatim-files-from --files-from="${dir}/paths.list" \
-    | "${COMPRESSOR[@]}" >"${out}/${config_name}"; then
+    | "${CONFIG_COMPRESSOR[@]}" >"${out}/${config_name}"; then
     die "${EXIT_BACKUP}" "archiving config files failed (tar/compressor exit ${PIPESTATUS[*]}; see above)"
   fi
   if ! gzip -t -- "${out}/${config_name}" || ! tar --list --gzip --file="${out}/${config_name}" >"${dir}/config.list"; then
@@ -911,7 +1115,7 @@ verify_set() {
   local ts="$1" sums="manifests/set_$1.sha256" line number=0 relative
   local -a payload=()
   local -A kinds=()
-  local line_regex="^[0-9a-f]{64}  (mysql/mysql_${ts}[.]sql[.]gz|sqlite/sqlite_${ts}[.]db[.]gz"
+  local line_regex="^[0-9a-f]{64}  (mysql/mysql_${ts}[.]sql[.](gz|zst)|sqlite/sqlite_${ts}[.]db[.](gz|zst)"
   line_regex+="|config/config_${ts}[.]tar[.]gz|manifests/set_${ts}[.]meta)$"
   while IFS= read -r line || [[ -n "${line}" ]]; do
     number=$((number + 1))
@@ -935,12 +1139,15 @@ verify_set() {
       *.gz)
         gzip -t -- "${ROOT_DIR}/${relative}" || die "${EXIT_VERIFY}" "${relative} fails gzip -t"
         ;;&
+      *.zst)
+        zstd -q -t -- "${ROOT_DIR}/${relative}" || die "${EXIT_VERIFY}" "${relative} fails zstd -t"
+        ;;&
       *.tar.gz)
         tar --list --gzip --file="${ROOT_DIR}/${relative}" >/dev/null \
           || die "${EXIT_VERIFY}" "${relative} is not a readable tar archive"
         ;;
-      *.sql.gz)
-        if ! tail_bytes="$(gzip -dc -- "${ROOT_DIR}/${relative}" | tail -c 200)" || ! check_dump_marker "${tail_bytes}"; then
+      *.sql.gz | *.sql.zst)
+        if ! tail_bytes="$(decompress "${ROOT_DIR}/${relative}" | tail -c 200)" || ! check_dump_marker "${tail_bytes}"; then
           die "${EXIT_VERIFY}" "${relative} does not end with '${DUMP_MARKER}'"
         fi
         ;;
@@ -963,7 +1170,7 @@ restore_sqlite() {
   local temporary="${target_dir}/.${base}.restore-${ts}.tmp"
   CLEANUP_FILES+=("${temporary}")
   log "restoring SQLite ${target} from ${file}"
-  gzip -dc -- "${ROOT_DIR}/${file}" >"${temporary}" || die "${EXIT_BACKUP}" "cannot write ${temporary}"
+  decompress "${ROOT_DIR}/${file}" >"${temporary}" || die "${EXIT_BACKUP}" "cannot write ${temporary}"
   local result
   result="$(sqlite3 -bail -readonly "${temporary}" 'PRAGMA integrity_check;' 2>&1 | head -n 5)" || true
   if [[ "${result}" != "ok" ]]; then
@@ -1006,8 +1213,8 @@ restore_mysql() {
     die "${EXIT_BACKUP}" "cannot connect to ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} (see the client's error above)"
   fi
   log "restoring MySQL database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} from ${file}"
-  if ! gzip -dc -- "${ROOT_DIR}/${file}" | "${MYSQL_CLIENT[@]}" --batch; then
-    die "${EXIT_BACKUP}" "loading the dump failed (gzip/mariadb exit ${PIPESTATUS[*]}; see above)"
+  if ! decompress "${ROOT_DIR}/${file}" | "${MYSQL_CLIENT[@]}" --batch; then
+    die "${EXIT_BACKUP}" "loading the dump failed (decompress/mariadb exit ${PIPESTATUS[*]}; see above)"
   fi
   local counts_file="${STAGING_DIR}/restore-rows.$$"
   CLEANUP_FILES+=("${counts_file}")
@@ -1038,6 +1245,7 @@ cmd_snapshot() {
   ON_ERROR_EXIT="${EXIT_BACKUP}"
   new_set_ts
   clean_stale_staging
+  SNAPSHOT_SIGNAL="yes"
   take_snapshot "${started_at}"
   printf '%s\n' "${SET_TS}"
 }
@@ -1157,11 +1365,16 @@ cmd_restore() {
   verify_set "${ts}"
   ON_ERROR_EXIT="${EXIT_BACKUP}"
   local meta="${ROOT_DIR}/manifests/set_${ts}.meta" db_file config_file="config/config_${ts}.tar.gz"
-  db_file="$(db_file_name "${CONFIG[DB_TYPE]}" "${ts}")"
   if [[ "${only}" != config ]]; then
-    local relative found="no"
-    for relative in "${VERIFIED_FILES[@]}"; do
-      [[ "${relative}" == "${db_file}" ]] && found="yes"
+    # The set's database file, whichever its compression (verify_set allows one).
+    local relative found="no" compression
+    for compression in gzip zstd; do
+      for relative in "${VERIFIED_FILES[@]}"; do
+        if [[ "${relative}" == "$(db_file_name "${CONFIG[DB_TYPE]}" "${ts}" "${compression}")" ]]; then
+          found="yes"
+          db_file="${relative}"
+        fi
+      done
     done
     if [[ "${found}" != "yes" ]]; then
       die "${EXIT_REFUSED}" "set ${ts} has no ${CONFIG[DB_TYPE]} backup (DB_TYPE=${CONFIG[DB_TYPE]} in ${CONFIG_PATH})"

@@ -32,6 +32,9 @@ BACKUP_PATHS = BACKUP_ETC_DIR / "backup-paths.txt"
 BACKUP_STATUS_DIR = DEPLOY_DIR / "backup-status"
 TRACKER_STOPPED_MARKER = BACKUP_STATUS_DIR / "tracker-stopped-by-backup"
 MAINTENANCE_SCRIPT = PurePosixPath("/usr/local/bin/maintenance-backup.sh")
+# Not a path: the line `backup.sh snapshot` prints on stdout once the database's
+# consistent view exists; the maintenance script starts the tracker on it.
+SNAPSHOT_OPEN_LINE = "snapshot-open"
 CRON_FILE = PurePosixPath("/etc/cron.d/tracker-backup")
 LOGROTATE_FILE = PurePosixPath("/etc/logrotate.d/tracker-backup")
 BACKUP_LOG = PurePosixPath("/var/log/tracker-backup.log")

@@ -172,6 +172,41 @@ def test_mysql_run_dumps_the_database_with_row_counts(tmp_path: Path) -> None:
         stack.cleanup()
 
 
+def test_mysql_tracker_runs_again_while_the_dump_goes_on(tmp_path: Path) -> None:
+    """The window ends when the snapshot is open, not when the dump ends (issue 15)."""
+    require_images(STANDIN_IMAGE, MARIADB_IMAGE, BACKUP_IMAGE)
+    stack = Stack(parse(env_for_stack(sample_data("manual-test-mysql"))), tmp_path / "m").install()
+    try:
+        stack.up()
+        # ~150 MB of dump: seconds of dumping after the views are open
+        stack.mysql_query(
+            "CREATE TABLE torrust_tracker.bulk (id INT PRIMARY KEY, payload CHAR(100)) ENGINE=InnoDB;"
+            "INSERT INTO torrust_tracker.bulk SELECT seq, REPEAT('x', 100) FROM seq_1_to_1500000;"
+        )
+        result = stack.run_maintenance()
+        assert result.returncode == 0, result.stdout + result.stderr
+        text = stack.log_file.read_text()
+        opened = text.index("snapshot open; the backup container goes on")
+        running = text.index("tracker running again after")
+        dumped = text.index("backup.sh: dump complete")
+        assert opened < running < dumped, text
+        # the downtime, step by step (issue 15.4): the parts add up to the whole
+        breakdown = re.search(
+            r"downtime breakdown: (\d+\.\d{3}) s = compose stop (\d+\.\d{3}) s \+ backup container "
+            r"until the snapshot was open (\d+\.\d{3}) s \+ compose start (\d+\.\d{3}) s",
+            text,
+        )
+        assert breakdown is not None, text
+        total, *parts = (float(value) for value in breakdown.groups())
+        assert abs(total - sum(parts)) <= 0.002
+        assert all(part > 0 for part in parts)
+        [set_id] = stack.sets()
+        assert stack.meta(set_id)["rows.bulk"] == "1500000"
+        assert "tracker" in stack.running_services()
+    finally:
+        stack.cleanup()
+
+
 # --------------------------------------------------------------------------- hardening (issue 11)
 
 

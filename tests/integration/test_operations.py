@@ -149,6 +149,33 @@ def test_inventory_lists_sets_checksums_and_the_last_run(sqlite_stack: Stack) ->
     assert inventory.resolve("latest").set_id == backup_set.set_id
 
 
+def test_sqlite_zstd_set_verifies_with_the_drill_and_restores(tmp_path: Path) -> None:
+    require_images(STANDIN_IMAGE, BACKUP_IMAGE)
+    data = env_for_stack(sample_data("manual-test-sqlite"))
+    data["backup"]["compression"] = "zstd"
+    data["backup"]["compression_level"] = 19
+    stack = Stack(parse(data), tmp_path / "z").install()
+    try:
+        stack.up()
+        assert stack.run_maintenance().returncode == 0
+        [set_id] = stack.sets()
+        archive = stack.backups / f"sqlite/sqlite_{set_id}.db.zst"
+        snapshot = tmp_path / "snapshot.db"
+        subprocess.run(["zstd", "-q", "-d", "-o", str(snapshot), str(archive)], check=True)
+        result = verify(stack, set_id)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"set {set_id}: VERIFIED" in result.stdout
+        [listed] = parse_inventory(run_inventory(stack).stdout).sets
+        assert listed.checksums == "ok"
+        stack.compose("stop", "tracker")
+        restored = restore(stack, set_id)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        live = stack.deploy_dir / "storage/tracker/lib/database/tracker.db"
+        assert table_dump(live) == table_dump(snapshot)
+    finally:
+        stack.cleanup()
+
+
 def test_verify_drill_passes_and_a_flipped_byte_is_caught(sqlite_stack: Stack) -> None:
     stack = sqlite_stack
     assert stack.run_maintenance().returncode == 0
@@ -210,9 +237,23 @@ def test_restore_starts_a_running_tracker_again_and_waits_for_health(sqlite_stac
     )
 
 
-def test_mysql_verify_drill_and_restore_round_trip(tmp_path: Path) -> None:
+def decompressed(path: Path) -> str:
+    """A set's database file as text, whichever its compression (zstd by Debian's zstd)."""
+    if path.suffix == ".zst":
+        return subprocess.run(
+            ["zstd", "-q", "-d", "-c", str(path)], capture_output=True, text=True, check=True
+        ).stdout
+    with gzip.open(path, "rt") as source:
+        return source.read()
+
+
+@pytest.mark.parametrize(("compression", "suffix"), [("gzip", "gz"), ("zstd", "zst")])
+def test_mysql_verify_drill_and_restore_round_trip(
+    tmp_path: Path, compression: str, suffix: str
+) -> None:
     require_images(STANDIN_IMAGE, MARIADB_IMAGE, BACKUP_IMAGE)
     data = env_for_stack(sample_data("manual-test-mysql"))
+    data["backup"]["compression"] = compression
     data["tracker"]["core"]["database"]["password"] = "p a'ss\"w$(x)`;#\\ ü"
     stack = Stack(parse(data), tmp_path / "m").install()
 
@@ -243,8 +284,7 @@ def test_mysql_verify_drill_and_restore_round_trip(tmp_path: Path) -> None:
         assert leftovers.stdout.strip() == ""
 
         stack.compose("stop", "tracker")
-        with gzip.open(stack.backups / f"mysql/mysql_{set_id}.sql.gz", "rt") as dump:
-            dumped = dump.read()
+        dumped = decompressed(stack.backups / f"mysql/mysql_{set_id}.sql.{suffix}")
         before = rows()
         result = restore(stack, set_id)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -292,7 +292,7 @@ def test_installed_cron_file_is_fired_by_a_real_cron_daemon(
     assert "backup run FAILED" in log.read_text()
 
 
-def make_sqlite_set(backup_root: Path, work: Path) -> str:
+def make_sqlite_set(backup_root: Path, work: Path, compression: str = "gzip") -> str:
     """A real backup set, written by backup.sh itself (no container needed)."""
     work.mkdir(parents=True, exist_ok=True)
     database = work / "tracker.db"
@@ -308,7 +308,10 @@ def make_sqlite_set(backup_root: Path, work: Path) -> str:
     paths_file = work / "paths.txt"
     paths_file.write_text(f"{database}\n")
     config = work / "backup.conf"
-    config.write_text(f"BACKUP_PATHS_FILE='{paths_file}'\nDB_TYPE='sqlite'\nDB_PATH='{database}'\n")
+    config.write_text(
+        f"BACKUP_PATHS_FILE='{paths_file}'\nDB_TYPE='sqlite'\nDB_PATH='{database}'\n"
+        f"BACKUP_COMPRESSION='{compression}'\n"
+    )
     backup_root.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         ["bash", str(REPO_ROOT / "docker/backup/backup.sh"), "run"],
@@ -354,12 +357,13 @@ def test_backups_lists_sets_and_reports_a_failed_last_run(
     assert data["last_run"]["result"] == "failure"
 
 
+@pytest.mark.parametrize(("compression", "suffix"), [("gzip", "gz"), ("zstd", "zst")])
 def test_fetch_backup_downloads_a_verified_set_and_resumes(
-    target: SshTarget, tmp_path: Path
+    target: SshTarget, tmp_path: Path, compression: str, suffix: str
 ) -> None:
     env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite"), user=SUDO_USER))
     backups = target.host_path("/opt/torrust/storage/backup")
-    set_id = make_sqlite_set(backups, tmp_path / "work")
+    set_id = make_sqlite_set(backups, tmp_path / "work", compression)
     # A stray file whose name only looks like a set's is not part of any set.
     (backups / f"sqlite/sqlite_{set_id}_copy.db.gz").write_bytes(b"stray")
     destination = tmp_path / "offsite"
@@ -376,8 +380,8 @@ def test_fetch_backup_downloads_a_verified_set_and_resumes(
         check=False,
     )
     assert check.returncode == 0, check.stdout
-    assert (local / f"sqlite/sqlite_{set_id}.db.gz").read_bytes() == (
-        backups / f"sqlite/sqlite_{set_id}.db.gz"
+    assert (local / f"sqlite/sqlite_{set_id}.db.{suffix}").read_bytes() == (
+        backups / f"sqlite/sqlite_{set_id}.db.{suffix}"
     ).read_bytes()
 
     (local / f"config/config_{set_id}.tar.gz").write_bytes(b"truncated")

@@ -115,6 +115,18 @@ def test_parse_checksums_reads_sha256sum_lines() -> None:
     }
 
 
+@pytest.mark.parametrize("name", [f"sqlite/sqlite_{SET}.db.zst", f"mysql/mysql_{SET}.sql.zst"])
+def test_parse_checksums_takes_a_zstd_set(name: str) -> None:
+    lines = [GOOD_MANIFEST[0].replace(f"sqlite/sqlite_{SET}.db.gz", name), *GOOD_MANIFEST[1:]]
+    assert name in parse_checksums("\n".join(lines) + "\n", SET)
+
+
+def test_parse_checksums_refuses_a_gzip_and_a_zstd_database_file_in_one_set() -> None:
+    lines = [*GOOD_MANIFEST, "00" * 32 + f"  sqlite/sqlite_{SET}.db.zst"]
+    with pytest.raises(HostDataError, match="exactly one database"):
+        parse_checksums("\n".join(lines) + "\n", SET)
+
+
 @pytest.mark.parametrize(
     "text",
     [

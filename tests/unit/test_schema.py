@@ -18,7 +18,8 @@ from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 from tracker_deployer.config.model import (
-    DEFAULT_COMPRESSION_LEVEL,
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
     DEFAULT_DOWNTIME_BUDGET_SECONDS,
     DEFAULT_DRILL_SCHEDULE,
     DEFAULT_IMAGES,
@@ -144,7 +145,20 @@ def test_defaults_are_the_models() -> None:
     backup = SCHEMA["properties"]["backup"]["properties"]
     assert backup["schedule"]["default"] == DEFAULT_SCHEDULE
     assert backup["retention_days"]["default"] == DEFAULT_RETENTION_DAYS
-    assert backup["compression_level"]["default"] == DEFAULT_COMPRESSION_LEVEL
+    assert backup["compression"]["default"] == DEFAULT_COMPRESSION
+    assert backup["compression"]["enum"] == list(COMPRESSIONS)
+    # the level's range and default depend on the compression: the description says which
+    assert backup["compression_level"]["maximum"] == max(
+        high for _, high, _ in COMPRESSIONS.values()
+    )
+    for name, (low, high, default) in COMPRESSIONS.items():
+        assert f"{name} {low}" in backup["compression_level"]["description"]
+        assert f"to {high}" in backup["compression_level"]["description"]
+        assert f"default {default}" in backup["compression_level"]["description"]
+    assert (
+        SCHEMA["properties"]["backup"]["then"]["properties"]["compression_level"]["maximum"]
+        == (COMPRESSIONS["gzip"][1])
+    )
     assert backup["max_downtime_seconds"]["default"] == DEFAULT_MAX_DOWNTIME_SECONDS
     assert backup["max_downtime_seconds"]["maximum"] == MAX_MAX_DOWNTIME_SECONDS
     assert backup["mailto"]["default"] == ""

@@ -245,6 +245,25 @@ SQL
   [[ -f "${BACKUP_ROOT}/restore-${SET_TS}/${CONFIG_TREE#/}/tracker/etc/tracker.toml" ]]
 }
 
+@test "mysql: a zstd set (BACKUP_COMPRESSION=zstd) verifies and restores identical rows" {
+  printf "BACKUP_COMPRESSION='zstd'\nBACKUP_COMPRESSION_LEVEL='19'\n" >>"${CONFIG_FILE}"
+  local before
+  before="$(table_sums)"
+  backup_ok run
+  [[ "${stderr}" == *"finishing (zstd level 19)"* ]]
+  zstd -q -t "${BACKUP_ROOT}/mysql/mysql_${SET_TS}.sql.zst"
+  [[ ! -e "${BACKUP_ROOT}/mysql/mysql_${SET_TS}.sql.gz" ]]
+  # The config archive stays a .tar.gz.
+  gzip -t "${BACKUP_ROOT}/config/config_${SET_TS}.tar.gz"
+  admin "${TEST_DB}" -e 'DELETE FROM torrents WHERE id % 2 = 0'
+  run --separate-stderr "${BACKUP_SH}" verify "${SET_TS}"
+  assert_success
+  run --separate-stderr "${BACKUP_SH}" restore "${SET_TS}" --yes
+  assert_success
+  [[ "${stderr}" == *"row counts match the set (3 tables)"* ]]
+  assert_equal "$(table_sums)" "${before}"
+}
+
 @test "mysql: snapshot stages an uncompressed dump; finish completes the set" {
   backup_ok snapshot
   local ts="${SET_TS}" staged="${BACKUP_ROOT}/.staging/${SET_TS}"

@@ -59,6 +59,37 @@ teardown() {
   gzip -t "${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz"
 }
 
+@test "run: BACKUP_COMPRESSION=zstd writes a .db.zst that verifies and restores" {
+  printf "BACKUP_COMPRESSION='zstd'\nBACKUP_COMPRESSION_LEVEL='2'\n" >>"${CONFIG_FILE}"
+  backup_ok run
+  [[ "${stderr}" == *"finishing (zstd level 2)"* ]]
+  zstd -q -t "${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.zst"
+  run --separate-stderr "${BACKUP_SH}" list
+  assert_output --partial "${SET_TS} complete sqlite/sqlite_${SET_TS}.db.zst config/config_${SET_TS}.tar.gz"
+  run --separate-stderr "${BACKUP_SH}" verify latest
+  assert_success
+  local before
+  before="$(sqlite_content_sum "${SQLITE_DB}")"
+  sqlite3 "${SQLITE_DB}" 'DELETE FROM torrents'
+  run --separate-stderr "${BACKUP_SH}" restore latest --yes --only db
+  assert_success
+  assert_equal "$(sqlite_content_sum "${SQLITE_DB}")" "${before}"
+}
+
+@test "verify: a truncated .db.zst exits 4 (zstd -t)" {
+  printf "BACKUP_COMPRESSION='zstd'\n" >>"${CONFIG_FILE}"
+  backup_ok run
+  local file="${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.zst"
+  chmod u+w "${file}"
+  truncate -s -10 "${file}"
+  # Keep the checksum right, so that zstd's own test is what fails.
+  (cd "${BACKUP_ROOT}" && sha256sum "sqlite/sqlite_${SET_TS}.db.zst" "config/config_${SET_TS}.tar.gz" \
+    "manifests/set_${SET_TS}.meta" >"manifests/set_${SET_TS}.sha256")
+  run --separate-stderr "${BACKUP_SH}" verify "${SET_TS}"
+  assert_equal "${status}" 4
+  [[ "${stderr}" == *"fails zstd -t"* ]]
+}
+
 @test "snapshot: writers wait while the database file is copied (read lock)" {
   # A cp that says when it starts and takes a while: a write meanwhile must
   # fail on the lock (the CLI has no busy timeout) and the set keeps all rows.

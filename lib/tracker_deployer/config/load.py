@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tracker_deployer.config.model import (
-    DEFAULT_COMPRESSION_LEVEL,
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
     DEFAULT_DOWNTIME_BUDGET_SECONDS,
     DEFAULT_DRILL_SCHEDULE,
     DEFAULT_IMAGES,
@@ -721,6 +722,7 @@ class _Reader:
             optional=(
                 "schedule",
                 "retention_days",
+                "compression",
                 "compression_level",
                 "max_downtime_seconds",
                 "mailto",
@@ -741,13 +743,25 @@ class _Reader:
             MAX_RETENTION_DAYS,
             f"keep backups for at least 1 day, e.g. {DEFAULT_RETENTION_DAYS}",
         )
+        compression = self.str_(section, "compression", path)
+        if compression is not None and compression not in COMPRESSIONS:
+            self.error(
+                _join(path, "compression"),
+                f"{_show(compression)} is not a compression this deployer knows",
+                f"use one of {', '.join(repr(name) for name in COMPRESSIONS)}; "
+                f"default {DEFAULT_COMPRESSION!r}",
+            )
+            compression = None
+        algorithm = compression or DEFAULT_COMPRESSION
+        lowest, highest, default_level = COMPRESSIONS[algorithm]
         level = self.int_(
             section,
             "compression_level",
             path,
-            1,
-            9,
-            f"gzip levels run from 1 (fastest) to 9 (smallest); default {DEFAULT_COMPRESSION_LEVEL}",
+            lowest,
+            highest,
+            f"{algorithm} levels run from {lowest} (fastest) to {highest} (smallest); "
+            f"default {default_level}",
         )
         downtime = self.int_(
             section,
@@ -756,7 +770,7 @@ class _Reader:
             1,
             MAX_MAX_DOWNTIME_SECONDS,
             "the longest the tracker may stay stopped for a snapshot, in seconds, "
-            f"e.g. {DEFAULT_MAX_DOWNTIME_SECONDS} (the default); raise it for a large MySQL database",
+            f"e.g. {DEFAULT_MAX_DOWNTIME_SECONDS} (the default)",
         )
         mailto = self.str_(section, "mailto", path)
         if mailto:
@@ -777,6 +791,7 @@ class _Reader:
             for key, parsed in (
                 ("schedule", schedule),
                 ("retention_days", retention),
+                ("compression", compression),
                 ("compression_level", level),
                 ("max_downtime_seconds", downtime),
                 ("mailto", mailto),
@@ -792,7 +807,8 @@ class _Reader:
         return BackupConfig(
             schedule=schedule or CronSchedule(DEFAULT_SCHEDULE),
             retention_days=retention if retention is not None else DEFAULT_RETENTION_DAYS,
-            compression_level=level if level is not None else DEFAULT_COMPRESSION_LEVEL,
+            compression=algorithm,
+            compression_level=level if level is not None else default_level,
             max_downtime_seconds=(
                 downtime if downtime is not None else DEFAULT_MAX_DOWNTIME_SECONDS
             ),

@@ -504,7 +504,12 @@ class Https:
 
 DEFAULT_SCHEDULE = "0 3 * * *"
 DEFAULT_RETENTION_DAYS = 7
-DEFAULT_COMPRESSION_LEVEL = 6
+# backup.compression -> (lowest level, highest level, default level). gzip runs
+# through pigz (gzip when the image lacks it); zstd is Debian's, multithreaded
+# (-T0). Levels above 19 need zstd's --ultra and much memory: not offered.
+COMPRESSIONS: dict[str, tuple[int, int, int]] = {"gzip": (1, 9, 6), "zstd": (1, 19, 3)}
+DEFAULT_COMPRESSION = "gzip"
+DEFAULT_COMPRESSION_LEVEL = COMPRESSIONS[DEFAULT_COMPRESSION][2]
 # The longest the tracker may stay stopped for a snapshot (compose stop + the
 # snapshot); then the snapshot is killed, the tracker started, the run failed.
 DEFAULT_MAX_DOWNTIME_SECONDS = 600
@@ -651,6 +656,7 @@ class BackupConfig:
 
     schedule: CronSchedule = field(default_factory=lambda: CronSchedule(DEFAULT_SCHEDULE))
     retention_days: int = DEFAULT_RETENTION_DAYS
+    compression: str = DEFAULT_COMPRESSION
     compression_level: int = DEFAULT_COMPRESSION_LEVEL
     max_downtime_seconds: int = DEFAULT_MAX_DOWNTIME_SECONDS
     mailto: str = ""

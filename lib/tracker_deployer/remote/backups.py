@@ -47,7 +47,9 @@ def set_layout(set_id: str) -> dict[str, str]:
     """
     return {
         f"mysql/mysql_{set_id}.sql.gz": "mysql",
+        f"mysql/mysql_{set_id}.sql.zst": "mysql",
         f"sqlite/sqlite_{set_id}.db.gz": "sqlite",
+        f"sqlite/sqlite_{set_id}.db.zst": "sqlite",
         f"config/config_{set_id}.tar.gz": "config",
         f"manifests/set_{set_id}.meta": "manifests",
         checksum_manifest(set_id): "manifests",

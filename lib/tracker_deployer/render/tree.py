@@ -190,6 +190,7 @@ def backup_settings(env: Env) -> list[tuple[str, str]]:
         ("BACKUP_MODE", "single"),
         ("BACKUP_RETENTION_DAYS", str(env.backup.retention_days)),
         ("BACKUP_PATHS_FILE", str(paths.BACKUP_PATHS_IN_BACKUP)),
+        ("BACKUP_COMPRESSION", env.backup.compression),
         ("BACKUP_COMPRESSION_LEVEL", str(env.backup.compression_level)),
     ]
     database = env.database
@@ -523,6 +524,7 @@ def maintenance_script(
         max_downtime_seconds=env.backup.max_downtime_seconds,
         metrics_script=metrics_script,
         offsite=offsite_settings(env),
+        snapshot_open_line=paths.SNAPSHOT_OPEN_LINE,
     )
 
 

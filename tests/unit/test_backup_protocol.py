@@ -1,0 +1,69 @@
+"""One owner per fact: backup.sh against the Python side (the snapshot-open line,
+the compressions and their levels)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from tracker_deployer import paths
+from tracker_deployer.config.model import COMPRESSIONS
+from tracker_deployer.render import render
+
+from tests.helpers import REPO_ROOT, parse, sample_data
+
+
+def test_backup_sh_prints_the_open_line_the_maintenance_script_waits_for() -> None:
+    result = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'source {REPO_ROOT / "docker/backup/backup.sh"}; printf %s "$SNAPSHOT_OPEN_LINE"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert result.stdout == paths.SNAPSHOT_OPEN_LINE
+    script = render(parse(sample_data("manual-test-mysql"))).text(str(paths.MAINTENANCE_SCRIPT))
+    [value] = re.findall(r"^readonly SNAPSHOT_OPEN_LINE=(.*)$", script, flags=re.MULTILINE)
+    assert value.strip("'") == paths.SNAPSHOT_OPEN_LINE
+
+
+def _validated_level(tmp_path: Path, settings: str) -> subprocess.CompletedProcess[str]:
+    conf = tmp_path / "backup.conf"
+    conf.write_text(f"DB_TYPE=sqlite\nDB_PATH=/x\n{settings}")
+    script = (
+        f"source {REPO_ROOT / 'docker/backup/backup.sh'}; CONFIG_PATH={conf}; "
+        f'load_config {conf}; validate_config restore; printf %s "${{CONFIG[BACKUP_COMPRESSION_LEVEL]}}"'
+    )
+    return subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=False, timeout=30
+    )
+
+
+@pytest.mark.parametrize("name", list(COMPRESSIONS))
+def test_backup_sh_takes_the_compressions_and_levels_of_the_config_model(
+    tmp_path: Path, name: str
+) -> None:
+    lowest, highest, default = COMPRESSIONS[name]
+    assert _validated_level(tmp_path, f"BACKUP_COMPRESSION={name}\n").stdout == str(default)
+    for level in (lowest, highest):
+        result = _validated_level(
+            tmp_path, f"BACKUP_COMPRESSION={name}\nBACKUP_COMPRESSION_LEVEL={level}\n"
+        )
+        assert result.stdout == str(level), result.stderr
+    for level in (lowest - 1, highest + 1):
+        result = _validated_level(
+            tmp_path, f"BACKUP_COMPRESSION={name}\nBACKUP_COMPRESSION_LEVEL={level}\n"
+        )
+        assert result.returncode == 2
+        assert f"BACKUP_COMPRESSION_LEVEL must be {lowest}-{highest} for {name}" in result.stderr
+
+
+def test_the_bench_waits_for_the_same_open_line() -> None:
+    text = (REPO_ROOT / "bench/trackerbench/scenarios.py").read_text()
+    assert f'OPEN_LINE = "{paths.SNAPSHOT_OPEN_LINE}"' in text
