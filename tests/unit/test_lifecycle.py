@@ -379,10 +379,14 @@ def test_stack_images_name_the_tracker_first_and_each_image_once() -> None:
 # --------------------------------------------------------------------------- destroy
 
 
-def _offsite_env() -> Any:
+def _offsite_env_data() -> dict[str, Any]:
     data = sample_data("manual-test-sqlite")
     data["backup"]["offsite"] = {"repository": "/mnt/offsite/restic", "password": "pw"}
-    return parse(data)
+    return data
+
+
+def _offsite_env() -> Any:
+    return parse(_offsite_env_data())
 
 
 def _inventory(*set_ids: str) -> Any:
@@ -441,3 +445,29 @@ def test_destroy_of_an_existing_host_removes_every_cron_file_the_deployer_instal
         line for line in lifecycle.REMOVE_STACK.splitlines() if line.startswith("rm -f -- ")
     )
     assert sorted(removed.split()[3:]) == sorted(str(path) for path in CRON_FILES)
+
+
+def test_restore_from_offsite_refuses_an_env_without_offsite_and_an_unknown_source(
+    tmp_path: Path,
+) -> None:
+    env = str(_write_env(tmp_path, sample_data("manual-test-sqlite")))
+    refused = _inv(
+        tmp_path, "restore", "--env", env, "--set", "latest", "--yes", "--from", "offsite"
+    )
+    assert refused.returncode == 1
+    assert "has no backup.offsite: nothing to restore from" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    unknown = _inv(tmp_path, "restore", "--env", env, "--set", "latest", "--from", "s3")
+    assert unknown.returncode == 1
+    assert "--from 's3' is not offsite" in unknown.stderr
+
+
+def test_restore_from_offsite_dry_run_says_the_fetch_comes_first(tmp_path: Path) -> None:
+    env = str(_write_env(tmp_path, _offsite_env_data()))
+    plan = _inv(
+        tmp_path, "restore", "--env", env, "--set", "latest", "--dry-run", "--from", "offsite"
+    )
+    assert plan.returncode == 0, plan.stderr
+    first, *rest = plan.stdout.splitlines()
+    assert first.startswith("first: fetch set latest from the off-host repository")
+    assert rest
