@@ -31,6 +31,7 @@ from tracker_deployer.remote import backups as operations
 from tracker_deployer.remote import configure as host_setup
 from tracker_deployer.remote import deploy as remote
 from tracker_deployer.remote import offsite as offsite_copies
+from tracker_deployer.remote import offsite_fetch
 from tracker_deployer.remote.plan import Scope
 from tracker_deployer.remote.ssh import SshHost, Target
 from tracker_deployer.render import RenderedTree, write_tree
@@ -515,6 +516,8 @@ def verify(
         "skip_safety_backup": "MySQL: restore without first backing up the current database "
         "(when that backup cannot succeed: damaged database, full disk); it cannot be undone",
         "dry_run": "print the plan and change nothing; opens no connection",
+        "from": "offsite: first fetch the set from the off-host repository (backup.offsite) "
+        "into the host's backup directory, verified",
     }
 )
 def restore(
@@ -527,6 +530,7 @@ def restore(
     skip_safety_backup: bool = False,
     dry_run: bool = False,
     where: _Host = ANY_HOST,
+    from_: str = "",
 ) -> None:
     """Restore a backup set on the host: stop tracker, restore, start, health check."""
     with _errors():
@@ -535,7 +539,22 @@ def restore(
             raise DeployError(
                 "no backup set given", "pass --set latest or --set SET_ID (see `inv backups`)"
             )
+        if from_ not in ("", "offsite"):
+            raise DeployError(
+                f"--from {from_!r} is not offsite", "use --from offsite or leave it out"
+            )
+        if from_ and (parsed.backup is None or parsed.backup.offsite is None):
+            raise DeployError(
+                f"environment {parsed.name} has no backup.offsite: nothing to restore from",
+                "add a backup.offsite section (docs/user-guide/offsite.md) and deploy",
+            )
         if dry_run:
+            if from_:
+                print(
+                    f"first: fetch set {set} from the off-host repository into "
+                    f"{paths.BACKUP_DIR} (staging there, verified, renamed into place; "
+                    "skipped when the set is complete on the host)"
+                )
             print(
                 operations.restore_plan(
                     parsed, set, only, force, skip_safety_backup=skip_safety_backup
@@ -548,6 +567,9 @@ def restore(
                 "check the plan with --dry-run, then run again with --yes",
             )
         with where.connect(parsed) as connection:
+            if from_:
+                set = offsite_fetch.resolve(connection, parsed, set)
+                offsite_fetch.fetch(connection, parsed, set, _say)
             restored = operations.restore(
                 connection,
                 parsed,

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from tracker_deployer import image, paths
 from tracker_deployer.config import load_env
+from tracker_deployer.remote.offsite import listing_script
+from tracker_deployer.remote.offsite_fetch import fetch_script
 from tracker_deployer.render import inventory_script, operation_script, render
 
 # Example values: shellcheck looks at the scripts' shape, not at these.
@@ -59,6 +61,10 @@ def main(out_dir: Path) -> int:
     (out_dir / "operations").mkdir(exist_ok=True)
     (out_dir / "operations" / "inventory.sh").write_text(inventory_script(verify=True))
     count += 1
+    # The off-host scripts (python-built; shebang added for shellcheck).
+    for name, text in (("offsite-sets.sh", listing_script()), ("offsite-fetch.sh", fetch_script())):
+        (out_dir / "operations" / name).write_text("#!/usr/bin/env bash\n" + text)
+        count += 1
     for name, context in OPERATIONS.items():
         (out_dir / "operations" / f"{name}.sh").write_text(operation_script(name, **context))
         count += 1

@@ -439,15 +439,25 @@ decompress() {
   esac
 }
 
+# Every file a set TS may hold, relative to BACKUP_ROOT, the checksum manifest
+# (what makes a set complete) last. The one list of the set layout in the image
+# (lib/tracker_deployer/remote/backups.py set_layout is Python's; a unit test
+# holds the two to each other).
+set_layout() {
+  local ts="$1"
+  printf '%s\n' "mysql/mysql_${ts}.sql.gz" "mysql/mysql_${ts}.sql.zst" \
+    "sqlite/sqlite_${ts}.db.gz" "sqlite/sqlite_${ts}.db.zst" "config/config_${ts}.tar.gz" \
+    "manifests/set_${ts}.meta" "manifests/set_${ts}.sha256"
+}
+
 # Every final-named file of set $1 that exists (relative paths, one per line).
 set_files() {
   local ts="$1" relative
-  for relative in "mysql/mysql_${ts}.sql.gz" "mysql/mysql_${ts}.sql.zst" \
-    "sqlite/sqlite_${ts}.db.gz" "sqlite/sqlite_${ts}.db.zst" "config/config_${ts}.tar.gz" "manifests/set_${ts}.meta" "manifests/set_${ts}.sha256"; do
+  while IFS= read -r relative; do
     if [[ -f "${ROOT_DIR}/${relative}" ]]; then
       printf '%s\n' "${relative}"
     fi
-  done
+  done < <(set_layout "${ts}")
 }
 
 # All set timestamps found under BACKUP_ROOT (exact file name patterns only),

@@ -11,6 +11,12 @@
 #   offsite.sh sets       the same JSON on a line "SNAPSHOTS <json>", then one
 #                         line "SIZE <snapshot id> <bytes>" per snapshot (the
 #                         restored size, `restic stats --mode restore-size`)
+#   offsite.sh fetch TS   restore set TS (the newest snapshot tagged env=NAME and
+#                         set=TS) into OFFSITE_FETCH_DIR/set in the set layout
+#                         (mysql/, sqlite/, config/, manifests/), only the set's
+#                         own file names, then verify it as backup.sh does; prints
+#                         "fetched=TS". OFFSITE_FETCH_DIR (default /fetch) is the
+#                         only place it writes.
 #
 # It never writes, renames or deletes anything under BACKUP_ROOT: the local
 # sets are read only (the compose service mounts them read-only). The set
@@ -32,7 +38,8 @@
 #   repository); 21 wrong repository password; 22 the repository is locked by
 #   a live process (stale locks are removed and the step retried once);
 #   23 the upload or forget failed otherwise; 24 `restic check` found errors;
-#   25 no space left on a device (the repository's or this container's).
+#   25 no space left on a device (the repository's or this container's);
+#   26 `fetch`: the repository holds no set TS for this environment.
 
 set -o errexit -o nounset -o pipefail
 
@@ -43,6 +50,7 @@ readonly OFFSITE_EXIT_LOCKED=22
 readonly OFFSITE_EXIT_FAILED=23
 readonly OFFSITE_EXIT_CHECK=24
 readonly OFFSITE_EXIT_NO_SPACE=25
+readonly OFFSITE_EXIT_NO_SET=26
 
 readonly OFFSITE_BACKUP_SH="${OFFSITE_BACKUP_SH:-/usr/local/bin/backup.sh}"
 # backup.sh is checked on its own (nox -s shellcheck lists it); not followed here.
@@ -303,19 +311,52 @@ cmd_sets() {
   done < <(grep -o '"id":"[0-9a-f]\{64\}"' "${snapshots}" | cut -d'"' -f4)
 }
 
+cmd_fetch() {
+  local ts="$1" fetch_dir="${OFFSITE_FETCH_DIR:-/fetch}" snapshots="${WORK_DIR}/snapshots.json"
+  local id restored relative
+  [[ "${ts}" =~ ${TS_REGEX} ]] || fail "${OFFSITE_EXIT_CONFIG}" "'${ts}' is not a set id (YYYYMMDD_HHMMSS)"
+  [[ -d "${fetch_dir}" && -w "${fetch_dir}" ]] || fail "${OFFSITE_EXIT_CONFIG}" "the fetch directory ${fetch_dir} is missing or not writable by uid $(id -u)"
+  [[ ! -e "${fetch_dir}/restore" && ! -e "${fetch_dir}/set" ]] || fail "${OFFSITE_EXIT_CONFIG}" "the fetch directory ${fetch_dir} is not empty"
+  run_restic snapshots --no-lock --json --host "${OFFSITE_ENV_NAME}" --tag "env=${OFFSITE_ENV_NAME},set=${ts}" >"${snapshots}" \
+    || classify "listing the snapshots"
+  id="$(grep -o '"id":"[0-9a-f]\{64\}"' "${snapshots}" | cut -d'"' -f4 | tail -n 1)" || id=""
+  [[ -n "${id}" ]] || fail "${OFFSITE_EXIT_NO_SET}" "the repository holds no set ${ts} of ${OFFSITE_ENV_NAME} (see 'inv backups --offsite')"
+  say "restoring set ${ts} (snapshot ${id:0:8}) into ${fetch_dir}"
+  restic_locked "restoring set ${ts}" restore "${id}" --target "${fetch_dir}/restore" >&2
+  # The snapshot holds the set's files at their paths under BACKUP_ROOT.
+  restored="${fetch_dir}/restore${ROOT_DIR}"
+  [[ -d "${restored}" ]] || fail "${OFFSITE_EXIT_FAILED}" "snapshot ${id:0:8} holds no files under ${ROOT_DIR}"
+  mkdir -p -- "${fetch_dir}/set" || fail "${OFFSITE_EXIT_NO_SPACE}" "cannot create ${fetch_dir}/set"
+  while IFS= read -r relative; do
+    if [[ -f "${restored}/${relative}" && ! -L "${restored}/${relative}" ]]; then
+      if ! mkdir -p -- "${fetch_dir}/set/${relative%/*}" \
+        || ! mv -- "${restored}/${relative}" "${fetch_dir}/set/${relative}"; then
+        fail "${OFFSITE_EXIT_NO_SPACE}" "cannot move ${relative} into ${fetch_dir}/set"
+      fi
+    fi
+  done < <(set_layout "${ts}")
+  rm -rf -- "${fetch_dir}/restore"
+  [[ -f "${fetch_dir}/set/manifests/set_${ts}.sha256" ]] \
+    || fail "${OFFSITE_EXIT_FAILED}" "snapshot ${id:0:8} holds no manifests/set_${ts}.sha256: not a complete set"
+  if ! (ROOT_DIR="${fetch_dir}/set" && verify_set "${ts}"); then
+    fail "${OFFSITE_EXIT_FAILED}" "set ${ts} from the repository fails verification (checksums or archives); nothing was kept"
+  fi
+  printf 'fetched=%s\n' "${ts}"
+}
+
 offsite_main() {
   umask 077
   export TZ=UTC
   trap cleanup EXIT
   init_paths
   local command="${1:-}"
-  (($# == 1)) || fail "${OFFSITE_EXIT_CONFIG}" "usage: offsite.sh upload|check|snapshots|sets"
-  case "${command}" in
-    upload | check | snapshots | sets) ;;
-    *) fail "${OFFSITE_EXIT_CONFIG}" "unknown command '${command}' (upload, check, snapshots or sets)" ;;
+  case "${command}:$#" in
+    upload:1 | check:1 | snapshots:1 | sets:1 | fetch:2) ;;
+    *) fail "${OFFSITE_EXIT_CONFIG}" "usage: offsite.sh upload|check|snapshots|sets, or offsite.sh fetch SET_ID" ;;
   esac
   check_settings
-  "cmd_${command}"
+  shift
+  "cmd_${command}" "$@"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "${0}" ]]; then

@@ -23,7 +23,8 @@ from tracker_deployer.providers.existing import register_hint
 from tracker_deployer.remote import backups as operations
 from tracker_deployer.remote import configure as configuring
 from tracker_deployer.remote import deploy as remote
-from tracker_deployer.remote.plan import Change, Plan, Scope, services_to_restart
+from tracker_deployer.remote import offsite as offsite_copies
+from tracker_deployer.remote.plan import CRON_FILES, Change, Plan, Scope, services_to_restart
 from tracker_deployer.remote.ssh import DEFAULT_KNOWN_HOSTS, SshHost, Target
 from tracker_deployer.render import RenderedTree, inventory_script
 from tracker_deployer.say import Say
@@ -282,7 +283,32 @@ def deploy(
 # --------------------------------------------------------------------------- destroy, status
 
 
-def _sets_through_lxd(env: Env) -> operations.Inventory | None:
+@dataclass(frozen=True, slots=True)
+class Elsewhere:
+    """The set ids the env's off-host repository holds (``backup.offsite``), or why
+    they could not be listed (then no set counts as elsewhere)."""
+
+    set_ids: frozenset[str] = frozenset()
+    unlisted_because: str = ""
+
+
+def elsewhere_from_listing(env: Env, exit_code: int, stdout: str, stderr: str) -> Elsewhere:
+    """The host's ``offsite.sh sets`` result, every id checked (parse_listing refuses
+    anything offsite.sh would not print, and snapshots of another env)."""
+    try:
+        if exit_code != 0:
+            raise offsite_copies.listing_error(exit_code, stderr)
+        listed = offsite_copies.parse_listing(stdout, env.name)
+    except DeployError as error:
+        return Elsewhere(unlisted_because=error.message)
+    return Elsewhere(frozenset(item.set_id for item in listed))
+
+
+def _has_offsite(env: Env) -> bool:
+    return env.backup is not None and env.backup.offsite is not None
+
+
+def _sets_through_lxd(env: Env) -> tuple[operations.Inventory, Elsewhere] | None:
     from tracker_deployer.providers.lxd import Lxd
 
     lxd = Lxd(env)
@@ -302,16 +328,63 @@ def _sets_through_lxd(env: Env) -> operations.Inventory | None:
             f"listing the backup sets in {lxd.name} failed: "
             f"{result.stderr.decode(errors='replace').strip()}"
         )
-    return operations.parse_inventory(result.stdout.decode(errors="replace"))
+    inventory = operations.parse_inventory(result.stdout.decode(errors="replace"))
+    elsewhere = Elsewhere()
+    if inventory.sets and _has_offsite(env):
+        listed = lxd.exec(
+            offsite_copies.listing_script(), timeout=offsite_copies.LISTING_TIMEOUT_SECONDS + 60
+        )
+        elsewhere = elsewhere_from_listing(
+            env,
+            listed.returncode,
+            listed.stdout.decode(errors="replace"),
+            listed.stderr.decode(errors="replace"),
+        )
+    return inventory, elsewhere
 
 
-def refuse_with_sets(env: Env, inventory: operations.Inventory | None) -> None:
-    if inventory is None or not inventory.sets:
+def _sets_through_ssh(connection: SshHost, env: Env) -> tuple[operations.Inventory, Elsewhere]:
+    inventory = operations.inventory(connection, verify=False)
+    elsewhere = Elsewhere()
+    if inventory.sets and _has_offsite(env):
+        listed = connection.run_script(offsite_copies.listing_script())
+        elsewhere = elsewhere_from_listing(env, listed.exit_code, listed.stdout, listed.stderr)
+    return inventory, elsewhere
+
+
+def refuse_with_sets(
+    env: Env,
+    found: tuple[operations.Inventory, Elsewhere] | None,
+    say: Say | None = None,
+) -> None:
+    """Refuse while the host holds a set that exists nowhere else. With
+    backup.offsite, a set the repository holds counts as elsewhere."""
+    if found is None or not found[0].sets:
         return
-    ids = [s.set_id for s in inventory.sets]
+    inventory, elsewhere = found
+    ids = [s.set_id for s in inventory.sets if s.set_id not in elsewhere.set_ids]
+    if say is not None and _has_offsite(env):
+        if elsewhere.unlisted_because:
+            say(
+                "  the off-host repository could not be listed, so no set counts as "
+                f"elsewhere: {elsewhere.unlisted_because}"
+            )
+        else:
+            copied, total = len(inventory.sets) - len(ids), len(inventory.sets)
+            say(f"  {copied} of {total} set(s) on the host are in the off-host repository")
+    if not ids:
+        return
+    where = "exist nowhere else"
+    if _has_offsite(env):
+        where = (
+            "are not in the off-host repository"
+            if not elsewhere.unlisted_because
+            else f"may exist nowhere else (the off-host repository could not be listed: "
+            f"{elsewhere.unlisted_because})"
+        )
     raise DeployError(
         f"the host of {env.name} holds {len(ids)} backup set(s) ({', '.join(ids[-3:])}"
-        f"{', ...' if len(ids) > 3 else ''}) that exist nowhere else; refusing to destroy it",
+        f"{', ...' if len(ids) > 3 else ''}) that {where}; refusing to destroy it",
         f"fetch them first: inv fetch-backup --env {env.name} --set SET --to DIR (one per set; "
         "`inv backups` lists them), or pass --delete-backups to delete them with the host",
     )
@@ -322,7 +395,7 @@ set -o errexit
 if [ -f {paths.COMPOSE_FILE} ]; then
   timeout 300 {remote.COMPOSE} --profile backup down --volumes --remove-orphans --timeout 10
 fi
-rm -f -- {paths.CRON_FILE} {paths.LOGROTATE_FILE} {paths.MAINTENANCE_SCRIPT}
+rm -f -- {" ".join(shlex.quote(str(path)) for path in CRON_FILES)}
 rm -rf -- {paths.DEPLOY_DIR}
 """
 
@@ -331,16 +404,15 @@ def destroy(env: Env, delete_backups: bool, say: Say) -> None:
     provider = providers.for_env(env)
     if isinstance(env.provider, LxdProvider):
         if not delete_backups:
-            refuse_with_sets(env, _sets_through_lxd(env))
+            refuse_with_sets(env, _sets_through_lxd(env), say)
         provider.destroy(say)
         return
     found = target(env, make_key=False)
     if found is None:
         raise no_host_error(env)
     with SshHost(found) as connection:
-        inventory = operations.inventory(connection, verify=False)
         if not delete_backups:
-            refuse_with_sets(env, inventory)
+            refuse_with_sets(env, _sets_through_ssh(connection, env), say)
         say(f"  removing the stack and the deployer's files from {found.host}")
         result = connection.run(REMOVE_STACK, timeout=600)
         if not result.ok:

@@ -35,6 +35,7 @@ OFFSITE_SH_EXIT: dict[str, int] = {
     "FAILED": 23,
     "CHECK": 24,
     "NO_SPACE": 25,
+    "NO_SET": 26,
 }
 
 # The longest an upload (with forget --prune) or a check may take; then it is

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from tracker_deployer import paths
+from tracker_deployer.remote import plan
 
 from tests.helpers import REPO_ROOT, sample_data
 from tests.integration.ssh_target import SUDO_USER, SshTarget, require_tools
@@ -693,6 +694,12 @@ def test_destroy_of_an_existing_host_refuses_while_sets_exist_then_removes_our_f
     set_id = make_sqlite_set(target.host_path("/opt/torrust/storage/backup"), tmp_path / "work")
     unrelated = target.host_path("/etc/cron.d") / "someone-elses"
     unrelated.write_text("# not ours\n")
+    # What install-cron puts there with the drill and backup.offsite on (this env has
+    # neither): destroy removes every cron file the deployer installs.
+    for path in plan.CRON_FILES:
+        installed = target.host_path(str(path))
+        if not installed.exists():
+            installed.write_text("# installed by install-cron\n")
 
     status = subprocess.run(
         [INV, "status", "--env", str(env), "--json"],
@@ -721,4 +728,6 @@ def test_destroy_of_an_existing_host_refuses_while_sets_exist_then_removes_our_f
     assert not target.host_path("/opt/torrust").exists()
     assert not target.host_path("/etc/cron.d/tracker-backup").exists()
     assert not target.host_path("/usr/local/bin/maintenance-backup.sh").exists()
+    for path in plan.CRON_FILES:
+        assert not target.host_path(str(path)).exists(), path
     assert unrelated.read_text() == "# not ours\n"

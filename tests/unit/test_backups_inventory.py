@@ -11,6 +11,7 @@ from tracker_deployer import exit_codes, paths
 from tracker_deployer.errors import DeployError
 from tracker_deployer.remote.backups import (
     HostDataError,
+    checksum_manifest,
     format_inventory,
     format_last_run,
     human_size,
@@ -221,6 +222,18 @@ def test_set_layout_is_the_one_backup_sh_writes(tmp_path: Path) -> None:
     listed = result.stdout.splitlines()
     assert sorted(listed[:-2]) == sorted(set_layout(SET))
     assert listed[-2:] == [f"mysql/mysql_{SET}.sql.gz", f"sqlite/sqlite_{SET}.db.gz"]
+
+
+def test_set_layout_of_backup_sh_and_python_list_the_same_files_in_order() -> None:
+    """backup.sh's set_layout (used by set_files and offsite.sh fetch) and Python's
+    set_layout (fetch-backup, restore --from offsite) are the two owners; the
+    checksum manifest comes last in both (it is moved into place last)."""
+    script = f"source {REPO_ROOT / 'docker/backup/backup.sh'}; set_layout {SET}"
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert result.stdout.splitlines() == list(set_layout(SET))
+    assert list(set_layout(SET))[-1] == checksum_manifest(SET)
 
 
 def test_restore_plan_names_the_safety_backup_only_for_mysql() -> None:

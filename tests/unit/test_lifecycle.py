@@ -374,3 +374,100 @@ def test_stack_images_name_the_tracker_first_and_each_image_once() -> None:
     assert images[0] == "torrust/tracker:v3.0.0"
     assert "mysql:8.4" in images
     assert len(images) == len(set(images))
+
+
+# --------------------------------------------------------------------------- destroy
+
+
+def _offsite_env_data() -> dict[str, Any]:
+    data = sample_data("manual-test-sqlite")
+    data["backup"]["offsite"] = {"repository": "/mnt/offsite/restic", "password": "pw"}
+    return data
+
+
+def _offsite_env() -> Any:
+    return parse(_offsite_env_data())
+
+
+def _inventory(*set_ids: str) -> Any:
+    from tracker_deployer.remote.backups import BackupSet, Inventory
+
+    return Inventory([BackupSet(set_id, complete=True) for set_id in set_ids], {}, [])
+
+
+def _listing(*tags: list[str]) -> str:
+    snapshots = [
+        {"id": f"{n:064x}", "time": "2026-12-04T10:00:00Z", "tags": t}
+        for n, t in enumerate(tags, 1)
+    ]
+    return "SNAPSHOTS " + json.dumps(snapshots) + "\n"
+
+
+def test_destroy_trusts_no_listing_it_cannot_check() -> None:
+    """A snapshot of another env, a bad set id or stray output: no set counts as elsewhere."""
+    env = _offsite_env()
+    good = lifecycle.elsewhere_from_listing(
+        env, 0, _listing([f"env={env.name}", "set=20261204_100000"]), ""
+    )
+    assert good == lifecycle.Elsewhere(frozenset({"20261204_100000"}))
+    for output in (
+        _listing(["env=another", "set=20261204_100000"]),
+        _listing([f"env={env.name}", "set=../../etc"]),
+        _listing([f"env={env.name}", "set=20261204_100000"]) + "rm -rf /\n",
+        "",
+    ):
+        found = lifecycle.elsewhere_from_listing(env, 0, output, "")
+        assert found.set_ids == frozenset()
+        assert "not what offsite.sh prints" in found.unlisted_because
+    wrong = lifecycle.elsewhere_from_listing(env, 21, "", "offsite: error: wrong password\n")
+    assert wrong.set_ids == frozenset()
+    assert "password is wrong" in wrong.unlisted_because
+
+
+def test_destroy_refuses_only_for_sets_not_in_the_repository() -> None:
+    env = _offsite_env()
+    inventory = _inventory("20261204_100000", "20261204_110000")
+    elsewhere = lifecycle.Elsewhere(frozenset({"20261204_100000"}))
+    with pytest.raises(DeployError, match=r"1 backup set\(s\) \(20261204_110000\) that are not"):
+        lifecycle.refuse_with_sets(env, (inventory, elsewhere))
+    everything = lifecycle.Elsewhere(frozenset({"20261204_100000", "20261204_110000"}))
+    lifecycle.refuse_with_sets(env, (inventory, everything))
+    # Without backup.offsite the old message stands.
+    plain = parse(sample_data("manual-test-sqlite"))
+    with pytest.raises(DeployError, match="exist nowhere else"):
+        lifecycle.refuse_with_sets(plain, (inventory, lifecycle.Elsewhere()))
+
+
+def test_destroy_of_an_existing_host_removes_every_cron_file_the_deployer_installs() -> None:
+    from tracker_deployer.remote.plan import CRON_FILES
+
+    removed = next(
+        line for line in lifecycle.REMOVE_STACK.splitlines() if line.startswith("rm -f -- ")
+    )
+    assert sorted(removed.split()[3:]) == sorted(str(path) for path in CRON_FILES)
+
+
+def test_restore_from_offsite_refuses_an_env_without_offsite_and_an_unknown_source(
+    tmp_path: Path,
+) -> None:
+    env = str(_write_env(tmp_path, sample_data("manual-test-sqlite")))
+    refused = _inv(
+        tmp_path, "restore", "--env", env, "--set", "latest", "--yes", "--from", "offsite"
+    )
+    assert refused.returncode == 1
+    assert "has no backup.offsite: nothing to restore from" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    unknown = _inv(tmp_path, "restore", "--env", env, "--set", "latest", "--from", "s3")
+    assert unknown.returncode == 1
+    assert "--from 's3' is not offsite" in unknown.stderr
+
+
+def test_restore_from_offsite_dry_run_says_the_fetch_comes_first(tmp_path: Path) -> None:
+    env = str(_write_env(tmp_path, _offsite_env_data()))
+    plan = _inv(
+        tmp_path, "restore", "--env", env, "--set", "latest", "--dry-run", "--from", "offsite"
+    )
+    assert plan.returncode == 0, plan.stderr
+    first, *rest = plan.stdout.splitlines()
+    assert first.startswith("first: fetch set latest from the off-host repository")
+    assert rest

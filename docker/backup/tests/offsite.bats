@@ -124,3 +124,49 @@ repository_sets() {
   run --separate-stderr "${OFFSITE_SH}" delete
   assert_failure 2
 }
+
+@test "offsite: fetch restores a set into the fetch directory in the set layout, verified" {
+  backup_ok run
+  "${OFFSITE_SH}" upload 2>/dev/null
+  export OFFSITE_FETCH_DIR="${BATS_TEST_TMPDIR}/fetch"
+  mkdir -p "${OFFSITE_FETCH_DIR}"
+  run --separate-stderr "${OFFSITE_SH}" fetch "${SET_TS}"
+  assert_success
+  assert_output "fetched=${SET_TS}"
+  (cd "${OFFSITE_FETCH_DIR}/set" && sha256sum --check --strict "manifests/set_${SET_TS}.sha256")
+  run bash -c "cd '${OFFSITE_FETCH_DIR}' && find . -type f | sort"
+  assert_output "$(printf '%s\n' "./set/config/config_${SET_TS}.tar.gz" "./set/manifests/set_${SET_TS}.meta" \
+    "./set/manifests/set_${SET_TS}.sha256" "./set/sqlite/sqlite_${SET_TS}.db.gz")"
+}
+
+@test "offsite: fetch of a set the repository lacks exits 26; a bad id or a used directory exits 2" {
+  backup_ok run
+  "${OFFSITE_SH}" upload 2>/dev/null
+  export OFFSITE_FETCH_DIR="${BATS_TEST_TMPDIR}/fetch"
+  mkdir -p "${OFFSITE_FETCH_DIR}"
+  run --separate-stderr "${OFFSITE_SH}" fetch 20000101_000000
+  assert_failure 26
+  [[ "${stderr}" == *"holds no set 20000101_000000 of bats-env"* ]]
+  run --separate-stderr "${OFFSITE_SH}" fetch "../../etc"
+  assert_failure 2
+  run --separate-stderr "${OFFSITE_SH}" fetch
+  assert_failure 2
+  mkdir "${OFFSITE_FETCH_DIR}/set"
+  run --separate-stderr "${OFFSITE_SH}" fetch "${SET_TS}"
+  assert_failure 2
+  [[ "${stderr}" == *"is not empty"* ]]
+}
+
+@test "offsite: fetch refuses a set whose copy in the repository does not verify" {
+  backup_ok run
+  # A set whose checksums do not match its files, uploaded as it is (restic directly).
+  printf 'x' >>"${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz"
+  restic --no-cache init >/dev/null 2>&1
+  restic --no-cache backup --host bats-env --tag "env=bats-env" --tag "set=${SET_TS}" \
+    "${BACKUP_ROOT}/sqlite" "${BACKUP_ROOT}/config" "${BACKUP_ROOT}/manifests" >/dev/null 2>&1
+  export OFFSITE_FETCH_DIR="${BATS_TEST_TMPDIR}/fetch"
+  mkdir -p "${OFFSITE_FETCH_DIR}"
+  run --separate-stderr "${OFFSITE_SH}" fetch "${SET_TS}"
+  assert_failure 23
+  [[ "${stderr}" == *"fails verification"* ]]
+}

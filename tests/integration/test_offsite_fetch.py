@@ -1,0 +1,144 @@
+"""`inv restore --from offsite`'s host side: a set back from the off-host
+repository into the host's backup directory, verified, then renamed into place.
+
+Real parts: the compose stack and backup image (tests/integration/stack.py),
+uploads by the maintenance script to a REST repository served by ``rclone serve
+restic`` on 127.0.0.1, the host script run here as root (as over SSH), and a
+small tmpfs under the backup directory for the disk-full case.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from tracker_deployer import offsite
+from tracker_deployer.remote.offsite_fetch import STAGING_PREFIX, fetch_error, fetch_script
+
+from tests.integration.stack import Stack
+from tests.integration.test_offsite import (
+    PASSWORD,
+    Server,
+    assert_local_sets_intact,
+    assert_success_with_upload,
+    offsite_stack,
+    rest_server,  # noqa: F401 (fixture)
+)
+
+pytestmark = pytest.mark.integration
+
+PARTS = ("sqlite/sqlite_{}.db.gz", "config/config_{}.tar.gz", "manifests/set_{}.meta")
+
+
+def run_fetch(stack: Stack, set_id: str) -> subprocess.CompletedProcess[str]:
+    script = fetch_script(str(stack.deploy_dir), str(stack.backups))
+    return subprocess.run(
+        ["bash", "-c", script, "_", set_id],
+        capture_output=True,
+        text=True,
+        env=stack.environ(),
+        check=False,
+        timeout=600,
+    )
+
+
+def set_files(stack: Stack, set_id: str) -> dict[str, bytes]:
+    names = [part.format(set_id) for part in PARTS] + [f"manifests/set_{set_id}.sha256"]
+    return {name: (stack.backups / name).read_bytes() for name in names}
+
+
+def remove_set(stack: Stack, set_id: str) -> None:
+    for name in set_files(stack, set_id):
+        (stack.backups / name).unlink()
+
+
+def test_a_lost_local_set_comes_back_from_the_repository_verified(
+    tmp_path: Path,
+    rest_server: Server,  # noqa: F811
+) -> None:
+    repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
+    stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
+    try:
+        set_id = assert_success_with_upload(stack, stack.run_maintenance())
+        original = set_files(stack, set_id)
+        owner = (stack.backups / f"manifests/set_{set_id}.sha256").stat().st_uid
+        remove_set(stack, set_id)
+        assert set_id not in stack.sets()
+
+        fetched = run_fetch(stack, set_id)
+        assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+        assert fetched.stdout.strip().splitlines()[-1] == f"fetched={set_id}"
+        assert PASSWORD not in fetched.stdout + fetched.stderr
+        assert set_files(stack, set_id) == original
+        assert (stack.backups / f"manifests/set_{set_id}.sha256").stat().st_uid == owner
+        assert_local_sets_intact(stack)
+        assert not list(stack.backups.glob(STAGING_PREFIX + "*"))
+
+        again = run_fetch(stack, set_id)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == f"present={set_id}"
+
+        missing = run_fetch(stack, "20000101_000000")
+        assert missing.returncode == offsite.OFFSITE_SH_EXIT["NO_SET"], missing.stderr
+        error = fetch_error(missing.returncode, missing.stderr, "20000101_000000")
+        assert "holds no such set" in str(error)
+        assert not list(stack.backups.glob(STAGING_PREFIX + "*"))
+
+        # An incomplete copy on the host is left alone, and said.
+        (stack.backups / f"manifests/set_{set_id}.sha256").unlink()
+        partial = run_fetch(stack, set_id)
+        assert partial.returncode == 3, partial.stderr
+        assert "incomplete copy" in str(fetch_error(partial.returncode, partial.stderr, set_id))
+        assert (stack.backups / f"sqlite/sqlite_{set_id}.db.gz").exists()
+    finally:
+        stack.cleanup()
+
+
+def test_disk_full_during_a_fetch_fails_clearly_and_keeps_the_local_sets(
+    tmp_path: Path,
+    rest_server: Server,  # noqa: F811
+) -> None:
+    """The backup directory on a small tmpfs, filled up before the fetch."""
+    if os.geteuid() != 0:
+        pytest.fail("the disk-full test mounts a tmpfs: run the tests as root")
+    repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
+    stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
+    mounted = False
+    try:
+        first = assert_success_with_upload(stack, stack.run_maintenance())
+        # The backup directory moves onto a 4 MiB tmpfs, as it is.
+        aside = tmp_path / "aside"
+        subprocess.run(["cp", "-a", str(stack.backups), str(aside)], check=True)  # owners too
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(stack.backups)],
+            check=True,
+        )
+        mounted = True
+        subprocess.run(["cp", "-a", f"{aside}/.", str(stack.backups)], check=True)
+        kept = set_files(stack, first)
+        remove_set(stack, first)
+        # A second set that stays, then the disk fills up.
+        other = "20000101_000000"
+        for name, data in kept.items():
+            (stack.backups / name.replace(first, other)).write_bytes(data)
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={stack.backups / 'filler'}", "bs=4k"],
+            capture_output=True,
+            check=False,
+        )
+        before = {name: (stack.backups / name).read_bytes() for name in set_files(stack, other)}
+
+        full = run_fetch(stack, first)
+        assert full.returncode == offsite.OFFSITE_SH_EXIT["NO_SPACE"], full.stdout + full.stderr
+        error = fetch_error(full.returncode, full.stderr, first)
+        assert "no space left" in str(error)
+        assert "local sets are intact" in str(error)
+        assert not list(stack.backups.glob(STAGING_PREFIX + "*"))
+        assert not (stack.backups / f"manifests/set_{first}.sha256").exists()
+        assert set_files(stack, other) == before
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(stack.backups)], check=False)
+        stack.cleanup()
