@@ -65,15 +65,28 @@ WORK_DIR=""
 ERROR_FILE=""
 declare -ga RESTIC=()
 
+# redact: stdin to stdout with any URL userinfo ("//user:password@") shown as
+# "//***@". Everything this script prints about the repository (its own lines
+# and restic's) goes through it: a rest:, s3: or sftp: URL may carry a password,
+# and these lines end up in 0644 status files, the log and cron mail.
+redact() {
+  sed -E 's#//[^/@]*@#//***@#g'
+}
+
+# redact_repository: RESTIC_REPOSITORY without its query and userinfo.
+redact_repository() {
+  printf '%s\n' "${RESTIC_REPOSITORY%%\?*}" | redact
+}
+
 say() {
-  printf '%s offsite: %s\n' "$(utc_now)" "$*" >&2
+  printf '%s offsite: %s\n' "$(utc_now)" "$*" | redact >&2
 }
 
 # fail CODE MESSAGE: the one line the maintenance script reports, then exit.
 fail() {
   local code="$1"
   shift
-  printf '%s offsite: error: %s\n' "$(utc_now)" "$*" >&2
+  printf '%s offsite: error: %s\n' "$(utc_now)" "$*" | redact >&2
   exit "${code}"
 }
 
@@ -137,20 +150,29 @@ run_restic() {
   local rc=0
   "${RESTIC[@]}" "$@" 2>"${ERROR_FILE}" || rc=$?
   if [[ -s "${ERROR_FILE}" ]]; then
-    sed 's/^/restic: /' -- "${ERROR_FILE}" >&2 || :
+    sed 's/^/restic: /' -- "${ERROR_FILE}" | redact >&2 || :
   fi
   return "${rc}"
 }
 
-# The offsite exit code (and its message) for the restic error in ERROR_FILE.
+# The offsite exit code (and its message) for the restic error in ERROR_FILE:
+# classify_known fails with the code of a cause it recognises and returns
+# otherwise; classify fails with OFFSITE_EXIT_FAILED for anything else.
 classify() {
+  classify_known "$1"
+  local text
+  text="$(head -c 65536 -- "${ERROR_FILE}" 2>/dev/null | tr '\n' ' ')" || text=""
+  fail "${OFFSITE_EXIT_FAILED}" "$1 failed (${text:0:300})"
+}
+
+classify_known() {
   local what="$1" text
   text="$(head -c 65536 -- "${ERROR_FILE}" 2>/dev/null | tr '\n' ' ')" || text=""
   case "${text}" in
     *"no space left on device"* | *"No space left on device"*)
       fail "${OFFSITE_EXIT_NO_SPACE}" "${what}: no space left on a device (the repository's disk, or this host's temporary space)" ;;
     *"wrong password or no key found"*)
-      fail "${OFFSITE_EXIT_PASSWORD}" "${what}: wrong repository password (backup.offsite.password does not open ${RESTIC_REPOSITORY%%\?*})" ;;
+      fail "${OFFSITE_EXIT_PASSWORD}" "${what}: wrong repository password (backup.offsite.password does not open $(redact_repository))" ;;
     *"repository is already locked"* | *"unable to create lock"*)
       fail "${OFFSITE_EXIT_LOCKED}" "${what}: the repository is locked by another restic process that is still alive, or by another host within the last 30 minutes (only stale locks are removed); try again later, or see 'restic list locks'" ;;
     *"unable to open config file"* | *"dial tcp"* | *"connection refused"* | *"Connection refused"* \
@@ -158,7 +180,6 @@ classify() {
       | *"Host key verification failed"* | *"Permission denied"* | *"timeout"* | *"Access Denied"*)
       fail "${OFFSITE_EXIT_UNREACHABLE}" "${what}: the repository is unreachable or not a restic repository (${text:0:300})" ;;
   esac
-  fail "${OFFSITE_EXIT_FAILED}" "${what} failed (${text:0:300})"
 }
 
 is_locked_error() {
@@ -192,7 +213,7 @@ list_snapshots() {
   fi
   if is_missing_repository; then
     say "no repository at the location yet: creating it (restic init)"
-    run_restic init >&2 || classify "restic init"
+    run_restic init | redact >&2 || classify "restic init"
     printf '[]\n' >"${out}"
     return 0
   fi
@@ -285,10 +306,13 @@ cmd_check() {
     say "check passed"
     return 0
   fi
-  if grep -q -e 'wrong password' -e 'unable to open config file' -e 'dial tcp' -e 'no space left' -- "${ERROR_FILE}"; then
-    classify "restic check"
+  # Unreachable, locked, wrong password, no space: their own codes. 24 only
+  # when restic says it found errors; anything else is a failed check (23).
+  classify_known "restic check"
+  if grep -q -e 'repository contains errors' -e 'errors were found' -- "${ERROR_FILE}"; then
+    fail "${OFFSITE_EXIT_CHECK}" "restic check found errors in the repository (see the lines above)"
   fi
-  fail "${OFFSITE_EXIT_CHECK}" "restic check found errors in the repository (see the lines above)"
+  classify "restic check"
 }
 
 cmd_snapshots() {

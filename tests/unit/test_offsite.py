@@ -15,6 +15,7 @@ from tracker_deployer.config.model import (
     DEFAULT_OFFSITE_CHECK_SCHEDULE,
     DEFAULT_OFFSITE_KEEP,
 )
+from tracker_deployer.errors import ConfigError
 from tracker_deployer.remote.backups import HostDataError
 from tracker_deployer.remote.offsite import (
     format_sets,
@@ -206,6 +207,22 @@ def test_every_supported_repository_form_parses(repository: str, kind: str) -> N
     assert config.offsite is not None
     assert config.offsite.kind == kind
     assert not config.offsite.repository.endswith("/") or kind != "local"
+
+
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "rest:https://user:s3cr3t@backup.example.com:8000/ tracker",
+        "rest:ftp://user:s3cr3t@backup.example.com/tracker",
+        "sftp://user:s3cr3t@host.example.com",
+        "gs://user:s3cr3t@bucket/x",
+    ],
+)
+def test_a_rejected_repository_is_shown_without_its_userinfo(repository: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(with_offsite(repository=repository))
+    assert "s3cr3t" not in str(raised.value)
+    assert "//***@" in str(raised.value)
 
 
 # --------------------------------------------------------------------------- inv backups --offsite

@@ -170,3 +170,41 @@ repository_sets() {
   assert_failure 23
   [[ "${stderr}" == *"fails verification"* ]]
 }
+
+@test "offsite: a password in the repository URL is printed by no command" {
+  backup_ok run
+  # Nothing listens on this loopback port: every command fails as unreachable.
+  local port
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+  export RESTIC_REPOSITORY="rest:http://user:s3cr3t@127.0.0.1:${port}/repo"
+  mkdir -p "${BATS_TEST_TMPDIR}/fetch"
+  local command
+  for command in upload check snapshots sets "fetch ${SET_TS}"; do
+    # shellcheck disable=SC2086
+    OFFSITE_FETCH_DIR="${BATS_TEST_TMPDIR}/fetch" run --separate-stderr "${OFFSITE_SH}" ${command}
+    assert_failure 20
+    [[ "${output}${stderr}" != *"s3cr3t"* ]]
+  done
+}
+
+@test "offsite: a wrong password names the repository without its userinfo" {
+  backup_ok run
+  local repository="${BATS_TEST_TMPDIR}/x//user:s3cr3t@y/repo"
+  RESTIC_REPOSITORY="${repository}" run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  printf 'not the password' >"${RESTIC_PASSWORD_FILE}"
+  RESTIC_REPOSITORY="${repository}" run --separate-stderr "${OFFSITE_SH}" upload
+  assert_failure 21
+  [[ "${stderr}" == *"wrong repository password"*"//***@y/repo"* ]]
+  [[ "${output}${stderr}" != *"s3cr3t"* ]]
+}
+
+@test "offsite: check gives an unreachable repository 20 and a wrong password 21, not 24" {
+  backup_ok run
+  "${OFFSITE_SH}" upload 2>/dev/null
+  printf 'not the password' >"${RESTIC_PASSWORD_FILE}"
+  run --separate-stderr "${OFFSITE_SH}" check
+  assert_failure 21
+  RESTIC_REPOSITORY="${BATS_TEST_TMPDIR}/missing" run --separate-stderr "${OFFSITE_SH}" check
+  assert_failure 20
+}

@@ -552,36 +552,48 @@ RESERVED_OFFSITE_ENV = frozenset(
 RESERVED_OFFSITE_ENV_PREFIX = "OFFSITE_"
 
 
+_USERINFO = re.compile(r"//[^/@]*@")
+
+
+def redact_repository(value: str) -> str:
+    """``value`` with any ``//USER:PASSWORD@`` userinfo shown as ``//***@``."""
+    return _USERINFO.sub("//***@", value)
+
+
 def parse_restic_repository(value: str) -> str:
-    """A restic repository: ``s3:``, ``sftp:``, ``rest:`` or an absolute local path."""
+    """A restic repository: ``s3:``, ``sftp:``, ``rest:`` or an absolute local path.
+
+    Messages show it with any userinfo redacted (``//***@``): a URL may carry a password.
+    """
+    shown = redact_repository(value)
     for position, char in enumerate(value):
         if not "!" <= char <= "~":
             raise InvalidValue(
-                f"{value!r} has {'a space' if char == ' ' else f'the character U+{ord(char):04X}'} "
+                f"{shown!r} has {'a space' if char == ' ' else f'the character U+{ord(char):04X}'} "
                 f"at position {position + 1}; a repository holds printable ASCII without spaces",
                 "percent-encode anything else in a URL; pick a local path without spaces",
             )
     if value.startswith("/"):
         if any(part == ".." for part in value.split("/")):
-            raise InvalidValue(f"{value!r} contains '..'", "write the path without '..'")
+            raise InvalidValue(f"{shown!r} contains '..'", "write the path without '..'")
         if value.rstrip("/") == "":
-            raise InvalidValue(f"{value!r} is the root directory", _REPOSITORY_HINT)
+            raise InvalidValue(f"{shown!r} is the root directory", _REPOSITORY_HINT)
         return value.rstrip("/")
     kind, colon, rest = value.partition(":")
     if not colon or kind not in ("s3", "sftp", "rest"):
         raise InvalidValue(
-            f"{value!r} is not a restic repository this deployer supports", _REPOSITORY_HINT
+            f"{shown!r} is not a restic repository this deployer supports", _REPOSITORY_HINT
         )
     if rest == "" or rest == "//":
-        raise InvalidValue(f"{value!r} names no {kind} location", _REPOSITORY_HINT)
+        raise InvalidValue(f"{shown!r} names no {kind} location", _REPOSITORY_HINT)
     if kind == "rest" and not re.fullmatch(r"https?://[^/\s]+(/.*)?", rest):
         raise InvalidValue(
-            f"{value!r} is not a rest: URL",
+            f"{shown!r} is not a rest: URL",
             "use e.g. 'rest:https://backup.example.com:8000/tracker'",
         )
     if kind == "sftp" and not re.fullmatch(r"(//[^/]+/.+|[^/:]+:.+)", rest):
         raise InvalidValue(
-            f"{value!r} is not an sftp: location",
+            f"{shown!r} is not an sftp: location",
             "use 'sftp:USER@HOST:/PATH' or 'sftp://USER@HOST:PORT//PATH'",
         )
     return value
