@@ -633,3 +633,44 @@ def test_backups_offsite_lists_the_repositorys_sets_with_time_and_size(
         assert "repository password is wrong" in str(error)
     finally:
         stack.cleanup()
+
+
+def test_an_upload_that_times_out_leaves_no_container_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loopback listener that accepts and never answers: restic waits until the
+    upload's time limit; the maintenance script then removes the container."""
+    from tracker_deployer import offsite as offsite_module
+
+    monkeypatch.setattr(offsite_module, "UPLOAD_TIMEOUT_SECONDS", 15)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    repository = f"rest:http://127.0.0.1:{port}/tracker"
+    stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
+    try:
+        failed = stack.run_maintenance()
+        assert failed.returncode == 76, failed.stdout + failed.stderr
+        assert offsite_status(stack)["exit_code"] in ("124", "137")
+        assert "did not finish within 15 s" in offsite_status(stack)["reason"]
+        left = subprocess.run(
+            [
+                "docker",
+                "ps",
+                "-a",
+                "--format",
+                "{{.Names}}",
+                "--filter",
+                f"label=com.docker.compose.project={stack.project}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.split()
+        assert not [name for name in left if name.endswith("-offsite")], left
+        assert_local_sets_intact(stack)
+    finally:
+        listener.close()
+        stack.cleanup()

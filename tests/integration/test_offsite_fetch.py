@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from tracker_deployer import offsite
+from tracker_deployer import exit_codes, offsite
 from tracker_deployer.remote.offsite_fetch import STAGING_PREFIX, fetch_error, fetch_script
 
 from tests.integration.stack import Stack
@@ -32,8 +33,12 @@ pytestmark = pytest.mark.integration
 PARTS = ("sqlite/sqlite_{}.db.gz", "config/config_{}.tar.gz", "manifests/set_{}.meta")
 
 
-def run_fetch(stack: Stack, set_id: str) -> subprocess.CompletedProcess[str]:
-    script = fetch_script(str(stack.deploy_dir), str(stack.backups))
+def run_fetch(
+    stack: Stack, set_id: str, lock_wait_seconds: int = 60
+) -> subprocess.CompletedProcess[str]:
+    script = fetch_script(
+        str(stack.deploy_dir), str(stack.backups), str(stack.lock_file), lock_wait_seconds
+    )
     return subprocess.run(
         ["bash", "-c", script, "_", set_id],
         capture_output=True,
@@ -67,8 +72,36 @@ def test_a_lost_local_set_comes_back_from_the_repository_verified(
         remove_set(stack, set_id)
         assert set_id not in stack.sets()
 
+        # The host's backup lock held by another process: nothing happens.
+        stack.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        holder = subprocess.Popen(["flock", str(stack.lock_file), "sleep", "60"])
+        try:
+            deadline = time.monotonic() + 10
+            while (
+                subprocess.run(
+                    ["flock", "--nonblock", str(stack.lock_file), "true"], check=False
+                ).returncode
+                == 0
+            ):
+                assert time.monotonic() < deadline, "the holder never took the lock"
+                time.sleep(0.1)
+            busy = run_fetch(stack, set_id, lock_wait_seconds=1)
+        finally:
+            holder.kill()
+            holder.wait()
+        assert busy.returncode == exit_codes.LOCK_BUSY, busy.stdout + busy.stderr
+        assert "backup lock" in busy.stderr
+        assert "backup lock is held" in str(fetch_error(busy.returncode, busy.stderr, set_id))
+        assert set_id not in stack.sets()
+        assert not any((stack.backups / name).exists() for name in original)
+        assert not list(stack.backups.glob(STAGING_PREFIX + "*"))
+
+        before = time.time() - 1
         fetched = run_fetch(stack, set_id)
         assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+        # Fetched files carry the fetch's time, not the set's: retention keeps them.
+        for name in original:
+            assert (stack.backups / name).stat().st_mtime >= before, name
         assert fetched.stdout.strip().splitlines()[-1] == f"fetched={set_id}"
         assert PASSWORD not in fetched.stdout + fetched.stderr
         assert set_files(stack, set_id) == original

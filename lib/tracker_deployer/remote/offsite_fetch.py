@@ -16,7 +16,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from tracker_deployer import compose, offsite, paths
+from tracker_deployer import compose, exit_codes, offsite, paths
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote.backups import is_set_id, set_layout
@@ -26,6 +26,9 @@ from tracker_deployer.say import Say
 from tracker_deployer.topology import APP_GID, APP_UID
 
 FETCH_TIMEOUT_SECONDS = 6 * 3600
+# How long the fetch waits for the host's backup lock (a backup run or an
+# off-host check holding it) before it gives up with exit_codes.LOCK_BUSY.
+FETCH_LOCK_WAIT_SECONDS = 120
 STAGING_PREFIX = ".offsite-fetch."
 FETCH_DIR_IN_CONTAINER = "/fetch"
 # The host script's own exit codes (besides offsite.sh's).
@@ -46,6 +49,11 @@ _FETCH_CAUSES: dict[int, tuple[str, str]] = {
         "the set from the off-host repository failed (restore or verification); nothing was kept",
         "see the lines above; pick another set from `inv backups --offsite`",
     ),
+    exit_codes.LOCK_BUSY: (
+        "the host's backup lock is held (a backup run, an off-host check, a deploy or a "
+        "restore is in progress); nothing was changed",
+        "wait until it has finished (`inv status`), then again",
+    ),
     EXIT_PARTIAL_SET: (
         "the host holds an incomplete copy of this set (files without its .sha256); "
         "nothing was changed",
@@ -61,16 +69,34 @@ class Fetched:
 
 
 def fetch_script(
-    deploy_dir: str = str(paths.DEPLOY_DIR), backup_dir: str = str(paths.BACKUP_DIR)
+    deploy_dir: str = str(paths.DEPLOY_DIR),
+    backup_dir: str = str(paths.BACKUP_DIR),
+    lock_file: str = str(paths.BACKUP_LOCK),
+    lock_wait_seconds: int = FETCH_LOCK_WAIT_SECONDS,
 ) -> str:
-    """The host side (as root); the set id is its one argument, checked again there."""
+    """The host side (as root); the set id is its one argument, checked again there.
+
+    It holds the host's backup lock (the one the maintenance script, the
+    off-host check and the restore take) from before it looks at the backup
+    directory until it exits, so no upload's ``forget --prune`` and no
+    retention runs meanwhile; the fetched files get the current time (restic
+    restores the set's old times), so the next run's retention keeps them.
+    """
     variable = offsite.HOSTNAME_VARIABLE
     # Payload first, the .sha256 (what makes a set complete) last.
     relatives = " ".join(f'"{relative}"' for relative in set_layout("${set_id}"))
     return f"""set -o errexit -o nounset -o pipefail
 set_id="$1"
 backup_dir={shlex.quote(backup_dir)}
+lock_file={shlex.quote(lock_file)}
 [[ "$set_id" =~ ^[0-9]{{8}}_[0-9]{{6}}$ ]] || {{ echo "not a set id: $set_id" >&2; exit 2; }}
+mkdir -p -- "$(dirname -- "$lock_file")"
+exec 9>>"$lock_file"
+if ! flock --wait {int(lock_wait_seconds)} 9; then
+  echo "the backup lock $lock_file is still held after {int(lock_wait_seconds)} s (a backup run, \
+an off-host check, a deploy or a restore); nothing was changed" >&2
+  exit {exit_codes.LOCK_BUSY}
+fi
 if [[ -f "$backup_dir/manifests/set_$set_id.sha256" ]]; then
   echo "present=$set_id"
   exit 0
@@ -90,9 +116,16 @@ chmod 0700 "$staging"
 export {variable}
 cd {shlex.quote(deploy_dir)}
 rc=0
-timeout {FETCH_TIMEOUT_SECONDS} {compose.command(deploy_dir)} --profile backup run --rm --no-deps -T \\
+container="tracker-backup-$$-offsite-fetch"
+timeout --kill-after=10 {FETCH_TIMEOUT_SECONDS} {compose.command(deploy_dir)} \\
+  --profile backup run --rm --no-deps -T --name "$container" \\
   -v "$staging:{FETCH_DIR_IN_CONTAINER}" -e OFFSITE_FETCH_DIR={FETCH_DIR_IN_CONTAINER} \\
   {offsite.SERVICE} fetch "$set_id" >"$staging/fetch.out" || rc=$?
+if (( rc == 124 || rc == 137 )); then
+  # Timed out: the compose client is gone, its container may still run.
+  timeout 60 docker rm --force "$container" >/dev/null 2>&1 || :
+  echo "the fetch did not finish within {FETCH_TIMEOUT_SECONDS} s and was stopped" >&2
+fi
 if (( rc != 0 )); then
   exit "$rc"
 fi
@@ -105,6 +138,7 @@ for relative in {relatives}; do
       chown {APP_UID}:{APP_GID} "$directory"
     fi
     mv -T -- "$staging/set/$relative" "$backup_dir/$relative"
+    touch -c -- "$backup_dir/$relative"
   fi
 done
 echo "fetched=$set_id"
