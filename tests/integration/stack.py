@@ -9,8 +9,10 @@ test-doubles/images (scripts/e2e-setup.sh) and the backup image (inv build-image
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import threading
@@ -24,7 +26,7 @@ from tracker_deployer import paths
 from tracker_deployer.config import Env
 from tracker_deployer.image import default_tag
 from tracker_deployer.render import render
-from tracker_deployer.render.tree import maintenance_script
+from tracker_deployer.render.tree import DUMP_TIMEOUT_SECONDS, maintenance_script
 from tracker_deployer.sandbox import (
     MARIADB_IMAGE,
     NODE_EXPORTER_IMAGE,
@@ -74,7 +76,7 @@ class Stack:
         self.metrics_script = base / "tracker-backup-metrics.sh"
         self.project = f"tdtest-{uuid.uuid4().hex[:10]}"
 
-    def install(self) -> Stack:
+    def install(self, *, dump_timeout_seconds: int = DUMP_TIMEOUT_SECONDS) -> Stack:
         """Lay out the rendered /opt/torrust tree under deploy_dir, owners and modes included."""
         tree = render(self.env)
         for directory in tree.directories:
@@ -99,6 +101,7 @@ class Stack:
                 lock_file=str(self.lock_file),
                 status_dir=str(self.status_dir),
                 metrics_script=str(self.metrics_script),
+                dump_timeout_seconds=dump_timeout_seconds,
             )
         )
         self.script.chmod(0o755)
@@ -220,26 +223,38 @@ def env_for_stack(data: dict[str, Any], *, backup_image: str = BACKUP_IMAGE) -> 
     return data
 
 
-# A test double for the backup image: its `snapshot` never ends (a hung
-# database or disk), built from the local debian:bookworm-slim in a second.
-HANGING_BACKUP_IMAGE = "tracker-deployer-test/backup-hangs:test"
-
-
-def hanging_backup_image() -> str:
-    if not image_exists(HANGING_BACKUP_IMAGE):
-        dockerfile = (
-            "FROM debian:bookworm-slim\n"
-            'ENTRYPOINT ["/bin/sh", "-c", '
-            '"echo backup double: hanging >&2; exec sleep infinity", "backup-double"]\n'
-        )
+# Test doubles for the backup image, built from the local debian:bookworm-slim
+# in a second; the tag carries a digest of the script, so a changed double is
+# rebuilt.
+def backup_double_image(name: str, script: str) -> str:
+    entrypoint = json.dumps(["/bin/sh", "-c", script, "backup-double"])
+    tag = f"{name}:{hashlib.sha256(script.encode()).hexdigest()[:12]}"
+    if not image_exists(tag):
         subprocess.run(
-            ["docker", "build", "-q", "-t", HANGING_BACKUP_IMAGE, "-"],
-            input=dockerfile,
+            ["docker", "build", "-q", "-t", tag, "-"],
+            input=f"FROM debian:bookworm-slim\nENTRYPOINT {entrypoint}\n",
             text=True,
             capture_output=True,
             check=True,
         )
-    return HANGING_BACKUP_IMAGE
+    return tag
+
+
+def hanging_backup_image() -> str:
+    """Its `snapshot` never ends (a hung database or disk) and never opens."""
+    return backup_double_image(
+        "tracker-deployer-test/backup-hangs",
+        "echo backup double: hanging >&2; exec sleep infinity",
+    )
+
+
+def hanging_dump_backup_image() -> str:
+    """Its `snapshot` prints the open line, then never ends (a dump that hangs)."""
+    return backup_double_image(
+        "tracker-deployer-test/backup-dump-hangs",
+        f"printf '%s\\n' {shlex.quote(paths.SNAPSHOT_OPEN_LINE)};"
+        " echo backup double: snapshot open, the dump hangs >&2; exec sleep infinity",
+    )
 
 
 class PingServer:

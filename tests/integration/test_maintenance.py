@@ -27,6 +27,7 @@ from tests.integration.stack import (
     Stack,
     env_for_stack,
     hanging_backup_image,
+    hanging_dump_backup_image,
     require_images,
 )
 
@@ -486,6 +487,54 @@ def test_hardening_10_a_hung_snapshot_is_killed_at_the_downtime_limit(tmp_path: 
             assert not stack.marker.exists()
             assert stack.sets() == []
         finally:
+            stack.cleanup()
+
+
+def test_a_dump_that_hangs_after_the_open_line_is_killed_at_its_bound(tmp_path: Path) -> None:
+    """After `snapshot-open` the tracker runs again; a dump that then hangs must not
+    hold the backup lock for ever (every later run would exit 75)."""
+    require_images(STANDIN_IMAGE)
+    with PingServer() as pings:
+        data = env_for_stack(
+            sample_data("manual-test-sqlite"), backup_image=hanging_dump_backup_image()
+        )
+        data["backup"]["notify_url"] = pings.url
+        stack = Stack(parse(data), tmp_path / "s").install(dump_timeout_seconds=5)
+        process: subprocess.Popen[str] | None = None
+        try:
+            stack.up()
+            process = stack.start_maintenance("--quiet")
+            _, stderr = process.communicate(timeout=120)
+            assert process.returncode == 124, stderr
+
+            reason = "the dump did not end within 5 s after the snapshot was open"
+            status = stack.status()
+            assert status["result"] == "failure"
+            assert status["exit_code"] == "124"
+            assert reason in status["reason"]
+            assert status["set"] == ""
+            log = stack.log_file.read_text()
+            assert "backup double: snapshot open, the dump hangs" in log
+            assert "snapshot open; the backup container goes on" in log
+            assert f"backup run FAILED (exit 124): {reason}" in log
+            assert reason in stderr  # cron mails it
+            assert pings.pings == ["/ping/start", "/ping/fail"]
+
+            assert "tracker" in stack.running_services()
+            assert not stack.marker.exists()
+            with stack.lock_file.open("a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free at once
+            assert containers_named(snapshot_container(process)) == ""
+            assert stack.sets() == []
+        finally:
+            if process is not None and process.returncode is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate(timeout=60)
+                subprocess.run(
+                    ["docker", "rm", "-f", snapshot_container(process)],
+                    capture_output=True,
+                    check=False,
+                )
             stack.cleanup()
 
 

@@ -17,6 +17,7 @@ import yaml
 from tracker_deployer import __version__, paths
 from tracker_deployer.errors import DeployError
 from tracker_deployer.render import render, write_tree
+from tracker_deployer.render.tree import DUMP_TIMEOUT_SECONDS, FINISH_TIMEOUT_SECONDS
 
 from tests.helpers import SAMPLES, parse, sample_data
 
@@ -332,3 +333,15 @@ def test_write_tree_replaces_an_earlier_render_without_leftovers(
     assert not (out / "etc/cron.d/tracker-backup").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     assert os.access(out / "opt/torrust/docker-compose.yml", os.R_OK)
+
+
+def test_the_dump_and_finish_bounds_reach_the_script_and_the_docs(
+    sqlite_data: dict[str, Any],
+) -> None:
+    script = render(parse(sqlite_data)).text("/usr/local/bin/maintenance-backup.sh")
+    assert f"readonly DUMP_TIMEOUT_SECONDS={DUMP_TIMEOUT_SECONDS}\n" in script
+    assert f"readonly FINISH_TIMEOUT_SECONDS={FINISH_TIMEOUT_SECONDS}\n" in script
+    docs = " ".join((paths.REPO_ROOT / "docs/user-guide/backup.md").read_text().split())
+    assert f"may take at most **{DUMP_TIMEOUT_SECONDS // 3600} hours**" in docs
+    assert f"`finish` at most **{FINISH_TIMEOUT_SECONDS // 3600} hours**" in docs
+    assert f"within {DUMP_TIMEOUT_SECONDS} s after the snapshot was open" in docs
