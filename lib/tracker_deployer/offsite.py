@@ -9,6 +9,8 @@ exit_codes.OFFSITE_FAILED, rendered into the maintenance script.
 
 from __future__ import annotations
 
+import shlex
+
 from tracker_deployer import exit_codes, paths
 from tracker_deployer.config.model import Env, OffsiteConfig
 
@@ -21,6 +23,17 @@ SERVICE = "offsite"
 HOSTNAME_VARIABLE = "TRACKER_OFFSITE_HOSTNAME"
 HOSTNAME_SUFFIX = "-offsite"
 DEFAULT_HOSTNAME = "tracker-offsite"
+
+
+def hostname_export() -> str:
+    """The bash lines every host script runs before the offsite service: this
+    host's short name plus HOSTNAME_SUFFIX, exported for compose to interpolate."""
+    return (
+        f'{HOSTNAME_VARIABLE}="$(hostname -s 2>/dev/null || printf host)"'
+        f"{shlex.quote(HOSTNAME_SUFFIX)}\n"
+        f"export {HOSTNAME_VARIABLE}\n"
+    )
+
 
 # The maintenance script's outcome "local ok, off-host failed": the set is complete
 # and verified on this host, the upload (or forget --prune) did not succeed.

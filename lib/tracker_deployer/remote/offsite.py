@@ -58,12 +58,9 @@ class OffsiteSet:
 
 def listing_script(deploy_dir: str = str(paths.DEPLOY_DIR)) -> str:
     """The host side: offsite.sh `sets` in the offsite service (as root)."""
-    variable = offsite.HOSTNAME_VARIABLE
     return (
         "set -o errexit -o nounset -o pipefail\n"
-        f'{variable}="$(hostname -s 2>/dev/null || printf host)"'
-        f"{shlex.quote(offsite.HOSTNAME_SUFFIX)}\n"
-        f"export {variable}\n"
+        f"{offsite.hostname_export()}"
         f"cd {shlex.quote(deploy_dir)}\n"
         f"exec timeout {LISTING_TIMEOUT_SECONDS} {compose.command(deploy_dir)} --profile backup run --rm "
         f"--no-deps -T {offsite.SERVICE} sets\n"

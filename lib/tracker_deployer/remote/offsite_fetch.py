@@ -82,7 +82,6 @@ def fetch_script(
     retention runs meanwhile; the fetched files get the current time (restic
     restores the set's old times), so the next run's retention keeps them.
     """
-    variable = offsite.HOSTNAME_VARIABLE
     # Payload first, the .sha256 (what makes a set complete) last.
     relatives = " ".join(f'"{relative}"' for relative in set_layout("${set_id}"))
     return f"""set -o errexit -o nounset -o pipefail
@@ -112,9 +111,7 @@ staging="$(mktemp -d "$backup_dir/{STAGING_PREFIX}XXXXXX")"
 trap 'rm -rf -- "$staging"' EXIT
 chown {APP_UID}:{APP_GID} "$staging"
 chmod 0700 "$staging"
-{variable}="$(hostname -s 2>/dev/null || printf host)"{shlex.quote(offsite.HOSTNAME_SUFFIX)}
-export {variable}
-cd {shlex.quote(deploy_dir)}
+{offsite.hostname_export()}cd {shlex.quote(deploy_dir)}
 rc=0
 container="tracker-backup-$$-offsite-fetch"
 timeout --kill-after=10 {FETCH_TIMEOUT_SECONDS} {compose.command(deploy_dir)} \\

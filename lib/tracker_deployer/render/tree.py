@@ -551,8 +551,7 @@ def offsite_settings(env: Env) -> dict[str, Any] | None:
         "check_timeout_seconds": offsite.CHECK_TIMEOUT_SECONDS,
         "status_name": paths.OFFSITE_LAST_UPLOAD.name,
         "check_status_name": paths.OFFSITE_LAST_CHECK.name,
-        "hostname_variable": offsite.HOSTNAME_VARIABLE,
-        "hostname_suffix": offsite.HOSTNAME_SUFFIX,
+        "hostname_export": offsite.hostname_export(),
     }
 
 
