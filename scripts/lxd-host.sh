@@ -4,7 +4,11 @@
 #
 # Usage:
 #   scripts/lxd-host.sh prepare
+#   scripts/lxd-host.sh start
 #
+# start   only starts the LXD daemon when it does not run, so that what LXD
+#         holds (instances made before a reboot or a killed daemon) can be
+#         asked about; the provider runs it before any question to LXD.
 # prepare starts the LXD daemon when it does not run (no systemd here: by
 #         hand, detached), applies a preseed (dir pool, bridge lxdbr0 at
 #         TRACKER_DEPLOYER_LXD_BRIDGE, default 10.187.33.1/24), lets lxdbr0
@@ -17,7 +21,7 @@
 # LXD itself comes from scripts/setup.sh (Debian's lxd 5.0). Instances are made
 # and removed by the Python provider, never here.
 #
-# The last line on stdout is machine-readable:
+# The last line prepare prints on stdout is machine-readable:
 #   image=ALIAS network=lxdbr0
 set -o errexit -o nounset -o pipefail
 
@@ -40,7 +44,7 @@ readonly LOCK_FD=9  # literal 9 in the exec and 9>&- redirections below
 readonly LOCK_TIMEOUT_SECONDS=900
 
 usage() {
-  sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -205,11 +209,20 @@ ensure_image() {
 
 # ------------------------------------------------------------------ commands
 
-cmd_prepare() {
+take_setup_lock() {
   mkdir -p "${LXD_DIR}"
-  # One prepare at a time: parallel runs share the daemon, bridge and image.
+  # One at a time: parallel runs share the daemon, bridge and image.
   exec 9>"${LXD_DIR}/setup.lock"
   flock -w "${LOCK_TIMEOUT_SECONDS}" "${LOCK_FD}" || e2e_die "another lxd-host.sh holds ${LXD_DIR}/setup.lock"
+}
+
+cmd_start() {
+  take_setup_lock
+  ensure_lxd_running
+}
+
+cmd_prepare() {
+  take_setup_lock
   ensure_lxd_running
   apply_preseed
   docker_user_rules insert
@@ -224,8 +237,8 @@ main() {
   shift
   case "${command}" in
     -h | --help) usage ;;
-    prepare) ;;
-    *) e2e_die "unknown command ${command} (prepare)" ;;
+    prepare | start) ;;
+    *) e2e_die "unknown command ${command} (prepare, start)" ;;
   esac
   (($# == 0)) || e2e_die "${command} takes no arguments"
   e2e_require_root

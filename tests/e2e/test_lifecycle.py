@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +40,18 @@ def _answers_tcp(host: str, port: int) -> bool:
             return bool(sock.recv(64))
     except OSError:
         return False
+
+
+def _stop_lxd_daemon() -> None:
+    """SIGTERM to the LXD daemon: it exits and leaves its instances running."""
+    killed = subprocess.run(["pkill", "-TERM", "-x", "lxd"], capture_output=True, check=False)
+    assert killed.returncode == 0, "no LXD daemon was running"
+    for _ in range(60):
+        down = subprocess.run(["lxc", "query", "/1.0"], capture_output=True, check=False)
+        if down.returncode != 0 and b"unix.socket" in down.stderr:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the LXD daemon still answers 30 s after SIGTERM")
 
 
 def _env_copy(tmp_path: Path, **changes: object) -> Path:
@@ -166,6 +179,9 @@ def test_destroy_refuses_while_sets_exist_then_removes_the_instance(
         assert "its backup sets cannot be checked" in stopped.stderr
     finally:
         subprocess.run(["lxc", "start", TARGET_NAME], check=True, timeout=120)
+    # A daemon that is not running (a reboot, a killed daemon: no systemd here)
+    # still holds the instance: destroy starts it and refuses, never "not there".
+    _stop_lxd_daemon()
     refused = inv("destroy", "--env", PROVISIONED_ENV)
     assert refused.returncode == 1, shown(refused)
     assert "refusing to destroy" in refused.stderr

@@ -36,6 +36,7 @@ SETUP_HINT = "run scripts/setup.sh (it installs Debian's lxd, lxd-client and dns
 
 PREPARE_TIMEOUT_SECONDS = 1200  # a first run debootstraps the image (~80 s measured)
 LXC_TIMEOUT_SECONDS = 120
+START_TIMEOUT_SECONDS = 960  # the setup lock (900 s) plus the daemon's own 60 s
 BOOT_TIMEOUT_SECONDS = 120
 SSH_TIMEOUT_SECONDS = 60
 LOAD_TIMEOUT_SECONDS = 900
@@ -108,6 +109,33 @@ def _text(result: subprocess.CompletedProcess[bytes]) -> str:
     return (result.stderr or result.stdout).decode(errors="replace").strip()
 
 
+def _daemon_down(result: subprocess.CompletedProcess[bytes]) -> bool:
+    """lxc's answer when no daemon listens on its socket."""
+    return "unix.socket" in _text(result).lower()
+
+
+def start_daemon() -> None:
+    """Start the LXD daemon when it does not run (scripts/lxd-host.sh start)."""
+    try:
+        result = subprocess.run(
+            ["bash", str(PREPARE_SCRIPT), "start"],
+            stdout=subprocess.DEVNULL,
+            stderr=None,  # its progress line goes straight to the operator
+            check=False,
+            timeout=START_TIMEOUT_SECONDS,
+        )
+    except subprocess.TimeoutExpired:
+        raise DeployError(
+            f"scripts/lxd-host.sh start did not finish within {START_TIMEOUT_SECONDS} s"
+        ) from None
+    if result.returncode != 0:
+        raise DeployError(
+            f"the LXD daemon is not running and could not be started "
+            f"(scripts/lxd-host.sh start exit {result.returncode})",
+            "see its error above; " + SETUP_HINT,
+        )
+
+
 class Lxd:
     kind = "lxd"
 
@@ -119,14 +147,21 @@ class Lxd:
     # -- the instance ----------------------------------------------------------
 
     def instance(self) -> dict[str, object] | None:
-        """LXD's record of the instance (config, status), or None when there is none."""
-        if not shutil.which("lxc"):
+        """LXD's record of the instance (config, status), or None when there is none.
+
+        A daemon that does not run (a reboot, a killed daemon: there is no
+        systemd here to start it) is started first: its database may hold the
+        instance, and "not there" must never be said of one that is.
+        """
+        if not (shutil.which("lxc") and shutil.which("lxd")):
             return None
         result = lxc("query", f"/1.0/instances/{self.name}")
+        if result.returncode != 0 and _daemon_down(result):
+            start_daemon()
+            result = lxc("query", f"/1.0/instances/{self.name}")
         if result.returncode != 0:
             text = _text(result).lower()
-            # No such instance, or no daemon (then there is no instance either).
-            if "not found" in text or "unix.socket" in text:
+            if "not found" in text:
                 return None
             raise DeployError(
                 f"cannot ask LXD about instance {self.name}: {_text(result)}",
