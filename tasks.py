@@ -23,6 +23,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import Task, task
 from tracker_deployer import image, lifecycle, paths, sandbox, state
 from tracker_deployer import publish as publishing
+from tracker_deployer import recover as recovery
 from tracker_deployer.config import Env, env_path, load_env
 from tracker_deployer.config.template import starter_config_text
 from tracker_deployer.describe import describe_env
@@ -583,6 +584,36 @@ def restore(
 
 
 @_host_task(
+    help={
+        "env": ENV_HELP,
+        "set": "set id in the off-host repository, or latest (its newest of this environment)",
+    }
+)
+def recover(c: Context, env: str = "", set: str = "latest", where: _Host = ANY_HOST) -> None:
+    """A lost host back to running: new host → configure → deploy → restore from off-host."""
+    with _errors():
+        parsed = _load(env)
+        recovery.check_request(parsed, set, where.host)
+        tree = _render_for_remote(parsed)
+        print(f"recover {parsed.name} from the off-host repository (set {set})")
+        done = recovery.recover(
+            parsed,
+            tree,
+            set,
+            _say,
+            host=where.host,
+            known_hosts=where.known_hosts,
+            accept_new_host_key=where.accept_new_host_key,
+        )
+        total = sum(took for _, took in done.timings)
+        print(f"recovered {parsed.name} on {done.target} from set {done.set_id} in {total:.0f} s")
+        for row in done.services:
+            print(
+                f"  {row['service']:12} {row['state']:10} health={row['health']:10} {row['status']}"
+            )
+
+
+@_host_task(
     name="fetch-backup",
     help={
         "env": ENV_HELP,
@@ -651,6 +682,7 @@ ns = Collection(
     backups,
     verify,
     restore,
+    recover,
     fetch_backup,
     build_image,
     publish,

@@ -37,6 +37,7 @@ OPERATIONS = {
         "verify_first": True,
         "safety_backup": True,
         "skip_safety_backup": False,
+        "new_host": False,
         "lock_file": str(paths.BACKUP_LOCK),
         "sqlite_dir": str(paths.SQLITE_DIR),
         "sqlite_name": "tracker.db",

@@ -138,13 +138,16 @@ def register(env: Env, host: str, port: int, say: Say) -> state.HostRecord:
 
 @dataclass
 class PhaseClock:
+    """Numbers and times the phases of a command (deploy's PHASES by default)."""
+
     say: Say
+    names: tuple[str, ...] = PHASES
     timings: list[tuple[str, float]] = field(default_factory=list)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        number = PHASES.index(name) + 1
-        self.say(f"[{number}/{len(PHASES)}] {name}")
+        number = self.names.index(name) + 1
+        self.say(f"[{number}/{len(self.names)}] {name}")
         started = time.monotonic()
         try:
             yield

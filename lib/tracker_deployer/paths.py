@@ -31,6 +31,9 @@ BACKUP_PATHS = BACKUP_ETC_DIR / "backup-paths.txt"
 # which uid 1000 owns (root must never follow a link that user can plant).
 BACKUP_STATUS_DIR = DEPLOY_DIR / "backup-status"
 TRACKER_STOPPED_MARKER = BACKUP_STATUS_DIR / "tracker-stopped-by-backup"
+# Written by `inv recover` before it changes a host, removed just before the tracker starts:
+# a host that has it may be recovered again (a recover that failed midway).
+RECOVER_MARKER = BACKUP_STATUS_DIR / "recover-in-progress"
 MAINTENANCE_SCRIPT = PurePosixPath("/usr/local/bin/maintenance-backup.sh")
 # Not a path: the line `backup.sh snapshot` prints on stdout once the database's
 # consistent view exists; the maintenance script starts the tracker on it.

@@ -46,13 +46,15 @@ PASSWORD = "p a'ss\"w$(x)`;#\\ ü"
 STARTUP_SECONDS = 30.0
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], log: Path, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited early:\n{log.read_text(errors='replace')}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            with socket.create_connection((host, port), timeout=1):
                 return
         except OSError:
             time.sleep(0.2)
@@ -60,12 +62,13 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
 
 
 class Server:
-    """A server process on 127.0.0.1 (its own process group), stopped on exit."""
+    """A server process on 127.0.0.1 (or ``host``; its own process group), stopped on exit."""
 
-    def __init__(self, command: list[str], port: int, log: Path) -> None:
+    def __init__(self, command: list[str], port: int, log: Path, host: str = "127.0.0.1") -> None:
         self.command = command
         self.port = port
         self.log = log
+        self.host = host
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Server:
@@ -73,7 +76,7 @@ class Server:
             self.process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        wait_for_port(self.port, self.process, self.log)
+        wait_for_port(self.port, self.process, self.log, self.host)
         return self
 
     def stop(self) -> None:
@@ -88,13 +91,13 @@ class Server:
         self.process = None
 
 
-def rclone_server(directory: Path, port: int, log: Path) -> Server:
+def rclone_server(directory: Path, port: int, log: Path, host: str = "127.0.0.1") -> Server:
     """REST backend: `rclone serve restic` over a directory."""
     if shutil.which("rclone") is None:
         pytest.fail("rclone is missing: run scripts/setup.sh")
     directory.mkdir(parents=True, exist_ok=True)
-    command = ["rclone", "serve", "restic", "--addr", f"127.0.0.1:{port}", str(directory)]
-    return Server(command, port, log)
+    command = ["rclone", "serve", "restic", "--addr", f"{host}:{port}", str(directory)]
+    return Server(command, port, log, host)
 
 
 @pytest.fixture

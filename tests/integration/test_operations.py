@@ -98,6 +98,7 @@ def restore(
     *,
     verify_first: bool = False,
     skip_safety_backup: bool = False,
+    new_host: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """The restore script as `inv restore` runs it (verify.sh next to it when verify_first)."""
     where = {"deploy_dir": str(stack.deploy_dir), "backup_dir": str(stack.backups)}
@@ -111,6 +112,7 @@ def restore(
             only,
             verify_first=verify_first,
             skip_safety_backup=skip_safety_backup,
+            new_host=new_host,
             lock_file=str(stack.lock_file),
             sqlite_dir=str(stack.deploy_dir / "storage/tracker/lib/database"),
             **where,
@@ -406,6 +408,35 @@ def test_hardening_06_failed_safety_backup_names_the_flag_and_the_flag_restores(
         assert _marker_rows(stack) == "0"
         assert stack.sets() == [set_id]
         assert "tracker is healthy" in skipped.stdout
+    finally:
+        stack.cleanup()
+
+
+def test_recover_restore_on_a_new_host_adds_no_safety_set_and_leaves_the_tracker_stopped(
+    tmp_path: Path,
+) -> None:
+    """inv recover's restore: the tracker never ran there; a safety backup would only
+    add a set of an empty database, the newest one, which `latest` would then pick."""
+    stack = _mysql_stack(tmp_path, "rcv")
+    try:
+        stack.up()
+        assert stack.run_maintenance().returncode == 0
+        [set_id] = stack.sets()
+        stack.compose("stop", "tracker")
+        stack.mysql_query(INSERT_MARKER)
+
+        result = restore(stack, set_id, new_host=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "no safety backup: a new host (inv recover)" in result.stdout
+        assert "WARNING" not in result.stdout
+        assert stack.sets() == [set_id]
+        assert _marker_rows(stack) == "0"
+        assert (
+            stack.mysql_query("SELECT COUNT(*) FROM torrents").strip()
+            == (stack.meta(set_id)["rows.torrents"])
+        )
+        assert "the tracker is not running; it stays stopped" in result.stdout
+        assert "tracker" not in stack.running_services()
     finally:
         stack.cleanup()
 

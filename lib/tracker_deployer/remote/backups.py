@@ -449,6 +449,7 @@ def restore_script(
     *,
     verify_first: bool,
     skip_safety_backup: bool = False,
+    new_host: bool = False,
     deploy_dir: str = str(paths.DEPLOY_DIR),
     backup_dir: str = str(paths.BACKUP_DIR),
     lock_file: str = str(paths.BACKUP_LOCK),
@@ -469,6 +470,7 @@ def restore_script(
         verify_first=verify_first,
         safety_backup=env.uses_mysql,
         skip_safety_backup=skip_safety_backup,
+        new_host=new_host,
         lock_file=lock_file,
         sqlite_dir=sqlite_dir,
         sqlite_name=sqlite_name,
@@ -484,8 +486,13 @@ def restore(
     *,
     force: bool = False,
     skip_safety_backup: bool = False,
+    new_host: bool = False,
 ) -> BackupSet:
-    """Verify and restore a set in one host script that holds the backup lock throughout."""
+    """Verify and restore a set in one host script that holds the backup lock throughout.
+
+    ``new_host`` (inv recover): the host's database holds nothing yet, so there is
+    nothing for a safety backup to keep (it would only add a set of an empty database).
+    """
     _require_backups(env)
     if only not in ("all", "db", "config"):
         raise DeployError(f"--only {only!r} is not db or config", "use --only db or --only config")
@@ -493,7 +500,7 @@ def restore(
     set_id = backup_set.set_id
     if force:
         say(f"--force: skipping the restore drill of set {set_id} (checksums are still checked)")
-    if skip_safety_backup:
+    if skip_safety_backup and not new_host:
         if env.uses_mysql and only != "config":
             say(
                 f"WARNING: {SKIP_SAFETY_BACKUP_FLAG}: the current database is replaced without a "
@@ -506,7 +513,12 @@ def restore(
             )
     companions = {} if force else {"verify.sh": verify_script(env, set_id, drill=True)}
     script = restore_script(
-        env, set_id, only, verify_first=not force, skip_safety_backup=skip_safety_backup
+        env,
+        set_id,
+        only,
+        verify_first=not force,
+        skip_safety_backup=skip_safety_backup,
+        new_host=new_host,
     )
     result = host.run_script(script, stream=say, companions=companions)
     code = result.exit_code

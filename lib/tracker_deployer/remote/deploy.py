@@ -180,11 +180,15 @@ def _run_locked(host: SshHost, command: str, say: Say, failure: RemoteError) -> 
         raise failure
 
 
-def compose_up(host: SshHost, restart: Sequence[str], say: Say) -> None:
-    say(f"compose: up -d --wait in {paths.DEPLOY_DIR}")
+def compose_up(
+    host: SshHost, restart: Sequence[str], say: Say, *, only: Sequence[str] = ()
+) -> None:
+    """``up -d --wait`` for every service, or for ``only`` (and what they depend on)."""
+    services = "".join(f" {shlex.quote(name)}" for name in only)
+    say(f"compose: up -d --wait{services} in {paths.DEPLOY_DIR}")
     _run_locked(
         host,
-        f"{COMPOSE} up -d --wait --remove-orphans",
+        f"{COMPOSE} up -d --wait --remove-orphans{services}",
         say,
         RemoteError(
             f"`docker compose up` failed on {host.target.host}",

@@ -1,0 +1,214 @@
+"""``inv recover``: from a lost host back to running, out of the off-host repository.
+
+Phases, each printed with its time:
+
+1. host: a new LXD instance (the lxd provider), or the host given with ``--host``
+   (recorded for the environment, as ``inv register`` does), or the recorded one;
+2. configure: Docker, Compose, cron, firewall (``inv configure``);
+3. push: the rendered tree;
+4. services: ``compose up`` for every service but the tracker (and what needs it);
+5. fetch: the set (``--set ID`` or the repository's newest of this environment)
+   from the repository into the host's backup directory, verified there;
+6. restore: today's restore drill on the set, then the database and the config
+   archive; ``backup.sh restore`` compares the restored rows with the set's ``.meta``;
+7. tracker: ``compose up`` for everything, then every service running and healthy;
+8. install-cron: the scheduled backups (uploading to the same repository).
+
+Nothing already there is lost. A host that runs a deployed stack is refused
+before anything changes: it is not a lost host's replacement (``inv restore
+--from offsite`` restores onto it, with its safety backup). The host carries
+:data:`paths.RECOVER_MARKER` from its first change until just before the
+tracker starts, so a recover that failed before then can be run again on the
+same host (after that, the tracker's data is live: ``inv deploy`` finishes it). Until the last
+phases the tracker stays stopped: it has no data yet, and cron is installed
+only after the restore, so no scheduled run backs up an empty database.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from tracker_deployer import lifecycle, paths
+from tracker_deployer.config.model import Env, LxdProvider
+from tracker_deployer.errors import DeployError, RemoteError
+from tracker_deployer.remote import backups as operations
+from tracker_deployer.remote import configure as configuring
+from tracker_deployer.remote import deploy as remote
+from tracker_deployer.remote import offsite_fetch
+from tracker_deployer.remote.backups import is_set_id
+from tracker_deployer.remote.ssh import SshHost, Target
+from tracker_deployer.render import RenderedTree
+from tracker_deployer.say import Say
+from tracker_deployer.topology import derive
+
+PHASES = (
+    "host",
+    "configure",
+    "push",
+    "services without the tracker",
+    "fetch",
+    "restore",
+    "tracker",
+    "install-cron",
+)
+TRACKER = "tracker"
+
+# What the host holds before recover changes it: "deployed" (a compose file)
+# and "recovering" (the marker of an earlier recover).
+LOOK = (
+    f"if [ -f {shlex.quote(str(paths.COMPOSE_FILE))} ]; then echo deployed; fi; "
+    f"if [ -f {shlex.quote(str(paths.RECOVER_MARKER))} ]; then echo recovering; fi"
+)
+MARK = (
+    f"mkdir -p {shlex.quote(str(paths.RECOVER_MARKER.parent))} && "
+    f"touch {shlex.quote(str(paths.RECOVER_MARKER))}"
+)
+UNMARK = f"rm -f -- {shlex.quote(str(paths.RECOVER_MARKER))}"
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    target: Target
+    set_id: str
+    services: list[dict[str, str]]
+    timings: tuple[tuple[str, float], ...]
+
+
+def check_request(env: Env, wanted: str, host: str) -> None:
+    """What can be refused before anything is touched."""
+    if env.backup is None or env.backup.offsite is None:
+        raise DeployError(
+            f"environment {env.name} has no backup.offsite: there is no off-host repository "
+            "to recover from",
+            "recover needs the repository the lost host uploaded to: add its backup.offsite "
+            "section (docs/user-guide/offsite.md)",
+        )
+    if wanted != "latest" and not is_set_id(wanted):
+        raise DeployError(f"--set {wanted!r} is not a set id", "use YYYYMMDD_HHMMSS or latest")
+    if host and isinstance(env.provider, LxdProvider):
+        raise DeployError(
+            f"environment {env.name} uses the lxd provider, which makes the new host itself",
+            "leave out --host (or use an environment with the existing provider for a host "
+            "you prepared)",
+        )
+
+
+def services_without_tracker(env: Env) -> list[str]:
+    """Every service ``up`` starts, but the tracker and whatever needs it, directly or
+    through another service (``up`` would start the tracker for them)."""
+    services = [service for service in derive(env).services if not service.profiles]
+    needs_tracker = {TRACKER}
+    changed = True
+    while changed:  # bounded: each pass adds a service or ends
+        changed = False
+        for service in services:
+            if service.name not in needs_tracker and any(
+                dependency.service in needs_tracker for dependency in service.depends_on
+            ):
+                needs_tracker.add(service.name)
+                changed = True
+    return [service.name for service in services if service.name not in needs_tracker]
+
+
+def _host(env: Env, host: str, known_hosts: str, accept_new_host_key: bool, say: Say) -> Target:
+    if isinstance(env.provider, LxdProvider):
+        lifecycle.provision(env, say)
+    elif host:  # later commands find it too
+        lifecycle.register(env, host, env.ssh.port, say)
+    found = lifecycle.target(env, host, known_hosts, accept_new_host_key)
+    if found is None:
+        raise DeployError(
+            f"no host to recover {env.name} onto",
+            f"pass --host ADDRESS of the new host you prepared (provider {env.provider.kind})",
+        )
+    say(f"  recovering onto {found.host}:{found.port}")
+    return found
+
+
+def _refuse_live(connection: SshHost, env: Env, say: Say) -> None:
+    """A deployed stack that no earlier recover left: not a lost host's replacement."""
+    looked = connection.run(LOOK)
+    if not looked.ok:
+        raise RemoteError(
+            f"cannot look at {connection.target.host}: {looked.stderr.strip()}",
+            "check SSH access (`inv status`), then run recover again",
+        )
+    found = set(looked.stdout.split())
+    if "deployed" in found and "recovering" not in found:
+        raise DeployError(
+            f"{connection.target.host} already runs a deployed stack ({paths.COMPOSE_FILE}): "
+            "recover makes a new host from the off-host repository and does not replace live "
+            "data; nothing was changed",
+            f"to restore onto this host: inv restore --env {env.name} --set ID --from offsite "
+            "--yes (it takes a safety backup first); to finish a recover that failed after "
+            f"its restore: inv deploy --env {env.name}; to recover, destroy it or use a new host",
+        )
+    if "recovering" in found:
+        say("  this host holds an unfinished recover: continuing it")
+
+
+def recover(
+    env: Env,
+    tree: RenderedTree,
+    wanted: str,
+    say: Say,
+    *,
+    host: str = "",
+    known_hosts: str = "",
+    accept_new_host_key: bool = False,
+) -> Recovered:
+    check_request(env, wanted, host)
+    clock = lifecycle.PhaseClock(say, PHASES)
+    with clock.phase("host"):
+        found = _host(env, host, known_hosts, accept_new_host_key, say)
+    with SshHost(found) as connection:
+        _refuse_live(connection, env, say)
+        marked = connection.run(MARK)
+        if not marked.ok:
+            raise RemoteError(
+                f"cannot write {paths.RECOVER_MARKER} on {found.host}: {marked.stderr.strip()}"
+            )
+        with clock.phase("configure"):
+            configuring.apply(connection, env, say)
+        with clock.phase("push"):
+            remote.push(connection, tree, say)
+        with clock.phase("services without the tracker"):
+            lifecycle.sideload(env, say)
+            lifecycle.ensure_images(connection, env, say)
+            before = services_without_tracker(env)
+            if before:
+                remote.compose_up(connection, (), say, only=before)
+            else:  # `up` with no service names would start everything
+                say("  nothing to start before the restore (no service runs without the tracker)")
+        with clock.phase("fetch"):
+            set_id = offsite_fetch.resolve(connection, env, wanted)
+            offsite_fetch.fetch(connection, env, set_id, say)
+        with clock.phase("restore"):
+            operations.restore(connection, env, set_id, "all", say, new_host=True)
+            say(f"  the restored rows equal set {set_id}'s .meta (compared by backup.sh restore)")
+        with clock.phase("tracker"):
+            # From its first write on, the tracker's data is live: a recover run
+            # again must not restore over it, so the marker goes first.
+            unmarked = connection.run(UNMARK)
+            if not unmarked.ok:
+                raise RemoteError(
+                    f"cannot remove {paths.RECOVER_MARKER} on {found.host}: "
+                    f"{unmarked.stderr.strip()}; the tracker was not started",
+                    "look at the host, then run recover again",
+                )
+            remote.compose_up(connection, (), say)
+            services = remote.service_health(connection)
+            unhealthy = [
+                row["service"]
+                for row in services
+                if row["state"] != "running" or row["health"] not in ("healthy", "-")
+            ]
+            if unhealthy:
+                raise RemoteError(
+                    f"services not healthy after the restore: {', '.join(unhealthy)}",
+                    f"on the host: cd {paths.DEPLOY_DIR} && docker compose logs --tail 50 SERVICE",
+                )
+        with clock.phase("install-cron"):
+            remote.install_cron(connection, tree, say)
+    return Recovered(found, set_id, services, tuple(clock.timings))
