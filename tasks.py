@@ -51,12 +51,8 @@ HOST_FLAGS_HELP = {
 
 
 @dataclass(frozen=True)
-class _Host:
+class _Host(lifecycle.HostFlags):
     """Where a task connects: its --host, --known-hosts and --accept-new-host-key."""
-
-    host: str = ""
-    known_hosts: str = ""
-    accept_new_host_key: bool = False
 
     def target(self, parsed: Env, dry_run: bool = False) -> Target | None:
         """The recorded or given target; for a dry run None is fine and no key is made."""
@@ -255,14 +251,7 @@ def deploy(c: Context, env: str = "", where: _Host = ANY_HOST, dry_run: bool = F
         if dry_run:
             print(lifecycle.dry_run_phases(parsed, tree, where.target(parsed, dry_run=True)))
             return
-        result = lifecycle.deploy(
-            parsed,
-            tree,
-            _say,
-            host=where.host,
-            known_hosts=where.known_hosts,
-            accept_new_host_key=where.accept_new_host_key,
-        )
+        result = lifecycle.deploy(parsed, tree, _say, where)
         print(f"deployed {parsed.name} to {result.target}")
         if result.changed_nothing:
             print("  nothing changed (host, files, cron and services were already as wanted)")
@@ -596,15 +585,7 @@ def recover(c: Context, env: str = "", set: str = "latest", where: _Host = ANY_H
         recovery.check_request(parsed, set, where.host)
         tree = _render_for_remote(parsed)
         print(f"recover {parsed.name} from the off-host repository (set {set})")
-        done = recovery.recover(
-            parsed,
-            tree,
-            set,
-            _say,
-            host=where.host,
-            known_hosts=where.known_hosts,
-            accept_new_host_key=where.accept_new_host_key,
-        )
+        done = recovery.recover(parsed, tree, set, _say, where)
         total = sum(took for _, took in done.timings)
         print(f"recovered {parsed.name} on {done.target} from set {done.set_id} in {total:.0f} s")
         for row in done.services:

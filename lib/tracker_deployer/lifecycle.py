@@ -42,6 +42,19 @@ SANDBOX_HINT = (
 # --------------------------------------------------------------------------- where the host is
 
 
+@dataclass(frozen=True)
+class HostFlags:
+    """How a command picks and checks its host: --host, --known-hosts and
+    --accept-new-host-key (the CLI's flags of every task that reaches a host)."""
+
+    host: str = ""
+    known_hosts: str = ""
+    accept_new_host_key: bool = False
+
+
+RECORDED_HOST = HostFlags()  # no flags: the recorded host, checked against known_hosts
+
+
 def no_host_error(env: Env) -> DeployError:
     if isinstance(env.provider, LxdProvider):
         how = f"create it with `inv provision --env {env.name}` (inv deploy does that itself)"
@@ -243,23 +256,15 @@ class Deployed:
         )
 
 
-def deploy(
-    env: Env,
-    tree: RenderedTree,
-    say: Say,
-    *,
-    host: str = "",
-    known_hosts: str = "",
-    accept_new_host_key: bool = False,
-) -> Deployed:
+def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_HOST) -> Deployed:
     clock = PhaseClock(say)
     with clock.phase("provision"):
-        found = target(env, host, known_hosts, accept_new_host_key)
+        found = target(env, where.host, where.known_hosts, where.accept_new_host_key)
         if found is None:
             if not isinstance(env.provider, LxdProvider):
                 raise no_host_error(env)
             provision(env, say)
-            found = require_target(env, host, known_hosts, accept_new_host_key)
+            found = require_target(env, where.host, where.known_hosts, where.accept_new_host_key)
         else:
             say(f"  skipped: the host is known ({found.host}:{found.port})")
     with SshHost(found) as connection:

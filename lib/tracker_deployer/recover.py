@@ -111,12 +111,12 @@ def services_without_tracker(env: Env) -> list[str]:
     return [service.name for service in services if service.name not in needs_tracker]
 
 
-def _host(env: Env, host: str, known_hosts: str, accept_new_host_key: bool, say: Say) -> Target:
+def _host(env: Env, where: lifecycle.HostFlags, say: Say) -> Target:
     if isinstance(env.provider, LxdProvider):
         lifecycle.provision(env, say)
-    elif host:  # later commands find it too
-        lifecycle.register(env, host, env.ssh.port, say)
-    found = lifecycle.target(env, host, known_hosts, accept_new_host_key)
+    elif where.host:  # later commands find it too
+        lifecycle.register(env, where.host, env.ssh.port, say)
+    found = lifecycle.target(env, where.host, where.known_hosts, where.accept_new_host_key)
     if found is None:
         raise DeployError(
             f"no host to recover {env.name} onto",
@@ -153,15 +153,12 @@ def recover(
     tree: RenderedTree,
     wanted: str,
     say: Say,
-    *,
-    host: str = "",
-    known_hosts: str = "",
-    accept_new_host_key: bool = False,
+    where: lifecycle.HostFlags = lifecycle.RECORDED_HOST,
 ) -> Recovered:
-    check_request(env, wanted, host)
+    check_request(env, wanted, where.host)
     clock = lifecycle.PhaseClock(say, PHASES)
     with clock.phase("host"):
-        found = _host(env, host, known_hosts, accept_new_host_key, say)
+        found = _host(env, where, say)
     with SshHost(found) as connection:
         _refuse_live(connection, env, say)
         marked = connection.run(MARK)

@@ -114,20 +114,26 @@ def _daemon_down(result: subprocess.CompletedProcess[bytes]) -> bool:
     return "unix.socket" in _text(result).lower()
 
 
-def start_daemon() -> None:
-    """Start the LXD daemon when it does not run (scripts/lxd-host.sh start)."""
+def _host_script(command: str, timeout: int) -> subprocess.CompletedProcess[str]:
+    """scripts/lxd-host.sh COMMAND; its progress lines go straight to the operator."""
     try:
-        result = subprocess.run(
-            ["bash", str(PREPARE_SCRIPT), "start"],
-            stdout=subprocess.DEVNULL,
-            stderr=None,  # its progress line goes straight to the operator
+        return subprocess.run(
+            ["bash", str(PREPARE_SCRIPT), command],
+            stdout=subprocess.PIPE,
+            stderr=None,
+            text=True,
             check=False,
-            timeout=START_TIMEOUT_SECONDS,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         raise DeployError(
-            f"scripts/lxd-host.sh start did not finish within {START_TIMEOUT_SECONDS} s"
+            f"scripts/lxd-host.sh {command} did not finish within {timeout} s"
         ) from None
+
+
+def start_daemon() -> None:
+    """Start the LXD daemon when it does not run (scripts/lxd-host.sh start)."""
+    result = _host_script("start", START_TIMEOUT_SECONDS)
     if result.returncode != 0:
         raise DeployError(
             f"the LXD daemon is not running and could not be started "
@@ -319,19 +325,7 @@ class Lxd:
     # -- steps -----------------------------------------------------------------
 
     def _prepare(self) -> str:
-        try:
-            result = subprocess.run(
-                ["bash", str(PREPARE_SCRIPT), "prepare"],
-                stdout=subprocess.PIPE,
-                stderr=None,  # its progress lines go straight to the operator
-                text=True,
-                check=False,
-                timeout=PREPARE_TIMEOUT_SECONDS,
-            )
-        except subprocess.TimeoutExpired:
-            raise DeployError(
-                f"scripts/lxd-host.sh prepare did not finish within {PREPARE_TIMEOUT_SECONDS} s"
-            ) from None
+        result = _host_script("prepare", PREPARE_TIMEOUT_SECONDS)
         lines = result.stdout.strip().splitlines()
         fields = dict(item.partition("=")[::2] for item in (lines[-1].split() if lines else []))
         if result.returncode != 0 or not fields.get("image"):
