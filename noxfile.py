@@ -78,11 +78,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def rules(session: nox.Session) -> None:
-    """promtool: unit tests of the backup alert rules, check of the rendered prometheus.yml."""
+    """promtool: unit tests of the backup alert rules, check of the rendered prometheus.yml files."""
     _install(session)
     out = ROOT / ".nox/rendered-prometheus"
     session.run("python", "scripts/render_prometheus.py", str(out), *session.posargs)
-    session.run("promtool", "check", "config", str(out / "prometheus.yml"), external=True)
+    configs = [str(out / "prometheus.yml"), str(out / "every-option/prometheus.yml")]
+    session.run("promtool", "check", "config", *configs, external=True)
     tests = sorted(str(path) for path in out.glob("*.test.yml"))
     session.run("promtool", "test", "rules", *tests, external=True)
 

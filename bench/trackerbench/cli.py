@@ -14,11 +14,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from trackerbench import constant as container_constant
 from trackerbench import data
+from trackerbench import offsite as offsite_bench
 from trackerbench.report import (
     BASELINE,
     FLOOR,
@@ -45,6 +47,9 @@ from trackerbench.scenarios import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SIZES = (100_000, 1_000_000, 10_000_000)
 QUICK_SIZES = (10_000, 100_000)
+DEFAULT_OFFSITE_SIZE = 1_000_000
+QUICK_OFFSITE_SIZE = 100_000
+DEFAULT_OFFSITE_CHANGES = 10
 DEFAULT_CACHE_DIR = Path("/var/tmp/tracker-deployer-bench")  # noqa: S108 - survives reboots, same disk
 ENGINES = ("sqlite", "mysql")
 MIN_ROWS = 10
@@ -141,6 +146,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="the backup.sh to measure (default docker/backup/backup.sh)",
     )
     parser.add_argument(
+        "--offsite-sh",
+        type=Path,
+        default=REPO_ROOT / "docker" / "backup" / "offsite.sh",
+        help="the offsite.sh to measure (default docker/backup/offsite.sh)",
+    )
+    offsite = parser.add_mutually_exclusive_group()
+    offsite.add_argument(
+        "--offsite-only",
+        action="store_true",
+        help="only the off-host upload bench (restic to `rclone serve restic`; a minute or two)",
+    )
+    offsite.add_argument("--no-offsite", action="store_true", help="skip the off-host upload bench")
+    parser.add_argument(
+        "--offsite-size",
+        type=parse_sizes,
+        help=f"torrents in the uploaded database (default {DEFAULT_OFFSITE_SIZE:.0e}; "
+        f"{QUICK_OFFSITE_SIZE:.0e} with --quick)",
+    )
+    parser.add_argument(
+        "--offsite-changes",
+        type=int,
+        default=DEFAULT_OFFSITE_CHANGES,
+        help="between the two uploaded sets, this many torrents get one more completed "
+        f"download and this many new ones are added (default {DEFAULT_OFFSITE_CHANGES})",
+    )
+    parser.add_argument(
         "--probe-image",
         default="debian:bookworm-slim",
         help="image for measuring the container constant C (default debian:bookworm-slim)",
@@ -232,10 +263,12 @@ def _settle() -> None:
     os.sync()
 
 
-def _check_tools(engines: Sequence[str], log: Log) -> None:
+def _check_tools(engines: Sequence[str], offsite: bool, log: Log) -> None:
     needed = ["bash", "sqlite3", "gzip", "tar", "flock", "sha256sum", "cp"]
     if "mysql" in engines:
         needed += ["mariadb", "mariadb-dump"]
+    if offsite:
+        needed += ["restic", "rclone"]
     missing = [tool for tool in needed if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"bench: missing tools: {', '.join(missing)} (run scripts/setup.sh)")
@@ -243,22 +276,31 @@ def _check_tools(engines: Sequence[str], log: Log) -> None:
         log("warning: pigz is not installed: backup.sh falls back to single-threaded gzip")
 
 
+def _sqlite_conf(args: argparse.Namespace, work: Path) -> Callable[[Path, Path], Path]:
+    """backup.conf for a SQLite database, with the bench's compression settings."""
+
+    def write(path: Path, database: Path) -> Path:
+        return write_backup_conf(
+            path,
+            {
+                "BACKUP_MODE": "single",
+                "BACKUP_RETENTION_DAYS": "7",
+                "BACKUP_PATHS_FILE": str(work / "config" / "backup-paths.txt"),
+                "BACKUP_COMPRESSION": args.compression,
+                "BACKUP_COMPRESSION_LEVEL": str(args.compression_level),
+                "DB_TYPE": "sqlite",
+                "DB_PATH": str(database),
+            },
+        )
+
+    return write
+
+
 def bench_sqlite(
     args: argparse.Namespace, size: int, database: Path, work: Path, log: Log
 ) -> SizeResult:
     """Floor, ours and baseline on the SQLite database of `size` torrents."""
-    conf = write_backup_conf(
-        work / "backup-sqlite.conf",
-        {
-            "BACKUP_MODE": "single",
-            "BACKUP_RETENTION_DAYS": "7",
-            "BACKUP_PATHS_FILE": str(work / "config" / "backup-paths.txt"),
-            "BACKUP_COMPRESSION": args.compression,
-            "BACKUP_COMPRESSION_LEVEL": str(args.compression_level),
-            "DB_TYPE": "sqlite",
-            "DB_PATH": str(database),
-        },
-    )
+    conf = _sqlite_conf(args, work)(work / "backup-sqlite.conf", database)
     _warm(database)
     runs: dict[str, list[Run]] = {FLOOR: [], OURS: [], BASELINE: []}
     for index in range(args.repeat):
@@ -398,6 +440,22 @@ def run_mysql_sizes(
     return results
 
 
+def run_offsite(args: argparse.Namespace, work: Path, log: Log) -> offsite_bench.OffsiteResult:
+    """The off-host upload bench on the SQLite database of args.offsite_size torrents."""
+    size: int = args.offsite_size
+    settings = offsite_bench.OffsiteSettings(
+        backup_sh=args.backup_sh,
+        offsite_sh=args.offsite_sh,
+        source_database=data.ensure_sqlite(args.cache_dir, size, log),
+        rows=size,
+        changes=args.offsite_changes,
+        repeat=args.repeat,
+        compression=args.compression,
+        write_conf=_sqlite_conf(args, work),
+    )
+    return offsite_bench.bench_offsite(settings, work / "offsite", log)
+
+
 def _metadata(
     args: argparse.Namespace,
     sizes: Sequence[int],
@@ -420,6 +478,10 @@ def _metadata(
             "compression": args.compression,
             "compression_level": args.compression_level,
             "baseline_compression_level": BASELINE_LEVEL,
+            "window_bench": not args.offsite_only,
+            "offsite_bench": not args.no_offsite,
+            "offsite_size": args.offsite_size,
+            "offsite_changes": args.offsite_changes,
             "cache": "warm page cache for every method (nothing is dropped)",
             "statistic": "median of the runs; peak RSS: maximum of the runs",
         },
@@ -439,6 +501,8 @@ def _metadata(
             "gzip": _version(["gzip", "--version"]),
             "mariadb_client": _version(["mariadb", "--version"]),
             "cp": _version(["cp", "--version"]),
+            "restic": _version(["restic", "version"]),
+            "rclone": _version(["rclone", "version"]),
         },
     }
 
@@ -451,6 +515,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--quick and --sizes exclude each other")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.offsite_changes < 1:
+        parser.error("--offsite-changes must be at least 1")
+    if args.offsite_size is not None and len(args.offsite_size) != 1:
+        parser.error("--offsite-size takes one size")
+    args.offsite_size = (
+        args.offsite_size[0]
+        if args.offsite_size
+        else (QUICK_OFFSITE_SIZE if args.quick else DEFAULT_OFFSITE_SIZE)
+    )
+    if not args.no_offsite and not args.offsite_sh.is_file():
+        parser.error(f"--offsite-sh {args.offsite_sh} does not exist")
     default_level, highest = {"gzip": (6, 9), "zstd": (3, 19)}[args.compression]
     if args.compression_level is None:
         args.compression_level = default_level
@@ -462,46 +537,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = _make_logger()
     if args.repeat < 3:
         log(f"warning: --repeat {args.repeat}: medians of fewer than 3 runs are noisy")
-    _check_tools(args.engines, log)
+    window_bench = not args.offsite_only
+    _check_tools(args.engines if window_bench else [], not args.no_offsite, log)
     started = time.perf_counter()
     load_at_start = os.getloadavg()
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    log(f"sizes {', '.join(f'{s:.0e}' for s in sizes)}; engines {', '.join(args.engines)}")
+    if window_bench:
+        log(f"sizes {', '.join(f'{s:.0e}' for s in sizes)}; engines {', '.join(args.engines)}")
+    if not args.no_offsite:
+        log(f"off-host upload: sqlite {args.offsite_size:.0e}")
 
     constant = (
         container_constant.not_measured(args.probe_image, "--no-docker")
-        if args.no_docker
+        if args.no_docker or not window_bench
         else container_constant.measure(args.probe_image, max(args.repeat, 3), log)
     )
     work = Path(tempfile.mkdtemp(prefix="work-", dir=args.cache_dir))
     results: list[SizeResult] = []
+    offsite: offsite_bench.OffsiteResult | None = None
     try:
         make_config_tree(work / "config")
-        if "sqlite" in args.engines:
+        if window_bench and "sqlite" in args.engines:
             for size in sizes:
                 database = data.ensure_sqlite(args.cache_dir, size, log)
                 results.append(bench_sqlite(args, size, database, work, log))
-        if "mysql" in args.engines:
+        if window_bench and "mysql" in args.engines:
             results.extend(run_mysql_sizes(args, sizes, work, log))
+        if not args.no_offsite:
+            offsite = run_offsite(args, work, log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     runtime = time.perf_counter() - started
     checks = check_targets(results, constant)
-    print(f"\nResults (C = {constant.seconds:.3f} s: {constant.note})\n")
-    print(format_table(results, constant))
-    print("\nTargets\n")
-    print(format_targets(checks))
+    if window_bench:
+        print(f"\nResults (C = {constant.seconds:.3f} s: {constant.note})\n")
+        print(format_table(results, constant))
+        print("\nTargets\n")
+        print(format_targets(checks))
+    if offsite is not None:
+        print(
+            f"\nOff-host upload (sqlite {offsite.rows:.0e}, medians of {args.repeat} rounds; "
+            f"{offsite.restic_version}; {offsite.rclone_version})\n"
+        )
+        print(offsite_bench.format_offsite(offsite))
     json_path = args.results_dir / "latest.json"
     write_json(
         json_path,
-        metadata=_metadata(args, sizes, runtime, load_at_start),
+        metadata=_metadata(args, sizes if window_bench else [], runtime, load_at_start),
         constant=constant,
         results=results,
         checks=checks,
+        offsite=(None if offsite is None else {**asdict(offsite), "summary": offsite.summary()}),
     )
     plot_path = args.results_dir / "downtime.png"
-    if write_plot(plot_path, results, constant):
+    if not results:
+        log(f"wrote {json_path}")
+    elif write_plot(plot_path, results, constant):
         log(f"wrote {json_path} and {plot_path}")
     else:
         log(f"wrote {json_path}; no plot: matplotlib is not installed (nox -s bench installs it)")

@@ -203,8 +203,9 @@ def write_json(
     constant: ContainerConstant,
     results: Sequence[SizeResult],
     checks: Sequence[TargetCheck],
+    offsite: dict[str, Any] | None = None,
 ) -> None:
-    """Everything, raw runs included, as JSON."""
+    """Everything, raw runs included, as JSON (``offsite``: the upload bench's)."""
     document = {
         **metadata,
         "container_constant": asdict(constant),
@@ -223,6 +224,7 @@ def write_json(
             for result in results
         ],
         "targets": [asdict(check) for check in checks],
+        "offsite": offsite,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")

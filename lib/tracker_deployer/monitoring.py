@@ -51,7 +51,7 @@ METRICS: dict[str, str] = {
     "offsite_check_time": "tracker_backup_offsite_last_check_timestamp_seconds",
 }
 
-# BackupMissing / BackupDrillMissing fire after period x 1.5 plus this margin
+# BackupMissing / BackupDrillMissing (and the off-host ones) fire after period x 1.5 plus this margin
 # (a run's own length, a host clock change).
 MISSING_FACTOR = 1.5
 MISSING_MARGIN_SECONDS = 1800
@@ -106,6 +106,27 @@ def prometheus_duration(seconds: float) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class OffsiteAlertSettings:
+    """Thresholds of the off-host alert rules (only with ``backup.offsite``).
+
+    An upload runs after each backup run, so its threshold follows
+    ``backup.schedule``; the repository check follows ``check_schedule``.
+    """
+
+    missing_after_seconds: int
+    check_missing_after_seconds: int
+    check_schedule: str
+
+    @property
+    def missing_for(self) -> str:
+        return prometheus_duration(self.missing_after_seconds)
+
+    @property
+    def check_missing_for(self) -> str:
+        return prometheus_duration(self.check_missing_after_seconds)
+
+
+@dataclass(frozen=True, slots=True)
 class AlertSettings:
     """Thresholds of the rendered alert rules."""
 
@@ -114,6 +135,7 @@ class AlertSettings:
     downtime_budget_seconds: float
     schedule: str
     drill_schedule: str
+    offsite: OffsiteAlertSettings | None = None
 
     @property
     def missing_for(self) -> str:
@@ -132,12 +154,20 @@ class AlertSettings:
 
 def alert_settings(env: Env) -> AlertSettings:
     assert env.backup is not None
+    offsite = None
+    if env.backup.offsite is not None:
+        offsite = OffsiteAlertSettings(
+            missing_after_seconds=missing_after_seconds(env.backup.schedule),
+            check_missing_after_seconds=missing_after_seconds(env.backup.offsite.check_schedule),
+            check_schedule=str(env.backup.offsite.check_schedule),
+        )
     return AlertSettings(
         missing_after_seconds=missing_after_seconds(env.backup.schedule),
         drill_missing_after_seconds=missing_after_seconds(env.backup.drill_schedule),
         downtime_budget_seconds=env.backup.downtime_budget_seconds,
         schedule=str(env.backup.schedule),
         drill_schedule=str(env.backup.drill_schedule),
+        offsite=offsite,
     )
 
 

@@ -72,6 +72,86 @@ def test_rules_follow_the_schedules_and_the_budget(mysql_data: dict[str, Any]) -
     assert rules["BackupFailed/"]["expr"] == "tracker_backup_last_run_success == 0"
 
 
+OFFSITE_RULES = [
+    "BackupOffsiteCheckFailed/",
+    "BackupOffsiteCheckMissing/never",
+    "BackupOffsiteCheckMissing/stale",
+    "BackupOffsiteMissing/never",
+    "BackupOffsiteMissing/stale",
+    "BackupOffsiteUploadFailed/",
+]
+
+
+def _with_offsite(data: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    data["backup"]["offsite"] = {
+        "repository": "/mnt/offsite/restic",
+        "password": "correct horse battery staple",
+        **fields,
+    }
+    return data
+
+
+def test_no_offsite_rules_or_panels_without_backup_offsite(mysql_data: dict[str, Any]) -> None:
+    tree = render(parse(mysql_data))
+
+    assert not [name for name in _rules(mysql_data) if name.startswith("BackupOffsite")]
+    assert "offsite" not in tree.text(paths.PROMETHEUS_RULES)
+    assert "offsite" not in tree.text(paths.GRAFANA_BACKUPS_DASHBOARD)
+
+
+def test_offsite_rules_follow_the_backup_and_check_schedules(mysql_data: dict[str, Any]) -> None:
+    mysql_data["backup"]["schedule"] = "0 */6 * * *"
+    rules = _rules(_with_offsite(mysql_data, check_schedule="0 5 1 * *"))
+
+    assert sorted(name for name in rules if name.startswith("BackupOffsite")) == OFFSITE_RULES
+    # An upload follows each backup run: 6 h x 1.5 + 30 min, as for BackupMissing.
+    assert rules["BackupOffsiteMissing/stale"]["expr"] == (
+        "time() - tracker_backup_offsite_last_success_timestamp_seconds > 34200"
+    )
+    assert rules["BackupOffsiteMissing/never"]["expr"] == (
+        "absent(tracker_backup_offsite_last_success_timestamp_seconds)"
+    )
+    assert rules["BackupOffsiteMissing/never"]["for"] == "9h30m"
+    assert rules["BackupOffsiteUploadFailed/"]["expr"] == (
+        "tracker_backup_offsite_last_upload_success == 0"
+    )
+    assert rules["BackupOffsiteCheckFailed/"]["expr"] == (
+        "tracker_backup_offsite_last_check_success == 0"
+    )
+    # Monthly on the 1st: the longest gap is 31 days; x 1.5 + 30 min.
+    assert rules["BackupOffsiteCheckMissing/stale"]["expr"] == (
+        "time() - tracker_backup_offsite_last_check_timestamp_seconds > 4019400"
+    )
+    assert rules["BackupOffsiteCheckMissing/never"]["for"] == "46d12h30m"
+
+
+def test_offsite_check_rules_use_the_default_check_schedule(mysql_data: dict[str, Any]) -> None:
+    rules = _rules(_with_offsite(mysql_data))
+
+    # "0 5 * * 0": a week x 1.5 + 30 min.
+    assert rules["BackupOffsiteCheckMissing/stale"]["expr"].endswith(" > 909000")
+    assert rules["BackupOffsiteMissing/stale"]["expr"].endswith(" > 131400")
+
+
+def test_backups_dashboard_shows_the_off_host_copies(mysql_data: dict[str, Any]) -> None:
+    tree = render(parse(_with_offsite(mysql_data)))
+    dashboard = json.loads(tree.text(paths.GRAFANA_BACKUPS_DASHBOARD))
+
+    panels = {panel["title"]: panel for panel in dashboard["panels"]}
+    age = panels["Age of the last off-host copy"]
+    assert age["targets"][0]["expr"] == (
+        "time() - tracker_backup_offsite_last_success_timestamp_seconds"
+    )
+    assert age["fieldConfig"]["defaults"]["thresholds"]["steps"][-1]["value"] == 131400
+    assert panels["Last off-host upload"]["targets"][0]["expr"] == (
+        "tracker_backup_offsite_last_upload_success"
+    )
+    assert panels["Last restic check"]["targets"][0]["expr"] == (
+        "tracker_backup_offsite_last_check_success"
+    )
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+
+
 def test_node_exporter_reads_only_the_textfile_directory(mysql_data: dict[str, Any]) -> None:
     mysql_data["images"] = {"node_exporter": "registry.example.com/node-exporter:1"}
     topology = derive(parse(mysql_data))

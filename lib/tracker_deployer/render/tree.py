@@ -296,6 +296,8 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
                 "prometheus/backup-alerts.yml.j2",
                 alerts=monitoring.alert_settings(env),
                 m=monitoring.METRICS,
+                log_file=paths.BACKUP_LOG,
+                offsite_check_status=paths.OFFSITE_LAST_CHECK,
             )
     if env.grafana:
         provisioning = paths.GRAFANA_PROVISIONING
