@@ -479,6 +479,9 @@ def backups(
         "env": ENV_HELP,
         "set": "set id, or latest (default)",
         "no_drill": "only check checksums and archives",
+        "offsite": "verify the off-host repository's copy (backup.offsite) instead: restore it "
+        "into scratch on the host, run the same checks there, remove the scratch; the host's "
+        "own sets are not touched (latest: the repository's newest set)",
     }
 )
 def verify(
@@ -487,11 +490,19 @@ def verify(
     set: str = "latest",
     where: _Host = ANY_HOST,
     no_drill: bool = False,
+    offsite: bool = False,
 ) -> None:
     """Verify a backup set: checksums, archives and a restore drill into a scratch target."""
     with _errors():
         parsed = _load(env)
+        if offsite:
+            offsite_fetch.require_offsite(parsed)
         with where.connect(parsed) as connection:
+            if offsite:
+                set_id = offsite_fetch.resolve(connection, parsed, set)
+                offsite_fetch.verify(connection, parsed, set_id, _say, drill=not no_drill)
+                print(f"backup set {set_id} in the off-host repository: VERIFIED")
+                return
             checked = operations.verify(connection, parsed, set, _say, drill=not no_drill)
         print(f"backup set {checked.set_id}: VERIFIED")
 
@@ -600,6 +611,9 @@ def recover(c: Context, env: str = "", set: str = "latest", where: _Host = ANY_H
         "env": ENV_HELP,
         "set": "set id, or latest",
         "to": "local directory (the set lands in DIR/SET_ID/)",
+        "offsite": "take the set from the off-host repository (backup.offsite): restored into "
+        "scratch on the host, verified, downloaded, the scratch removed; the host's own sets "
+        "are not touched (latest: the repository's newest set)",
     },
 )
 def fetch_backup(
@@ -608,14 +622,21 @@ def fetch_backup(
     set: str = "latest",
     to: str = "",
     where: _Host = ANY_HOST,
+    offsite: bool = False,
 ) -> None:
     """Download a backup set with its manifests; verified by checksum, resumable."""
     with _errors():
         parsed = _load(env)
         if not to:
             raise DeployError("no destination given", "pass --to DIR")
+        if offsite:
+            offsite_fetch.require_offsite(parsed)
         with where.connect(parsed) as connection:
-            fetched = operations.fetch(connection, parsed, set, Path(to), _say)
+            if offsite:
+                set_id = offsite_fetch.resolve(connection, parsed, set)
+                fetched = offsite_fetch.download(connection, parsed, set_id, Path(to), _say)
+            else:
+                fetched = operations.fetch(connection, parsed, set, Path(to), _say)
         print(
             f"backup set {fetched.set_id} in {fetched.directory}: {len(fetched.downloaded)} "
             f"downloaded, {len(fetched.kept)} already there, all checksums match"

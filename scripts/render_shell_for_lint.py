@@ -12,7 +12,8 @@ from pathlib import Path
 from tracker_deployer import image, paths
 from tracker_deployer.config import load_env
 from tracker_deployer.remote.offsite import listing_script
-from tracker_deployer.remote.offsite_fetch import fetch_script
+from tracker_deployer.remote.offsite_fetch import download_script, fetch_script
+from tracker_deployer.remote.offsite_fetch import verify_script as offsite_verify_script
 from tracker_deployer.render import inventory_script, operation_script, render
 
 # Example values: shellcheck looks at the scripts' shape, not at these.
@@ -20,6 +21,7 @@ OPERATIONS = {
     "verify": {
         "deploy_dir": "/opt/torrust",
         "backup_dir": "/opt/torrust/storage/backup",
+        "sets_subdir": ".offsite-verify-20261127_030000/set",
         "set_id": "20261127_030000",
         "db_type": "mysql",
         "drill": True,
@@ -63,7 +65,13 @@ def main(out_dir: Path) -> int:
     (out_dir / "operations" / "inventory.sh").write_text(inventory_script(verify=True))
     count += 1
     # The off-host scripts (python-built; shebang added for shellcheck).
-    for name, text in (("offsite-sets.sh", listing_script()), ("offsite-fetch.sh", fetch_script())):
+    offsite_scripts = (
+        ("offsite-sets.sh", listing_script()),
+        ("offsite-fetch.sh", fetch_script()),
+        ("offsite-verify.sh", offsite_verify_script()),
+        ("offsite-download.sh", download_script()),
+    )
+    for name, text in offsite_scripts:
         (out_dir / "operations" / name).write_text("#!/usr/bin/env bash\n" + text)
         count += 1
     for name, context in OPERATIONS.items():

@@ -36,9 +36,19 @@ def free_port() -> int:
 class SshTarget:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
-    def __init__(self, base: Path, *, with_cron: bool = False, with_docker: bool = True) -> None:
+    def __init__(
+        self,
+        base: Path,
+        *,
+        with_cron: bool = False,
+        with_docker: bool = True,
+        environment: dict[str, str] | None = None,
+    ) -> None:
         self.base = base
         self.with_cron = with_cron
+        # Variables sshd sets in every session (sshd_config SetEnv), e.g. the compose
+        # project name of a test stack, so host scripts run over SSH address that stack.
+        self.environment = dict(environment or {})
         # The machine's Docker daemon resolves bind mounts in ITS filesystem, not in
         # our namespace: a stack started from here would mount the machine's real
         # /opt/torrust (and create directories there). Leave it out where a
@@ -126,6 +136,7 @@ class SshTarget:
                 Subsystem sftp internal-sftp
                 """
             )
+            + "".join(f"SetEnv {name}={value}\n" for name, value in self.environment.items())
         )
         # Known hosts as an operator would have them after checking the fingerprint.
         host_public = (self.base / "ssh_host_ed25519_key.pub").read_text().split()

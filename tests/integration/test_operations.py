@@ -84,6 +84,7 @@ def verify(stack: Stack, set_id: str, *, drill: bool = True) -> subprocess.Compl
         set_id=set_id,
         db_type="mysql" if stack.env.uses_mysql else "sqlite",
         drill=drill,
+        sets_subdir="",
         backup_image=stack.env.images.backup,
         mysql_image=stack.env.images.mysql,
         app_uid=APP_UID,

@@ -77,3 +77,30 @@ def test_build_image_has_no_uid_or_gid_flags(tmp_path: Path) -> None:
     assert "--tag" in result.stdout
     assert "--uid" not in result.stdout
     assert "--gid" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("verify", "--offsite", "--set", "latest"),
+        ("fetch-backup", "--offsite", "--set", "latest", "--to", "fetched"),
+    ],
+)
+def test_offsite_flags_refuse_an_environment_without_backup_offsite_before_connecting(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """No host is recorded and none is given: the refusal comes first, in one line."""
+    result = _inv(tmp_path, *args, "--env", "manual-test-sqlite")
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: environment manual-test-sqlite has no backup.offsite")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("name", ["verify", "fetch-backup"])
+def test_verify_and_fetch_backup_take_the_offsite_flag(tmp_path: Path, name: str) -> None:
+    result = _inv(tmp_path, "--help", name)
+    assert result.returncode == 0, result.stderr
+    assert "--offsite" in result.stdout
+    assert "off-host repository" in result.stdout

@@ -13,7 +13,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tracker_deployer import exit_codes, paths
@@ -392,8 +392,10 @@ def inventory_json(inventory: Inventory) -> str:
 # --------------------------------------------------------------------------- host operations
 
 
-def inventory(host: SshHost, *, verify: bool = True) -> Inventory:
-    result = host.run_script(inventory_script(verify=verify))
+def inventory(
+    host: SshHost, *, verify: bool = True, backup_dir: str = str(paths.BACKUP_DIR)
+) -> Inventory:
+    result = host.run_script(inventory_script(verify=verify, backup_dir=backup_dir))
     if not result.ok:
         raise RemoteError(
             f"listing backups on {host.target.host} failed: {result.stderr.strip()}",
@@ -417,10 +419,16 @@ def verify_script(
     drill: bool,
     deploy_dir: str = str(paths.DEPLOY_DIR),
     backup_dir: str = str(paths.BACKUP_DIR),
+    sets_subdir: str = "",
 ) -> str:
     """templates/operations/verify.sh.j2 for one set; tests point the paths at a scratch stack."""
     return render_verify_script(
-        env, set_id=set_id, drill=drill, deploy_dir=deploy_dir, backup_dir=backup_dir
+        env,
+        set_id=set_id,
+        drill=drill,
+        deploy_dir=deploy_dir,
+        backup_dir=backup_dir,
+        sets_subdir=sets_subdir,
     ).decode()
 
 
@@ -708,8 +716,17 @@ def _fresh(path: Path) -> None:
     path.unlink()
 
 
-def fetch(host: SshHost, env: Env, wanted: str, destination: Path, say: Say) -> Fetched:
-    """Download a set and its manifests into ``destination/SET_ID``.
+def fetch(
+    host: SshHost,
+    env: Env,
+    wanted: str,
+    destination: Path,
+    say: Say,
+    *,
+    backup_dir: str = str(paths.BACKUP_DIR),
+) -> Fetched:
+    """Download a set and its manifests (from ``backup_dir`` on the host) into
+    ``destination/SET_ID``.
 
     Nothing the host says is used unchecked: the set id and every name must fit
     the set layout, sizes bound each download, and every file is compared with
@@ -718,12 +735,13 @@ def fetch(host: SshHost, env: Env, wanted: str, destination: Path, say: Say) -> 
     local set with a manifest is a complete one.
     """
     _require_backups(env)
-    backup_set = inventory(host, verify=False).resolve(wanted)
+    backup_set = inventory(host, verify=False, backup_dir=backup_dir).resolve(wanted)
     set_id = backup_set.set_id
     if not is_set_id(set_id):  # parse_inventory checked it; a second look costs nothing
         raise _bad_manifest(set_id, "its id is not YYYYMMDD_HHMMSS")
     manifest_name = checksum_manifest(set_id)
-    raw = host.read_bytes(str(paths.BACKUP_DIR / manifest_name), limit=MAX_MANIFEST_BYTES)
+    source = PurePosixPath(backup_dir)
+    raw = host.read_bytes(str(source / manifest_name), limit=MAX_MANIFEST_BYTES)
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
@@ -735,7 +753,7 @@ def fetch(host: SshHost, env: Env, wanted: str, destination: Path, say: Say) -> 
 
     root = _local_destination(destination)
     try:
-        return _fetch_into(host, backup_set, sums, raw, root, say)
+        return _fetch_into(host, source, backup_set, sums, raw, root, say)
     except OSError as error:
         raise DeployError(
             f"writing the set into {root} failed: {error.strerror} ({error.filename})",
@@ -745,6 +763,7 @@ def fetch(host: SshHost, env: Env, wanted: str, destination: Path, say: Say) -> 
 
 def _fetch_into(
     host: SshHost,
+    source: PurePosixPath,
     backup_set: BackupSet,
     sums: dict[str, str],
     manifest: bytes,
@@ -768,9 +787,7 @@ def _fetch_into(
         partial = _inside(target, relative + ".part")
         _fresh(partial)
         try:
-            host.download(
-                str(paths.BACKUP_DIR / relative), partial, limit=backup_set.files[relative]
-            )
+            host.download(str(source / relative), partial, limit=backup_set.files[relative])
             matches = sha256_of(partial) == digest
         except BaseException:
             partial.unlink(missing_ok=True)

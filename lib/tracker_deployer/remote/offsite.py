@@ -67,13 +67,15 @@ def listing_script(deploy_dir: str = str(paths.DEPLOY_DIR)) -> str:
     )
 
 
-def list_sets(host: SshHost, env: Env) -> list[OffsiteSet]:
+def list_sets(
+    host: SshHost, env: Env, *, deploy_dir: str = str(paths.DEPLOY_DIR)
+) -> list[OffsiteSet]:
     if env.backup is None or env.backup.offsite is None:
         raise DeployError(
             f"environment {env.name} has no backup.offsite",
             "add a backup.offsite section (docs/user-guide/offsite.md) and deploy",
         )
-    result = host.run_script(listing_script())
+    result = host.run_script(listing_script(deploy_dir))
     if result.exit_code != 0:
         raise listing_error(result.exit_code, result.stderr)
     return parse_listing(result.stdout, env.name)

@@ -1,4 +1,5 @@
-"""Sets back from the off-host repository (``inv restore --from offsite``, ``inv recover``).
+"""Sets back from the off-host repository (``inv restore --from offsite``, ``inv recover``,
+``inv verify --offsite``, ``inv fetch-backup --offsite``).
 
 The host script makes a staging directory inside the backup directory (so the
 final renames stay on one filesystem), runs ``offsite.sh fetch SET`` in the
@@ -8,6 +9,13 @@ verified there, renames its files into the backup directory: payload first,
 complete on the host is left as it is. Any failure removes the staging
 directory; the local sets are never touched. Secrets stay in the env and
 password files the deploy put on the host: nothing secret is on argv.
+
+``inv verify --offsite`` and ``inv fetch-backup --offsite`` use the same fetch
+into a scratch directory instead, which never becomes a set of the host:
+verify runs today's verify drill (templates/operations/verify.sh.j2) on the
+scratch copy under the same lock and removes it; fetch-backup leaves it for
+the checked download (:func:`tracker_deployer.remote.backups.fetch`) and
+removes it afterwards. Both change nothing else on the host.
 """
 
 from __future__ import annotations
@@ -15,11 +23,13 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from tracker_deployer import compose, exit_codes, offsite, paths
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
-from tracker_deployer.remote.backups import is_set_id, set_layout
+from tracker_deployer.remote import backups as operations
+from tracker_deployer.remote.backups import VerificationFailed, is_set_id, set_layout
 from tracker_deployer.remote.offsite import list_sets, listing_error
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.say import Say
@@ -30,6 +40,14 @@ FETCH_TIMEOUT_SECONDS = 6 * 3600
 # off-host check holding it) before it gives up with exit_codes.LOCK_BUSY.
 FETCH_LOCK_WAIT_SECONDS = 120
 STAGING_PREFIX = ".offsite-fetch."
+# `inv verify --offsite`: the scratch copy, one name per set (used only under the lock).
+VERIFY_SCRATCH_PREFIX = ".offsite-verify-"
+# `inv fetch-backup --offsite`: scratch copies left for the download (mktemp names).
+DOWNLOAD_PREFIX = ".offsite-download."
+_DOWNLOAD_NAME = re.compile(re.escape(DOWNLOAD_PREFIX) + r"[A-Za-z0-9]{6}")
+# A download scratch older than this is the leftover of an interrupted
+# fetch-backup; the next one removes it.
+DOWNLOAD_STALE_MINUTES = 24 * 60
 FETCH_DIR_IN_CONTAINER = "/fetch"
 # The host script's own exit codes (besides offsite.sh's).
 EXIT_PARTIAL_SET = 3
@@ -68,22 +86,8 @@ class Fetched:
     already_present: bool
 
 
-def fetch_script(
-    deploy_dir: str = str(paths.DEPLOY_DIR),
-    backup_dir: str = str(paths.BACKUP_DIR),
-    lock_file: str = str(paths.BACKUP_LOCK),
-    lock_wait_seconds: int = FETCH_LOCK_WAIT_SECONDS,
-) -> str:
-    """The host side (as root); the set id is its one argument, checked again there.
-
-    It holds the host's backup lock (the one the maintenance script, the
-    off-host check and the restore take) from before it looks at the backup
-    directory until it exits, so no upload's ``forget --prune`` and no
-    retention runs meanwhile; the fetched files get the current time (restic
-    restores the set's old times), so the next run's retention keeps them.
-    """
-    # Payload first, the .sha256 (what makes a set complete) last.
-    relatives = " ".join(f'"{relative}"' for relative in set_layout("${set_id}"))
+def _prelude(backup_dir: str, lock_file: str, lock_wait_seconds: int) -> str:
+    """Check the set id (the one argument), then take the host's backup lock."""
     return f"""set -o errexit -o nounset -o pipefail
 set_id="$1"
 backup_dir={shlex.quote(backup_dir)}
@@ -96,21 +100,15 @@ if ! flock --wait {int(lock_wait_seconds)} 9; then
 an off-host check, a deploy or a restore); nothing was changed" >&2
   exit {exit_codes.LOCK_BUSY}
 fi
-if [[ -f "$backup_dir/manifests/set_$set_id.sha256" ]]; then
-  echo "present=$set_id"
-  exit 0
-fi
-for relative in {relatives}; do
-  if [[ -e "$backup_dir/$relative" || -L "$backup_dir/$relative" ]]; then
-    echo "the host holds $backup_dir/$relative but no complete set $set_id" >&2
-    exit {EXIT_PARTIAL_SET}
-  fi
-done
-mkdir -p -- "$backup_dir"
-staging="$(mktemp -d "$backup_dir/{STAGING_PREFIX}XXXXXX")"
-trap 'rm -rf -- "$staging"' EXIT
-chown {APP_UID}:{APP_GID} "$staging"
-chmod 0700 "$staging"
+"""
+
+
+def _fetch_into_staging(deploy_dir: str) -> str:
+    """offsite.sh fetch into "$staging" (made by the caller, removed by its trap):
+    the set verified in "$staging/set", or exit with offsite.sh's code."""
+    # mktemp -d and mkdir -m 0700 made it 0700; -h: should uid 1000 (which owns the
+    # backup directory) swap it for a link, only the link changes owner.
+    return f"""chown -h {APP_UID}:{APP_GID} -- "$staging"
 {offsite.hostname_export()}cd {shlex.quote(deploy_dir)}
 rc=0
 container="tracker-backup-$$-offsite-fetch"
@@ -127,7 +125,43 @@ if (( rc != 0 )); then
   exit "$rc"
 fi
 grep -qx "fetched=$set_id" "$staging/fetch.out" || {{ echo "offsite.sh did not fetch $set_id" >&2; exit 1; }}
+"""
+
+
+def fetch_script(
+    deploy_dir: str = str(paths.DEPLOY_DIR),
+    backup_dir: str = str(paths.BACKUP_DIR),
+    lock_file: str = str(paths.BACKUP_LOCK),
+    lock_wait_seconds: int = FETCH_LOCK_WAIT_SECONDS,
+) -> str:
+    """The host side (as root); the set id is its one argument, checked again there.
+
+    It holds the host's backup lock (the one the maintenance script, the
+    off-host check and the restore take) from before it looks at the backup
+    directory until it exits, so no upload's ``forget --prune`` and no
+    retention runs meanwhile; the fetched files get the current time (restic
+    restores the set's old times), so the next run's retention keeps them.
+    """
+    # Payload first, the .sha256 (what makes a set complete) last.
+    relatives = " ".join(f'"{relative}"' for relative in set_layout("${set_id}"))
+    return (
+        _prelude(backup_dir, lock_file, lock_wait_seconds)
+        + f"""if [[ -f "$backup_dir/manifests/set_$set_id.sha256" ]]; then
+  echo "present=$set_id"
+  exit 0
+fi
 for relative in {relatives}; do
+  if [[ -e "$backup_dir/$relative" || -L "$backup_dir/$relative" ]]; then
+    echo "the host holds $backup_dir/$relative but no complete set $set_id" >&2
+    exit {EXIT_PARTIAL_SET}
+  fi
+done
+mkdir -p -- "$backup_dir"
+staging="$(mktemp -d "$backup_dir/{STAGING_PREFIX}XXXXXX")"
+trap 'rm -rf -- "$staging"' EXIT
+"""
+        + _fetch_into_staging(deploy_dir)
+        + f"""for relative in {relatives}; do
   if [[ -f "$staging/set/$relative" && ! -L "$staging/set/$relative" ]]; then
     directory="$backup_dir/${{relative%/*}}"
     if [[ ! -d "$directory" ]]; then
@@ -140,15 +174,94 @@ for relative in {relatives}; do
 done
 echo "fetched=$set_id"
 """
+    )
 
 
-def resolve(host: SshHost, env: Env, wanted: str) -> str:
+def verify_scratch(set_id: str) -> str:
+    """`inv verify --offsite`'s scratch directory of a set, relative to the backup directory."""
+    return f"{VERIFY_SCRATCH_PREFIX}{set_id}"
+
+
+def verify_script(
+    deploy_dir: str = str(paths.DEPLOY_DIR),
+    backup_dir: str = str(paths.BACKUP_DIR),
+    lock_file: str = str(paths.BACKUP_LOCK),
+    lock_wait_seconds: int = FETCH_LOCK_WAIT_SECONDS,
+) -> str:
+    """`inv verify --offsite`'s host side (as root; the set id is its one argument).
+
+    Under the backup lock: the set from the repository into a scratch directory
+    in the backup directory (offsite.sh verifies its checksums and archives),
+    then verify.sh, uploaded next to this script and rendered for that scratch
+    directory (:func:`verify_scratch`), runs today's verify drill on it. The
+    scratch directory is removed on every way out; no set of the host is
+    read or written.
+    """
+    return (
+        _prelude(backup_dir, lock_file, lock_wait_seconds)
+        + f"""if [[ -f "$backup_dir/manifests/set_$set_id.sha256" ]]; then
+  echo "the host holds set $set_id too; verifying the repository's copy (the host's is not read)"
+fi
+mkdir -p -- "$backup_dir"
+staging="$backup_dir/{VERIFY_SCRATCH_PREFIX}$set_id"
+# A leftover of an interrupted verify (the name is only ever used under this lock).
+rm -rf -- "$staging"
+trap 'rm -rf -- "$staging"' EXIT
+mkdir -m 0700 -- "$staging"
+"""
+        + _fetch_into_staging(deploy_dir)
+        + f"""echo "set $set_id: fetched from the off-host repository; checksums and archives ok"
+rc=0
+bash "$(dirname -- "${{BASH_SOURCE[0]}}")/verify.sh" || rc=$?
+if (( rc != 0 )); then
+  echo "the verify drill of the repository's copy of set $set_id failed (exit $rc)" >&2
+  exit {exit_codes.NOT_VERIFIED}
+fi
+echo "verified=$set_id"
+"""
+    )
+
+
+def download_script(
+    deploy_dir: str = str(paths.DEPLOY_DIR),
+    backup_dir: str = str(paths.BACKUP_DIR),
+    lock_file: str = str(paths.BACKUP_LOCK),
+    lock_wait_seconds: int = FETCH_LOCK_WAIT_SECONDS,
+    stale_minutes: int = DOWNLOAD_STALE_MINUTES,
+) -> str:
+    """`inv fetch-backup --offsite`'s host side (as root; the set id is its one argument).
+
+    Under the backup lock: the set from the repository into a new scratch
+    directory in the backup directory, verified; on success it stays there for
+    the download and its name is printed (``scratch=NAME``), on failure it is
+    removed. Scratch directories of downloads interrupted more than
+    ``stale_minutes`` ago are removed first.
+    """
+    return (
+        _prelude(backup_dir, lock_file, lock_wait_seconds)
+        + f"""mkdir -p -- "$backup_dir"
+find "$backup_dir" -mindepth 1 -maxdepth 1 -type d -name '{DOWNLOAD_PREFIX}*' \\
+  -mmin +{int(stale_minutes)} -exec rm -rf -- {{}} + || :
+staging="$(mktemp -d "$backup_dir/{DOWNLOAD_PREFIX}XXXXXX")"
+trap 'rm -rf -- "$staging"' EXIT
+"""
+        + _fetch_into_staging(deploy_dir)
+        + """trap - EXIT
+echo "scratch=${staging##*/}"
+echo "fetched=$set_id"
+"""
+    )
+
+
+def resolve(
+    host: SshHost, env: Env, wanted: str, *, deploy_dir: str = str(paths.DEPLOY_DIR)
+) -> str:
     """A set id of the repository: ``latest`` is its newest set of this env."""
     if wanted != "latest":
         if not is_set_id(wanted):
             raise DeployError(f"--set {wanted!r} is not a set id", "use YYYYMMDD_HHMMSS or latest")
         return wanted
-    found = list_sets(host, env)
+    found = list_sets(host, env, deploy_dir=deploy_dir)
     if not found:
         raise DeployError(
             f"the off-host repository holds no sets of {env.name}",
@@ -181,16 +294,170 @@ def fetch(host: SshHost, env: Env, set_id: str, say: Say) -> Fetched:
     raise fetch_error(result.exit_code, result.stderr, set_id)
 
 
+def _detail(stderr: str) -> str:
+    """offsite.sh's last error line (its own words, the repository's userinfo redacted)."""
+    said = [
+        line.split("offsite: error: ", 1)[1]
+        for line in stderr.splitlines()
+        if "offsite: error: " in line
+    ]
+    return said[-1][:300] if said else ""
+
+
 def fetch_error(code: int, stderr: str, set_id: str) -> RemoteError:
     if code in _FETCH_CAUSES:
         cause, hint = _FETCH_CAUSES[code]
-        said = [
-            line.split("offsite: error: ", 1)[1]
-            for line in stderr.splitlines()
-            if "offsite: error: " in line
-        ]
-        detail = said[-1][:300] if said else ""
+        detail = _detail(stderr)
         message = f"set {set_id}: {cause}" + (f" ({detail})" if detail else "")
         return RemoteError(message, hint)
     error = listing_error(code, stderr)
     return RemoteError(f"fetching set {set_id}: {error.message}", error.hint)
+
+
+def require_offsite(env: Env) -> None:
+    """Refuse an --offsite operation for an environment without backup.offsite."""
+    if env.backup is None or env.backup.offsite is None:
+        raise DeployError(
+            f"environment {env.name} has no backup.offsite: there is no off-host repository",
+            "add a backup.offsite section (docs/user-guide/offsite.md) and deploy",
+        )
+
+
+def _require_offsite(env: Env, set_id: str) -> None:
+    require_offsite(env)
+    if not is_set_id(set_id):
+        raise DeployError(f"--set {set_id!r} is not a set id", "use YYYYMMDD_HHMMSS or latest")
+
+
+def _last_line(stdout: str) -> str:
+    return (stdout.strip().splitlines() or [""])[-1]
+
+
+def verify(
+    host: SshHost,
+    env: Env,
+    set_id: str,
+    say: Say,
+    *,
+    drill: bool = True,
+    deploy_dir: str = str(paths.DEPLOY_DIR),
+    backup_dir: str = str(paths.BACKUP_DIR),
+    lock_file: str = str(paths.BACKUP_LOCK),
+) -> str:
+    """The repository's copy of ``set_id``: fetched into scratch on the host, then
+    today's verify drill on it; raise when either fails. Returns the set id.
+
+    The scratch copy is removed whatever happens; the host's own sets are not
+    read or written (a set the host holds too is not what is checked).
+    """
+    _require_offsite(env, set_id)
+    scratch = verify_scratch(set_id)
+    say(
+        f"verifying set {set_id} from the off-host repository (in scratch "
+        f"{backup_dir}/{scratch}, removed afterwards)"
+    )
+    companion = operations.verify_script(
+        env,
+        set_id,
+        drill=drill,
+        deploy_dir=deploy_dir,
+        backup_dir=backup_dir,
+        sets_subdir=f"{scratch}/set",
+    )
+    result = host.run_script(
+        verify_script(deploy_dir, backup_dir, lock_file),
+        set_id,
+        stream=say,
+        companions={"verify.sh": companion},
+    )
+    if result.exit_code == 0:
+        if _last_line(result.stdout) != f"verified={set_id}":
+            raise RemoteError(
+                f"verifying set {set_id} from the off-host repository printed no result line",
+                "look at the lines above",
+            )
+        return set_id
+    raise verify_error(result.exit_code, result.stderr, set_id)
+
+
+def verify_error(code: int, stderr: str, set_id: str) -> DeployError:
+    """`inv verify --offsite`'s error for the host script's exit code."""
+    hint = (
+        "see the lines above; do not rely on this copy: pick another set from "
+        "`inv backups --offsite`, and run `restic check --read-data` on the repository"
+    )
+    if code == exit_codes.NOT_VERIFIED:
+        return VerificationFailed(
+            f"the off-host repository's copy of set {set_id} FAILED the verify drill "
+            "(restore, integrity or row counts); the scratch copy was removed, the local "
+            "sets were not touched",
+            hint,
+        )
+    if code == offsite.OFFSITE_SH_EXIT["FAILED"]:
+        detail = _detail(stderr)
+        return VerificationFailed(
+            f"the off-host repository's copy of set {set_id} FAILED verification: it could "
+            "not be restored intact" + (f" ({detail})" if detail else "") + "; nothing was "
+            "kept, the local sets were not touched",
+            hint,
+        )
+    return fetch_error(code, stderr, set_id)
+
+
+def download(
+    host: SshHost,
+    env: Env,
+    set_id: str,
+    destination: Path,
+    say: Say,
+    *,
+    deploy_dir: str = str(paths.DEPLOY_DIR),
+    backup_dir: str = str(paths.BACKUP_DIR),
+    lock_file: str = str(paths.BACKUP_LOCK),
+) -> operations.Fetched:
+    """The repository's set ``set_id`` into ``destination/SET_ID`` on this machine.
+
+    On the host: fetched into a scratch directory and verified there (under the
+    backup lock), then downloaded with :func:`backups.fetch` (names checked
+    against the set layout, sizes bounded, every file's sha256 compared,
+    resumable, the checksum manifest written last), and the scratch directory
+    removed. No set of the host is read or written.
+    """
+    _require_offsite(env, set_id)
+    say(f"fetching set {set_id} from the off-host repository into scratch on the host")
+    result = host.run_script(download_script(deploy_dir, backup_dir, lock_file), set_id, stream=say)
+    if result.exit_code != 0:
+        raise fetch_error(result.exit_code, result.stderr, set_id)
+    lines = result.stdout.strip().splitlines()
+    names = [line.removeprefix("scratch=") for line in lines if line.startswith("scratch=")]
+    if (
+        lines[-1:] != [f"fetched={set_id}"]
+        or len(names) != 1
+        or not _DOWNLOAD_NAME.fullmatch(names[0])
+    ):
+        raise RemoteError(
+            f"fetching set {set_id} into scratch on the host printed no result line",
+            f"look at {backup_dir}/{DOWNLOAD_PREFIX}* on the host (the next "
+            "fetch-backup --offsite removes scratch copies older than a day)",
+        )
+    scratch = f"{backup_dir}/{names[0]}"
+    say(f"set {set_id} fetched and verified on the host; downloading it")
+    try:
+        return operations.fetch(host, env, set_id, destination, say, backup_dir=f"{scratch}/set")
+    finally:
+        _remove_scratch(host, scratch, say)
+
+
+def _remove_scratch(host: SshHost, scratch: str, say: Say) -> None:
+    """Remove a download's scratch copy; a failure is said, not raised (it would hide
+    the download's own result), and the next download removes it after a day."""
+    try:
+        removed = host.run(f"rm -rf -- {shlex.quote(scratch)}")
+        problem = "" if removed.ok else removed.stderr.strip()[:200]
+    except RemoteError as error:
+        problem = error.message
+    if problem:
+        say(
+            f"could not remove the scratch copy {scratch} on the host ({problem}); the next "
+            "fetch-backup --offsite removes it once it is a day old"
+        )

@@ -587,15 +587,18 @@ def verify_script(
     drill: bool = True,
     deploy_dir: str = str(paths.DEPLOY_DIR),
     backup_dir: str = str(paths.BACKUP_DIR),
+    sets_subdir: str = "",
     templates_dir: Path = paths.TEMPLATES_DIR,
 ) -> bytes:
     """templates/operations/verify.sh.j2: for ``set_id``, or (None) the script installed
-    on the host, which takes the set id as its argument."""
+    on the host, which takes the set id as its argument. ``sets_subdir`` (relative to
+    ``backup_dir``): where the set's files are, when not in the backup directory itself."""
     return operation_script(
         "verify",
         templates_dir,
         deploy_dir=deploy_dir,
         backup_dir=backup_dir,
+        sets_subdir=sets_subdir,
         set_id=set_id,
         db_type="mysql" if env.uses_mysql else "sqlite",
         drill=drill,
