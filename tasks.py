@@ -227,6 +227,8 @@ def _apply(env: str, where: _Host, dry_run: bool, scope: Scope) -> None:
             return
         assert target is not None
         with SshHost(target) as connection:
+            task_name = "push" if scope is Scope.PUSH else "install-cron"
+            remote.refuse_unfinished_recover(connection, parsed.name, f"`inv {task_name}`")
             remote.apply_scope(connection, tree, scope, _say)
 
 
@@ -360,7 +362,7 @@ def backup(c: Context, env: str = "", where: _Host = ANY_HOST) -> None:
     with _errors():
         parsed = _load(env)
         with where.connect(parsed) as connection:
-            code = remote.run_backup(connection, _say)
+            code = remote.run_backup(connection, _say, parsed.name)
         if code != 0:
             raise Exit(
                 f"error: the backup failed with exit code {code} (see the log above)", code=code

@@ -268,6 +268,7 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
         else:
             say(f"  skipped: the host is known ({found.host}:{found.port})")
     with SshHost(found) as connection:
+        remote.refuse_unfinished_recover(connection, env.name, "a deploy")
         with clock.phase("configure"):
             configured = configuring.apply(connection, env, say)
         with clock.phase("push"):

@@ -27,10 +27,12 @@ only after the restore, so no scheduled run backs up an empty database.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tracker_deployer import lifecycle, paths
-from tracker_deployer.config.model import Env, LxdProvider
+from tracker_deployer.config.model import Env, InvalidValue, LxdProvider, parse_host
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote import backups as operations
 from tracker_deployer.remote import configure as configuring
@@ -54,16 +56,49 @@ PHASES = (
 )
 TRACKER = "tracker"
 
-# What the host holds before recover changes it: "deployed" (a compose file)
-# and "recovering" (the marker of an earlier recover).
-LOOK = (
-    f"if [ -f {shlex.quote(str(paths.COMPOSE_FILE))} ]; then echo deployed; fi; "
-    f"if [ -f {shlex.quote(str(paths.RECOVER_MARKER))} ]; then echo recovering; fi"
-)
-MARK = (
-    f"mkdir -p {shlex.quote(str(paths.RECOVER_MARKER.parent))} && "
-    f"touch {shlex.quote(str(paths.RECOVER_MARKER))}"
-)
+# What the host holds before recover changes it, one word a line: "deployed" (a
+# compose file), "recovering" (the marker of an earlier recover), "tracker" (a
+# tracker container: it has run here), "mysql-data" (the stack's MySQL volume)
+# and "sqlite-data" (a non-empty SQLite database file).
+PROJECT = paths.DEPLOY_DIR.name  # compose's project name: the directory's
+
+
+def look_script(env: Env) -> str:
+    compose_file = shlex.quote(str(paths.COMPOSE_FILE))
+    marker = shlex.quote(str(paths.RECOVER_MARKER))
+    lines = [
+        f"if [ -f {compose_file} ]; then echo deployed; fi",
+        f"if [ -f {marker} ] || [ -L {marker} ]; then echo recovering; fi",
+        "if command -v docker >/dev/null 2>&1; then",
+        f'  if [ -n "$(docker ps -aq --filter label=com.docker.compose.project={PROJECT} '
+        f'--filter label=com.docker.compose.service={TRACKER})" ]; then echo tracker; fi',
+        f'  if [ -n "$(docker volume ls -q --filter label=com.docker.compose.project={PROJECT} '
+        '--filter label=com.docker.compose.volume=mysql_data)" ]; then echo mysql-data; fi',
+        "fi",
+    ]
+    if not env.uses_mysql:
+        database = shlex.quote(str(paths.sqlite_on_host(env.database.database_name)))
+        lines.append(f"if [ -s {database} ]; then echo sqlite-data; fi")
+    return "\n".join(lines) + "\n"
+
+
+# The marker goes into root's own directories only: never through a link or a
+# directory another user owns (on a server prepared by hand, /opt/torrust may be
+# the first user's).
+MARK = f"""set -o errexit
+for directory in {paths.DEPLOY_DIR} {paths.RECOVER_MARKER.parent}; do
+  if [ -L "$directory" ] || {{ [ -e "$directory" ] && [ "$(stat -c %u -- "$directory")" != 0 ]; }}; then
+    echo "$directory is a link or not owned by root; refusing to write the recover marker there" >&2
+    exit 1
+  fi
+  if [ ! -e "$directory" ]; then mkdir -m 0755 -- "$directory"; fi
+done
+if [ -L {paths.RECOVER_MARKER} ]; then
+  echo "{paths.RECOVER_MARKER} is a link; refusing to follow it" >&2
+  exit 1
+fi
+touch -- {paths.RECOVER_MARKER}
+"""
 UNMARK = f"rm -f -- {shlex.quote(str(paths.RECOVER_MARKER))}"
 
 
@@ -92,6 +127,33 @@ def check_request(env: Env, wanted: str, host: str) -> None:
             "leave out --host (or use an environment with the existing provider for a host "
             "you prepared)",
         )
+    if host and env.ssh.host:
+        raise DeployError(
+            f"environment {env.name} sets ssh_credentials.host ({env.ssh.host}): every later "
+            "command would go there, not to --host",
+            "put the new host's address in ssh_credentials.host and run recover without --host",
+        )
+    if host:
+        try:
+            parse_host(host)
+        except InvalidValue as error:
+            raise DeployError(f"--host {host!r}: {error.message}", error.hint) from None
+
+
+@contextmanager
+def _phase(clock: lifecycle.PhaseClock, name: str) -> Iterator[None]:
+    """A phase whose failure names it; up to the restore, the same recover continues."""
+    with clock.phase(name):
+        try:
+            yield
+        except DeployError as error:
+            number = PHASES.index(name) + 1
+            error.message = f"recover phase {number}/{len(PHASES)} ({name}): {error.message}"
+            if number <= PHASES.index("restore") + 1:
+                error.hint = (error.hint + "; then " if error.hint else "") + (
+                    "run the same `inv recover` again (it continues on this host)"
+                )
+            raise
 
 
 def services_without_tracker(env: Env) -> list[str]:
@@ -114,8 +176,6 @@ def services_without_tracker(env: Env) -> list[str]:
 def _host(env: Env, where: lifecycle.HostFlags, say: Say) -> Target:
     if isinstance(env.provider, LxdProvider):
         lifecycle.provision(env, say)
-    elif where.host:  # later commands find it too
-        lifecycle.register(env, where.host, env.ssh.port, say)
     found = lifecycle.target(env, where.host, where.known_hosts, where.accept_new_host_key)
     if found is None:
         raise DeployError(
@@ -127,25 +187,41 @@ def _host(env: Env, where: lifecycle.HostFlags, say: Say) -> Target:
 
 
 def _refuse_live(connection: SshHost, env: Env, say: Say) -> None:
-    """A deployed stack that no earlier recover left: not a lost host's replacement."""
-    looked = connection.run(LOOK)
+    """Refuse a host with data recover could replace: a tracker that has run there,
+    or a deployed stack or database that no earlier recover left."""
+    looked = connection.run(look_script(env))
     if not looked.ok:
         raise RemoteError(
-            f"cannot look at {connection.target.host}: {looked.stderr.strip()}",
+            f"cannot look at {connection.target.host}: {looked.stderr.strip()[:200]}",
             "check SSH access (`inv status`), then run recover again",
         )
     found = set(looked.stdout.split())
-    if "deployed" in found and "recovering" not in found:
-        raise DeployError(
-            f"{connection.target.host} already runs a deployed stack ({paths.COMPOSE_FILE}): "
-            "recover makes a new host from the off-host repository and does not replace live "
-            "data; nothing was changed",
-            f"to restore onto this host: inv restore --env {env.name} --set ID --from offsite "
-            "--yes (it takes a safety backup first); to finish a recover that failed after "
-            f"its restore: inv deploy --env {env.name}; to recover, destroy it or use a new host",
-        )
-    if "recovering" in found:
+    if "tracker" in found:
+        why = "a tracker has run on it (its container exists)"
+    elif "recovering" in found:
         say("  this host holds an unfinished recover: continuing it")
+        return
+    elif "deployed" in found:
+        why = f"it runs a deployed stack ({paths.COMPOSE_FILE})"
+    elif found & {"mysql-data", "sqlite-data"}:
+        why = (
+            "it holds a tracker database ("
+            + (
+                f"the compose volume {PROJECT}_mysql_data"
+                if "mysql-data" in found
+                else str(paths.sqlite_on_host(env.database.database_name))
+            )
+            + ")"
+        )
+    else:
+        return
+    raise DeployError(
+        f"{connection.target.host} is not a new host: {why}; recover does not replace live "
+        "data; nothing was changed",
+        f"to restore onto this host: inv restore --env {env.name} --set ID --from offsite "
+        "--yes (it takes a safety backup first); to finish a recover that failed after "
+        f"its restore: inv deploy --env {env.name}; to recover, destroy it or use a new host",
+    )
 
 
 def recover(
@@ -157,20 +233,23 @@ def recover(
 ) -> Recovered:
     check_request(env, wanted, where.host)
     clock = lifecycle.PhaseClock(say, PHASES)
-    with clock.phase("host"):
+    with _phase(clock, "host"):
         found = _host(env, where, say)
     with SshHost(found) as connection:
         _refuse_live(connection, env, say)
         marked = connection.run(MARK)
         if not marked.ok:
             raise RemoteError(
-                f"cannot write {paths.RECOVER_MARKER} on {found.host}: {marked.stderr.strip()}"
+                f"cannot write {paths.RECOVER_MARKER} on {found.host}: "
+                f"{marked.stderr.strip()[:200]}; nothing was changed"
             )
-        with clock.phase("configure"):
+        if where.host and not isinstance(env.provider, LxdProvider):
+            lifecycle.register(env, where.host, env.ssh.port, say)  # later commands go there
+        with _phase(clock, "configure"):
             configuring.apply(connection, env, say)
-        with clock.phase("push"):
+        with _phase(clock, "push"):
             remote.push(connection, tree, say)
-        with clock.phase("services without the tracker"):
+        with _phase(clock, "services without the tracker"):
             lifecycle.sideload(env, say)
             lifecycle.ensure_images(connection, env, say)
             before = services_without_tracker(env)
@@ -178,13 +257,13 @@ def recover(
                 remote.compose_up(connection, (), say, only=before)
             else:  # `up` with no service names would start everything
                 say("  nothing to start before the restore (no service runs without the tracker)")
-        with clock.phase("fetch"):
+        with _phase(clock, "fetch"):
             set_id = offsite_fetch.resolve(connection, env, wanted)
             offsite_fetch.fetch(connection, env, set_id, say)
-        with clock.phase("restore"):
+        with _phase(clock, "restore"):
             operations.restore(connection, env, set_id, "all", say, new_host=True)
             say(f"  the restored rows equal set {set_id}'s .meta (compared by backup.sh restore)")
-        with clock.phase("tracker"):
+        with _phase(clock, "tracker"):
             # From its first write on, the tracker's data is live: a recover run
             # again must not restore over it, so the marker goes first.
             unmarked = connection.run(UNMARK)
@@ -206,6 +285,6 @@ def recover(
                     f"services not healthy after the restore: {', '.join(unhealthy)}",
                     f"on the host: cd {paths.DEPLOY_DIR} && docker compose logs --tail 50 SERVICE",
                 )
-        with clock.phase("install-cron"):
+        with _phase(clock, "install-cron"):
             remote.install_cron(connection, tree, say)
     return Recovered(found, set_id, services, tuple(clock.timings))

@@ -222,7 +222,7 @@ def test_a_lost_host_is_recovered_from_the_offsite_repository(
         # Host 2 is live now: a second recover refuses it and changes nothing.
         again = inv("recover", "--env", env)
         assert again.returncode == 1, shown(again)
-        assert "already runs a deployed stack" in again.stderr, shown(again)
+        assert "is not a new host: a tracker has run on it" in again.stderr, shown(again)
         assert host2.services()["tracker"]["state"] == "running"
 
         # The next backup on host 2 uploads to the same repository.

@@ -175,3 +175,31 @@ def test_disk_full_during_a_fetch_fails_clearly_and_keeps_the_local_sets(
         if mounted:
             subprocess.run(["umount", str(stack.backups)], check=False)
         stack.cleanup()
+
+
+def test_a_link_planted_by_the_backup_user_leads_the_fetch_nowhere_root_only(
+    tmp_path: Path,
+    rest_server: Server,  # noqa: F811
+) -> None:
+    """uid 1000 owns the backup directory: it swaps sqlite/ for a link to a directory
+    only root may write. Root must not move the fetched file there for it."""
+    repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
+    stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
+    try:
+        set_id = assert_success_with_upload(stack, stack.run_maintenance())
+        remove_set(stack, set_id)
+        root_only = tmp_path / "root-only"
+        root_only.mkdir(mode=0o755)
+        sqlite_dir = stack.backups / "sqlite"
+        for leftover in sqlite_dir.iterdir():
+            leftover.unlink()
+        sqlite_dir.rmdir()
+        sqlite_dir.symlink_to(root_only)
+        os.lchown(sqlite_dir, 1000, 1000)
+
+        planted = run_fetch(stack, set_id)
+        assert planted.returncode != 0, planted.stdout + planted.stderr
+        assert list(root_only.iterdir()) == []
+        assert not list(stack.backups.glob(STAGING_PREFIX + "*"))
+    finally:
+        stack.cleanup()

@@ -423,7 +423,7 @@ def test_recover_restore_on_a_new_host_adds_no_safety_set_and_leaves_the_tracker
         stack.up()
         assert stack.run_maintenance().returncode == 0
         [set_id] = stack.sets()
-        stack.compose("stop", "tracker")
+        stack.compose("rm", "--stop", "--force", "tracker")  # as on a new host: never ran
         stack.mysql_query(INSERT_MARKER)
 
         result = restore(stack, set_id, new_host=True)
@@ -438,6 +438,16 @@ def test_recover_restore_on_a_new_host_adds_no_safety_set_and_leaves_the_tracker
         )
         assert "the tracker is not running; it stays stopped" in result.stdout
         assert "tracker" not in stack.running_services()
+
+        # Where a tracker container exists (it has run: its data may be live), the
+        # new-host restore refuses and changes nothing.
+        stack.compose("create", "tracker")
+        stack.mysql_query(INSERT_MARKER)
+        refused = restore(stack, set_id, new_host=True)
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert "a tracker container exists: this is not a new host" in refused.stdout
+        assert _marker_rows(stack) == "1"
+        assert stack.sets() == [set_id]
     finally:
         stack.cleanup()
 

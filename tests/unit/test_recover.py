@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tracker_deployer import recover
+from tracker_deployer import lifecycle, recover
 from tracker_deployer.errors import DeployError
 from tracker_deployer.topology import Service, derive
 
@@ -81,3 +81,32 @@ def test_the_cli_refuses_without_a_traceback_and_touches_nothing(tmp_path: Path)
     bad = _inv(tmp_path, "recover", "--env", str(env), "--set", "x")
     assert bad.returncode == 1
     assert "--set 'x' is not a set id" in bad.stderr
+
+
+def test_host_is_checked_and_refused_where_ssh_credentials_host_would_win() -> None:
+    data = _with_offsite("manual-test-mysql")
+    data["provider"] = {"provider": "existing"}
+    data["ssh_credentials"].pop("host", None)
+    env = parse(data)
+    recover.check_request(env, "latest", "203.0.113.7")
+    with pytest.raises(DeployError) as bad:
+        recover.check_request(env, "latest", "a b")
+    assert "--host 'a b'" in bad.value.message
+    data["ssh_credentials"]["host"] = "203.0.113.9"
+    with pytest.raises(DeployError) as refused:
+        recover.check_request(parse(data), "latest", "203.0.113.7")
+    assert "sets ssh_credentials.host (203.0.113.9)" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "again"), [("fetch", True), ("restore", True), ("tracker", False)]
+)
+def test_a_failed_phase_is_named_and_says_whether_recover_continues(name: str, again: bool) -> None:
+    said: list[str] = []
+    clock = lifecycle.PhaseClock(said.append, recover.PHASES)
+    with pytest.raises(DeployError) as failed, recover._phase(clock, name):
+        raise DeployError("it broke", "fix it")
+    number = recover.PHASES.index(name) + 1
+    assert failed.value.message == f"recover phase {number}/8 ({name}): it broke"
+    assert ("run the same `inv recover` again" in (failed.value.hint or "")) is again
+    assert said[0] == f"[{number}/8] {name}"

@@ -110,8 +110,12 @@ def _text(result: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def _daemon_down(result: subprocess.CompletedProcess[bytes]) -> bool:
-    """lxc's answer when no daemon listens on its socket."""
-    return "unix.socket" in _text(result).lower()
+    """lxc's answer when no daemon listens on its socket (not, say, "permission
+    denied" for a user outside the lxd group: starting a daemon would not help)."""
+    text = _text(result).lower()
+    return "unix.socket" in text and (
+        "no such file or directory" in text or "connection refused" in text
+    )
 
 
 def _host_script(command: str, timeout: int) -> subprocess.CompletedProcess[str]:

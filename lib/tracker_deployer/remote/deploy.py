@@ -239,8 +239,21 @@ def parse_compose_ps(output: str) -> list[dict[str, str]]:
     return sorted(rows, key=lambda row: row["service"])
 
 
-def run_backup(host: SshHost, say: Say) -> int:
+def refuse_unfinished_recover(host: SshHost, env_name: str, action: str) -> None:
+    """A host with `inv recover`'s marker has no data yet: starting its tracker or
+    backing it up would make (and upload) sets of an empty database."""
+    marker = shlex.quote(str(paths.RECOVER_MARKER))
+    if host.run(f"test -e {marker} || test -L {marker}").ok:
+        raise RemoteError(
+            f"{host.target.host} holds an unfinished `inv recover` ({paths.RECOVER_MARKER}): "
+            f"{action} would start or back up a tracker that has no data yet; nothing was changed",
+            f"finish it first: inv recover --env {env_name} (it continues on this host)",
+        )
+
+
+def run_backup(host: SshHost, say: Say, env_name: str) -> int:
     """Run the maintenance script now, streaming its log; its exit code."""
+    refuse_unfinished_recover(host, env_name, "a backup")
     script = shlex.quote(str(paths.MAINTENANCE_SCRIPT))
     exists = host.run(f"test -x {script}")
     if not exists.ok:

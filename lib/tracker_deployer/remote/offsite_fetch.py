@@ -112,10 +112,16 @@ def _fetch_into_staging(deploy_dir: str) -> str:
 {offsite.hostname_export()}cd {shlex.quote(deploy_dir)}
 rc=0
 container="tracker-backup-$$-offsite-fetch"
+# Its output goes to root's own temporary file: root never opens a path in the
+# staging directory, which uid 1000 can change.
+fetch_out="$(mktemp)"
 timeout --kill-after=10 {FETCH_TIMEOUT_SECONDS} {compose.command(deploy_dir)} \\
   --profile backup run --rm --no-deps -T --name "$container" \\
   -v "$staging:{FETCH_DIR_IN_CONTAINER}" -e OFFSITE_FETCH_DIR={FETCH_DIR_IN_CONTAINER} \\
-  {offsite.SERVICE} fetch "$set_id" >"$staging/fetch.out" || rc=$?
+  {offsite.SERVICE} fetch "$set_id" >"$fetch_out" || rc=$?
+fetched=0
+if grep -qx "fetched=$set_id" "$fetch_out"; then fetched=1; fi
+rm -f -- "$fetch_out"
 if (( rc == 124 || rc == 137 )); then
   # Timed out: the compose client is gone, its container may still run.
   timeout 60 docker rm --force "$container" >/dev/null 2>&1 || :
@@ -124,7 +130,7 @@ fi
 if (( rc != 0 )); then
   exit "$rc"
 fi
-grep -qx "fetched=$set_id" "$staging/fetch.out" || {{ echo "offsite.sh did not fetch $set_id" >&2; exit 1; }}
+(( fetched == 1 )) || {{ echo "offsite.sh did not fetch $set_id" >&2; exit 1; }}
 """
 
 
@@ -161,15 +167,20 @@ staging="$(mktemp -d "$backup_dir/{STAGING_PREFIX}XXXXXX")"
 trap 'rm -rf -- "$staging"' EXIT
 """
         + _fetch_into_staging(deploy_dir)
-        + f"""for relative in {relatives}; do
-  if [[ -f "$staging/set/$relative" && ! -L "$staging/set/$relative" ]]; then
-    directory="$backup_dir/${{relative%/*}}"
-    if [[ ! -d "$directory" ]]; then
-      mkdir -- "$directory"
-      chown {APP_UID}:{APP_GID} "$directory"
+        + f"""# Into place as the backup directory's owner (uid {APP_UID}), not as root: a link
+# that user planted can lead it nowhere it could not go itself.
+# Relative paths from inside the backup directory: that user need not be able to
+# reach it from / (tests keep it under a directory only root may enter).
+as_owner() {{ setpriv --reuid={APP_UID} --regid={APP_GID} --clear-groups -- "$@"; }}
+cd -- "$backup_dir"
+staged="${{staging##*/}}/set"
+for relative in {relatives}; do
+  if [[ -f "$staged/$relative" && ! -L "$staged/$relative" ]]; then
+    if [[ ! -d "${{relative%/*}}" ]]; then
+      as_owner mkdir -- "${{relative%/*}}"
     fi
-    mv -T -- "$staging/set/$relative" "$backup_dir/$relative"
-    touch -c -- "$backup_dir/$relative"
+    as_owner mv -T -- "$staged/$relative" "$relative"
+    as_owner touch -c -- "$relative"
   fi
 done
 echo "fetched=$set_id"
