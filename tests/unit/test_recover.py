@@ -4,6 +4,7 @@ anything, and which services it starts before the restore."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tracker_deployer import lifecycle, recover
@@ -16,7 +17,7 @@ from tests.unit.test_lifecycle import _inv, _write_env
 OFFSITE = {"repository": "rest:http://127.0.0.1:9/r", "password": "pw", "keep": {"last": 3}}
 
 
-def _with_offsite(name: str) -> dict[str, object]:
+def _with_offsite(name: str) -> dict[str, Any]:
     data = sample_data(name)
     data["backup"]["offsite"] = dict(OFFSITE)
     return data
