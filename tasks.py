@@ -153,6 +153,11 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def _print_services(services: list[dict[str, str]]) -> None:
+    for row in services:
+        print(remote.service_line(row))
+
+
 def _render_for_remote(parsed: Env) -> RenderedTree:
     """Render and write build/NAME, so what lands on the host can be read locally."""
     tree = render_tree(parsed)
@@ -257,15 +262,8 @@ def deploy(c: Context, env: str = "", where: _Host = ANY_HOST, dry_run: bool = F
         print(f"deployed {parsed.name} to {result.target}")
         if result.changed_nothing:
             print("  nothing changed (host, files, cron and services were already as wanted)")
-        for row in result.services:
-            print(
-                f"  {row['service']:12} {row['state']:10} health={row['health']:10} {row['status']}"
-            )
-        unhealthy = [
-            row["service"]
-            for row in result.services
-            if row["state"] != "running" or row["health"] not in ("healthy", "-")
-        ]
+        _print_services(result.services)
+        unhealthy = remote.unhealthy(result.services)
         if unhealthy:
             raise RemoteError(
                 f"services not healthy after deploy: {', '.join(unhealthy)}",
@@ -601,10 +599,7 @@ def recover(c: Context, env: str = "", set: str = "latest", where: _Host = ANY_H
         done = recovery.recover(parsed, tree, set, _say, where)
         total = sum(took for _, took in done.timings)
         print(f"recovered {parsed.name} on {done.target} from set {done.set_id} in {total:.0f} s")
-        for row in done.services:
-            print(
-                f"  {row['service']:12} {row['state']:10} health={row['health']:10} {row['status']}"
-            )
+        _print_services(done.services)
 
 
 @_host_task(

@@ -477,9 +477,7 @@ def format_status(report: dict[str, Any]) -> str:
     if services:
         lines.append("services:")
         for row in services:
-            lines.append(
-                f"  {row['service']:12} {row['state']:10} health={row['health']:10} {row['status']}"
-            )
+            lines.append(remote.service_line(row))
     elif report["host"] and report.get("deployed") is False:
         lines.append(f"services:    none (no {paths.COMPOSE_FILE}: not deployed)")
     elif report["host"]:

@@ -275,11 +275,7 @@ def recover(
                 )
             remote.compose_up(connection, (), say)
             services = remote.service_health(connection)
-            unhealthy = [
-                row["service"]
-                for row in services
-                if row["state"] != "running" or row["health"] not in ("healthy", "-")
-            ]
+            unhealthy = remote.unhealthy(services)
             if unhealthy:
                 raise RemoteError(
                     f"services not healthy after the restore: {', '.join(unhealthy)}",

@@ -216,6 +216,20 @@ def service_health(host: SshHost) -> list[dict[str, str]]:
     return parse_compose_ps(result.stdout)
 
 
+def service_line(row: dict[str, str]) -> str:
+    """One row of :func:`service_health`, as deploy, recover and status print it."""
+    return f"  {row['service']:12} {row['state']:10} health={row['health']:10} {row['status']}"
+
+
+def unhealthy(services: Sequence[dict[str, str]]) -> list[str]:
+    """The services (rows of :func:`service_health`) not running or not healthy."""
+    return [
+        row["service"]
+        for row in services
+        if row["state"] != "running" or row["health"] not in ("healthy", "-")
+    ]
+
+
 def parse_compose_ps(output: str) -> list[dict[str, str]]:
     """`docker compose ps --format json`: one JSON array, or one object per line."""
     text = output.strip()

@@ -283,13 +283,7 @@ def resolve(
 
 def fetch(host: SshHost, env: Env, set_id: str, say: Say) -> Fetched:
     """Set ``set_id`` from the repository into the host's backup directory, verified."""
-    if env.backup is None or env.backup.offsite is None:
-        raise DeployError(
-            f"environment {env.name} has no backup.offsite",
-            "add a backup.offsite section (docs/user-guide/offsite.md) and deploy",
-        )
-    if not is_set_id(set_id):
-        raise DeployError(f"--set {set_id!r} is not a set id", "use YYYYMMDD_HHMMSS or latest")
+    _require_offsite(env, set_id)
     say(f"fetching set {set_id} from the off-host repository into {paths.BACKUP_DIR}")
     result = host.run_script(fetch_script(), set_id, stream=say)
     if result.exit_code == 0:
