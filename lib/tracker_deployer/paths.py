@@ -6,7 +6,9 @@ constants are the single source for both.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import TypedDict, cast
 
 # On the host.
 DEPLOY_DIR = PurePosixPath("/opt/torrust")
@@ -117,3 +119,41 @@ TEMPLATES_DIR = REPO_ROOT / "templates"
 ENVS_DIR = REPO_ROOT / "envs"
 BUILD_DIR = REPO_ROOT / "build"
 SCHEMA_FILE = REPO_ROOT / "schemas" / "environment-config.json"
+
+
+class HostPaths(TypedDict, total=False):
+    """The host's files a host script uses, by the name its template knows them by.
+
+    Every script renders with :data:`HOST_PATHS` (the constants above); tests pass
+    any of these as keyword arguments (``**where``) to point it at a scratch stack.
+    """
+
+    deploy_dir: str
+    backup_dir: str
+    status_dir: str
+    drill_dir: str
+    lock_file: str
+    log_file: str
+    metrics_script: str
+    verify_script: str
+    textfile_dir: str
+    sqlite_dir: str
+
+
+HOST_PATHS: HostPaths = {
+    "deploy_dir": str(DEPLOY_DIR),
+    "backup_dir": str(BACKUP_DIR),
+    "status_dir": str(BACKUP_STATUS_DIR),
+    "drill_dir": str(DRILL_DIR),
+    "lock_file": str(BACKUP_LOCK),
+    "log_file": str(BACKUP_LOG),
+    "metrics_script": str(METRICS_SCRIPT),
+    "verify_script": str(VERIFY_SCRIPT),
+    "textfile_dir": str(METRICS_TEXTFILE_DIR),
+    "sqlite_dir": str(SQLITE_DIR),
+}
+
+
+def host_paths(where: HostPaths) -> dict[str, str]:
+    """:data:`HOST_PATHS` with ``where`` applied: every key, for a template's context."""
+    return {**cast("Mapping[str, str]", HOST_PATHS), **cast("Mapping[str, str]", where)}

@@ -37,7 +37,10 @@ def run_fetch(
     stack: Stack, set_id: str, lock_wait_seconds: int = 60
 ) -> subprocess.CompletedProcess[str]:
     script = fetch_script(
-        str(stack.deploy_dir), str(stack.backups), str(stack.lock_file), lock_wait_seconds
+        deploy_dir=str(stack.deploy_dir),
+        backup_dir=str(stack.backups),
+        lock_file=str(stack.lock_file),
+        lock_wait_seconds=lock_wait_seconds,
     )
     return subprocess.run(
         ["bash", "-c", script, "_", set_id],

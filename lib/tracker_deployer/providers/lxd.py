@@ -24,6 +24,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tracker_deployer import paths, state
 from tracker_deployer.config.model import Env, LxdProvider
@@ -85,24 +86,29 @@ def require_lxd() -> None:
         raise DeployError("LXD is not installed on this machine", SETUP_HINT)
 
 
+def _run(
+    argv: list[str], what: str, timeout: int, hint: str | None = None, **options: Any
+) -> subprocess.CompletedProcess[Any]:
+    """``argv``, bounded by ``timeout``; a timeout or a missing program is one clear error."""
+    try:
+        return subprocess.run(argv, check=False, timeout=timeout, **options)
+    except subprocess.TimeoutExpired:
+        raise DeployError(f"{what} did not finish within {timeout} s", hint) from None
+    except OSError as error:
+        raise DeployError(f"cannot run {argv[0]}: {error}", SETUP_HINT) from None
+
+
 def lxc(
     *args: str, timeout: int = LXC_TIMEOUT_SECONDS, input_bytes: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    try:
-        return subprocess.run(
-            ["lxc", *args],
-            input=input_bytes,
-            capture_output=True,
-            check=False,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        raise DeployError(
-            f"`lxc {' '.join(args[:3])}` did not finish within {timeout} s",
-            "is the LXD daemon healthy? `lxc list`",
-        ) from None
-    except OSError as error:
-        raise DeployError(f"cannot run lxc: {error}", SETUP_HINT) from None
+    return _run(
+        ["lxc", *args],
+        f"`lxc {' '.join(args[:3])}`",
+        timeout,
+        "is the LXD daemon healthy? `lxc list`",
+        input=input_bytes,
+        capture_output=True,
+    )
 
 
 def _text(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -120,19 +126,14 @@ def _daemon_down(result: subprocess.CompletedProcess[bytes]) -> bool:
 
 def _host_script(command: str, timeout: int) -> subprocess.CompletedProcess[str]:
     """scripts/lxd-host.sh COMMAND; its progress lines go straight to the operator."""
-    try:
-        return subprocess.run(
-            ["bash", str(PREPARE_SCRIPT), command],
-            stdout=subprocess.PIPE,
-            stderr=None,
-            text=True,
-            check=False,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        raise DeployError(
-            f"scripts/lxd-host.sh {command} did not finish within {timeout} s"
-        ) from None
+    return _run(
+        ["bash", str(PREPARE_SCRIPT), command],
+        f"scripts/lxd-host.sh {command}",
+        timeout,
+        stdout=subprocess.PIPE,
+        stderr=None,
+        text=True,
+    )
 
 
 def start_daemon() -> None:

@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Unpack
 
 from tracker_deployer import exit_codes, paths
 from tracker_deployer.config.model import Env
@@ -392,10 +392,8 @@ def inventory_json(inventory: Inventory) -> str:
 # --------------------------------------------------------------------------- host operations
 
 
-def inventory(
-    host: SshHost, *, verify: bool = True, backup_dir: str = str(paths.BACKUP_DIR)
-) -> Inventory:
-    result = host.run_script(inventory_script(verify=verify, backup_dir=backup_dir))
+def inventory(host: SshHost, *, verify: bool = True, **where: Unpack[paths.HostPaths]) -> Inventory:
+    result = host.run_script(inventory_script(verify=verify, **where))
     if not result.ok:
         raise RemoteError(
             f"listing backups on {host.target.host} failed: {result.stderr.strip()}",
@@ -417,18 +415,12 @@ def verify_script(
     set_id: str,
     *,
     drill: bool,
-    deploy_dir: str = str(paths.DEPLOY_DIR),
-    backup_dir: str = str(paths.BACKUP_DIR),
     sets_subdir: str = "",
+    **where: Unpack[paths.HostPaths],
 ) -> str:
-    """templates/operations/verify.sh.j2 for one set; tests point the paths at a scratch stack."""
+    """templates/operations/verify.sh.j2 for one set."""
     return render_verify_script(
-        env,
-        set_id=set_id,
-        drill=drill,
-        deploy_dir=deploy_dir,
-        backup_dir=backup_dir,
-        sets_subdir=sets_subdir,
+        env, set_id=set_id, drill=drill, sets_subdir=sets_subdir, **where
     ).decode()
 
 
@@ -458,20 +450,13 @@ def restore_script(
     verify_first: bool,
     skip_safety_backup: bool = False,
     new_host: bool = False,
-    deploy_dir: str = str(paths.DEPLOY_DIR),
-    backup_dir: str = str(paths.BACKUP_DIR),
-    lock_file: str = str(paths.BACKUP_LOCK),
-    sqlite_dir: str | None = None,
+    **where: Unpack[paths.HostPaths],
 ) -> str:
-    """templates/operations/restore.sh.j2; tests point the paths at a scratch stack."""
-    database = env.database
-    sqlite_name = "" if env.uses_mysql else database.database_name
-    if sqlite_dir is None:
-        sqlite_dir = str(paths.SQLITE_DIR)
+    """templates/operations/restore.sh.j2."""
     return operation_script(
         "restore",
-        deploy_dir=deploy_dir,
-        backup_dir=backup_dir,
+        paths.TEMPLATES_DIR,
+        **paths.host_paths(where),
         set_id=set_id,
         db_type="mysql" if env.uses_mysql else "sqlite",
         only=only,
@@ -479,9 +464,7 @@ def restore_script(
         safety_backup=env.uses_mysql,
         skip_safety_backup=skip_safety_backup,
         new_host=new_host,
-        lock_file=lock_file,
-        sqlite_dir=sqlite_dir,
-        sqlite_name=sqlite_name,
+        sqlite_name="" if env.uses_mysql else env.database.database_name,
     )
 
 

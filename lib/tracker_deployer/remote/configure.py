@@ -61,28 +61,19 @@ class HostOs:
 
 # Package names per supported OS. Only Debian 12 is tested here; Ubuntu 24.04
 # is mapped (docs/user-guide/deploy.md) for hosts we cannot reach from CI.
+_BOTH = (
+    "cron",
+    "logrotate",
+    "util-linux",
+    "curl",
+    "ca-certificates",
+    "unattended-upgrades",
+    "nftables",
+)
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "debian 12": (
-        "docker.io",
-        "cron",
-        "logrotate",
-        "util-linux",
-        "curl",
-        "ca-certificates",
-        "unattended-upgrades",
-        "nftables",
-    ),
-    "ubuntu 24.04": (
-        "docker.io",
-        "docker-compose-v2",
-        "cron",
-        "logrotate",
-        "util-linux",
-        "curl",
-        "ca-certificates",
-        "unattended-upgrades",
-        "nftables",
-    ),
+    "debian 12": ("docker.io", *_BOTH),
+    # Ubuntu packages Compose v2; on Debian 12 it comes from trixie (COMPOSE_* above).
+    "ubuntu 24.04": ("docker.io", "docker-compose-v2", *_BOTH),
 }
 SUPPORTED = tuple(PACKAGES)
 

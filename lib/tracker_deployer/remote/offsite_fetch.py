@@ -24,6 +24,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Unpack
 
 from tracker_deployer import compose, exit_codes, offsite, paths
 from tracker_deployer.config.model import Env
@@ -86,12 +87,12 @@ class Fetched:
     already_present: bool
 
 
-def _prelude(backup_dir: str, lock_file: str, lock_wait_seconds: int) -> str:
+def _prelude(at: dict[str, str], lock_wait_seconds: int) -> str:
     """Check the set id (the one argument), then take the host's backup lock."""
     return f"""set -o errexit -o nounset -o pipefail
 set_id="$1"
-backup_dir={shlex.quote(backup_dir)}
-lock_file={shlex.quote(lock_file)}
+backup_dir={shlex.quote(at["backup_dir"])}
+lock_file={shlex.quote(at["lock_file"])}
 [[ "$set_id" =~ ^[0-9]{{8}}_[0-9]{{6}}$ ]] || {{ echo "not a set id: $set_id" >&2; exit 2; }}
 mkdir -p -- "$(dirname -- "$lock_file")"
 exec 9>>"$lock_file"
@@ -135,10 +136,7 @@ fi
 
 
 def fetch_script(
-    deploy_dir: str = str(paths.DEPLOY_DIR),
-    backup_dir: str = str(paths.BACKUP_DIR),
-    lock_file: str = str(paths.BACKUP_LOCK),
-    lock_wait_seconds: int = FETCH_LOCK_WAIT_SECONDS,
+    *, lock_wait_seconds: int = FETCH_LOCK_WAIT_SECONDS, **where: Unpack[paths.HostPaths]
 ) -> str:
     """The host side (as root); the set id is its one argument, checked again there.
 
@@ -150,8 +148,9 @@ def fetch_script(
     """
     # Payload first, the .sha256 (what makes a set complete) last.
     relatives = " ".join(f'"{relative}"' for relative in set_layout("${set_id}"))
+    at = paths.host_paths(where)
     return (
-        _prelude(backup_dir, lock_file, lock_wait_seconds)
+        _prelude(at, lock_wait_seconds)
         + f"""if [[ -f "$backup_dir/manifests/set_$set_id.sha256" ]]; then
   echo "present=$set_id"
   exit 0
@@ -166,7 +165,7 @@ mkdir -p -- "$backup_dir"
 staging="$(mktemp -d "$backup_dir/{STAGING_PREFIX}XXXXXX")"
 trap 'rm -rf -- "$staging"' EXIT
 """
-        + _fetch_into_staging(deploy_dir)
+        + _fetch_into_staging(at["deploy_dir"])
         + f"""# Into place as the backup directory's owner (uid {APP_UID}), not as root: a link
 # that user planted can lead it nowhere it could not go itself.
 # Relative paths from inside the backup directory: that user need not be able to
@@ -194,10 +193,7 @@ def verify_scratch(set_id: str) -> str:
 
 
 def verify_script(
-    deploy_dir: str = str(paths.DEPLOY_DIR),
-    backup_dir: str = str(paths.BACKUP_DIR),
-    lock_file: str = str(paths.BACKUP_LOCK),
-    lock_wait_seconds: int = FETCH_LOCK_WAIT_SECONDS,
+    *, lock_wait_seconds: int = FETCH_LOCK_WAIT_SECONDS, **where: Unpack[paths.HostPaths]
 ) -> str:
     """`inv verify --offsite`'s host side (as root; the set id is its one argument).
 
@@ -208,8 +204,9 @@ def verify_script(
     scratch directory is removed on every way out; no set of the host is
     read or written.
     """
+    at = paths.host_paths(where)
     return (
-        _prelude(backup_dir, lock_file, lock_wait_seconds)
+        _prelude(at, lock_wait_seconds)
         + f"""if [[ -f "$backup_dir/manifests/set_$set_id.sha256" ]]; then
   echo "the host holds set $set_id too; verifying the repository's copy (the host's is not read)"
 fi
@@ -220,7 +217,7 @@ rm -rf -- "$staging"
 trap 'rm -rf -- "$staging"' EXIT
 mkdir -m 0700 -- "$staging"
 """
-        + _fetch_into_staging(deploy_dir)
+        + _fetch_into_staging(at["deploy_dir"])
         + f"""echo "set $set_id: fetched from the off-host repository; checksums and archives ok"
 rc=0
 bash "$(dirname -- "${{BASH_SOURCE[0]}}")/verify.sh" || rc=$?
@@ -234,11 +231,10 @@ echo "verified=$set_id"
 
 
 def download_script(
-    deploy_dir: str = str(paths.DEPLOY_DIR),
-    backup_dir: str = str(paths.BACKUP_DIR),
-    lock_file: str = str(paths.BACKUP_LOCK),
+    *,
     lock_wait_seconds: int = FETCH_LOCK_WAIT_SECONDS,
     stale_minutes: int = DOWNLOAD_STALE_MINUTES,
+    **where: Unpack[paths.HostPaths],
 ) -> str:
     """`inv fetch-backup --offsite`'s host side (as root; the set id is its one argument).
 
@@ -248,15 +244,16 @@ def download_script(
     removed. Scratch directories of downloads interrupted more than
     ``stale_minutes`` ago are removed first.
     """
+    at = paths.host_paths(where)
     return (
-        _prelude(backup_dir, lock_file, lock_wait_seconds)
+        _prelude(at, lock_wait_seconds)
         + f"""mkdir -p -- "$backup_dir"
 find "$backup_dir" -mindepth 1 -maxdepth 1 -type d -name '{DOWNLOAD_PREFIX}*' \\
   -mmin +{int(stale_minutes)} -exec rm -rf -- {{}} + || :
 staging="$(mktemp -d "$backup_dir/{DOWNLOAD_PREFIX}XXXXXX")"
 trap 'rm -rf -- "$staging"' EXIT
 """
-        + _fetch_into_staging(deploy_dir)
+        + _fetch_into_staging(at["deploy_dir"])
         + """trap - EXIT
 echo "scratch=${staging##*/}"
 echo "fetched=$set_id"
@@ -345,9 +342,7 @@ def verify(
     say: Say,
     *,
     drill: bool = True,
-    deploy_dir: str = str(paths.DEPLOY_DIR),
-    backup_dir: str = str(paths.BACKUP_DIR),
-    lock_file: str = str(paths.BACKUP_LOCK),
+    **where: Unpack[paths.HostPaths],
 ) -> str:
     """The repository's copy of ``set_id``: fetched into scratch on the host, then
     today's verify drill on it; raise when either fails. Returns the set id.
@@ -357,20 +352,16 @@ def verify(
     """
     _require_offsite(env, set_id)
     scratch = verify_scratch(set_id)
+    backup_dir = paths.host_paths(where)["backup_dir"]
     say(
         f"verifying set {set_id} from the off-host repository (in scratch "
         f"{backup_dir}/{scratch}, removed afterwards)"
     )
     companion = operations.verify_script(
-        env,
-        set_id,
-        drill=drill,
-        deploy_dir=deploy_dir,
-        backup_dir=backup_dir,
-        sets_subdir=f"{scratch}/set",
+        env, set_id, drill=drill, sets_subdir=f"{scratch}/set", **where
     )
     result = host.run_script(
-        verify_script(deploy_dir, backup_dir, lock_file),
+        verify_script(**where),
         set_id,
         stream=say,
         companions={"verify.sh": companion},
@@ -415,10 +406,7 @@ def download(
     set_id: str,
     destination: Path,
     say: Say,
-    *,
-    deploy_dir: str = str(paths.DEPLOY_DIR),
-    backup_dir: str = str(paths.BACKUP_DIR),
-    lock_file: str = str(paths.BACKUP_LOCK),
+    **where: Unpack[paths.HostPaths],
 ) -> operations.Fetched:
     """The repository's set ``set_id`` into ``destination/SET_ID`` on this machine.
 
@@ -430,7 +418,8 @@ def download(
     """
     _require_offsite(env, set_id)
     say(f"fetching set {set_id} from the off-host repository into scratch on the host")
-    result = host.run_script(download_script(deploy_dir, backup_dir, lock_file), set_id, stream=say)
+    backup_dir = paths.host_paths(where)["backup_dir"]
+    result = host.run_script(download_script(**where), set_id, stream=say)
     if result.exit_code != 0:
         raise fetch_error(result.exit_code, result.stderr, set_id)
     lines = result.stdout.strip().splitlines()

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Unpack
 
 import jinja2
 
@@ -447,26 +447,18 @@ def _add_offsite(
 def offsite_check_script(
     env: Env,
     *,
-    deploy_dir: str = str(paths.DEPLOY_DIR),
-    log_file: str = str(paths.BACKUP_LOG),
-    lock_file: str = str(paths.BACKUP_LOCK),
-    status_dir: str = str(paths.BACKUP_STATUS_DIR),
-    metrics_script: str = str(paths.METRICS_SCRIPT),
     lock_wait_seconds: int = offsite.CHECK_LOCK_WAIT_SECONDS,
     templates_dir: Path = paths.TEMPLATES_DIR,
+    **where: Unpack[paths.HostPaths],
 ) -> bytes:
-    """The host's scheduled `restic check`; tests point the paths at a scratch directory."""
+    """The host's scheduled `restic check`."""
     assert env.backup is not None
     assert env.backup.offsite is not None
     return _render_template(
         _environment(templates_dir),
         "backup/offsite-check.sh.j2",
         env=env,
-        deploy_dir=deploy_dir,
-        log_file=log_file,
-        lock_file=lock_file,
-        status_dir=status_dir,
-        metrics_script=metrics_script,
+        **paths.host_paths(where),
         lock_wait_seconds=lock_wait_seconds,
         offsite=offsite_settings(env),
         read_data=offsite.read_data_text(env.backup.offsite.check_read_data),
@@ -483,20 +475,16 @@ def operation_script(name: str, templates_dir: Path = paths.TEMPLATES_DIR, **con
 def inventory_script(
     *,
     verify: bool,
-    backup_dir: str = str(paths.BACKUP_DIR),
-    status_dir: str = str(paths.BACKUP_STATUS_DIR),
-    drill_dir: str = str(paths.DRILL_DIR),
     templates_dir: Path = paths.TEMPLATES_DIR,
+    **where: Unpack[paths.HostPaths],
 ) -> str:
     """The host script that lists the backup sets, the last run and the drills
-    (`inv backups`, `status`, `destroy`); tests point the paths at a scratch directory."""
+    (`inv backups`, `status`, `destroy`)."""
     return operation_script(
         "inventory",
         templates_dir,
-        backup_dir=backup_dir,
-        status_dir=status_dir,
+        **paths.host_paths(where),
         marker_name=paths.TRACKER_STOPPED_MARKER.name,
-        drill_dir=drill_dir,
         verify=verify,
     )
 
@@ -512,29 +500,21 @@ FINISH_TIMEOUT_SECONDS = 6 * 3600
 def maintenance_script(
     env: Env,
     *,
-    deploy_dir: str = str(paths.DEPLOY_DIR),
-    log_file: str = str(paths.BACKUP_LOG),
-    lock_file: str = str(paths.BACKUP_LOCK),
-    status_dir: str = str(paths.BACKUP_STATUS_DIR),
-    metrics_script: str = str(paths.METRICS_SCRIPT),
     dump_timeout_seconds: int = DUMP_TIMEOUT_SECONDS,
     templates_dir: Path = paths.TEMPLATES_DIR,
+    **where: Unpack[paths.HostPaths],
 ) -> bytes:
-    """The host's maintenance-backup.sh; tests point the paths at a scratch directory
-    and shorten the dump's bound."""
+    """The host's maintenance-backup.sh; tests also shorten the dump's bound."""
     assert env.backup is not None
+    at = paths.host_paths(where)
     return _render_template(
         _environment(templates_dir),
         "backup/maintenance-backup.sh.j2",
         env=env,
-        deploy_dir=deploy_dir,
-        log_file=log_file,
-        lock_file=lock_file,
-        status_dir=status_dir,
-        marker_file=f"{status_dir}/{paths.TRACKER_STOPPED_MARKER.name}",
+        **at,
+        marker_file=f"{at['status_dir']}/{paths.TRACKER_STOPPED_MARKER.name}",
         notify_url=env.backup.notify_url or "",
         max_downtime_seconds=env.backup.max_downtime_seconds,
-        metrics_script=metrics_script,
         offsite=offsite_settings(env),
         snapshot_open_line=paths.SNAPSHOT_OPEN_LINE,
         dump_timeout_seconds=dump_timeout_seconds,
@@ -558,23 +538,14 @@ def offsite_settings(env: Env) -> dict[str, Any] | None:
 
 
 def metrics_script(
-    env: Env,
-    *,
-    backup_dir: str = str(paths.BACKUP_DIR),
-    status_dir: str = str(paths.BACKUP_STATUS_DIR),
-    drill_dir: str = str(paths.DRILL_DIR),
-    textfile_dir: str = str(paths.METRICS_TEXTFILE_DIR),
-    templates_dir: Path = paths.TEMPLATES_DIR,
+    env: Env, *, templates_dir: Path = paths.TEMPLATES_DIR, **where: Unpack[paths.HostPaths]
 ) -> bytes:
-    """The host's tracker-backup-metrics.sh; tests point the paths at a scratch directory."""
+    """The host's tracker-backup-metrics.sh."""
     return _render_template(
         _environment(templates_dir),
         "backup/backup-metrics.sh.j2",
         env=env,
-        backup_dir=backup_dir,
-        status_dir=status_dir,
-        drill_dir=drill_dir,
-        textfile_dir=textfile_dir,
+        **paths.host_paths(where),
         textfile_name=monitoring.TEXTFILE_NAME,
         m=monitoring.METRICS,
     )
@@ -585,19 +556,17 @@ def verify_script(
     *,
     set_id: str | None = None,
     drill: bool = True,
-    deploy_dir: str = str(paths.DEPLOY_DIR),
-    backup_dir: str = str(paths.BACKUP_DIR),
     sets_subdir: str = "",
     templates_dir: Path = paths.TEMPLATES_DIR,
+    **where: Unpack[paths.HostPaths],
 ) -> bytes:
     """templates/operations/verify.sh.j2: for ``set_id``, or (None) the script installed
     on the host, which takes the set id as its argument. ``sets_subdir`` (relative to
-    ``backup_dir``): where the set's files are, when not in the backup directory itself."""
+    the backup directory): where the set's files are, when not in the backup directory itself."""
     return operation_script(
         "verify",
         templates_dir,
-        deploy_dir=deploy_dir,
-        backup_dir=backup_dir,
+        **paths.host_paths(where),
         sets_subdir=sets_subdir,
         set_id=set_id,
         db_type="mysql" if env.uses_mysql else "sqlite",
@@ -615,27 +584,17 @@ DRILL_LOCK_WAIT_SECONDS = 3600
 def drill_script(
     env: Env,
     *,
-    backup_dir: str = str(paths.BACKUP_DIR),
-    drill_dir: str = str(paths.DRILL_DIR),
-    lock_file: str = str(paths.BACKUP_LOCK),
-    log_file: str = str(paths.BACKUP_LOG),
-    verify_script: str = str(paths.VERIFY_SCRIPT),
-    metrics_script: str = str(paths.METRICS_SCRIPT),
     lock_wait_seconds: int = DRILL_LOCK_WAIT_SECONDS,
     templates_dir: Path = paths.TEMPLATES_DIR,
+    **where: Unpack[paths.HostPaths],
 ) -> bytes:
-    """The host's scheduled restore drill; tests point the paths at a scratch directory."""
+    """The host's scheduled restore drill."""
     assert env.backup is not None
     return _render_template(
         _environment(templates_dir),
         "backup/backup-drill.sh.j2",
         env=env,
-        backup_dir=backup_dir,
-        drill_dir=drill_dir,
-        lock_file=lock_file,
-        log_file=log_file,
-        verify_script=verify_script,
-        metrics_script=metrics_script,
+        **paths.host_paths(where),
         lock_wait_seconds=lock_wait_seconds,
         cron_file=str(paths.DRILL_CRON_FILE),
         drill_schedule=str(env.backup.drill_schedule),
