@@ -59,8 +59,7 @@ def parse_env_text(text: str, *, source: str, path: Path | None = None) -> Env:
         data = json.loads(text, object_pairs_hook=_reject_duplicates)
     except _DuplicateKey as error:
         raise ConfigError(
-            source,
-            [ConfigIssue("", f"key {error.key!r} appears twice", "keep only one of them")],
+            source, [ConfigIssue("", f"key {error.key!r} appears twice", "keep only one of them")]
         ) from None
     except json.JSONDecodeError as error:
         raise ConfigError(
@@ -403,11 +402,7 @@ class _Reader:
 
     # -- rules across sections -------------------------------------------------
 
-    def cross_checks(
-        self,
-        top: Mapping[str, Any],
-        grafana: Grafana | None,
-    ) -> None:
+    def cross_checks(self, top: Mapping[str, Any], grafana: Grafana | None) -> None:
         parts = self.parts(top)
         if parts.driver == "mysql" and "mysql" not in top:
             self.error(

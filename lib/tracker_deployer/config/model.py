@@ -245,8 +245,7 @@ def parse_http_url(value: str) -> str:
             )
     if not _URL.fullmatch(value):
         raise InvalidValue(
-            f"{value!r} is not an http(s) URL",
-            "use e.g. 'https://hc-ping.com/your-uuid'",
+            f"{value!r} is not an http(s) URL", "use e.g. 'https://hc-ping.com/your-uuid'"
         )
     return value
 
@@ -475,8 +474,7 @@ class CronSchedule:
                 _check_cron_field(text, name, low, high, names)
             except InvalidValue as error:
                 raise InvalidValue(
-                    f"{value!r} is not a valid 5-field cron schedule ({error.message})",
-                    _CRON_HINT,
+                    f"{value!r} is not a valid 5-field cron schedule ({error.message})", _CRON_HINT
                 ) from None
         # Second opinion: croniter must agree (it also knows names and specials).
         if not croniter.is_valid(value):
