@@ -11,7 +11,6 @@ import difflib
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,37 +135,14 @@ def _lone_surrogates(data: object, path: str) -> Iterator[ConfigIssue]:
 # --------------------------------------------------------------------------- the walker
 
 
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    *((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string")),
+    *((list, "an array"), (dict, "an object"), (type(None), "null")),
+)
+
+
 def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-@dataclass(slots=True)
-class _TrackerParts:
-    """What parsed of the tracker section, for checks across sections.
-
-    Kept apart from :class:`Tracker` so that one broken field (say the database)
-    does not hide port or TLS problems elsewhere: every error is reported at once.
-    """
-
-    driver: str | None = None  # as written, even when the database section is broken
-    udp_trackers: tuple[Endpoint, ...] = ()
-    http_trackers: tuple[Endpoint, ...] = ()
-    http_api: Endpoint | None = None
-    health_check_api: Endpoint | None = None
+    return next((name for cls, name in _TYPE_NAMES if isinstance(value, cls)), type(value).__name__)
 
 
 class _Reader:
@@ -371,7 +347,7 @@ class _Reader:
         if not isinstance(data, dict):
             return None
         if "tracker" in data:
-            self.cross_checks(data, self.seen.get("", {}).get("grafana"))
+            self.cross_checks(data)
         if self.issues or top is FAILED:
             return None
         return Env(
@@ -388,29 +364,18 @@ class _Reader:
             images=top.get("images", spec.IMAGES.build()),
         )
 
-    def parts(self, top: Mapping[str, Any]) -> _TrackerParts:
-        tracker = self.seen.get("tracker", {})
-        api: HttpApi | None = tracker.get("http_api")
-        driver = _dig(top, "tracker", "core", "database", "driver")
-        return _TrackerParts(
-            driver=driver if isinstance(driver, str) else None,
-            udp_trackers=tracker.get("udp_trackers", ()),
-            http_trackers=tracker.get("http_trackers", ()),
-            http_api=api.endpoint if api is not None else None,
-            health_check_api=tracker.get("health_check_api"),
-        )
-
     # -- rules across sections -------------------------------------------------
 
-    def cross_checks(self, top: Mapping[str, Any], grafana: Grafana | None) -> None:
-        parts = self.parts(top)
-        if parts.driver == "mysql" and "mysql" not in top:
+    def cross_checks(self, top: Mapping[str, Any]) -> None:
+        """They see what parsed, so that one broken key does not hide the other problems."""
+        driver = _dig(top, "tracker", "core", "database", "driver")
+        if driver == "mysql" and "mysql" not in top:
             self.error(
                 "mysql",
                 'is required when tracker.core.database.driver is "mysql"',
                 'add "mysql": {"root_password": "..."}',
             )
-        if parts.driver == "sqlite3" and "mysql" in top:
+        if driver == "sqlite3" and "mysql" in top:
             self.error(
                 "mysql",
                 "is given but the tracker uses SQLite",
@@ -422,63 +387,47 @@ class _Reader:
                 "needs prometheus, which is not configured",
                 'add "prometheus": {"scrape_interval_in_secs": 15} or remove "grafana"',
             )
-        tls_services = list(self.tls_services(parts, grafana))
-        for where, endpoint_domain, use_tls in tls_services:
-            if use_tls and endpoint_domain is None:
+        tracker, grafana = self.seen.get("tracker", {}), self.seen.get("", {}).get("grafana")
+        api: HttpApi | None = tracker.get("http_api")
+        udp, http = tracker.get("udp_trackers", ()), tracker.get("http_trackers", ())
+        sockets: list[tuple[str, Endpoint | None, Protocol]] = [
+            *((f"tracker.udp_trackers[{i}]", e, Protocol.UDP) for i, e in enumerate(udp)),
+            *((f"tracker.http_trackers[{i}]", e, Protocol.TCP) for i, e in enumerate(http)),
+            ("tracker.http_api", api.endpoint if api else None, Protocol.TCP),
+            ("tracker.health_check_api", tracker.get("health_check_api"), Protocol.TCP),
+        ]
+        binds = [(where, e, protocol) for where, e, protocol in sockets if e is not None]
+        tls = [
+            (where, e.domain, e.use_tls_proxy) for where, e, kind in binds if kind is Protocol.TCP
+        ]
+        if grafana is not None:
+            tls.append(("grafana", grafana.domain, grafana.use_tls_proxy))
+        for where, domain, use_tls in tls:
+            if use_tls and domain is None:
                 self.error(
                     _join(where, "use_tls_proxy"),
                     "is true but the service has no domain",
                     f'add "domain" to {where}, e.g. "tracker.example.com"',
                 )
-        any_tls = any(use_tls for _, _, use_tls in tls_services)
-        if any_tls and "https" not in top:
-            first = next(where for where, _, use_tls in tls_services if use_tls)
+        proxied = [where for where, _, use_tls in tls if use_tls]
+        if proxied and "https" not in top:
             self.error(
                 "https",
-                f"is required because {first} uses the TLS proxy",
+                f"is required because {proxied[0]} uses the TLS proxy",
                 'add "https": {"admin_email": "admin@example.com"}',
             )
-        if "https" in top and not any_tls:
+        if "https" in top and not proxied:
             self.error(
                 "https",
                 "is given but no service uses the TLS proxy",
                 'set "use_tls_proxy": true (with a "domain") on a service, or remove "https"',
             )
-        self.port_conflicts(parts, grafana, "prometheus" in top, "https" in top)
-
-    @staticmethod
-    def tls_services(
-        parts: _TrackerParts, grafana: Grafana | None
-    ) -> Iterator[tuple[str, str | None, bool]]:
-        for index, endpoint in enumerate(parts.http_trackers):
-            yield f"tracker.http_trackers[{index}]", endpoint.domain, endpoint.use_tls_proxy
-        for where, single in (
-            ("tracker.http_api", parts.http_api),
-            ("tracker.health_check_api", parts.health_check_api),
-        ):
-            if single is not None:
-                yield where, single.domain, single.use_tls_proxy
-        if grafana is not None:
-            yield "grafana", grafana.domain, grafana.use_tls_proxy
+        self.port_conflicts(binds, grafana, "prometheus" in top, "https" in top)
 
     def port_conflicts(
-        self, parts: _TrackerParts, grafana: Grafana | None, prometheus: bool, https: bool
+        self, binds: list[Any], grafana: Grafana | None, prometheus: bool, https: bool
     ) -> None:
         """Two tracker sockets on one port/protocol, or two services on one host port."""
-        binds: list[tuple[str, Endpoint, Protocol]] = [
-            (f"tracker.udp_trackers[{i}]", e, Protocol.UDP)
-            for i, e in enumerate(parts.udp_trackers)
-        ]
-        binds += [
-            (f"tracker.http_trackers[{i}]", e, Protocol.TCP)
-            for i, e in enumerate(parts.http_trackers)
-        ]
-        for where, single in (
-            ("tracker.http_api", parts.http_api),
-            ("tracker.health_check_api", parts.health_check_api),
-        ):
-            if single is not None:
-                binds.append((where, single, Protocol.TCP))
         # Inside the tracker container every socket needs its own port.
         seen: dict[tuple[int, Protocol], str] = {}
         for where, endpoint, protocol in binds:
@@ -501,13 +450,14 @@ class _Reader:
             reserved += [
                 ("caddy (80/tcp)", 80, Protocol.TCP),
                 ("caddy (443/tcp)", 443, Protocol.TCP),
-                ("caddy (443/udp)", 443, Protocol.UDP),
             ]
+            reserved.append(("caddy (443/udp)", 443, Protocol.UDP))
         for where, endpoint, protocol in binds:
-            if not endpoint.published:
-                continue
             for owner, port, reserved_protocol in reserved:
-                if endpoint.bind_address.port == port and protocol == reserved_protocol:
+                if endpoint.published and (endpoint.bind_address.port, protocol) == (
+                    port,
+                    reserved_protocol,
+                ):
                     self.error(
                         _join(where, "bind_address"),
                         f"port {port}/{protocol.value} is also published by {owner}",

@@ -77,7 +77,9 @@ def need(key: str, kind: Kind | Section | Union, doc: str, *examples: Any, **mor
 
 
 def opt(key: str, kind: Kind | Section | Union, doc: str, *examples: Any, **more: Any) -> Field:
-    return Field(key, kind, doc, list(examples), **more)
+    """An optional key; its default is its example unless others are given."""
+    default = more.get("default", NO_DEFAULT)
+    return Field(key, kind, doc, list(examples or [default]), **more)
 
 
 def section(
@@ -153,15 +155,13 @@ def _endpoint(name: str, what: str, protocol: str, bind: str, *more: Field) -> t
         opt(
             "domain",
             DOMAIN,
-            f"Public DNS name of {what}, used with use_tls_proxy.",
+            f"Public DNS name of {what} (for use_tls_proxy).",
             f"{name}.example.com",
         ),
         opt(
             "use_tls_proxy",
             BOOL,
             f"Serve {what} over HTTPS via Caddy (needs domain).",
-            True,
-            False,
             default=False,
         ),
         *more,
@@ -196,69 +196,34 @@ def _mailto(value: str) -> str:
     return m.parse_email_list(value) if value else value
 
 
-def _bounds(low: float, high: float) -> dict[str, Any]:
-    return {"schema": {"minimum": low, "maximum": high}}
+def _range(low: float, high: float) -> dict[str, Any]:
+    return {"minimum": low, "maximum": high}
 
 
+_USER = _string(m.parse_unix_user, m._UNIX_USER.pattern)
 SSH = section(
     "ssh_credentials",
     m.SshCredentials,
-    need(
-        "private_key_path",
-        KEY_PATH,
-        "Private SSH key on the deployer's machine.",
-        "~/.ssh/id_ed25519",
-    ),
-    need("public_key_path", KEY_PATH, "Its public half (the .pub file).", "~/.ssh/id_ed25519.pub"),
-    need(
-        "username",
-        _string(m.parse_unix_user, m._UNIX_USER.pattern),
-        "Linux user the deployer logs in as (needs sudo).",
-        "torrust",
-    ),
-    opt(
-        "port",
-        PORT,
-        "SSH port of the host.",
-        22,
-        2222,
-        default=22,
-        hint="use the SSH port, usually 22",
-    ),
-    opt(
-        "host",
-        _string(m.parse_host, _HOST, maxLength=253),
-        "The host's IP address or DNS name; --host overrides it.",
-        "203.0.113.10",
-        "2001:db8::10",
-    ),
-    opt(
-        "known_hosts_path",
-        KEY_PATH,
-        "known_hosts file (default ~/.ssh/known_hosts).",
-        "~/.ssh/known_hosts",
-    ),
+    need("private_key_path", KEY_PATH, "Private key on the deployer's machine.", "~/.ssh/id"),
+    need("public_key_path", KEY_PATH, "Its public half (the .pub file).", "~/.ssh/id.pub"),
+    need("username", _USER, "Linux user the deployer logs in as (needs sudo).", "torrust"),
+    opt("port", PORT, "SSH port of the host.", default=22, hint="use the SSH port, usually 22"),
+    opt("host", _string(m.parse_host, _HOST, maxLength=253), "IP or DNS name; --host wins.", "::1"),
+    opt("known_hosts_path", KEY_PATH, "Default ~/.ssh/known_hosts.", "~/.ssh/known_hosts"),
 )
-_HETZNER_IMAGE = Kind(
-    "string", m.parse_hetzner_image, {"pattern": m._HETZNER_IMAGE.pattern}, blank=True
-)
-HETZNER_PROVIDER = section(
-    "hetzner",
-    m.HetznerProvider,
-    need("api_token", SECRET, "Hetzner Cloud API token.", "hetzner-api-token"),
-    need("server_type", HETZNER, "Hetzner server type.", "cx22", "cpx31"),
-    need("location", HETZNER, "Hetzner location (data centre).", "nbg1", "fsn1"),
-    opt("image", _HETZNER_IMAGE, "Operating system image.", "ubuntu-24.04", default="ubuntu-24.04"),
-)
+_IMAGE = Kind("string", m.parse_hetzner_image, {"pattern": m._HETZNER_IMAGE.pattern}, blank=True)
 PROVIDER = Union(
     "provider",
     {
-        "lxd": section(
-            "lxd",
-            m.LxdProvider,
-            need("profile_name", NAME, "The LXD instance's name.", "torrust-prod"),
+        "lxd": section("lxd", m.LxdProvider, need("profile_name", NAME, "LXD instance.", "tr-1")),
+        "hetzner": section(
+            "hetzner",
+            m.HetznerProvider,
+            need("api_token", SECRET, "Hetzner Cloud API token.", "hetzner-api-token"),
+            need("server_type", HETZNER, "Hetzner server type.", "cx22", "cpx31"),
+            need("location", HETZNER, "Hetzner location (data centre).", "nbg1", "fsn1"),
+            opt("image", _IMAGE, "Operating system image.", default="ubuntu-24.04"),
         ),
-        "hetzner": HETZNER_PROVIDER,
         "existing": section("existing", m.ExistingProvider),
     },
     "Kind of host: lxd (`inv provision` creates it), hetzner or existing (`inv register`).",
@@ -267,28 +232,9 @@ PROVIDER = Union(
     'add "provider": "lxd"',
     other_keys=True,
 )
-_MYSQL_PORT = Kind("integer", m.parse_mysql_port, {"minimum": 1, "maximum": 65535, "const": 3306})
-MYSQL_DATABASE = section(
-    "mysql",
-    m.MysqlDatabase,
-    need(
-        "host", Kind("string", m.parse_mysql_host, {"const": "mysql"}), 'Always "mysql".', "mysql"
-    ),
-    need("port", _MYSQL_PORT, "Always 3306.", 3306, hint="MySQL listens on 3306"),
-    need(
-        "database_name",
-        _string(m.parse_mysql_identifier, "^[A-Za-z0-9_]{1,64}$"),
-        "MySQL database name.",
-        "torrust_tracker",
-    ),
-    need(
-        "username",
-        Kind("string", m.parse_mysql_user, _MYSQL_USER),
-        "The tracker's user, not root.",
-        "tracker",
-    ),
-    need("password", SECRET, "Password of the tracker's MySQL user.", "tracker_password"),
-)
+_MYSQL_PORT = Kind("integer", m.parse_mysql_port, {**_range(1, 65535), "const": 3306})
+_MYSQL_HOST = Kind("string", m.parse_mysql_host, {"const": "mysql"})
+_MYSQL_NAME = _string(m.parse_mysql_identifier, "^[A-Za-z0-9_]{1,64}$")
 DATABASE = Union(
     "driver",
     {
@@ -302,7 +248,20 @@ DATABASE = Union(
                 "tracker.db",
             ),
         ),
-        "mysql": MYSQL_DATABASE,
+        "mysql": section(
+            "mysql",
+            m.MysqlDatabase,
+            need("host", _MYSQL_HOST, 'Always "mysql", the stack\'s service.', "mysql"),
+            need("port", _MYSQL_PORT, "Always 3306.", 3306, hint="MySQL listens on 3306"),
+            need("database_name", _MYSQL_NAME, "MySQL database name.", "torrust_tracker"),
+            need(
+                "username",
+                Kind("string", m.parse_mysql_user, _MYSQL_USER),
+                "The tracker's user (not root).",
+                "tracker",
+            ),
+            need("password", SECRET, "Password of the tracker's MySQL user.", "tracker_password"),
+        ),
     },
     '"sqlite3" (a file) or "mysql" (a mysql service; needs the `mysql` section).',
     "is not a supported database driver",
@@ -312,70 +271,53 @@ DATABASE = Union(
     ref="database",
 )
 _SQLITE = {"driver": "sqlite3", "database_name": "tracker.db"}
-_UDP = section(
-    "udp_tracker",
-    m.Endpoint,
-    *_endpoint("udp", "the UDP tracker", "udp", "0.0.0.0:6969"),
-    ref="udp_tracker",
-)
-_HTTP = section(
-    "http_tracker",
-    m.Endpoint,
-    *_endpoint("tracker", "the HTTP tracker", "tcp", "0.0.0.0:7070"),
-    ref="http_tracker",
-)
-_API_TOKEN = need("admin_token", SECRET, "Token of the API's admin endpoints.", "MyAccessToken")
+_UDP_FIELDS = _endpoint("udp", "the UDP tracker", "udp", "0.0.0.0:6969")
+_HTTP_FIELDS = _endpoint("tracker", "the HTTP tracker", "tcp", "0.0.0.0:7070")
+_TOKEN = need("admin_token", SECRET, "Token of the API's admin endpoints.", "MyAccessToken")
 _API = section(
     "http_api",
     lambda admin_token, **endpoint: m.HttpApi(m.Endpoint(**endpoint), admin_token),
-    *_endpoint("api", "the HTTP API", "tcp", "0.0.0.0:1212", _API_TOKEN),
+    *_endpoint("api", "the HTTP API", "tcp", "0.0.0.0:1212", _TOKEN),
 )
-_HEALTH = section(
-    "health_check_api",
-    m.Endpoint,
-    *_endpoint("health", "the health check API", "tcp", "127.0.0.1:1313"),
-)
-_ARRAY_HINT = 'use [{"bind_address": "0.0.0.0:6969"}]'
+_HEALTH_FIELDS = _endpoint("health", "the health check API", "tcp", "127.0.0.1:1313")
+_ARRAY = 'use [{"bind_address": "0.0.0.0:6969"}]'
 _CORE = section(
     "core",
     m.TrackerCore,
-    opt("private", BOOL, "Private tracker mode (peers need a key).", False, True, default=False),
+    opt("private", BOOL, "Private tracker mode (peers need a key).", default=False),
     need("database", DATABASE, "Where the tracker keeps its data.", _SQLITE),
 )
+_SOCKET = {"bind_address": "0.0.0.0:6969"}
 TRACKER = section(
     "tracker",
     m.Tracker,
     need("core", _CORE, "Core tracker settings.", {"database": _SQLITE}),
     need(
         "udp_trackers",
-        _UDP,
+        section("udp_tracker", m.Endpoint, *_UDP_FIELDS, ref="udp_tracker"),
         "UDP tracker sockets (may be empty).",
-        [{"bind_address": "0.0.0.0:6969"}],
+        [_SOCKET],
         array=True,
-        hint=_ARRAY_HINT,
+        hint=_ARRAY,
     ),
     need(
         "http_trackers",
-        _HTTP,
+        section("http_tracker", m.Endpoint, *_HTTP_FIELDS, ref="http_tracker"),
         "HTTP tracker sockets (may be empty).",
-        [{"bind_address": "0.0.0.0:7070"}],
+        [_SOCKET],
         array=True,
-        hint=_ARRAY_HINT,
+        hint=_ARRAY,
     ),
+    need("http_api", _API, "The tracker's REST API.", {**_SOCKET, "admin_token": "secret"}),
     need(
-        "http_api",
-        _API,
-        "The tracker's REST API.",
-        {"bind_address": "0.0.0.0:1212", "admin_token": "MyAccessToken"},
-    ),
-    need(
-        "health_check_api",
-        _HEALTH,
-        "The tracker's health check endpoint.",
-        {"bind_address": "127.0.0.1:1313"},
+        "health_check_api", section("health", m.Endpoint, *_HEALTH_FIELDS), "Health check.", _SOCKET
     ),
 )
 _READ_DATA = m.DEFAULT_OFFSITE_CHECK_READ_DATA
+_READ_HINT = (
+    "the share of the repository's data each `restic check` reads, in percent "
+    f"(0 = structure only, 100 = everything), e.g. {_READ_DATA:g}"
+)
 _KEEP = section(
     "keep",
     lambda **rules: m.KeepPolicy(
@@ -386,91 +328,72 @@ _KEEP = section(
 _REPOSITORY = _string(
     m.parse_restic_repository, "^(?:/|s3:|sftp:|rest:https?://)[!-~]*$", minLength=1
 )
+_PASSWORD = Kind("string", m.parse_offsite_password, ref="secret")
+_KEYS = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret"}
 OFFSITE = section(
     "offsite",
     m.OffsiteConfig,
-    need(
-        "repository",
-        _REPOSITORY,
-        "The restic repository: s3:, sftp:, rest: or a local path.",
-        "/mnt/offsite/restic",
-        "s3:https://s3.example.com/bucket/prod",
-    ),
-    need(
-        "password",
-        Kind("string", m.parse_offsite_password, ref="secret"),
-        "The repository's password; keep a copy off the host.",
-        "correct horse battery staple",
-    ),
-    opt(
-        "env",
-        Kind("map", schema=_SECRETS),
-        "The backend's credentials (AWS_* for s3:), all secrets.",
-        {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret"},
-    ),
+    need("repository", _REPOSITORY, "restic repository: s3:, sftp:, rest: or a path.", "/mnt/r"),
+    need("password", _PASSWORD, "The repository's password; keep a copy.", "correct horse"),
+    opt("env", Kind("map", schema=_SECRETS), "The backend's credentials (secrets).", _KEYS),
     opt(
         "keep",
         _KEEP,
         "Which snapshots `restic forget` keeps.",
-        {"daily": 7, "weekly": 4},
-        {"last": 3},
         default=dict(m.DEFAULT_OFFSITE_KEEP),
         schema={"minProperties": 1},
     ),
     opt(
         "check_schedule",
         CRON,
-        "When `restic check` runs (cron, host time).",
-        "0 5 * * 0",
+        "When `restic check` runs.",
         default=m.DEFAULT_OFFSITE_CHECK_SCHEDULE,
     ),
     opt(
         "check_read_data",
         PERCENT,
-        "Percent of the data each check reads.",
-        5,
-        0,
-        100,
-        2.5,
+        "Percent of the data a check reads.",
         default=_READ_DATA,
-        hint=f"the share of the repository's data each `restic check` reads, in percent (0 = structure only, 100 = everything), e.g. {_READ_DATA:g}",
+        hint=_READ_HINT,
     ),
 )
 _LEVELS = "; ".join(
     f"{name} {low} to {high}, default {default}"
     for name, (low, high, default) in m.COMPRESSIONS.items()
 )
-_LEVEL_RANGE = _bounds(
+_LEVEL_RANGE = _range(
     min(c[0] for c in m.COMPRESSIONS.values()), max(c[1] for c in m.COMPRESSIONS.values())
 )
+_COMPRESSION = Kind("string", m.parse_compression, {"enum": list(m.COMPRESSIONS)})
 _BUDGET = m.DEFAULT_DOWNTIME_BUDGET_SECONDS
-_MAX_DOWNTIME = m.DEFAULT_MAX_DOWNTIME_SECONDS
+_BUDGET_HINT = (
+    "the longest tracker downtime per backup run before BackupDowntimeOverBudget "
+    f"fires, in seconds, e.g. {_BUDGET}"
+)
+_DOWNTIME = m.DEFAULT_MAX_DOWNTIME_SECONDS
+_DOWNTIME_HINT = (
+    "the longest the tracker may stay stopped for a snapshot, in seconds, "
+    f"e.g. {_DOWNTIME} (the default)"
+)
+_RETENTION = m.DEFAULT_RETENTION_DAYS
+_MAILTO = _string(_mailto, f"^(?:{_EMAILS}(?: *, *{_EMAILS})*)?$")
+_URL = _string(m.parse_http_url, r"^https?://(?![/$.?#])[!-~]+(?![\s\S])")
 BACKUP = section(
     "backup",
     _backup,
-    opt(
-        "schedule",
-        CRON,
-        "When backups run (cron, host time).",
-        "0 3 * * *",
-        "15 2 * * mon-fri",
-        default=m.DEFAULT_SCHEDULE,
-    ),
+    opt("schedule", CRON, "When backups run (cron, host time).", default=m.DEFAULT_SCHEDULE),
     opt(
         "retention_days",
         INT,
         "Delete sets older than this many days.",
-        7,
-        30,
-        default=m.DEFAULT_RETENTION_DAYS,
-        **_bounds(1, m.MAX_RETENTION_DAYS),
-        hint=f"keep backups for at least 1 day, e.g. {m.DEFAULT_RETENTION_DAYS}",
+        default=_RETENTION,
+        schema=_range(1, m.MAX_RETENTION_DAYS),
+        hint=f"keep backups for at least 1 day, e.g. {_RETENTION}",
     ),
     opt(
         "compression",
-        Kind("string", m.parse_compression, {"enum": list(m.COMPRESSIONS)}),
+        _COMPRESSION,
         "How a set's database file is compressed.",
-        *m.COMPRESSIONS,
         default=m.DEFAULT_COMPRESSION,
     ),
     opt(
@@ -478,122 +401,85 @@ BACKUP = section(
         INT,
         f"Compression level: {_LEVELS}.",
         *(c[2] for c in m.COMPRESSIONS.values()),
-        **_LEVEL_RANGE,
+        schema=_LEVEL_RANGE,
         limits=_compression_limits,
     ),
     opt(
         "max_downtime_seconds",
         INT,
         "The longest the tracker may stay stopped, in seconds.",
-        600,
-        1800,
-        default=_MAX_DOWNTIME,
-        **_bounds(1, m.MAX_MAX_DOWNTIME_SECONDS),
-        hint=f"the longest the tracker may stay stopped for a snapshot, in seconds, e.g. {_MAX_DOWNTIME} (the default)",
+        default=_DOWNTIME,
+        schema=_range(1, m.MAX_MAX_DOWNTIME_SECONDS),
+        hint=_DOWNTIME_HINT,
     ),
-    opt(
-        "mailto",
-        _string(_mailto, f"^(?:{_EMAILS}(?: *, *{_EMAILS})*)?$"),
-        "Where cron mails a failed run's output.",
-        "ops@example.com",
-        "",
-        default="",
-    ),
-    opt(
-        "notify_url",
-        _string(m.parse_http_url, r"^https?://(?![/$.?#])[!-~]+(?![\s\S])"),
-        "healthchecks.io-style ping URL.",
-        "https://hc-ping.com/your-uuid",
-    ),
-    opt(
-        "drill_schedule",
-        CRON,
-        "When the restore drill runs (cron, host time).",
-        "0 4 * * 0",
-        default=m.DEFAULT_DRILL_SCHEDULE,
-    ),
+    opt("mailto", _MAILTO, "Where cron mails a failed run's output.", default=""),
+    opt("notify_url", _URL, "healthchecks.io-style ping URL.", "https://hc-ping.com/your-uuid"),
+    opt("drill_schedule", CRON, "When the restore drill runs.", default=m.DEFAULT_DRILL_SCHEDULE),
     opt(
         "downtime_budget_seconds",
         POSITIVE,
         "Downtime per run that fires an alert, in seconds.",
-        60,
-        5.5,
         default=_BUDGET,
         schema={"maximum": m.MAX_DOWNTIME_BUDGET_SECONDS},
-        hint=f"the longest tracker downtime per backup run before BackupDowntimeOverBudget fires, in seconds, e.g. {_BUDGET}",
+        hint=_BUDGET_HINT,
     ),
     opt(
         "offsite",
         OFFSITE,
-        "Off-host, encrypted copies of every set (restic).",
-        {"repository": "/mnt/offsite/restic", "password": "a long passphrase"},
+        "Off-host, encrypted copies (restic).",
+        {"repository": "/r", "password": "p"},
     ),
 )
 IMAGES = section(
     "images",
     m.Images,
     *(
-        opt(key, IMAGE, f"Image of the {key} service.", image, default=image)
+        opt(key, IMAGE, f"Image of the {key} service.", default=image)
         for key, image in m.DEFAULT_IMAGES.items()
     ),
 )
-_GRAFANA_USER = _string(
-    m.parse_grafana_user, rf"^(?=[\s\S]*\S){_PRINTABLE}\u2028\u2029]+$", minLength=1, **_EXPANSION
+_GRAFANA_USER = Kind(
+    "string",
+    m.parse_grafana_user,
+    {"minLength": 1, "pattern": rf"^(?=[\s\S]*\S){_PRINTABLE}\u2028\u2029]+$", **_EXPANSION},
+    blank=True,
 )
 _GRAFANA_PASSWORD = Kind("string", m.parse_grafana_password, ref="secret")
 GRAFANA = section(
     "grafana",
     m.Grafana,
-    need(
-        "admin_user",
-        Kind(**{**vars(_GRAFANA_USER), "blank": True}),
-        "Grafana admin login.",
-        "admin",
-    ),
-    need(
-        "admin_password",
-        _GRAFANA_PASSWORD,
-        "Grafana admin password.",
-        "s3cret pass",
-        schema=_EXPANSION,
-    ),
+    need("admin_user", _GRAFANA_USER, "Grafana admin login.", "admin"),
+    need("admin_password", _GRAFANA_PASSWORD, "Grafana admin password.", "pass", schema=_EXPANSION),
     *_endpoint("grafana", "the Grafana UI", "tcp", "")[1:],
 )
 HTTPS = section(
     "https",
     m.Https,
     need("admin_email", EMAIL, "Contact address for Let's Encrypt.", "admin@example.com"),
-    opt(
-        "use_staging",
-        BOOL,
-        "Use Let's Encrypt's staging CA while testing.",
-        False,
-        True,
-        default=False,
-    ),
+    opt("use_staging", BOOL, "Use Let's Encrypt's staging CA while testing.", default=False),
 )
-_PROMETHEUS = section(
-    "prometheus",
-    m.Prometheus,
-    opt(
-        "scrape_interval_in_secs",
-        INT,
-        "Seconds between scrapes.",
-        15,
-        60,
-        default=15,
-        **_bounds(1, 3600),
-        hint="use a number of seconds from 1 to 3600, e.g. 15",
-    ),
+_SCRAPE_HINT = "use a number of seconds from 1 to 3600, e.g. 15"
+_SCRAPE = opt(
+    "scrape_interval_in_secs",
+    INT,
+    "Seconds between scrapes.",
+    default=15,
+    schema=_range(1, 3600),
+    hint=_SCRAPE_HINT,
 )
-_MYSQL = section(
-    "mysql",
-    m.MysqlServer,
-    need("root_password", SECRET, "Password of MySQL's root account.", "root_secret"),
-)
+_MYSQL = section("mysql", m.MysqlServer, need("root_password", SECRET, "MySQL root password.", "s"))
 _ENVIRONMENT = section(
-    "environment", dict, need("name", NAME, "Name of the environment (build/NAME).", "tracker-prod")
+    "environment", dict, need("name", NAME, "The environment's name.", "tracker")
 )
+_TRACKER_EXAMPLE = {
+    "core": {"database": _SQLITE},
+    "udp_trackers": [_SOCKET],
+    "http_trackers": [],
+    "http_api": {"bind_address": "0.0.0.0:1212", "admin_token": "MyAccessToken"},
+    "health_check_api": {"bind_address": "127.0.0.1:1313"},
+}
+_KEY = {"private_key_path": "~/.ssh/id", "public_key_path": "~/.ssh/id.pub", "username": "torrust"}
+_SCHEMA_HINT = "point it at schemas/environment-config.json"
 ENV = section(
     "",
     dict,
@@ -601,76 +487,34 @@ ENV = section(
         "$schema",
         STRING,
         "The schema, for editors (ignored).",
-        "../schemas/environment-config.json",
-        hint="point it at schemas/environment-config.json",
+        "../schemas/x.json",
+        hint=_SCHEMA_HINT,
     ),
     need("environment", _ENVIRONMENT, "Identity of this environment.", {"name": "tracker-prod"}),
-    need(
-        "ssh_credentials",
-        SSH,
-        "How the deployer logs in over SSH.",
-        {
-            "private_key_path": "~/.ssh/id_ed25519",
-            "public_key_path": "~/.ssh/id_ed25519.pub",
-            "username": "torrust",
-        },
-    ),
-    need(
-        "provider",
-        PROVIDER,
-        "Where the host comes from.",
-        {"provider": "lxd", "profile_name": "torrust-prod"},
-        {"provider": "existing"},
-    ),
-    need(
-        "tracker",
-        TRACKER,
-        "The tracker: its database and sockets.",
-        {
-            "core": {"database": _SQLITE},
-            "udp_trackers": [{"bind_address": "0.0.0.0:6969"}],
-            "http_trackers": [],
-            "http_api": {"bind_address": "0.0.0.0:1212", "admin_token": "MyAccessToken"},
-            "health_check_api": {"bind_address": "127.0.0.1:1313"},
-        },
-    ),
+    need("ssh_credentials", SSH, "How the deployer logs in over SSH.", _KEY),
+    need("provider", PROVIDER, "Where the host comes from.", {"provider": "existing"}),
+    need("tracker", TRACKER, "The tracker: its database and sockets.", _TRACKER_EXAMPLE),
     opt(
-        "mysql",
-        _MYSQL,
-        "The stack's MySQL server; exactly with the mysql driver.",
-        {"root_password": "root_secret"},
+        "mysql", _MYSQL, "The stack's MySQL server (with the mysql driver).", {"root_password": "s"}
     ),
-    opt(
-        "prometheus",
-        _PROMETHEUS,
-        "Run Prometheus (127.0.0.1:9090); `{}` = defaults.",
-        {"scrape_interval_in_secs": 15},
-        {},
-    ),
+    opt("prometheus", section("prometheus", m.Prometheus, _SCRAPE), "Run Prometheus.", {}),
     opt(
         "grafana",
         GRAFANA,
         "Run Grafana (needs prometheus).",
-        {"admin_user": "admin", "admin_password": "admin"},
+        {"admin_user": "a", "admin_password": "p"},
     ),
     opt(
         "https",
         HTTPS,
-        "Run Caddy as TLS proxy; exactly when a service uses it.",
-        {"admin_email": "admin@example.com"},
+        "Run Caddy as TLS proxy (when a service uses it).",
+        {"admin_email": "a@b.io"},
     ),
-    opt(
-        "backup",
-        BACKUP,
-        "Scheduled backups; `{}` = all defaults.",
-        {"schedule": "0 3 * * *", "retention_days": 7},
-        {},
-    ),
+    opt("backup", BACKUP, "Scheduled backups; `{}` = all defaults.", {}),
     opt(
         "images",
         IMAGES,
         "Per-service Docker image overrides.",
         {"tracker": "torrust/tracker:develop"},
-        {},
     ),
 )
