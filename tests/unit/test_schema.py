@@ -77,6 +77,16 @@ def test_schema_file_is_the_generated_one() -> None:
     )
 
 
+def test_key_table_in_the_configuration_guide_is_the_generated_one() -> None:
+    guide = schema.DOCS_FILE.read_text(encoding="utf-8")
+    assert schema.BEGIN in guide
+    assert guide == schema.docs(guide), f"the key table is out of date: run `{schema.COMMAND}`"
+
+
+def test_schema_check_mode_reports_nothing_when_up_to_date() -> None:
+    assert schema.main(["--check"]) == 0
+
+
 def test_schema_says_it_is_generated_in_its_first_lines() -> None:
     head = SCHEMA_FILE.read_text(encoding="utf-8").splitlines()[:3]
     assert any("GENERATED" in line and schema.COMMAND in line for line in head)

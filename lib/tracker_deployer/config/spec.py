@@ -208,14 +208,23 @@ SSH = section(
     need("public_key_path", KEY_PATH, "Its public half (the .pub file).", "~/.ssh/id.pub"),
     need("username", _USER, "Linux user the deployer logs in as (needs sudo).", "torrust"),
     opt("port", PORT, "SSH port of the host.", default=22, hint="use the SSH port, usually 22"),
-    opt("host", _string(m.parse_host, _HOST, maxLength=253), "IP or DNS name; --host wins.", "::1"),
-    opt("known_hosts_path", KEY_PATH, "Default ~/.ssh/known_hosts.", "~/.ssh/known_hosts"),
+    opt(
+        "host",
+        _string(m.parse_host, _HOST, maxLength=253),
+        "IP or DNS name; --host overrides.",
+        "::1",
+    ),
+    opt(
+        "known_hosts_path", KEY_PATH, "known_hosts file (~/.ssh/known_hosts).", "~/.ssh/known_hosts"
+    ),
 )
 _IMAGE = Kind("string", m.parse_hetzner_image, {"pattern": m._HETZNER_IMAGE.pattern}, blank=True)
 PROVIDER = Union(
     "provider",
     {
-        "lxd": section("lxd", m.LxdProvider, need("profile_name", NAME, "LXD instance.", "tr-1")),
+        "lxd": section(
+            "lxd", m.LxdProvider, need("profile_name", NAME, "Name of the LXD instance.", "tr-1")
+        ),
         "hetzner": section(
             "hetzner",
             m.HetznerProvider,
