@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracker_deployer import ports
 from tracker_deployer.config import model as m
 
 NO_DEFAULT: Any = object()
@@ -211,8 +212,9 @@ SSH = section(
     opt(
         "host",
         _string(m.parse_host, _HOST, maxLength=253),
-        "IP or DNS name; --host overrides.",
-        "::1",
+        "The host's IP address or DNS name; --host overrides it.",
+        "203.0.113.10",
+        "tracker.example.com",
     ),
     opt(
         "known_hosts_path", KEY_PATH, "known_hosts file (~/.ssh/known_hosts).", "~/.ssh/known_hosts"
@@ -223,7 +225,9 @@ PROVIDER = Union(
     "provider",
     {
         "lxd": section(
-            "lxd", m.LxdProvider, need("profile_name", NAME, "Name of the LXD instance.", "tr-1")
+            "lxd",
+            m.LxdProvider,
+            need("profile_name", NAME, "Name of the LXD instance.", "torrust-prod"),
         ),
         "hetzner": section(
             "hetzner",
@@ -241,7 +245,7 @@ PROVIDER = Union(
     'add "provider": "lxd"',
     other_keys=True,
 )
-_MYSQL_PORT = Kind("integer", m.parse_mysql_port, {**_range(1, 65535), "const": 3306})
+_MYSQL_PORT = Kind("integer", m.parse_mysql_port, {**_range(1, 65535), "const": ports.MYSQL})
 _MYSQL_HOST = Kind("string", m.parse_mysql_host, {"const": "mysql"})
 _MYSQL_NAME = _string(m.parse_mysql_identifier, "^[A-Za-z0-9_]{1,64}$")
 DATABASE = Union(
@@ -261,7 +265,13 @@ DATABASE = Union(
             "mysql",
             m.MysqlDatabase,
             need("host", _MYSQL_HOST, 'Always "mysql", the stack\'s service.', "mysql"),
-            need("port", _MYSQL_PORT, "Always 3306.", 3306, hint="MySQL listens on 3306"),
+            need(
+                "port",
+                _MYSQL_PORT,
+                "Always the stack's MySQL port.",
+                ports.MYSQL,
+                hint=f"MySQL listens on {ports.MYSQL}",
+            ),
             need("database_name", _MYSQL_NAME, "MySQL database name.", "torrust_tracker"),
             need(
                 "username",
@@ -319,7 +329,10 @@ TRACKER = section(
     ),
     need("http_api", _API, "The tracker's REST API.", {**_SOCKET, "admin_token": "secret"}),
     need(
-        "health_check_api", section("health", m.Endpoint, *_HEALTH_FIELDS), "Health check.", _SOCKET
+        "health_check_api",
+        section("health", m.Endpoint, *_HEALTH_FIELDS),
+        "The tracker's health check endpoint.",
+        _SOCKET,
     ),
 )
 _READ_DATA = m.DEFAULT_OFFSITE_CHECK_READ_DATA
@@ -342,8 +355,15 @@ _KEYS = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret"}
 OFFSITE = section(
     "offsite",
     m.OffsiteConfig,
-    need("repository", _REPOSITORY, "restic repository: s3:, sftp:, rest: or a path.", "/mnt/r"),
-    need("password", _PASSWORD, "The repository's password; keep a copy.", "correct horse"),
+    need(
+        "repository",
+        _REPOSITORY,
+        "The restic repository: s3:, sftp:, rest: or an absolute path.",
+        "s3:https://s3.eu-central-1.amazonaws.com/tracker-backups/prod",
+        "sftp:backup@backup.example.com:/srv/restic/tracker",
+        "/mnt/offsite/restic",
+    ),
+    need("password", _PASSWORD, "The repository's password; keep a copy.", "a long passphrase"),
     opt("env", Kind("map", schema=_SECRETS), "The backend's credentials (secrets).", _KEYS),
     opt(
         "keep",
