@@ -205,8 +205,10 @@ _USER = _string(m.parse_unix_user, m._UNIX_USER.pattern)
 SSH = section(
     "ssh_credentials",
     m.SshCredentials,
-    need("private_key_path", KEY_PATH, "Private key on the deployer's machine.", "~/.ssh/id"),
-    need("public_key_path", KEY_PATH, "Its public half (the .pub file).", "~/.ssh/id.pub"),
+    need(
+        "private_key_path", KEY_PATH, "Private key on the deployer's machine.", "~/.ssh/id_ed25519"
+    ),
+    need("public_key_path", KEY_PATH, "Its public half (the .pub file).", "~/.ssh/id_ed25519.pub"),
     need("username", _USER, "Linux user the deployer logs in as (needs sudo).", "torrust"),
     opt("port", PORT, "SSH port of the host.", default=22, hint="use the SSH port, usually 22"),
     opt(
@@ -456,7 +458,7 @@ BACKUP = section(
         "offsite",
         OFFSITE,
         "Off-host, encrypted copies (restic).",
-        {"repository": "/r", "password": "p"},
+        {"repository": "/mnt/offsite/restic", "password": "a long passphrase"},
     ),
 )
 IMAGES = section(
@@ -478,7 +480,13 @@ GRAFANA = section(
     "grafana",
     m.Grafana,
     need("admin_user", _GRAFANA_USER, "Grafana admin login.", "admin"),
-    need("admin_password", _GRAFANA_PASSWORD, "Grafana admin password.", "pass", schema=_EXPANSION),
+    need(
+        "admin_password",
+        _GRAFANA_PASSWORD,
+        "Grafana admin password.",
+        "s3cret pass",
+        schema=_EXPANSION,
+    ),
     *_endpoint("grafana", "the Grafana UI", "tcp", "")[1:],
 )
 HTTPS = section(
@@ -496,9 +504,11 @@ _SCRAPE = opt(
     schema=_range(1, 3600),
     hint=_SCRAPE_HINT,
 )
-_MYSQL = section("mysql", m.MysqlServer, need("root_password", SECRET, "MySQL root password.", "s"))
+_MYSQL = section(
+    "mysql", m.MysqlServer, need("root_password", SECRET, "MySQL root password.", "root_secret")
+)
 _ENVIRONMENT = section(
-    "environment", dict, need("name", NAME, "The environment's name.", "tracker")
+    "environment", dict, need("name", NAME, "The environment's name (build/NAME).", "tracker-prod")
 )
 _TRACKER_EXAMPLE = {
     "core": {"database": _SQLITE},
@@ -507,7 +517,11 @@ _TRACKER_EXAMPLE = {
     "http_api": {"bind_address": "0.0.0.0:1212", "admin_token": "MyAccessToken"},
     "health_check_api": {"bind_address": "127.0.0.1:1313"},
 }
-_KEY = {"private_key_path": "~/.ssh/id", "public_key_path": "~/.ssh/id.pub", "username": "torrust"}
+_KEY = {
+    "private_key_path": "~/.ssh/id_ed25519",
+    "public_key_path": "~/.ssh/id_ed25519.pub",
+    "username": "torrust",
+}
 _SCHEMA_HINT = "point it at schemas/environment-config.json"
 ENV = section(
     "",
@@ -516,7 +530,7 @@ ENV = section(
         "$schema",
         STRING,
         "The schema, for editors (ignored).",
-        "../schemas/x.json",
+        "../schemas/environment-config.json",
         hint=_SCHEMA_HINT,
     ),
     need("environment", _ENVIRONMENT, "Identity of this environment.", {"name": "tracker-prod"}),
@@ -524,20 +538,23 @@ ENV = section(
     need("provider", PROVIDER, "Where the host comes from.", {"provider": "existing"}),
     need("tracker", TRACKER, "The tracker: its database and sockets.", _TRACKER_EXAMPLE),
     opt(
-        "mysql", _MYSQL, "The stack's MySQL server (with the mysql driver).", {"root_password": "s"}
+        "mysql",
+        _MYSQL,
+        "The stack's MySQL server (with the mysql driver).",
+        {"root_password": "root_secret"},
     ),
     opt("prometheus", section("prometheus", m.Prometheus, _SCRAPE), "Run Prometheus.", {}),
     opt(
         "grafana",
         GRAFANA,
         "Run Grafana (needs prometheus).",
-        {"admin_user": "a", "admin_password": "p"},
+        {"admin_user": "admin", "admin_password": "admin"},
     ),
     opt(
         "https",
         HTTPS,
         "Run Caddy as TLS proxy (when a service uses it).",
-        {"admin_email": "a@b.io"},
+        {"admin_email": "admin@example.com"},
     ),
     opt("backup", BACKUP, "Scheduled backups; `{}` = all defaults.", {}),
     opt(
