@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 from tracker_deployer.config import parse_env_text
-from tracker_deployer.config.load import GRAFANA_EXPANSION
-from tracker_deployer.config.model import CronSchedule, InvalidValue
+from tracker_deployer.config.model import GRAFANA_EXPANSION, CronSchedule, InvalidValue
 from tracker_deployer.errors import ConfigError
 from tracker_deployer.paths import SCHEMA_FILE
 

@@ -1,7 +1,9 @@
-"""schemas/environment-config.json agrees with the parser, the only source of truth.
+"""schemas/environment-config.json is generated from the spec and agrees with the parser.
 
-The schema may be looser than the parser (it cannot compare ports, for one), never
-stricter: whatever the schema refuses, the parser refuses too.
+The file is generated (``python -m tracker_deployer.config.schema``) from
+``tracker_deployer.config.spec``, the table the parser walks too; a test regenerates
+it and compares. The schema may be looser than the parser (it cannot compare ports,
+for one), never stricter: whatever the schema refuses, the parser refuses too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
+from tracker_deployer.config import schema
 from tracker_deployer.config.model import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
@@ -66,6 +69,33 @@ def _describe(errors: list[ValidationError]) -> str:
 
 
 # --------------------------------------------------------------------------- the schema itself
+
+
+def test_schema_file_is_the_generated_one() -> None:
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == schema.text(), (
+        f"{SCHEMA_FILE} is out of date: run `{schema.COMMAND}`"
+    )
+
+
+def test_key_table_in_the_configuration_guide_is_the_generated_one() -> None:
+    guide = schema.DOCS_FILE.read_text(encoding="utf-8")
+    assert schema.BEGIN in guide
+    assert guide == schema.docs(guide), f"the key table is out of date: run `{schema.COMMAND}`"
+
+
+def test_schema_check_mode_reports_nothing_when_up_to_date() -> None:
+    assert schema.main(["--check"]) == 0
+
+
+def test_schema_says_it_is_generated_in_its_first_lines() -> None:
+    head = SCHEMA_FILE.read_text(encoding="utf-8").splitlines()[:3]
+    assert any("GENERATED" in line and schema.COMMAND in line for line in head)
+
+
+def test_schema_description_does_not_contradict_the_accepted_schema_key() -> None:
+    assert "$schema" in SCHEMA["properties"]
+    assert "$schema" not in SCHEMA["description"]
+    parse({**VALID["create-template-sqlite3"], "$schema": "../schemas/environment-config.json"})
 
 
 def test_schema_is_valid_draft_2020_12() -> None:
@@ -156,7 +186,9 @@ def test_defaults_are_the_models() -> None:
         assert f"to {high}" in backup["compression_level"]["description"]
         assert f"default {default}" in backup["compression_level"]["description"]
     assert (
-        SCHEMA["properties"]["backup"]["then"]["properties"]["compression_level"]["maximum"]
+        SCHEMA["properties"]["backup"]["allOf"][0]["then"]["properties"]["compression_level"][
+            "maximum"
+        ]
         == (COMPRESSIONS["gzip"][1])
     )
     assert backup["max_downtime_seconds"]["default"] == DEFAULT_MAX_DOWNTIME_SECONDS

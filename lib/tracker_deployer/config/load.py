@@ -10,75 +10,25 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from tracker_deployer.config import spec
 from tracker_deployer.config.model import (
-    COMPRESSIONS,
-    DEFAULT_COMPRESSION,
-    DEFAULT_DOWNTIME_BUDGET_SECONDS,
-    DEFAULT_DRILL_SCHEDULE,
-    DEFAULT_IMAGES,
-    DEFAULT_MAX_DOWNTIME_SECONDS,
-    DEFAULT_OFFSITE_CHECK_READ_DATA,
-    DEFAULT_OFFSITE_CHECK_SCHEDULE,
-    DEFAULT_OFFSITE_KEEP,
-    DEFAULT_RETENTION_DAYS,
-    DEFAULT_SCHEDULE,
-    KEEP_RULES,
-    MAX_DOWNTIME_BUDGET_SECONDS,
-    MAX_KEEP,
-    MAX_MAX_DOWNTIME_SECONDS,
-    BackupConfig,
-    BindAddress,
-    CronSchedule,
-    Database,
     Endpoint,
     Env,
-    ExistingProvider,
     Grafana,
-    HetznerProvider,
     HttpApi,
-    Https,
-    Images,
     InvalidValue,
-    KeepPolicy,
-    LxdProvider,
-    MysqlDatabase,
-    MysqlServer,
-    OffsiteConfig,
-    Prometheus,
     Protocol,
-    Provider,
     Secret,
-    SqliteDatabase,
-    SshCredentials,
-    Tracker,
-    TrackerCore,
-    parse_domain,
-    parse_email,
-    parse_email_list,
-    parse_environment_name,
-    parse_hetzner_image,
-    parse_hetzner_name,
-    parse_host,
-    parse_http_url,
-    parse_image,
-    parse_key_path,
     parse_offsite_env_name,
-    parse_offsite_password,
-    parse_restic_repository,
-    parse_unix_user,
     repository_kind,
+    show,
 )
+from tracker_deployer.config.spec import FAILED, Field, Kind, Section, Union
 from tracker_deployer.errors import ConfigError, ConfigIssue
-
-T = TypeVar("T")
-
-MAX_RETENTION_DAYS = 3650
 
 
 def env_path(name_or_path: str, envs_dir: Path) -> Path:
@@ -108,8 +58,7 @@ def parse_env_text(text: str, *, source: str, path: Path | None = None) -> Env:
         data = json.loads(text, object_pairs_hook=_reject_duplicates)
     except _DuplicateKey as error:
         raise ConfigError(
-            source,
-            [ConfigIssue("", f"key {error.key!r} appears twice", "keep only one of them")],
+            source, [ConfigIssue("", f"key {error.key!r} appears twice", "keep only one of them")]
         ) from None
     except json.JSONDecodeError as error:
         raise ConfigError(
@@ -183,68 +132,37 @@ def _lone_surrogates(data: object, path: str) -> Iterator[ConfigIssue]:
                 yield from _lone_surrogates(value, where)
 
 
-# --------------------------------------------------------------------------- the reader
+# --------------------------------------------------------------------------- the walker
+
+
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    *((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string")),
+    *((list, "an array"), (dict, "an object"), (type(None), "null")),
+)
 
 
 def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-@dataclass(slots=True)
-class _TrackerParts:
-    """What parsed of the tracker section, for checks across sections.
-
-    Kept apart from :class:`Tracker` so that one broken field (say the database)
-    does not hide port or TLS problems elsewhere: every error is reported at once.
-    """
-
-    database: Database | None = None
-    driver: str | None = None  # as written, even when the database section is broken
-    udp_trackers: tuple[Endpoint, ...] = ()
-    http_trackers: tuple[Endpoint, ...] = ()
-    http_api: Endpoint | None = None
-    health_check_api: Endpoint | None = None
+    return next((name for cls, name in _TYPE_NAMES if isinstance(value, cls)), type(value).__name__)
 
 
 class _Reader:
-    """Walks the JSON, collecting :class:`ConfigIssue` instead of stopping."""
+    """Walks the JSON along :mod:`spec`, collecting :class:`ConfigIssue` instead of stopping.
+
+    A section's value is built only when all its keys parsed (a wrong boolean keeps
+    its default); every issue is reported either way.
+    """
 
     def __init__(self) -> None:
         self.issues: list[ConfigIssue] = []
-        self.parts = _TrackerParts()
+        self.seen: dict[str, dict[str, Any]] = {}  # the parsed keys of each section, by path
 
     def error(self, path: str, message: str, hint: str | None = None) -> None:
         self.issues.append(ConfigIssue(path, message, hint))
 
-    # -- structure -------------------------------------------------------------
-
-    def obj(
-        self, value: object, path: str, required: tuple[str, ...], optional: tuple[str, ...]
-    ) -> Mapping[str, Any] | None:
-        """Check ``value`` is an object with these keys (and no others)."""
-        if not isinstance(value, dict):
-            self.error(path, f"must be an object, not {_type_name(value)}", "use { ... }")
-            return None
-        known = required + optional
+    def keys(self, value: Mapping[str, Any], path: str, fields: tuple[Field, ...]) -> None:
+        """Unknown keys (with a did-you-mean) and missing required ones."""
+        required = [f.key for f in fields if f.required]
+        known = required + [f.key for f in fields if not f.required]
         for key in value:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
@@ -257,727 +175,207 @@ class _Reader:
         for key in required:
             if key not in value:
                 self.error(_join(path, key), "is required but missing", f'add "{key}"')
-        return value
 
-    def str_(self, parent: Mapping[str, Any], key: str, path: str) -> str | None:
-        value = parent.get(key)
-        where = _join(path, key)
-        if key not in parent:
-            return None
-        if not isinstance(value, str):
-            self.error(where, f"must be a string, not {_type_name(value)}", 'use "..."')
-            return None
-        return value
+    def section(self, section: Section, value: object, path: str) -> Any:
+        if not isinstance(value, dict):
+            self.error(path, f"must be an object, not {_type_name(value)}", "use { ... }")
+            return FAILED
+        self.keys(value, path, section.fields)
+        values: dict[str, Any] = {}
+        ok = all(f.key in value for f in section.fields if f.required)
+        for f in section.fields:
+            if f.key in value:
+                parsed = self.field(f, value, path)
+                if parsed is not FAILED:
+                    values[f.key] = parsed
+                elif f.kind is not spec.BOOL:  # a wrong boolean keeps its default
+                    ok = False
+        self.seen[path] = values
+        check = _CHECKS.get(section.name)
+        if check is not None:
+            ok = check(self, values, value, path, ok) and ok
+        return section.build(**values) if ok else FAILED
 
-    def hetzner(
-        self, parent: Mapping[str, Any], key: str, path: str, parser: Callable[[str], str]
-    ) -> str | None:
-        """A Hetzner name: not blank ("must not be empty"), then well-formed."""
-        if key in parent and isinstance(parent[key], str) and parent[key].strip() == "":
-            self.error(_join(path, key), "must not be empty")
-            return None
-        return self.typed(parent, key, path, parser)
+    def union(self, union: Union, value: object, path: str) -> Any:
+        kind = value.get(union.key) if isinstance(value, dict) else None
+        if isinstance(kind, str) and kind in union.variants:
+            variant = union.variants[kind]
+            key = Field(union.key, spec.STRING, "", [], required=True)
+            build = variant.build
+            return self.section(
+                Section(
+                    variant.name,
+                    (key, *variant.fields),
+                    lambda **v: build(**_without(v, union.key)),
+                ),
+                value,
+                path,
+            )
+        if not isinstance(value, dict):
+            self.error(path, f"must be an object, not {_type_name(value)}", "use { ... }")
+            return FAILED
+        if union.other_keys:  # still report keys no kind knows
+            others = {f.key: f for v in union.variants.values() for f in v.fields}
+            fields = tuple(Field(f.key, f.kind, "", []) for f in others.values())
+            self.keys({k: v for k, v in value.items() if k != union.key}, path, fields)
+        if union.key not in value:
+            self.error(_join(path, union.key), "is required but missing", union.missing_hint)
+        else:
+            self.error(_join(path, union.key), f"{show(kind)} {union.unknown}", union.hint)
+        return FAILED
 
-    def nonempty_str(self, parent: Mapping[str, Any], key: str, path: str) -> str | None:
-        value = self.str_(parent, key, path)
-        if value is not None and value.strip() == "":
-            self.error(_join(path, key), "must not be empty")
-            return None
-        return value
+    def field(self, f: Field, parent: Mapping[str, Any], path: str) -> Any:
+        where, value = _join(path, f.key), parent[f.key]
+        if not f.array:
+            return self.value(f, f.kind, value, where, parent)
+        if not isinstance(value, list):
+            self.error(where, f"must be an array, not {_type_name(value)}", f.hint)
+            return FAILED
+        items = [
+            self.value(f, f.kind, item, f"{where}[{i}]", parent) for i, item in enumerate(value)
+        ]
+        return FAILED if FAILED in items else tuple(items)
 
-    def typed(
+    def value(
         self,
+        f: Field,
+        kind: Kind | Section | Union,
+        value: Any,
+        where: str,
         parent: Mapping[str, Any],
-        key: str,
-        path: str,
-        parser: Callable[[str], T],
-    ) -> T | None:
-        text = self.str_(parent, key, path)
-        if text is None:
-            return None
-        return self.apply(_join(path, key), text, parser)
-
-    def apply(self, where: str, value: Any, parser: Callable[[Any], T]) -> T | None:
-        try:
-            return parser(value)
-        except InvalidValue as error:
-            self.error(where, error.message, error.hint)
-            return None
-
-    def int_(
-        self, parent: Mapping[str, Any], key: str, path: str, low: int, high: int, hint: str
-    ) -> int | None:
-        if key not in parent:
-            return None
-        value = parent[key]
-        where = _join(path, key)
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                self.error(
-                    where,
-                    f"{_show(value)} is not an integer",
-                    f"write it without a decimal point: {hint}",
-                )
-            else:
-                self.error(
-                    where, f"must be an integer, not {_type_name(value)} ({_show(value)})", hint
-                )
-            return None
-        if value < low:
-            self.error(where, f"{value} is less than the minimum of {low}", hint)
-            return None
-        if value > high:
-            self.error(where, f"{value} is more than the maximum of {high}", hint)
-            return None
-        return value
-
-    def positive_number(
-        self, parent: Mapping[str, Any], key: str, path: str, high: float, hint: str
-    ) -> float | None:
-        """A number (integer or decimal) above 0 and at most ``high``."""
-        if key not in parent:
-            return None
-        value = parent[key]
-        where = _join(path, key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(where, f"must be a number, not {_type_name(value)} ({_show(value)})", hint)
-            return None
-        if not math.isfinite(value) or value <= 0:
-            self.error(where, f"{_show(value)} is not a positive number", hint)
-            return None
-        if value > high:
-            self.error(where, f"{_show(value)} is more than the maximum of {_show(high)}", hint)
-            return None
-        return value
-
-    def bool_(self, parent: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-        if key not in parent:
-            return default
-        value = parent[key]
-        if not isinstance(value, bool):
+    ) -> Any:
+        if isinstance(kind, Section):
+            return self.section(kind, value, where)
+        if isinstance(kind, Union):
+            return self.union(kind, value, where)
+        if kind.type == "map":
+            return self.offsite_env(value, where)
+        if kind.type == "boolean":
+            if isinstance(value, bool):
+                return value
             self.error(
-                _join(path, key),
+                where,
                 f"must be true or false, not {_type_name(value)}",
                 "use true or false without quotes",
             )
-            return default
-        return value
-
-    def secret(self, parent: Mapping[str, Any], key: str, path: str) -> Secret | None:
-        value = self.str_(parent, key, path)
-        if value is None:
-            return None
-        return self.apply(_join(path, key), value, Secret.parse)
-
-    # -- sections --------------------------------------------------------------
-
-    def env(self, data: object, path: Path) -> Env | None:
-        top = self.obj(
-            data,
-            "",
-            required=("environment", "ssh_credentials", "provider", "tracker"),
-            optional=("$schema", "mysql", "prometheus", "grafana", "https", "backup", "images"),
-        )
-        if top is None:
-            return None
-        if "$schema" in top and not isinstance(top["$schema"], str):
-            self.error("$schema", "must be a string", "point it at schemas/environment-config.json")
-        name = self.environment(top.get("environment")) if "environment" in top else None
-        ssh = self.ssh(top["ssh_credentials"]) if "ssh_credentials" in top else None
-        provider = self.provider(top["provider"]) if "provider" in top else None
-        tracker = self.tracker(top["tracker"]) if "tracker" in top else None
-        mysql = self.mysql(top["mysql"]) if "mysql" in top else None
-        prometheus = self.prometheus(top["prometheus"]) if "prometheus" in top else None
-        grafana = self.grafana(top["grafana"]) if "grafana" in top else None
-        https = self.https(top["https"]) if "https" in top else None
-        backup = self.backup(top["backup"]) if "backup" in top else None
-        images = self.images(top["images"]) if "images" in top else Images()
-
-        if "tracker" in top:
-            self.cross_checks(top, grafana)
-        optional_sections = {
-            "mysql": mysql,
-            "prometheus": prometheus,
-            "grafana": grafana,
-            "https": https,
-            "backup": backup,
-        }
-        broken = any(key in top and parsed is None for key, parsed in optional_sections.items())
-        if self.issues or broken:
-            return None
-        if name is None or ssh is None or provider is None or tracker is None or images is None:
-            return None
-        return Env(
-            name=name,
-            source=path,
-            ssh=ssh,
-            provider=provider,
-            tracker=tracker,
-            mysql=mysql,
-            prometheus=prometheus,
-            grafana=grafana,
-            https=https,
-            backup=backup,
-            images=images,
-        )
-
-    def environment(self, value: object) -> str | None:
-        section = self.obj(value, "environment", required=("name",), optional=())
-        if section is None:
-            return None
-        return self.typed(section, "name", "environment", parse_environment_name)
-
-    def ssh(self, value: object) -> SshCredentials | None:
-        path = "ssh_credentials"
-        section = self.obj(
-            value,
-            path,
-            required=("private_key_path", "public_key_path", "username"),
-            optional=("port", "host", "known_hosts_path"),
-        )
-        if section is None:
-            return None
-        private = self.typed(section, "private_key_path", path, parse_key_path)
-        public = self.typed(section, "public_key_path", path, parse_key_path)
-        username = self.typed(section, "username", path, parse_unix_user)
-        port = self.int_(section, "port", path, 1, 65535, "use the SSH port, usually 22")
-        host = self.typed(section, "host", path, parse_host)
-        known_hosts = self.typed(section, "known_hosts_path", path, parse_key_path)
-        if None in (private, public, username) or ("port" in section and port is None):
-            return None
-        if ("host" in section and host is None) or (
-            "known_hosts_path" in section and known_hosts is None
-        ):
-            return None
-        assert private is not None
-        assert public is not None
-        assert username is not None
-        if private == public:
-            self.error(
-                _join(path, "public_key_path"),
-                "is the same file as private_key_path",
-                "point it at the .pub file of the key pair",
-            )
-            return None
-        return SshCredentials(
-            private, public, username, port if port is not None else 22, host, known_hosts
-        )
-
-    def provider(self, value: object) -> Provider | None:
-        path = "provider"
-        if not isinstance(value, dict):
-            self.obj(value, path, required=("provider",), optional=())
-            return None
-        kind = value.get("provider")
-        if kind == "lxd":
-            section = self.obj(value, path, required=("provider", "profile_name"), optional=())
-            if section is None:
-                return None
-            profile = self.typed(section, "profile_name", path, parse_environment_name)
-            return LxdProvider(profile) if profile is not None else None
-        if kind == "hetzner":
-            section = self.obj(
-                value,
-                path,
-                required=("provider", "api_token", "server_type", "location"),
-                optional=("image",),
-            )
-            if section is None:
-                return None
-            token = self.secret(section, "api_token", path)
-            server_type = self.hetzner(section, "server_type", path, parse_hetzner_name)
-            location = self.hetzner(section, "location", path, parse_hetzner_name)
-            image = self.hetzner(section, "image", path, parse_hetzner_image)
-            if token is None or server_type is None or location is None:
-                return None
-            if "image" in section and image is None:
-                return None
-            if image is None:
-                return HetznerProvider(token, server_type, location)
-            return HetznerProvider(token, server_type, location, image)
-        if kind == "existing":
-            section = self.obj(value, path, required=("provider",), optional=())
-            return ExistingProvider() if section is not None else None
-        # Unknown or missing kind: still report keys no provider knows.
-        self.obj(
-            {k: v for k, v in value.items() if k != "provider"},
-            path,
-            required=(),
-            optional=("profile_name", "api_token", "server_type", "location", "image"),
-        )
-        if "provider" not in value:
-            self.error(_join(path, "provider"), "is required but missing", 'add "provider": "lxd"')
-        else:
-            self.error(
-                _join(path, "provider"),
-                f"{_show(kind)} is not a known provider",
-                'use "lxd", "hetzner" or "existing"',
-            )
-        return None
-
-    def endpoint(
-        self,
-        value: object,
-        path: str,
-        *,
-        required: tuple[str, ...] = ("bind_address",),
-        extra: tuple[str, ...] = (),
-        tls: bool = True,
-    ) -> tuple[Endpoint | None, Mapping[str, Any] | None]:
-        optional = (("domain", "use_tls_proxy") if tls else ()) + extra
-        section = self.obj(value, path, required=required, optional=optional)
-        if section is None:
-            return None, None
-        bind = self.typed(section, "bind_address", path, BindAddress.parse)
-        domain = self.typed(section, "domain", path, parse_domain)
-        use_tls = self.bool_(section, "use_tls_proxy", path, False)
-        if bind is None or ("domain" in section and domain is None):
-            return None, section
-        return Endpoint(bind, domain, use_tls), section
-
-    def tracker(self, value: object) -> Tracker | None:
-        path = "tracker"
-        section = self.obj(
-            value,
-            path,
-            required=("core", "udp_trackers", "http_trackers", "http_api", "health_check_api"),
-            optional=(),
-        )
-        if section is None:
-            return None
-        core = self.core(section["core"]) if "core" in section else None
-        self.parts.database = core.database if core is not None else None
-        udp = self.endpoint_list(section, "udp_trackers", tls=False)
-        http = self.endpoint_list(section, "http_trackers", tls=True)
-        api: HttpApi | None = None
-        if "http_api" in section:
-            endpoint, api_section = self.endpoint(
-                section["http_api"], "tracker.http_api", required=("bind_address", "admin_token")
-            )
-            token = (
-                self.secret(api_section, "admin_token", "tracker.http_api") if api_section else None
-            )
-            if endpoint is not None and token is not None:
-                api = HttpApi(endpoint, token)
-        health = None
-        if "health_check_api" in section:
-            health, _ = self.endpoint(section["health_check_api"], "tracker.health_check_api")
-        if udp == () and http == ():
-            self.error(
-                "tracker",
-                "has no UDP and no HTTP tracker: it would serve nothing",
-                'add e.g. "udp_trackers": [{"bind_address": "0.0.0.0:6969"}]',
-            )
-        self.parts.udp_trackers = udp or ()
-        self.parts.http_trackers = http or ()
-        self.parts.http_api = api.endpoint if api is not None else None
-        self.parts.health_check_api = health
-        if core is None or udp is None or http is None or api is None or health is None:
-            return None
-        return Tracker(core, udp, http, api, health)
-
-    def endpoint_list(
-        self, section: Mapping[str, Any], key: str, *, tls: bool
-    ) -> tuple[Endpoint, ...] | None:
-        path = _join("tracker", key)
-        if key not in section:
-            return None
-        items = section[key]
-        if not isinstance(items, list):
-            self.error(
-                path,
-                f"must be an array, not {_type_name(items)}",
-                'use [{"bind_address": "0.0.0.0:6969"}]',
-            )
-            return None
-        result: list[Endpoint] = []
-        ok = True
-        for index, item in enumerate(items):
-            endpoint, _ = self.endpoint(item, f"{path}[{index}]", tls=tls)
-            if endpoint is None:
-                ok = False
-            else:
-                result.append(endpoint)
-        return tuple(result) if ok else None
-
-    def core(self, value: object) -> TrackerCore | None:
-        path = "tracker.core"
-        section = self.obj(value, path, required=("database",), optional=("private",))
-        if section is None:
-            return None
-        private = self.bool_(section, "private", path, False)
-        database = self.database(section["database"]) if "database" in section else None
-        return TrackerCore(database, private) if database is not None else None
-
-    def database(self, value: object) -> Database | None:
-        path = "tracker.core.database"
-        if not isinstance(value, dict):
-            self.obj(value, path, required=("driver",), optional=())
-            return None
-        driver = value.get("driver")
-        self.parts.driver = driver if isinstance(driver, str) else None
-        if driver == "sqlite3":
-            section = self.obj(value, path, required=("driver", "database_name"), optional=())
-            if section is None:
-                return None
-            name = self.typed(section, "database_name", path, _parse_sqlite_name)
-            return SqliteDatabase(name) if name is not None else None
-        if driver == "mysql":
-            section = self.obj(
-                value,
-                path,
-                required=("driver", "host", "port", "database_name", "username", "password"),
-                optional=(),
-            )
-            if section is None:
-                return None
-            host = self.typed(section, "host", path, _parse_mysql_host)
-            port = self.int_(section, "port", path, 1, 65535, "MySQL listens on 3306")
-            name = self.typed(section, "database_name", path, _parse_mysql_identifier)
-            user = self.typed(section, "username", path, _parse_mysql_user)
-            password = self.secret(section, "password", path)
-            if host is None or port is None or name is None or user is None or password is None:
-                return None
-            if port != 3306:
+            return FAILED
+        if kind.type == "string":
+            if kind.blank and isinstance(value, str) and value.strip() == "":
+                self.error(where, "must not be empty")
+                return FAILED
+            if not isinstance(value, str):
                 self.error(
-                    _join(path, "port"),
-                    f"{port} is not the port of the stack's MySQL service",
-                    "the deployer runs MySQL itself on 3306; use 3306",
+                    where, f"must be a string, not {_type_name(value)}", f.hint or 'use "..."'
                 )
-                return None
-            return MysqlDatabase(host, port, name, user, password)
-        if "driver" not in value:
-            self.error(_join(path, "driver"), "is required but missing", 'use "sqlite3" or "mysql"')
+                return FAILED
+        elif kind.type == "integer":
+            if not self.integer(f, kind, value, where, parent):
+                return FAILED
+        elif not self.number(f, kind, value, where):
+            return FAILED
+        if kind.parse is None:
+            return float(value) if kind is spec.PERCENT else value
+        try:
+            return kind.parse(value)
+        except InvalidValue as error:
+            self.error(where, error.message, error.hint)
+            return FAILED
+
+    def integer(
+        self, f: Field, kind: Kind, value: Any, where: str, parent: Mapping[str, Any]
+    ) -> bool:
+        bounds = {**kind.schema, **f.schema}
+        low, high, hint = bounds["minimum"], bounds["maximum"], f.hint
+        if f.limits is not None:
+            low, high, hint = f.limits(parent)
+        if isinstance(value, float) and value.is_integer():
+            self.error(
+                where,
+                f"{show(value)} is not an integer",
+                f"write it without a decimal point: {hint}",
+            )
+        elif isinstance(value, bool) or not isinstance(value, int):
+            self.error(where, f"must be an integer, not {_type_name(value)} ({show(value)})", hint)
+        elif value < low:
+            self.error(where, f"{value} is less than the minimum of {low}", hint)
+        elif value > high:
+            self.error(where, f"{value} is more than the maximum of {high}", hint)
         else:
-            self.error(
-                _join(path, "driver"),
-                f"{_show(driver)} is not a supported database driver",
-                'use "sqlite3" or "mysql"',
-            )
-        return None
+            return True
+        return False
 
-    def mysql(self, value: object) -> MysqlServer | None:
-        section = self.obj(value, "mysql", required=("root_password",), optional=())
-        if section is None:
-            return None
-        password = self.secret(section, "root_password", "mysql")
-        return MysqlServer(password) if password is not None else None
+    def number(self, f: Field, kind: Kind, value: Any, where: str) -> bool:
+        high = {**kind.schema, **f.schema}["maximum"]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(where, f"must be a number, not {_type_name(value)} ({show(value)})", f.hint)
+        elif kind is spec.PERCENT and (not math.isfinite(value) or not 0 <= value <= high):
+            self.error(where, f"{show(value)} is not a percentage from 0 to 100", f.hint)
+        elif kind is spec.POSITIVE and (not math.isfinite(value) or value <= 0):
+            self.error(where, f"{show(value)} is not a positive number", f.hint)
+        elif value > high:
+            self.error(where, f"{show(value)} is more than the maximum of {show(high)}", f.hint)
+        else:
+            return True
+        return False
 
-    def prometheus(self, value: object) -> Prometheus | None:
-        section = self.obj(value, "prometheus", required=(), optional=("scrape_interval_in_secs",))
-        if section is None:
-            return None
-        interval = self.int_(
-            section,
-            "scrape_interval_in_secs",
-            "prometheus",
-            1,
-            3600,
-            "use a number of seconds from 1 to 3600, e.g. 15",
-        )
-        if "scrape_interval_in_secs" in section and interval is None:
-            return None
-        return Prometheus(interval if interval is not None else 15)
-
-    def grafana(self, value: object) -> Grafana | None:
-        path = "grafana"
-        section = self.obj(
-            value,
-            path,
-            required=("admin_user", "admin_password"),
-            optional=("domain", "use_tls_proxy"),
-        )
-        if section is None:
-            return None
-        user = self.nonempty_str(section, "admin_user", path)
-        password = self.secret(section, "admin_password", path)
-        domain = self.typed(section, "domain", path, parse_domain)
-        use_tls = self.bool_(section, "use_tls_proxy", path, False)
-        if user is not None:
-            user = self.apply(_join(path, "admin_user"), user, _parse_plain_name)
-        if user is not None:
-            user = self.apply(_join(path, "admin_user"), user, _refuse_grafana_expansion)
-        if password is not None:
-            where = _join(path, "admin_password")
-            if self.apply(where, password.reveal(), _refuse_grafana_expansion) is None:
-                password = None
-        if user is None or password is None or ("domain" in section and domain is None):
-            return None
-        return Grafana(user, password, domain, use_tls)
-
-    def https(self, value: object) -> Https | None:
-        section = self.obj(value, "https", required=("admin_email",), optional=("use_staging",))
-        if section is None:
-            return None
-        email = self.typed(section, "admin_email", "https", parse_email)
-        staging = self.bool_(section, "use_staging", "https", False)
-        return Https(email, staging) if email is not None else None
-
-    def backup(self, value: object) -> BackupConfig | None:
-        path = "backup"
-        section = self.obj(
-            value,
-            path,
-            required=(),
-            optional=(
-                "schedule",
-                "retention_days",
-                "compression",
-                "compression_level",
-                "max_downtime_seconds",
-                "mailto",
-                "notify_url",
-                "drill_schedule",
-                "downtime_budget_seconds",
-                "offsite",
-            ),
-        )
-        if section is None:
-            return None
-        schedule = self.typed(section, "schedule", path, CronSchedule.parse)
-        retention = self.int_(
-            section,
-            "retention_days",
-            path,
-            1,
-            MAX_RETENTION_DAYS,
-            f"keep backups for at least 1 day, e.g. {DEFAULT_RETENTION_DAYS}",
-        )
-        compression = self.str_(section, "compression", path)
-        if compression is not None and compression not in COMPRESSIONS:
-            self.error(
-                _join(path, "compression"),
-                f"{_show(compression)} is not a compression this deployer knows",
-                f"use one of {', '.join(repr(name) for name in COMPRESSIONS)}; "
-                f"default {DEFAULT_COMPRESSION!r}",
-            )
-            compression = None
-        algorithm = compression or DEFAULT_COMPRESSION
-        lowest, highest, default_level = COMPRESSIONS[algorithm]
-        level = self.int_(
-            section,
-            "compression_level",
-            path,
-            lowest,
-            highest,
-            f"{algorithm} levels run from {lowest} (fastest) to {highest} (smallest); "
-            f"default {default_level}",
-        )
-        downtime = self.int_(
-            section,
-            "max_downtime_seconds",
-            path,
-            1,
-            MAX_MAX_DOWNTIME_SECONDS,
-            "the longest the tracker may stay stopped for a snapshot, in seconds, "
-            f"e.g. {DEFAULT_MAX_DOWNTIME_SECONDS} (the default)",
-        )
-        mailto = self.str_(section, "mailto", path)
-        if mailto:
-            mailto = self.apply(_join(path, "mailto"), mailto, parse_email_list)
-        notify = self.typed(section, "notify_url", path, parse_http_url)
-        drill_schedule = self.typed(section, "drill_schedule", path, CronSchedule.parse)
-        budget = self.positive_number(
-            section,
-            "downtime_budget_seconds",
-            path,
-            MAX_DOWNTIME_BUDGET_SECONDS,
-            "the longest tracker downtime per backup run before BackupDowntimeOverBudget "
-            f"fires, in seconds, e.g. {DEFAULT_DOWNTIME_BUDGET_SECONDS}",
-        )
-        offsite = self.offsite(section["offsite"]) if "offsite" in section else None
-        failed = [
-            key
-            for key, parsed in (
-                ("schedule", schedule),
-                ("retention_days", retention),
-                ("compression", compression),
-                ("compression_level", level),
-                ("max_downtime_seconds", downtime),
-                ("mailto", mailto),
-                ("notify_url", notify),
-                ("drill_schedule", drill_schedule),
-                ("downtime_budget_seconds", budget),
-                ("offsite", offsite),
-            )
-            if key in section and parsed is None
-        ]
-        if failed:
-            return None
-        return BackupConfig(
-            schedule=schedule or CronSchedule(DEFAULT_SCHEDULE),
-            retention_days=retention if retention is not None else DEFAULT_RETENTION_DAYS,
-            compression=algorithm,
-            compression_level=level if level is not None else default_level,
-            max_downtime_seconds=(
-                downtime if downtime is not None else DEFAULT_MAX_DOWNTIME_SECONDS
-            ),
-            mailto=mailto or "",
-            notify_url=notify,
-            drill_schedule=drill_schedule or CronSchedule(DEFAULT_DRILL_SCHEDULE),
-            downtime_budget_seconds=(
-                budget if budget is not None else DEFAULT_DOWNTIME_BUDGET_SECONDS
-            ),
-            offsite=offsite,
-        )
-
-    def offsite(self, value: object) -> OffsiteConfig | None:
-        """``backup.offsite``: the restic repository that gets a copy of every set."""
-        path = "backup.offsite"
-        section = self.obj(
-            value,
-            path,
-            required=("repository", "password"),
-            optional=("env", "keep", "check_schedule", "check_read_data"),
-        )
-        if section is None:
-            return None
-        repository = self.typed(section, "repository", path, parse_restic_repository)
-        password = self.typed(section, "password", path, parse_offsite_password)
-        env = self.offsite_env(section["env"], repository) if "env" in section else ()
-        if "env" not in section and repository and repository_kind(repository) == "s3":
-            self.error(
-                _join(path, "env"),
-                "is required for an s3: repository",
-                'add "env": {"AWS_ACCESS_KEY_ID": "...", "AWS_SECRET_ACCESS_KEY": "..."}',
-            )
-            env = None
-        keep = self.keep(section["keep"]) if "keep" in section else KeepPolicy(DEFAULT_OFFSITE_KEEP)
-        check_schedule = self.typed(section, "check_schedule", path, CronSchedule.parse)
-        read_data = self.percentage(
-            section,
-            "check_read_data",
-            path,
-            "the share of the repository's data each `restic check` reads, in percent "
-            f"(0 = structure only, 100 = everything), e.g. {DEFAULT_OFFSITE_CHECK_READ_DATA:g}",
-        )
-        if (
-            repository is None
-            or password is None
-            or env is None
-            or keep is None
-            or ("check_schedule" in section and check_schedule is None)
-            or ("check_read_data" in section and read_data is None)
-        ):
-            return None
-        return OffsiteConfig(
-            repository=repository,
-            password=password,
-            env=env,
-            keep=keep,
-            check_schedule=check_schedule or CronSchedule(DEFAULT_OFFSITE_CHECK_SCHEDULE),
-            check_read_data=(
-                read_data if read_data is not None else DEFAULT_OFFSITE_CHECK_READ_DATA
-            ),
-        )
-
-    def offsite_env(
-        self, value: object, repository: str | None
-    ) -> tuple[tuple[str, Secret], ...] | None:
-        path = "backup.offsite.env"
+    def offsite_env(self, value: object, path: str) -> Any:
         if not isinstance(value, dict):
             self.error(
                 path,
                 f"must be an object, not {_type_name(value)}",
                 'use {"AWS_ACCESS_KEY_ID": "...", "AWS_SECRET_ACCESS_KEY": "..."}',
             )
-            return None
+            return FAILED
         pairs: list[tuple[str, Secret]] = []
-        ok = True
-        for name in value:
+        secret = Field("", spec.SECRET, "", [])
+        for name, text in value.items():
             where = _join(path, name)
-            checked = self.apply(where, name, parse_offsite_env_name)
-            secret = self.secret(value, name, path)
-            if checked is None or secret is None:
-                ok = False
-            else:
-                pairs.append((checked, secret))
-        if repository and repository_kind(repository) == "s3":
-            for needed in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-                if needed not in value:
-                    self.error(
-                        _join(path, needed),
-                        "is required for an s3: repository",
-                        "add the access key of a key that may read and write the bucket",
-                    )
-                    ok = False
-        return tuple(sorted(pairs)) if ok else None
+            try:
+                checked = parse_offsite_env_name(name)
+            except InvalidValue as error:
+                self.error(where, error.message, error.hint)
+                checked = None
+            parsed = self.value(secret, spec.SECRET, text, where, value)
+            if checked is not None and parsed is not FAILED:
+                pairs.append((checked, parsed))
+        return tuple(sorted(pairs)) if len(pairs) == len(value) else FAILED
 
-    def keep(self, value: object) -> KeepPolicy | None:
-        path = "backup.offsite.keep"
-        section = self.obj(value, path, required=(), optional=KEEP_RULES)
-        if section is None:
-            return None
-        if not section:
-            self.error(
-                path,
-                "is empty: restic refuses to forget with no policy (it would keep nothing)",
-                'keep at least one rule, e.g. {"daily": 7, "weekly": 4, "monthly": 12}',
-            )
-            return None
-        rules: list[tuple[str, int]] = []
-        ok = True
-        for rule in KEEP_RULES:
-            count = self.int_(
-                section,
-                rule,
-                path,
-                1,
-                MAX_KEEP,
-                f"how many {rule} snapshots to keep, e.g. "
-                f"{dict(DEFAULT_OFFSITE_KEEP).get(rule, 3)}; leave the rule out instead of 0",
-            )
-            if rule in section and count is None:
-                ok = False
-            elif count is not None:
-                rules.append((rule, count))
-        return KeepPolicy(tuple(rules)) if ok else None
+    # -- the whole file --------------------------------------------------------
 
-    def percentage(self, parent: Mapping[str, Any], key: str, path: str, hint: str) -> float | None:
-        """A number from 0 to 100."""
-        if key not in parent:
+    def env(self, data: object, path: Path) -> Env | None:
+        top = self.section(spec.ENV, data, "")
+        if not isinstance(data, dict):
             return None
-        value = parent[key]
-        where = _join(path, key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(where, f"must be a number, not {_type_name(value)} ({_show(value)})", hint)
+        if "tracker" in data:
+            self.cross_checks(data)
+        if self.issues or top is FAILED:
             return None
-        if not math.isfinite(value) or not 0 <= value <= 100:
-            self.error(where, f"{_show(value)} is not a percentage from 0 to 100", hint)
-            return None
-        return float(value)
-
-    def images(self, value: object) -> Images | None:
-        keys = tuple(DEFAULT_IMAGES)
-        section = self.obj(value, "images", required=(), optional=keys)
-        if section is None:
-            return None
-        chosen = dict(DEFAULT_IMAGES)
-        ok = True
-        for key in keys:
-            if key in section:
-                image = self.typed(section, key, "images", parse_image)
-                if image is None:
-                    ok = False
-                else:
-                    chosen[key] = image
-        return Images(**chosen) if ok else None
+        return Env(
+            name=top["environment"]["name"],
+            source=path,
+            ssh=top["ssh_credentials"],
+            provider=top["provider"],
+            tracker=top["tracker"],
+            mysql=top.get("mysql"),
+            prometheus=top.get("prometheus"),
+            grafana=top.get("grafana"),
+            https=top.get("https"),
+            backup=top.get("backup"),
+            images=top.get("images", spec.IMAGES.build()),
+        )
 
     # -- rules across sections -------------------------------------------------
 
-    def cross_checks(
-        self,
-        top: Mapping[str, Any],
-        grafana: Grafana | None,
-    ) -> None:
-        parts = self.parts
-        if parts.driver == "mysql" and "mysql" not in top:
+    def cross_checks(self, top: Mapping[str, Any]) -> None:
+        """They see what parsed, so that one broken key does not hide the other problems."""
+        driver = _dig(top, "tracker", "core", "database", "driver")
+        if driver == "mysql" and "mysql" not in top:
             self.error(
                 "mysql",
                 'is required when tracker.core.database.driver is "mysql"',
                 'add "mysql": {"root_password": "..."}',
             )
-        if parts.driver == "sqlite3" and "mysql" in top:
+        if driver == "sqlite3" and "mysql" in top:
             self.error(
                 "mysql",
                 "is given but the tracker uses SQLite",
@@ -989,63 +387,47 @@ class _Reader:
                 "needs prometheus, which is not configured",
                 'add "prometheus": {"scrape_interval_in_secs": 15} or remove "grafana"',
             )
-        tls_services = list(self.tls_services(parts, grafana))
-        for where, endpoint_domain, use_tls in tls_services:
-            if use_tls and endpoint_domain is None:
+        tracker, grafana = self.seen.get("tracker", {}), self.seen.get("", {}).get("grafana")
+        api: HttpApi | None = tracker.get("http_api")
+        udp, http = tracker.get("udp_trackers", ()), tracker.get("http_trackers", ())
+        sockets: list[tuple[str, Endpoint | None, Protocol]] = [
+            *((f"tracker.udp_trackers[{i}]", e, Protocol.UDP) for i, e in enumerate(udp)),
+            *((f"tracker.http_trackers[{i}]", e, Protocol.TCP) for i, e in enumerate(http)),
+            ("tracker.http_api", api.endpoint if api else None, Protocol.TCP),
+            ("tracker.health_check_api", tracker.get("health_check_api"), Protocol.TCP),
+        ]
+        binds = [(where, e, protocol) for where, e, protocol in sockets if e is not None]
+        tls = [
+            (where, e.domain, e.use_tls_proxy) for where, e, kind in binds if kind is Protocol.TCP
+        ]
+        if grafana is not None:
+            tls.append(("grafana", grafana.domain, grafana.use_tls_proxy))
+        for where, domain, use_tls in tls:
+            if use_tls and domain is None:
                 self.error(
                     _join(where, "use_tls_proxy"),
                     "is true but the service has no domain",
                     f'add "domain" to {where}, e.g. "tracker.example.com"',
                 )
-        any_tls = any(use_tls for _, _, use_tls in tls_services)
-        if any_tls and "https" not in top:
-            first = next(where for where, _, use_tls in tls_services if use_tls)
+        proxied = [where for where, _, use_tls in tls if use_tls]
+        if proxied and "https" not in top:
             self.error(
                 "https",
-                f"is required because {first} uses the TLS proxy",
+                f"is required because {proxied[0]} uses the TLS proxy",
                 'add "https": {"admin_email": "admin@example.com"}',
             )
-        if "https" in top and not any_tls:
+        if "https" in top and not proxied:
             self.error(
                 "https",
                 "is given but no service uses the TLS proxy",
                 'set "use_tls_proxy": true (with a "domain") on a service, or remove "https"',
             )
-        self.port_conflicts(parts, grafana, "prometheus" in top, "https" in top)
-
-    @staticmethod
-    def tls_services(
-        parts: _TrackerParts, grafana: Grafana | None
-    ) -> Iterator[tuple[str, str | None, bool]]:
-        for index, endpoint in enumerate(parts.http_trackers):
-            yield f"tracker.http_trackers[{index}]", endpoint.domain, endpoint.use_tls_proxy
-        for where, single in (
-            ("tracker.http_api", parts.http_api),
-            ("tracker.health_check_api", parts.health_check_api),
-        ):
-            if single is not None:
-                yield where, single.domain, single.use_tls_proxy
-        if grafana is not None:
-            yield "grafana", grafana.domain, grafana.use_tls_proxy
+        self.port_conflicts(binds, grafana, "prometheus" in top, "https" in top)
 
     def port_conflicts(
-        self, parts: _TrackerParts, grafana: Grafana | None, prometheus: bool, https: bool
+        self, binds: list[Any], grafana: Grafana | None, prometheus: bool, https: bool
     ) -> None:
         """Two tracker sockets on one port/protocol, or two services on one host port."""
-        binds: list[tuple[str, Endpoint, Protocol]] = [
-            (f"tracker.udp_trackers[{i}]", e, Protocol.UDP)
-            for i, e in enumerate(parts.udp_trackers)
-        ]
-        binds += [
-            (f"tracker.http_trackers[{i}]", e, Protocol.TCP)
-            for i, e in enumerate(parts.http_trackers)
-        ]
-        for where, single in (
-            ("tracker.http_api", parts.http_api),
-            ("tracker.health_check_api", parts.health_check_api),
-        ):
-            if single is not None:
-                binds.append((where, single, Protocol.TCP))
         # Inside the tracker container every socket needs its own port.
         seen: dict[tuple[int, Protocol], str] = {}
         for where, endpoint, protocol in binds:
@@ -1068,13 +450,14 @@ class _Reader:
             reserved += [
                 ("caddy (80/tcp)", 80, Protocol.TCP),
                 ("caddy (443/tcp)", 443, Protocol.TCP),
-                ("caddy (443/udp)", 443, Protocol.UDP),
             ]
+            reserved.append(("caddy (443/udp)", 443, Protocol.UDP))
         for where, endpoint, protocol in binds:
-            if not endpoint.published:
-                continue
             for owner, port, reserved_protocol in reserved:
-                if endpoint.bind_address.port == port and protocol == reserved_protocol:
+                if endpoint.published and (endpoint.bind_address.port, protocol) == (
+                    port,
+                    reserved_protocol,
+                ):
                     self.error(
                         _join(where, "bind_address"),
                         f"port {port}/{protocol.value} is also published by {owner}",
@@ -1082,94 +465,92 @@ class _Reader:
                     )
 
 
+def _without(values: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k != key}
+
+
+def _dig(data: object, *keys: str) -> object:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+# --------------------------------------------------------------------------- rules in a section
+
+
+def _check_ssh(
+    reader: _Reader, values: dict[str, Any], _raw: Mapping[str, Any], path: str, ok: bool
+) -> bool:
+    if ok and values["private_key_path"] == values["public_key_path"]:
+        reader.error(
+            _join(path, "public_key_path"),
+            "is the same file as private_key_path",
+            "point it at the .pub file of the key pair",
+        )
+        return False
+    return True
+
+
+def _check_tracker(
+    reader: _Reader, values: dict[str, Any], _raw: Mapping[str, Any], _path: str, _ok: bool
+) -> bool:
+    if values.get("udp_trackers") == () and values.get("http_trackers") == ():
+        reader.error(
+            "tracker",
+            "has no UDP and no HTTP tracker: it would serve nothing",
+            'add e.g. "udp_trackers": [{"bind_address": "0.0.0.0:6969"}]',
+        )
+    return True
+
+
+def _check_offsite(
+    reader: _Reader, values: dict[str, Any], raw: Mapping[str, Any], path: str, _ok: bool
+) -> bool:
+    """An s3: repository needs the access key (in ``env``)."""
+    repository = values.get("repository")
+    if repository is None or repository_kind(repository) != "s3":
+        return True
+    if "env" not in raw:
+        reader.error(
+            _join(path, "env"),
+            "is required for an s3: repository",
+            'add "env": {"AWS_ACCESS_KEY_ID": "...", "AWS_SECRET_ACCESS_KEY": "..."}',
+        )
+        return False
+    missing = [
+        name
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        if isinstance(raw["env"], dict) and name not in raw["env"]
+    ]
+    for name in missing:
+        reader.error(
+            _join(path, f"env.{name}"),
+            "is required for an s3: repository",
+            "add the access key of a key that may read and write the bucket",
+        )
+    return not missing
+
+
+def _check_keep(
+    reader: _Reader, _values: dict[str, Any], raw: Mapping[str, Any], path: str, _ok: bool
+) -> bool:
+    if raw:
+        return True
+    reader.error(
+        path,
+        "is empty: restic refuses to forget with no policy (it would keep nothing)",
+        'keep at least one rule, e.g. {"daily": 7, "weekly": 4, "monthly": 12}',
+    )
+    return False
+
+
+_CHECKS: dict[str, Callable[[_Reader, dict[str, Any], Mapping[str, Any], str, bool], bool]] = {
+    "ssh_credentials": _check_ssh,
+    "tracker": _check_tracker,
+    "offsite": _check_offsite,
+    "keep": _check_keep,
+}
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-def _parse_sqlite_name(value: str) -> str:
-    if (
-        not value
-        or "/" in value
-        or value in (".", "..")
-        or not all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
-    ):
-        raise InvalidValue(
-            f"{value!r} is not a plain file name",
-            "use a file name without directories, e.g. 'tracker.db'",
-        )
-    return value
-
-
-def _parse_mysql_identifier(value: str) -> str:
-    if (
-        not value
-        or len(value) > 64
-        or not all(c.isascii() and (c.isalnum() or c == "_") for c in value)
-    ):
-        raise InvalidValue(
-            f"{value!r} is not a plain MySQL database name",
-            "use letters, digits and '_' (at most 64), e.g. 'torrust_tracker'",
-        )
-    return value
-
-
-def _parse_mysql_user(value: str) -> str:
-    if value.lower() == "root":
-        raise InvalidValue(
-            "the tracker must not use the MySQL root account",
-            "use an application user such as 'tracker_user'; the root password goes in "
-            "mysql.root_password",
-        )
-    if (
-        not value
-        or len(value) > 32
-        or not all(c.isascii() and (c.isalnum() or c in "_-") for c in value)
-    ):
-        raise InvalidValue(
-            f"{value!r} is not a plain MySQL user name",
-            "use letters, digits, '_' and '-' (at most 32), e.g. 'tracker_user'",
-        )
-    return value
-
-
-def _parse_mysql_host(value: str) -> str:
-    if value != "mysql":
-        raise InvalidValue(
-            f"{value!r} is not the stack's MySQL service",
-            'the deployer runs MySQL in the stack as service "mysql"; use "mysql"',
-        )
-    return value
-
-
-# Grafana expands ``${NAME}``, ``$__env{NAME}``, ``$__file{PATH}`` (and ``$__vault{...}``)
-# in every setting, GF_* environment variables included, and has no escape for them:
-# the regex of grafana/pkg/setting/expanders.go. Also in the schema (a test compares).
-GRAFANA_EXPANSION = r"\$(?:__[0-9A-Za-z_]+)?\{[^}]+\}"
-_GRAFANA_EXPANSION = re.compile(GRAFANA_EXPANSION)
-
-
-def _refuse_grafana_expansion(value: str) -> str:
-    """Refuse a Grafana setting that Grafana would not take literally.
-
-    The message shows only the kind of expansion, never the value (it may be a secret).
-    """
-    found = _GRAFANA_EXPANSION.search(value)
-    if found is None:
-        return value
-    provider = found.group(0)[1 : found.group(0).index("{")]
-    form, replacement = {
-        "": ("${...}", "the value of an environment variable"),
-        "__env": ("$__env{...}", "the value of an environment variable"),
-        "__file": ("$__file{...}", "the contents of a file"),
-    }.get(provider, ("$__NAME{...}", "what that provider returns (Vault, for one)"))
-    raise InvalidValue(
-        f"contains {form}, which Grafana replaces with {replacement}",
-        'Grafana has no escape for this: change the value so that no "$" is followed '
-        'by "{...}" or by "__name{...}" (a "$" or "{" on its own is fine)',
-    )
-
-
-def _parse_plain_name(value: str) -> str:
-    if not all(c.isprintable() for c in value):
-        raise InvalidValue("contains control characters", "use a plain user name such as 'admin'")
-    return value

@@ -9,6 +9,7 @@ raw JSON. Nothing after parsing looks at a dict.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from enum import Enum
 from pathlib import Path
 
 from croniter import CroniterBadDateError, croniter
+
+from tracker_deployer import ports
 
 
 class InvalidValue(ValueError):
@@ -69,6 +72,12 @@ class Secret:
 
 
 # --------------------------------------------------------------------------- small values
+
+
+def show(value: object) -> str:
+    """``value`` as JSON, shortened for a message."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _digits(text: str) -> bool:
@@ -236,10 +245,113 @@ def parse_http_url(value: str) -> str:
             )
     if not _URL.fullmatch(value):
         raise InvalidValue(
-            f"{value!r} is not an http(s) URL",
-            "use e.g. 'https://hc-ping.com/your-uuid'",
+            f"{value!r} is not an http(s) URL", "use e.g. 'https://hc-ping.com/your-uuid'"
         )
     return value
+
+
+def parse_sqlite_name(value: str) -> str:
+    if (
+        not value
+        or "/" in value
+        or value in (".", "..")
+        or not all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
+    ):
+        raise InvalidValue(
+            f"{value!r} is not a plain file name",
+            "use a file name without directories, e.g. 'tracker.db'",
+        )
+    return value
+
+
+def parse_mysql_identifier(value: str) -> str:
+    if (
+        not value
+        or len(value) > 64
+        or not all(c.isascii() and (c.isalnum() or c == "_") for c in value)
+    ):
+        raise InvalidValue(
+            f"{value!r} is not a plain MySQL database name",
+            "use letters, digits and '_' (at most 64), e.g. 'torrust_tracker'",
+        )
+    return value
+
+
+def parse_mysql_user(value: str) -> str:
+    if value.lower() == "root":
+        raise InvalidValue(
+            "the tracker must not use the MySQL root account",
+            "use an application user such as 'tracker_user'; the root password goes in "
+            "mysql.root_password",
+        )
+    if (
+        not value
+        or len(value) > 32
+        or not all(c.isascii() and (c.isalnum() or c in "_-") for c in value)
+    ):
+        raise InvalidValue(
+            f"{value!r} is not a plain MySQL user name",
+            "use letters, digits, '_' and '-' (at most 32), e.g. 'tracker_user'",
+        )
+    return value
+
+
+def parse_mysql_host(value: str) -> str:
+    if value != "mysql":
+        raise InvalidValue(
+            f"{value!r} is not the stack's MySQL service",
+            'the deployer runs MySQL in the stack as service "mysql"; use "mysql"',
+        )
+    return value
+
+
+def parse_mysql_port(value: int) -> int:
+    if value != ports.MYSQL:
+        raise InvalidValue(
+            f"{value} is not the port of the stack's MySQL service",
+            f"the deployer runs MySQL itself on {ports.MYSQL}; use {ports.MYSQL}",
+        )
+    return value
+
+
+# Grafana expands ``${NAME}``, ``$__env{NAME}``, ``$__file{PATH}`` (and ``$__vault{...}``)
+# in every setting, GF_* environment variables included, and has no escape for them:
+# the regex of grafana/pkg/setting/expanders.go. Also in the schema (a test compares).
+GRAFANA_EXPANSION = r"\$(?:__[0-9A-Za-z_]+)?\{[^}]+\}"
+_GRAFANA_EXPANSION = re.compile(GRAFANA_EXPANSION)
+
+
+def _refuse_grafana_expansion(value: str) -> str:
+    """Refuse a Grafana setting that Grafana would not take literally.
+
+    The message shows only the kind of expansion, never the value (it may be a secret).
+    """
+    found = _GRAFANA_EXPANSION.search(value)
+    if found is None:
+        return value
+    provider = found.group(0)[1 : found.group(0).index("{")]
+    form, replacement = {
+        "": ("${...}", "the value of an environment variable"),
+        "__env": ("$__env{...}", "the value of an environment variable"),
+        "__file": ("$__file{...}", "the contents of a file"),
+    }.get(provider, ("$__NAME{...}", "what that provider returns (Vault, for one)"))
+    raise InvalidValue(
+        f"contains {form}, which Grafana replaces with {replacement}",
+        'Grafana has no escape for this: change the value so that no "$" is followed '
+        'by "{...}" or by "__name{...}" (a "$" or "{" on its own is fine)',
+    )
+
+
+def parse_grafana_user(value: str) -> str:
+    if not all(c.isprintable() for c in value):
+        raise InvalidValue("contains control characters", "use a plain user name such as 'admin'")
+    return _refuse_grafana_expansion(value)
+
+
+def parse_grafana_password(value: str) -> Secret:
+    secret = Secret.parse(value)
+    _refuse_grafana_expansion(value)
+    return secret
 
 
 # --------------------------------------------------------------------------- addresses
@@ -362,8 +474,7 @@ class CronSchedule:
                 _check_cron_field(text, name, low, high, names)
             except InvalidValue as error:
                 raise InvalidValue(
-                    f"{value!r} is not a valid 5-field cron schedule ({error.message})",
-                    _CRON_HINT,
+                    f"{value!r} is not a valid 5-field cron schedule ({error.message})", _CRON_HINT
                 ) from None
         # Second opinion: croniter must agree (it also knows names and specials).
         if not croniter.is_valid(value):
@@ -504,12 +615,25 @@ class Https:
 
 DEFAULT_SCHEDULE = "0 3 * * *"
 DEFAULT_RETENTION_DAYS = 7
+MAX_RETENTION_DAYS = 3650
 # backup.compression -> (lowest level, highest level, default level). gzip runs
 # through pigz (gzip when the image lacks it); zstd is Debian's, multithreaded
 # (-T0). Levels above 19 need zstd's --ultra and much memory: not offered.
 COMPRESSIONS: dict[str, tuple[int, int, int]] = {"gzip": (1, 9, 6), "zstd": (1, 19, 3)}
 DEFAULT_COMPRESSION = "gzip"
 DEFAULT_COMPRESSION_LEVEL = COMPRESSIONS[DEFAULT_COMPRESSION][2]
+
+
+def parse_compression(value: str) -> str:
+    if value not in COMPRESSIONS:
+        raise InvalidValue(
+            f"{show(value)} is not a compression this deployer knows",
+            f"use one of {', '.join(repr(name) for name in COMPRESSIONS)}; "
+            f"default {DEFAULT_COMPRESSION!r}",
+        )
+    return value
+
+
 # The longest the tracker may stay stopped for a snapshot (compose stop + the
 # snapshot); then the snapshot is killed, the tracker started, the run failed.
 DEFAULT_MAX_DOWNTIME_SECONDS = 600

@@ -1,0 +1,566 @@
+"""The shape of an environment config, declared once.
+
+Why a Python model generates the JSON Schema, and not the other way round: the
+parser needs more than a schema says (value parsers that return domain values,
+messages with a hint, rules across sections), while the schema needs nothing this
+table lacks. So every key is declared here once: its type and value parser,
+required or not, default, bounds, description and examples.
+:mod:`tracker_deployer.config.load` walks a config along these tables and
+:mod:`tracker_deployer.config.schema` generates ``schemas/environment-config.json``
+from them; a test regenerates the file and compares, so the two cannot drift.
+Descriptions stay short: the prose is in docs/user-guide/configuration.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracker_deployer import ports
+from tracker_deployer.config import model as m
+
+NO_DEFAULT: Any = object()
+FAILED: Any = object()  # a key whose value did not parse (its issue is recorded)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A JSON type, the parser of its values and the schema keywords they obey."""
+
+    type: str  # "string", "integer", "number", "boolean" or "map" (names to secrets)
+    parse: Callable[[Any], Any] | None = None
+    schema: dict[str, Any] = field(default_factory=dict)
+    ref: str | None = None  # the name under "$defs" in the schema
+    blank: bool = False  # a blank string is "must not be empty" (before the parser)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A JSON object: its keys in order; ``build`` makes the domain value of them."""
+
+    name: str
+    fields: tuple[Field, ...]
+    build: Callable[..., Any] = dict
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class Union:
+    """An object whose ``key`` selects the section (provider, database)."""
+
+    key: str
+    variants: dict[str, Section]
+    doc: str
+    unknown: str  # "is not a known provider"
+    hint: str
+    missing_hint: str
+    other_keys: bool  # with an unknown kind, still check the other keys
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class Field:
+    key: str
+    kind: Kind | Section | Union
+    doc: str
+    examples: list[Any]
+    required: bool = False
+    default: Any = NO_DEFAULT
+    schema: dict[str, Any] = field(default_factory=dict)
+    hint: str = ""  # for a number out of bounds or a value of the wrong type
+    array: bool = False
+    limits: Callable[[Mapping[str, Any]], tuple[int, int, str]] | None = None
+
+
+def need(key: str, kind: Kind | Section | Union, doc: str, *examples: Any, **more: Any) -> Field:
+    return Field(key, kind, doc, list(examples), True, **more)
+
+
+def opt(key: str, kind: Kind | Section | Union, doc: str, *examples: Any, **more: Any) -> Field:
+    """An optional key; its default is its example unless others are given."""
+    default = more.get("default", NO_DEFAULT)
+    return Field(key, kind, doc, list(examples or [default]), **more)
+
+
+def section(
+    name: str, build: Callable[..., Any], *fields: Field, ref: str | None = None
+) -> Section:
+    return Section(name, fields, build, ref)
+
+
+def _cron_pattern() -> str:
+    """What a 5-field schedule looks like, with each field's range (names included)."""
+
+    def value(low: int, high: int, names: tuple[str, ...]) -> str:
+        numbers = "|".join(str(n) for n in range(high, low - 1, -1))
+        spelled = "".join(f"|{''.join(f'[{c.upper()}{c}]' for c in name)}" for name in names)
+        return f"(?:0*(?:{numbers}){spelled})"
+
+    fields = []
+    for name, low, high in m._CRON_FIELDS:
+        names = {"month": m._MONTH_NAMES, "day of week": m._DAY_NAMES}.get(name, ())
+        one = value(low, high, names)
+        step = "|".join(str(n) for n in range(high, 0, -1))
+        item = rf"(?:\*|{one}(?:-{one})?)(?:/0*(?:{step}))?"
+        fields.append(f"{item}(?:,{item})*")
+    return r"^\s*" + r"\s+".join(fields) + r"\s*$"
+
+
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_IPV6 = r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%[^\s%\]]+)?"
+_PORT = "0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_LABEL = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_ANY_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_EMAILS = m._EMAIL.pattern.strip("^$")
+_PRINTABLE = r"[^\u0000-\u001F\u007F-\u009F\uD800-\uDFFF"
+_HOST = rf"^(?:{_ANY_LABEL}(?:\.{_ANY_LABEL})*|{_IPV6})$"
+_SQLITE_NAME = r"^(?!\.\.?$)(?:[A-Za-z0-9._-]|[^\u0000-\u009F\s])+$"
+_EXPANSION = {"not": {"pattern": m.GRAFANA_EXPANSION}}
+_MYSQL_USER = {"pattern": "^[A-Za-z0-9_-]{1,32}$", "not": {"pattern": "^[Rr][Oo][Oo][Tt]$"}}
+
+STRING = Kind("string")
+BOOL = Kind("boolean")
+INT = Kind("integer")
+POSITIVE = Kind("number", schema={"exclusiveMinimum": 0})
+PERCENT = Kind("number", schema={"minimum": 0, "maximum": 100})
+_NAME_SCHEMA = {"maxLength": m.ENV_NAME_MAX, "pattern": m._ENV_NAME.pattern}
+NAME = Kind("string", m.parse_environment_name, _NAME_SCHEMA, "lowercase_dash_name")
+SECRET = Kind(
+    "string", m.Secret.parse, {"minLength": 1, "pattern": rf"^{_PRINTABLE}]*(?![\s\S])"}, "secret"
+)
+KEY_PATH = Kind("string", m.parse_key_path, {"pattern": "^(?:/|~/)"}, "key_path")
+PORT = Kind("integer", None, {"minimum": 1, "maximum": 65535}, "port")
+_BIND = rf"^(?:{_IPV4}|\[{_IPV4}\]|{_IPV6}|\[{_IPV6}\]):{_PORT}$"
+BIND = Kind("string", m.BindAddress.parse, {"pattern": _BIND}, "bind_address")
+_DOMAIN = {"maxLength": 253, "pattern": rf"^(?:{_LABEL}\.)+(?![0-9]+$){_LABEL}$"}
+DOMAIN = Kind("string", m.parse_domain, _DOMAIN, "domain")
+EMAIL = Kind("string", m.parse_email, {"pattern": m._EMAIL.pattern}, "email")
+IMAGE = Kind("string", m.parse_image, {"pattern": m._IMAGE_REF.pattern}, "image")
+CRON = Kind("string", m.CronSchedule.parse, {"pattern": _cron_pattern()})
+HETZNER = Kind("string", m.parse_hetzner_name, {"pattern": m._HETZNER_NAME.pattern}, blank=True)
+_SECRETS = {"patternProperties": {m._ENV_NAME_RE.pattern: {"$ref": "#/$defs/secret"}}}
+
+
+def _string(parse: Callable[[str], Any], pattern: str, **schema: Any) -> Kind:
+    return Kind("string", parse, {"pattern": pattern, **schema})
+
+
+def _endpoint(name: str, what: str, protocol: str, bind: str, *more: Field) -> tuple[Field, ...]:
+    where = f"IP:PORT {what} listens on ({protocol}); published unless loopback or proxied."
+    if protocol == "udp":
+        return (need("bind_address", BIND, where, bind),)
+    return (
+        need("bind_address", BIND, where, bind),
+        opt(
+            "domain",
+            DOMAIN,
+            f"Public DNS name of {what} (for use_tls_proxy).",
+            f"{name}.example.com",
+        ),
+        opt(
+            "use_tls_proxy",
+            BOOL,
+            f"Serve {what} over HTTPS via Caddy (needs domain).",
+            default=False,
+        ),
+        *more,
+    )
+
+
+def _keep_rule(rule: str) -> Field:
+    n = dict(m.DEFAULT_OFFSITE_KEEP).get(rule, 3)
+    hint = f"how many {rule} snapshots to keep, e.g. {n}; leave the rule out instead of 0"
+    doc = f"Keep the newest snapshot of the last N {rule} periods (--keep-{rule})."
+    return opt(rule, INT, doc, n, schema={"minimum": 1, "maximum": m.MAX_KEEP}, hint=hint)
+
+
+def _compression_limits(section: Mapping[str, Any]) -> tuple[int, int, str]:
+    given = section.get("compression")
+    name = given if isinstance(given, str) and given in m.COMPRESSIONS else m.DEFAULT_COMPRESSION
+    low, high, default = m.COMPRESSIONS[name]
+    return (
+        low,
+        high,
+        f"{name} levels run from {low} (fastest) to {high} (smallest); default {default}",
+    )
+
+
+def _backup(**values: Any) -> m.BackupConfig:
+    """The compression level's default depends on the compression."""
+    level = m.COMPRESSIONS[values.get("compression", m.DEFAULT_COMPRESSION)][2]
+    return m.BackupConfig(**{"compression_level": level, **values})
+
+
+def _mailto(value: str) -> str:
+    return m.parse_email_list(value) if value else value
+
+
+def _range(low: float, high: float) -> dict[str, Any]:
+    return {"minimum": low, "maximum": high}
+
+
+_USER = _string(m.parse_unix_user, m._UNIX_USER.pattern)
+SSH = section(
+    "ssh_credentials",
+    m.SshCredentials,
+    need(
+        "private_key_path", KEY_PATH, "Private key on the deployer's machine.", "~/.ssh/id_ed25519"
+    ),
+    need("public_key_path", KEY_PATH, "Its public half (the .pub file).", "~/.ssh/id_ed25519.pub"),
+    need("username", _USER, "Linux user the deployer logs in as (needs sudo).", "torrust"),
+    opt("port", PORT, "SSH port of the host.", default=22, hint="use the SSH port, usually 22"),
+    opt(
+        "host",
+        _string(m.parse_host, _HOST, maxLength=253),
+        "The host's IP address or DNS name; --host overrides it.",
+        "203.0.113.10",
+        "tracker.example.com",
+    ),
+    opt(
+        "known_hosts_path", KEY_PATH, "known_hosts file (~/.ssh/known_hosts).", "~/.ssh/known_hosts"
+    ),
+)
+_IMAGE = Kind("string", m.parse_hetzner_image, {"pattern": m._HETZNER_IMAGE.pattern}, blank=True)
+PROVIDER = Union(
+    "provider",
+    {
+        "lxd": section(
+            "lxd",
+            m.LxdProvider,
+            need("profile_name", NAME, "Name of the LXD instance.", "torrust-prod"),
+        ),
+        "hetzner": section(
+            "hetzner",
+            m.HetznerProvider,
+            need("api_token", SECRET, "Hetzner Cloud API token.", "hetzner-api-token"),
+            need("server_type", HETZNER, "Hetzner server type.", "cx22", "cpx31"),
+            need("location", HETZNER, "Hetzner location (data centre).", "nbg1", "fsn1"),
+            opt("image", _IMAGE, "Operating system image.", default="ubuntu-24.04"),
+        ),
+        "existing": section("existing", m.ExistingProvider),
+    },
+    "Kind of host: lxd (`inv provision` creates it), hetzner or existing (`inv register`).",
+    "is not a known provider",
+    'use "lxd", "hetzner" or "existing"',
+    'add "provider": "lxd"',
+    other_keys=True,
+)
+_MYSQL_PORT = Kind("integer", m.parse_mysql_port, {**_range(1, 65535), "const": ports.MYSQL})
+_MYSQL_HOST = Kind("string", m.parse_mysql_host, {"const": "mysql"})
+_MYSQL_NAME = _string(m.parse_mysql_identifier, "^[A-Za-z0-9_]{1,64}$")
+DATABASE = Union(
+    "driver",
+    {
+        "sqlite3": section(
+            "sqlite3",
+            m.SqliteDatabase,
+            need(
+                "database_name",
+                _string(m.parse_sqlite_name, _SQLITE_NAME),
+                "SQLite file name.",
+                "tracker.db",
+            ),
+        ),
+        "mysql": section(
+            "mysql",
+            m.MysqlDatabase,
+            need("host", _MYSQL_HOST, 'Always "mysql", the stack\'s service.', "mysql"),
+            need(
+                "port",
+                _MYSQL_PORT,
+                "Always the stack's MySQL port.",
+                ports.MYSQL,
+                hint=f"MySQL listens on {ports.MYSQL}",
+            ),
+            need("database_name", _MYSQL_NAME, "MySQL database name.", "torrust_tracker"),
+            need(
+                "username",
+                Kind("string", m.parse_mysql_user, _MYSQL_USER),
+                "The tracker's user (not root).",
+                "tracker",
+            ),
+            need("password", SECRET, "Password of the tracker's MySQL user.", "tracker_password"),
+        ),
+    },
+    '"sqlite3" (a file) or "mysql" (a mysql service; needs the `mysql` section).',
+    "is not a supported database driver",
+    'use "sqlite3" or "mysql"',
+    'use "sqlite3" or "mysql"',
+    other_keys=False,
+    ref="database",
+)
+_SQLITE = {"driver": "sqlite3", "database_name": "tracker.db"}
+_UDP_FIELDS = _endpoint("udp", "the UDP tracker", "udp", "0.0.0.0:6969")
+_HTTP_FIELDS = _endpoint("tracker", "the HTTP tracker", "tcp", "0.0.0.0:7070")
+_TOKEN = need("admin_token", SECRET, "Token of the API's admin endpoints.", "MyAccessToken")
+_API = section(
+    "http_api",
+    lambda admin_token, **endpoint: m.HttpApi(m.Endpoint(**endpoint), admin_token),
+    *_endpoint("api", "the HTTP API", "tcp", "0.0.0.0:1212", _TOKEN),
+)
+_HEALTH_FIELDS = _endpoint("health", "the health check API", "tcp", "127.0.0.1:1313")
+_ARRAY = 'use [{"bind_address": "0.0.0.0:6969"}]'
+_CORE = section(
+    "core",
+    m.TrackerCore,
+    opt("private", BOOL, "Private tracker mode (peers need a key).", default=False),
+    need("database", DATABASE, "Where the tracker keeps its data.", _SQLITE),
+)
+_SOCKET = {"bind_address": "0.0.0.0:6969"}
+TRACKER = section(
+    "tracker",
+    m.Tracker,
+    need("core", _CORE, "Core tracker settings.", {"database": _SQLITE}),
+    need(
+        "udp_trackers",
+        section("udp_tracker", m.Endpoint, *_UDP_FIELDS, ref="udp_tracker"),
+        "UDP tracker sockets (may be empty).",
+        [_SOCKET],
+        array=True,
+        hint=_ARRAY,
+    ),
+    need(
+        "http_trackers",
+        section("http_tracker", m.Endpoint, *_HTTP_FIELDS, ref="http_tracker"),
+        "HTTP tracker sockets (may be empty).",
+        [_SOCKET],
+        array=True,
+        hint=_ARRAY,
+    ),
+    need("http_api", _API, "The tracker's REST API.", {**_SOCKET, "admin_token": "secret"}),
+    need(
+        "health_check_api",
+        section("health", m.Endpoint, *_HEALTH_FIELDS),
+        "The tracker's health check endpoint.",
+        _SOCKET,
+    ),
+)
+_READ_DATA = m.DEFAULT_OFFSITE_CHECK_READ_DATA
+_READ_HINT = (
+    "the share of the repository's data each `restic check` reads, in percent "
+    f"(0 = structure only, 100 = everything), e.g. {_READ_DATA:g}"
+)
+_KEEP = section(
+    "keep",
+    lambda **rules: m.KeepPolicy(
+        tuple((rule, rules[rule]) for rule in m.KEEP_RULES if rule in rules)
+    ),
+    *(_keep_rule(rule) for rule in m.KEEP_RULES),
+)
+_REPOSITORY = _string(
+    m.parse_restic_repository, "^(?:/|s3:|sftp:|rest:https?://)[!-~]*$", minLength=1
+)
+_PASSWORD = Kind("string", m.parse_offsite_password, ref="secret")
+_KEYS = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret"}
+OFFSITE = section(
+    "offsite",
+    m.OffsiteConfig,
+    need(
+        "repository",
+        _REPOSITORY,
+        "The restic repository: s3:, sftp:, rest: or an absolute path.",
+        "s3:https://s3.eu-central-1.amazonaws.com/tracker-backups/prod",
+        "sftp:backup@backup.example.com:/srv/restic/tracker",
+        "/mnt/offsite/restic",
+    ),
+    need("password", _PASSWORD, "The repository's password; keep a copy.", "a long passphrase"),
+    opt("env", Kind("map", schema=_SECRETS), "The backend's credentials (secrets).", _KEYS),
+    opt(
+        "keep",
+        _KEEP,
+        "Which snapshots `restic forget` keeps.",
+        default=dict(m.DEFAULT_OFFSITE_KEEP),
+        schema={"minProperties": 1},
+    ),
+    opt(
+        "check_schedule",
+        CRON,
+        "When `restic check` runs.",
+        default=m.DEFAULT_OFFSITE_CHECK_SCHEDULE,
+    ),
+    opt(
+        "check_read_data",
+        PERCENT,
+        "Percent of the data a check reads.",
+        default=_READ_DATA,
+        hint=_READ_HINT,
+    ),
+)
+_LEVELS = "; ".join(
+    f"{name} {low} to {high}, default {default}"
+    for name, (low, high, default) in m.COMPRESSIONS.items()
+)
+_LEVEL_RANGE = _range(
+    min(c[0] for c in m.COMPRESSIONS.values()), max(c[1] for c in m.COMPRESSIONS.values())
+)
+_COMPRESSION = Kind("string", m.parse_compression, {"enum": list(m.COMPRESSIONS)})
+_BUDGET = m.DEFAULT_DOWNTIME_BUDGET_SECONDS
+_BUDGET_HINT = (
+    "the longest tracker downtime per backup run before BackupDowntimeOverBudget "
+    f"fires, in seconds, e.g. {_BUDGET}"
+)
+_DOWNTIME = m.DEFAULT_MAX_DOWNTIME_SECONDS
+_DOWNTIME_HINT = (
+    "the longest the tracker may stay stopped for a snapshot, in seconds, "
+    f"e.g. {_DOWNTIME} (the default)"
+)
+_RETENTION = m.DEFAULT_RETENTION_DAYS
+_MAILTO = _string(_mailto, f"^(?:{_EMAILS}(?: *, *{_EMAILS})*)?$")
+_URL = _string(m.parse_http_url, r"^https?://(?![/$.?#])[!-~]+(?![\s\S])")
+BACKUP = section(
+    "backup",
+    _backup,
+    opt("schedule", CRON, "When backups run (cron, host time).", default=m.DEFAULT_SCHEDULE),
+    opt(
+        "retention_days",
+        INT,
+        "Delete sets older than this many days.",
+        default=_RETENTION,
+        schema=_range(1, m.MAX_RETENTION_DAYS),
+        hint=f"keep backups for at least 1 day, e.g. {_RETENTION}",
+    ),
+    opt(
+        "compression",
+        _COMPRESSION,
+        "How a set's database file is compressed.",
+        default=m.DEFAULT_COMPRESSION,
+    ),
+    opt(
+        "compression_level",
+        INT,
+        f"Compression level: {_LEVELS}.",
+        *(c[2] for c in m.COMPRESSIONS.values()),
+        schema=_LEVEL_RANGE,
+        limits=_compression_limits,
+    ),
+    opt(
+        "max_downtime_seconds",
+        INT,
+        "The longest the tracker may stay stopped, in seconds.",
+        default=_DOWNTIME,
+        schema=_range(1, m.MAX_MAX_DOWNTIME_SECONDS),
+        hint=_DOWNTIME_HINT,
+    ),
+    opt("mailto", _MAILTO, "Where cron mails a failed run's output.", default=""),
+    opt("notify_url", _URL, "healthchecks.io-style ping URL.", "https://hc-ping.com/your-uuid"),
+    opt("drill_schedule", CRON, "When the restore drill runs.", default=m.DEFAULT_DRILL_SCHEDULE),
+    opt(
+        "downtime_budget_seconds",
+        POSITIVE,
+        "Downtime per run that fires an alert, in seconds.",
+        default=_BUDGET,
+        schema={"maximum": m.MAX_DOWNTIME_BUDGET_SECONDS},
+        hint=_BUDGET_HINT,
+    ),
+    opt(
+        "offsite",
+        OFFSITE,
+        "Off-host, encrypted copies (restic).",
+        {"repository": "/mnt/offsite/restic", "password": "a long passphrase"},
+    ),
+)
+IMAGES = section(
+    "images",
+    m.Images,
+    *(
+        opt(key, IMAGE, f"Image of the {key} service.", default=image)
+        for key, image in m.DEFAULT_IMAGES.items()
+    ),
+)
+_GRAFANA_USER = Kind(
+    "string",
+    m.parse_grafana_user,
+    {"minLength": 1, "pattern": rf"^(?=[\s\S]*\S){_PRINTABLE}\u2028\u2029]+$", **_EXPANSION},
+    blank=True,
+)
+_GRAFANA_PASSWORD = Kind("string", m.parse_grafana_password, ref="secret")
+GRAFANA = section(
+    "grafana",
+    m.Grafana,
+    need("admin_user", _GRAFANA_USER, "Grafana admin login.", "admin"),
+    need(
+        "admin_password",
+        _GRAFANA_PASSWORD,
+        "Grafana admin password.",
+        "s3cret pass",
+        schema=_EXPANSION,
+    ),
+    *_endpoint("grafana", "the Grafana UI", "tcp", "")[1:],
+)
+HTTPS = section(
+    "https",
+    m.Https,
+    need("admin_email", EMAIL, "Contact address for Let's Encrypt.", "admin@example.com"),
+    opt("use_staging", BOOL, "Use Let's Encrypt's staging CA while testing.", default=False),
+)
+_SCRAPE_HINT = "use a number of seconds from 1 to 3600, e.g. 15"
+_SCRAPE = opt(
+    "scrape_interval_in_secs",
+    INT,
+    "Seconds between scrapes.",
+    default=15,
+    schema=_range(1, 3600),
+    hint=_SCRAPE_HINT,
+)
+_MYSQL = section(
+    "mysql", m.MysqlServer, need("root_password", SECRET, "MySQL root password.", "root_secret")
+)
+_ENVIRONMENT = section(
+    "environment", dict, need("name", NAME, "The environment's name (build/NAME).", "tracker-prod")
+)
+_TRACKER_EXAMPLE = {
+    "core": {"database": _SQLITE},
+    "udp_trackers": [_SOCKET],
+    "http_trackers": [],
+    "http_api": {"bind_address": "0.0.0.0:1212", "admin_token": "MyAccessToken"},
+    "health_check_api": {"bind_address": "127.0.0.1:1313"},
+}
+_KEY = {
+    "private_key_path": "~/.ssh/id_ed25519",
+    "public_key_path": "~/.ssh/id_ed25519.pub",
+    "username": "torrust",
+}
+_SCHEMA_HINT = "point it at schemas/environment-config.json"
+ENV = section(
+    "",
+    dict,
+    opt(
+        "$schema",
+        STRING,
+        "The schema, for editors (ignored).",
+        "../schemas/environment-config.json",
+        hint=_SCHEMA_HINT,
+    ),
+    need("environment", _ENVIRONMENT, "Identity of this environment.", {"name": "tracker-prod"}),
+    need("ssh_credentials", SSH, "How the deployer logs in over SSH.", _KEY),
+    need("provider", PROVIDER, "Where the host comes from.", {"provider": "existing"}),
+    need("tracker", TRACKER, "The tracker: its database and sockets.", _TRACKER_EXAMPLE),
+    opt(
+        "mysql",
+        _MYSQL,
+        "The stack's MySQL server (with the mysql driver).",
+        {"root_password": "root_secret"},
+    ),
+    opt("prometheus", section("prometheus", m.Prometheus, _SCRAPE), "Run Prometheus.", {}),
+    opt(
+        "grafana",
+        GRAFANA,
+        "Run Grafana (needs prometheus).",
+        {"admin_user": "admin", "admin_password": "admin"},
+    ),
+    opt(
+        "https",
+        HTTPS,
+        "Run Caddy as TLS proxy (when a service uses it).",
+        {"admin_email": "admin@example.com"},
+    ),
+    opt("backup", BACKUP, "Scheduled backups; `{}` = all defaults.", {}),
+    opt(
+        "images",
+        IMAGES,
+        "Per-service Docker image overrides.",
+        {"tracker": "torrust/tracker:develop"},
+    ),
+)
