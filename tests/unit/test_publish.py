@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -299,55 +298,5 @@ def test_push_digest_without_a_digest_is_an_error() -> None:
         publish.push_digest("r:1", [{"status": "done"}], ignore)
 
 
-class _Untouchable:
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"the Docker client was used ({name}) although a check failed")
-
-
-def test_push_refuses_a_failing_plan_before_touching_docker() -> None:
-    plan = plan_for(image=image_facts(tests_passed=False))
-    with pytest.raises(PublishRefused, match="bats test stage did not run"):
-        publish.push(plan, _Untouchable(), ignore)
-
-
-@dataclasses.dataclass
-class _FakeImage:
-    tagged: list[tuple[str, str]]
-
-    def tag(self, repository: str, tag: str) -> bool:
-        self.tagged.append((repository, tag))
-        return True
-
-
-class _FakeImages:
-    def __init__(self) -> None:
-        self.image = _FakeImage([])
-        self.pushed: list[tuple[str, str]] = []
-
-    def get(self, reference: str) -> _FakeImage:
-        assert reference == IMAGE_ID  # the checked image, by ID: never another tag's image
-        return self.image
-
-    def push(self, repository: str, tag: str, stream: bool, decode: bool) -> list[dict[str, Any]]:
-        assert stream
-        assert decode
-        self.pushed.append((repository, tag))
-        return [{"aux": {"Tag": tag, "Digest": "sha256:" + "f" * 64}}]
-
-
-class _FakeClient:
-    def __init__(self) -> None:
-        self.images = _FakeImages()
-
-
-def test_push_tags_and_pushes_version_then_latest() -> None:
-    client = _FakeClient()
-    pushed = publish.push(plan_for(), client, ignore)
-    expected = [(REPOSITORY, "1.0.0"), (REPOSITORY, "latest")]
-    assert client.images.image.tagged == expected
-    assert client.images.pushed == expected
-    assert [item.reference for item in pushed] == [
-        "torrust/tracker-backup:1.0.0",
-        "torrust/tracker-backup:latest",
-    ]
-    assert {item.digest for item in pushed} == {"sha256:" + "f" * 64}
+# Tagging and pushing (and refusing to, for a failing plan) run against a real registry:
+# tests/integration/test_publish.py.
