@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from tracker_deployer import publish
+from tracker_deployer.config.model import BACKUP_IMAGE_VERSION
 from tracker_deployer.image import TESTS_PASSED_MARKER
 
 from tests.helpers import REPO_ROOT
@@ -29,7 +30,10 @@ from tests.integration.registry import Registry, start_registry
 
 pytestmark = pytest.mark.integration
 
-VERSION = "1.0.0"
+VERSION = BACKUP_IMAGE_VERSION  # what publish expects by default
+_major, _minor, _patch = VERSION.split(".")
+OTHER_VERSION = f"{_major}.{_minor}.{int(_patch) + 1}"
+SKIPPED = "disk full while compressing # cannot mount a tmpfs here"
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +66,18 @@ def git(root: Path, *args: str) -> str:
 
 
 def dockerfile(with_marker: bool) -> str:
+    # Like docker/backup/Dockerfile: the version comes in as a build argument.
     lines = [
         "FROM debian:bookworm-slim",
-        f'LABEL org.opencontainers.image.version="{VERSION}"',
+        "ARG VERSION",
+        'LABEL org.opencontainers.image.version="${VERSION}"',
     ]
     if with_marker:
+        # What docker/backup/tests/run.sh --record writes: the summary, then the skips.
         marker = Path(TESTS_PASSED_MARKER)
-        lines.append(f"RUN mkdir -p {marker.parent} && touch {marker}")
+        record = f"{publish.TESTS_RECORD_HEADER}2 tests, 1 passed, 0 failed, 1 skipped\\n"
+        record += f"skipped: {SKIPPED}\\n"
+        lines.append(f"RUN mkdir -p {marker.parent} && printf '{record}' >{marker}")
     return "\n".join(lines) + "\n"
 
 
@@ -103,7 +112,11 @@ def make_release(tmp_path: Path, client: Any, registry: Registry, *, with_marker
     git(root, "commit", "-q", "-m", "stand-in backup image")
     name = f"tdtest/tracker-backup-{uuid.uuid4().hex[:10]}"
     image, _ = client.images.build(
-        path=str(context), tag=f"{registry.address}/{name}:{VERSION}", rm=True, forcerm=True
+        path=str(context),
+        tag=f"{registry.address}/{name}:{VERSION}",
+        rm=True,
+        forcerm=True,
+        buildargs={"VERSION": VERSION},
     )
     return Release(root, registry, name, str(image.id))
 
@@ -216,6 +229,7 @@ def test_dry_run_prints_both_tags_and_the_image_id(release: Release, docker_clie
     assert f"  would push {release.repository}:{VERSION}" in result.stdout
     assert f"  would push {release.repository}:latest" in result.stdout
     assert f"  image      {release.image_id}" in result.stdout
+    assert f"  skipped    {SKIPPED}\n" in result.stdout  # what the marker records
     assert "FAIL" not in result.stdout
     assert "dry run: every check passed; nothing was tagged or pushed" in result.stdout
     assert result.stderr == ""
@@ -224,7 +238,7 @@ def test_dry_run_prints_both_tags_and_the_image_id(release: Release, docker_clie
     assert not has_tag(docker_client, f"{release.repository}:latest")
 
 
-def test_dry_run_defaults_to_the_dockerfile_version(release: Release) -> None:
+def test_dry_run_defaults_to_the_owners_version(release: Release) -> None:
     result = inv_publish(release, "--dry-run")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"publish {release.repository}:{VERSION} (dry run" in result.stdout
@@ -294,13 +308,14 @@ def test_a_release_tag_at_head_is_fine(release: Release, docker_client: Any) -> 
     assert plan.git.tag_commit == plan.git.head
 
 
-def test_a_version_other_than_the_dockerfile_label_is_refused(release: Release) -> None:
-    result = inv_publish(release, "--version", "1.1.0")
+def test_a_version_other_than_the_owners_is_refused(release: Release) -> None:
+    result = inv_publish(release, "--version", OTHER_VERSION)
     assert result.returncode == 1
-    assert "error: version 1.1.0 is not the version docker/backup/Dockerfile declares" in (
-        result.stderr
-    )
-    assert f"error: there is no local image {release.repository}:1.1.0" in result.stderr
+    assert (
+        f"error: version {OTHER_VERSION} is not the version inv build-image builds "
+        f"(BACKUP_IMAGE_VERSION={VERSION})"
+    ) in result.stderr
+    assert f"error: there is no local image {release.repository}:{OTHER_VERSION}" in result.stderr
     assert_nothing_pushed(release)
 
 
@@ -341,6 +356,7 @@ def test_library_reads_the_image_facts(release: Release, docker_client: Any) -> 
         image_id=release.image_id,
         version_label=VERSION,
         tests_passed=True,
+        skipped_tests=(SKIPPED,),
     )
     assert publish.read_image_facts(docker_client, f"{release.repository}:9.9.9") is None
     # Reading the facts leaves no container behind.

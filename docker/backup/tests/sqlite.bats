@@ -30,7 +30,7 @@ teardown() {
   run cat "${BACKUP_ROOT}/manifests/set_${ts}.meta"
   assert_line "set=${ts}"
   assert_line "db_type=sqlite"
-  assert_line "tool_version=1.0.0"
+  assert_line "tool_version=${IMAGE_VERSION}"
   assert_line --regexp '^started_at=[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z$'
   assert_line --regexp '^snapshot_finished_at=.*Z$'
   assert_line --regexp '^finished_at=.*Z$'
@@ -200,6 +200,15 @@ EOF
   local relative="${CONFIG_TREE#/}"
   assert_output "$(printf '%s\n' "${relative}/tracker/etc/tracker.toml" "${relative}/prometheus/etc/" \
     "${relative}/prometheus/etc/prometheus.yml")"
+}
+
+@test "run: without a version file the set records tool_version=unknown and says so" {
+  export BACKUP_VERSION_FILE="${BATS_TEST_TMPDIR}/no-such-version"
+  backup_ok run
+  assert_equal "${status}" 0
+  [[ "${stderr}" == *"warning: no image version in ${BACKUP_VERSION_FILE}; the set records tool_version=unknown"* ]]
+  run cat "${BACKUP_ROOT}/manifests/set_${SET_TS}.meta"
+  assert_line "tool_version=unknown"
 }
 
 @test "config paths: a path containing BACKUP_ROOT never archives the backups" {
