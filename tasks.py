@@ -395,13 +395,14 @@ def build_image(c: Context, tag: str = "", latest: bool = True) -> None:
 
 @task(
     help={
-        "version": "version to publish, X.Y.Z (default: the Dockerfile's version label)",
+        "version": "version to publish, X.Y.Z (default: BACKUP_IMAGE_VERSION, the version "
+        "build-image builds)",
         "repository": f"image repository (default {publishing.DEFAULT_REPOSITORY}); "
         "REPOSITORY:VERSION must have been built by build-image",
         "dry_run": "run every check and print what would be pushed; tag and push nothing "
         "(exits non-zero when a check fails)",
-        "context": "the image's build context (default docker/backup): its Dockerfile gives "
-        "the version, and its git checkout must be clean",
+        "context": "the image's build context (default docker/backup): its git checkout must be "
+        "clean",
     }
 )
 def publish(

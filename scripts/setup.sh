@@ -17,8 +17,9 @@
 #   `rclone serve restic`, the REST server they upload to)
 # - LXD (the lxd provider: `inv provision`, the sandbox, e2e) and nftables
 #   (`nft -c` checks the host firewall `inv configure` writes)
-# - promtool (Debian's prometheus package) for `nox -s rules`; its daemon is
-#   never started
+# - promtool (Debian's prometheus package) for `nox -s rules`, and
+#   docker-registry (the publish tests push to one on loopback); their daemons
+#   are never started
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -69,12 +70,18 @@ install_packages() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# promtool ships in Debian's prometheus package, which also holds the server.
-# A policy-rc.d that refuses every start keeps the install from starting it
-# (our images have one already; a machine with an init system may not).
-install_promtool() {
-  if command -v promtool >/dev/null 2>&1; then
-    log "promtool: $(promtool --version 2>&1 | head -n 1)"
+# Packages that bring a daemon we only want the tools of: promtool ships in
+# Debian's prometheus package (with the server), the publish tests start their
+# own `docker-registry serve` on a free loopback port (never the package's
+# service on :5000). A policy-rc.d that refuses every start keeps the install
+# from starting the daemon (our images have one already; a machine with an init
+# system may not), and on a systemd machine the unit is disabled so a reboot
+# does not start it either.
+#   install_without_daemon PACKAGE COMMAND SERVICE
+install_without_daemon() {
+  local package="$1" command="$2" service="$3"
+  if command -v "${command}" >/dev/null 2>&1; then
+    log "${command}: present (${package})"
     return
   fi
   local policy=/usr/sbin/policy-rc.d added=0
@@ -82,11 +89,14 @@ install_promtool() {
     as_root sh -c "printf '#!/bin/sh\\nexit 101\\n' >'${policy}' && chmod 0755 '${policy}'"
     added=1
   fi
-  log "promtool: installing Debian's prometheus package (daemon not started)"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
-    || { ((added == 0)) || as_root rm -f "${policy}"; die "installing the prometheus package failed"; }
+  log "${command}: installing Debian's ${package} package (daemon not started)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${package}" >/dev/null \
+    || { ((added == 0)) || as_root rm -f "${policy}"; die "installing the ${package} package failed"; }
   ((added == 0)) || as_root rm -f "${policy}"
-  command -v promtool >/dev/null || die "the prometheus package is installed but promtool is not on PATH"
+  if [[ -d /run/systemd/system ]]; then
+    as_root systemctl disable --now "${service}" >/dev/null 2>&1 || true
+  fi
+  command -v "${command}" >/dev/null || die "the ${package} package is installed but ${command} is not on PATH"
 }
 
 install_compose_v2() {
@@ -213,7 +223,8 @@ main() {
   mkdir -p "${STATE_DIR}"
   if [[ "${SETUP_SKIP_SYSTEM:-0}" != "1" ]]; then
     install_packages
-    install_promtool
+    install_without_daemon prometheus promtool prometheus
+    install_without_daemon docker-registry docker-registry docker-registry
     start_dockerd
     install_compose_v2
     ensure_base_image

@@ -15,7 +15,11 @@
 
 set -o errexit -o nounset -o pipefail -o errtrace
 
-readonly TOOL_VERSION="1.0.0"
+# The image's version (the set's tool_version): the build writes it from its
+# VERSION build argument, which `inv build-image` takes from BACKUP_IMAGE_VERSION
+# in lib/tracker_deployer/config/model.py. BACKUP_VERSION_FILE overrides the
+# path (the bats tests run this script from the repository).
+readonly DEFAULT_VERSION_FILE="/usr/share/tracker-backup/version"
 
 readonly EXIT_INTERNAL=1
 readonly EXIT_CONFIG=2
@@ -71,6 +75,17 @@ log() {
 
 warn() {
   log "warning: $*"
+}
+
+# The version in the version file, or "unknown" (with a warning) when it has none.
+tool_version() {
+  local file="${BACKUP_VERSION_FILE:-${DEFAULT_VERSION_FILE}}" version=""
+  version="$(cat -- "${file}" 2>/dev/null)" || version=""
+  if [[ ! "${version}" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+    warn "no image version in ${file}; the set records tool_version=unknown"
+    version="unknown"
+  fi
+  printf '%s\n' "${version}"
 }
 
 die() {
@@ -897,7 +912,7 @@ take_snapshot() {
   {
     printf 'set=%s\n' "${ts}"
     printf 'db_type=%s\n' "${CONFIG[DB_TYPE]}"
-    printf 'tool_version=%s\n' "${TOOL_VERSION}"
+    printf 'tool_version=%s\n' "$(tool_version)"
     printf 'started_at=%s\n' "${started_at}"
     printf 'snapshot_started_at=%s\n' "${snapshot_started_at}"
     printf 'snapshot_finished_at=%s\n' "$(utc_now)"

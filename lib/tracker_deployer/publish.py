@@ -3,9 +3,12 @@
 ``inv publish`` pushes ``REPO:X.Y.Z`` and ``REPO:latest`` of the image that
 ``inv build-image`` built. It refuses to push unless every check passes:
 
-- the version is a release version ``X.Y.Z`` and equals the Dockerfile's
-  ``org.opencontainers.image.version`` label (and the image's own label);
-- the local image exists and carries the marker of its bats test stage;
+- the version is a release version ``X.Y.Z`` and equals ``BACKUP_IMAGE_VERSION``
+  (the version ``inv build-image`` passes to the Dockerfile as ``--build-arg
+  VERSION``) and the image's own ``org.opencontainers.image.version`` label;
+- the local image exists and carries the marker of its bats test stage, which
+  records the stage's summary and every test it skipped (the plan lists them:
+  a skip is never silent);
 - the git working tree is clean, and the release tag ``backup-image-vX.Y.Z``
   (the one that makes CI publish the image) is absent or points at HEAD.
 
@@ -17,16 +20,23 @@ outside world, and only :func:`push` changes anything.
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
+import tarfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracker_deployer.config.model import BACKUP_IMAGE_REPOSITORY, InvalidValue, parse_image
+from tracker_deployer.config.model import (
+    BACKUP_IMAGE_REPOSITORY,
+    BACKUP_IMAGE_VERSION,
+    InvalidValue,
+    parse_image,
+)
 from tracker_deployer.errors import DeployError
-from tracker_deployer.image import TESTS_PASSED_MARKER, dockerfile_version
+from tracker_deployer.image import TESTS_PASSED_MARKER
 from tracker_deployer.say import Say
 
 DEFAULT_REPOSITORY = BACKUP_IMAGE_REPOSITORY
@@ -63,6 +73,9 @@ class ImageFacts:
     image_id: str
     version_label: str | None
     tests_passed: bool  # the image contains TESTS_PASSED_MARKER
+    # The tests the bats stage skipped, as the marker records them ("NAME # REASON");
+    # None when the marker has no record (missing, or from a build before it had one).
+    skipped_tests: tuple[str, ...] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +137,15 @@ def check_repository(repository: str) -> Refusal | None:
     return None
 
 
-def check_dockerfile_version(version: str, label: str, dockerfile: str) -> Refusal | None:
-    if version == label:
+def check_owner_version(version: str, owner: str) -> Refusal | None:
+    """The version is the one ``inv build-image`` builds (its ``--build-arg VERSION``)."""
+    if version == owner:
         return None
     return Refusal(
-        f"version {version} is not the version {dockerfile} declares ({VERSION_LABEL}={label})",
-        f"publish --version {label}, or bump the label (and BACKUP_IMAGE_VERSION) and rebuild",
+        f"version {version} is not the version inv build-image builds "
+        f"(BACKUP_IMAGE_VERSION={owner})",
+        f"publish --version {owner}, or bump BACKUP_IMAGE_VERSION "
+        "(lib/tracker_deployer/config/model.py) and rebuild",
     )
 
 
@@ -143,14 +159,39 @@ def check_image_exists(image: ImageFacts | None, reference: str) -> Refusal | No
 
 
 def check_tests_passed(image: ImageFacts) -> Refusal | None:
-    """The final image holds the marker only when its bats test stage ran and passed."""
-    if image.tests_passed:
-        return None
-    return Refusal(
-        f"image {image.reference} ({short_id(image.image_id)}) has no {TESTS_PASSED_MARKER}: "
-        "its bats test stage did not run or did not pass",
+    """The final image holds the marker only when its bats test stage ran and passed;
+    the marker records what the stage skipped."""
+    hint = (
         f"rebuild it with `inv build-image --tag {image.reference}` (the tests run during "
-        "the build) and publish only that image",
+        "the build) and publish only that image"
+    )
+    shown = f"image {image.reference} ({short_id(image.image_id)})"
+    if not image.tests_passed:
+        return Refusal(
+            f"{shown} has no {TESTS_PASSED_MARKER}: its bats test stage did not run or did "
+            "not pass",
+            hint,
+        )
+    if image.skipped_tests is None:
+        return Refusal(
+            f"{shown} has a {TESTS_PASSED_MARKER} without the bats record: it cannot say "
+            "which tests its build skipped",
+            hint,
+        )
+    return None
+
+
+TESTS_RECORD_HEADER = "bats summary: "  # docker/backup/tests/run.sh --record
+_SKIPPED_PREFIX = "skipped: "
+
+
+def parse_tests_record(text: str) -> tuple[str, ...] | None:
+    """The skipped tests of a tests-passed marker; None when it holds no record."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith(TESTS_RECORD_HEADER):
+        return None
+    return tuple(
+        line.removeprefix(_SKIPPED_PREFIX) for line in lines[1:] if line.startswith(_SKIPPED_PREFIX)
     )
 
 
@@ -223,8 +264,7 @@ def evaluate(
     *,
     repository: str,
     version: str,
-    dockerfile_label: str,
-    dockerfile: str,
+    owner_version: str,
     image: ImageFacts | None,
     git: GitState,
 ) -> PublishPlan:
@@ -240,10 +280,7 @@ def evaluate(
     checks = (
         Check("repository name", check_repository(repository)),
         Check("release version X.Y.Z", check_version(version)),
-        Check(
-            f"same version as {dockerfile}",
-            check_dockerfile_version(version, dockerfile_label, dockerfile),
-        ),
+        Check("same version as BACKUP_IMAGE_VERSION", check_owner_version(version, owner_version)),
         *image_checks,
         Check("clean git working tree", check_clean_tree(git)),
         Check(f"git tag {git.tag} absent or at HEAD", check_git_tag(version, git)),
@@ -271,6 +308,11 @@ def describe(plan: PublishPlan, *, dry_run: bool) -> str:
         f"  {'image':<11}{image_id}",
         *(f"  {verb:<11}{tag}" for tag in plan.tags),
     ]
+    if plan.image is not None and plan.image.skipped_tests:
+        lines += [f"  {'skipped':<11}{test}" for test in plan.image.skipped_tests]
+        lines.append(
+            f"  {'':<11}(bats tests the image build skipped: they run in `nox -s bats` on a host)"
+        )
     lines.append(f"  {'commit':<11}{plan.git.head}")
     state = "absent" if plan.git.tag_commit is None else f"at {plan.git.tag_commit[:12]}"
     lines.append(f"  {'git tag':<11}{plan.git.tag} ({state})")
@@ -333,7 +375,7 @@ def parse_porcelain(output: str) -> tuple[str, ...]:
 
 def read_image_facts(client: Any, reference: str) -> ImageFacts | None:
     """The local image's ID, version label and test marker; None when it does not exist."""
-    from docker.errors import APIError, ImageNotFound, NotFound
+    from docker.errors import APIError, ImageNotFound
 
     try:
         found = client.images.get(reference)
@@ -344,10 +386,7 @@ def read_image_facts(client: Any, reference: str) -> ImageFacts | None:
         # A created (never started) container exposes the image's file system.
         container = client.containers.create(found.id, entrypoint=["true"], network_disabled=True)
         try:
-            container.get_archive(TESTS_PASSED_MARKER)
-            tests_passed = True
-        except NotFound:
-            tests_passed = False
+            record = _read_file(container, TESTS_PASSED_MARKER)
         finally:
             container.remove(force=True)
     except APIError as error:
@@ -359,8 +398,23 @@ def read_image_facts(client: Any, reference: str) -> ImageFacts | None:
         reference=reference,
         image_id=str(found.id),
         version_label=labels.get(VERSION_LABEL),
-        tests_passed=tests_passed,
+        tests_passed=record is not None,
+        skipped_tests=None if record is None else parse_tests_record(record),
     )
+
+
+def _read_file(container: Any, path: str) -> str | None:
+    """A small text file of a container; None when it does not exist."""
+    from docker.errors import NotFound
+
+    try:
+        chunks, _ = container.get_archive(path)
+    except NotFound:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+        member = archive.next()
+        extracted = archive.extractfile(member) if member is not None else None
+        return "" if extracted is None else extracted.read().decode("utf-8", "replace")
 
 
 def prepare(
@@ -369,32 +423,26 @@ def prepare(
     repository: str,
     version: str | None,
     connect: Callable[[], Any],
+    owner_version: str = BACKUP_IMAGE_VERSION,
 ) -> PublishPlan:
     """Gather the facts for publishing ``context``'s image and run every check.
 
-    ``version`` defaults to the Dockerfile's label; ``connect`` returns a Docker
-    client (called only once the version and repository are known to be valid).
+    ``version`` defaults to ``owner_version`` (BACKUP_IMAGE_VERSION, what
+    ``inv build-image`` builds); ``context``'s git checkout must be clean;
+    ``connect`` returns a Docker client (called only once the version and
+    repository are known to be valid).
     """
-    label = dockerfile_version(context)
-    chosen = version or label
+    chosen = version or owner_version
     refuse_early(repository, chosen)
     git = read_git_state(context, git_tag_for(chosen))
     source = f"{repository}:{chosen}"
     return evaluate(
         repository=repository,
         version=chosen,
-        dockerfile_label=label,
-        dockerfile=_shown_dockerfile(context, git.root),
+        owner_version=owner_version,
         image=read_image_facts(connect(), source),
         git=git,
     )
-
-
-def _shown_dockerfile(context: Path, root: Path) -> str:
-    dockerfile = context.resolve() / "Dockerfile"
-    if dockerfile.is_relative_to(root.resolve()):
-        return str(dockerfile.relative_to(root.resolve()))
-    return str(dockerfile)
 
 
 @dataclass(frozen=True, slots=True)

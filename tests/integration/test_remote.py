@@ -193,13 +193,27 @@ def test_dry_run_opens_no_connection_and_masks_secrets(tmp_path: Path) -> None:
     watcher.start()
     data = sample_data("manual-test-mysql")
     data["ssh_credentials"].update(host="127.0.0.1", port=port, private_key_path="/nonexistent/key")
-    data["tracker"]["core"]["database"]["password"] = "s3cret-db-password"
+    # Nothing a plan prints holds a secret by design, so secrets equal to names the
+    # plans print are the path where a secret would show: the masking must hide them.
+    data["tracker"]["core"]["database"]["password"] = "backup-paths.txt"
+    data["tracker"]["http_api"]["admin_token"] = "maintenance-backup.sh"
     env = write_env(tmp_path, data)
-    for task in ("push", "install-cron", "deploy"):
+    masked = {
+        "push": ["  ensure    /opt/torrust/storage/backup/etc/********  (0640 0:1000)"],
+        "install-cron": ["  ensure    /usr/local/bin/********  (0755 0:0)"],
+        "deploy": [
+            "    ensure    /opt/torrust/storage/backup/etc/********  (0640 0:1000)",
+            "    ensure    /usr/local/bin/********  (0755 0:0)",
+        ],
+    }
+    for task, lines in masked.items():
         result = inv(task, "--env", str(env), "--dry-run")
         assert result.returncode == 0, result.stderr
         assert "no connection is opened" in result.stdout
-        assert "s3cret-db-password" not in result.stdout + result.stderr
+        for secret in ("backup-paths.txt", "maintenance-backup.sh"):
+            assert secret not in result.stdout + result.stderr, (task, secret)
+        for line in lines:
+            assert line in result.stdout.splitlines(), (task, line)
     watcher.join()
     listener.close()
     assert accepted == []

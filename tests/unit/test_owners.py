@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+import subprocess
 from typing import Any
 
 import pytest
 from tracker_deployer import compose, exit_codes, paths, ports
 from tracker_deployer.config.model import BACKUP_IMAGE_REPOSITORY, BACKUP_IMAGE_VERSION
 from tracker_deployer.errors import ConfigError
-from tracker_deployer.image import default_tag
+from tracker_deployer.image import build_args, default_tag
 from tracker_deployer.remote import deploy
 from tracker_deployer.remote.backups import restore_script, verify_script
 from tracker_deployer.render import render
@@ -241,14 +241,36 @@ def _walk_defaults(node: object) -> list[object]:
     return []
 
 
-def test_backup_sh_reports_the_image_version_of_the_owner() -> None:
-    match = re.search(r'TOOL_VERSION="([^"]+)"', _backup_sh_sources())
-    assert match is not None
-    assert match.group(1) == BACKUP_IMAGE_VERSION
-    bats = "\n".join(p.read_text() for p in (BACKUP_CONTEXT / "tests").glob("*.bats"))
-    expected = re.findall(r"tool_version=(\d+\.\d+\.\d+)", bats)
-    assert expected, "the bats tests no longer check tool_version"
-    assert set(expected) == {BACKUP_IMAGE_VERSION}
+def test_the_image_version_is_a_build_argument_of_the_owner() -> None:
+    """The Dockerfile, backup.sh and the bats tests hold no version: the build gets it."""
+    dockerfile = (BACKUP_CONTEXT / "Dockerfile").read_text()
+    assert 'org.opencontainers.image.version="${VERSION}"' in dockerfile
+    assert "ARG VERSION\n" in dockerfile  # required: no default that could drift
+    assert not re.search(r'version="\d|VERSION=\d', dockerfile), "a literal image version"
+    assert build_args()["VERSION"] == BACKUP_IMAGE_VERSION
+    for path in [*BACKUP_CONTEXT.glob("*.sh"), *(BACKUP_CONTEXT / "tests").glob("*.bats")]:
+        assert "tool_version=1" not in path.read_text(), path.name
+    assert not re.search(r'TOOL_VERSION="\d', _backup_sh_sources())
+
+
+def test_the_shell_reader_of_the_image_version_prints_the_owners() -> None:
+    """scripts/backup-image-version.sh: the workflow's and the host bats' version."""
+    result = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "backup-image-version.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert result.stdout == f"{BACKUP_IMAGE_VERSION}\n"
+
+
+def test_the_image_workflow_builds_with_the_owners_version() -> None:
+    workflow = (REPO_ROOT / ".github" / "workflows" / "backup-container.yaml").read_text()
+    builds = workflow.count("uses: docker/build-push-action@")
+    assert builds == 2  # the test job's and the publish job's
+    assert workflow.count("build-args: VERSION=${{ steps.version.outputs.version }}") == builds
+    assert workflow.count('version="$(bash scripts/backup-image-version.sh)"') == builds
 
 
 def test_the_image_build_sets_the_user_compose_runs_the_backup_as() -> None:
@@ -257,5 +279,4 @@ def test_the_image_build_sets_the_user_compose_runs_the_backup_as() -> None:
     uid, gid = (backup.user or "").split(":")
     assert f"ARG BACKUP_UID={uid}" in dockerfile
     assert f"ARG BACKUP_GID={gid}" in dockerfile
-    source = Path(LIB / "image.py").read_text()
-    assert '"BACKUP_UID": str(APP_UID)' in source
+    assert (build_args()["BACKUP_UID"], build_args()["BACKUP_GID"]) == (uid, gid)

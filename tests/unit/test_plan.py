@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shlex
+import stat
 import subprocess
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
 from tracker_deployer import paths
 from tracker_deployer.remote.plan import (
     CRON_FILES,
+    PROBE_SCRIPT,
     STATE_FILE,
     Change,
     FileState,
     Plan,
     Scope,
     diff,
+    dry_run_plan,
+    parse_probe,
     parse_state_file,
+    probe_paths,
     render_apply_script,
     services_to_restart,
 )
@@ -114,6 +121,81 @@ def test_diff_with_backups_off_removes_every_cron_file_present() -> None:
     assert plan.managed_after == ()
 
 
+def test_diff_content_wins_over_metadata_and_an_owner_change_is_metadata() -> None:
+    content, owner = _file(COMPOSE, "x\n"), _file(TRACKER, "[core]\n", 0o640, 1000)
+    found = {
+        COMPOSE: FileState(COMPOSE, "0" * 64, 0o600, 5, 5),  # content and metadata differ
+        TRACKER: FileState(TRACKER, owner.sha256, 0o640, 0, 0),  # only the group differs
+    }
+    plan = diff(_tree(content, owner), Scope.PUSH, found)
+    assert _changes(plan) == {COMPOSE: Change.UPDATE, TRACKER: Change.METADATA}
+
+
+def test_diff_of_a_host_that_matches_has_no_changes() -> None:
+    item = _file(COMPOSE, "x\n")
+    plan = diff(_tree(item), Scope.PUSH, {COMPOSE: _on_host(item)}, previously=(COMPOSE,))
+    assert not plan.has_changes
+    assert plan.changed_paths == ()
+    assert plan.summary() == "0 created, 0 changed, 0 mode/owner fixed, 0 removed, 1 unchanged"
+
+
+def test_diff_in_cron_scope_never_removes_the_push_scopes_files() -> None:
+    found = {COMPOSE: FileState(COMPOSE, "1" * 64, 0o644), CRON: FileState(CRON, "2" * 64)}
+    plan = diff(_tree(), Scope.CRON, found, previously=(COMPOSE, CRON))
+    assert _changes(plan) == {CRON: Change.REMOVE}
+
+
+def test_dry_run_plan_ensures_every_desired_file_of_the_scope() -> None:
+    tree = _tree(_file(COMPOSE, "x\n"), _file(DOTENV, "A=1\n", 0o640, 1000), _file(CRON, "y\n"))
+    plan = dry_run_plan(tree, Scope.PUSH)
+    assert _changes(plan) == {COMPOSE: Change.ENSURE, DOTENV: Change.ENSURE}
+    assert [step.describe() for step in plan.steps] == [
+        f"ensure    {COMPOSE}  (0644 0:0)",
+        f"ensure    {DOTENV}  (0640 0:1000)",
+    ]
+    assert plan.directories == tree.directories
+
+
+def test_probe_paths_are_the_desired_and_previously_managed_files_of_the_scope() -> None:
+    tree = _tree(_file(COMPOSE, "x\n"), _file(CRON, "y\n"))
+    previously = (paths.CADDYFILE, paths.MAINTENANCE_SCRIPT)
+    assert probe_paths(tree, Scope.PUSH, previously) == sorted([str(COMPOSE), str(paths.CADDYFILE)])
+    # cron: every file it may manage, wanted or not, so it can remove the stale ones
+    assert probe_paths(tree, Scope.CRON, previously) == sorted(str(p) for p in CRON_FILES)
+
+
+def test_the_probe_script_reports_what_parse_probe_reads(tmp_path: Path) -> None:
+    present = tmp_path / "it's here.txt"
+    present.write_bytes(b"content\n")
+    present.chmod(0o640)
+    missing = tmp_path / "not there"
+    result = subprocess.run(
+        ["bash", "-c", PROBE_SCRIPT, "probe", str(present), str(missing)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    info = present.stat()
+    assert parse_probe(result.stdout) == {
+        PurePosixPath(present): FileState(
+            PurePosixPath(present),
+            hashlib.sha256(b"content\n").hexdigest(),
+            stat.S_IMODE(info.st_mode),
+            info.st_uid,
+            info.st_gid,
+        ),
+        PurePosixPath(missing): FileState(PurePosixPath(missing), None),
+    }
+    assert stat.S_IMODE(info.st_mode) == 0o640
+    assert info.st_uid == os.getuid()
+
+
+def test_parse_state_file_keeps_only_absolute_paths() -> None:
+    text = f"{COMPOSE}\n\nrelative/path\n  \n{CRON}\n"
+    assert parse_state_file(text) == (COMPOSE, CRON)
+
+
 # --------------------------------------------------------------------------- apply script
 
 
@@ -154,6 +236,25 @@ def test_apply_script_records_this_scope_and_keeps_the_other_scopes_record() -> 
     assert parse_state_file("\n".join(words[2:])) == (CRON, COMPOSE)  # sorted, CADDYFILE gone
     assert record.endswith(f"> {STATE_FILE}.tmp")
     assert script.endswith(f"mv -f {STATE_FILE}.tmp {STATE_FILE}\n")
+
+
+def test_apply_script_names_each_upload_by_its_step_index() -> None:
+    same, new = _file(COMPOSE, "x\n"), _file(DOTENV, "A=1\n", 0o640, 1000)
+    plan = diff(_tree(same, new), Scope.PUSH, {COMPOSE: _on_host(same)})
+    assert [step.change for step in plan.steps] == [Change.UNCHANGED, Change.CREATE]
+    script = render_apply_script(plan, "/tmp/upload", ())
+    assert f"-T /tmp/upload/1 {DOTENV.parent}/.{DOTENV.name}.tracker-deployer.tmp\n" in script
+    assert "/tmp/upload/0" not in script  # an unchanged file is not uploaded
+    assert f" {COMPOSE}" not in script.split("printf ")[0]  # nor touched
+
+
+def test_apply_script_creates_directories_before_installing_files() -> None:
+    plan = diff(_tree(_file(COMPOSE, "x\n")), Scope.PUSH, {})
+    lines = render_apply_script(plan, "/tmp/upload", ()).splitlines()
+    first_install = next(i for i, line in enumerate(lines) if line.startswith("install -m "))
+    directories = [i for i, line in enumerate(lines) if line.startswith("install -d -m 07")]
+    assert directories
+    assert max(directories[:-1]) < first_install  # the last one is the state directory
 
 
 def test_apply_script_is_valid_bash() -> None:

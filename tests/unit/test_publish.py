@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +37,24 @@ def git_state(changed: tuple[str, ...] = (), tag_commit: str | None = None) -> G
     )
 
 
-def image_facts(tests_passed: bool = True, version_label: str | None = "1.0.0") -> ImageFacts:
+def image_facts(
+    tests_passed: bool = True,
+    version_label: str | None = "1.0.0",
+    skipped_tests: tuple[str, ...] | None = (),
+) -> ImageFacts:
     return ImageFacts(
         reference=f"{REPOSITORY}:1.0.0",
         image_id=IMAGE_ID,
         version_label=version_label,
         tests_passed=tests_passed,
+        skipped_tests=skipped_tests if tests_passed else None,
     )
 
 
 def plan_for(
     *,
     version: str = "1.0.0",
-    label: str = "1.0.0",
+    owner: str = "1.0.0",
     image: ImageFacts | None = None,
     git: GitState | None = None,
     repository: str = REPOSITORY,
@@ -58,8 +62,7 @@ def plan_for(
     return publish.evaluate(
         repository=repository,
         version=version,
-        dockerfile_label=label,
-        dockerfile="docker/backup/Dockerfile",
+        owner_version=owner,
         image=image_facts() if image is None else image,
         git=git or git_state(),
     )
@@ -88,19 +91,21 @@ def test_check_version_refuses_anything_but_x_y_z(version: str) -> None:
     assert "--version 1.0.0" in refusal.hint
 
 
-def test_a_version_other_than_the_dockerfile_label_is_refused() -> None:
+def test_a_version_other_than_the_owners_is_refused() -> None:
     refusal = only_refusal(
-        plan_for(version="1.1.0", label="1.0.0", image=image_facts(version_label="1.1.0"))
+        plan_for(version="1.1.0", owner="1.0.0", image=image_facts(version_label="1.1.0"))
     )
     assert refusal.message == (
-        "version 1.1.0 is not the version docker/backup/Dockerfile declares "
-        "(org.opencontainers.image.version=1.0.0)"
+        "version 1.1.0 is not the version inv build-image builds (BACKUP_IMAGE_VERSION=1.0.0)"
     )
-    assert "--version 1.0.0" in refusal.hint
+    assert refusal.hint == (
+        "publish --version 1.0.0, or bump BACKUP_IMAGE_VERSION "
+        "(lib/tracker_deployer/config/model.py) and rebuild"
+    )
 
 
-def test_check_dockerfile_version_accepts_the_label() -> None:
-    assert publish.check_dockerfile_version("1.0.0", "1.0.0", "Dockerfile") is None
+def test_check_owner_version_accepts_the_owners_version() -> None:
+    assert publish.check_owner_version("1.0.0", "1.0.0") is None
 
 
 @pytest.mark.parametrize(
@@ -142,8 +147,7 @@ def test_a_missing_image_is_refused_with_a_build_hint() -> None:
     plan = publish.evaluate(
         repository=REPOSITORY,
         version="1.0.0",
-        dockerfile_label="1.0.0",
-        dockerfile="docker/backup/Dockerfile",
+        owner_version="1.0.0",
         image=None,
         git=git_state(),
     )
@@ -159,6 +163,45 @@ def test_an_image_without_the_tests_passed_marker_is_refused() -> None:
         "its bats test stage did not run or did not pass"
     )
     assert "inv build-image --tag torrust/tracker-backup:1.0.0" in refusal.hint
+
+
+def test_a_marker_without_the_bats_record_is_refused() -> None:
+    refusal = only_refusal(plan_for(image=image_facts(skipped_tests=None)))
+    assert refusal.message == (
+        f"image torrust/tracker-backup:1.0.0 (cccccccccccc) has a {TESTS_PASSED_MARKER} "
+        "without the bats record: it cannot say which tests its build skipped"
+    )
+    assert "inv build-image --tag torrust/tracker-backup:1.0.0" in refusal.hint
+
+
+def test_parse_tests_record_returns_the_skipped_tests() -> None:
+    record = (
+        "bats summary: 120 tests, 118 passed, 0 failed, 2 skipped\n"
+        "skipped: disk full during the snapshot: exit 3 # cannot mount a tmpfs here\n"
+        "skipped: config paths: a tar error # no file unreadable for root\n"
+    )
+    assert publish.parse_tests_record(record) == (
+        "disk full during the snapshot: exit 3 # cannot mount a tmpfs here",
+        "config paths: a tar error # no file unreadable for root",
+    )
+    assert (
+        publish.parse_tests_record("bats summary: 3 tests, 3 passed, 0 failed, 0 skipped\n") == ()
+    )
+
+
+@pytest.mark.parametrize("text", ["", "\n", "skipped: x # y\n", "ok 1 something\n"])
+def test_parse_tests_record_without_a_summary_is_none(text: str) -> None:
+    assert publish.parse_tests_record(text) is None
+
+
+def test_describe_lists_every_test_the_build_skipped() -> None:
+    skipped = ("disk full while compressing # cannot mount a tmpfs here", "b # why")
+    text = publish.describe(plan_for(image=image_facts(skipped_tests=skipped)), dry_run=True)
+    lines = text.splitlines()
+    assert "  skipped    disk full while compressing # cannot mount a tmpfs here" in lines
+    assert "  skipped    b # why" in lines
+    assert "they run in `nox -s bats` on a host" in text
+    assert "skipped" not in publish.describe(plan_for(), dry_run=True)
 
 
 @pytest.mark.parametrize(("label", "shown"), [("0.9.0", "0.9.0"), (None, "no version label")])
@@ -238,13 +281,13 @@ def test_a_plan_that_passes_every_check_pushes_version_and_latest() -> None:
 def test_every_failing_check_is_reported_at_once() -> None:
     plan = plan_for(
         version="1.1.0",
-        label="1.0.0",
+        owner="1.0.0",
         image=image_facts(tests_passed=False),
         git=git_state(changed=("x",), tag_commit=OTHER),
     )
     failed = [check.name for check in plan.checks if not check.passed]
     assert failed == [
-        "same version as docker/backup/Dockerfile",
+        "same version as BACKUP_IMAGE_VERSION",
         "image passed its bats test stage",
         "image labelled version 1.1.0",
         "clean git working tree",
@@ -299,55 +342,5 @@ def test_push_digest_without_a_digest_is_an_error() -> None:
         publish.push_digest("r:1", [{"status": "done"}], ignore)
 
 
-class _Untouchable:
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"the Docker client was used ({name}) although a check failed")
-
-
-def test_push_refuses_a_failing_plan_before_touching_docker() -> None:
-    plan = plan_for(image=image_facts(tests_passed=False))
-    with pytest.raises(PublishRefused, match="bats test stage did not run"):
-        publish.push(plan, _Untouchable(), ignore)
-
-
-@dataclasses.dataclass
-class _FakeImage:
-    tagged: list[tuple[str, str]]
-
-    def tag(self, repository: str, tag: str) -> bool:
-        self.tagged.append((repository, tag))
-        return True
-
-
-class _FakeImages:
-    def __init__(self) -> None:
-        self.image = _FakeImage([])
-        self.pushed: list[tuple[str, str]] = []
-
-    def get(self, reference: str) -> _FakeImage:
-        assert reference == IMAGE_ID  # the checked image, by ID: never another tag's image
-        return self.image
-
-    def push(self, repository: str, tag: str, stream: bool, decode: bool) -> list[dict[str, Any]]:
-        assert stream
-        assert decode
-        self.pushed.append((repository, tag))
-        return [{"aux": {"Tag": tag, "Digest": "sha256:" + "f" * 64}}]
-
-
-class _FakeClient:
-    def __init__(self) -> None:
-        self.images = _FakeImages()
-
-
-def test_push_tags_and_pushes_version_then_latest() -> None:
-    client = _FakeClient()
-    pushed = publish.push(plan_for(), client, ignore)
-    expected = [(REPOSITORY, "1.0.0"), (REPOSITORY, "latest")]
-    assert client.images.image.tagged == expected
-    assert client.images.pushed == expected
-    assert [item.reference for item in pushed] == [
-        "torrust/tracker-backup:1.0.0",
-        "torrust/tracker-backup:latest",
-    ]
-    assert {item.digest for item in pushed} == {"sha256:" + "f" * 64}
+# Tagging and pushing (and refusing to, for a failing plan) run against a real registry:
+# tests/integration/test_publish.py.

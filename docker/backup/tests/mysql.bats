@@ -176,7 +176,7 @@ SQL
 }
 
 dump_waits_for_lock() {
-  [[ "$(admin -e "SELECT COUNT(*) FROM information_schema.processlist WHERE user = '${TEST_USER}' AND state LIKE '%metadata lock%'")" == 1 ]]
+  assert_equal "$(admin -e "SELECT COUNT(*) FROM information_schema.processlist WHERE user = '${TEST_USER}' AND state LIKE '%metadata lock%'")" 1
 }
 
 @test "mysql: run writes a complete set; .meta row counts equal the database" {
@@ -223,7 +223,8 @@ dump_waits_for_lock() {
     run --separate-stderr "${BACKUP_SH}" restore latest --yes --only db
     [[ "${status}" == 0 ]] || fail "restore with password #${index} failed (${status}): ${stderr}"
   done
-  [[ ! -e pwned && ! -e "${BATS_TEST_TMPDIR}/pwned" ]]
+  refute [ -e pwned ]
+  refute [ -e "${BATS_TEST_TMPDIR}/pwned" ]
 }
 
 @test "mysql: backup then restore gives identical rows (content checksums)" {
@@ -236,13 +237,13 @@ UPDATE torrents SET completed = completed + 1;
 INSERT INTO whitelist (info_hash) VALUES ('added after the backup');
 DROP TABLE `keys`;
 SQL
-  [[ "$(admin "${TEST_DB}" -e 'SELECT COUNT(*) FROM torrents')" != 501 ]]
+  assert_not_equal "$(admin "${TEST_DB}" -e 'SELECT COUNT(*) FROM torrents')" 501
   run --separate-stderr "${BACKUP_SH}" restore "${SET_TS}" --yes
   assert_success
-  [[ "${stderr}" == *"row counts match the set (3 tables)"* ]]
+  assert_stderr --partial "row counts match the set (3 tables)"
   assert_equal "$(table_sums)" "${before}"
   # The config archive went to the default restore directory.
-  [[ -f "${BACKUP_ROOT}/restore-${SET_TS}/${CONFIG_TREE#/}/tracker/etc/tracker.toml" ]]
+  assert [ -f "${BACKUP_ROOT}/restore-${SET_TS}/${CONFIG_TREE#/}/tracker/etc/tracker.toml" ]
 }
 
 @test "mysql: a zstd set (BACKUP_COMPRESSION=zstd) verifies and restores identical rows" {
@@ -250,9 +251,9 @@ SQL
   local before
   before="$(table_sums)"
   backup_ok run
-  [[ "${stderr}" == *"finishing (zstd level 19)"* ]]
+  assert_stderr --partial "finishing (zstd level 19)"
   zstd -q -t "${BACKUP_ROOT}/mysql/mysql_${SET_TS}.sql.zst"
-  [[ ! -e "${BACKUP_ROOT}/mysql/mysql_${SET_TS}.sql.gz" ]]
+  refute [ -e "${BACKUP_ROOT}/mysql/mysql_${SET_TS}.sql.gz" ]
   # The config archive stays a .tar.gz.
   gzip -t "${BACKUP_ROOT}/config/config_${SET_TS}.tar.gz"
   admin "${TEST_DB}" -e 'DELETE FROM torrents WHERE id % 2 = 0'
@@ -260,7 +261,7 @@ SQL
   assert_success
   run --separate-stderr "${BACKUP_SH}" restore "${SET_TS}" --yes
   assert_success
-  [[ "${stderr}" == *"row counts match the set (3 tables)"* ]]
+  assert_stderr --partial "row counts match the set (3 tables)"
   assert_equal "$(table_sums)" "${before}"
 }
 
@@ -295,7 +296,7 @@ SQL
   write_config "BACKUP_PATHS_FILE=${PATHS_FILE}" DB_TYPE=mysql "DB_HOST=${MARIADB_HOST}" \
     "DB_PORT=${MARIADB_PORT}" "DB_USER=${TEST_USER}_ro" "DB_PASSWORD=read only" "DB_NAME=${TEST_DB}"
   backup_ok run
-  [[ "${stderr}" == *"events are not dumped"* ]]
+  assert_stderr --partial "events are not dumped"
   run cat "${BACKUP_ROOT}/manifests/set_${SET_TS}.meta"
   assert_line "rows.torrents=501"
 }
@@ -306,7 +307,7 @@ SQL
     "DB_USER=${TEST_USER}" "DB_PASSWORD=${TEST_PASSWORD}" "DB_NAME=${TEST_DB}"
   run --separate-stderr "${BACKUP_SH}" run
   assert_equal "${status}" 3
-  [[ "${stderr}" == *"cannot query database"* ]]
+  assert_stderr --partial "cannot query database"
   run final_files
   assert_output ""
   run staging_entries
@@ -318,7 +319,7 @@ SQL
     "DB_PORT=${MARIADB_PORT}" "DB_USER=${TEST_USER}" "DB_PASSWORD=wrong" "DB_NAME=${TEST_DB}"
   run --separate-stderr "${BACKUP_SH}" run
   assert_equal "${status}" 3
-  [[ "${stderr}" == *"Access denied"* ]]
+  assert_stderr --partial "Access denied"
   run final_files
   assert_output ""
   run staging_entries
@@ -368,7 +369,7 @@ SQL
   killed_ts="${killed_ts##*/}"
   release_lock
   backup_ok run
-  [[ "${stderr}" == *"removing stale staging ${killed_ts}"* ]]
+  assert_stderr --partial "removing stale staging ${killed_ts}"
   run staging_entries
   assert_output ""
   run final_files

@@ -74,7 +74,7 @@ repository_sets() {
   printf 'not the password' >"${RESTIC_PASSWORD_FILE}"
   run --separate-stderr "${OFFSITE_SH}" upload
   assert_failure 21
-  [[ "${stderr}" == *"wrong repository password"* ]]
+  assert_stderr --partial "wrong repository password"
 }
 
 @test "offsite: a corrupt local set is not uploaded, and the run fails with 23" {
@@ -82,7 +82,7 @@ repository_sets() {
   printf 'x' >>"${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz"
   run --separate-stderr "${OFFSITE_SH}" upload
   assert_failure 23
-  [[ "${stderr}" == *"${SET_TS} fail verification"* ]]
+  assert_stderr --partial "${SET_TS} fail verification"
   run repository_sets
   assert_output ""
 }
@@ -101,7 +101,8 @@ repository_sets() {
   "${OFFSITE_SH}" upload 2>/dev/null
   run --separate-stderr "${OFFSITE_SH}" check
   assert_success
-  [[ "${stderr}" == *"--read-data"* && "${stderr}" == *"check passed"* ]]
+  assert_stderr --partial "--read-data"
+  assert_stderr --partial "check passed"
 }
 
 @test "offsite: check exits 24 when a pack file is damaged" {
@@ -120,7 +121,7 @@ repository_sets() {
   assert_failure 2
   RESTIC_PASSWORD_FILE="${BATS_TEST_TMPDIR}/missing" run --separate-stderr "${OFFSITE_SH}" upload
   assert_failure 2
-  [[ "${stderr}" == *"password file"* ]]
+  assert_stderr --partial "password file"
   run --separate-stderr "${OFFSITE_SH}" delete
   assert_failure 2
 }
@@ -146,7 +147,7 @@ repository_sets() {
   mkdir -p "${OFFSITE_FETCH_DIR}"
   run --separate-stderr "${OFFSITE_SH}" fetch 20000101_000000
   assert_failure 26
-  [[ "${stderr}" == *"holds no set 20000101_000000 of bats-env"* ]]
+  assert_stderr --partial "holds no set 20000101_000000 of bats-env"
   run --separate-stderr "${OFFSITE_SH}" fetch "../../etc"
   assert_failure 2
   run --separate-stderr "${OFFSITE_SH}" fetch
@@ -154,7 +155,7 @@ repository_sets() {
   mkdir "${OFFSITE_FETCH_DIR}/set"
   run --separate-stderr "${OFFSITE_SH}" fetch "${SET_TS}"
   assert_failure 2
-  [[ "${stderr}" == *"is not empty"* ]]
+  assert_stderr --partial "is not empty"
 }
 
 @test "offsite: fetch refuses a set whose copy in the repository does not verify" {
@@ -168,20 +169,26 @@ repository_sets() {
   mkdir -p "${OFFSITE_FETCH_DIR}"
   run --separate-stderr "${OFFSITE_SH}" fetch "${SET_TS}"
   assert_failure 23
-  [[ "${stderr}" == *"fails verification"* ]]
+  assert_stderr --partial "fails verification"
 }
 
 @test "offsite: a password in the repository URL is printed by no command" {
   backup_ok run
-  # Nothing listens on loopback port 1 (tcpmux): every command fails as unreachable.
-  export RESTIC_REPOSITORY="rest:http://user:s3cr3t@127.0.0.1:1/repo"
   mkdir -p "${BATS_TEST_TMPDIR}/fetch"
-  local command
-  for command in upload check snapshots sets "fetch ${SET_TS}"; do
-    # shellcheck disable=SC2086
-    OFFSITE_FETCH_DIR="${BATS_TEST_TMPDIR}/fetch" run --separate-stderr "${OFFSITE_SH}" ${command}
-    assert_failure 20
-    [[ "${output}${stderr}" != *"s3cr3t"* ]]
+  # Nothing listens on loopback port 1 (tcpmux): every command fails as unreachable,
+  # and restic's error names the URL. restic hides a user:password itself, but a
+  # token as the URL's user it prints as is: only offsite.sh's redaction hides that.
+  local repository command
+  for repository in "rest:http://user:s3cr3t@127.0.0.1:1/repo" "rest:http://s3cr3t@127.0.0.1:1/repo"; do
+    export RESTIC_REPOSITORY="${repository}"
+    for command in upload check snapshots sets "fetch ${SET_TS}"; do
+      # shellcheck disable=SC2086
+      OFFSITE_FETCH_DIR="${BATS_TEST_TMPDIR}/fetch" run --separate-stderr "${OFFSITE_SH}" ${command}
+      assert_failure 20
+      assert_stderr --partial "//***@127.0.0.1:1/repo"
+      refute_output --partial "s3cr3t"
+      refute_stderr --partial "s3cr3t"
+    done
   done
 }
 
@@ -193,8 +200,9 @@ repository_sets() {
   printf 'not the password' >"${RESTIC_PASSWORD_FILE}"
   RESTIC_REPOSITORY="${repository}" run --separate-stderr "${OFFSITE_SH}" upload
   assert_failure 21
-  [[ "${stderr}" == *"wrong repository password"*"//***@y/repo"* ]]
-  [[ "${output}${stderr}" != *"s3cr3t"* ]]
+  assert_stderr --regexp 'wrong repository password.*//\*\*\*@y/repo'
+  refute_output --partial "s3cr3t"
+  refute_stderr --partial "s3cr3t"
 }
 
 @test "offsite: check gives an unreachable repository 20 and a wrong password 21, not 24" {

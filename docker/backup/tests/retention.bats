@@ -37,11 +37,11 @@ retain() {
   age_set "${SETS[1]}" "8 days ago"
   age_set "${SETS[2]}" "6 days ago"
   backup_ok run
-  [[ "${stderr}" == *"retention: deleting set ${SETS[0]}"* ]]
+  assert_stderr --partial "retention: deleting set ${SETS[0]}"
   refute set_exists "${SETS[0]}"
   refute set_exists "${SETS[1]}"
-  set_exists "${SETS[2]}"
-  set_exists "${SET_TS}"
+  assert set_exists "${SETS[2]}"
+  assert set_exists "${SET_TS}"
   run final_files
   assert_equal "${#lines[@]}" 8
 }
@@ -52,10 +52,10 @@ retain() {
   age_set "${SETS[1]}" "20 days ago"
   retain 7
   refute set_exists "${SETS[0]}"
-  set_exists "${SETS[1]}"
+  assert set_exists "${SETS[1]}"
   run --separate-stderr "${BACKUP_SH}" verify latest
   assert_success
-  [[ "${stderr}" == *"set ${SETS[1]}: verified"* ]]
+  assert_stderr --partial "set ${SETS[1]}: verified"
 }
 
 @test "retention: an incomplete newest set does not count as the newest complete set" {
@@ -65,7 +65,7 @@ retain() {
   age_set "${SETS[1]}" "20 days ago"
   retain 7
   # The complete one survives; the old incomplete one is deleted.
-  set_exists "${SETS[0]}"
+  assert set_exists "${SETS[0]}"
   refute set_exists "${SETS[1]}"
   run --separate-stderr "${BACKUP_SH}" verify latest
   assert_success
@@ -76,8 +76,8 @@ retain() {
   rm "${BACKUP_ROOT}/manifests/set_${SETS[1]}.sha256"
   age_set "${SETS[0]}" "30 days ago"
   retain 7
-  set_exists "${SETS[0]}"
-  set_exists "${SETS[1]}"
+  assert set_exists "${SETS[0]}"
+  assert set_exists "${SETS[1]}"
 }
 
 @test "retention: age is the newest mtime of a set's files" {
@@ -86,8 +86,8 @@ retain() {
   touch "${BACKUP_ROOT}/config/config_${SETS[0]}.tar.gz"
   age_set "${SETS[1]}" "30 days ago"
   retain 7
-  set_exists "${SETS[0]}"
-  set_exists "${SETS[1]}"
+  assert set_exists "${SETS[0]}"
+  assert set_exists "${SETS[1]}"
 }
 
 @test "retention: the boundary is exact days (7 days + 1 hour goes, 7 days - 1 hour stays)" {
@@ -96,8 +96,8 @@ retain() {
   age_set "${SETS[1]}" "-7 days +1 hour"
   retain 7
   refute set_exists "${SETS[0]}"
-  set_exists "${SETS[1]}"
-  set_exists "${SETS[2]}"
+  assert set_exists "${SETS[1]}"
+  assert set_exists "${SETS[2]}"
 }
 
 @test "retention: only files with this tool's exact names are touched" {
@@ -120,11 +120,11 @@ retain() {
   done
   age_set "${ts}" "400 days ago"
   retain 7
-  [[ ! -e "${BACKUP_ROOT}/sqlite/sqlite_${ts}.db.gz" ]]
+  refute [ -e "${BACKUP_ROOT}/sqlite/sqlite_${ts}.db.gz" ]
   for relative in "${foreign[@]}"; do
     [[ -f "${BACKUP_ROOT}/${relative}" ]] || fail "deleted a foreign file: ${relative}"
   done
-  set_exists "${SETS[1]}"
+  assert set_exists "${SETS[1]}"
 }
 
 # The safety backup before a restore: restoring the oldest set (from before a
@@ -134,10 +134,10 @@ retain() {
   local old="${SETS[0]}"
   age_set "${old}" "30 days ago"
   backup_ok run --no-prune
-  [[ "${stderr}" == *"retention: skipped (--no-prune); no set was deleted"* ]]
-  [[ "${stderr}" != *"retention: deleting"* ]]
-  set_exists "${old}"
-  set_exists "${SET_TS}"
+  assert_stderr --partial "retention: skipped (--no-prune); no set was deleted"
+  refute_stderr --partial "retention: deleting"
+  assert set_exists "${old}"
+  assert set_exists "${SET_TS}"
   run --separate-stderr "${BACKUP_SH}" verify "${old}"
   assert_success
   # Without the option the same situation prunes it: the option is what keeps it.
@@ -153,8 +153,8 @@ retain() {
   local ts="${SET_TS}"
   backup_ok finish --no-prune "${ts}"
   assert_equal "${SET_TS}" "${ts}"
-  set_exists "${SETS[0]}"
-  set_exists "${SETS[1]}"
+  assert set_exists "${SETS[0]}"
+  assert set_exists "${SETS[1]}"
   run --separate-stderr "${BACKUP_SH}" verify "${ts}"
   assert_success
 }
@@ -162,13 +162,13 @@ retain() {
 @test "hardening 03: run and finish refuse an unknown option or a stray argument" {
   run --separate-stderr "${BACKUP_SH}" run --no-purge
   assert_equal "${status}" 2
-  [[ "${stderr}" == *"unknown option --no-purge"* ]]
+  assert_stderr --partial "unknown option --no-purge"
   run --separate-stderr "${BACKUP_SH}" run extra
   assert_equal "${status}" 2
-  [[ "${stderr}" == *"usage: backup.sh run [--no-prune]"* ]]
+  assert_stderr --partial "usage: backup.sh run [--no-prune]"
   run --separate-stderr "${BACKUP_SH}" finish
   assert_equal "${status}" 2
-  [[ "${stderr}" == *"usage: backup.sh finish TS [--no-prune]"* ]]
+  assert_stderr --partial "usage: backup.sh finish TS [--no-prune]"
   run final_files
   assert_equal "${#lines[@]}" 0
 }

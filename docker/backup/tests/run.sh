@@ -6,6 +6,10 @@
 #   tests/run.sh --skip-mysql         every file except mysql.bats
 #   tests/run.sh FILE.bats...         only these files
 #   tests/run.sh ... -- BATS_ARGS...  pass the rest to bats (e.g. -- --filter retention)
+#   tests/run.sh --record FILE ...    when every test passed or was skipped, write
+#                                     FILE: the summary line, then one
+#                                     "skipped: NAME # REASON" line per skipped test
+#                                     (the image's tests-passed marker)
 #
 # MariaDB for mysql.bats: MARIADB_HOST (127.0.0.1), MARIADB_PORT (3306),
 # MARIADB_USER (root), MARIADB_PASSWORD (empty). bats-support/bats-assert are
@@ -35,11 +39,16 @@ check_tools() {
 }
 
 main() {
-  local skip_mysql="no"
+  local skip_mysql="no" record=""
   local -a files=() bats_args=()
   while (($# > 0)); do
     case "$1" in
       --skip-mysql) skip_mysql="yes" ;;
+      --record)
+        (($# > 1)) || die "--record needs a FILE"
+        record="$2"
+        shift
+        ;;
       --)
         shift
         bats_args=("$@")
@@ -74,15 +83,22 @@ main() {
   local status=0
   bats --formatter tap --print-output-on-failure "${bats_args[@]}" "${files[@]}" | tee "${log}" || status=$?
 
-  local total passed failed skipped
+  local total passed failed skipped summary
   total="$(grep -cE '^(not )?ok ' "${log}" || true)"
   failed="$(grep -cE '^not ok ' "${log}" || true)"
   skipped="$(grep -cE '^ok .* # skip' "${log}" || true)"
   passed=$((total - failed - skipped))
-  printf '\nbats summary: %s tests, %s passed, %s failed, %s skipped (%s)\n' \
-    "${total}" "${passed}" "${failed}" "${skipped}" "${files[*]##*/}"
+  summary="$(printf 'bats summary: %s tests, %s passed, %s failed, %s skipped' \
+    "${total}" "${passed}" "${failed}" "${skipped}")"
+  printf '\n%s (%s)\n' "${summary}" "${files[*]##*/}"
   if ((status == 0 && failed > 0)); then
     status=1
+  fi
+  if ((status == 0 && total > 0)) && [[ -n "${record}" ]]; then
+    {
+      printf '%s\n' "${summary}"
+      sed -nE 's/^ok [0-9]+ (.*) # skip ?(.*)$/skipped: \1 # \2/p' "${log}"
+    } >"${record}"
   fi
   return "${status}"
 }

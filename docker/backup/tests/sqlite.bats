@@ -20,8 +20,8 @@ teardown() {
 @test "run: writes one complete set, all files sharing one UTC timestamp" {
   backup_ok run
   local ts="${SET_TS}"
-  [[ "${ts}" =~ ^[0-9]{8}_[0-9]{6}$ ]]
-  [[ "${stderr}" == *"set ${ts} (UTC)"* ]]
+  assert_regex "${ts}" '^[0-9]{8}_[0-9]{6}$'
+  assert_stderr --partial "set ${ts} (UTC)"
   run final_files
   assert_output "$(printf '%s\n' "config/config_${ts}.tar.gz" "manifests/set_${ts}.meta" \
     "manifests/set_${ts}.sha256" "sqlite/sqlite_${ts}.db.gz")"
@@ -30,7 +30,7 @@ teardown() {
   run cat "${BACKUP_ROOT}/manifests/set_${ts}.meta"
   assert_line "set=${ts}"
   assert_line "db_type=sqlite"
-  assert_line "tool_version=1.0.0"
+  assert_line "tool_version=${IMAGE_VERSION}"
   assert_line --regexp '^started_at=[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z$'
   assert_line --regexp '^snapshot_finished_at=.*Z$'
   assert_line --regexp '^finished_at=.*Z$'
@@ -55,14 +55,14 @@ teardown() {
 @test "run: BACKUP_COMPRESSION_LEVEL is used and the output is plain gzip" {
   printf "BACKUP_COMPRESSION_LEVEL='1'\n" >>"${CONFIG_FILE}"
   backup_ok run
-  [[ "${stderr}" == *"level 1"* ]]
+  assert_stderr --partial "level 1"
   gzip -t "${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz"
 }
 
 @test "run: BACKUP_COMPRESSION=zstd writes a .db.zst that verifies and restores" {
   printf "BACKUP_COMPRESSION='zstd'\nBACKUP_COMPRESSION_LEVEL='2'\n" >>"${CONFIG_FILE}"
   backup_ok run
-  [[ "${stderr}" == *"finishing (zstd level 2)"* ]]
+  assert_stderr --partial "finishing (zstd level 2)"
   zstd -q -t "${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.zst"
   run --separate-stderr "${BACKUP_SH}" list
   assert_output --partial "${SET_TS} complete sqlite/sqlite_${SET_TS}.db.zst config/config_${SET_TS}.tar.gz"
@@ -87,7 +87,7 @@ teardown() {
     "manifests/set_${SET_TS}.meta" >"manifests/set_${SET_TS}.sha256")
   run --separate-stderr "${BACKUP_SH}" verify "${SET_TS}"
   assert_equal "${status}" 4
-  [[ "${stderr}" == *"fails zstd -t"* ]]
+  assert_stderr --partial "fails zstd -t"
 }
 
 @test "snapshot: writers wait while the database file is copied (read lock)" {
@@ -106,7 +106,7 @@ teardown() {
     [[ -f "${BATS_TEST_TMPDIR}/cp.started" ]] && break
     sleep 0.05
   done
-  [[ -f "${BATS_TEST_TMPDIR}/cp.started" ]]
+  assert [ -f "${BATS_TEST_TMPDIR}/cp.started" ]
   run sqlite3 "${SQLITE_DB}" "DELETE FROM torrents WHERE id > 10;"
   assert_failure
   assert_output --partial "database is locked"
@@ -125,9 +125,9 @@ teardown() {
   local reader=$!
   sleep 0.5
   sqlite3 "${SQLITE_DB}" "INSERT INTO torrents (info_hash, completed) VALUES ('wal-only', 1);"
-  [[ -s "${SQLITE_DB}-wal" ]]
+  assert [ -s "${SQLITE_DB}-wal" ]
   backup_ok run
-  [[ "${stderr}" == *"journal mode 'wal'"* ]]
+  assert_stderr --partial "journal mode 'wal'"
   run cat "${BACKUP_ROOT}/manifests/set_${SET_TS}.meta"
   assert_line "rows.torrents=101"
   wait "${reader}"
@@ -136,7 +136,7 @@ teardown() {
 @test "snapshot + finish: the snapshot waits in staging until its finish" {
   backup_ok snapshot
   local ts="${SET_TS}"
-  [[ -f "${BACKUP_ROOT}/.staging/${ts}/snapshot.db" ]]
+  assert [ -f "${BACKUP_ROOT}/.staging/${ts}/snapshot.db" ]
   run final_files
   assert_output ""
   # The tracker may write again between the phases; the set keeps the snapshot.
@@ -156,10 +156,10 @@ teardown() {
   local first="${SET_TS}"
   backup_ok snapshot
   local second="${SET_TS}"
-  [[ "${first}" != "${second}" ]]
-  [[ "${stderr}" == *"removing stale staging ${first}"* ]]
-  [[ ! -e "${BACKUP_ROOT}/.staging/${first}" ]]
-  [[ -d "${BACKUP_ROOT}/.staging/${second}" ]]
+  assert_not_equal "${first}" "${second}"
+  assert_stderr --partial "removing stale staging ${first}"
+  refute [ -e "${BACKUP_ROOT}/.staging/${first}" ]
+  assert [ -d "${BACKUP_ROOT}/.staging/${second}" ]
   run --separate-stderr "${BACKUP_SH}" finish "${first}"
   assert_equal "${status}" 2
   backup_ok finish "${second}"
@@ -175,7 +175,7 @@ teardown() {
   printf 'partial' >"${BACKUP_ROOT}/sqlite/sqlite_${dead}.db.gz"
   printf 'partial' >"${BACKUP_ROOT}/config/config_${dead}.tar.gz"
   backup_ok run
-  [[ "${stderr}" == *"removing stale staging ${dead}"* ]]
+  assert_stderr --partial "removing stale staging ${dead}"
   run staging_entries
   assert_output ""
   run final_files
@@ -195,11 +195,20 @@ ${CONFIG_TREE}/does/not/exist
 
 EOF
   backup_ok run
-  [[ "${stderr}" == *"config path ${CONFIG_TREE}/does/not/exist does not exist; skipped"* ]]
+  assert_stderr --partial "config path ${CONFIG_TREE}/does/not/exist does not exist; skipped"
   run tar --list --gzip --file="${BACKUP_ROOT}/config/config_${SET_TS}.tar.gz"
   local relative="${CONFIG_TREE#/}"
   assert_output "$(printf '%s\n' "${relative}/tracker/etc/tracker.toml" "${relative}/prometheus/etc/" \
     "${relative}/prometheus/etc/prometheus.yml")"
+}
+
+@test "run: without a version file the set records tool_version=unknown and says so" {
+  export BACKUP_VERSION_FILE="${BATS_TEST_TMPDIR}/no-such-version"
+  backup_ok run
+  assert_equal "${status}" 0
+  assert_stderr --partial "warning: no image version in ${BACKUP_VERSION_FILE}; the set records tool_version=unknown"
+  run cat "${BACKUP_ROOT}/manifests/set_${SET_TS}.meta"
+  assert_line "tool_version=unknown"
 }
 
 @test "config paths: a path containing BACKUP_ROOT never archives the backups" {
@@ -216,7 +225,7 @@ EOF
   printf '# x\ntracker/etc/tracker.toml\n' >"${PATHS_FILE}"
   run --separate-stderr "${BACKUP_SH}" run
   assert_equal "${status}" 2
-  [[ "${stderr}" == *"${PATHS_FILE}:2: not an absolute path"* ]]
+  assert_stderr --partial "${PATHS_FILE}:2: not an absolute path"
   run final_files
   assert_output ""
 }
@@ -233,8 +242,8 @@ EOF
   printf '%s\n' "${CONFIG_TREE}/prometheus/etc" "${unreadable}" >"${PATHS_FILE}"
   run --separate-stderr "${BACKUP_SH}" run
   assert_equal "${status}" 3
-  [[ "${stderr}" == *"tar: "*"Permission denied"* ]]
-  [[ "${stderr}" == *"archiving config files failed"* ]]
+  assert_stderr --regexp 'tar: .*Permission denied'
+  assert_stderr --partial "archiving config files failed"
   run final_files
   assert_output ""
   run staging_entries
@@ -245,12 +254,12 @@ EOF
   rm "${SQLITE_DB}"
   run --separate-stderr "${BACKUP_SH}" run
   assert_equal "${status}" 3
-  [[ "${stderr}" == *"does not exist"* ]]
+  assert_stderr --partial "does not exist"
   run final_files
   assert_output ""
   run staging_entries
   assert_output ""
-  [[ ! -e "${SQLITE_DB}" ]]
+  refute [ -e "${SQLITE_DB}" ]
 }
 
 @test "failure: a corrupt SQLite database fails quick_check (exit 4)" {
@@ -262,7 +271,7 @@ EOF
   dd if=/dev/urandom of="${SQLITE_DB}" bs=1 seek=4096 count=$((size - 8192)) conv=notrunc status=none
   run --separate-stderr "${BACKUP_SH}" run
   assert_equal "${status}" 4
-  [[ "${stderr}" == *"quick_check of the SQLite snapshot failed"* ]]
+  assert_stderr --partial "quick_check of the SQLite snapshot failed"
   run staging_entries
   assert_output ""
   run final_files
@@ -277,7 +286,7 @@ EOF
   flock --nonblock "${lock_fd}"
   run --separate-stderr "${BACKUP_SH}" run
   assert_equal "${status}" 5
-  [[ "${stderr}" == *"another backup.sh run holds"* ]]
+  assert_stderr --partial "another backup.sh run holds"
   run --separate-stderr "${BACKUP_SH}" restore latest --yes
   assert_equal "${status}" 5
   exec {lock_fd}>&-
@@ -301,7 +310,7 @@ EOF
   backup_ok run
   run --separate-stderr "${BACKUP_SH}" verify
   assert_success
-  [[ "${stderr}" == *"set ${SET_TS}: verified"* ]]
+  assert_stderr --partial "set ${SET_TS}: verified"
   run --separate-stderr "${BACKUP_SH}" verify "${SET_TS}"
   assert_success
 }
@@ -316,7 +325,7 @@ EOF
     | dd of="${file}" bs=1 seek="${offset}" count=1 conv=notrunc status=none
   run --separate-stderr "${BACKUP_SH}" verify "${SET_TS}"
   assert_equal "${status}" 4
-  [[ "${stderr}" == *"checksum mismatch"* ]]
+  assert_stderr --partial "checksum mismatch"
   local before
   before="$(sqlite_content_sum "${SQLITE_DB}")"
   sqlite3 "${SQLITE_DB}" "DELETE FROM torrents;"
@@ -325,7 +334,7 @@ EOF
   run --separate-stderr "${BACKUP_SH}" restore "${SET_TS}" --yes
   assert_equal "${status}" 4
   assert_equal "$(sqlite_content_sum "${SQLITE_DB}")" "${after_delete}"
-  [[ "${before}" != "${after_delete}" ]]
+  assert_not_equal "${before}" "${after_delete}"
   refute compgen -G "${SQLITE_DB}.before-restore-*"
 }
 
@@ -334,13 +343,13 @@ EOF
   printf '%064d  ../../etc/passwd\n' 0 >>"${BACKUP_ROOT}/manifests/set_${SET_TS}.sha256"
   run --separate-stderr "${BACKUP_SH}" verify latest
   assert_equal "${status}" 4
-  [[ "${stderr}" == *"unexpected line"* ]]
+  assert_stderr --partial "unexpected line"
 }
 
 @test "verify: no complete set exits 4; an unknown set name or BACKUP_ROOT exits 2" {
   run --separate-stderr "${BACKUP_SH}" verify
   assert_equal "${status}" 2
-  [[ "${stderr}" == *"BACKUP_ROOT ${BACKUP_ROOT} does not exist"* ]]
+  assert_stderr --partial "BACKUP_ROOT ${BACKUP_ROOT} does not exist"
   mkdir -p "${BACKUP_ROOT}"
   run --separate-stderr "${BACKUP_SH}" verify
   assert_equal "${status}" 4
@@ -354,11 +363,11 @@ EOF
   before="$(sqlite_content_sum "${SQLITE_DB}")"
   run --separate-stderr "${BACKUP_SH}" restore latest
   assert_equal "${status}" 6
-  [[ "${stderr}" == *"--yes"* ]]
+  assert_stderr --partial "--yes"
   run --separate-stderr "${BACKUP_SH}" restore
   assert_equal "${status}" 6
   assert_equal "$(sqlite_content_sum "${SQLITE_DB}")" "${before}"
-  [[ ! -e "${BACKUP_ROOT}/restore-${SET_TS}" ]]
+  refute [ -e "${BACKUP_ROOT}/restore-${SET_TS}" ]
 }
 
 @test "restore: backup then restore gives identical content; the old file is kept aside" {
@@ -368,7 +377,7 @@ EOF
   sqlite3 "${SQLITE_DB}" "DELETE FROM torrents WHERE id % 2 = 0; UPDATE keys SET valid_until = 1; INSERT INTO whitelist (info_hash) VALUES ('new');"
   local changed
   changed="$(sqlite_content_sum "${SQLITE_DB}")"
-  [[ "${changed}" != "${original}" ]]
+  assert_not_equal "${changed}" "${original}"
   chmod 0640 "${SQLITE_DB}"
   run --separate-stderr "${BACKUP_SH}" restore "${ts}" --yes
   assert_success
@@ -396,10 +405,10 @@ EOF
   run --separate-stderr "${BACKUP_SH}" restore latest --yes --only db
   assert_success
   assert_equal "$(sqlite_content_sum "${RESTORE_DB_PATH}")" "${original}"
-  [[ ! -e "${RESTORE_CONFIG_ROOT}" ]]
+  refute [ -e "${RESTORE_CONFIG_ROOT}" ]
   run --separate-stderr "${BACKUP_SH}" restore --only config --yes
   assert_success
-  [[ -f "${RESTORE_CONFIG_ROOT}/${CONFIG_TREE#/}/tracker/etc/tracker.toml" ]]
+  assert [ -f "${RESTORE_CONFIG_ROOT}/${CONFIG_TREE#/}/tracker/etc/tracker.toml" ]
 }
 
 @test "restore: an unknown or incomplete set is refused (exit 6)" {
@@ -409,7 +418,7 @@ EOF
   rm "${BACKUP_ROOT}/manifests/set_${SET_TS}.sha256"
   run --separate-stderr "${BACKUP_SH}" restore "${SET_TS}" --yes
   assert_equal "${status}" 6
-  [[ "${stderr}" == *"incomplete"* ]]
+  assert_stderr --partial "incomplete"
   run --separate-stderr "${BACKUP_SH}" restore latest --yes
   assert_equal "${status}" 6
 }
@@ -419,7 +428,7 @@ EOF
   write_config DB_TYPE=mysql DB_HOST=127.0.0.1 DB_USER=u DB_NAME=d "BACKUP_PATHS_FILE=${PATHS_FILE}"
   run --separate-stderr "${BACKUP_SH}" restore latest --yes --only db
   assert_equal "${status}" 6
-  [[ "${stderr}" == *"has no mysql backup"* ]]
+  assert_stderr --partial "has no mysql backup"
 }
 
 # Disk full: BACKUP_ROOT on a 1 MiB tmpfs (needs root and mount rights, which a
@@ -459,7 +468,7 @@ grow_database() {
   grow_database 600000
   run --separate-stderr "${BACKUP_SH}" run
   assert_equal "${status}" 3
-  [[ "${stderr}" == *"No space left on device"* || "${stderr}" == *"disk is full"* ]]
+  assert_stderr --regexp 'No space left on device|disk is full'
   assert_equal "$(final_files)" "${before}"
   run staging_entries
   assert_output ""

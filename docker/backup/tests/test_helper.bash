@@ -9,8 +9,40 @@ export BATS_LIB_PATH="${BATS_LIB_PATH:-/usr/lib/bats}"
 bats_load_library bats-support
 bats_load_library bats-assert
 
+# assert_stderr / refute_stderr [--partial|--regexp] EXPECTED: assert_output on
+# the stderr of `run --separate-stderr` (bats-assert 2.2 has them; Debian's 2.1
+# does not), so a failure shows the expected and the actual stderr.
+if ! declare -F assert_stderr >/dev/null; then
+  assert_stderr() {
+    # shellcheck disable=SC2034  # read by assert_output
+    local output="${stderr}"
+    assert_output "$@"
+  }
+  refute_stderr() {
+    # shellcheck disable=SC2034  # read by refute_output
+    local output="${stderr}"
+    refute_output "$@"
+  }
+fi
+
 BACKUP_SH="$(cd "${BATS_TEST_DIRNAME}/.." && pwd)/backup.sh"
 readonly BACKUP_SH
+
+# The image version backup.sh records (tool_version). In the image build the
+# Dockerfile's test stage sets BACKUP_VERSION_FILE to the file it ships; run
+# from the repository, the version comes from its owner (BACKUP_IMAGE_VERSION,
+# read by scripts/backup-image-version.sh) into a file of this test run.
+if [[ -z "${BACKUP_VERSION_FILE:-}" ]]; then
+  BACKUP_VERSION_FILE="${BATS_RUN_TMPDIR}/image-version"
+  if [[ ! -s "${BACKUP_VERSION_FILE}" ]]; then
+    "${BATS_TEST_DIRNAME}/../../../scripts/backup-image-version.sh" >"${BACKUP_VERSION_FILE}.$$"
+    mv -f -- "${BACKUP_VERSION_FILE}.$$" "${BACKUP_VERSION_FILE}"
+  fi
+  export BACKUP_VERSION_FILE
+fi
+IMAGE_VERSION="$(cat -- "${BACKUP_VERSION_FILE}")"
+# shellcheck disable=SC2034  # read by the tests
+readonly IMAGE_VERSION
 
 # A fresh BACKUP_ROOT, config directory and TMPDIR per test.
 common_setup() {

@@ -805,7 +805,7 @@ class BackupConfig:
 
 
 BACKUP_IMAGE_REPOSITORY = "torrust/tracker-backup"
-BACKUP_IMAGE_VERSION = "1.0.0"  # = the version label in docker/backup/Dockerfile
+BACKUP_IMAGE_VERSION = "1.0.0"  # the one owner: `inv build-image --build-arg VERSION`, see image.py
 
 DEFAULT_IMAGES: dict[str, str] = {
     "tracker": "torrust/tracker:v3.0.0",
