@@ -508,7 +508,7 @@ DEFAULT_RETENTION_DAYS = 7
 # through pigz (gzip when the image lacks it); zstd is Debian's, multithreaded
 # (-T0). Levels above 19 need zstd's --ultra and much memory: not offered.
 COMPRESSIONS: dict[str, tuple[int, int, int]] = {"gzip": (1, 9, 6), "zstd": (1, 19, 3)}
-DEFAULT_COMPRESSION = "gzip"
+DEFAULT_COMPRESSION = "zstd"
 DEFAULT_COMPRESSION_LEVEL = COMPRESSIONS[DEFAULT_COMPRESSION][2]
 # The longest the tracker may stay stopped for a snapshot (compose stop + the
 # snapshot); then the snapshot is killed, the tracker started, the run failed.
