@@ -122,11 +122,12 @@ seed_mysql() {
 check_set() {
   local work="$1" database="$2" ts="$3"
   local backups="${work}/storage/backup"
-  local -a expected=(
-    "${database}/${database}_${ts}.$([[ "${database}" == "sqlite" ]] && echo db || echo sql).gz"
-    "config/config_${ts}.tar.gz"
-    "manifests/set_${ts}.sha256"
-  )
+  # The database file is .gz or .zst, by the image's BACKUP_COMPRESSION default.
+  local -a databases=("${backups}/${database}/${database}_${ts}."*)
+  if ((${#databases[@]} != 1)) || [[ ! -s "${databases[0]}" ]]; then
+    die "the set ${ts} has no single ${database} file"
+  fi
+  local -a expected=("config/config_${ts}.tar.gz" "manifests/set_${ts}.sha256")
   local file
   for file in "${expected[@]}"; do
     [[ -s "${backups}/${file}" ]] || die "the set ${ts} has no ${file}"

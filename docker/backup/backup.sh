@@ -10,7 +10,7 @@
 #
 # Runs in the backup container and directly on a host (tests): CONFIG_FILE and
 # BACKUP_ROOT override the container paths. Needs bash, coreutils, zstd (for
-# BACKUP_COMPRESSION=zstd), gzip (pigz
+# BACKUP_COMPRESSION=zstd, the default), gzip (pigz
 # is used when present), tar, flock, sqlite3 and/or the mariadb client.
 
 set -o errexit -o nounset -o pipefail -o errtrace
@@ -355,7 +355,7 @@ validate_config() {
   if [[ ! "${CONFIG[BACKUP_RETENTION_DAYS]}" =~ ^[1-9][0-9]{0,4}$ ]]; then
     die "${EXIT_CONFIG}" "${CONFIG_PATH}: BACKUP_RETENTION_DAYS must be an integer >= 1"
   fi
-  CONFIG[BACKUP_COMPRESSION]="$(config_get BACKUP_COMPRESSION gzip)"
+  CONFIG[BACKUP_COMPRESSION]="$(config_get BACKUP_COMPRESSION zstd)"
   case "${CONFIG[BACKUP_COMPRESSION]}" in
     gzip)
       CONFIG[BACKUP_COMPRESSION_LEVEL]="$(config_get BACKUP_COMPRESSION_LEVEL 6)"
@@ -435,10 +435,10 @@ acquire_lock() {
 }
 
 # Final name of a set's database file, relative to BACKUP_ROOT: TYPE TS
-# [COMPRESSION] (gzip, the default: .gz; zstd: .zst).
+# COMPRESSION (gzip: .gz; zstd: .zst).
 db_file_name() {
   local db_type="$1" ts="$2" suffix="gz"
-  [[ "${3:-gzip}" == gzip ]] || suffix="zst"
+  [[ "$3" == gzip ]] || suffix="zst"
   case "${db_type}" in
     mysql) printf 'mysql/mysql_%s.sql.%s' "${ts}" "${suffix}" ;;
     sqlite) printf 'sqlite/sqlite_%s.db.%s' "${ts}" "${suffix}" ;;

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker_deployer import image, paths
+from tracker_deployer.remote.backups import set_layout
 from tracker_deployer.remote.deploy import parse_compose_ps
 from tracker_deployer.remote.plan import CRON_FILES
 from tracker_deployer.sandbox import TEST_DOUBLE_IMAGES
@@ -275,6 +276,18 @@ class RemoteHost:
     def verify_set(self, set_id: str) -> str:
         """`sha256sum -c` of a set's manifest, on the host; its output."""
         return self.check(f"cd {BACKUPS} && sha256sum -c manifests/set_{set_id}.sha256")
+
+    def database_file(self, set_id: str) -> str:
+        """The set's one database file, relative to BACKUPS, whichever its compression
+        (.gz or .zst): the name from the set layout's owner that exists on the host."""
+        names = [name for name, part in set_layout(set_id).items() if part in ("mysql", "sqlite")]
+        quoted = " ".join(shlex.quote(name) for name in names)
+        output = self.check(
+            f'cd {BACKUPS} && for f in {quoted}; do [ ! -f "$f" ] || echo "$f"; done'
+        )
+        found = output.split()
+        assert len(found) == 1, f"set {set_id}: not exactly one database file: {found}"
+        return found[0]
 
     def meta(self, set_id: str) -> dict[str, str]:
         return key_value_lines(self.read(f"{BACKUPS}/manifests/set_{set_id}.meta").decode())

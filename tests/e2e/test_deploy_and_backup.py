@@ -261,11 +261,8 @@ def test_cron_fires_by_itself_and_writes_a_complete_verified_set(
     assert f"backup run finished: set {set_id} complete" in log
 
     checked = host.verify_set(set_id)
-    database_file = (
-        f"sqlite/sqlite_{set_id}.db.gz"
-        if deployment.database == "sqlite"
-        else f"mysql/mysql_{set_id}.sql.gz"
-    )
+    database_file = host.database_file(set_id)
+    assert database_file.startswith(f"{deployment.database}/"), database_file
     assert f"{database_file}: OK" in checked
     assert f"config/config_{set_id}.tar.gz: OK" in checked
     assert "FAILED" not in checked
@@ -489,7 +486,7 @@ def test_backup_restores_to_a_consistent_snapshot_of_the_live_database(
     set_id = sets[-1]
     meta = host.meta(set_id)
     if deployment.database == "sqlite":
-        how = "fetched the .db.gz over SSH, opened it with sqlite3"
+        how = f"fetched the {host.database_file(set_id)} over SSH, opened it with sqlite3"
         restored, live = _restore_and_compare_sqlite(host, set_id, deployment.env, tmp_path)
     else:
         how = "loaded the dump into the scratch database e2e_restore in the stack's MySQL"
@@ -532,10 +529,12 @@ print(json.dumps({"torrents": dict(torrents), "metric": row[0] if row else 0}))
 def _restore_and_compare_sqlite(
     host: RemoteHost, set_id: str, env: Env, tmp_path: Path
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """Fetch the set's .db.gz over SSH, read it with sqlite3 here, and compare it with
-    the live database (read inside the running tracker container)."""
+    """Fetch the set's database file (.db.gz or .db.zst) over SSH, read it with sqlite3
+    here, and compare it with the live database (read inside the running tracker
+    container)."""
     database = tmp_path / "restored.db"
-    database.write_bytes(gzip.decompress(host.read(f"{BACKUPS}/sqlite/sqlite_{set_id}.db.gz")))
+    name = host.database_file(set_id)
+    database.write_bytes(_decompressed(name, host.read(f"{BACKUPS}/{name}")))
     with sqlite3.connect(database) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         restored = {
@@ -570,9 +569,18 @@ def _restore_and_compare_sqlite(
     return restored, live
 
 
+def _decompressed(name: str, data: bytes) -> bytes:
+    """A set's database file decompressed here, by its suffix (zstd: Debian's zstd)."""
+    if name.endswith(".zst"):
+        return subprocess.run(
+            ["zstd", "-q", "-d", "-c"], input=data, capture_output=True, check=True, timeout=600
+        ).stdout
+    return gzip.decompress(data)
+
+
 MYSQL_RESTORE = r"""
 set -o errexit -o nounset -o pipefail
-readonly DUMP="$1" LIVE="$2" METRIC="$3" SCRATCH=e2e_restore
+readonly DUMP="$1" LIVE="$2" METRIC="$3" BACKUP_IMAGE="$4" SCRATCH=e2e_restore
 cd /opt/torrust
 # The root password comes from the stack's own .env (MYSQL_ROOT_PASSWORD in the
 # container's environment); it never appears on a command line.
@@ -582,7 +590,11 @@ sql() {
 }
 sql -e "DROP DATABASE IF EXISTS ${SCRATCH}; CREATE DATABASE ${SCRATCH}"
 trap 'sql -e "DROP DATABASE IF EXISTS ${SCRATCH}" || true' EXIT
-gzip -dc "${DUMP}" | sql "${SCRATCH}"
+# Decompressed by its suffix in the backup image (the host need not have zstd).
+decompressor=(gzip -d -c)
+[[ "${DUMP}" != *.zst ]] || decompressor=(zstd -q -d -c)
+docker run --rm -i --pull never --network none --entrypoint "${decompressor[0]}" "${BACKUP_IMAGE}" \
+  "${decompressor[@]:1}" <"${DUMP}" | sql "${SCRATCH}"
 sql "${SCRATCH}" <<SQL
 SELECT 'rows.torrents', COUNT(*) FROM torrents;
 SELECT 'rows.whitelist', COUNT(*) FROM whitelist;
@@ -610,9 +622,10 @@ def _restore_and_compare_mysql(
     assert isinstance(database, MysqlDatabase)
     output = host.script(
         MYSQL_RESTORE,
-        f"{BACKUPS}/mysql/mysql_{set_id}.sql.gz",
+        f"{BACKUPS}/{host.database_file(set_id)}",
         database.database_name,
         DOWNLOADS_METRIC,
+        env.images.backup,
     )
     values = {}
     for line in output.splitlines():
@@ -693,11 +706,7 @@ def test_operator_tasks_list_verify_restore_and_refuse_a_corrupted_set(
     assert moved_on != at_backup, "the stand-in wrote nothing after the backup"
 
     # A corrupted copy is caught and never restored.
-    database_file = (
-        f"{BACKUPS}/sqlite/sqlite_{set_id}.db.gz"
-        if deployment.database == "sqlite"
-        else f"{BACKUPS}/mysql/mysql_{set_id}.sql.gz"
-    )
+    database_file = f"{BACKUPS}/{host.database_file(set_id)}"
     undo = _flip_byte(host, database_file)
     try:
         corrupt = deployment.inv("verify", "--set", set_id)

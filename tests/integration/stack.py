@@ -9,6 +9,7 @@ test-doubles/images (scripts/e2e-setup.sh) and the backup image (inv build-image
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from typing import Any
 from tracker_deployer import paths
 from tracker_deployer.config import Env
 from tracker_deployer.image import default_tag
+from tracker_deployer.remote.backups import set_layout
 from tracker_deployer.render import render
 from tracker_deployer.render.tree import DUMP_TIMEOUT_SECONDS, maintenance_script
 from tracker_deployer.sandbox import (
@@ -200,6 +202,19 @@ class Stack:
             return []
         return sorted(p.name[len("set_") : -len(".sha256")] for p in manifests.glob("set_*.sha256"))
 
+    def set_files(self, set_id: str) -> list[str]:
+        """The files set_id holds (relative to the backups), by the set layout's names."""
+        return [name for name in set_layout(set_id) if (self.backups / name).is_file()]
+
+    def database_file(self, set_id: str) -> Path:
+        """The set's one database file, whichever its compression (.gz or .zst)."""
+        [name] = [
+            name
+            for name in self.set_files(set_id)
+            if set_layout(set_id)[name] in ("mysql", "sqlite")
+        ]
+        return self.backups / name
+
     def meta(self, set_id: str) -> dict[str, str]:
         text = (self.backups / "manifests" / f"set_{set_id}.meta").read_text()
         return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
@@ -207,6 +222,16 @@ class Stack:
     def cleanup(self) -> None:
         self.down()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def decompress(path: Path) -> bytes:
+    """A set's database file decompressed by its suffix, as backup.sh does (zstd by
+    Debian's zstd)."""
+    if path.suffix == ".zst":
+        return subprocess.run(
+            ["zstd", "-q", "-d", "-c", str(path)], capture_output=True, check=True, timeout=600
+        ).stdout
+    return gzip.decompress(path.read_bytes())
 
 
 def env_for_stack(data: dict[str, Any], *, backup_image: str = BACKUP_IMAGE) -> dict[str, Any]:

@@ -164,7 +164,7 @@ def test_drill_restores_the_newest_set_writes_evidence_and_metrics(
     assert not list(stack.backups.glob(".drill-*"))
 
     # A flipped byte in the set: the drill fails, says so, and keeps the last success.
-    archive = stack.backups / f"sqlite/sqlite_{set_id}.db.gz"
+    archive = stack.database_file(set_id)
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0x01
     archive.write_bytes(bytes(data))

@@ -93,7 +93,7 @@ def test_metrics_describe_a_real_run_and_then_a_failed_one(
     assert samples["tracker_backup_last_run_duration_seconds"] == int(status["duration_seconds"])
     assert samples["tracker_backup_last_run_downtime_seconds"] == int(status["downtime_seconds"])
     assert samples["tracker_backup_last_success_timestamp_seconds"] == epoch(status["finished_at"])
-    db_file = stack.backups / f"sqlite/sqlite_{set_id}.db.gz"
+    db_file = stack.database_file(set_id)
     config_file = stack.backups / f"config/config_{set_id}.tar.gz"
     assert samples['tracker_backup_set_bytes{part="db"}'] == db_file.stat().st_size
     assert samples['tracker_backup_set_bytes{part="config"}'] == config_file.stat().st_size

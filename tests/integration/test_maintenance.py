@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import gzip
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from tests.integration.stack import (
     STANDIN_IMAGE,
     PingServer,
     Stack,
+    decompress,
     env_for_stack,
     hanging_backup_image,
     hanging_dump_backup_image,
@@ -72,13 +72,13 @@ def test_scheduled_run_writes_a_verified_set_and_restarts_the_tracker(
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert f"sqlite/sqlite_{set_id}.db.gz: OK" in check.stdout
+    database_file = stack.database_file(set_id)
+    assert f"{database_file.relative_to(stack.backups)}: OK" in check.stdout
     assert f"config/config_{set_id}.tar.gz: OK" in check.stdout
 
     # the snapshot is a sound database with the rows the manifest recorded
     restored = tmp_path / "restored.db"
-    with gzip.open(stack.backups / f"sqlite/sqlite_{set_id}.db.gz") as source:
-        restored.write_bytes(source.read())
+    restored.write_bytes(decompress(database_file))
     with sqlite3.connect(restored) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     meta = stack.meta(set_id)
@@ -159,8 +159,7 @@ def test_mysql_run_dumps_the_database_with_row_counts(tmp_path: Path) -> None:
         result = stack.run_maintenance()
         assert result.returncode == 0, result.stdout + result.stderr
         [set_id] = stack.sets()
-        with gzip.open(stack.backups / f"mysql/mysql_{set_id}.sql.gz", "rt") as dump:
-            text = dump.read()
+        text = decompress(stack.database_file(set_id)).decode()
         assert "CREATE TABLE `torrents`" in text
         assert text.rstrip().splitlines()[-1].startswith("-- Dump completed")
         meta = stack.meta(set_id)

@@ -209,12 +209,9 @@ def assert_restored_copy_matches(stack: Stack, environ: dict[str, str], tmp: Pat
     restic(environ, "restore", "latest", "--target", str(target))
     restored = target / "backups"
     [set_id] = [s for s in stack.sets() if s == max(stack.sets())]
-    for relative in (
-        f"sqlite/sqlite_{set_id}.db.gz",
-        f"config/config_{set_id}.tar.gz",
-        f"manifests/set_{set_id}.meta",
-        f"manifests/set_{set_id}.sha256",
-    ):
+    relatives = stack.set_files(set_id)
+    assert len(relatives) == 4, relatives
+    for relative in relatives:
         assert (restored / relative).read_bytes() == (stack.backups / relative).read_bytes()
 
 

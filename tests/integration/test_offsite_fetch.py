@@ -30,8 +30,6 @@ from tests.integration.test_offsite import (
 
 pytestmark = pytest.mark.integration
 
-PARTS = ("sqlite/sqlite_{}.db.gz", "config/config_{}.tar.gz", "manifests/set_{}.meta")
-
 
 def run_fetch(
     stack: Stack, set_id: str, lock_wait_seconds: int = 60
@@ -53,7 +51,8 @@ def run_fetch(
 
 
 def set_files(stack: Stack, set_id: str) -> dict[str, bytes]:
-    names = [part.format(set_id) for part in PARTS] + [f"manifests/set_{set_id}.sha256"]
+    names = stack.set_files(set_id)
+    assert len(names) == 4, names
     return {name: (stack.backups / name).read_bytes() for name in names}
 
 
@@ -127,7 +126,7 @@ def test_a_lost_local_set_comes_back_from_the_repository_verified(
         partial = run_fetch(stack, set_id)
         assert partial.returncode == 3, partial.stderr
         assert "incomplete copy" in str(fetch_error(partial.returncode, partial.stderr, set_id))
-        assert (stack.backups / f"sqlite/sqlite_{set_id}.db.gz").exists()
+        assert stack.database_file(set_id).exists()
     finally:
         stack.cleanup()
 

@@ -130,7 +130,7 @@ def test_verify_offsite_drills_the_repositorys_copy_and_fails_clearly_when_it_is
         set_id = assert_success_with_upload(stack, stack.run_maintenance())
         # The host's own copy is damaged: the repository's copy is what is checked,
         # and the host's stays exactly as it is.
-        local_db = stack.backups / f"sqlite/sqlite_{set_id}.db.gz"
+        local_db = stack.database_file(set_id)
         local_db.write_bytes(local_db.read_bytes()[:-16] + b"\0" * 16)
         before = backup_dir_state(stack)
         lines: list[str] = []
@@ -216,12 +216,9 @@ def test_fetch_backup_offsite_lands_a_checksum_verified_set_and_leaves_the_host_
                 check=False,
             )
             assert check.returncode == 0, check.stdout + check.stderr
-            for name in (
-                f"sqlite/sqlite_{set_id}.db.gz",
-                f"config/config_{set_id}.tar.gz",
-                f"manifests/set_{set_id}.meta",
-                f"manifests/set_{set_id}.sha256",
-            ):
+            names = stack.set_files(set_id)
+            assert len(names) == 4, names
+            for name in names:
                 assert (fetched.directory / name).read_bytes() == (
                     stack.backups / name
                 ).read_bytes(), name

@@ -7,7 +7,6 @@ test_remote.py and the e2e tier).
 
 from __future__ import annotations
 
-import gzip
 import http.server
 import os
 import sqlite3
@@ -33,6 +32,7 @@ from tests.integration.stack import (
     MARIADB_IMAGE,
     STANDIN_IMAGE,
     Stack,
+    decompress,
     env_for_stack,
     require_images,
 )
@@ -179,6 +179,57 @@ def test_sqlite_zstd_set_verifies_with_the_drill_and_restores(tmp_path: Path) ->
         stack.cleanup()
 
 
+def test_a_host_with_an_old_gzip_set_and_a_new_default_zstd_set_lists_verifies_and_restores_both(
+    tmp_path: Path,
+) -> None:
+    """The upgrade: sets written while gzip was the default stay usable next to the
+    zstd sets an env without backup.compression now writes."""
+    require_images(STANDIN_IMAGE, BACKUP_IMAGE)
+    data = env_for_stack(sample_data("manual-test-sqlite"))
+    data["backup"].pop("compression", None)
+    data["backup"].pop("compression_level", None)
+    stack = Stack(
+        parse({**data, "backup": {**data["backup"], "compression": "gzip"}}), tmp_path / "s"
+    )
+    stack.install()
+    try:
+        stack.up()
+        assert stack.run_maintenance().returncode == 0
+        [old] = stack.sets()
+        # The same host after the upgrade: backup.compression left at its default.
+        stack.env = parse(data)
+        stack.install()
+        assert stack.run_maintenance().returncode == 0
+        [new] = [set_id for set_id in stack.sets() if set_id != old]
+        assert stack.database_file(old).name == f"sqlite_{old}.db.gz"
+        assert stack.database_file(new).name == f"sqlite_{new}.db.zst"
+        snapshots = {}
+        for set_id in (old, new):
+            snapshots[set_id] = tmp_path / f"snapshot-{set_id}.db"
+            snapshots[set_id].write_bytes(decompress(stack.database_file(set_id)))
+
+        listed = {s.set_id: s for s in parse_inventory(run_inventory(stack).stdout).sets}
+        for set_id in (old, new):
+            assert listed[set_id].complete
+            assert listed[set_id].checksums == "ok"
+            assert listed[set_id].parts == ["sqlite", "config"]
+            relative = str(stack.database_file(set_id).relative_to(stack.backups))
+            assert relative in listed[set_id].files
+            result = verify(stack, set_id)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert f"set {set_id}: VERIFIED" in result.stdout
+
+        stack.compose("stop", "tracker")
+        live = stack.deploy_dir / "storage/tracker/lib/database/tracker.db"
+        assert table_dump(snapshots[old]) != table_dump(snapshots[new])
+        for set_id in (old, new):
+            restored = restore(stack, set_id)
+            assert restored.returncode == 0, restored.stdout + restored.stderr
+            assert table_dump(live) == table_dump(snapshots[set_id])
+    finally:
+        stack.cleanup()
+
+
 def test_verify_drill_passes_and_a_flipped_byte_is_caught(sqlite_stack: Stack) -> None:
     stack = sqlite_stack
     assert stack.run_maintenance().returncode == 0
@@ -188,7 +239,7 @@ def test_verify_drill_passes_and_a_flipped_byte_is_caught(sqlite_stack: Stack) -
     assert f"set {set_id}: VERIFIED" in result.stdout
     assert not list(stack.backups.glob(".drill-*")), "the drill left its scratch files"
 
-    archive = stack.backups / f"sqlite/sqlite_{set_id}.db.gz"
+    archive = stack.database_file(set_id)
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0x01
     archive.write_bytes(bytes(data))
@@ -208,8 +259,7 @@ def test_sqlite_restore_brings_back_exactly_the_snapshot(
     assert stack.run_maintenance().returncode == 0
     [set_id] = stack.sets()
     snapshot = tmp_path / "snapshot.db"
-    with gzip.open(stack.backups / f"sqlite/sqlite_{set_id}.db.gz") as source:
-        snapshot.write_bytes(source.read())
+    snapshot.write_bytes(decompress(stack.database_file(set_id)))
     live = stack.deploy_dir / "storage/tracker/lib/database/tracker.db"
     # The stand-in keeps writing: by now the live database has moved on.
     stack.compose("stop", "tracker")
@@ -238,16 +288,6 @@ def test_restore_starts_a_running_tracker_again_and_waits_for_health(sqlite_stac
         extracted.read_bytes()
         == (stack.deploy_dir / "storage/tracker/etc/tracker.toml").read_bytes()
     )
-
-
-def decompressed(path: Path) -> str:
-    """A set's database file as text, whichever its compression (zstd by Debian's zstd)."""
-    if path.suffix == ".zst":
-        return subprocess.run(
-            ["zstd", "-q", "-d", "-c", str(path)], capture_output=True, text=True, check=True
-        ).stdout
-    with gzip.open(path, "rt") as source:
-        return source.read()
 
 
 @pytest.mark.parametrize(("compression", "suffix"), [("gzip", "gz"), ("zstd", "zst")])
@@ -287,7 +327,7 @@ def test_mysql_verify_drill_and_restore_round_trip(
         assert leftovers.stdout.strip() == ""
 
         stack.compose("stop", "tracker")
-        dumped = decompressed(stack.backups / f"mysql/mysql_{set_id}.sql.{suffix}")
+        dumped = decompress(stack.backups / f"mysql/mysql_{set_id}.sql.{suffix}").decode()
         before = rows()
         result = restore(stack, set_id)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -369,8 +409,7 @@ def test_hardening_03_restoring_a_set_older_than_retention_keeps_it(tmp_path: Pa
         assert whitelist == meta["rows.whitelist"], (whitelist, meta)
         assert _marker_rows(stack) == "0"
         # ... and the safety set holds the data as it was, marker included.
-        with gzip.open(stack.backups / f"mysql/mysql_{safety}.sql.gz", "rt") as dump:
-            assert MARKER in dump.read()
+        assert MARKER in decompress(stack.database_file(safety)).decode()
     finally:
         stack.cleanup()
 

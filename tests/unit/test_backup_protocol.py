@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 from tracker_deployer import paths
-from tracker_deployer.config.model import COMPRESSIONS
+from tracker_deployer.config.model import (
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
+    DEFAULT_COMPRESSION_LEVEL,
+)
 from tracker_deployer.render import render
 
 from tests.helpers import REPO_ROOT, parse, sample_data
@@ -33,12 +37,14 @@ def test_backup_sh_prints_the_open_line_the_maintenance_script_waits_for() -> No
     assert value.strip("'") == paths.SNAPSHOT_OPEN_LINE
 
 
-def _validated_level(tmp_path: Path, settings: str) -> subprocess.CompletedProcess[str]:
+def _validated_level(
+    tmp_path: Path, settings: str, key: str = "BACKUP_COMPRESSION_LEVEL"
+) -> subprocess.CompletedProcess[str]:
     conf = tmp_path / "backup.conf"
     conf.write_text(f"DB_TYPE=sqlite\nDB_PATH=/x\n{settings}")
     script = (
         f"source {REPO_ROOT / 'docker/backup/backup.sh'}; CONFIG_PATH={conf}; "
-        f'load_config {conf}; validate_config restore; printf %s "${{CONFIG[BACKUP_COMPRESSION_LEVEL]}}"'
+        f'load_config {conf}; validate_config restore; printf %s "${{CONFIG[{key}]}}"'
     )
     return subprocess.run(
         ["bash", "-c", script], capture_output=True, text=True, check=False, timeout=30
@@ -64,6 +70,21 @@ def test_backup_sh_takes_the_compressions_and_levels_of_the_config_model(
         assert f"BACKUP_COMPRESSION_LEVEL must be {lowest}-{highest} for {name}" in result.stderr
 
 
+def test_backup_sh_defaults_to_the_compression_of_the_config_model(tmp_path: Path) -> None:
+    # A backup.conf without the keys (the image used on its own) gets the same
+    # default as an env without backup.compression.
+    compression = _validated_level(tmp_path, "", key="BACKUP_COMPRESSION")
+    assert compression.stdout == DEFAULT_COMPRESSION, compression.stderr
+    assert _validated_level(tmp_path, "").stdout == str(DEFAULT_COMPRESSION_LEVEL)
+
+
 def test_the_bench_waits_for_the_same_open_line() -> None:
     text = (REPO_ROOT / "bench/trackerbench/scenarios.py").read_text()
     assert f'OPEN_LINE = "{paths.SNAPSHOT_OPEN_LINE}"' in text
+
+
+def test_the_bench_measures_ours_at_the_default_compression() -> None:
+    # The targets are "at the default compression" (issue 15 item 3).
+    text = (REPO_ROOT / "bench/trackerbench/cli.py").read_text()
+    [default] = re.findall(r'"--compression",\s+choices=[^)]*\),\s+default="(\w+)"', text)
+    assert default == DEFAULT_COMPRESSION

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from tracker_deployer import exit_codes, paths
+from tracker_deployer.config.model import COMPRESSIONS
 from tracker_deployer.errors import DeployError
 from tracker_deployer.remote.backups import (
     HostDataError,
@@ -212,16 +213,26 @@ def test_set_layout_is_the_one_backup_sh_writes(tmp_path: Path) -> None:
     for relative in set_layout(SET):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_bytes(b"")
+    names = " ".join(
+        f"$(db_file_name {db_type} {SET} {compression})"
+        for compression in COMPRESSIONS
+        for db_type in ("mysql", "sqlite")
+    )
     script = (
         f"source {REPO_ROOT / 'docker/backup/backup.sh'}; ROOT_DIR={tmp_path}; set_files {SET}; "
-        f"db_file_name mysql {SET}; echo; db_file_name sqlite {SET}; echo"
+        f"printf '%s\\n' {names}"
     )
     result = subprocess.run(
         ["bash", "-c", script], capture_output=True, text=True, check=True, timeout=30
     )
     listed = result.stdout.splitlines()
-    assert sorted(listed[:-2]) == sorted(set_layout(SET))
-    assert listed[-2:] == [f"mysql/mysql_{SET}.sql.gz", f"sqlite/sqlite_{SET}.db.gz"]
+    assert sorted(listed[:-4]) == sorted(set_layout(SET))
+    assert listed[-4:] == [
+        f"mysql/mysql_{SET}.sql.gz",
+        f"sqlite/sqlite_{SET}.db.gz",
+        f"mysql/mysql_{SET}.sql.zst",
+        f"sqlite/sqlite_{SET}.db.zst",
+    ]
 
 
 def test_set_layout_of_backup_sh_and_python_list_the_same_files_in_order() -> None:

@@ -122,7 +122,8 @@ def test_backup_section_empty_means_defaults(sqlite_data: dict[str, Any]) -> Non
     assert env.backup is not None
     assert str(env.backup.schedule) == "0 3 * * *"
     assert env.backup.retention_days == 7
-    assert env.backup.compression_level == 6
+    assert env.backup.compression == "zstd"
+    assert env.backup.compression_level == 3
     assert env.backup.max_downtime_seconds == 600
 
 

@@ -184,14 +184,14 @@ dump_waits_for_lock() {
   local ts="${SET_TS}"
   run final_files
   assert_output "$(printf '%s\n' "config/config_${ts}.tar.gz" "manifests/set_${ts}.meta" \
-    "manifests/set_${ts}.sha256" "mysql/mysql_${ts}.sql.gz")"
+    "manifests/set_${ts}.sha256" "mysql/mysql_${ts}.sql.zst")"
   (cd "${BACKUP_ROOT}" && sha256sum --check --strict "manifests/set_${ts}.sha256")
   run cat "${BACKUP_ROOT}/manifests/set_${ts}.meta"
   assert_line "db_type=mysql"
   assert_line "rows.torrents=501"
   assert_line "rows.whitelist=3"
   assert_line "rows.keys=3"
-  run bash -c 'gzip -dc "$1" | tail -n 1' _ "${BACKUP_ROOT}/mysql/mysql_${ts}.sql.gz"
+  run bash -c 'zstd -q -d -c -- "$1" | tail -n 1' _ "${BACKUP_ROOT}/mysql/mysql_${ts}.sql.zst"
   assert_output --partial "-- Dump completed"
   run staging_entries
   assert_output ""

@@ -79,7 +79,7 @@ repository_sets() {
 
 @test "offsite: a corrupt local set is not uploaded, and the run fails with 23" {
   backup_ok run
-  printf 'x' >>"${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz"
+  printf 'x' >>"${BACKUP_ROOT}/$(db_file "${SET_TS}")"
   run --separate-stderr "${OFFSITE_SH}" upload
   assert_failure 23
   assert_stderr --partial "${SET_TS} fail verification"
@@ -137,7 +137,7 @@ repository_sets() {
   (cd "${OFFSITE_FETCH_DIR}/set" && sha256sum --check --strict "manifests/set_${SET_TS}.sha256")
   run bash -c "cd '${OFFSITE_FETCH_DIR}' && find . -type f | sort"
   assert_output "$(printf '%s\n' "./set/config/config_${SET_TS}.tar.gz" "./set/manifests/set_${SET_TS}.meta" \
-    "./set/manifests/set_${SET_TS}.sha256" "./set/sqlite/sqlite_${SET_TS}.db.gz")"
+    "./set/manifests/set_${SET_TS}.sha256" "./set/$(db_file "${SET_TS}")")"
 }
 
 @test "offsite: fetch of a set the repository lacks exits 26; a bad id or a used directory exits 2" {
@@ -161,7 +161,7 @@ repository_sets() {
 @test "offsite: fetch refuses a set whose copy in the repository does not verify" {
   backup_ok run
   # A set whose checksums do not match its files, uploaded as it is (restic directly).
-  printf 'x' >>"${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz"
+  printf 'x' >>"${BACKUP_ROOT}/$(db_file "${SET_TS}")"
   restic --no-cache init >/dev/null 2>&1
   restic --no-cache backup --host bats-env --tag "env=bats-env" --tag "set=${SET_TS}" \
     "${BACKUP_ROOT}/sqlite" "${BACKUP_ROOT}/config" "${BACKUP_ROOT}/manifests" >/dev/null 2>&1

@@ -105,6 +105,7 @@ retain() {
   local ts="${SETS[0]}"
   local -a foreign=(
     "sqlite/sqlite_${ts}.db.gz.bak"
+    "sqlite/sqlite_${ts}.db.zst.orig"
     "sqlite/my-copy.db.gz"
     "sqlite/sqlite_2020.db.gz"
     "mysql/mysql_${ts}.sql"
@@ -118,9 +119,11 @@ retain() {
     printf 'not ours\n' >"${BACKUP_ROOT}/${relative}"
     touch -d "400 days ago" "${BACKUP_ROOT}/${relative}"
   done
+  local db
+  db="$(db_file "${ts}")"
   age_set "${ts}" "400 days ago"
   retain 7
-  refute [ -e "${BACKUP_ROOT}/sqlite/sqlite_${ts}.db.gz" ]
+  refute [ -e "${BACKUP_ROOT}/${db}" ]
   for relative in "${foreign[@]}"; do
     [[ -f "${BACKUP_ROOT}/${relative}" ]] || fail "deleted a foreign file: ${relative}"
   done

@@ -24,7 +24,8 @@ teardown() {
   assert_stderr --partial "set ${ts} (UTC)"
   run final_files
   assert_output "$(printf '%s\n' "config/config_${ts}.tar.gz" "manifests/set_${ts}.meta" \
-    "manifests/set_${ts}.sha256" "sqlite/sqlite_${ts}.db.gz")"
+    "manifests/set_${ts}.sha256" "sqlite/sqlite_${ts}.db.zst")"
+  assert_stderr --partial "finishing (zstd level 6)"
   # The manifest checks the set with plain sha256sum, paths relative to BACKUP_ROOT.
   (cd "${BACKUP_ROOT}" && sha256sum --check --strict "manifests/set_${ts}.sha256")
   run cat "${BACKUP_ROOT}/manifests/set_${ts}.meta"
@@ -40,23 +41,53 @@ teardown() {
   # Nothing left in staging; files are private (umask 077).
   run staging_entries
   assert_output ""
-  run stat -c '%a' "${BACKUP_ROOT}/sqlite/sqlite_${ts}.db.gz"
+  run stat -c '%a' "${BACKUP_ROOT}/sqlite/sqlite_${ts}.db.zst"
   assert_output "600"
 }
 
 @test "run: the compressed database is a consistent copy (integrity ok, same content)" {
   backup_ok run
-  gzip -dc "${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz" >"${BATS_TEST_TMPDIR}/copy.db"
+  decompressed "${BACKUP_ROOT}/$(db_file "${SET_TS}")" >"${BATS_TEST_TMPDIR}/copy.db"
   run sqlite3 "${BATS_TEST_TMPDIR}/copy.db" 'PRAGMA integrity_check;'
   assert_output "ok"
   assert_equal "$(sqlite_content_sum "${BATS_TEST_TMPDIR}/copy.db")" "$(sqlite_content_sum "${SQLITE_DB}")"
 }
 
-@test "run: BACKUP_COMPRESSION_LEVEL is used and the output is plain gzip" {
-  printf "BACKUP_COMPRESSION_LEVEL='1'\n" >>"${CONFIG_FILE}"
+@test "run: BACKUP_COMPRESSION=gzip uses its level and writes a plain gzip .db.gz" {
+  printf "BACKUP_COMPRESSION='gzip'\nBACKUP_COMPRESSION_LEVEL='1'\n" >>"${CONFIG_FILE}"
   backup_ok run
-  assert_stderr --partial "level 1"
+  assert_stderr --partial "level 1)"
   gzip -t "${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz"
+  refute [ -e "${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.zst" ]
+}
+
+@test "a gzip set written before the default became zstd lists, verifies and restores next to a zstd set" {
+  printf "BACKUP_COMPRESSION='gzip'\n" >>"${CONFIG_FILE}"
+  backup_ok run
+  local old="${SET_TS}" old_sum
+  old_sum="$(sqlite_content_sum "${SQLITE_DB}")"
+  sqlite3 "${SQLITE_DB}" 'DELETE FROM torrents WHERE id <= 10'
+  use_sqlite_config
+  backup_ok run
+  local new="${SET_TS}" new_sum
+  new_sum="$(sqlite_content_sum "${SQLITE_DB}")"
+  assert_equal "$(db_file "${old}")" "sqlite/sqlite_${old}.db.gz"
+  assert_equal "$(db_file "${new}")" "sqlite/sqlite_${new}.db.zst"
+  run --separate-stderr "${BACKUP_SH}" list
+  assert_line --index 0 --partial "${old} complete sqlite/sqlite_${old}.db.gz "
+  assert_line --index 1 --partial "${new} complete sqlite/sqlite_${new}.db.zst "
+  run --separate-stderr "${BACKUP_SH}" verify "${old}"
+  assert_success
+  run --separate-stderr "${BACKUP_SH}" verify "${new}"
+  assert_success
+  run --separate-stderr "${BACKUP_SH}" restore "${old}" --yes --only db
+  assert_success
+  assert_equal "$(sqlite_content_sum "${SQLITE_DB}")" "${old_sum}"
+  # The copy kept aside is named by the second; another restore in it would refuse.
+  rm -- "${SQLITE_DB}".before-restore-*
+  run --separate-stderr "${BACKUP_SH}" restore "${new}" --yes --only db
+  assert_success
+  assert_equal "$(sqlite_content_sum "${SQLITE_DB}")" "${new_sum}"
 }
 
 @test "run: BACKUP_COMPRESSION=zstd writes a .db.zst that verifies and restores" {
@@ -302,8 +333,8 @@ EOF
   run --separate-stderr "${BACKUP_SH}" list
   assert_success
   assert_equal "${#lines[@]}" 2
-  assert_line --index 0 "${first} complete sqlite/sqlite_${first}.db.gz config/config_${first}.tar.gz manifests/set_${first}.meta manifests/set_${first}.sha256"
-  assert_line --index 1 "${second} incomplete sqlite/sqlite_${second}.db.gz config/config_${second}.tar.gz manifests/set_${second}.meta"
+  assert_line --index 0 "${first} complete sqlite/sqlite_${first}.db.zst config/config_${first}.tar.gz manifests/set_${first}.meta manifests/set_${first}.sha256"
+  assert_line --index 1 "${second} incomplete sqlite/sqlite_${second}.db.zst config/config_${second}.tar.gz manifests/set_${second}.meta"
 }
 
 @test "verify: a complete set passes; latest is the newest complete set" {
@@ -317,7 +348,8 @@ EOF
 
 @test "verify: a flipped byte exits 4 and restore refuses it" {
   backup_ok run
-  local file="${BACKUP_ROOT}/sqlite/sqlite_${SET_TS}.db.gz"
+  local file
+  file="${BACKUP_ROOT}/$(db_file "${SET_TS}")"
   # Flip one byte in the middle of the file.
   local offset=$(($(stat -c %s "${file}") / 2)) byte
   byte="$(od -An -tu1 -j "${offset}" -N1 "${file}" | tr -d ' ')"
@@ -464,7 +496,7 @@ grow_database() {
   backup_ok run
   local old="${SET_TS}" before
   before="$(final_files)"
-  # Fits into staging once, but not twice (snapshot + its incompressible .gz).
+  # Fits into staging once, but not twice (snapshot + its incompressible .zst).
   grow_database 600000
   run --separate-stderr "${BACKUP_SH}" run
   assert_equal "${status}" 3

@@ -109,6 +109,18 @@ final_files() {
   fi
 }
 
+# The database file of set $1 (relative to BACKUP_ROOT), whichever its
+# compression: backup.sh's own set layout (set_files) names it.
+db_file() {
+  bash -c 'source "$1" && init_paths && set_files "$2"' _ "${BACKUP_SH}" "$1" \
+    | grep -E '^(mysql|sqlite)/'
+}
+
+# A set's database file $1 decompressed to stdout, as backup.sh does (by suffix).
+decompressed() {
+  bash -c 'source "$1" && decompress "$2"' _ "${BACKUP_SH}" "$1"
+}
+
 # Entries left in staging (empty when nothing is pending).
 staging_entries() {
   if [[ -d "${BACKUP_ROOT}/.staging" ]]; then

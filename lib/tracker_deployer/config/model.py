@@ -620,7 +620,7 @@ MAX_RETENTION_DAYS = 3650
 # through pigz (gzip when the image lacks it); zstd is Debian's, multithreaded
 # (-T0). Levels above 19 need zstd's --ultra and much memory: not offered.
 COMPRESSIONS: dict[str, tuple[int, int, int]] = {"gzip": (1, 9, 6), "zstd": (1, 19, 3)}
-DEFAULT_COMPRESSION = "gzip"
+DEFAULT_COMPRESSION = "zstd"
 DEFAULT_COMPRESSION_LEVEL = COMPRESSIONS[DEFAULT_COMPRESSION][2]
 
 
