@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 #
 # Database + configuration backups for a Torrust Tracker stack, and their
 # restore. One run writes one backup set; every file of a set appears under
@@ -49,7 +50,6 @@ source "${BACKUP_LIB_DIR}/verify.sh"
 source "${BACKUP_LIB_DIR}/restore.sh"
 # shellcheck source=lib/commands.sh
 source "${BACKUP_LIB_DIR}/commands.sh"
-
 
 usage() {
   cat <<'EOF'

@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# The commands (cmd_*): what each of backup.sh's commands runs, in order.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # --- commands -----------------------------------------------------------------
 
 cmd_snapshot() {

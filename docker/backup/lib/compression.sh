@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# Compressing (gzip/pigz or zstd, tested while written) and decompressing.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # decompress FILE: its content on stdout, by its suffix (.zst: zstd, else gzip).
 decompress() {
   case "$1" in

@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# backup.conf: its grammar (parsed, never executed), defaults and validation.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # --- backup.conf --------------------------------------------------------------
 
 # Parse one line of backup.conf without executing anything. The grammar is a

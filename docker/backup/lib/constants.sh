@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# The tool's fixed values: version, exit codes, default paths, markers, backup.conf keys.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 readonly TOOL_VERSION="1.0.0"
 
 readonly EXIT_INTERNAL=1

@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# Database access: MySQL credentials, row counts, the dump's completion marker.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # --- database access ----------------------------------------------------------
 
 # Quote a value for a MySQL option file: double quotes, backslash escapes.

@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# `finish`: check, compress, archive config, checksum, rename into place.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # Read the paths file; write the existing paths (relative to /) NUL-separated
 # to $1. Missing paths are logged and skipped.
 collect_config_paths() {

@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# The set layout: every file name of a set, and which sets exist (the one owner).
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # Final name of a set's database file, relative to BACKUP_ROOT: TYPE TS
 # [COMPRESSION] (gzip, the default: .gz; zstd: .zst).
 db_file_name() {

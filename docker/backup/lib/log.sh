@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# Log lines on stderr, errors with their exit code, and the ERR/EXIT traps.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # --- logging and errors -----------------------------------------------------
 
 utc_now() {

@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# `restore`: the database (SQLite or MySQL) and config files of a verified set.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # --- restore ------------------------------------------------------------------
 
 restore_sqlite() {

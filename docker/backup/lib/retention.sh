@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# Retention: delete old sets, never the newest complete one.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # --- retention ----------------------------------------------------------------
 
 # Delete sets whose files are all older than $1 days (by mtime), never the

@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# BACKUP_ROOT: its paths, the lock, staging, and choosing a new set's TS.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # --- paths, lock, set names -------------------------------------------------
 
 init_paths() {

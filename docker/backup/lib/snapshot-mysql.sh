@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# The MySQL snapshot: a row-count session and mariadb-dump in consistent views.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # --- snapshot -----------------------------------------------------------------
 
 # --- the MySQL snapshot ---------------------------------------------------------

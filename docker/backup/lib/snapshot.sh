@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# `snapshot`: the consistent database snapshot of a new set into staging.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # The consistent view of the database exists: log it, and tell the maintenance
 # script (on stdout) when this is `backup.sh snapshot`.
 SNAPSHOT_SIGNAL="no"

@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# Mutable state, set by main and the commands.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # --- mutable state (set by main and the commands) --------------------------
 declare -gA CONFIG=()          # backup.conf, parsed
 ROOT_DIR=""                    # BACKUP_ROOT

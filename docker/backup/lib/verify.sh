@@ -1,3 +1,7 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# `verify`: a set's manifest, checksums and archive integrity.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
 # --- verify -------------------------------------------------------------------
 
 # Resolve TS|latest into SET_TS; $2 is the exit code when there is none.
