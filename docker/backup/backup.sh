@@ -32,6 +32,8 @@ source "${BACKUP_LIB_DIR}/config.sh"
 source "${BACKUP_LIB_DIR}/root.sh"
 # shellcheck source=lib/layout.sh
 source "${BACKUP_LIB_DIR}/layout.sh"
+# shellcheck source=lib/list.sh
+source "${BACKUP_LIB_DIR}/list.sh"
 # shellcheck source=lib/compression.sh
 source "${BACKUP_LIB_DIR}/compression.sh"
 # shellcheck source=lib/database.sh
@@ -65,6 +67,9 @@ Commands:
                              then apply retention (--no-prune: delete nothing;
                              the safety backup before a restore uses it)
   list                       one line per set: TS, state (complete|incomplete), files
+  list --records [--checksums]
+                             the sets as versioned, tab-separated records for
+                             programs (--checksums: check complete sets' sha256)
   verify [TS|latest]         check a set's checksums and gzip/zstd/tar integrity
   restore [TS|latest] --yes [--only db|config]
                              restore a verified set (database and/or config files)
@@ -90,9 +95,12 @@ main() {
     shift
   fi
   case "${command}" in
-    snapshot | list)
+    snapshot)
       (($# == 0)) || die "${EXIT_CONFIG}" "${command} takes no arguments (see --help)"
-      "cmd_${command}"
+      cmd_snapshot
+      ;;
+    list)
+      cmd_list "$@"
       ;;
     run)
       cmd_run "$@"

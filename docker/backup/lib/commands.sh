@@ -81,10 +81,24 @@ cmd_run() {
   printf '%s\n' "${SET_TS}"
 }
 
+# list [--records [--checksums]]: for people, or as list_records (list.sh).
 cmd_list() {
-  local ts state
+  local ts state records="no" checksums="no"
   local -a files=()
+  while (($# > 0)); do
+    case "$1" in
+      --records) records="yes" ;;
+      --checksums) checksums="yes" ;;
+      *) die "${EXIT_CONFIG}" "usage: backup.sh list [--records [--checksums]]" ;;
+    esac
+    shift
+  done
+  [[ "${checksums}" == no || "${records}" == yes ]] || die "${EXIT_CONFIG}" "list: --checksums needs --records"
   [[ -d "${ROOT_DIR}" ]] || die "${EXIT_CONFIG}" "BACKUP_ROOT ${ROOT_DIR} does not exist"
+  if [[ "${records}" == yes ]]; then
+    list_records "${checksums}"
+    return 0
+  fi
   while IFS= read -r ts; do
     mapfile -t files < <(set_files "${ts}")
     state="incomplete"
@@ -133,13 +147,15 @@ cmd_restore() {
   log "restoring set ${ts} (${only})"
   verify_set "${ts}"
   ON_ERROR_EXIT="${EXIT_BACKUP}"
-  local meta="${ROOT_DIR}/manifests/set_${ts}.meta" db_file config_file="config/config_${ts}.tar.gz"
+  local meta config_file db_file
+  meta="${ROOT_DIR}/$(set_file meta "${ts}")"
+  config_file="$(set_file config "${ts}")"
   if [[ "${only}" != config ]]; then
     # The set's database file, whichever its compression (verify_set allows one).
     local relative found="no" compression
     for compression in gzip zstd; do
       for relative in "${VERIFIED_FILES[@]}"; do
-        if [[ "${relative}" == "$(db_file_name "${CONFIG[DB_TYPE]}" "${ts}" "${compression}")" ]]; then
+        if [[ "${relative}" == "$(set_file "${CONFIG[DB_TYPE]}" "${ts}" "${compression}")" ]]; then
           found="yes"
           db_file="${relative}"
         fi

@@ -39,9 +39,11 @@ finish_set() {
   fi
   local db_type
   db_type="$(sed -n 's/^db_type=//p' "${dir}/meta.partial")"
-  local out="${dir}/out" db_name config_name="config/config_${ts}.tar.gz"
-  local meta_name="manifests/set_${ts}.meta" sums_name="manifests/set_${ts}.sha256"
-  db_name="$(db_file_name "${db_type}" "${ts}" "${CONFIG[BACKUP_COMPRESSION]}")" || die "${EXIT_INTERNAL}" "unknown db_type in ${dir}/meta.partial"
+  local out="${dir}/out" db_name config_name meta_name sums_name
+  config_name="$(set_file config "${ts}")"
+  meta_name="$(set_file meta "${ts}")"
+  sums_name="$(set_file sums "${ts}")"
+  db_name="$(set_file "${db_type}" "${ts}" "${CONFIG[BACKUP_COMPRESSION]}")" || die "${EXIT_INTERNAL}" "unknown db_type in ${dir}/meta.partial"
   rm -rf -- "${out}"
   FAILURE_DIRS+=("${out}")
   mkdir -p -- "${out}/mysql" "${out}/sqlite" "${out}/config" "${out}/manifests" \

@@ -2,27 +2,40 @@
 # The set layout: every file name of a set, and which sets exist (the one owner).
 # Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
 
-# Final name of a set's database file, relative to BACKUP_ROOT: TYPE TS
-# [COMPRESSION] (gzip, the default: .gz; zstd: .zst).
-db_file_name() {
-  local db_type="$1" ts="$2" suffix="gz"
+# The one function that names a set's files: set_file KIND TS [COMPRESSION]
+# prints the file's name relative to BACKUP_ROOT. KIND: mysql or sqlite (the
+# database file; COMPRESSION gzip, the default: .gz, or zstd: .zst), config
+# (the config archive), meta, or sums (the checksum manifest, what makes a set
+# complete). TS '*' gives the glob of every such file.
+# (lib/tracker_deployer/backup_layout.py is Python's owner; a unit test holds
+# the two to each other.)
+set_file() {
+  local kind="$1" ts="$2" suffix="gz"
   [[ "${3:-gzip}" == gzip ]] || suffix="zst"
-  case "${db_type}" in
+  case "${kind}" in
     mysql) printf 'mysql/mysql_%s.sql.%s' "${ts}" "${suffix}" ;;
     sqlite) printf 'sqlite/sqlite_%s.db.%s' "${ts}" "${suffix}" ;;
+    config) printf 'config/config_%s.tar.gz' "${ts}" ;;
+    meta) printf 'manifests/set_%s.meta' "${ts}" ;;
+    sums) printf 'manifests/set_%s.sha256' "${ts}" ;;
     *) return 1 ;;
   esac
 }
 
 # Every file a set TS may hold, relative to BACKUP_ROOT, the checksum manifest
-# (what makes a set complete) last. The one list of the set layout in the image
-# (lib/tracker_deployer/remote/backups.py set_layout is Python's; a unit test
-# holds the two to each other).
+# (what makes a set complete) last.
 set_layout() {
-  local ts="$1"
-  printf '%s\n' "mysql/mysql_${ts}.sql.gz" "mysql/mysql_${ts}.sql.zst" \
-    "sqlite/sqlite_${ts}.db.gz" "sqlite/sqlite_${ts}.db.zst" "config/config_${ts}.tar.gz" \
-    "manifests/set_${ts}.meta" "manifests/set_${ts}.sha256"
+  local ts="$1" kind compression
+  for kind in mysql sqlite; do
+    for compression in gzip zstd; do
+      set_file "${kind}" "${ts}" "${compression}"
+      printf '\n'
+    done
+  done
+  for kind in config meta sums; do
+    set_file "${kind}" "${ts}"
+    printf '\n'
+  done
 }
 
 # Every final-named file of set $1 that exists (relative paths, one per line).
@@ -35,22 +48,25 @@ set_files() {
   done < <(set_layout "${ts}")
 }
 
-# All set timestamps found under BACKUP_ROOT (exact file name patterns only),
-# sorted oldest first.
+# All set timestamps found under BACKUP_ROOT (files with the layout's exact
+# names only), sorted oldest first.
 all_set_timestamps() {
-  local path name
+  local pattern path relative name ts
   local -A seen=()
-  for path in "${ROOT_DIR}"/mysql/mysql_*.sql.gz "${ROOT_DIR}"/sqlite/sqlite_*.db.gz \
-    "${ROOT_DIR}"/mysql/mysql_*.sql.zst "${ROOT_DIR}"/sqlite/sqlite_*.db.zst \
-    "${ROOT_DIR}"/config/config_*.tar.gz "${ROOT_DIR}"/manifests/set_*.meta \
-    "${ROOT_DIR}"/manifests/set_*.sha256; do
-    [[ -f "${path}" ]] || continue
-    name="${path##*/}"
-    name="${name#*_}"
-    name="${name%%.*}"
-    if [[ "${name}" =~ ${TS_REGEX} ]]; then
-      seen["${name}"]=1
-    fi
+  local -a patterns=()
+  mapfile -t patterns < <(set_layout '*')
+  for pattern in "${patterns[@]}"; do
+    for path in "${ROOT_DIR}"/${pattern}; do
+      [[ -f "${path}" ]] || continue
+      relative="${path#"${ROOT_DIR}/"}"
+      name="${relative##*/}"
+      ts="${name#*_}"
+      ts="${ts%%.*}"
+      [[ "${ts}" =~ ${TS_REGEX} ]] || continue
+      # Only a name the layout gives for that TS (not e.g. mysql_TS.x.sql.gz).
+      set_layout "${ts}" | grep -qxF -- "${relative}" || continue
+      seen["${ts}"]=1
+    done
   done
   if ((${#seen[@]} > 0)); then
     printf '%s\n' "${!seen[@]}" | sort
@@ -58,7 +74,7 @@ all_set_timestamps() {
 }
 
 set_is_complete() {
-  [[ -f "${ROOT_DIR}/manifests/set_$1.sha256" ]]
+  [[ -f "${ROOT_DIR}/$(set_file sums "$1")" ]]
 }
 
 latest_complete_set() {

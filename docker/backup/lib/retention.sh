@@ -25,7 +25,7 @@ apply_retention() {
     log "retention: deleting set ${ts} (older than ${days} days)"
     # The manifest goes first, so an interrupted deletion leaves an
     # incomplete set, never a "complete" one with missing files.
-    rm -f -- "${ROOT_DIR}/manifests/set_${ts}.sha256" || die "${EXIT_BACKUP}" "retention: cannot delete set ${ts}"
+    rm -f -- "${ROOT_DIR}/$(set_file sums "${ts}")" || die "${EXIT_BACKUP}" "retention: cannot delete set ${ts}"
     for relative in "${files[@]}"; do
       rm -f -- "${ROOT_DIR:?}/${relative}" || die "${EXIT_BACKUP}" "retention: cannot delete ${relative}"
     done

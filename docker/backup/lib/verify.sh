@@ -19,21 +19,24 @@ resolve_set() {
     die "${code}" "no backup set ${wanted} in ${ROOT_DIR}"
   fi
   if ! set_is_complete "${wanted}"; then
-    die "${code}" "set ${wanted} is incomplete (no manifests/set_${wanted}.sha256)"
+    die "${code}" "set ${wanted} is incomplete (no $(set_file sums "${wanted}"))"
   fi
   SET_TS="${wanted}"
 }
 
 # Check checksums, names and gzip/tar integrity of complete set $1.
 verify_set() {
-  local ts="$1" sums="manifests/set_$1.sha256" line number=0 relative
+  local ts="$1" sums line number=0 relative
+  sums="$(set_file sums "${ts}")"
   local -a payload=()
-  local -A kinds=()
-  local line_regex="^[0-9a-f]{64}  (mysql/mysql_${ts}[.]sql[.](gz|zst)|sqlite/sqlite_${ts}[.]db[.](gz|zst)"
-  line_regex+="|config/config_${ts}[.]tar[.]gz|manifests/set_${ts}[.]meta)$"
+  local -A kinds=() listable=()
+  # The manifest lists files of the set's layout, the manifest itself excepted.
+  while IFS= read -r relative; do
+    [[ "${relative}" == "${sums}" ]] || listable["${relative}"]=1
+  done < <(set_layout "${ts}")
   while IFS= read -r line || [[ -n "${line}" ]]; do
     number=$((number + 1))
-    if [[ ! "${line}" =~ ${line_regex} ]]; then
+    if [[ ! "${line}" =~ ^[0-9a-f]{64}\ \ (.+)$ || -z "${listable[${BASH_REMATCH[1]}]+set}" ]]; then
       die "${EXIT_VERIFY}" "${sums}:${number}: unexpected line (corrupt manifest)"
     fi
     relative="${BASH_REMATCH[1]}"
