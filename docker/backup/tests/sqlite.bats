@@ -297,6 +297,31 @@ EOF
   assert_line --index 1 "${second} incomplete sqlite/sqlite_${second}.db.gz config/config_${second}.tar.gz manifests/set_${second}.meta"
 }
 
+@test "list --records: versioned records with sizes, checksums and meta; only the layout's names" {
+  backup_ok run
+  local first="${SET_TS}"
+  backup_ok run
+  local second="${SET_TS}"
+  rm "${BACKUP_ROOT}/manifests/set_${second}.sha256"
+  # A name that only looks like a set's is no set file.
+  : >"${BACKUP_ROOT}/sqlite/sqlite_20200101_000000.x.db.gz"
+  printf 'x' >>"${BACKUP_ROOT}/config/config_${first}.tar.gz"
+  run --separate-stderr "${BACKUP_SH}" list --records --checksums
+  assert_success
+  assert_line --index 0 "$(printf 'LIST\t1')"
+  assert_line "$(printf 'SET\t%s\tcomplete\tFAILED' "${first}")"
+  assert_line "$(printf 'SET\t%s\tincomplete\t-' "${second}")"
+  local size mtime
+  size="$(stat -c %s "${BACKUP_ROOT}/sqlite/sqlite_${first}.db.gz")"
+  mtime="$(stat -c %Y "${BACKUP_ROOT}/sqlite/sqlite_${first}.db.gz")"
+  assert_line "$(printf 'FILE\t%s\tsqlite\tsqlite/sqlite_%s.db.gz\t%s\t%s' "${first}" "${first}" "${size}" "${mtime}")"
+  assert_line "$(printf 'META\t%s\tdb_type\tsqlite' "${first}")"
+  refute_output --partial "20200101_000000"
+  assert_equal "$(grep -c '^FILE' <<<"${output}")" 7
+  run --separate-stderr "${BACKUP_SH}" list --records
+  assert_line "$(printf 'SET\t%s\tcomplete\tunchecked' "${first}")"
+}
+
 @test "verify: a complete set passes; latest is the newest complete set" {
   backup_ok run
   run --separate-stderr "${BACKUP_SH}" verify
