@@ -58,7 +58,9 @@ def backup_sh_as_one_file() -> str:
     as one program, where those variables are visible."""
     lines: list[str] = []
     for line in (BACKUP_DIR / "backup.sh").read_text().splitlines(keepends=True):
-        if line.startswith(("# shellcheck source=lib/", "BACKUP_LIB_DIR=", "readonly BACKUP_LIB_DIR")):
+        if line.startswith(
+            ("# shellcheck source=lib/", "BACKUP_LIB_DIR=", "readonly BACKUP_LIB_DIR")
+        ):
             continue  # the loader: the parts are inlined below
         match = SOURCE_LINE.fullmatch(line.rstrip("\n"))
         if match:
@@ -84,7 +86,9 @@ def main(out_dir: Path) -> int:
                 target.write_bytes(item.content)
                 count += 1
     (out_dir / "operations").mkdir(exist_ok=True)
-    (out_dir / "operations" / "inventory.sh").write_text(inventory_script(verify=True))
+    (out_dir / "operations" / "inventory.sh").write_text(
+        inventory_script(verify=True, backup_image=image.default_tag())
+    )
     count += 1
     # The off-host scripts (python-built; shebang added for shellcheck).
     offsite_scripts = (

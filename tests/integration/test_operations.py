@@ -58,6 +58,7 @@ def run_inventory(stack: Stack) -> subprocess.CompletedProcess[str]:
     script.write_text(
         inventory_script(
             verify=True,
+            backup_image=stack.env.images.backup,
             backup_dir=str(stack.backups),
             status_dir=str(stack.status_dir),
             drill_dir=str(stack.base / "drills"),

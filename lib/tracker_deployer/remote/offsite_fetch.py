@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracker_deployer import compose, exit_codes, offsite, paths
+from tracker_deployer.backup_layout import is_set_id, set_layout
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote import backups as operations
-from tracker_deployer.remote.backups import VerificationFailed, is_set_id, set_layout
+from tracker_deployer.remote.backups import VerificationFailed
 from tracker_deployer.remote.offsite import list_sets, listing_error
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.say import Say

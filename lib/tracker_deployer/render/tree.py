@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 
 from tracker_deployer import __version__, compose, exit_codes, monitoring, offsite, paths, ports
+from tracker_deployer.backup_layout import SET_ID
 from tracker_deployer.config.model import Env, MysqlDatabase
 from tracker_deployer.errors import DeployError, RenderError
 from tracker_deployer.render import quoting
@@ -480,16 +481,30 @@ def operation_script(name: str, templates_dir: Path = paths.TEMPLATES_DIR, **con
     ).decode()
 
 
+# The parts of backup.sh that list the sets (docker/backup/lib/): the inventory
+# script carries them for a host where the backup container cannot run.
+LISTING_PARTS = ("layout.sh", "list.sh")
+
+
+def backup_listing_shell(context: Path = paths.BACKUP_IMAGE_CONTEXT) -> str:
+    """backup.sh's own set layout and `list --records`, as shell text to inline
+    (each part without its first line, the file-wide shellcheck directive)."""
+    parts = [(context / "lib" / name).read_text(encoding="utf-8") for name in LISTING_PARTS]
+    return "".join(part.split("\n", 1)[1] for part in parts)
+
+
 def inventory_script(
     *,
     verify: bool,
+    backup_image: str,
     backup_dir: str = str(paths.BACKUP_DIR),
     status_dir: str = str(paths.BACKUP_STATUS_DIR),
     drill_dir: str = str(paths.DRILL_DIR),
     templates_dir: Path = paths.TEMPLATES_DIR,
 ) -> str:
-    """The host script that lists the backup sets, the last run and the drills
-    (`inv backups`, `status`, `destroy`); tests point the paths at a scratch directory."""
+    """The host script that lists the backup sets (through `backup.sh list --records`
+    in ``backup_image``), the last run and the drills (`inv backups`, `status`,
+    `destroy`); tests point the paths at a scratch directory."""
     return operation_script(
         "inventory",
         templates_dir,
@@ -498,6 +513,9 @@ def inventory_script(
         marker_name=paths.TRACKER_STOPPED_MARKER.name,
         drill_dir=drill_dir,
         verify=verify,
+        backup_image=backup_image,
+        set_id_pattern=SET_ID.pattern,
+        listing_shell=backup_listing_shell(),
     )
 
 
