@@ -4,9 +4,9 @@
 
 # --- commands -----------------------------------------------------------------
 
-cmd_snapshot() {
-  local started_at
-  started_at="$(utc_now)"
+# The start of `snapshot` and `run`: config, BACKUP_ROOT, the lock, a new set's
+# TS (SET_TS) and no stale staging.
+begin_new_set() {
   load_config "${CONFIG_PATH}"
   validate_config backup
   prepare_root
@@ -14,6 +14,12 @@ cmd_snapshot() {
   ON_ERROR_EXIT="${EXIT_BACKUP}"
   new_set_ts
   clean_stale_staging
+}
+
+cmd_snapshot() {
+  local started_at
+  started_at="$(utc_now)"
+  begin_new_set
   SNAPSHOT_SIGNAL="yes"
   take_snapshot "${started_at}"
   printf '%s\n' "${SET_TS}"
@@ -66,13 +72,7 @@ cmd_run() {
   ((${#PRUNE_ARGS[@]} == 0)) || die "${EXIT_CONFIG}" "usage: backup.sh run [--no-prune]"
   local started_at
   started_at="$(utc_now)"
-  load_config "${CONFIG_PATH}"
-  validate_config backup
-  prepare_root
-  acquire_lock
-  ON_ERROR_EXIT="${EXIT_BACKUP}"
-  new_set_ts
-  clean_stale_staging
+  begin_new_set
   take_snapshot "${started_at}"
   # Nobody retries the finish of a failed run: drop the whole staging then.
   FAILURE_DIRS+=("${STAGING_DIR}/${SET_TS}")
