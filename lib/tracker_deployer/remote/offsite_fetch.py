@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracker_deployer import compose, exit_codes, offsite, paths
-from tracker_deployer.backup_layout import is_set_id, set_layout
+from tracker_deployer.backup_layout import checksum_manifest, is_set_id, set_layout
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote import backups as operations
@@ -79,6 +79,9 @@ _FETCH_CAUSES: dict[int, tuple[str, str]] = {
         "look at the backup directory on the host: remove the incomplete set's files, then again",
     ),
 }
+
+# The checksum manifest of the set in the host scripts' $set_id (from the owner).
+MANIFEST_OF_SET_ID = checksum_manifest("${set_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +156,7 @@ def fetch_script(
     relatives = " ".join(f'"{relative}"' for relative in set_layout("${set_id}"))
     return (
         _prelude(backup_dir, lock_file, lock_wait_seconds)
-        + f"""if [[ -f "$backup_dir/manifests/set_$set_id.sha256" ]]; then
+        + f"""if [[ -f "$backup_dir/{MANIFEST_OF_SET_ID}" ]]; then
   echo "present=$set_id"
   exit 0
 fi
@@ -211,7 +214,7 @@ def verify_script(
     """
     return (
         _prelude(backup_dir, lock_file, lock_wait_seconds)
-        + f"""if [[ -f "$backup_dir/manifests/set_$set_id.sha256" ]]; then
+        + f"""if [[ -f "$backup_dir/{MANIFEST_OF_SET_ID}" ]]; then
   echo "the host holds set $set_id too; verifying the repository's copy (the host's is not read)"
 fi
 mkdir -p -- "$backup_dir"

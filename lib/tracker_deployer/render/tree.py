@@ -16,7 +16,16 @@ from typing import Any
 
 import jinja2
 
-from tracker_deployer import __version__, compose, exit_codes, monitoring, offsite, paths, ports
+from tracker_deployer import (
+    __version__,
+    backup_layout,
+    compose,
+    exit_codes,
+    monitoring,
+    offsite,
+    paths,
+    ports,
+)
 from tracker_deployer.backup_layout import SET_ID
 from tracker_deployer.config.model import Env, MysqlDatabase
 from tracker_deployer.errors import DeployError, RenderError
@@ -124,6 +133,7 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     )
     # Templates take fixed facts from their owners (e.g. paths.DRILL_DIR, exit_codes.LOCK_BUSY).
     environment.globals["paths"] = paths
+    environment.globals["backup_layout"] = backup_layout
     environment.globals["ports"] = ports
     environment.globals["exit_codes"] = exit_codes
     environment.globals["compose_argv"] = compose.argv
