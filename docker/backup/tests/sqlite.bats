@@ -356,10 +356,18 @@ EOF
 
 @test "verify: a tampered manifest line exits 4" {
   backup_ok run
-  printf '%064d  ../../etc/passwd\n' 0 >>"${BACKUP_ROOT}/manifests/set_${SET_TS}.sha256"
-  run --separate-stderr "${BACKUP_SH}" verify latest
-  assert_equal "${status}" 4
-  [[ "${stderr}" == *"unexpected line"* ]]
+  local sums="${BACKUP_ROOT}/manifests/set_${SET_TS}.sha256" name
+  cp "${sums}" "${BATS_TEST_TMPDIR}/sums"
+  # Names outside the set's layout: another path, the manifest itself, another
+  # set's file, nothing.
+  for name in ../../etc/passwd "manifests/set_${SET_TS}.sha256" \
+    "config/config_20200101_000000.tar.gz" ""; do
+    cp "${BATS_TEST_TMPDIR}/sums" "${sums}"
+    printf '%064d  %s\n' 0 "${name}" >>"${sums}"
+    run --separate-stderr "${BACKUP_SH}" verify latest
+    assert_equal "${status}" 4
+    [[ "${stderr}" == *"unexpected line"* ]] || fail "manifest line '${name}': ${stderr}"
+  done
 }
 
 @test "verify: no complete set exits 4; an unknown set name or BACKUP_ROOT exits 2" {
