@@ -38,14 +38,19 @@ def set_file(kind: Kind, set_id: str, compression: Compression = "gzip") -> str:
     }[kind]
 
 
-def set_layout(set_id: str) -> dict[str, str]:
-    """Every file a set may hold -> its part (its directory), the checksum manifest
-    last: layout.sh ``set_layout``, in the same order."""
-    names = [
+def database_files(set_id: str) -> list[str]:
+    """Every name a set's database file may have (one of them exists)."""
+    return [
         set_file(kind, set_id, compression)
         for kind in ("mysql", "sqlite")
         for compression in ("gzip", "zstd")
     ]
+
+
+def set_layout(set_id: str) -> dict[str, str]:
+    """Every file a set may hold -> its part (its directory), the checksum manifest
+    last: layout.sh ``set_layout``, in the same order."""
+    names = database_files(set_id)
     names += [set_file("config", set_id), set_file("meta", set_id), checksum_manifest(set_id)]
     return {name: name.split("/")[0] for name in names}
 
