@@ -464,7 +464,7 @@ def backups(
                 print(offsite_copies.format_sets(found_offsite, parsed.name))
             return
         with where.connect(parsed) as connection:
-            found = operations.inventory(connection, verify=not quick)
+            found = operations.inventory(connection, parsed, verify=not quick)
         if json:
             print(operations.inventory_json(found))
         else:

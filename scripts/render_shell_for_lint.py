@@ -5,6 +5,7 @@ Usage: python scripts/render_shell_for_lint.py OUT_DIR
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -47,6 +48,29 @@ OPERATIONS = {
 }
 
 
+BACKUP_DIR = paths.REPO_ROOT / "docker/backup"
+SOURCE_LINE = re.compile(r'source "\$\{BACKUP_LIB_DIR\}/([a-z-]+\.sh)"')
+
+
+def backup_sh_as_one_file() -> str:
+    """backup.sh with every lib/*.sh it sources inlined: shellcheck checks each lib
+    file on its own (variables that cross files disabled there), and this copy
+    as one program, where those variables are visible."""
+    lines: list[str] = []
+    for line in (BACKUP_DIR / "backup.sh").read_text().splitlines(keepends=True):
+        if line.startswith(
+            ("# shellcheck source=lib/", "BACKUP_LIB_DIR=", "readonly BACKUP_LIB_DIR")
+        ):
+            continue  # the loader: the parts are inlined below
+        match = SOURCE_LINE.fullmatch(line.rstrip("\n"))
+        if match:
+            part = (BACKUP_DIR / "lib" / match[1]).read_text().splitlines(keepends=True)
+            lines += part[1:]  # without its file-wide shellcheck directive
+        else:
+            lines.append(line)
+    return "".join(lines)
+
+
 def main(out_dir: Path) -> int:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
@@ -62,7 +86,9 @@ def main(out_dir: Path) -> int:
                 target.write_bytes(item.content)
                 count += 1
     (out_dir / "operations").mkdir(exist_ok=True)
-    (out_dir / "operations" / "inventory.sh").write_text(inventory_script(verify=True))
+    (out_dir / "operations" / "inventory.sh").write_text(
+        inventory_script(verify=True, backup_image=image.default_tag())
+    )
     count += 1
     # The off-host scripts (python-built; shebang added for shellcheck).
     offsite_scripts = (
@@ -74,6 +100,8 @@ def main(out_dir: Path) -> int:
     for name, text in offsite_scripts:
         (out_dir / "operations" / name).write_text("#!/usr/bin/env bash\n" + text)
         count += 1
+    (out_dir / "backup-one-file.sh").write_text(backup_sh_as_one_file())
+    count += 1
     for name, context in OPERATIONS.items():
         (out_dir / "operations" / f"{name}.sh").write_text(operation_script(name, **context))
         count += 1

@@ -459,6 +459,15 @@ def run_offsite(args: argparse.Namespace, work: Path, log: Log) -> offsite_bench
     return offsite_bench.bench_offsite(settings, work / "offsite", log)
 
 
+def backup_sh_digest(script: Path) -> str:
+    """sha256 over backup.sh and the lib/*.sh it sources (names and contents, in order)."""
+    digest = hashlib.sha256()
+    for path in [script, *sorted((script.parent / "lib").glob("*.sh"))]:
+        digest.update(f"{path.relative_to(script.parent)}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def _metadata(
     args: argparse.Namespace,
     sizes: Sequence[int],
@@ -472,7 +481,7 @@ def _metadata(
         "git_commit": _git_commit(),
         "backup_sh": {
             "path": str(script),
-            "sha256": hashlib.sha256(script.read_bytes()).hexdigest(),
+            "sha256": backup_sh_digest(script),
         },
         "settings": {
             "sizes": list(sizes),

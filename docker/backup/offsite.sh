@@ -360,8 +360,8 @@ cmd_fetch() {
     fi
   done < <(set_layout "${ts}")
   rm -rf -- "${fetch_dir}/restore"
-  [[ -f "${fetch_dir}/set/manifests/set_${ts}.sha256" ]] \
-    || fail "${OFFSITE_EXIT_FAILED}" "snapshot ${id:0:8} holds no manifests/set_${ts}.sha256: not a complete set"
+  [[ -f "${fetch_dir}/set/$(set_file sums "${ts}")" ]] \
+    || fail "${OFFSITE_EXIT_FAILED}" "snapshot ${id:0:8} holds no $(set_file sums "${ts}"): not a complete set"
   if ! (ROOT_DIR="${fetch_dir}/set" && verify_set "${ts}"); then
     fail "${OFFSITE_EXIT_FAILED}" "set ${ts} from the repository fails verification (checksums or archives); nothing was kept"
   fi

@@ -331,7 +331,7 @@ def _sets_through_lxd(env: Env) -> tuple[operations.Inventory, Elsewhere] | None
             f"start it (`lxc start {lxd.name}`) and run destroy again, or pass "
             "--delete-backups to delete it with whatever sets it holds",
         )
-    result = lxd.exec(inventory_script(verify=False))
+    result = lxd.exec(inventory_script(verify=False, backup_image=env.images.backup))
     if result.returncode != 0:
         raise DeployError(
             f"listing the backup sets in {lxd.name} failed: "
@@ -353,7 +353,7 @@ def _sets_through_lxd(env: Env) -> tuple[operations.Inventory, Elsewhere] | None
 
 
 def _sets_through_ssh(connection: SshHost, env: Env) -> tuple[operations.Inventory, Elsewhere]:
-    inventory = operations.inventory(connection, verify=False)
+    inventory = operations.inventory(connection, env, verify=False)
     elsewhere = Elsewhere()
     if inventory.sets and _has_offsite(env):
         listed = connection.run_script(offsite_copies.listing_script())
@@ -458,7 +458,7 @@ def status(env: Env) -> dict[str, Any]:
             if deployed:
                 report["services"] = remote.service_health(connection)
             if env.backup is not None:
-                inventory = operations.inventory(connection, verify=False)
+                inventory = operations.inventory(connection, env, verify=False)
                 report["last_backup_run"] = inventory.last_run or None
                 report["backup_sets"] = len(inventory.complete_sets)
     except DeployError as error:

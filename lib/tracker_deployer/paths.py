@@ -116,6 +116,8 @@ def in_backup_container(host_path: PurePosixPath) -> PurePosixPath:
 # In this repository (the tool runs from a checkout).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = REPO_ROOT / "templates"
+# The backup image's build context; its lib/ holds the set layout's shell owner.
+BACKUP_IMAGE_CONTEXT = REPO_ROOT / "docker" / "backup"
 ENVS_DIR = REPO_ROOT / "envs"
 BUILD_DIR = REPO_ROOT / "build"
 SCHEMA_FILE = REPO_ROOT / "schemas" / "environment-config.json"

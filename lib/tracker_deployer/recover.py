@@ -32,13 +32,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tracker_deployer import lifecycle, paths
+from tracker_deployer.backup_layout import is_set_id
 from tracker_deployer.config.model import Env, InvalidValue, LxdProvider, parse_host
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote import backups as operations
 from tracker_deployer.remote import configure as configuring
 from tracker_deployer.remote import deploy as remote
 from tracker_deployer.remote import offsite_fetch
-from tracker_deployer.remote.backups import is_set_id
 from tracker_deployer.remote.ssh import SshHost, Target
 from tracker_deployer.render import RenderedTree
 from tracker_deployer.say import Say

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker_deployer import image, paths
-from tracker_deployer.remote.backups import set_layout
+from tracker_deployer.backup_layout import set_layout
 from tracker_deployer.remote.deploy import parse_compose_ps
 from tracker_deployer.remote.plan import CRON_FILES
 from tracker_deployer.sandbox import TEST_DOUBLE_IMAGES

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from tracker_deployer import paths
+from tracker_deployer.backup_layout import set_layout
 from tracker_deployer.config import Env
 from tracker_deployer.image import default_tag
-from tracker_deployer.remote.backups import set_layout
 from tracker_deployer.render import render
 from tracker_deployer.render.tree import DUMP_TIMEOUT_SECONDS, maintenance_script
 from tracker_deployer.sandbox import (

@@ -101,6 +101,7 @@ class Drill:
         script = self.base / "inventory.sh"
         script.write_text(
             inventory_script(
+                backup_image=self.stack.env.images.backup,
                 backup_dir=str(self.stack.backups),
                 status_dir=str(self.stack.status_dir),
                 drill_dir=str(self.drill_dir),

@@ -357,6 +357,7 @@ def test_hardening_04_recover_at_boot_starts_a_tracker_a_killed_run_left_stopped
                     "bash",
                     "-c",
                     inventory_script(
+                        backup_image=BACKUP_IMAGE,  # the real one: the stack runs a double
                         backup_dir=str(stack.backups),
                         status_dir=str(stack.status_dir),
                         verify=False,

@@ -52,12 +52,15 @@ def run_operation(stack: Stack, name: str, **context: Any) -> subprocess.Complet
     return _run_script(stack, script)
 
 
-def run_inventory(stack: Stack) -> subprocess.CompletedProcess[str]:
+def run_inventory(
+    stack: Stack, backup_image: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """The inventory exactly as `inv backups` renders it, pointed at the stack's paths."""
     script = stack.base / "inventory.sh"
     script.write_text(
         inventory_script(
             verify=True,
+            backup_image=backup_image or stack.env.images.backup,
             backup_dir=str(stack.backups),
             status_dir=str(stack.status_dir),
             drill_dir=str(stack.base / "drills"),
@@ -150,6 +153,34 @@ def test_inventory_lists_sets_checksums_and_the_last_run(sqlite_stack: Stack) ->
     )
     assert inventory.last_run["result"] == "success"
     assert inventory.resolve("latest").set_id == backup_set.set_id
+
+
+FALLBACK_NOTE = "the backup container could not list the sets"
+
+
+def test_inventory_asks_backup_sh_in_the_container_and_falls_back_to_its_code(
+    sqlite_stack: Stack,
+) -> None:
+    """The sets come from `backup.sh list --records` in the backup image; without
+    the image (or docker) the inlined code of backup.sh lists the same records."""
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    (stack.backups / "sqlite/sqlite_20200101_000000.x.db.gz").write_bytes(b"stray")
+    in_container = run_inventory(stack)
+    assert in_container.returncode == 0, in_container.stderr
+    assert FALLBACK_NOTE not in in_container.stderr
+    on_host = run_inventory(stack, backup_image="tracker-deployer-test/no-such-image:0")
+    assert on_host.returncode == 0, on_host.stderr
+    assert FALLBACK_NOTE in on_host.stderr
+
+    def records(output: str) -> list[str]:
+        return [line for line in output.splitlines() if not line.startswith("NOW\t")]
+
+    assert records(in_container.stdout) == records(on_host.stdout)
+    assert records(in_container.stdout)[0] == "LIST\t1"
+    assert "20200101_000000" not in in_container.stdout
+    [backup_set] = parse_inventory(in_container.stdout).sets
+    assert backup_set.checksums == "ok"
 
 
 def test_sqlite_zstd_set_verifies_with_the_drill_and_restores(tmp_path: Path) -> None:

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import subprocess
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from tracker_deployer import exit_codes, paths
-from tracker_deployer.config.model import COMPRESSIONS
+from tracker_deployer.backup_layout import is_set_id
 from tracker_deployer.errors import DeployError
 from tracker_deployer.remote.backups import (
     HostDataError,
-    checksum_manifest,
     format_inventory,
     format_last_run,
     human_size,
-    is_set_id,
     parse_checksums,
     parse_inventory,
     restore_plan,
     restore_script,
-    set_layout,
 )
 from tracker_deployer.remote.deploy import under_backup_lock
 from tracker_deployer.render.tree import maintenance_script
 
-from tests.helpers import REPO_ROOT, parse, sample_data
+from tests.helpers import parse, sample_data
 
 OUTPUT = "\n".join(
     [
@@ -206,45 +201,6 @@ def test_hardening_01_manifest_entries_must_fit_the_set_layout(
         parse_checksums("\n".join(lines) + "\n", SET)
     assert "is not one backup.sh writes" in error.value.message
     assert "nothing was fetched" in error.value.message
-
-
-def test_set_layout_is_the_one_backup_sh_writes(tmp_path: Path) -> None:
-    """One owner per language: backup.sh's set_files/db_file_name and set_layout agree."""
-    for relative in set_layout(SET):
-        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / relative).write_bytes(b"")
-    names = " ".join(
-        f"$(db_file_name {db_type} {SET} {compression})"
-        for compression in COMPRESSIONS
-        for db_type in ("mysql", "sqlite")
-    )
-    script = (
-        f"source {REPO_ROOT / 'docker/backup/backup.sh'}; ROOT_DIR={tmp_path}; set_files {SET}; "
-        f"printf '%s\\n' {names}"
-    )
-    result = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, check=True, timeout=30
-    )
-    listed = result.stdout.splitlines()
-    assert sorted(listed[:-4]) == sorted(set_layout(SET))
-    assert listed[-4:] == [
-        f"mysql/mysql_{SET}.sql.gz",
-        f"sqlite/sqlite_{SET}.db.gz",
-        f"mysql/mysql_{SET}.sql.zst",
-        f"sqlite/sqlite_{SET}.db.zst",
-    ]
-
-
-def test_set_layout_of_backup_sh_and_python_list_the_same_files_in_order() -> None:
-    """backup.sh's set_layout (used by set_files and offsite.sh fetch) and Python's
-    set_layout (fetch-backup, restore --from offsite) are the two owners; the
-    checksum manifest comes last in both (it is moved into place last)."""
-    script = f"source {REPO_ROOT / 'docker/backup/backup.sh'}; set_layout {SET}"
-    result = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, check=True, timeout=30
-    )
-    assert result.stdout.splitlines() == list(set_layout(SET))
-    assert list(set_layout(SET))[-1] == checksum_manifest(SET)
 
 
 def test_restore_plan_names_the_safety_backup_only_for_mysql() -> None:

@@ -42,7 +42,8 @@ def _full_env_data() -> dict[str, Any]:
 
 def _backup_sh_sources() -> str:
     """The backup image's shell sources (backup.sh, and any file it is split into)."""
-    return "\n".join(path.read_text() for path in sorted(BACKUP_CONTEXT.glob("*.sh")))
+    files = sorted([*BACKUP_CONTEXT.glob("*.sh"), *BACKUP_CONTEXT.glob("lib/*.sh")])
+    return "\n".join(path.read_text() for path in files)
 
 
 # --------------------------------------------------------------------------- paths

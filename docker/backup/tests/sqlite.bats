@@ -337,6 +337,32 @@ EOF
   assert_line --index 1 "${second} incomplete sqlite/sqlite_${second}.db.zst config/config_${second}.tar.gz manifests/set_${second}.meta"
 }
 
+@test "list --records: versioned records with sizes, checksums and meta; only the layout's names" {
+  backup_ok run
+  local first="${SET_TS}"
+  backup_ok run
+  local second="${SET_TS}"
+  rm "${BACKUP_ROOT}/manifests/set_${second}.sha256"
+  # A name that only looks like a set's is no set file.
+  : >"${BACKUP_ROOT}/sqlite/sqlite_20200101_000000.x.db.gz"
+  printf 'x' >>"${BACKUP_ROOT}/config/config_${first}.tar.gz"
+  run --separate-stderr "${BACKUP_SH}" list --records --checksums
+  assert_success
+  assert_line --index 0 "$(printf 'LIST\t1')"
+  assert_line "$(printf 'SET\t%s\tcomplete\tFAILED' "${first}")"
+  assert_line "$(printf 'SET\t%s\tincomplete\t-' "${second}")"
+  local size mtime db
+  db="$(db_file "${first}")"
+  size="$(stat -c %s "${BACKUP_ROOT}/${db}")"
+  mtime="$(stat -c %Y "${BACKUP_ROOT}/${db}")"
+  assert_line "$(printf 'FILE\t%s\tsqlite\t%s\t%s\t%s' "${first}" "${db}" "${size}" "${mtime}")"
+  assert_line "$(printf 'META\t%s\tdb_type\tsqlite' "${first}")"
+  refute_output --partial "20200101_000000"
+  assert_equal "$(grep -c '^FILE' <<<"${output}")" 7
+  run --separate-stderr "${BACKUP_SH}" list --records
+  assert_line "$(printf 'SET\t%s\tcomplete\tunchecked' "${first}")"
+}
+
 @test "verify: a complete set passes; latest is the newest complete set" {
   backup_ok run
   run --separate-stderr "${BACKUP_SH}" verify
@@ -372,10 +398,18 @@ EOF
 
 @test "verify: a tampered manifest line exits 4" {
   backup_ok run
-  printf '%064d  ../../etc/passwd\n' 0 >>"${BACKUP_ROOT}/manifests/set_${SET_TS}.sha256"
-  run --separate-stderr "${BACKUP_SH}" verify latest
-  assert_equal "${status}" 4
-  assert_stderr --partial "unexpected line"
+  local sums="${BACKUP_ROOT}/manifests/set_${SET_TS}.sha256" name
+  cp "${sums}" "${BATS_TEST_TMPDIR}/sums"
+  # Names outside the set's layout: another path, the manifest itself, another
+  # set's file, nothing.
+  for name in ../../etc/passwd "manifests/set_${SET_TS}.sha256" \
+    "config/config_20200101_000000.tar.gz" ""; do
+    cp "${BATS_TEST_TMPDIR}/sums" "${sums}"
+    printf '%064d  %s\n' 0 "${name}" >>"${sums}"
+    run --separate-stderr "${BACKUP_SH}" verify latest
+    assert_equal "${status}" 4
+    [[ "${stderr}" == *"unexpected line"* ]] || fail "manifest line '${name}': ${stderr}"
+  done
 }
 
 @test "verify: no complete set exits 4; an unknown set name or BACKUP_ROOT exits 2" {

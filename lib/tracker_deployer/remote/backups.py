@@ -17,6 +17,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Unpack
 
 from tracker_deployer import exit_codes, paths
+from tracker_deployer.backup_layout import (
+    LIST_FORMAT,
+    PARTS,
+    SET_ID,
+    checksum_manifest,
+    is_set_id,
+    set_layout,
+)
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote.ssh import SshHost
@@ -24,41 +32,11 @@ from tracker_deployer.render import inventory_script, operation_script
 from tracker_deployer.render.tree import verify_script as render_verify_script
 from tracker_deployer.say import Say
 
-# A set id: YYYYMMDD_HHMMSS in ASCII digits (``\\d`` and str.isdigit would take
-# any Unicode digit). Always used with fullmatch.
-SET_ID = re.compile(r"[0-9]{8}_[0-9]{6}")
 NUMBER = re.compile(r"[0-9]{1,18}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 DRILL_EVIDENCE = re.compile(r"drill_[0-9]{8}_[0-9]{6}_set_[0-9]{8}_[0-9]{6}\.json")
-PARTS = ("mysql", "sqlite", "config")
 # A checksum manifest lists three files; anything much larger is not one.
 MAX_MANIFEST_BYTES = 16 * 1024
-
-
-def is_set_id(text: str) -> bool:
-    return SET_ID.fullmatch(text) is not None
-
-
-def set_layout(set_id: str) -> dict[str, str]:
-    """Every file a set may hold, relative to the backup directory -> its part.
-
-    The set layout of docker/backup/backup.sh (``db_file_name``, ``set_files``);
-    tests/unit/test_backups_inventory.py holds the two to each other.
-    """
-    return {
-        f"mysql/mysql_{set_id}.sql.gz": "mysql",
-        f"mysql/mysql_{set_id}.sql.zst": "mysql",
-        f"sqlite/sqlite_{set_id}.db.gz": "sqlite",
-        f"sqlite/sqlite_{set_id}.db.zst": "sqlite",
-        f"config/config_{set_id}.tar.gz": "config",
-        f"manifests/set_{set_id}.meta": "manifests",
-        checksum_manifest(set_id): "manifests",
-    }
-
-
-def checksum_manifest(set_id: str) -> str:
-    """The set's sha256sum manifest (relative to the backup directory); written last."""
-    return f"manifests/set_{set_id}.sha256"
 
 
 class HostDataError(RemoteError):
@@ -232,9 +210,17 @@ def parse_inventory(output: str) -> Inventory:
             inventory.drills.append(DrillRecord(*fields[1:]))
         elif kind == "DRILLSTATUS" and len(fields) == 3:
             inventory.last_drill[fields[1]] = fields[2]
+        elif kind == "LIST" and len(fields) == 2:
+            if fields[1] != LIST_FORMAT:
+                raise HostDataError(
+                    f"the host's backup.sh lists sets in format {_shown(fields[1])}; this "
+                    f"deployer reads format {LIST_FORMAT}; nothing was used from it",
+                    "use the backup image this deployer pins (images.backup), or a deployer "
+                    "of the image's version",
+                )
         elif kind == "NODIR":
             inventory.missing_dir = True
-        elif kind in ("FILE", "SET", "META", "STATUS", "NOW"):
+        elif kind in ("LIST", "FILE", "SET", "META", "STATUS", "NOW"):
             raise _bad_listing(number, line)
     inventory.sets = [sets[key] for key in sorted(sets)]
     return inventory
@@ -392,8 +378,13 @@ def inventory_json(inventory: Inventory) -> str:
 # --------------------------------------------------------------------------- host operations
 
 
-def inventory(host: SshHost, *, verify: bool = True, **where: Unpack[paths.HostPaths]) -> Inventory:
-    result = host.run_script(inventory_script(verify=verify, **where))
+def inventory(
+    host: SshHost, env: Env, *, verify: bool = True, **where: Unpack[paths.HostPaths]
+) -> Inventory:
+    """The host's sets (from ``backup.sh list --records`` in the env's backup image),
+    last run and drills."""
+    script = inventory_script(verify=verify, backup_image=env.images.backup, **where)
+    result = host.run_script(script)
     if not result.ok:
         raise RemoteError(
             f"listing backups on {host.target.host} failed: {result.stderr.strip()}",
@@ -427,7 +418,7 @@ def verify_script(
 def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True) -> BackupSet:
     """Checksums, archives and a restore drill of one set; raise when it fails."""
     _require_backups(env)
-    backup_set = inventory(host, verify=False).resolve(wanted)
+    backup_set = inventory(host, env, verify=False).resolve(wanted)
     script = verify_script(env, backup_set.set_id, drill=drill)
     result = host.run_script(script, stream=say)
     if result.exit_code != 0:
@@ -487,7 +478,7 @@ def restore(
     _require_backups(env)
     if only not in ("all", "db", "config"):
         raise DeployError(f"--only {only!r} is not db or config", "use --only db or --only config")
-    backup_set = inventory(host, verify=False).resolve(wanted)
+    backup_set = inventory(host, env, verify=False).resolve(wanted)
     set_id = backup_set.set_id
     if force:
         say(f"--force: skipping the restore drill of set {set_id} (checksums are still checked)")
@@ -718,7 +709,7 @@ def fetch(
     local set with a manifest is a complete one.
     """
     _require_backups(env)
-    backup_set = inventory(host, verify=False, backup_dir=backup_dir).resolve(wanted)
+    backup_set = inventory(host, env, verify=False, backup_dir=backup_dir).resolve(wanted)
     set_id = backup_set.set_id
     if not is_set_id(set_id):  # parse_inventory checked it; a second look costs nothing
         raise _bad_manifest(set_id, "its id is not YYYYMMDD_HHMMSS")

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tracker_deployer import compose, offsite, paths
+from tracker_deployer.backup_layout import is_set_id
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
-from tracker_deployer.remote.backups import HostDataError, human_size, is_set_id
+from tracker_deployer.remote.backups import HostDataError, human_size
 from tracker_deployer.remote.ssh import SshHost
 
 LISTING_TIMEOUT_SECONDS = 1800

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Unpack
 
 from tracker_deployer import compose, exit_codes, offsite, paths
+from tracker_deployer.backup_layout import checksum_manifest, is_set_id, set_layout
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote import backups as operations
-from tracker_deployer.remote.backups import VerificationFailed, is_set_id, set_layout
+from tracker_deployer.remote.backups import VerificationFailed
 from tracker_deployer.remote.offsite import list_sets, listing_error
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.say import Say
@@ -79,6 +80,9 @@ _FETCH_CAUSES: dict[int, tuple[str, str]] = {
         "look at the backup directory on the host: remove the incomplete set's files, then again",
     ),
 }
+
+# The checksum manifest of the set in the host scripts' $set_id (from the owner).
+MANIFEST_OF_SET_ID = checksum_manifest("${set_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +155,7 @@ def fetch_script(
     at = paths.host_paths(where)
     return (
         _prelude(at, lock_wait_seconds)
-        + f"""if [[ -f "$backup_dir/manifests/set_$set_id.sha256" ]]; then
+        + f"""if [[ -f "$backup_dir/{MANIFEST_OF_SET_ID}" ]]; then
   echo "present=$set_id"
   exit 0
 fi
@@ -207,7 +211,7 @@ def verify_script(
     at = paths.host_paths(where)
     return (
         _prelude(at, lock_wait_seconds)
-        + f"""if [[ -f "$backup_dir/manifests/set_$set_id.sha256" ]]; then
+        + f"""if [[ -f "$backup_dir/{MANIFEST_OF_SET_ID}" ]]; then
   echo "the host holds set $set_id too; verifying the repository's copy (the host's is not read)"
 fi
 mkdir -p -- "$backup_dir"

@@ -16,7 +16,17 @@ from typing import Any, Unpack
 
 import jinja2
 
-from tracker_deployer import __version__, compose, exit_codes, monitoring, offsite, paths, ports
+from tracker_deployer import (
+    __version__,
+    backup_layout,
+    compose,
+    exit_codes,
+    monitoring,
+    offsite,
+    paths,
+    ports,
+)
+from tracker_deployer.backup_layout import SET_ID
 from tracker_deployer.config.model import Env, MysqlDatabase
 from tracker_deployer.errors import DeployError, RenderError
 from tracker_deployer.render import quoting
@@ -123,6 +133,7 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     )
     # Templates take fixed facts from their owners (e.g. paths.DRILL_DIR, exit_codes.LOCK_BUSY).
     environment.globals["paths"] = paths
+    environment.globals["backup_layout"] = backup_layout
     environment.globals["ports"] = ports
     environment.globals["exit_codes"] = exit_codes
     environment.globals["compose_argv"] = compose.argv
@@ -472,20 +483,37 @@ def operation_script(name: str, templates_dir: Path = paths.TEMPLATES_DIR, **con
     ).decode()
 
 
+# The parts of backup.sh that list the sets (docker/backup/lib/): the inventory
+# script carries them for a host where the backup container cannot run.
+LISTING_PARTS = ("layout.sh", "list.sh")
+
+
+def backup_listing_shell(context: Path = paths.BACKUP_IMAGE_CONTEXT) -> str:
+    """backup.sh's own set layout and `list --records`, as shell text to inline
+    (each part without its first line, the file-wide shellcheck directive)."""
+    parts = [(context / "lib" / name).read_text(encoding="utf-8") for name in LISTING_PARTS]
+    return "".join(part.split("\n", 1)[1] for part in parts)
+
+
 def inventory_script(
     *,
     verify: bool,
+    backup_image: str,
     templates_dir: Path = paths.TEMPLATES_DIR,
     **where: Unpack[paths.HostPaths],
 ) -> str:
-    """The host script that lists the backup sets, the last run and the drills
-    (`inv backups`, `status`, `destroy`)."""
+    """The host script that lists the backup sets (through `backup.sh list --records`
+    in ``backup_image``), the last run and the drills (`inv backups`, `status`,
+    `destroy`)."""
     return operation_script(
         "inventory",
         templates_dir,
         **paths.host_paths(where),
         marker_name=paths.TRACKER_STOPPED_MARKER.name,
         verify=verify,
+        backup_image=backup_image,
+        set_id_pattern=SET_ID.pattern,
+        listing_shell=backup_listing_shell(),
     )
 
 

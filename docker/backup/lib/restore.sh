@@ -1,0 +1,79 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# `restore`: the database (SQLite or MySQL) and config files of a verified set.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
+# --- restore ------------------------------------------------------------------
+
+restore_sqlite() {
+  local ts="$1" file="$2" meta="$3"
+  local target="${RESTORE_DB_PATH:-${CONFIG[DB_PATH]}}"
+  local target_dir="${target%/*}" base="${target##*/}"
+  [[ "${target}" == */* ]] || target_dir="."
+  if [[ ! -d "${target_dir}" || ! -w "${target_dir}" ]]; then
+    die "${EXIT_BACKUP}" "cannot write to ${target_dir} (directory of ${target})"
+  fi
+  local temporary="${target_dir}/.${base}.restore-${ts}.tmp"
+  CLEANUP_FILES+=("${temporary}")
+  log "restoring SQLite ${target} from ${file}"
+  decompress "${ROOT_DIR}/${file}" >"${temporary}" || die "${EXIT_BACKUP}" "cannot write ${temporary}"
+  local result
+  result="$(sqlite3 -bail -readonly "${temporary}" 'PRAGMA integrity_check;' 2>&1 | head -n 5)" || true
+  if [[ "${result}" != "ok" ]]; then
+    die "${EXIT_VERIFY}" "integrity_check of the restored database failed: ${result}"
+  fi
+  sqlite_row_counts "${temporary}" "${temporary}.rows"
+  CLEANUP_FILES+=("${temporary}.rows")
+  compare_row_counts "${meta}" "${temporary}.rows"
+  if [[ -e "${target}" ]]; then
+    local stamp aside suffix
+    stamp="$(date -u '+%Y%m%d_%H%M%S')"
+    aside="${target}.before-restore-${stamp}"
+    if [[ -e "${aside}" ]]; then
+      die "${EXIT_BACKUP}" "${aside} already exists; retry in a second"
+    fi
+    chmod --reference="${target}" -- "${temporary}"
+    if [[ "$(id -u)" == 0 ]]; then
+      chown --reference="${target}" -- "${temporary}"
+    fi
+    # Keep the old database (and any journal of it) aside; a hard link keeps
+    # the target in place until the atomic rename below.
+    ln -- "${target}" "${aside}" 2>/dev/null || cp -p -- "${target}" "${aside}" \
+      || die "${EXIT_BACKUP}" "cannot keep the old database aside as ${aside}"
+    for suffix in -wal -shm -journal; do
+      if [[ -e "${target}${suffix}" ]]; then
+        mv -- "${target}${suffix}" "${aside}${suffix}" || die "${EXIT_BACKUP}" "cannot move ${target}${suffix} aside"
+      fi
+    done
+    log "the old database is kept as ${aside}"
+  fi
+  mv -f -- "${temporary}" "${target}" || die "${EXIT_BACKUP}" "cannot rename the restored database into place"
+  log "SQLite database ${target} restored from set ${ts}"
+}
+
+restore_mysql() {
+  local ts="$1" file="$2" meta="$3"
+  mkdir -p -- "${STAGING_DIR}" || die "${EXIT_BACKUP}" "cannot create ${STAGING_DIR}"
+  setup_mysql "${STAGING_DIR}"
+  if ! "${MYSQL_CLIENT[@]}" --batch -e 'SELECT 1' >/dev/null; then
+    die "${EXIT_BACKUP}" "cannot connect to ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} (see the client's error above)"
+  fi
+  log "restoring MySQL database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} from ${file}"
+  if ! decompress "${ROOT_DIR}/${file}" | "${MYSQL_CLIENT[@]}" --batch; then
+    die "${EXIT_BACKUP}" "loading the dump failed (decompress/mariadb exit ${PIPESTATUS[*]}; see above)"
+  fi
+  local counts_file="${STAGING_DIR}/restore-rows.$$"
+  CLEANUP_FILES+=("${counts_file}")
+  mysql_row_counts "${counts_file}"
+  compare_row_counts "${meta}" "${counts_file}"
+  log "MySQL database ${CONFIG[DB_NAME]} restored from set ${ts}"
+}
+
+restore_config() {
+  local ts="$1" file="$2"
+  local destination="${RESTORE_CONFIG_ROOT:-${ROOT_DIR}/restore-${ts}}"
+  mkdir -p -- "${destination}" || die "${EXIT_BACKUP}" "cannot create ${destination}"
+  log "extracting ${file} into ${destination}"
+  tar --extract --gzip --file="${ROOT_DIR}/${file}" --directory="${destination}" \
+    || die "${EXIT_BACKUP}" "extracting ${file} failed"
+  log "config files of set ${ts} restored under ${destination}"
+}

@@ -1,0 +1,68 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # variables cross files; see backup.sh
+# BACKUP_ROOT: its paths, the lock, staging, and choosing a new set's TS.
+# Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
+
+# --- paths, lock, set names -------------------------------------------------
+
+init_paths() {
+  CONFIG_PATH="${CONFIG_FILE:-${DEFAULT_CONFIG_FILE}}"
+  ROOT_DIR="${BACKUP_ROOT:-${DEFAULT_BACKUP_ROOT}}"
+  STAGING_DIR="${ROOT_DIR}/.staging"
+}
+
+# Create BACKUP_ROOT's layout (only what this tool owns).
+prepare_root() {
+  mkdir -p -- "${ROOT_DIR}" || die "${EXIT_BACKUP}" "cannot create BACKUP_ROOT ${ROOT_DIR}"
+  if [[ ! -w "${ROOT_DIR}" ]]; then
+    die "${EXIT_BACKUP}" "BACKUP_ROOT ${ROOT_DIR} is not writable by uid $(id -u)"
+  fi
+  mkdir -p -- "${STAGING_DIR}" || die "${EXIT_BACKUP}" "cannot create ${STAGING_DIR}"
+  if [[ ! -e "${ROOT_DIR}/${ROOT_TAG}" ]]; then
+    printf 'backup.sh: this directory holds backup sets; tar skips it when archiving config.\n' \
+      >"${ROOT_DIR}/${ROOT_TAG}" || die "${EXIT_BACKUP}" "cannot write ${ROOT_DIR}/${ROOT_TAG}"
+  fi
+}
+
+# flock on BACKUP_ROOT/.lock: backup, finish and restore never overlap.
+acquire_lock() {
+  local lock_file="${ROOT_DIR}/.lock"
+  exec {LOCK_FD}>>"${lock_file}" || die "${EXIT_BACKUP}" "cannot open lock file ${lock_file}"
+  if ! flock --nonblock "${LOCK_FD}"; then
+    die "${EXIT_LOCKED}" "another backup.sh run holds ${lock_file}; not starting"
+  fi
+}
+
+# Choose the new set's TS (UTC): unused in staging (stale staging included, so
+# a TS never names two snapshots) and among final files.
+new_set_ts() {
+  local attempt ts
+  for attempt in 1 2 3 4 5 6; do
+    ts="$(date -u '+%Y%m%d_%H%M%S')"
+    if [[ ! -e "${STAGING_DIR}/${ts}" && -z "$(set_files "${ts}")" ]]; then
+      SET_TS="${ts}"
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "${EXIT_BACKUP}" "no unused set timestamp after ${attempt} attempts"
+}
+
+# Remove staging left by killed or unfinished runs (.staging is private to
+# this tool), and the final-named files such a run may have renamed before it
+# died. Called with the lock held, before a new snapshot: a snapshot that was
+# never finished is stale by then.
+clean_stale_staging() {
+  local entry ts relative
+  for entry in "${STAGING_DIR}"/* "${STAGING_DIR}"/.[!.]*; do
+    [[ -e "${entry}" || -L "${entry}" ]] || continue
+    ts="${entry##*/}"
+    log "removing stale staging ${ts} (left by an interrupted or unfinished run)"
+    rm -rf -- "${entry}" || die "${EXIT_BACKUP}" "cannot remove ${entry}"
+    if [[ "${ts}" =~ ${TS_REGEX} ]] && ! set_is_complete "${ts}"; then
+      while IFS= read -r relative; do
+        log "removing ${relative} (incomplete set ${ts} of an interrupted run)"
+        rm -f -- "${ROOT_DIR:?}/${relative}"
+      done < <(set_files "${ts}")
+    fi
+  done
+}

@@ -1,0 +1,60 @@
+"""The backup-set layout: the names of a set's files (Python's one owner).
+
+The image's owner is ``set_file`` in docker/backup/lib/layout.sh; the host's
+inventory gets the files from ``backup.sh list --records`` (its format version is
+LIST_FORMAT). tests/unit/test_backup_layout.py holds the two owners to each other.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+# A set id: YYYYMMDD_HHMMSS in ASCII digits (``\\d`` and str.isdigit would take
+# any Unicode digit). Always used with fullmatch.
+SET_ID = re.compile(r"[0-9]{8}_[0-9]{6}")
+# The parts a set is shown with (the database file's directory, or config).
+PARTS = ("mysql", "sqlite", "config")
+# The version of `backup.sh list --records` this deployer reads (its first line).
+LIST_FORMAT = "1"
+
+Kind = Literal["mysql", "sqlite", "config", "meta", "sums"]
+Compression = Literal["gzip", "zstd"]
+
+
+def is_set_id(text: str) -> bool:
+    return SET_ID.fullmatch(text) is not None
+
+
+def set_file(kind: Kind, set_id: str, compression: Compression = "zstd") -> str:
+    """A set file's name relative to the backup directory (layout.sh ``set_file``)."""
+    suffix = "gz" if compression == "gzip" else "zst"
+    return {
+        "mysql": f"mysql/mysql_{set_id}.sql.{suffix}",
+        "sqlite": f"sqlite/sqlite_{set_id}.db.{suffix}",
+        "config": f"config/config_{set_id}.tar.gz",
+        "meta": f"manifests/set_{set_id}.meta",
+        "sums": f"manifests/set_{set_id}.sha256",
+    }[kind]
+
+
+def database_files(set_id: str) -> list[str]:
+    """Every name a set's database file may have (one of them exists)."""
+    return [
+        set_file(kind, set_id, compression)
+        for kind in ("mysql", "sqlite")
+        for compression in ("gzip", "zstd")
+    ]
+
+
+def set_layout(set_id: str) -> dict[str, str]:
+    """Every file a set may hold -> its part (its directory), the checksum manifest
+    last: layout.sh ``set_layout``, in the same order."""
+    names = database_files(set_id)
+    names += [set_file("config", set_id), set_file("meta", set_id), checksum_manifest(set_id)]
+    return {name: name.split("/")[0] for name in names}
+
+
+def checksum_manifest(set_id: str) -> str:
+    """The set's sha256sum manifest (relative to the backup directory); written last."""
+    return set_file("sums", set_id)
