@@ -35,6 +35,12 @@ readonly DUMP_MARKER="-- Dump completed"
 # `snapshot` prints this line on stdout once the consistent view of the database
 # exists; the maintenance script starts the tracker again when it reads it.
 readonly SNAPSHOT_OPEN_LINE="snapshot-open"
+# `snapshot --gate SECONDS` prints SNAPSHOT_READY_LINE once everything that does
+# not need the tracker stopped is done, and takes the snapshot only when the
+# next line on its stdin is SNAPSHOT_GO_LINE (the maintenance script stops the
+# tracker in between).
+readonly SNAPSHOT_READY_LINE="snapshot-ready"
+readonly SNAPSHOT_GO_LINE="go"
 readonly -a KNOWN_KEYS=(
   BACKUP_MODE BACKUP_RETENTION_DAYS BACKUP_PATHS_FILE BACKUP_COMPRESSION BACKUP_COMPRESSION_LEVEL
   DB_TYPE DB_HOST DB_PORT DB_USER DB_PASSWORD DB_NAME DB_PATH
@@ -121,10 +127,14 @@ Usage: backup.sh [COMMAND]
 
 Commands:
   run [--no-prune]           snapshot + finish (the default)
-  snapshot                   consistent database snapshot into BACKUP_ROOT/.staging;
+  snapshot [--gate SECONDS]  consistent database snapshot into BACKUP_ROOT/.staging;
                              prints "snapshot-open" once the consistent view exists
                              (MySQL: the dump goes on after it) and the set's TS as
-                             the last line of stdout
+                             the last line of stdout. --gate: prepare everything
+                             (config, lock, set TS, staging, database checks), print
+                             "snapshot-ready", then wait up to SECONDS for the line
+                             "go" on stdin; EOF, another line or the timeout abort
+                             (exit 3, no set, staging removed, lock released)
   finish TS [--no-prune]     check, compress, archive config, checksum, rename,
                              then apply retention (--no-prune: delete nothing;
                              the safety backup before a restore uses it)
@@ -801,22 +811,33 @@ dump_wait() {
   fi
 }
 
-snapshot_mysql() {
+# Before the tracker is stopped (prepare_snapshot): the option file, whether
+# events may be dumped, and the row-count session, connected and checked but
+# without a transaction yet. A database that does not answer fails the run here.
+declare -ga DUMP_OPTIONS=()
+prepare_mysql() {
   local dir="$1"
   setup_mysql "${dir}"
-  local -a options=(--single-transaction --quick --no-tablespaces --hex-blob --routines --triggers --verbose)
+  DUMP_OPTIONS=(--single-transaction --quick --no-tablespaces --hex-blob --routines --triggers --verbose)
   if "${MYSQL_CLIENT[@]}" --batch -e 'SHOW EVENTS' >/dev/null 2>&1; then
-    options+=(--events)
+    DUMP_OPTIONS+=(--events)
   else
     log "events are not dumped: ${CONFIG[DB_USER]} may not list them (no EVENT privilege)"
   fi
   session_open "${dir}"
-  if ! session_query "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; START TRANSACTION WITH CONSISTENT SNAPSHOT;" "${dir}/session.txt" \
-    || ! session_query "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name;" "${dir}/tables"; then
+  if ! session_query "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;" "${dir}/session.txt"; then
     die "${EXIT_BACKUP}" "cannot query database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} as ${CONFIG[DB_USER]} (see the client's error above)"
   fi
   log "dumping MySQL database ${CONFIG[DB_NAME]} from ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]}"
-  dump_until_snapshot_open "${dir}" "${options[@]}"
+}
+
+snapshot_mysql() {
+  local dir="$1"
+  if ! session_query "START TRANSACTION WITH CONSISTENT SNAPSHOT;" "${dir}/session.txt" \
+    || ! session_query "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name;" "${dir}/tables"; then
+    die "${EXIT_BACKUP}" "cannot query database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} as ${CONFIG[DB_USER]} (see the client's error above)"
+  fi
+  dump_until_snapshot_open "${dir}" "${DUMP_OPTIONS[@]}"
   snapshot_is_open
   session_row_counts "${dir}/rows" "${dir}/tables"
   session_close
@@ -825,17 +846,26 @@ snapshot_mysql() {
   log "dump complete"
 }
 
-# The consistent view of the database exists: log it, and tell the maintenance
-# script (on stdout) when this is `backup.sh snapshot`.
+# The consistent view of the database exists: tell the maintenance script (on
+# stdout) when this is `backup.sh snapshot`, then log it (the line first: the
+# tracker waits for it).
 SNAPSHOT_SIGNAL="no"
 snapshot_is_open() {
-  log "consistent snapshot open"
   if [[ "${SNAPSHOT_SIGNAL}" == yes ]]; then
     printf '%s\n' "${SNAPSHOT_OPEN_LINE}"
   fi
+  log "consistent snapshot open"
 }
 
-snapshot_sqlite() {
+# Before the tracker is stopped (prepare_snapshot): check the database file,
+# link it as source.db into the staging directory $1, and start the sqlite3
+# that will copy it, reading its commands from a FIFO (snapshot_sqlite): its
+# start-up is then not part of the window. Until its BEGIN it only holds the
+# file open, without a lock.
+SQLITE_SOURCE=""
+SQLITE_PID=""
+SQLITE_IN_FD=""
+prepare_sqlite() {
   local dir="$1" source="${CONFIG[DB_PATH]}"
   if [[ ! -f "${source}" ]]; then
     die "${EXIT_BACKUP}" "SQLite database ${source} does not exist"
@@ -844,28 +874,42 @@ snapshot_sqlite() {
     die "${EXIT_BACKUP}" "SQLite database ${source} is not readable by uid $(id -u)"
   fi
   [[ "${source}" == /* ]] || source="${PWD}/${source}"
-  log "copying SQLite database ${source} (file copy under a read lock)"
-  # cp inside a read transaction: its SHARED lock keeps every writer from
-  # changing the file until the copy is done, and cp streams large blocks
-  # where the online backup API copies page by page (3-4x slower for a 1 GB
-  # database, see bench/README.md). Run in the staging directory, with
-  # source.db a symlink to the database, so the .shell line needs no quoting;
-  # copy.ok tells that cp succeeded (sqlite3 ignores .shell's exit status).
+  SQLITE_SOURCE="${source}"
+  log "SQLite database ${source}: the snapshot is a file copy under a read lock"
   ln -s -- "${source}" "${dir}/source.db" || die "${EXIT_BACKUP}" "cannot create ${dir}/source.db"
-  local mode
-  if ! mode="$(cd -- "${dir}" && sqlite3 -bail -readonly -cmd '.timeout 10000' "${source}" \
-    'BEGIN' 'SELECT count(*) FROM sqlite_master' 'PRAGMA journal_mode' \
-    '.shell cp -- source.db snapshot.db && : >copy.ok' 'COMMIT')"; then
+  mkfifo -m 0600 -- "${dir}/sqlite.in" || die "${EXIT_BACKUP}" "cannot create a FIFO in ${dir}"
+  (cd -- "${dir}" && exec sqlite3 -bail -readonly -cmd '.timeout 10000' "${source}" <sqlite.in >mode) &
+  SQLITE_PID=$!
+  BACKGROUND_PIDS+=("${SQLITE_PID}")
+  exec {SQLITE_IN_FD}>"${dir}/sqlite.in"
+  rm -f -- "${dir}/sqlite.in"
+}
+
+# cp inside a read transaction: its SHARED lock keeps every writer from changing
+# the file until the copy is done, and cp streams large blocks where the online
+# backup API copies page by page (3-4x slower for a 1 GB database, see
+# bench/README.md). Run in the staging directory, with source.db a symlink to
+# the database (prepare_sqlite), so the .shell line needs no quoting; copy.ok
+# tells that cp succeeded (sqlite3 ignores .shell's exit status). Nothing
+# starts here but the copy's sh and cp: this is the window.
+snapshot_sqlite() {
+  local dir="$1" source="${SQLITE_SOURCE}" line journal_mode="" rc=0
+  # A subshell: should sqlite3 be gone, SIGPIPE ends the subshell only.
+  (printf '%s\n' 'BEGIN;' 'SELECT count(*) FROM sqlite_master;' 'PRAGMA journal_mode;' \
+    '.shell cp -- source.db snapshot.db && : >copy.ok' 'COMMIT;' >&"${SQLITE_IN_FD}") 2>/dev/null || rc=$?
+  exec {SQLITE_IN_FD}>&-
+  wait "${SQLITE_PID}" || rc=$?
+  if ((rc != 0)); then
     die "${EXIT_BACKUP}" "SQLite copy of ${source} failed (see the error above)"
   fi
   if [[ ! -f "${dir}/copy.ok" ]]; then
     die "${EXIT_BACKUP}" "SQLite copy of ${source} failed (see cp's error above)"
   fi
-  rm -f -- "${dir}/source.db" "${dir}/copy.ok"
+  # The last line of sqlite3's output: the journal mode.
+  while IFS= read -r line || [[ -n "${line}" ]]; do journal_mode="${line}"; done <"${dir}/mode"
   # Only a rollback-journal database is whole in its main file. A WAL database
   # keeps committed pages in its -wal file, which the copy misses: any other
   # journal mode (or unexpected output) is copied with the online backup API.
-  local journal_mode="${mode##*$'\n'}"
   case "${journal_mode}" in
     delete | truncate | persist) ;;
     *)
@@ -878,20 +922,52 @@ snapshot_sqlite() {
   esac
 }
 
-# Take the consistent database snapshot of set SET_TS (new_set_ts) into staging.
+# Everything of set SET_TS (new_set_ts) that needs no stopped tracker: its
+# staging directory and the engine's preparation (prepare_mysql, prepare_sqlite).
+prepare_snapshot() {
+  local dir="${STAGING_DIR}/${SET_TS}"
+  log "set ${SET_TS} (UTC): snapshot of the ${CONFIG[DB_TYPE]} database"
+  FAILURE_DIRS+=("${dir}")
+  mkdir -- "${dir}" || die "${EXIT_BACKUP}" "cannot create ${dir}"
+  case "${CONFIG[DB_TYPE]}" in
+    mysql) prepare_mysql "${dir}" ;;
+    sqlite) prepare_sqlite "${dir}" ;;
+  esac
+}
+
+# `snapshot --gate SECONDS`: SNAPSHOT_READY_LINE on stdout, then one line from
+# stdin. Only SNAPSHOT_GO_LINE goes on; EOF (the maintenance script is gone),
+# another line or SECONDS without a line end the run with EXIT_BACKUP: the
+# EXIT trap removes the staging directory and the lock goes with the process.
+wait_for_go() {
+  local seconds="$1" line="" rc=0
+  printf '%s\n' "${SNAPSHOT_READY_LINE}"
+  log "ready; waiting for '${SNAPSHOT_GO_LINE}' on stdin (at most ${seconds} s)"
+  IFS= read -r -t "${seconds}" line || rc=$?
+  if ((rc > 128)); then
+    die "${EXIT_BACKUP}" "no '${SNAPSHOT_GO_LINE}' on stdin within ${seconds} s; no snapshot taken"
+  fi
+  if ((rc != 0)); then
+    die "${EXIT_BACKUP}" "stdin ended before '${SNAPSHOT_GO_LINE}'; no snapshot taken"
+  fi
+  if [[ "${line}" != "${SNAPSHOT_GO_LINE}" ]]; then
+    die "${EXIT_BACKUP}" "expected '${SNAPSHOT_GO_LINE}' on stdin, got another line; no snapshot taken"
+  fi
+}
+
+# Take the consistent database snapshot of set SET_TS into staging (after
+# prepare_snapshot).
 take_snapshot() {
   local started_at="$1"
   local ts="${SET_TS}" dir="${STAGING_DIR}/${SET_TS}"
-  log "set ${ts} (UTC): snapshot of the ${CONFIG[DB_TYPE]} database"
-  FAILURE_DIRS+=("${dir}")
-  mkdir -- "${dir}" || die "${EXIT_BACKUP}" "cannot create ${dir}"
   local snapshot_started_at
-  snapshot_started_at="$(utc_now)"
+  TZ=UTC0 printf -v snapshot_started_at '%(%Y-%m-%dT%H:%M:%SZ)T' -1
   case "${CONFIG[DB_TYPE]}" in
     mysql) snapshot_mysql "${dir}" ;;
     sqlite)
       snapshot_sqlite "${dir}"
       snapshot_is_open
+      rm -f -- "${dir}/source.db" "${dir}/copy.ok" "${dir}/mode"
       ;;
   esac
   {
@@ -1246,7 +1322,13 @@ restore_config() {
 # --- commands -----------------------------------------------------------------
 
 cmd_snapshot() {
-  local started_at
+  local started_at gate_seconds=""
+  if (($# > 0)); then
+    if (($# != 2)) || [[ "$1" != --gate || ! "$2" =~ ^[1-9][0-9]{0,5}$ ]]; then
+      die "${EXIT_CONFIG}" "usage: backup.sh snapshot [--gate SECONDS] (SECONDS: 1-999999)"
+    fi
+    gate_seconds="$2"
+  fi
   started_at="$(utc_now)"
   load_config "${CONFIG_PATH}"
   validate_config backup
@@ -1256,6 +1338,8 @@ cmd_snapshot() {
   new_set_ts
   clean_stale_staging
   SNAPSHOT_SIGNAL="yes"
+  prepare_snapshot
+  [[ -z "${gate_seconds}" ]] || wait_for_go "${gate_seconds}"
   take_snapshot "${started_at}"
   printf '%s\n' "${SET_TS}"
 }
@@ -1314,6 +1398,7 @@ cmd_run() {
   ON_ERROR_EXIT="${EXIT_BACKUP}"
   new_set_ts
   clean_stale_staging
+  prepare_snapshot
   take_snapshot "${started_at}"
   # Nobody retries the finish of a failed run: drop the whole staging then.
   FAILURE_DIRS+=("${STAGING_DIR}/${SET_TS}")
@@ -1414,9 +1499,12 @@ main() {
     shift
   fi
   case "${command}" in
-    snapshot | list)
+    list)
       (($# == 0)) || die "${EXIT_CONFIG}" "${command} takes no arguments (see --help)"
-      "cmd_${command}"
+      cmd_list
+      ;;
+    snapshot)
+      cmd_snapshot "$@"
       ;;
     run)
       cmd_run "$@"

@@ -507,6 +507,9 @@ def inventory_script(
 # reaches them, a large database does not.
 DUMP_TIMEOUT_SECONDS = 6 * 3600
 FINISH_TIMEOUT_SECONDS = 6 * 3600
+# Its bound on the snapshot container's start and preparation, before the
+# tracker is stopped (an image pull included, should the image be missing).
+READY_TIMEOUT_SECONDS = 300
 
 
 def maintenance_script(
@@ -518,10 +521,11 @@ def maintenance_script(
     status_dir: str = str(paths.BACKUP_STATUS_DIR),
     metrics_script: str = str(paths.METRICS_SCRIPT),
     dump_timeout_seconds: int = DUMP_TIMEOUT_SECONDS,
+    ready_timeout_seconds: int = READY_TIMEOUT_SECONDS,
     templates_dir: Path = paths.TEMPLATES_DIR,
 ) -> bytes:
     """The host's maintenance-backup.sh; tests point the paths at a scratch directory
-    and shorten the dump's bound."""
+    and shorten the dump's and the ready wait's bounds."""
     assert env.backup is not None
     return _render_template(
         _environment(templates_dir),
@@ -536,8 +540,11 @@ def maintenance_script(
         max_downtime_seconds=env.backup.max_downtime_seconds,
         metrics_script=metrics_script,
         offsite=offsite_settings(env),
+        snapshot_ready_line=paths.SNAPSHOT_READY_LINE,
+        snapshot_go_line=paths.SNAPSHOT_GO_LINE,
         snapshot_open_line=paths.SNAPSHOT_OPEN_LINE,
         dump_timeout_seconds=dump_timeout_seconds,
+        ready_timeout_seconds=ready_timeout_seconds,
         finish_timeout_seconds=FINISH_TIMEOUT_SECONDS,
     )
 
