@@ -255,17 +255,20 @@ def test_a_backup_container_that_never_gets_ready_is_stopped_and_the_tracker_nev
 ) -> None:
     require_images(STANDIN_IMAGE)
     data = env_for_stack(sample_data("manual-test-sqlite"), backup_image=never_ready_backup_image())
-    stack = Stack(parse(data), tmp_path / "s").install(ready_timeout_seconds=5)
+    # The bound counts from the compose client's start: time enough for the
+    # container to start on a loaded machine.
+    stack = Stack(parse(data), tmp_path / "s").install(ready_timeout_seconds=20)
+    process: subprocess.Popen[str] | None = None
     try:
         stack.up()
         before = tracker_started_at_text(stack)
         process = stack.start_maintenance("--quiet")
-        stack.wait_for_log("backup double: preparing, never ready")
+        stack.wait_for_log("backup double: preparing, never ready", timeout=60)
         assert "tracker" in stack.running_services()
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 124, stderr
         reason = (
-            "the backup container was not ready for the snapshot within 5 s;"
+            "the backup container was not ready for the snapshot within 20 s;"
             " it was stopped, and the tracker was never stopped"
         )
         status = stack.status()
@@ -279,6 +282,14 @@ def test_a_backup_container_that_never_gets_ready_is_stopped_and_the_tracker_nev
         wait_for_free_lock(stack.lock_file, timeout=5)
         assert stack.sets() == []
     finally:
+        if process is not None and process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate(timeout=60)
+            subprocess.run(
+                ["docker", "rm", "-f", snapshot_container(process)],
+                capture_output=True,
+                check=False,
+            )
         stack.cleanup()
 
 
