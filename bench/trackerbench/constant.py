@@ -141,7 +141,7 @@ def measure(image: str, repeat: int, log: Callable[[str], None]) -> ContainerCon
     )
     log(
         f"container constant: C = {constant.seconds:.2f} s (stop {constant.stop_seconds:.2f}"
-        f" + start {constant.start_seconds:.2f} + go/open {constant.gate_seconds:.3f});"
+        f" + start {constant.start_seconds:.2f} + go/open {constant.gate_seconds * 1000:.1f} ms);"
         f" outside it: a one-off container's run {constant.run_seconds:.2f}"
     )
     return constant
