@@ -125,12 +125,14 @@ start_gated_snapshot() {
   mkfifo "${dir}/gate.in"
   "${BACKUP_SH}" snapshot --gate "${seconds}" <"${dir}/gate.in" >"${dir}/gate.out" 2>"${dir}/gate.err" 3>&- &
   GATE_PID=$!
+  # shellcheck disable=SC2034  # written and closed by the tests
   exec {GATE_FD}>"${dir}/gate.in"
   gate_wait 30 grep -qx snapshot-ready "${dir}/gate.out" \
     || fail "no snapshot-ready line: $(cat "${dir}/gate.out" "${dir}/gate.err")"
 }
 
 # Wait for the gated snapshot; its exit status in GATE_STATUS.
+# shellcheck disable=SC2034  # GATE_STATUS is read by the tests
 wait_gated_snapshot() {
   GATE_STATUS=0
   wait "${GATE_PID}" || GATE_STATUS=$?
