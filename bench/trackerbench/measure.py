@@ -43,6 +43,8 @@ class Sample:
     stdout: str
     # with run_measured(open_line=...): when that line appeared on stdout
     open_seconds: float | None = None
+    # with run_measured(gate=...): when the go line was written to stdin
+    go_seconds: float | None = None
 
     @property
     def peak_rss_bytes(self) -> int:
@@ -134,18 +136,24 @@ def run_measured(
     cwd: Path | None = None,
     interval: float = 0.01,
     open_line: str | None = None,
+    gate: tuple[str, str] | None = None,
 ) -> Sample:
     """Run `argv` in its own session; raise CommandFailedError on a non-zero exit.
 
     With `open_line`, stdout is read as it comes and the time of the first line
-    equal to it is kept (`backup.sh snapshot`'s "snapshot-open": the window)."""
+    equal to it is kept (`backup.sh snapshot`'s "snapshot-open": the window).
+    With `gate=(ready, go)`, stdin is a pipe: once the line `ready` appears on
+    stdout, the line `go` is written to it and the time of that write is kept
+    (`backup.sh snapshot --gate`: the maintenance script stops the tracker in
+    between, so the window runs from the write to the open line)."""
     lines: list[str] = []
     opened: list[float] = []
+    went: list[float] = []
     with tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(
             list(argv),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if gate is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
             env=dict(env) if env is not None else None,
@@ -160,6 +168,11 @@ def run_measured(
                 line = raw.decode(errors="replace")
                 if open_line is not None and not opened and line.rstrip("\n") == open_line:
                     opened.append(time.perf_counter() - started)
+                if gate is not None and not went and line.rstrip("\n") == gate[0]:
+                    assert process.stdin is not None
+                    went.append(time.perf_counter() - started)
+                    process.stdin.write(f"{gate[1]}\n".encode())
+                    process.stdin.close()
                 lines.append(line)
 
         reader = threading.Thread(target=read_stdout, daemon=True)
@@ -172,6 +185,8 @@ def run_measured(
         sampler.stop()
         reader.join(timeout=60)
         stream.close()
+        if process.stdin is not None and not process.stdin.closed:
+            process.stdin.close()
         err.seek(0)
         stdout = "".join(lines)
         stderr = err.read().decode(errors="replace")
@@ -183,6 +198,7 @@ def run_measured(
         process_rss_bytes=sampler.process_peak,
         stdout=stdout,
         open_seconds=opened[0] if opened else None,
+        go_seconds=went[0] if went else None,
     )
 
 

@@ -271,7 +271,7 @@ def write_plot(path: Path, results: Sequence[SizeResult], constant: ContainerCon
             constant.seconds,
             color="tab:green",
             linestyle=":",
-            label=f"C = {constant.seconds:.2f} s (container stop + start + run)",
+            label=f"C = {constant.seconds:.2f} s (container stop + start + go/open)",
         )
     axes.set_xscale("log")
     axes.set_yscale("log")

@@ -1,10 +1,12 @@
 """The three ways of backing up that the benchmark compares.
 
-- **ours**: `backup.sh snapshot` (the maintenance window, while the tracker is
-  stopped, ends when it prints "snapshot-open": for MySQL the dump goes on
-  after that) followed by `backup.sh finish TS` (the tracker runs again), run on
-  the host with CONFIG_FILE/BACKUP_ROOT pointing at a temporary directory, as
-  the bats tests do.
+- **ours**: `backup.sh snapshot --gate` followed by `backup.sh finish TS`, run
+  on the host with CONFIG_FILE/BACKUP_ROOT pointing at a temporary directory, as
+  the bats tests do. The snapshot prepares (config, lock, staging, database
+  checks) while the tracker still runs and prints "snapshot-ready"; the
+  maintenance script then stops the tracker and writes "go". The window is
+  from writing "go" until "snapshot-open" (for MySQL the dump goes on after
+  that, with the tracker running again).
 - **baseline**: `bench/baseline.sh`, the naive backup that keeps the tracker
   stopped for the whole job and compresses with single-threaded gzip.
 - **floor** (SQLite only): a plain `cp` of the database file, the physical
@@ -27,8 +29,13 @@ from trackerbench.measure import Sample, run_measured
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 BASELINE_SH = BENCH_DIR / "baseline.sh"
-# = tracker_deployer.paths.SNAPSHOT_OPEN_LINE (the bench runs without the package)
+# = tracker_deployer.paths.SNAPSHOT_OPEN_LINE, SNAPSHOT_READY_LINE and
+# SNAPSHOT_GO_LINE (the bench runs without the package)
 OPEN_LINE = "snapshot-open"
+READY_LINE = "snapshot-ready"
+GO_LINE = "go"
+# How long `snapshot --gate` waits for the go line (the bench writes it at once).
+GATE_SECONDS = 600
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +94,27 @@ def make_config_tree(root: Path) -> Path:
     return paths_file
 
 
+def gated(backup_sh: Path) -> bool:
+    """Whether this backup.sh has `snapshot --gate` (--backup-sh may name an older one,
+    whose window then runs from its start, as the maintenance script ran it before)."""
+    return "--gate" in backup_sh.read_text()
+
+
 def run_ours(backup_sh: Path, config_file: Path, backup_root: Path) -> Run:
-    """`backup.sh snapshot` (the window), then `backup.sh finish TS`."""
+    """`backup.sh snapshot --gate` (the window: from "go" to the open line), then
+    `backup.sh finish TS`."""
     env = {**os.environ, "CONFIG_FILE": str(config_file), "BACKUP_ROOT": str(backup_root)}
-    snapshot = run_measured(["bash", str(backup_sh), "snapshot"], env=env, open_line=OPEN_LINE)
+    if gated(backup_sh):
+        snapshot = run_measured(
+            ["bash", str(backup_sh), "snapshot", "--gate", str(GATE_SECONDS)],
+            env=env,
+            open_line=OPEN_LINE,
+            gate=(READY_LINE, GO_LINE),
+        )
+        if snapshot.go_seconds is None:
+            raise RuntimeError(f"backup.sh snapshot --gate never printed {READY_LINE!r}")
+    else:
+        snapshot = run_measured(["bash", str(backup_sh), "snapshot"], env=env, open_line=OPEN_LINE)
     if snapshot.open_seconds is None:
         raise RuntimeError(f"backup.sh snapshot never printed {OPEN_LINE!r}")
     lines = snapshot.stdout.strip().splitlines()
@@ -113,7 +137,7 @@ def run_ours(backup_sh: Path, config_file: Path, backup_root: Path) -> Run:
     ]
     output_bytes = sum(path.stat().st_size for path in outputs if path.is_file())
     return Run(
-        window_seconds=snapshot.open_seconds,
+        window_seconds=snapshot.open_seconds - (snapshot.go_seconds or 0.0),
         total_seconds=snapshot.seconds + finish.seconds,
         peak_rss_bytes=max(snapshot.peak_rss_bytes, finish.peak_rss_bytes),
         output_bytes=output_bytes,

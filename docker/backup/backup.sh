@@ -59,10 +59,14 @@ Usage: backup.sh [COMMAND]
 
 Commands:
   run [--no-prune]           snapshot + finish (the default)
-  snapshot                   consistent database snapshot into BACKUP_ROOT/.staging;
+  snapshot [--gate SECONDS]  consistent database snapshot into BACKUP_ROOT/.staging;
                              prints "snapshot-open" once the consistent view exists
                              (MySQL: the dump goes on after it) and the set's TS as
-                             the last line of stdout
+                             the last line of stdout. --gate: prepare everything
+                             (config, lock, set TS, staging, database checks), print
+                             "snapshot-ready", then wait up to SECONDS for the line
+                             "go" on stdin; EOF, another line or the timeout abort
+                             (exit 3, no set, staging removed, lock released)
   finish TS [--no-prune]     check, compress, archive config, checksum, rename,
                              then apply retention (--no-prune: delete nothing;
                              the safety backup before a restore uses it)
@@ -96,8 +100,7 @@ main() {
   fi
   case "${command}" in
     snapshot)
-      (($# == 0)) || die "${EXIT_CONFIG}" "${command} takes no arguments (see --help)"
-      cmd_snapshot
+      cmd_snapshot "$@"
       ;;
     list)
       cmd_list "$@"

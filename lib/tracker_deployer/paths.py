@@ -37,8 +37,13 @@ TRACKER_STOPPED_MARKER = BACKUP_STATUS_DIR / "tracker-stopped-by-backup"
 # a host that has it may be recovered again (a recover that failed midway).
 RECOVER_MARKER = BACKUP_STATUS_DIR / "recover-in-progress"
 MAINTENANCE_SCRIPT = PurePosixPath("/usr/local/bin/maintenance-backup.sh")
-# Not a path: the line `backup.sh snapshot` prints on stdout once the database's
-# consistent view exists; the maintenance script starts the tracker on it.
+# Not paths: the lines of `backup.sh snapshot --gate` and the maintenance script.
+# The container prints SNAPSHOT_READY_LINE once everything that needs no stopped
+# tracker is done; the script then stops the tracker and writes SNAPSHOT_GO_LINE
+# to its stdin. The container prints SNAPSHOT_OPEN_LINE once the database's
+# consistent view exists; the script starts the tracker on it.
+SNAPSHOT_READY_LINE = "snapshot-ready"
+SNAPSHOT_GO_LINE = "go"
 SNAPSHOT_OPEN_LINE = "snapshot-open"
 CRON_FILE = PurePosixPath("/etc/cron.d/tracker-backup")
 LOGROTATE_FILE = PurePosixPath("/etc/logrotate.d/tracker-backup")

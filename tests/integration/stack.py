@@ -28,7 +28,11 @@ from tracker_deployer.backup_layout import set_layout
 from tracker_deployer.config import Env
 from tracker_deployer.image import default_tag
 from tracker_deployer.render import render
-from tracker_deployer.render.tree import DUMP_TIMEOUT_SECONDS, maintenance_script
+from tracker_deployer.render.tree import (
+    DUMP_TIMEOUT_SECONDS,
+    READY_TIMEOUT_SECONDS,
+    maintenance_script,
+)
 from tracker_deployer.sandbox import (
     MARIADB_IMAGE,
     NODE_EXPORTER_IMAGE,
@@ -78,7 +82,12 @@ class Stack:
         self.metrics_script = base / "tracker-backup-metrics.sh"
         self.project = f"tdtest-{uuid.uuid4().hex[:10]}"
 
-    def install(self, *, dump_timeout_seconds: int = DUMP_TIMEOUT_SECONDS) -> Stack:
+    def install(
+        self,
+        *,
+        dump_timeout_seconds: int = DUMP_TIMEOUT_SECONDS,
+        ready_timeout_seconds: int = READY_TIMEOUT_SECONDS,
+    ) -> Stack:
         """Lay out the rendered /opt/torrust tree under deploy_dir, owners and modes included."""
         tree = render(self.env)
         for directory in tree.directories:
@@ -104,6 +113,7 @@ class Stack:
                 status_dir=str(self.status_dir),
                 metrics_script=str(self.metrics_script),
                 dump_timeout_seconds=dump_timeout_seconds,
+                ready_timeout_seconds=ready_timeout_seconds,
             )
         )
         self.script.chmod(0o755)
@@ -265,20 +275,35 @@ def backup_double_image(name: str, script: str) -> str:
     return tag
 
 
+# `snapshot --gate`'s start: the ready line, then one line from stdin (the go).
+_READY_THEN_GO = f"printf '%s\\n' {shlex.quote(paths.SNAPSHOT_READY_LINE)}; read -r go_line;"
+
+
 def hanging_backup_image() -> str:
-    """Its `snapshot` never ends (a hung database or disk) and never opens."""
+    """Its `snapshot` gets ready, and after the go never ends (a hung database or
+    disk) and never opens."""
     return backup_double_image(
         "tracker-deployer-test/backup-hangs",
-        "echo backup double: hanging >&2; exec sleep infinity",
+        f"{_READY_THEN_GO} echo backup double: hanging >&2; exec sleep infinity",
     )
 
 
 def hanging_dump_backup_image() -> str:
-    """Its `snapshot` prints the open line, then never ends (a dump that hangs)."""
+    """Its `snapshot` gets ready, prints the open line after the go, then never ends
+    (a dump that hangs)."""
     return backup_double_image(
         "tracker-deployer-test/backup-dump-hangs",
-        f"printf '%s\\n' {shlex.quote(paths.SNAPSHOT_OPEN_LINE)};"
+        f"{_READY_THEN_GO} printf '%s\\n' {shlex.quote(paths.SNAPSHOT_OPEN_LINE)};"
         " echo backup double: snapshot open, the dump hangs >&2; exec sleep infinity",
+    )
+
+
+def never_ready_backup_image() -> str:
+    """Its `snapshot` never gets ready (a database that does not answer while the
+    snapshot is prepared)."""
+    return backup_double_image(
+        "tracker-deployer-test/backup-never-ready",
+        "echo backup double: preparing, never ready >&2; exec sleep infinity",
     )
 
 

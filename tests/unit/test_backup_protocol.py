@@ -1,5 +1,5 @@
-"""One owner per fact: backup.sh against the Python side (the snapshot-open line,
-the compressions and their levels)."""
+"""One owner per fact: backup.sh against the Python side (the lines of the snapshot's
+gate and its open line, the compressions and their levels)."""
 
 from __future__ import annotations
 
@@ -18,23 +18,26 @@ from tracker_deployer.render import render
 
 from tests.helpers import REPO_ROOT, parse, sample_data
 
+SNAPSHOT_LINES = ("SNAPSHOT_READY_LINE", "SNAPSHOT_GO_LINE", "SNAPSHOT_OPEN_LINE")
 
-def test_backup_sh_prints_the_open_line_the_maintenance_script_waits_for() -> None:
+
+@pytest.mark.parametrize("name", SNAPSHOT_LINES)
+def test_backup_sh_and_the_maintenance_script_use_the_same_snapshot_lines(name: str) -> None:
     result = subprocess.run(
         [
             "bash",
             "-c",
-            f'source {REPO_ROOT / "docker/backup/backup.sh"}; printf %s "$SNAPSHOT_OPEN_LINE"',
+            f'source {REPO_ROOT / "docker/backup/backup.sh"}; printf %s "${name}"',
         ],
         capture_output=True,
         text=True,
         check=True,
         timeout=30,
     )
-    assert result.stdout == paths.SNAPSHOT_OPEN_LINE
+    assert result.stdout == getattr(paths, name)
     script = render(parse(sample_data("manual-test-mysql"))).text(str(paths.MAINTENANCE_SCRIPT))
-    [value] = re.findall(r"^readonly SNAPSHOT_OPEN_LINE=(.*)$", script, flags=re.MULTILINE)
-    assert value.strip("'") == paths.SNAPSHOT_OPEN_LINE
+    [value] = re.findall(rf"^readonly {name}=(.*)$", script, flags=re.MULTILINE)
+    assert value.strip("'") == getattr(paths, name)
 
 
 def _validated_level(
@@ -78,9 +81,11 @@ def test_backup_sh_defaults_to_the_compression_of_the_config_model(tmp_path: Pat
     assert _validated_level(tmp_path, "").stdout == str(DEFAULT_COMPRESSION_LEVEL)
 
 
-def test_the_bench_waits_for_the_same_open_line() -> None:
+def test_the_bench_uses_the_same_snapshot_lines() -> None:
     text = (REPO_ROOT / "bench/trackerbench/scenarios.py").read_text()
     assert f'OPEN_LINE = "{paths.SNAPSHOT_OPEN_LINE}"' in text
+    assert f'READY_LINE = "{paths.SNAPSHOT_READY_LINE}"' in text
+    assert f'GO_LINE = "{paths.SNAPSHOT_GO_LINE}"' in text
 
 
 def test_the_bench_measures_ours_at_the_default_compression() -> None:

@@ -17,10 +17,18 @@ begin_new_set() {
 }
 
 cmd_snapshot() {
-  local started_at
+  local started_at gate_seconds=""
+  if (($# > 0)); then
+    if (($# != 2)) || [[ "$1" != --gate || ! "$2" =~ ^[1-9][0-9]{0,5}$ ]]; then
+      die "${EXIT_CONFIG}" "usage: backup.sh snapshot [--gate SECONDS] (SECONDS: 1-999999)"
+    fi
+    gate_seconds="$2"
+  fi
   started_at="$(utc_now)"
   begin_new_set
   SNAPSHOT_SIGNAL="yes"
+  prepare_snapshot
+  [[ -z "${gate_seconds}" ]] || wait_for_go "${gate_seconds}"
   take_snapshot "${started_at}"
   printf '%s\n' "${SET_TS}"
 }
@@ -73,6 +81,7 @@ cmd_run() {
   local started_at
   started_at="$(utc_now)"
   begin_new_set
+  prepare_snapshot
   take_snapshot "${started_at}"
   # Nobody retries the finish of a failed run: drop the whole staging then.
   FAILURE_DIRS+=("${STAGING_DIR}/${SET_TS}")

@@ -26,6 +26,12 @@ readonly DUMP_MARKER="-- Dump completed"
 # `snapshot` prints this line on stdout once the consistent view of the database
 # exists; the maintenance script starts the tracker again when it reads it.
 readonly SNAPSHOT_OPEN_LINE="snapshot-open"
+# `snapshot --gate SECONDS` prints SNAPSHOT_READY_LINE once everything that does
+# not need the tracker stopped is done, and takes the snapshot only when the
+# next line on its stdin is SNAPSHOT_GO_LINE (the maintenance script stops the
+# tracker in between).
+readonly SNAPSHOT_READY_LINE="snapshot-ready"
+readonly SNAPSHOT_GO_LINE="go"
 readonly -a KNOWN_KEYS=(
   BACKUP_MODE BACKUP_RETENTION_DAYS BACKUP_PATHS_FILE BACKUP_COMPRESSION BACKUP_COMPRESSION_LEVEL
   DB_TYPE DB_HOST DB_PORT DB_USER DB_PASSWORD DB_NAME DB_PATH

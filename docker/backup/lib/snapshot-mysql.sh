@@ -141,22 +141,33 @@ dump_wait() {
   fi
 }
 
-snapshot_mysql() {
+# Before the tracker is stopped (prepare_snapshot): the option file, whether
+# events may be dumped, and the row-count session, connected and checked but
+# without a transaction yet. A database that does not answer fails the run here.
+declare -ga DUMP_OPTIONS=()
+prepare_mysql() {
   local dir="$1"
   setup_mysql "${dir}"
-  local -a options=(--single-transaction --quick --no-tablespaces --hex-blob --routines --triggers --verbose)
+  DUMP_OPTIONS=(--single-transaction --quick --no-tablespaces --hex-blob --routines --triggers --verbose)
   if "${MYSQL_CLIENT[@]}" --batch -e 'SHOW EVENTS' >/dev/null 2>&1; then
-    options+=(--events)
+    DUMP_OPTIONS+=(--events)
   else
     log "events are not dumped: ${CONFIG[DB_USER]} may not list them (no EVENT privilege)"
   fi
   session_open "${dir}"
-  if ! session_query "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; START TRANSACTION WITH CONSISTENT SNAPSHOT;" "${dir}/session.txt" \
-    || ! session_query "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name;" "${dir}/tables"; then
+  if ! session_query "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;" "${dir}/session.txt"; then
     die "${EXIT_BACKUP}" "cannot query database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} as ${CONFIG[DB_USER]} (see the client's error above)"
   fi
   log "dumping MySQL database ${CONFIG[DB_NAME]} from ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]}"
-  dump_until_snapshot_open "${dir}" "${options[@]}"
+}
+
+snapshot_mysql() {
+  local dir="$1"
+  if ! session_query "START TRANSACTION WITH CONSISTENT SNAPSHOT;" "${dir}/session.txt" \
+    || ! session_query "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name;" "${dir}/tables"; then
+    die "${EXIT_BACKUP}" "cannot query database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} as ${CONFIG[DB_USER]} (see the client's error above)"
+  fi
+  dump_until_snapshot_open "${dir}" "${DUMP_OPTIONS[@]}"
   snapshot_is_open
   session_row_counts "${dir}/rows" "${dir}/tables"
   session_close

@@ -2,17 +2,26 @@
 # `snapshot`: the consistent database snapshot of a new set into staging.
 # Part of backup.sh, which sources it; nox -s shellcheck also checks the whole program as one file.
 
-# The consistent view of the database exists: log it, and tell the maintenance
-# script (on stdout) when this is `backup.sh snapshot`.
+# The consistent view of the database exists: tell the maintenance script (on
+# stdout) when this is `backup.sh snapshot`, then log it (the line first: the
+# tracker waits for it).
 SNAPSHOT_SIGNAL="no"
 snapshot_is_open() {
-  log "consistent snapshot open"
   if [[ "${SNAPSHOT_SIGNAL}" == yes ]]; then
     printf '%s\n' "${SNAPSHOT_OPEN_LINE}"
   fi
+  log "consistent snapshot open"
 }
 
-snapshot_sqlite() {
+# Before the tracker is stopped (prepare_snapshot): check the database file,
+# link it as source.db into the staging directory $1, and start the sqlite3
+# that will copy it, reading its commands from a FIFO (snapshot_sqlite): its
+# start-up is then not part of the window. Until its BEGIN it only holds the
+# file open, without a lock.
+SQLITE_SOURCE=""
+SQLITE_PID=""
+SQLITE_IN_FD=""
+prepare_sqlite() {
   local dir="$1" source="${CONFIG[DB_PATH]}"
   if [[ ! -f "${source}" ]]; then
     die "${EXIT_BACKUP}" "SQLite database ${source} does not exist"
@@ -21,28 +30,42 @@ snapshot_sqlite() {
     die "${EXIT_BACKUP}" "SQLite database ${source} is not readable by uid $(id -u)"
   fi
   [[ "${source}" == /* ]] || source="${PWD}/${source}"
-  log "copying SQLite database ${source} (file copy under a read lock)"
-  # cp inside a read transaction: its SHARED lock keeps every writer from
-  # changing the file until the copy is done, and cp streams large blocks
-  # where the online backup API copies page by page (3-4x slower for a 1 GB
-  # database, see bench/README.md). Run in the staging directory, with
-  # source.db a symlink to the database, so the .shell line needs no quoting;
-  # copy.ok tells that cp succeeded (sqlite3 ignores .shell's exit status).
+  SQLITE_SOURCE="${source}"
+  log "SQLite database ${source}: the snapshot is a file copy under a read lock"
   ln -s -- "${source}" "${dir}/source.db" || die "${EXIT_BACKUP}" "cannot create ${dir}/source.db"
-  local mode
-  if ! mode="$(cd -- "${dir}" && sqlite3 -bail -readonly -cmd '.timeout 10000' "${source}" \
-    'BEGIN' 'SELECT count(*) FROM sqlite_master' 'PRAGMA journal_mode' \
-    '.shell cp -- source.db snapshot.db && : >copy.ok' 'COMMIT')"; then
+  mkfifo -m 0600 -- "${dir}/sqlite.in" || die "${EXIT_BACKUP}" "cannot create a FIFO in ${dir}"
+  (cd -- "${dir}" && exec sqlite3 -bail -readonly -cmd '.timeout 10000' "${source}" <sqlite.in >mode) &
+  SQLITE_PID=$!
+  BACKGROUND_PIDS+=("${SQLITE_PID}")
+  exec {SQLITE_IN_FD}>"${dir}/sqlite.in"
+  rm -f -- "${dir}/sqlite.in"
+}
+
+# cp inside a read transaction: its SHARED lock keeps every writer from changing
+# the file until the copy is done, and cp streams large blocks where the online
+# backup API copies page by page (3-4x slower for a 1 GB database, see
+# bench/README.md). Run in the staging directory, with source.db a symlink to
+# the database (prepare_sqlite), so the .shell line needs no quoting; copy.ok
+# tells that cp succeeded (sqlite3 ignores .shell's exit status). Nothing
+# starts here but the copy's sh and cp: this is the window.
+snapshot_sqlite() {
+  local dir="$1" source="${SQLITE_SOURCE}" line journal_mode="" rc=0
+  # A subshell: should sqlite3 be gone, SIGPIPE ends the subshell only.
+  (printf '%s\n' 'BEGIN;' 'SELECT count(*) FROM sqlite_master;' 'PRAGMA journal_mode;' \
+    '.shell cp -- source.db snapshot.db && : >copy.ok' 'COMMIT;' >&"${SQLITE_IN_FD}") 2>/dev/null || rc=$?
+  exec {SQLITE_IN_FD}>&-
+  wait "${SQLITE_PID}" || rc=$?
+  if ((rc != 0)); then
     die "${EXIT_BACKUP}" "SQLite copy of ${source} failed (see the error above)"
   fi
   if [[ ! -f "${dir}/copy.ok" ]]; then
     die "${EXIT_BACKUP}" "SQLite copy of ${source} failed (see cp's error above)"
   fi
-  rm -f -- "${dir}/source.db" "${dir}/copy.ok"
+  # The last line of sqlite3's output: the journal mode.
+  while IFS= read -r line || [[ -n "${line}" ]]; do journal_mode="${line}"; done <"${dir}/mode"
   # Only a rollback-journal database is whole in its main file. A WAL database
   # keeps committed pages in its -wal file, which the copy misses: any other
   # journal mode (or unexpected output) is copied with the online backup API.
-  local journal_mode="${mode##*$'\n'}"
   case "${journal_mode}" in
     delete | truncate | persist) ;;
     *)
@@ -55,20 +78,52 @@ snapshot_sqlite() {
   esac
 }
 
-# Take the consistent database snapshot of set SET_TS (new_set_ts) into staging.
+# Everything of set SET_TS (new_set_ts) that needs no stopped tracker: its
+# staging directory and the engine's preparation (prepare_mysql, prepare_sqlite).
+prepare_snapshot() {
+  local dir="${STAGING_DIR}/${SET_TS}"
+  log "set ${SET_TS} (UTC): snapshot of the ${CONFIG[DB_TYPE]} database"
+  FAILURE_DIRS+=("${dir}")
+  mkdir -- "${dir}" || die "${EXIT_BACKUP}" "cannot create ${dir}"
+  case "${CONFIG[DB_TYPE]}" in
+    mysql) prepare_mysql "${dir}" ;;
+    sqlite) prepare_sqlite "${dir}" ;;
+  esac
+}
+
+# `snapshot --gate SECONDS`: SNAPSHOT_READY_LINE on stdout, then one line from
+# stdin. Only SNAPSHOT_GO_LINE goes on; EOF (the maintenance script is gone),
+# another line or SECONDS without a line end the run with EXIT_BACKUP: the
+# EXIT trap removes the staging directory and the lock goes with the process.
+wait_for_go() {
+  local seconds="$1" line="" rc=0
+  printf '%s\n' "${SNAPSHOT_READY_LINE}"
+  log "ready; waiting for '${SNAPSHOT_GO_LINE}' on stdin (at most ${seconds} s)"
+  IFS= read -r -t "${seconds}" line || rc=$?
+  if ((rc > 128)); then
+    die "${EXIT_BACKUP}" "no '${SNAPSHOT_GO_LINE}' on stdin within ${seconds} s; no snapshot taken"
+  fi
+  if ((rc != 0)); then
+    die "${EXIT_BACKUP}" "stdin ended before '${SNAPSHOT_GO_LINE}'; no snapshot taken"
+  fi
+  if [[ "${line}" != "${SNAPSHOT_GO_LINE}" ]]; then
+    die "${EXIT_BACKUP}" "expected '${SNAPSHOT_GO_LINE}' on stdin, got another line; no snapshot taken"
+  fi
+}
+
+# Take the consistent database snapshot of set SET_TS into staging (after
+# prepare_snapshot).
 take_snapshot() {
   local started_at="$1"
   local ts="${SET_TS}" dir="${STAGING_DIR}/${SET_TS}"
-  log "set ${ts} (UTC): snapshot of the ${CONFIG[DB_TYPE]} database"
-  FAILURE_DIRS+=("${dir}")
-  mkdir -- "${dir}" || die "${EXIT_BACKUP}" "cannot create ${dir}"
   local snapshot_started_at
-  snapshot_started_at="$(utc_now)"
+  TZ=UTC0 printf -v snapshot_started_at '%(%Y-%m-%dT%H:%M:%SZ)T' -1
   case "${CONFIG[DB_TYPE]}" in
     mysql) snapshot_mysql "${dir}" ;;
     sqlite)
       snapshot_sqlite "${dir}"
       snapshot_is_open
+      rm -f -- "${dir}/source.db" "${dir}/copy.ok" "${dir}/mode"
       ;;
   esac
   {

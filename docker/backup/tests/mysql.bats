@@ -91,6 +91,7 @@ SQL
 }
 
 teardown() {
+  stop_gated_snapshot
   if [[ -n "${BG_PID:-}" ]] && kill -0 "${BG_PID}" 2>/dev/null; then
     kill -9 -- "-${BG_PID}" 2>/dev/null || true
   fi
@@ -284,6 +285,53 @@ SQL
   assert_line "rows.torrents=501"
   run --separate-stderr "${BACKUP_SH}" verify "${ts}"
   assert_success
+}
+
+@test "mysql: snapshot --gate connects before the ready line and dumps only after go" {
+  start_gated_snapshot 30
+  local ts
+  ts="$(cd "${BACKUP_ROOT}/.staging" && echo *)"
+  run find "${BACKUP_ROOT}/.staging" -name 'dump.sql*'
+  assert_output ""
+  # the row-count session is connected already, without a transaction
+  run admin -e "SELECT COUNT(*) FROM information_schema.processlist WHERE user = '${TEST_USER}'"
+  assert_output "1"
+  run admin -e "SELECT COUNT(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id WHERE p.user = '${TEST_USER}'"
+  assert_output "0"
+  # the tracker writes on while it waits; the set has the rows of "go"
+  admin "${TEST_DB}" -e 'DELETE FROM torrents WHERE id > 100'
+  printf 'go\n' >&"${GATE_FD}"
+  exec {GATE_FD}>&-
+  wait_gated_snapshot
+  assert_equal "${GATE_STATUS}" 0
+  run cat "${BATS_TEST_TMPDIR}/gate.out"
+  assert_output "$(printf '%s\n' snapshot-ready snapshot-open "${ts}")"
+  backup_ok finish "${ts}"
+  run cat "${BACKUP_ROOT}/manifests/set_${ts}.meta"
+  assert_line "rows.torrents=100"
+}
+
+@test "mysql: snapshot --gate: a wrong password fails before the ready line; EOF ends the session" {
+  write_config "BACKUP_PATHS_FILE=${PATHS_FILE}" DB_TYPE=mysql "DB_HOST=${MARIADB_HOST}" \
+    "DB_PORT=${MARIADB_PORT}" "DB_USER=${TEST_USER}" "DB_PASSWORD=wrong" "DB_NAME=${TEST_DB}"
+  run --separate-stderr "${BACKUP_SH}" snapshot --gate 30 </dev/null
+  assert_equal "${status}" 3
+  assert_output ""
+  [[ "${stderr}" == *"Access denied"* ]]
+  run staging_entries
+  assert_output ""
+  use_mysql_config
+  start_gated_snapshot 30
+  exec {GATE_FD}>&-
+  wait_gated_snapshot
+  assert_equal "${GATE_STATUS}" 3
+  run staging_entries
+  assert_output ""
+  gate_wait 10 session_gone || fail "the row-count session is still connected"
+}
+
+session_gone() {
+  [[ "$(admin -e "SELECT COUNT(*) FROM information_schema.processlist WHERE user = '${TEST_USER}'")" == 0 ]]
 }
 
 @test "mysql: an app user without EVENT/PROCESS privileges still gets a complete dump" {

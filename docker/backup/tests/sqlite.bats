@@ -12,6 +12,7 @@ setup() {
 }
 
 teardown() {
+  stop_gated_snapshot
   if [[ -n "${TMPFS_MOUNT:-}" ]] && mountpoint -q "${TMPFS_MOUNT}"; then
     umount "${TMPFS_MOUNT}"
   fi
@@ -162,6 +163,92 @@ teardown() {
   run cat "${BACKUP_ROOT}/manifests/set_${SET_TS}.meta"
   assert_line "rows.torrents=101"
   wait "${reader}"
+}
+
+@test "snapshot --gate: ready before any snapshot file, the database writable meanwhile; go takes the set" {
+  start_gated_snapshot 30
+  local ts
+  ts="$(cd "${BACKUP_ROOT}/.staging" && echo *)"
+  [[ "${ts}" =~ ^[0-9]{8}_[0-9]{6}$ ]] || fail "no staging directory of the set: ${ts}"
+  run find "${BACKUP_ROOT}/.staging" -name 'snapshot*'
+  assert_output ""
+  run final_files
+  assert_output ""
+  # It holds the lock while it waits, but no database lock: the tracker writes on.
+  run lock_is_free
+  assert_failure
+  sqlite3 "${SQLITE_DB}" "DELETE FROM torrents WHERE id > 10;"
+  printf 'go\n' >&"${GATE_FD}"
+  exec {GATE_FD}>&-
+  wait_gated_snapshot
+  assert_equal "${GATE_STATUS}" 0
+  run cat "${BATS_TEST_TMPDIR}/gate.out"
+  assert_output "$(printf '%s\n' snapshot-ready snapshot-open "${ts}")"
+  backup_ok finish "${ts}"
+  run cat "${BACKUP_ROOT}/manifests/set_${ts}.meta"
+  assert_line "rows.torrents=10"
+}
+
+@test "snapshot --gate: EOF on stdin aborts: exit 3, no set, staging removed, lock released" {
+  start_gated_snapshot 30
+  exec {GATE_FD}>&-
+  wait_gated_snapshot
+  assert_equal "${GATE_STATUS}" 3
+  run cat "${BATS_TEST_TMPDIR}/gate.out"
+  assert_output "snapshot-ready"
+  run cat "${BATS_TEST_TMPDIR}/gate.err"
+  assert_output --partial "stdin ended before 'go'; no snapshot taken"
+  run staging_entries
+  assert_output ""
+  run final_files
+  assert_output ""
+  run lock_is_free
+  assert_success
+  # nothing of it runs on (its sqlite3, started before the wait)
+  run pgrep -f -- "${SQLITE_DB}"
+  assert_failure
+  backup_ok run
+}
+
+@test "snapshot --gate: another line, or no line within SECONDS, aborts with exit 3" {
+  run --separate-stderr "${BACKUP_SH}" snapshot --gate 30 <<<"stop"
+  assert_equal "${status}" 3
+  assert_output "snapshot-ready"
+  [[ "${stderr}" == *"expected 'go' on stdin, got another line; no snapshot taken"* ]]
+  start_gated_snapshot 1
+  wait_gated_snapshot
+  assert_equal "${GATE_STATUS}" 3
+  run cat "${BATS_TEST_TMPDIR}/gate.err"
+  assert_output --partial "no 'go' on stdin within 1 s; no snapshot taken"
+  exec {GATE_FD}>&-
+  run staging_entries
+  assert_output ""
+  run final_files
+  assert_output ""
+  run lock_is_free
+  assert_success
+}
+
+@test "snapshot --gate: a missing database fails before the ready line (exit 3)" {
+  rm "${SQLITE_DB}"
+  run --separate-stderr "${BACKUP_SH}" snapshot --gate 30 </dev/null
+  assert_equal "${status}" 3
+  assert_output ""
+  [[ "${stderr}" == *"does not exist"* ]]
+  run staging_entries
+  assert_output ""
+}
+
+@test "snapshot --gate: a bad SECONDS or option exits 2" {
+  local bad
+  for bad in "--gate" "--gate 0" "--gate x" "--gate 1000000" "--gate 5 extra" "--wait 5"; do
+    # shellcheck disable=SC2086  # split on purpose
+    run --separate-stderr "${BACKUP_SH}" snapshot ${bad} </dev/null
+    assert_equal "${status}" 2
+    [[ "${stderr}" == *"usage: backup.sh snapshot [--gate SECONDS]"* ]] || fail "${bad}: ${stderr}"
+  done
+  run staging_entries
+  assert_output ""
 }
 
 @test "snapshot + finish: the snapshot waits in staging until its finish" {

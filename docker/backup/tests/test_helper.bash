@@ -148,3 +148,50 @@ age_set() {
   done
   return 0
 }
+
+# gate_wait SECONDS COMMAND...: poll every 0.05 s, bounded.
+gate_wait() {
+  local seconds="$1" tries
+  shift
+  for ((tries = seconds * 20; tries > 0; tries--)); do
+    "$@" && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+# Start `backup.sh snapshot --gate SECONDS` (default 30) in the background, as
+# the maintenance script does: its stdin a FIFO this test holds on GATE_FD
+# (write "go" to it, or close it), stdout and stderr in gate.out and gate.err.
+# Returns once the ready line is there (GATE_PID: the snapshot).
+start_gated_snapshot() {
+  local seconds="${1:-30}" dir="${BATS_TEST_TMPDIR}"
+  mkfifo "${dir}/gate.in"
+  "${BACKUP_SH}" snapshot --gate "${seconds}" <"${dir}/gate.in" >"${dir}/gate.out" 2>"${dir}/gate.err" 3>&- &
+  GATE_PID=$!
+  # shellcheck disable=SC2034  # written and closed by the tests
+  exec {GATE_FD}>"${dir}/gate.in"
+  gate_wait 30 grep -qx snapshot-ready "${dir}/gate.out" \
+    || fail "no snapshot-ready line: $(cat "${dir}/gate.out" "${dir}/gate.err")"
+}
+
+# Wait for the gated snapshot; its exit status in GATE_STATUS.
+# shellcheck disable=SC2034  # GATE_STATUS is read by the tests
+wait_gated_snapshot() {
+  GATE_STATUS=0
+  wait "${GATE_PID}" || GATE_STATUS=$?
+  GATE_PID=""
+}
+
+# Kill a gated snapshot a failed test left behind.
+stop_gated_snapshot() {
+  if [[ -n "${GATE_PID:-}" ]] && kill -0 "${GATE_PID}" 2>/dev/null; then
+    kill "${GATE_PID}" 2>/dev/null || true
+    wait "${GATE_PID}" 2>/dev/null || true
+  fi
+}
+
+# Whether BACKUP_ROOT/.lock is free now.
+lock_is_free() {
+  flock --nonblock "${BACKUP_ROOT}/.lock" true
+}

@@ -634,8 +634,8 @@ def parse_compression(value: str) -> str:
     return value
 
 
-# The longest the tracker may stay stopped for a snapshot (compose stop + the
-# snapshot); then the snapshot is killed, the tracker started, the run failed.
+# The longest the tracker may stay stopped for a snapshot (its stop + the snapshot
+# until it is open); then the snapshot is killed, the tracker started, the run failed.
 DEFAULT_MAX_DOWNTIME_SECONDS = 600
 MAX_MAX_DOWNTIME_SECONDS = 86400
 # Weekly restore drill, Sunday 04:00: an hour after the default backup.

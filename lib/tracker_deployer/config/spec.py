@@ -438,7 +438,8 @@ BACKUP = section(
     opt(
         "max_downtime_seconds",
         INT,
-        "The longest the tracker may stay stopped, in seconds.",
+        "The longest the tracker may stay stopped for a snapshot (its stop + the snapshot until "
+        "it is open), in seconds.",
         default=_DOWNTIME,
         schema=_range(1, m.MAX_MAX_DOWNTIME_SECONDS),
         hint=_DOWNTIME_HINT,

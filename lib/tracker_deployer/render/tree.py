@@ -523,16 +523,21 @@ def inventory_script(
 # reaches them, a large database does not.
 DUMP_TIMEOUT_SECONDS = 6 * 3600
 FINISH_TIMEOUT_SECONDS = 6 * 3600
+# Its bound on the snapshot container's start and preparation, before the
+# tracker is stopped (an image pull included, should the image be missing).
+READY_TIMEOUT_SECONDS = 300
 
 
 def maintenance_script(
     env: Env,
     *,
     dump_timeout_seconds: int = DUMP_TIMEOUT_SECONDS,
+    ready_timeout_seconds: int = READY_TIMEOUT_SECONDS,
     templates_dir: Path = paths.TEMPLATES_DIR,
     **where: Unpack[paths.HostPaths],
 ) -> bytes:
-    """The host's maintenance-backup.sh; tests also shorten the dump's bound."""
+    """The host's maintenance-backup.sh; tests also shorten the dump's and the ready
+    wait's bounds."""
     assert env.backup is not None
     at = paths.host_paths(where)
     return _render_template(
@@ -544,8 +549,11 @@ def maintenance_script(
         notify_url=env.backup.notify_url or "",
         max_downtime_seconds=env.backup.max_downtime_seconds,
         offsite=offsite_settings(env),
+        snapshot_ready_line=paths.SNAPSHOT_READY_LINE,
+        snapshot_go_line=paths.SNAPSHOT_GO_LINE,
         snapshot_open_line=paths.SNAPSHOT_OPEN_LINE,
         dump_timeout_seconds=dump_timeout_seconds,
+        ready_timeout_seconds=ready_timeout_seconds,
         finish_timeout_seconds=FINISH_TIMEOUT_SECONDS,
     )
 
