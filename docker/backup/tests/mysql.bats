@@ -114,17 +114,6 @@ table_sums() {
   done
 }
 
-# wait_for SECONDS COMMAND...: poll every 0.05 s, bounded.
-wait_for() {
-  local seconds="$1" tries
-  shift
-  for ((tries = seconds * 20; tries > 0; tries--)); do
-    "$@" && return 0
-    sleep 0.05
-  done
-  return 1
-}
-
 staged_dump_started() {
   local dump
   for dump in "${BACKUP_ROOT}"/.staging/*/dump.sql; do
@@ -300,15 +289,7 @@ SQL
   assert_output "0"
   # the tracker writes on while it waits; the set has the rows of "go"
   admin "${TEST_DB}" -e 'DELETE FROM torrents WHERE id > 100'
-  printf 'go\n' >&"${GATE_FD}"
-  exec {GATE_FD}>&-
-  wait_gated_snapshot
-  assert_equal "${GATE_STATUS}" 0
-  run cat "${BATS_TEST_TMPDIR}/gate.out"
-  assert_output "$(printf '%s\n' snapshot-ready snapshot-open "${ts}")"
-  backup_ok finish "${ts}"
-  run cat "${BACKUP_ROOT}/manifests/set_${ts}.meta"
-  assert_line "rows.torrents=100"
+  go_and_finish "${ts}" 100
 }
 
 @test "mysql: snapshot --gate: a wrong password fails before the ready line; EOF ends the session" {
@@ -327,7 +308,7 @@ SQL
   assert_equal "${GATE_STATUS}" 3
   run staging_entries
   assert_output ""
-  gate_wait 10 session_gone || fail "the row-count session is still connected"
+  wait_for 10 session_gone || fail "the row-count session is still connected"
 }
 
 session_gone() {

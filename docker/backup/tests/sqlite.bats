@@ -178,15 +178,7 @@ teardown() {
   run lock_is_free
   assert_failure
   sqlite3 "${SQLITE_DB}" "DELETE FROM torrents WHERE id > 10;"
-  printf 'go\n' >&"${GATE_FD}"
-  exec {GATE_FD}>&-
-  wait_gated_snapshot
-  assert_equal "${GATE_STATUS}" 0
-  run cat "${BATS_TEST_TMPDIR}/gate.out"
-  assert_output "$(printf '%s\n' snapshot-ready snapshot-open "${ts}")"
-  backup_ok finish "${ts}"
-  run cat "${BACKUP_ROOT}/manifests/set_${ts}.meta"
-  assert_line "rows.torrents=10"
+  go_and_finish "${ts}" 10
 }
 
 @test "snapshot --gate: EOF on stdin aborts: exit 3, no set, staging removed, lock released" {
@@ -198,12 +190,7 @@ teardown() {
   assert_output "snapshot-ready"
   run cat "${BATS_TEST_TMPDIR}/gate.err"
   assert_output --partial "stdin ended before 'go'; no snapshot taken"
-  run staging_entries
-  assert_output ""
-  run final_files
-  assert_output ""
-  run lock_is_free
-  assert_success
+  assert_gate_left_nothing
   # nothing of it runs on (its sqlite3, started before the wait)
   run pgrep -f -- "${SQLITE_DB}"
   assert_failure
@@ -214,19 +201,14 @@ teardown() {
   run --separate-stderr "${BACKUP_SH}" snapshot --gate 30 <<<"stop"
   assert_equal "${status}" 3
   assert_output "snapshot-ready"
-  [[ "${stderr}" == *"expected 'go' on stdin, got another line; no snapshot taken"* ]]
+  assert_stderr --partial "expected 'go' on stdin, got another line; no snapshot taken"
   start_gated_snapshot 1
   wait_gated_snapshot
   assert_equal "${GATE_STATUS}" 3
   run cat "${BATS_TEST_TMPDIR}/gate.err"
   assert_output --partial "no 'go' on stdin within 1 s; no snapshot taken"
   exec {GATE_FD}>&-
-  run staging_entries
-  assert_output ""
-  run final_files
-  assert_output ""
-  run lock_is_free
-  assert_success
+  assert_gate_left_nothing
 }
 
 @test "snapshot --gate: a missing database fails before the ready line (exit 3)" {

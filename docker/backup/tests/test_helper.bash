@@ -149,8 +149,8 @@ age_set() {
   return 0
 }
 
-# gate_wait SECONDS COMMAND...: poll every 0.05 s, bounded.
-gate_wait() {
+# wait_for SECONDS COMMAND...: poll every 0.05 s, bounded.
+wait_for() {
   local seconds="$1" tries
   shift
   for ((tries = seconds * 20; tries > 0; tries--)); do
@@ -171,7 +171,7 @@ start_gated_snapshot() {
   GATE_PID=$!
   # shellcheck disable=SC2034  # written and closed by the tests
   exec {GATE_FD}>"${dir}/gate.in"
-  gate_wait 30 grep -qx snapshot-ready "${dir}/gate.out" \
+  wait_for 30 grep -qx snapshot-ready "${dir}/gate.out" \
     || fail "no snapshot-ready line: $(cat "${dir}/gate.out" "${dir}/gate.err")"
 }
 
@@ -194,4 +194,29 @@ stop_gated_snapshot() {
 # Whether BACKUP_ROOT/.lock is free now.
 lock_is_free() {
   flock --nonblock "${BACKUP_ROOT}/.lock" true
+}
+
+# Tell the gated snapshot to go, wait for it, check its stdout, finish set TS
+# and check the set's torrents row count is ROWS (the rows as of "go").
+go_and_finish() {
+  local ts="$1" rows="$2"
+  printf 'go\n' >&"${GATE_FD}"
+  exec {GATE_FD}>&-
+  wait_gated_snapshot
+  assert_equal "${GATE_STATUS}" 0
+  run cat "${BATS_TEST_TMPDIR}/gate.out"
+  assert_output "$(printf '%s\n' snapshot-ready snapshot-open "${ts}")"
+  backup_ok finish "${ts}"
+  run cat "${BACKUP_ROOT}/manifests/set_${ts}.meta"
+  assert_line "rows.torrents=${rows}"
+}
+
+# An aborted gated snapshot left no staging, no set file and no lock.
+assert_gate_left_nothing() {
+  run staging_entries
+  assert_output ""
+  run final_files
+  assert_output ""
+  run lock_is_free
+  assert_success
 }
