@@ -53,6 +53,11 @@ pair_counts() {
   done >"${out}"
 }
 
+# The MySQL server did not answer a query (the client said why on stderr).
+die_cannot_query() {
+  die "${EXIT_BACKUP}" "cannot query database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} as ${CONFIG[DB_USER]} (see the client's error above)"
+}
+
 # Write "table=count" for every base table of the MySQL database to $1.
 mysql_row_counts() {
   local out="$1" work="$1.work"
@@ -60,7 +65,7 @@ mysql_row_counts() {
   if ! "${MYSQL_CLIENT[@]}" --batch --skip-column-names -e \
     "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name" \
     >"${work}"; then
-    die "${EXIT_BACKUP}" "cannot query database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} as ${CONFIG[DB_USER]} (see the client's error above)"
+    die_cannot_query
   fi
   mapfile -t tables <"${work}"
   : >"${out}"

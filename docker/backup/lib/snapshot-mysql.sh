@@ -156,7 +156,7 @@ prepare_mysql() {
   fi
   session_open "${dir}"
   if ! session_query "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;" "${dir}/session.txt"; then
-    die "${EXIT_BACKUP}" "cannot query database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} as ${CONFIG[DB_USER]} (see the client's error above)"
+    die_cannot_query
   fi
   log "dumping MySQL database ${CONFIG[DB_NAME]} from ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]}"
 }
@@ -165,7 +165,7 @@ snapshot_mysql() {
   local dir="$1"
   if ! session_query "START TRANSACTION WITH CONSISTENT SNAPSHOT;" "${dir}/session.txt" \
     || ! session_query "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name;" "${dir}/tables"; then
-    die "${EXIT_BACKUP}" "cannot query database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} as ${CONFIG[DB_USER]} (see the client's error above)"
+    die_cannot_query
   fi
   dump_until_snapshot_open "${dir}" "${DUMP_OPTIONS[@]}"
   snapshot_is_open
