@@ -282,15 +282,7 @@ def test_a_backup_container_that_never_gets_ready_is_stopped_and_the_tracker_nev
         wait_for_free_lock(stack.lock_file, timeout=5)
         assert stack.sets() == []
     finally:
-        if process is not None and process.returncode is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate(timeout=60)
-            subprocess.run(
-                ["docker", "rm", "-f", snapshot_container(process)],
-                capture_output=True,
-                check=False,
-            )
-        stack.cleanup()
+        stop_run_and_clean_up(stack, process)
 
 
 def test_a_stopped_tracker_stays_stopped(sqlite_stack: Stack) -> None:
@@ -362,6 +354,20 @@ def test_mysql_tracker_runs_again_while_the_dump_goes_on(tmp_path: Path) -> None
 def snapshot_container(process: subprocess.Popen[str]) -> str:
     """The name the maintenance script gives its snapshot container."""
     return f"tracker-backup-{process.pid}-snapshot"
+
+
+def stop_run_and_clean_up(stack: Stack, process: subprocess.Popen[str] | None) -> None:
+    """A test's way out: a run still going is killed with its snapshot container,
+    then the stack is removed."""
+    if process is not None and process.returncode is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=60)
+        subprocess.run(
+            ["docker", "rm", "-f", snapshot_container(process)],
+            capture_output=True,
+            check=False,
+        )
+    stack.cleanup()
 
 
 def containers_named(name: str) -> str:
@@ -676,15 +682,7 @@ def test_a_dump_that_hangs_after_the_open_line_is_killed_at_its_bound(tmp_path: 
             assert containers_named(snapshot_container(process)) == ""
             assert stack.sets() == []
         finally:
-            if process is not None and process.returncode is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.communicate(timeout=60)
-                subprocess.run(
-                    ["docker", "rm", "-f", snapshot_container(process)],
-                    capture_output=True,
-                    check=False,
-                )
-            stack.cleanup()
+            stop_run_and_clean_up(stack, process)
 
 
 def test_hardening_10_a_lock_busy_run_tells_stderr_and_records_itself(
