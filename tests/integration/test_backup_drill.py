@@ -253,8 +253,29 @@ def test_drill_takes_the_newest_complete_set_and_prunes_evidence_of_gone_sets(
     # retention deleted that set; a newer one is drilled; the old evidence goes
     (stack.backups / "manifests/set_20261102_030000.sha256").unlink()
     fake_set(stack.backups, "20261104_030000")
-    # (a second run in the same second would reuse the file name)
-    for old in drill.drill_dir.glob("drill_*.json"):
-        old.rename(old.with_name(old.name.replace("drill_2", "drill_1", 1)))
     assert drill.run().returncode == 0
     assert [e["set"] for e in drill.evidence()] == ["20261104_030000"]
+
+
+def test_a_drill_in_the_second_of_an_earlier_drill_keeps_both_evidence_files(
+    tmp_path: Path,
+) -> None:
+    stack, verify = standin(tmp_path)
+    fake_set(stack.backups, "20261101_030000")
+    drill = Drill(stack, tmp_path / "drill", verify=verify)
+    drill.drill_dir.mkdir()
+    now = int(datetime.now(UTC).timestamp())
+    planted = {}
+    for second in (now, now + 1):  # earlier drills' evidence for this second and the next
+        stamp = datetime.fromtimestamp(second, UTC).strftime("%Y%m%d_%H%M%S")
+        path = drill.drill_dir / f"drill_{stamp}_set_20261101_030000.json"
+        path.write_text(f'{{"earlier": {second}}}\n')
+        planted[path] = path.read_text()
+
+    assert drill.run().returncode == 0
+
+    assert {path: path.read_text() for path in planted} == planted
+    files = sorted(drill.drill_dir.glob("drill_*_set_*.json"))
+    [new] = [path for path in files if path not in planted]
+    assert json.loads(new.read_text())["result"] == "success"
+    assert new.name > max(path.name for path in planted)
