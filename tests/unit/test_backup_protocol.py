@@ -13,6 +13,7 @@ from tracker_deployer.config.model import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     DEFAULT_COMPRESSION_LEVEL,
+    DEFAULT_RETENTION_DAYS,
 )
 from tracker_deployer.render import render
 
@@ -79,6 +80,11 @@ def test_backup_sh_defaults_to_the_compression_of_the_config_model(tmp_path: Pat
     compression = _validated_level(tmp_path, "", key="BACKUP_COMPRESSION")
     assert compression.stdout == DEFAULT_COMPRESSION, compression.stderr
     assert _validated_level(tmp_path, "").stdout == str(DEFAULT_COMPRESSION_LEVEL)
+
+
+def test_backup_sh_defaults_to_the_retention_of_the_config_model(tmp_path: Path) -> None:
+    retention = _validated_level(tmp_path, "", key="BACKUP_RETENTION_DAYS")
+    assert retention.stdout == str(DEFAULT_RETENTION_DAYS), retention.stderr
 
 
 def test_the_bench_uses_the_same_snapshot_lines() -> None:
