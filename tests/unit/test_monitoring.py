@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from tracker_deployer import monitoring, paths
-from tracker_deployer.config.model import CronSchedule
+from tracker_deployer.config.model import DEFAULT_DRILL_SCHEDULE, CronSchedule
 from tracker_deployer.render import render
 from tracker_deployer.topology import BACKUP_METRICS_NETWORK, derive
 
@@ -230,3 +230,21 @@ def test_validate_summary_names_the_drill_schedule(mysql_data: dict[str, Any]) -
 
     assert '  drills:      "30 5 * * sat", next 2026-12-05 05:30 (host time)' in text.splitlines()
     assert "node-exporter" in text
+
+
+@pytest.mark.parametrize("schedule", [None, "30 5 * * sat", "*/15 2-4 1,15 * *"])
+def test_the_drill_runs_on_the_drill_schedule(
+    mysql_data: dict[str, Any], schedule: str | None
+) -> None:
+    if schedule is not None:
+        mysql_data["backup"]["drill_schedule"] = schedule
+    else:
+        mysql_data["backup"].pop("drill_schedule", None)
+    env = parse(mysql_data)
+    assert env.backup is not None
+    cron = render(env).text(paths.DRILL_CRON_FILE)
+    jobs = [
+        line for line in cron.splitlines() if line and not line.startswith("#") and "=" not in line
+    ]
+    assert jobs == [f"{env.backup.drill_schedule} root {paths.DRILL_SCRIPT} --quiet"]
+    assert str(env.backup.drill_schedule) == (schedule or DEFAULT_DRILL_SCHEDULE)
