@@ -31,7 +31,7 @@ from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.say import Say
 from tracker_deployer.topology import Port, derive
 
-# The same pin as scripts/setup.sh (tests/unit/test_configure.py holds them equal).
+# The same pin as scripts/setup.sh (tests/unit/test_lifecycle.py holds them equal).
 COMPOSE_DEB_VERSION = "2.26.1-4"
 COMPOSE_SUITE = "trixie"
 APT_CACHE = "/var/cache/tracker-deployer/aptq"
