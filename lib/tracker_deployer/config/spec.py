@@ -98,8 +98,7 @@ def _cron_pattern() -> str:
         return f"(?:0*(?:{numbers}){spelled})"
 
     fields = []
-    for name, low, high in m._CRON_FIELDS:
-        names = {"month": m._MONTH_NAMES, "day of week": m._DAY_NAMES}.get(name, ())
+    for _, low, high, names in m.CRON_FIELDS:
         one = value(low, high, names)
         step = "|".join(str(n) for n in range(high, 0, -1))
         item = rf"(?:\*|{one}(?:-{one})?)(?:/0*(?:{step}))?"
@@ -111,36 +110,39 @@ _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 _IPV6 = r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%[^\s%\]]+)?"
 _PORT = "0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-_LABEL = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _ANY_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_EMAILS = m._EMAIL.pattern.strip("^$")
 _PRINTABLE = r"[^\u0000-\u001F\u007F-\u009F\uD800-\uDFFF"
 _HOST = rf"^(?:{_ANY_LABEL}(?:\.{_ANY_LABEL})*|{_IPV6})$"
-_SQLITE_NAME = r"^(?!\.\.?$)(?:[A-Za-z0-9._-]|[^\u0000-\u009F\s])+$"
 _EXPANSION = {"not": {"pattern": m.GRAFANA_EXPANSION}}
-_MYSQL_USER = {"pattern": "^[A-Za-z0-9_-]{1,32}$", "not": {"pattern": "^[Rr][Oo][Oo][Tt]$"}}
+_MYSQL_USER = {**m.MYSQL_USER.schema(), "not": {"pattern": "^[Rr][Oo][Oo][Tt]$"}}
 
 STRING = Kind("string")
 BOOL = Kind("boolean")
 INT = Kind("integer")
 POSITIVE = Kind("number", schema={"exclusiveMinimum": 0})
 PERCENT = Kind("number", schema={"minimum": 0, "maximum": 100})
-_NAME_SCHEMA = {"maxLength": m.ENV_NAME_MAX, "pattern": m._ENV_NAME.pattern}
+_NAME_SCHEMA = {"maxLength": m.ENV_NAME_MAX, **m.ENV_NAME.schema()}
 NAME = Kind("string", m.parse_environment_name, _NAME_SCHEMA, "lowercase_dash_name")
 SECRET = Kind(
     "string", m.Secret.parse, {"minLength": 1, "pattern": rf"^{_PRINTABLE}]*(?![\s\S])"}, "secret"
 )
-KEY_PATH = Kind("string", m.parse_key_path, {"pattern": "^(?:/|~/)"}, "key_path")
+
+
+def text(parse: m.Pattern, ref: str | None = None, blank: bool = False) -> Kind:
+    """A string checked by a :class:`~model.Pattern`, which gives the schema too."""
+    return Kind("string", parse, parse.schema(), ref, blank)
+
+
+KEY_PATH = text(m.parse_key_path, "key_path")
 PORT = Kind("integer", None, {"minimum": 1, "maximum": 65535}, "port")
 _BIND = rf"^(?:{_IPV4}|\[{_IPV4}\]|{_IPV6}|\[{_IPV6}\]):{_PORT}$"
 BIND = Kind("string", m.BindAddress.parse, {"pattern": _BIND}, "bind_address")
-_DOMAIN = {"maxLength": 253, "pattern": rf"^(?:{_LABEL}\.)+(?![0-9]+$){_LABEL}$"}
-DOMAIN = Kind("string", m.parse_domain, _DOMAIN, "domain")
-EMAIL = Kind("string", m.parse_email, {"pattern": m._EMAIL.pattern}, "email")
-IMAGE = Kind("string", m.parse_image, {"pattern": m._IMAGE_REF.pattern}, "image")
+DOMAIN = text(m.parse_domain, "domain")
+EMAIL = text(m.parse_email, "email")
+IMAGE = text(m.parse_image, "image")
 CRON = Kind("string", m.CronSchedule.parse, {"pattern": _cron_pattern()})
-HETZNER = Kind("string", m.parse_hetzner_name, {"pattern": m._HETZNER_NAME.pattern}, blank=True)
-_SECRETS = {"patternProperties": {m._ENV_NAME_RE.pattern: {"$ref": "#/$defs/secret"}}}
+HETZNER = text(m.parse_hetzner_name, blank=True)
+_SECRETS = {"patternProperties": {m.ENV_VAR.regex: {"$ref": "#/$defs/secret"}}}
 
 
 def _string(parse: Callable[[str], Any], pattern: str, **schema: Any) -> Kind:
@@ -201,7 +203,7 @@ def _range(low: float, high: float) -> dict[str, Any]:
     return {"minimum": low, "maximum": high}
 
 
-_USER = _string(m.parse_unix_user, m._UNIX_USER.pattern)
+_USER = text(m.parse_unix_user)
 SSH = section(
     "ssh_credentials",
     m.SshCredentials,
@@ -222,7 +224,7 @@ SSH = section(
         "known_hosts_path", KEY_PATH, "known_hosts file (~/.ssh/known_hosts).", "~/.ssh/known_hosts"
     ),
 )
-_IMAGE = Kind("string", m.parse_hetzner_image, {"pattern": m._HETZNER_IMAGE.pattern}, blank=True)
+_IMAGE = text(m.parse_hetzner_image, blank=True)
 PROVIDER = Union(
     "provider",
     {
@@ -249,7 +251,7 @@ PROVIDER = Union(
 )
 _MYSQL_PORT = Kind("integer", m.parse_mysql_port, {**_range(1, 65535), "const": ports.MYSQL})
 _MYSQL_HOST = Kind("string", m.parse_mysql_host, {"const": "mysql"})
-_MYSQL_NAME = _string(m.parse_mysql_identifier, "^[A-Za-z0-9_]{1,64}$")
+_MYSQL_NAME = text(m.parse_mysql_identifier)
 DATABASE = Union(
     "driver",
     {
@@ -258,7 +260,7 @@ DATABASE = Union(
             m.SqliteDatabase,
             need(
                 "database_name",
-                _string(m.parse_sqlite_name, _SQLITE_NAME),
+                text(m.parse_sqlite_name),
                 "SQLite file name.",
                 "tracker.db",
             ),
@@ -407,8 +409,8 @@ _DOWNTIME_HINT = (
     f"e.g. {_DOWNTIME} (the default)"
 )
 _RETENTION = m.DEFAULT_RETENTION_DAYS
-_MAILTO = _string(_mailto, f"^(?:{_EMAILS}(?: *, *{_EMAILS})*)?$")
-_URL = _string(m.parse_http_url, r"^https?://(?![/$.?#])[!-~]+(?![\s\S])")
+_MAILTO = _string(_mailto, f"^(?:{m.EMAIL}(?: *, *{m.EMAIL})*)?$")
+_URL = Kind("string", m.parse_http_url, m.HTTP_URL.schema())
 BACKUP = section(
     "backup",
     _backup,
