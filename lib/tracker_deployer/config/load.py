@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from tracker_deployer import ports
 from tracker_deployer.config import spec
 from tracker_deployer.config.model import (
     Endpoint,
@@ -350,19 +351,10 @@ class _Reader:
             self.cross_checks(data)
         if self.issues or top is FAILED:
             return None
-        return Env(
-            name=top["environment"]["name"],
-            source=path,
-            ssh=top["ssh_credentials"],
-            provider=top["provider"],
-            tracker=top["tracker"],
-            mysql=top.get("mysql"),
-            prometheus=top.get("prometheus"),
-            grafana=top.get("grafana"),
-            https=top.get("https"),
-            backup=top.get("backup"),
-            images=top.get("images", spec.IMAGES.build()),
-        )
+        # The other top-level keys are named like the fields of Env.
+        sections = _without(top, "$schema")
+        name, ssh = sections.pop("environment")["name"], sections.pop("ssh_credentials")
+        return Env(name=name, source=path, ssh=ssh, **sections)
 
     # -- rules across sections -------------------------------------------------
 
@@ -441,28 +433,27 @@ class _Reader:
             else:
                 seen[key] = where
         # On the host, published tracker ports must not collide with the other services.
-        reserved: list[tuple[str, int, Protocol]] = []
+        tcp, udp = Protocol.TCP, Protocol.UDP
+        reserved: dict[tuple[int, Protocol], str] = {}
         if prometheus:
-            reserved.append(("prometheus (127.0.0.1:9090)", 9090, Protocol.TCP))
+            reserved[ports.PROMETHEUS, tcp] = f"prometheus (127.0.0.1:{ports.PROMETHEUS})"
         if grafana is not None and not grafana.use_tls_proxy:
-            reserved.append(("grafana (3000/tcp)", 3000, Protocol.TCP))
+            reserved[ports.GRAFANA, tcp] = f"grafana ({ports.GRAFANA}/tcp)"
         if https:
-            reserved += [
-                ("caddy (80/tcp)", 80, Protocol.TCP),
-                ("caddy (443/tcp)", 443, Protocol.TCP),
-            ]
-            reserved.append(("caddy (443/udp)", 443, Protocol.UDP))
+            for port, protocol in (
+                (ports.CADDY_HTTP, tcp),
+                (ports.CADDY_HTTPS, tcp),
+                (ports.CADDY_HTTPS, udp),
+            ):
+                reserved[port, protocol] = f"caddy ({port}/{protocol.value})"
         for where, endpoint, protocol in binds:
-            for owner, port, reserved_protocol in reserved:
-                if endpoint.published and (endpoint.bind_address.port, protocol) == (
-                    port,
-                    reserved_protocol,
-                ):
-                    self.error(
-                        _join(where, "bind_address"),
-                        f"port {port}/{protocol.value} is also published by {owner}",
-                        "pick another port for this tracker service",
-                    )
+            key = (endpoint.bind_address.port, protocol)
+            if endpoint.published and key in reserved:
+                self.error(
+                    _join(where, "bind_address"),
+                    f"port {key[0]}/{protocol.value} is also published by {reserved[key]}",
+                    "pick another port for this tracker service",
+                )
 
 
 def _without(values: dict[str, Any], key: str) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import ipaddress
 import json
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -815,17 +816,16 @@ class Env:
         return isinstance(self.tracker.core.database, MysqlDatabase)
 
     def secrets(self) -> list[str]:
-        """Every secret value, for masking in plans and logs."""
-        values: list[Secret] = [self.tracker.http_api.admin_token]
-        if isinstance(self.tracker.core.database, MysqlDatabase):
-            values.append(self.tracker.core.database.password)
-        if self.mysql:
-            values.append(self.mysql.root_password)
-        if self.grafana:
-            values.append(self.grafana.admin_password)
-        if isinstance(self.provider, HetznerProvider):
-            values.append(self.provider.api_token)
-        if self.backup and self.backup.offsite:
-            values.append(self.backup.offsite.password)
-            values += [value for _, value in self.backup.offsite.env]
-        return [secret.reveal() for secret in values]
+        """Every secret value, for masking in plans and logs: each :class:`Secret` in it."""
+        return [secret.reveal() for secret in _secrets(self)]
+
+
+def _secrets(value: object) -> Iterator[Secret]:
+    if isinstance(value, Secret):
+        yield value
+    elif isinstance(value, tuple):
+        for item in value:
+            yield from _secrets(item)
+    elif is_dataclass(value):
+        for each in fields(value):
+            yield from _secrets(getattr(value, each.name))
