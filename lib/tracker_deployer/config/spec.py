@@ -73,14 +73,29 @@ class Field:
     limits: Callable[[Mapping[str, Any]], tuple[int, int, str]] | None = None
 
 
+def example(kind: Kind | Section | Union) -> Any:
+    """An object's example, made of its parts: the first kind of a union, each required
+    key with its first example (so no object repeats its keys' examples)."""
+    if isinstance(kind, Union):
+        name, variant = next(iter(kind.variants.items()))
+        return {kind.key: name, **example(variant)}
+    assert isinstance(kind, Section), "a value's examples are given"
+    return {f.key: f.examples[0] for f in kind.fields if f.required}
+
+
 def need(key: str, kind: Kind | Section | Union, doc: str, *examples: Any, **more: Any) -> Field:
+    """A required key; an object's example is made of its keys' unless one is given."""
+    if not examples:
+        examples = ([example(kind)] if more.get("array") else example(kind),)
     return Field(key, kind, doc, list(examples), True, **more)
 
 
 def opt(key: str, kind: Kind | Section | Union, doc: str, *examples: Any, **more: Any) -> Field:
     """An optional key; its default is its example unless others are given."""
     default = more.get("default", NO_DEFAULT)
-    return Field(key, kind, doc, list(examples or [default]), **more)
+    if not examples:
+        examples = (example(kind) if default is NO_DEFAULT else default,)
+    return Field(key, kind, doc, list(examples), **more)
 
 
 def section(
@@ -293,7 +308,6 @@ DATABASE = Union(
     other_keys=False,
     ref="database",
 )
-_SQLITE = {"driver": "sqlite3", "database_name": "tracker.db"}
 _UDP_FIELDS = _endpoint("udp", "the UDP tracker", "udp", "0.0.0.0:6969")
 _HTTP_FIELDS = _endpoint("tracker", "the HTTP tracker", "tcp", "0.0.0.0:7070")
 _TOKEN = need("admin_token", SECRET, "Token of the API's admin endpoints.", "MyAccessToken")
@@ -308,18 +322,16 @@ _CORE = section(
     "core",
     m.TrackerCore,
     opt("private", BOOL, "Private tracker mode (peers need a key).", default=False),
-    need("database", DATABASE, "Where the tracker keeps its data.", _SQLITE),
+    need("database", DATABASE, "Where the tracker keeps its data."),
 )
-_SOCKET = {"bind_address": "0.0.0.0:6969"}
 TRACKER = section(
     "tracker",
     m.Tracker,
-    need("core", _CORE, "Core tracker settings.", {"database": _SQLITE}),
+    need("core", _CORE, "Core tracker settings."),
     need(
         "udp_trackers",
         section("udp_tracker", m.Endpoint, *_UDP_FIELDS, ref="udp_tracker"),
         "UDP tracker sockets (may be empty).",
-        [_SOCKET],
         array=True,
         hint=_ARRAY,
     ),
@@ -327,16 +339,14 @@ TRACKER = section(
         "http_trackers",
         section("http_tracker", m.Endpoint, *_HTTP_FIELDS, ref="http_tracker"),
         "HTTP tracker sockets (may be empty).",
-        [_SOCKET],
         array=True,
         hint=_ARRAY,
     ),
-    need("http_api", _API, "The tracker's REST API.", {**_SOCKET, "admin_token": "secret"}),
+    need("http_api", _API, "The tracker's REST API."),
     need(
         "health_check_api",
         section("health", m.Endpoint, *_HEALTH_FIELDS),
         "The tracker's health check endpoint.",
-        _SOCKET,
     ),
 )
 _READ_DATA = m.DEFAULT_OFFSITE_CHECK_READ_DATA
@@ -363,9 +373,9 @@ OFFSITE = section(
         "repository",
         _REPOSITORY,
         "The restic repository: s3:, sftp:, rest: or an absolute path.",
+        "/mnt/offsite/restic",
         "s3:https://s3.eu-central-1.amazonaws.com/tracker-backups/prod",
         "sftp:backup@backup.example.com:/srv/restic/tracker",
-        "/mnt/offsite/restic",
     ),
     need("password", _PASSWORD, "The repository's password; keep a copy.", "a long passphrase"),
     opt("env", Kind("map", schema=_SECRETS), "The backend's credentials (secrets).", _KEYS),
@@ -457,12 +467,7 @@ BACKUP = section(
         schema={"maximum": m.MAX_DOWNTIME_BUDGET_SECONDS},
         hint=_BUDGET_HINT,
     ),
-    opt(
-        "offsite",
-        OFFSITE,
-        "Off-host, encrypted copies (restic).",
-        {"repository": "/mnt/offsite/restic", "password": "a long passphrase"},
-    ),
+    opt("offsite", OFFSITE, "Off-host, encrypted copies (restic)."),
 )
 IMAGES = section(
     "images",
@@ -513,18 +518,6 @@ _MYSQL = section(
 _ENVIRONMENT = section(
     "environment", dict, need("name", NAME, "The environment's name (build/NAME).", "tracker-prod")
 )
-_TRACKER_EXAMPLE = {
-    "core": {"database": _SQLITE},
-    "udp_trackers": [_SOCKET],
-    "http_trackers": [],
-    "http_api": {"bind_address": "0.0.0.0:1212", "admin_token": "MyAccessToken"},
-    "health_check_api": {"bind_address": "127.0.0.1:1313"},
-}
-_KEY = {
-    "private_key_path": "~/.ssh/id_ed25519",
-    "public_key_path": "~/.ssh/id_ed25519.pub",
-    "username": "torrust",
-}
 _SCHEMA_HINT = "point it at schemas/environment-config.json"
 ENV = section(
     "",
@@ -536,30 +529,15 @@ ENV = section(
         "../schemas/environment-config.json",
         hint=_SCHEMA_HINT,
     ),
-    need("environment", _ENVIRONMENT, "Identity of this environment.", {"name": "tracker-prod"}),
-    need("ssh_credentials", SSH, "How the deployer logs in over SSH.", _KEY),
-    need("provider", PROVIDER, "Where the host comes from.", {"provider": "existing"}),
-    need("tracker", TRACKER, "The tracker: its database and sockets.", _TRACKER_EXAMPLE),
-    opt(
-        "mysql",
-        _MYSQL,
-        "The stack's MySQL server (with the mysql driver).",
-        {"root_password": "root_secret"},
-    ),
-    opt("prometheus", section("prometheus", m.Prometheus, _SCRAPE), "Run Prometheus.", {}),
-    opt(
-        "grafana",
-        GRAFANA,
-        "Run Grafana (needs prometheus).",
-        {"admin_user": "admin", "admin_password": "admin"},
-    ),
-    opt(
-        "https",
-        HTTPS,
-        "Run Caddy as TLS proxy (when a service uses it).",
-        {"admin_email": "admin@example.com"},
-    ),
-    opt("backup", BACKUP, "Scheduled backups; `{}` = all defaults.", {}),
+    need("environment", _ENVIRONMENT, "Identity of this environment."),
+    need("ssh_credentials", SSH, "How the deployer logs in over SSH."),
+    need("provider", PROVIDER, "Where the host comes from."),
+    need("tracker", TRACKER, "The tracker: its database and sockets."),
+    opt("mysql", _MYSQL, "The stack's MySQL server (with the mysql driver)."),
+    opt("prometheus", section("prometheus", m.Prometheus, _SCRAPE), "Run Prometheus."),
+    opt("grafana", GRAFANA, "Run Grafana (needs prometheus)."),
+    opt("https", HTTPS, "Run Caddy as TLS proxy (when a service uses it)."),
+    opt("backup", BACKUP, "Scheduled backups; `{}` = all defaults."),
     opt(
         "images",
         IMAGES,
