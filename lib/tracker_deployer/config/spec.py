@@ -296,7 +296,7 @@ DATABASE = Union(
                 "username",
                 Kind("string", m.parse_mysql_user, _MYSQL_USER),
                 "The tracker's user (not root).",
-                "tracker",
+                "tracker_user",
             ),
             need("password", SECRET, "Password of the tracker's MySQL user.", "tracker_password"),
         ),
