@@ -12,11 +12,12 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from tracker_deployer import ports
 from tracker_deployer.config import spec
 from tracker_deployer.config.model import (
+    S3_KEYS,
     Endpoint,
     Env,
     Grafana,
@@ -177,9 +178,15 @@ class _Reader:
             if key not in value:
                 self.error(_join(path, key), "is required but missing", f'add "{key}"')
 
-    def section(self, section: Section, value: object, path: str) -> Any:
+    def is_object(
+        self, value: object, path: str, hint: str = "use { ... }"
+    ) -> TypeGuard[dict[str, Any]]:
         if not isinstance(value, dict):
-            self.error(path, f"must be an object, not {_type_name(value)}", "use { ... }")
+            self.error(path, f"must be an object, not {_type_name(value)}", hint)
+        return isinstance(value, dict)
+
+    def section(self, section: Section, value: object, path: str) -> Any:
+        if not self.is_object(value, path):
             return FAILED
         self.keys(value, path, section.fields)
         values: dict[str, Any] = {}
@@ -212,8 +219,7 @@ class _Reader:
                 value,
                 path,
             )
-        if not isinstance(value, dict):
-            self.error(path, f"must be an object, not {_type_name(value)}", "use { ... }")
+        if not self.is_object(value, path):
             return FAILED
         if union.other_keys:  # still report keys no kind knows
             others = {f.key: f for v in union.variants.values() for f in v.fields}
@@ -320,12 +326,7 @@ class _Reader:
         return False
 
     def offsite_env(self, value: object, path: str) -> Any:
-        if not isinstance(value, dict):
-            self.error(
-                path,
-                f"must be an object, not {_type_name(value)}",
-                'use {"AWS_ACCESS_KEY_ID": "...", "AWS_SECRET_ACCESS_KEY": "..."}',
-            )
+        if not self.is_object(value, path, f"use {_S3_ENV}"):
             return FAILED
         pairs: list[tuple[str, Secret]] = []
         secret = Field("", spec.SECRET, "", [])
@@ -503,16 +504,10 @@ def _check_offsite(
         return True
     if "env" not in raw:
         reader.error(
-            _join(path, "env"),
-            "is required for an s3: repository",
-            'add "env": {"AWS_ACCESS_KEY_ID": "...", "AWS_SECRET_ACCESS_KEY": "..."}',
+            _join(path, "env"), "is required for an s3: repository", f'add "env": {_S3_ENV}'
         )
         return False
-    missing = [
-        name
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-        if isinstance(raw["env"], dict) and name not in raw["env"]
-    ]
+    missing = [name for name in S3_KEYS if isinstance(raw["env"], dict) and name not in raw["env"]]
     for name in missing:
         reader.error(
             _join(path, f"env.{name}"),
@@ -541,6 +536,9 @@ _CHECKS: dict[str, Callable[[_Reader, dict[str, Any], Mapping[str, Any], str, bo
     "offsite": _check_offsite,
     "keep": _check_keep,
 }
+
+
+_S3_ENV = json.dumps(dict.fromkeys(S3_KEYS, "..."))  # {"AWS_ACCESS_KEY_ID": "...", ...}
 
 
 def _join(path: str, key: str) -> str:

@@ -13,7 +13,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -640,6 +640,7 @@ RESERVED_OFFSITE_ENV = frozenset(
     }
 )
 RESERVED_OFFSITE_ENV_PREFIX = "OFFSITE_"
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # an s3: repository needs both
 
 
 _USERINFO = re.compile(r"//[^/@]*@")
@@ -768,27 +769,22 @@ class BackupConfig:
 BACKUP_IMAGE_REPOSITORY = "torrust/tracker-backup"
 BACKUP_IMAGE_VERSION = "1.0.0"  # the one owner: `inv build-image --build-arg VERSION`, see image.py
 
-DEFAULT_IMAGES: dict[str, str] = {
-    "tracker": "torrust/tracker:v3.0.0",
-    "mysql": "mysql:8.4",
-    "prometheus": "prom/prometheus:v3.5.0",
-    "grafana": "grafana/grafana:12.1.0",
-    "caddy": "caddy:2.10",
-    "backup": f"{BACKUP_IMAGE_REPOSITORY}:{BACKUP_IMAGE_VERSION}",
-    # Reads the backup metrics (textfile collector) when backup and prometheus are on.
-    "node_exporter": "prom/node-exporter:v1.9.1",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Images:
-    tracker: str = DEFAULT_IMAGES["tracker"]
-    mysql: str = DEFAULT_IMAGES["mysql"]
-    prometheus: str = DEFAULT_IMAGES["prometheus"]
-    grafana: str = DEFAULT_IMAGES["grafana"]
-    caddy: str = DEFAULT_IMAGES["caddy"]
-    backup: str = DEFAULT_IMAGES["backup"]
-    node_exporter: str = DEFAULT_IMAGES["node_exporter"]
+    """The image of each service; the defaults are the ones the deployer is tested with."""
+
+    tracker: str = "torrust/tracker:v3.0.0"
+    mysql: str = "mysql:8.4"
+    prometheus: str = "prom/prometheus:v3.5.0"
+    grafana: str = "grafana/grafana:12.1.0"
+    caddy: str = "caddy:2.10"
+    backup: str = f"{BACKUP_IMAGE_REPOSITORY}:{BACKUP_IMAGE_VERSION}"
+    # Reads the backup metrics (textfile collector) when backup and prometheus are on.
+    node_exporter: str = "prom/node-exporter:v1.9.1"
+
+
+DEFAULT_IMAGES: dict[str, str] = asdict(Images())
 
 
 @dataclass(frozen=True, slots=True)

@@ -365,7 +365,7 @@ _REPOSITORY = _string(
     m.parse_restic_repository, "^(?:/|s3:|sftp:|rest:https?://)[!-~]*$", minLength=1
 )
 _PASSWORD = Kind("string", m.parse_offsite_password, ref="secret")
-_KEYS = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret"}
+_KEYS = dict(zip(m.S3_KEYS, ("AKIAEXAMPLE", "secret"), strict=True))
 OFFSITE = section(
     "offsite",
     m.OffsiteConfig,
