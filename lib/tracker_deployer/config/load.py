@@ -46,12 +46,10 @@ def load_env(path: Path, *, display: str | None = None) -> Env:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            source,
-            [ConfigIssue("", "file not found", "pass --env NAME for envs/NAME.json, or a path")],
-        ) from None
+        hint = "pass --env NAME for envs/NAME.json, or a path"
+        raise _whole_file(source, "file not found", hint) from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(source, [ConfigIssue("", f"cannot read the file ({error})")]) from None
+        raise _whole_file(source, f"cannot read the file ({error})") from None
     return parse_env_text(text, source=source, path=path)
 
 
@@ -59,21 +57,18 @@ def parse_env_text(text: str, *, source: str, path: Path | None = None) -> Env:
     try:
         data = json.loads(text, object_pairs_hook=_reject_duplicates)
     except _DuplicateKey as error:
-        raise ConfigError(
-            source, [ConfigIssue("", f"key {error.key!r} appears twice", "keep only one of them")]
-        ) from None
+        message = f"key {error.key!r} appears twice"
+        raise _whole_file(source, message, "keep only one of them") from None
     except json.JSONDecodeError as error:
-        raise ConfigError(
-            source,
-            [
-                ConfigIssue(
-                    "",
-                    f"not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})",
-                    "check for a missing comma or quote near that spot",
-                )
-            ],
-        ) from None
+        message = f"not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})"
+        hint = "check for a missing comma or quote near that spot"
+        raise _whole_file(source, message, hint) from None
     return parse_env(data, source=source, path=path or Path(source))
+
+
+def _whole_file(source: str, message: str, hint: str | None = None) -> ConfigError:
+    """The one issue of a file that cannot be read as JSON."""
+    return ConfigError(source, [ConfigIssue("", message, hint)])
 
 
 class _DuplicateKey(ValueError):
@@ -226,7 +221,9 @@ class _Reader:
             fields = tuple(Field(f.key, f.kind, "", []) for f in others.values())
             self.keys({k: v for k, v in value.items() if k != union.key}, path, fields)
         if union.key not in value:
-            self.error(_join(path, union.key), "is required but missing", union.missing_hint)
+            self.error(
+                _join(path, union.key), "is required but missing", union.missing_hint or union.hint
+            )
         else:
             self.error(_join(path, union.key), f"{show(kind)} {union.unknown}", union.hint)
         return FAILED

@@ -54,8 +54,8 @@ class Union:
     doc: str
     unknown: str  # "is not a known provider"
     hint: str
-    missing_hint: str
     other_keys: bool  # with an unknown kind, still check the other keys
+    missing_hint: str = ""  # the hint when the key is missing (the other hint if empty)
     ref: str | None = None
 
 
@@ -261,8 +261,8 @@ PROVIDER = Union(
     "Kind of host: lxd (`inv provision` creates it), hetzner or existing (`inv register`).",
     "is not a known provider",
     'use "lxd", "hetzner" or "existing"',
-    'add "provider": "lxd"',
     other_keys=True,
+    missing_hint='add "provider": "lxd"',
 )
 _MYSQL_PORT = Kind("integer", m.parse_mysql_port, {**_range(1, 65535), "const": ports.MYSQL})
 _MYSQL_HOST = Kind("string", m.parse_mysql_host, {"const": "mysql"})
@@ -303,7 +303,6 @@ DATABASE = Union(
     },
     '"sqlite3" (a file) or "mysql" (a mysql service; needs the `mysql` section).',
     "is not a supported database driver",
-    'use "sqlite3" or "mysql"',
     'use "sqlite3" or "mysql"',
     other_keys=False,
     ref="database",
