@@ -142,6 +142,13 @@ def _type_name(value: object) -> str:
     return next((name for cls, name in _TYPE_NAMES if isinstance(value, cls)), type(value).__name__)
 
 
+# A boolean or string: the Python type, "must be ..." and the hint if the key has none.
+_PLAIN = {
+    "boolean": (bool, "true or false", "use true or false without quotes"),
+    "string": (str, "a string", 'use "..."'),
+}
+
+
 class _Reader:
     """Walks the JSON along :mod:`spec`, collecting :class:`ConfigIssue` instead of stopping.
 
@@ -220,12 +227,9 @@ class _Reader:
             others = {f.key: f for v in union.variants.values() for f in v.fields}
             fields = tuple(Field(f.key, f.kind, "", []) for f in others.values())
             self.keys({k: v for k, v in value.items() if k != union.key}, path, fields)
-        if union.key not in value:
-            self.error(
-                _join(path, union.key), "is required but missing", union.missing_hint or union.hint
-            )
-        else:
-            self.error(_join(path, union.key), f"{show(kind)} {union.unknown}", union.hint)
+        missing = union.key not in value
+        message = "is required but missing" if missing else f"{show(kind)} {union.unknown}"
+        self.error(_join(path, union.key), message, (missing and union.missing_hint) or union.hint)
         return FAILED
 
     def field(self, f: Field, parent: Mapping[str, Any], path: str) -> Any:
@@ -254,23 +258,13 @@ class _Reader:
             return self.union(kind, value, where)
         if kind.type == "map":
             return self.offsite_env(value, where)
-        if kind.type == "boolean":
-            if isinstance(value, bool):
-                return value
-            self.error(
-                where,
-                f"must be true or false, not {_type_name(value)}",
-                "use true or false without quotes",
-            )
-            return FAILED
-        if kind.type == "string":
+        if kind.type in _PLAIN:
+            cls, name, hint = _PLAIN[kind.type]
             if kind.blank and isinstance(value, str) and value.strip() == "":
                 self.error(where, "must not be empty")
                 return FAILED
-            if not isinstance(value, str):
-                self.error(
-                    where, f"must be a string, not {_type_name(value)}", f.hint or 'use "..."'
-                )
+            if not isinstance(value, cls):
+                self.error(where, f"must be {name}, not {_type_name(value)}", f.hint or hint)
                 return FAILED
         elif kind.type == "integer":
             if not self.integer(f, kind, value, where, parent):
