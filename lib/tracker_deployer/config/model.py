@@ -177,15 +177,17 @@ EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
 parse_email = Pattern(f"^{EMAIL}$", "is not an e-mail address", "use e.g. 'admin@example.com'")
 
 
+EMAIL_LIST = rf"^ *{EMAIL} *(?:, *{EMAIL} *)*$"  # spaces around the addresses are dropped
+
+
 def parse_email_list(value: str) -> str:
     """cron's MAILTO: one address or a comma-separated list."""
-    addresses = [part.strip(" ") for part in value.split(",")]
-    if not all(re.fullmatch(EMAIL, address) for address in addresses):
+    if not re.fullmatch(EMAIL_LIST, value):
         raise InvalidValue(
             f"{value!r} is not an e-mail address or a comma-separated list of them",
             "use e.g. 'ops@example.com' or 'ops@example.com,admin@example.com'",
         )
-    return ",".join(addresses)
+    return ",".join(part.strip(" ") for part in value.split(","))
 
 
 # A Hetzner server type or location, e.g. 'cx22', 'nbg1'.

@@ -418,7 +418,7 @@ _DOWNTIME_HINT = (
     f"e.g. {_DOWNTIME} (the default)"
 )
 _RETENTION = m.DEFAULT_RETENTION_DAYS
-_MAILTO = _string(_mailto, f"^(?:{m.EMAIL}(?: *, *{m.EMAIL})*)?$")
+_MAILTO = _string(_mailto, f"^$|{m.EMAIL_LIST}")
 _URL = Kind("string", m.parse_http_url, m.HTTP_URL.schema())
 BACKUP = section(
     "backup",
