@@ -4,7 +4,8 @@ Why a Python model generates the JSON Schema, and not the other way round: the
 parser needs more than a schema says (value parsers that return domain values,
 messages with a hint, rules across sections), while the schema needs nothing this
 table lacks. So every key is declared here once: its type and value parser,
-required or not, default, bounds, description and examples.
+required or not, bounds, description and examples; its default is the one of the
+model's dataclass (:func:`section` reads it), so that too has one owner.
 :mod:`tracker_deployer.config.load` walks a config along these tables and
 :mod:`tracker_deployer.config.schema` generates ``schemas/environment-config.json``
 from them; a test regenerates the file and compares, so the two cannot drift.
@@ -13,8 +14,9 @@ Descriptions stay short: the prose is in docs/user-guide/configuration.md.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 from tracker_deployer import ports
@@ -91,17 +93,35 @@ def need(key: str, kind: Kind | Section | Union, doc: str, *examples: Any, **mor
 
 
 def opt(key: str, kind: Kind | Section | Union, doc: str, *examples: Any, **more: Any) -> Field:
-    """An optional key; its default is its example unless others are given."""
-    default = more.get("default", NO_DEFAULT)
-    if not examples:
-        examples = (example(kind) if default is NO_DEFAULT else default,)
+    """An optional key; without examples, :func:`section` gives it its default."""
     return Field(key, kind, doc, list(examples), **more)
 
 
 def section(
-    name: str, build: Callable[..., Any], *fields: Field, ref: str | None = None
+    name: str, build: Callable[..., Any], *fields: Field, ref: str | None = None, model: Any = None
 ) -> Section:
-    return Section(name, fields, build, ref)
+    """An object. An optional key without examples takes the default of the dataclass
+    (``model``, else ``build``) as default and example; with none, an example of its keys."""
+    defaults = _defaults(model or build)
+    filled = (f if f.examples else _default(f, defaults.get(f.key)) for f in fields)
+    return Section(name, tuple(filled), build, ref)
+
+
+def _defaults(model: Any) -> dict[str, Any]:
+    """The defaults of the dataclass ``model`` as JSON values (none if it is no dataclass)."""
+    values: dict[str, Any] = {}
+    for each in dataclasses.fields(model) if dataclasses.is_dataclass(model) else ():
+        value = each.default if each.default_factory is MISSING else each.default_factory()
+        if isinstance(value, m.CronSchedule | m.KeepPolicy):
+            value = str(value) if isinstance(value, m.CronSchedule) else dict(value.rules)
+        values[each.name] = value
+    return values
+
+
+def _default(f: Field, default: Any) -> Field:
+    if default is None or default is MISSING or default == ():
+        return dataclasses.replace(f, examples=[example(f.kind)])
+    return dataclasses.replace(f, default=default, examples=[default])
 
 
 def _cron_pattern() -> str:
@@ -176,12 +196,7 @@ def _endpoint(name: str, what: str, protocol: str, bind: str, *more: Field) -> t
             f"Public DNS name of {what} (for use_tls_proxy).",
             f"{name}.example.com",
         ),
-        opt(
-            "use_tls_proxy",
-            BOOL,
-            f"Serve {what} over HTTPS via Caddy (needs domain).",
-            default=False,
-        ),
+        opt("use_tls_proxy", BOOL, f"Serve {what} over HTTPS via Caddy (needs domain)."),
         *more,
     )
 
@@ -227,7 +242,7 @@ SSH = section(
     ),
     need("public_key_path", KEY_PATH, "Its public half (the .pub file).", "~/.ssh/id_ed25519.pub"),
     need("username", _USER, "Linux user the deployer logs in as (needs sudo).", "torrust"),
-    opt("port", PORT, "SSH port of the host.", default=22, hint="use the SSH port, usually 22"),
+    opt("port", PORT, "SSH port of the host.", hint="use the SSH port, usually 22"),
     opt(
         "host",
         _string(m.parse_host, _HOST, maxLength=253),
@@ -254,7 +269,7 @@ PROVIDER = Union(
             need("api_token", SECRET, "Hetzner Cloud API token.", "hetzner-api-token"),
             need("server_type", HETZNER, "Hetzner server type.", "cx22", "cpx31"),
             need("location", HETZNER, "Hetzner location (data centre).", "nbg1", "fsn1"),
-            opt("image", _IMAGE, "Operating system image.", default="ubuntu-24.04"),
+            opt("image", _IMAGE, "Operating system image."),
         ),
         "existing": section("existing", m.ExistingProvider),
     },
@@ -314,13 +329,14 @@ _API = section(
     "http_api",
     lambda admin_token, **endpoint: m.HttpApi(m.Endpoint(**endpoint), admin_token),
     *_endpoint("api", "the HTTP API", "tcp", "0.0.0.0:1212", _TOKEN),
+    model=m.Endpoint,
 )
 _HEALTH_FIELDS = _endpoint("health", "the health check API", "tcp", "127.0.0.1:1313")
 _ARRAY = 'use [{"bind_address": "0.0.0.0:6969"}]'
 _CORE = section(
     "core",
     m.TrackerCore,
-    opt("private", BOOL, "Private tracker mode (peers need a key).", default=False),
+    opt("private", BOOL, "Private tracker mode (peers need a key)."),
     need("database", DATABASE, "Where the tracker keeps its data."),
 )
 TRACKER = section(
@@ -378,26 +394,9 @@ OFFSITE = section(
     ),
     need("password", _PASSWORD, "The repository's password; keep a copy.", "a long passphrase"),
     opt("env", Kind("map", schema=_SECRETS), "The backend's credentials (secrets).", _KEYS),
-    opt(
-        "keep",
-        _KEEP,
-        "Which snapshots `restic forget` keeps.",
-        default=dict(m.DEFAULT_OFFSITE_KEEP),
-        schema={"minProperties": 1},
-    ),
-    opt(
-        "check_schedule",
-        CRON,
-        "When `restic check` runs.",
-        default=m.DEFAULT_OFFSITE_CHECK_SCHEDULE,
-    ),
-    opt(
-        "check_read_data",
-        PERCENT,
-        "Percent of the data a check reads.",
-        default=_READ_DATA,
-        hint=_READ_HINT,
-    ),
+    opt("keep", _KEEP, "Which snapshots `restic forget` keeps.", schema={"minProperties": 1}),
+    opt("check_schedule", CRON, "When `restic check` runs."),
+    opt("check_read_data", PERCENT, "Percent of the data a check reads.", hint=_READ_HINT),
 )
 _LEVELS = "; ".join(
     f"{name} {low} to {high}, default {default}"
@@ -423,21 +422,15 @@ _URL = Kind("string", m.parse_http_url, m.HTTP_URL.schema())
 BACKUP = section(
     "backup",
     _backup,
-    opt("schedule", CRON, "When backups run (cron, host time).", default=m.DEFAULT_SCHEDULE),
+    opt("schedule", CRON, "When backups run (cron, host time)."),
     opt(
         "retention_days",
         INT,
         "Delete sets older than this many days.",
-        default=_RETENTION,
         schema=_range(1, m.MAX_RETENTION_DAYS),
         hint=f"keep backups for at least 1 day, e.g. {_RETENTION}",
     ),
-    opt(
-        "compression",
-        _COMPRESSION,
-        "How a set's database file is compressed.",
-        default=m.DEFAULT_COMPRESSION,
-    ),
+    opt("compression", _COMPRESSION, "How a set's database file is compressed."),
     opt(
         "compression_level",
         INT,
@@ -451,30 +444,26 @@ BACKUP = section(
         INT,
         "The longest the tracker may stay stopped for a snapshot (its stop + the snapshot until "
         "it is open), in seconds.",
-        default=_DOWNTIME,
         schema=_range(1, m.MAX_MAX_DOWNTIME_SECONDS),
         hint=_DOWNTIME_HINT,
     ),
-    opt("mailto", _MAILTO, "Where cron mails a failed run's output.", default=""),
+    opt("mailto", _MAILTO, "Where cron mails a failed run's output."),
     opt("notify_url", _URL, "healthchecks.io-style ping URL.", "https://hc-ping.com/your-uuid"),
-    opt("drill_schedule", CRON, "When the restore drill runs.", default=m.DEFAULT_DRILL_SCHEDULE),
+    opt("drill_schedule", CRON, "When the restore drill runs."),
     opt(
         "downtime_budget_seconds",
         POSITIVE,
         "Downtime per run that fires an alert, in seconds.",
-        default=_BUDGET,
         schema={"maximum": m.MAX_DOWNTIME_BUDGET_SECONDS},
         hint=_BUDGET_HINT,
     ),
     opt("offsite", OFFSITE, "Off-host, encrypted copies (restic)."),
+    model=m.BackupConfig,
 )
 IMAGES = section(
     "images",
     m.Images,
-    *(
-        opt(key, IMAGE, f"Image of the {key} service.", default=image)
-        for key, image in m.DEFAULT_IMAGES.items()
-    ),
+    *(opt(key, IMAGE, f"Image of the {key} service.") for key in m.DEFAULT_IMAGES),
 )
 _GRAFANA_USER = Kind(
     "string",
@@ -500,14 +489,13 @@ HTTPS = section(
     "https",
     m.Https,
     need("admin_email", EMAIL, "Contact address for Let's Encrypt.", "admin@example.com"),
-    opt("use_staging", BOOL, "Use Let's Encrypt's staging CA while testing.", default=False),
+    opt("use_staging", BOOL, "Use Let's Encrypt's staging CA while testing."),
 )
 _SCRAPE_HINT = "use a number of seconds from 1 to 3600, e.g. 15"
 _SCRAPE = opt(
     "scrape_interval_in_secs",
     INT,
     "Seconds between scrapes.",
-    default=15,
     schema=_range(1, 3600),
     hint=_SCRAPE_HINT,
 )
