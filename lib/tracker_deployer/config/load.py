@@ -11,18 +11,21 @@ import difflib
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeGuard
 
 from tracker_deployer import ports
 from tracker_deployer.config import spec
 from tracker_deployer.config.model import (
+    DEFAULT_OFFSITE_KEEP,
     S3_KEYS,
     Endpoint,
     Env,
     Grafana,
     HttpApi,
     InvalidValue,
+    Prometheus,
     Protocol,
     Secret,
     parse_offsite_env_name,
@@ -369,7 +372,7 @@ class _Reader:
             self.error(
                 "grafana",
                 "needs prometheus, which is not configured",
-                'add "prometheus": {"scrape_interval_in_secs": 15} or remove "grafana"',
+                f'add "prometheus": {json.dumps(asdict(Prometheus()))} or remove "grafana"',
             )
         tracker, grafana = self.seen.get("tracker", {}), self.seen.get("", {}).get("grafana")
         api: HttpApi | None = tracker.get("http_api")
@@ -516,7 +519,7 @@ def _check_keep(
     reader.error(
         path,
         "is empty: restic refuses to forget with no policy (it would keep nothing)",
-        'keep at least one rule, e.g. {"daily": 7, "weekly": 4, "monthly": 12}',
+        f"keep at least one rule, e.g. {json.dumps(dict(DEFAULT_OFFSITE_KEEP))}",
     )
     return False
 

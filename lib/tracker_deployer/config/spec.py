@@ -491,7 +491,9 @@ HTTPS = section(
     need("admin_email", EMAIL, "Contact address for Let's Encrypt.", "admin@example.com"),
     opt("use_staging", BOOL, "Use Let's Encrypt's staging CA while testing."),
 )
-_SCRAPE_HINT = "use a number of seconds from 1 to 3600, e.g. 15"
+_SCRAPE_HINT = (
+    f"use a number of seconds from 1 to 3600, e.g. {m.Prometheus().scrape_interval_in_secs}"
+)
 _SCRAPE = opt(
     "scrape_interval_in_secs",
     INT,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import asdict
 from typing import Any
 
 from tracker_deployer.config import spec
-from tracker_deployer.config.model import DEFAULT_RETENTION_DAYS, DEFAULT_SCHEDULE
+from tracker_deployer.config.model import DEFAULT_RETENTION_DAYS, DEFAULT_SCHEDULE, Prometheus
 
 
 def starter_config(name: str = "my-tracker", database: str = "sqlite3") -> dict[str, Any]:
@@ -26,7 +27,7 @@ def starter_config(name: str = "my-tracker", database: str = "sqlite3") -> dict[
     tracker["core"]["private"] = False
     tracker["http_api"] |= {"admin_token": "change-me: API token"}
     config |= {
-        "prometheus": {"scrape_interval_in_secs": 15},
+        "prometheus": asdict(Prometheus()),
         "grafana": {"admin_user": "admin", "admin_password": "change-me: grafana password"},
         "backup": {"schedule": DEFAULT_SCHEDULE, "retention_days": DEFAULT_RETENTION_DAYS},
     }
