@@ -269,10 +269,7 @@ class _Reader:
             if not isinstance(value, cls):
                 self.error(where, f"must be {name}, not {_type_name(value)}", f.hint or hint)
                 return FAILED
-        elif kind.type == "integer":
-            if not self.integer(f, kind, value, where, parent):
-                return FAILED
-        elif not self.number(f, kind, value, where):
+        elif not self.number(f, kind, value, where, parent):
             return FAILED
         if kind.parse is None:
             return float(value) if kind is spec.PERCENT else value
@@ -282,39 +279,32 @@ class _Reader:
             self.error(where, error.message, error.hint)
             return FAILED
 
-    def integer(
+    def number(
         self, f: Field, kind: Kind, value: Any, where: str, parent: Mapping[str, Any]
     ) -> bool:
+        """An integer or a number, within the bounds of its schema (or of ``f.limits``)."""
         bounds = {**kind.schema, **f.schema}
-        low, high, hint = bounds["minimum"], bounds["maximum"], f.hint
+        low, high, hint = bounds.get("minimum"), bounds["maximum"], f.hint
         if f.limits is not None:
             low, high, hint = f.limits(parent)
-        if isinstance(value, float) and value.is_integer():
+        integer = kind.type == "integer"
+        if integer and isinstance(value, float) and value.is_integer():
             self.error(
                 where,
                 f"{show(value)} is not an integer",
                 f"write it without a decimal point: {hint}",
             )
-        elif isinstance(value, bool) or not isinstance(value, int):
-            self.error(where, f"must be an integer, not {_type_name(value)} ({show(value)})", hint)
-        elif value < low:
+        elif isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+            noun = "an integer" if integer else "a number"
+            self.error(where, f"must be {noun}, not {_type_name(value)} ({show(value)})", hint)
+        elif kind is spec.PERCENT and (not math.isfinite(value) or not 0 <= value <= high):
+            self.error(where, f"{show(value)} is not a percentage from 0 to 100", hint)
+        elif kind is spec.POSITIVE and (not math.isfinite(value) or value <= 0):
+            self.error(where, f"{show(value)} is not a positive number", hint)
+        elif low is not None and value < low:
             self.error(where, f"{value} is less than the minimum of {low}", hint)
         elif value > high:
-            self.error(where, f"{value} is more than the maximum of {high}", hint)
-        else:
-            return True
-        return False
-
-    def number(self, f: Field, kind: Kind, value: Any, where: str) -> bool:
-        high = {**kind.schema, **f.schema}["maximum"]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(where, f"must be a number, not {_type_name(value)} ({show(value)})", f.hint)
-        elif kind is spec.PERCENT and (not math.isfinite(value) or not 0 <= value <= high):
-            self.error(where, f"{show(value)} is not a percentage from 0 to 100", f.hint)
-        elif kind is spec.POSITIVE and (not math.isfinite(value) or value <= 0):
-            self.error(where, f"{show(value)} is not a positive number", f.hint)
-        elif value > high:
-            self.error(where, f"{show(value)} is more than the maximum of {show(high)}", f.hint)
+            self.error(where, f"{show(value)} is more than the maximum of {show(high)}", hint)
         else:
             return True
         return False
