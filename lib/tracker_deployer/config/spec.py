@@ -279,7 +279,7 @@ PROVIDER = Union(
     other_keys=True,
     missing_hint='add "provider": "lxd"',
 )
-_MYSQL_PORT = Kind("integer", m.parse_mysql_port, {**_range(1, 65535), "const": ports.MYSQL})
+_MYSQL_PORT = Kind("integer", m.parse_mysql_port, {**PORT.schema, "const": ports.MYSQL})
 _MYSQL_HOST = Kind("string", m.parse_mysql_host, {"const": "mysql"})
 _MYSQL_NAME = text(m.parse_mysql_identifier)
 DATABASE = Union(
