@@ -196,6 +196,7 @@ parse_hetzner_name = Pattern(
     "is not a Hetzner name",
     "use lowercase letters, digits and '-', starting with a letter, e.g. 'cx22' or 'nbg1'",
 )
+# A Hetzner image name, e.g. 'ubuntu-24.04'.
 parse_hetzner_image = Pattern(
     r"^[a-z0-9][a-z0-9._-]{0,62}$",
     "is not a Hetzner image name",
