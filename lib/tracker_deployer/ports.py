@@ -1,7 +1,7 @@
 """The fixed ports of the stack's own services (the tracker's come from the config).
 
-topology.py publishes them, templates take them from here; config/load.py
-repeats the ones it reserves and tests/unit/test_owners.py checks it.
+topology.py publishes them, templates take them from here, and config/load.py
+reserves them (tests/unit/test_owners.py checks that the two agree).
 """
 
 from __future__ import annotations

@@ -228,6 +228,15 @@ def test_valid_configs_cover_both_drivers_both_providers_and_every_section() -> 
     assert sections == set(SCHEMA["properties"])
 
 
+@pytest.mark.parametrize("mailto", [" ops@example.com", "ops@example.com ", "a@b.co , c@d.co"])
+def test_schema_takes_the_spaces_the_parser_drops_around_mailto_addresses(mailto: str) -> None:
+    data = copy.deepcopy(VALID["manual-test-sqlite"])
+    data["backup"]["mailto"] = mailto
+
+    assert parse(data).backup.mailto == mailto.replace(" ", "")  # type: ignore[union-attr]
+    assert not _errors(data), _describe(_errors(data))
+
+
 # --------------------------------------------------------------------------- invalid corpus
 
 

@@ -11,16 +11,21 @@ import difflib
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
+from tracker_deployer import ports
 from tracker_deployer.config import spec
 from tracker_deployer.config.model import (
+    DEFAULT_OFFSITE_KEEP,
+    S3_KEYS,
     Endpoint,
     Env,
     Grafana,
     HttpApi,
     InvalidValue,
+    Prometheus,
     Protocol,
     Secret,
     parse_offsite_env_name,
@@ -44,12 +49,10 @@ def load_env(path: Path, *, display: str | None = None) -> Env:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            source,
-            [ConfigIssue("", "file not found", "pass --env NAME for envs/NAME.json, or a path")],
-        ) from None
+        hint = "pass --env NAME for envs/NAME.json, or a path"
+        raise _whole_file(source, "file not found", hint) from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(source, [ConfigIssue("", f"cannot read the file ({error})")]) from None
+        raise _whole_file(source, f"cannot read the file ({error})") from None
     return parse_env_text(text, source=source, path=path)
 
 
@@ -57,21 +60,18 @@ def parse_env_text(text: str, *, source: str, path: Path | None = None) -> Env:
     try:
         data = json.loads(text, object_pairs_hook=_reject_duplicates)
     except _DuplicateKey as error:
-        raise ConfigError(
-            source, [ConfigIssue("", f"key {error.key!r} appears twice", "keep only one of them")]
-        ) from None
+        message = f"key {error.key!r} appears twice"
+        raise _whole_file(source, message, "keep only one of them") from None
     except json.JSONDecodeError as error:
-        raise ConfigError(
-            source,
-            [
-                ConfigIssue(
-                    "",
-                    f"not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})",
-                    "check for a missing comma or quote near that spot",
-                )
-            ],
-        ) from None
+        message = f"not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})"
+        hint = "check for a missing comma or quote near that spot"
+        raise _whole_file(source, message, hint) from None
     return parse_env(data, source=source, path=path or Path(source))
+
+
+def _whole_file(source: str, message: str, hint: str | None = None) -> ConfigError:
+    """The one issue of a file that cannot be read as JSON."""
+    return ConfigError(source, [ConfigIssue("", message, hint)])
 
 
 class _DuplicateKey(ValueError):
@@ -145,6 +145,13 @@ def _type_name(value: object) -> str:
     return next((name for cls, name in _TYPE_NAMES if isinstance(value, cls)), type(value).__name__)
 
 
+# A boolean or string: the Python type, "must be ..." and the hint if the key has none.
+_PLAIN = {
+    "boolean": (bool, "true or false", "use true or false without quotes"),
+    "string": (str, "a string", 'use "..."'),
+}
+
+
 class _Reader:
     """Walks the JSON along :mod:`spec`, collecting :class:`ConfigIssue` instead of stopping.
 
@@ -176,9 +183,15 @@ class _Reader:
             if key not in value:
                 self.error(_join(path, key), "is required but missing", f'add "{key}"')
 
-    def section(self, section: Section, value: object, path: str) -> Any:
+    def is_object(
+        self, value: object, path: str, hint: str = "use { ... }"
+    ) -> TypeGuard[dict[str, Any]]:
         if not isinstance(value, dict):
-            self.error(path, f"must be an object, not {_type_name(value)}", "use { ... }")
+            self.error(path, f"must be an object, not {_type_name(value)}", hint)
+        return isinstance(value, dict)
+
+    def section(self, section: Section, value: object, path: str) -> Any:
+        if not self.is_object(value, path):
             return FAILED
         self.keys(value, path, section.fields)
         values: dict[str, Any] = {}
@@ -211,17 +224,15 @@ class _Reader:
                 value,
                 path,
             )
-        if not isinstance(value, dict):
-            self.error(path, f"must be an object, not {_type_name(value)}", "use { ... }")
+        if not self.is_object(value, path):
             return FAILED
         if union.other_keys:  # still report keys no kind knows
             others = {f.key: f for v in union.variants.values() for f in v.fields}
             fields = tuple(Field(f.key, f.kind, "", []) for f in others.values())
             self.keys({k: v for k, v in value.items() if k != union.key}, path, fields)
-        if union.key not in value:
-            self.error(_join(path, union.key), "is required but missing", union.missing_hint)
-        else:
-            self.error(_join(path, union.key), f"{show(kind)} {union.unknown}", union.hint)
+        missing = union.key not in value
+        message = "is required but missing" if missing else f"{show(kind)} {union.unknown}"
+        self.error(_join(path, union.key), message, (missing and union.missing_hint) or union.hint)
         return FAILED
 
     def field(self, f: Field, parent: Mapping[str, Any], path: str) -> Any:
@@ -250,28 +261,15 @@ class _Reader:
             return self.union(kind, value, where)
         if kind.type == "map":
             return self.offsite_env(value, where)
-        if kind.type == "boolean":
-            if isinstance(value, bool):
-                return value
-            self.error(
-                where,
-                f"must be true or false, not {_type_name(value)}",
-                "use true or false without quotes",
-            )
-            return FAILED
-        if kind.type == "string":
+        if kind.type in _PLAIN:
+            cls, name, hint = _PLAIN[kind.type]
             if kind.blank and isinstance(value, str) and value.strip() == "":
                 self.error(where, "must not be empty")
                 return FAILED
-            if not isinstance(value, str):
-                self.error(
-                    where, f"must be a string, not {_type_name(value)}", f.hint or 'use "..."'
-                )
+            if not isinstance(value, cls):
+                self.error(where, f"must be {name}, not {_type_name(value)}", f.hint or hint)
                 return FAILED
-        elif kind.type == "integer":
-            if not self.integer(f, kind, value, where, parent):
-                return FAILED
-        elif not self.number(f, kind, value, where):
+        elif not self.number(f, kind, value, where, parent):
             return FAILED
         if kind.parse is None:
             return float(value) if kind is spec.PERCENT else value
@@ -281,50 +279,38 @@ class _Reader:
             self.error(where, error.message, error.hint)
             return FAILED
 
-    def integer(
+    def number(
         self, f: Field, kind: Kind, value: Any, where: str, parent: Mapping[str, Any]
     ) -> bool:
+        """An integer or a number, within the bounds of its schema (or of ``f.limits``)."""
         bounds = {**kind.schema, **f.schema}
-        low, high, hint = bounds["minimum"], bounds["maximum"], f.hint
+        low, high, hint = bounds.get("minimum"), bounds["maximum"], f.hint
         if f.limits is not None:
             low, high, hint = f.limits(parent)
-        if isinstance(value, float) and value.is_integer():
+        integer = kind.type == "integer"
+        if integer and isinstance(value, float) and value.is_integer():
             self.error(
                 where,
                 f"{show(value)} is not an integer",
                 f"write it without a decimal point: {hint}",
             )
-        elif isinstance(value, bool) or not isinstance(value, int):
-            self.error(where, f"must be an integer, not {_type_name(value)} ({show(value)})", hint)
-        elif value < low:
+        elif isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+            noun = "an integer" if integer else "a number"
+            self.error(where, f"must be {noun}, not {_type_name(value)} ({show(value)})", hint)
+        elif kind is spec.PERCENT and (not math.isfinite(value) or not 0 <= value <= high):
+            self.error(where, f"{show(value)} is not a percentage from 0 to 100", hint)
+        elif kind is spec.POSITIVE and (not math.isfinite(value) or value <= 0):
+            self.error(where, f"{show(value)} is not a positive number", hint)
+        elif low is not None and value < low:
             self.error(where, f"{value} is less than the minimum of {low}", hint)
         elif value > high:
-            self.error(where, f"{value} is more than the maximum of {high}", hint)
-        else:
-            return True
-        return False
-
-    def number(self, f: Field, kind: Kind, value: Any, where: str) -> bool:
-        high = {**kind.schema, **f.schema}["maximum"]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(where, f"must be a number, not {_type_name(value)} ({show(value)})", f.hint)
-        elif kind is spec.PERCENT and (not math.isfinite(value) or not 0 <= value <= high):
-            self.error(where, f"{show(value)} is not a percentage from 0 to 100", f.hint)
-        elif kind is spec.POSITIVE and (not math.isfinite(value) or value <= 0):
-            self.error(where, f"{show(value)} is not a positive number", f.hint)
-        elif value > high:
-            self.error(where, f"{show(value)} is more than the maximum of {show(high)}", f.hint)
+            self.error(where, f"{show(value)} is more than the maximum of {show(high)}", hint)
         else:
             return True
         return False
 
     def offsite_env(self, value: object, path: str) -> Any:
-        if not isinstance(value, dict):
-            self.error(
-                path,
-                f"must be an object, not {_type_name(value)}",
-                'use {"AWS_ACCESS_KEY_ID": "...", "AWS_SECRET_ACCESS_KEY": "..."}',
-            )
+        if not self.is_object(value, path, f"use {_S3_ENV}"):
             return FAILED
         pairs: list[tuple[str, Secret]] = []
         secret = Field("", spec.SECRET, "", [])
@@ -350,19 +336,10 @@ class _Reader:
             self.cross_checks(data)
         if self.issues or top is FAILED:
             return None
-        return Env(
-            name=top["environment"]["name"],
-            source=path,
-            ssh=top["ssh_credentials"],
-            provider=top["provider"],
-            tracker=top["tracker"],
-            mysql=top.get("mysql"),
-            prometheus=top.get("prometheus"),
-            grafana=top.get("grafana"),
-            https=top.get("https"),
-            backup=top.get("backup"),
-            images=top.get("images", spec.IMAGES.build()),
-        )
+        # The other top-level keys are named like the fields of Env.
+        sections = _without(top, "$schema")
+        name, ssh = sections.pop("environment")["name"], sections.pop("ssh_credentials")
+        return Env(name=name, source=path, ssh=ssh, **sections)
 
     # -- rules across sections -------------------------------------------------
 
@@ -385,7 +362,7 @@ class _Reader:
             self.error(
                 "grafana",
                 "needs prometheus, which is not configured",
-                'add "prometheus": {"scrape_interval_in_secs": 15} or remove "grafana"',
+                f'add "prometheus": {json.dumps(asdict(Prometheus()))} or remove "grafana"',
             )
         tracker, grafana = self.seen.get("tracker", {}), self.seen.get("", {}).get("grafana")
         api: HttpApi | None = tracker.get("http_api")
@@ -441,28 +418,27 @@ class _Reader:
             else:
                 seen[key] = where
         # On the host, published tracker ports must not collide with the other services.
-        reserved: list[tuple[str, int, Protocol]] = []
+        tcp, udp = Protocol.TCP, Protocol.UDP
+        reserved: dict[tuple[int, Protocol], str] = {}
         if prometheus:
-            reserved.append(("prometheus (127.0.0.1:9090)", 9090, Protocol.TCP))
+            reserved[ports.PROMETHEUS, tcp] = f"prometheus (127.0.0.1:{ports.PROMETHEUS})"
         if grafana is not None and not grafana.use_tls_proxy:
-            reserved.append(("grafana (3000/tcp)", 3000, Protocol.TCP))
+            reserved[ports.GRAFANA, tcp] = f"grafana ({ports.GRAFANA}/tcp)"
         if https:
-            reserved += [
-                ("caddy (80/tcp)", 80, Protocol.TCP),
-                ("caddy (443/tcp)", 443, Protocol.TCP),
-            ]
-            reserved.append(("caddy (443/udp)", 443, Protocol.UDP))
+            for port, protocol in (
+                (ports.CADDY_HTTP, tcp),
+                (ports.CADDY_HTTPS, tcp),
+                (ports.CADDY_HTTPS, udp),
+            ):
+                reserved[port, protocol] = f"caddy ({port}/{protocol.value})"
         for where, endpoint, protocol in binds:
-            for owner, port, reserved_protocol in reserved:
-                if endpoint.published and (endpoint.bind_address.port, protocol) == (
-                    port,
-                    reserved_protocol,
-                ):
-                    self.error(
-                        _join(where, "bind_address"),
-                        f"port {port}/{protocol.value} is also published by {owner}",
-                        "pick another port for this tracker service",
-                    )
+            key = (endpoint.bind_address.port, protocol)
+            if endpoint.published and key in reserved:
+                self.error(
+                    _join(where, "bind_address"),
+                    f"port {key[0]}/{protocol.value} is also published by {reserved[key]}",
+                    "pick another port for this tracker service",
+                )
 
 
 def _without(values: dict[str, Any], key: str) -> dict[str, Any]:
@@ -512,16 +488,10 @@ def _check_offsite(
         return True
     if "env" not in raw:
         reader.error(
-            _join(path, "env"),
-            "is required for an s3: repository",
-            'add "env": {"AWS_ACCESS_KEY_ID": "...", "AWS_SECRET_ACCESS_KEY": "..."}',
+            _join(path, "env"), "is required for an s3: repository", f'add "env": {_S3_ENV}'
         )
         return False
-    missing = [
-        name
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-        if isinstance(raw["env"], dict) and name not in raw["env"]
-    ]
+    missing = [name for name in S3_KEYS if isinstance(raw["env"], dict) and name not in raw["env"]]
     for name in missing:
         reader.error(
             _join(path, f"env.{name}"),
@@ -539,7 +509,7 @@ def _check_keep(
     reader.error(
         path,
         "is empty: restic refuses to forget with no policy (it would keep nothing)",
-        'keep at least one rule, e.g. {"daily": 7, "weekly": 4, "monthly": 12}',
+        f"keep at least one rule, e.g. {json.dumps(dict(DEFAULT_OFFSITE_KEEP))}",
     )
     return False
 
@@ -550,6 +520,9 @@ _CHECKS: dict[str, Callable[[_Reader, dict[str, Any], Mapping[str, Any], str, bo
     "offsite": _check_offsite,
     "keep": _check_keep,
 }
+
+
+_S3_ENV = json.dumps(dict.fromkeys(S3_KEYS, "..."))  # {"AWS_ACCESS_KEY_ID": "...", ...}
 
 
 def _join(path: str, key: str) -> str:

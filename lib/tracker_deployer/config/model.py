@@ -12,10 +12,12 @@ import ipaddress
 import json
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from croniter import CroniterBadDateError, croniter
 
@@ -85,8 +87,37 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-_ENV_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """A string value that must match ``regex`` whole: the parser and, as the JSON
+    Schema's ``pattern`` (and ``maxLength``), the schema, so the regex has one owner.
+
+    ``message`` follows the value in the error: ``'x y' is not a ...``.
+    """
+
+    regex: str
+    message: str
+    hint: str
+    longest: int | None = None  # a longer value gets the same message
+
+    def __call__(self, value: str) -> str:
+        too_long = self.longest is not None and len(value) > self.longest
+        if too_long or not re.fullmatch(self.regex, value):
+            raise InvalidValue(f"{value!r} {self.message}", self.hint)
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        longest = {} if self.longest is None else {"maxLength": self.longest}
+        return {**longest, "pattern": self.regex}
+
+
 ENV_NAME_MAX = 63
+ENV_NAME = Pattern(
+    r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$",
+    "is not a lowercase-dash name",
+    "use lowercase letters, digits and '-', starting and ending with a letter or "
+    "digit, e.g. 'tracker-prod'",
+)
 
 
 def parse_environment_name(value: str) -> str:
@@ -96,26 +127,15 @@ def parse_environment_name(value: str) -> str:
             "a hostname label allows",
             "use a shorter name, e.g. 'tracker-prod'",
         )
-    if not _ENV_NAME.fullmatch(value):
-        raise InvalidValue(
-            f"{value!r} is not a lowercase-dash name",
-            "use lowercase letters, digits and '-', starting and ending with a letter or "
-            "digit, e.g. 'tracker-prod'",
-        )
-    return value
+    return ENV_NAME(value)
 
 
-_UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-
-
-def parse_unix_user(value: str) -> str:
-    if not _UNIX_USER.fullmatch(value):
-        raise InvalidValue(
-            f"{value!r} is not a valid Linux user name",
-            "use lowercase letters, digits, '_' and '-', starting with a letter, "
-            "at most 32 characters, e.g. 'torrust'",
-        )
-    return value
+parse_unix_user = Pattern(
+    r"^[a-z_][a-z0-9_-]{0,31}$",
+    "is not a valid Linux user name",
+    "use lowercase letters, digits, '_' and '-', starting with a letter, "
+    "at most 32 characters, e.g. 'torrust'",
+)
 
 
 def parse_port(value: int) -> int:
@@ -124,22 +144,14 @@ def parse_port(value: int) -> int:
     return value
 
 
-_HOSTNAME_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-def parse_domain(value: str) -> str:
-    labels = value.split(".")
-    if (
-        len(value) > 253
-        or len(labels) < 2
-        or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
-        or _digits(labels[-1])
-    ):
-        raise InvalidValue(
-            f"{value!r} is not a fully qualified domain name",
-            "use a lowercase DNS name such as 'tracker.example.com'",
-        )
-    return value
+HOSTNAME_LABEL = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+# At least two labels; the last one (the TLD) is not all digits.
+parse_domain = Pattern(
+    rf"^(?:{HOSTNAME_LABEL}\.)+(?![0-9]+$){HOSTNAME_LABEL}$",
+    "is not a fully qualified domain name",
+    "use a lowercase DNS name such as 'tracker.example.com'",
+    longest=253,
+)
 
 
 def parse_host(value: str) -> str:
@@ -151,7 +163,7 @@ def parse_host(value: str) -> str:
     labels = value.lower().split(".")
     if (
         len(value) > 253
-        or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
+        or not all(re.fullmatch(HOSTNAME_LABEL, label) for label in labels)
         or _digits(labels[-1])
     ):
         raise InvalidValue(
@@ -161,75 +173,51 @@ def parse_host(value: str) -> str:
     return value.lower()
 
 
-_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+$")
+EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
+parse_email = Pattern(f"^{EMAIL}$", "is not an e-mail address", "use e.g. 'admin@example.com'")
 
 
-def parse_email(value: str) -> str:
-    if not _EMAIL.fullmatch(value):
-        raise InvalidValue(f"{value!r} is not an e-mail address", "use e.g. 'admin@example.com'")
-    return value
+EMAIL_LIST = rf"^ *{EMAIL} *(?:, *{EMAIL} *)*$"  # spaces around the addresses are dropped
 
 
 def parse_email_list(value: str) -> str:
     """cron's MAILTO: one address or a comma-separated list."""
-    addresses = [part.strip(" ") for part in value.split(",")]
-    if not all(_EMAIL.fullmatch(address) for address in addresses):
+    if not re.fullmatch(EMAIL_LIST, value):
         raise InvalidValue(
             f"{value!r} is not an e-mail address or a comma-separated list of them",
             "use e.g. 'ops@example.com' or 'ops@example.com,admin@example.com'",
         )
-    return ",".join(addresses)
+    return ",".join(part.strip(" ") for part in value.split(","))
 
 
-_HETZNER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-_HETZNER_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-
-
-def parse_hetzner_name(value: str) -> str:
-    """A Hetzner server type or location, e.g. 'cx22', 'nbg1'."""
-    if not _HETZNER_NAME.fullmatch(value):
-        raise InvalidValue(
-            f"{value!r} is not a Hetzner name",
-            "use lowercase letters, digits and '-', starting with a letter, e.g. 'cx22' or 'nbg1'",
-        )
-    return value
-
-
-def parse_hetzner_image(value: str) -> str:
-    """A Hetzner image name, e.g. 'ubuntu-24.04'."""
-    if not _HETZNER_IMAGE.fullmatch(value):
-        raise InvalidValue(
-            f"{value!r} is not a Hetzner image name",
-            "use lowercase letters, digits, '.', '_' and '-', e.g. 'ubuntu-24.04' or 'debian-12'",
-        )
-    return value
-
-
-def parse_key_path(value: str) -> str:
-    if not (value.startswith("/") or value.startswith("~/")):
-        raise InvalidValue(
-            f"{value!r} is a relative path",
-            "use an absolute path (or one starting with '~/'), e.g. '/home/me/.ssh/id_ed25519'",
-        )
-    return value
-
-
-_IMAGE_REF = re.compile(
-    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+# A Hetzner server type or location, e.g. 'cx22', 'nbg1'.
+parse_hetzner_name = Pattern(
+    r"^[a-z][a-z0-9-]{0,62}$",
+    "is not a Hetzner name",
+    "use lowercase letters, digits and '-', starting with a letter, e.g. 'cx22' or 'nbg1'",
 )
-
-
-def parse_image(value: str) -> str:
-    if not _IMAGE_REF.fullmatch(value):
-        raise InvalidValue(
-            f"{value!r} is not a Docker image reference",
-            "use NAME[:TAG] or NAME@sha256:DIGEST, e.g. 'torrust/tracker:v3.0.0'",
-        )
-    return value
-
-
-_URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
+# A Hetzner image name, e.g. 'ubuntu-24.04'.
+parse_hetzner_image = Pattern(
+    r"^[a-z0-9][a-z0-9._-]{0,62}$",
+    "is not a Hetzner image name",
+    "use lowercase letters, digits, '.', '_' and '-', e.g. 'ubuntu-24.04' or 'debian-12'",
+)
+parse_key_path = Pattern(
+    r"^(?:/|~/)[\s\S]*$",
+    "is a relative path",
+    "use an absolute path (or one starting with '~/'), e.g. '/home/me/.ssh/id_ed25519'",
+)
+parse_image = Pattern(
+    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$",
+    "is not a Docker image reference",
+    "use NAME[:TAG] or NAME@sha256:DIGEST, e.g. 'torrust/tracker:v3.0.0'",
+)
+HTTP_URL = Pattern(
+    r"^https?://(?![/$.?#])[!-~]+(?![\s\S])",
+    "is not an http(s) URL",
+    "use e.g. 'https://hc-ping.com/your-uuid'",
+)
 
 
 def parse_http_url(value: str) -> str:
@@ -243,38 +231,24 @@ def parse_http_url(value: str) -> str:
                 "percent-encode anything else (e.g. 'é' as '%C3%A9'), "
                 "e.g. 'https://hc-ping.com/your-uuid'",
             )
-    if not _URL.fullmatch(value):
-        raise InvalidValue(
-            f"{value!r} is not an http(s) URL", "use e.g. 'https://hc-ping.com/your-uuid'"
-        )
-    return value
+    return HTTP_URL(value)
 
 
-def parse_sqlite_name(value: str) -> str:
-    if (
-        not value
-        or "/" in value
-        or value in (".", "..")
-        or not all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
-    ):
-        raise InvalidValue(
-            f"{value!r} is not a plain file name",
-            "use a file name without directories, e.g. 'tracker.db'",
-        )
-    return value
-
-
-def parse_mysql_identifier(value: str) -> str:
-    if (
-        not value
-        or len(value) > 64
-        or not all(c.isascii() and (c.isalnum() or c == "_") for c in value)
-    ):
-        raise InvalidValue(
-            f"{value!r} is not a plain MySQL database name",
-            "use letters, digits and '_' (at most 64), e.g. 'torrust_tracker'",
-        )
-    return value
+parse_sqlite_name = Pattern(
+    r"^(?!\.\.?$)[A-Za-z0-9._-]+$",
+    "is not a plain file name",
+    "use a file name without directories, e.g. 'tracker.db'",
+)
+parse_mysql_identifier = Pattern(
+    r"^[A-Za-z0-9_]{1,64}$",
+    "is not a plain MySQL database name",
+    "use letters, digits and '_' (at most 64), e.g. 'torrust_tracker'",
+)
+MYSQL_USER = Pattern(
+    r"^[A-Za-z0-9_-]{1,32}$",
+    "is not a plain MySQL user name",
+    "use letters, digits, '_' and '-' (at most 32), e.g. 'tracker_user'",
+)
 
 
 def parse_mysql_user(value: str) -> str:
@@ -284,16 +258,7 @@ def parse_mysql_user(value: str) -> str:
             "use an application user such as 'tracker_user'; the root password goes in "
             "mysql.root_password",
         )
-    if (
-        not value
-        or len(value) > 32
-        or not all(c.isascii() and (c.isalnum() or c in "_-") for c in value)
-    ):
-        raise InvalidValue(
-            f"{value!r} is not a plain MySQL user name",
-            "use letters, digits, '_' and '-' (at most 32), e.g. 'tracker_user'",
-        )
-    return value
+    return MYSQL_USER(value)
 
 
 def parse_mysql_host(value: str) -> str:
@@ -401,15 +366,16 @@ class BindAddress:
 
 # --------------------------------------------------------------------------- cron
 
-_CRON_FIELDS = (
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day of month", 1, 31),
-    ("month", 1, 12),
-    ("day of week", 0, 7),
-)
 _MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# Each field: its name, its range and the names it also takes (the first one is ``low``).
+CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, _MONTH_NAMES),
+    ("day of week", 0, 7, _DAY_NAMES),
+)
 _CRON_HINT = 'e.g. "0 3 * * *" = 03:00 daily, "*/30 * * * *" = every 30 minutes'
 
 
@@ -417,7 +383,7 @@ def _check_cron_field(text: str, name: str, low: int, high: int, names: tuple[st
     def number(token: str) -> int:
         lowered = token.lower()
         if names and lowered in names:
-            return names.index(lowered) + (1 if name == "month" else 0)
+            return names.index(lowered) + low
         if not _digits(token):
             raise InvalidValue(f"{name} {token!r} is not a number")
         value = int(token)
@@ -468,10 +434,9 @@ class CronSchedule:
                 f"(it has {len(fields)} field{'s' if len(fields) != 1 else ''})",
                 f"use minute hour day-of-month month day-of-week, {_CRON_HINT}",
             )
-        for text, (name, low, high) in zip(fields, _CRON_FIELDS, strict=True):
-            names = _MONTH_NAMES if name == "month" else _DAY_NAMES if name == "day of week" else ()
+        for text, cron_field in zip(fields, CRON_FIELDS, strict=True):
             try:
-                _check_cron_field(text, name, low, high, names)
+                _check_cron_field(text, *cron_field)
             except InvalidValue as error:
                 raise InvalidValue(
                     f"{value!r} is not a valid 5-field cron schedule ({error.message})", _CRON_HINT
@@ -657,7 +622,11 @@ _REPOSITORY_HINT = (
     "use 's3:https://HOST/BUCKET[/PREFIX]', 'sftp:USER@HOST:/PATH', "
     "'rest:https://HOST:PORT/PATH' or an absolute local path such as '/mnt/offsite/restic'"
 )
-_ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+ENV_VAR = Pattern(
+    r"^[A-Z_][A-Z0-9_]{0,127}$",
+    "is not an environment variable name",
+    "use uppercase letters, digits and '_', e.g. 'AWS_ACCESS_KEY_ID'",
+)
 # Set by the deployer itself (or the container's basics): never from backup.offsite.env.
 RESERVED_OFFSITE_ENV = frozenset(
     {
@@ -674,6 +643,7 @@ RESERVED_OFFSITE_ENV = frozenset(
     }
 )
 RESERVED_OFFSITE_ENV_PREFIX = "OFFSITE_"
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # an s3: repository needs both
 
 
 _USERINFO = re.compile(r"//[^/@]*@")
@@ -736,12 +706,7 @@ def parse_offsite_password(value: str) -> Secret:
 
 
 def parse_offsite_env_name(value: str) -> str:
-    if not _ENV_NAME_RE.fullmatch(value):
-        raise InvalidValue(
-            f"{value!r} is not an environment variable name",
-            "use uppercase letters, digits and '_', e.g. 'AWS_ACCESS_KEY_ID'",
-        )
-    if value in RESERVED_OFFSITE_ENV or value.startswith(RESERVED_OFFSITE_ENV_PREFIX):
+    if ENV_VAR(value) in RESERVED_OFFSITE_ENV or value.startswith(RESERVED_OFFSITE_ENV_PREFIX):
         raise InvalidValue(
             f"{value!r} is set by the deployer itself",
             "set the repository with 'repository' and the password with 'password'; "
@@ -807,27 +772,22 @@ class BackupConfig:
 BACKUP_IMAGE_REPOSITORY = "torrust/tracker-backup"
 BACKUP_IMAGE_VERSION = "1.0.0"  # the one owner: `inv build-image --build-arg VERSION`, see image.py
 
-DEFAULT_IMAGES: dict[str, str] = {
-    "tracker": "torrust/tracker:v3.0.0",
-    "mysql": "mysql:8.4",
-    "prometheus": "prom/prometheus:v3.5.0",
-    "grafana": "grafana/grafana:12.1.0",
-    "caddy": "caddy:2.10",
-    "backup": f"{BACKUP_IMAGE_REPOSITORY}:{BACKUP_IMAGE_VERSION}",
-    # Reads the backup metrics (textfile collector) when backup and prometheus are on.
-    "node_exporter": "prom/node-exporter:v1.9.1",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Images:
-    tracker: str = DEFAULT_IMAGES["tracker"]
-    mysql: str = DEFAULT_IMAGES["mysql"]
-    prometheus: str = DEFAULT_IMAGES["prometheus"]
-    grafana: str = DEFAULT_IMAGES["grafana"]
-    caddy: str = DEFAULT_IMAGES["caddy"]
-    backup: str = DEFAULT_IMAGES["backup"]
-    node_exporter: str = DEFAULT_IMAGES["node_exporter"]
+    """The image of each service; the defaults are the ones the deployer is tested with."""
+
+    tracker: str = "torrust/tracker:v3.0.0"
+    mysql: str = "mysql:8.4"
+    prometheus: str = "prom/prometheus:v3.5.0"
+    grafana: str = "grafana/grafana:12.1.0"
+    caddy: str = "caddy:2.10"
+    backup: str = f"{BACKUP_IMAGE_REPOSITORY}:{BACKUP_IMAGE_VERSION}"
+    # Reads the backup metrics (textfile collector) when backup and prometheus are on.
+    node_exporter: str = "prom/node-exporter:v1.9.1"
+
+
+DEFAULT_IMAGES: dict[str, str] = asdict(Images())
 
 
 @dataclass(frozen=True, slots=True)
@@ -855,17 +815,16 @@ class Env:
         return isinstance(self.tracker.core.database, MysqlDatabase)
 
     def secrets(self) -> list[str]:
-        """Every secret value, for masking in plans and logs."""
-        values: list[Secret] = [self.tracker.http_api.admin_token]
-        if isinstance(self.tracker.core.database, MysqlDatabase):
-            values.append(self.tracker.core.database.password)
-        if self.mysql:
-            values.append(self.mysql.root_password)
-        if self.grafana:
-            values.append(self.grafana.admin_password)
-        if isinstance(self.provider, HetznerProvider):
-            values.append(self.provider.api_token)
-        if self.backup and self.backup.offsite:
-            values.append(self.backup.offsite.password)
-            values += [value for _, value in self.backup.offsite.env]
-        return [secret.reveal() for secret in values]
+        """Every secret value, for masking in plans and logs: each :class:`Secret` in it."""
+        return [secret.reveal() for secret in _secrets(self)]
+
+
+def _secrets(value: object) -> Iterator[Secret]:
+    if isinstance(value, Secret):
+        yield value
+    elif isinstance(value, tuple):
+        for item in value:
+            yield from _secrets(item)
+    elif is_dataclass(value):
+        for each in fields(value):
+            yield from _secrets(getattr(value, each.name))

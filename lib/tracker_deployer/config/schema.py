@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from tracker_deployer.config import spec
@@ -139,23 +140,24 @@ def _compression_levels() -> list[Schema]:
     return rules
 
 
+def _proxied(section: Section) -> Iterator[Schema]:
+    """A condition for each service that can use the TLS proxy: the spec says which."""
+    for field in section.fields:
+        if field.key == "use_tls_proxy":
+            yield _when(["use_tls_proxy"], {"const": True})
+        elif isinstance(field.kind, Section):
+            for inner in _proxied(field.kind):
+                yield _when(
+                    [field.key], {"type": "array", "contains": inner} if field.array else inner
+                )
+
+
 def build() -> Schema:
     defs: dict[str, Schema] = {}
     top = _object(spec.ENV, defs)
     top["properties"]["backup"]["allOf"] = _compression_levels()
     driver = ["tracker", "core", "database", "driver"]
-    defs["a_service_uses_the_tls_proxy"] = {
-        "anyOf": [
-            _when(
-                ["tracker", "http_trackers"],
-                {"type": "array", "contains": _when(["use_tls_proxy"], {"const": True})},
-            ),
-            *(
-                _when([*where, "use_tls_proxy"], {"const": True})
-                for where in (["tracker", "http_api"], ["tracker", "health_check_api"], ["grafana"])
-            ),
-        ]
-    }
+    defs["a_service_uses_the_tls_proxy"] = {"anyOf": list(_proxied(spec.ENV))}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$comment": f"GENERATED from lib/tracker_deployer/config/spec.py by `{COMMAND}`: do not edit.",

@@ -4,7 +4,8 @@ Why a Python model generates the JSON Schema, and not the other way round: the
 parser needs more than a schema says (value parsers that return domain values,
 messages with a hint, rules across sections), while the schema needs nothing this
 table lacks. So every key is declared here once: its type and value parser,
-required or not, default, bounds, description and examples.
+required or not, bounds, description and examples; its default is the one of the
+model's dataclass (:func:`section` reads it), so that too has one owner.
 :mod:`tracker_deployer.config.load` walks a config along these tables and
 :mod:`tracker_deployer.config.schema` generates ``schemas/environment-config.json``
 from them; a test regenerates the file and compares, so the two cannot drift.
@@ -13,8 +14,9 @@ Descriptions stay short: the prose is in docs/user-guide/configuration.md.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 from tracker_deployer import ports
@@ -54,8 +56,8 @@ class Union:
     doc: str
     unknown: str  # "is not a known provider"
     hint: str
-    missing_hint: str
     other_keys: bool  # with an unknown kind, still check the other keys
+    missing_hint: str = ""  # the hint when the key is missing (the other hint if empty)
     ref: str | None = None
 
 
@@ -73,20 +75,53 @@ class Field:
     limits: Callable[[Mapping[str, Any]], tuple[int, int, str]] | None = None
 
 
+def example(kind: Kind | Section | Union) -> Any:
+    """An object's example, made of its parts: the first kind of a union, each required
+    key with its first example (so no object repeats its keys' examples)."""
+    if isinstance(kind, Union):
+        name, variant = next(iter(kind.variants.items()))
+        return {kind.key: name, **example(variant)}
+    assert isinstance(kind, Section), "a value's examples are given"
+    return {f.key: f.examples[0] for f in kind.fields if f.required}
+
+
 def need(key: str, kind: Kind | Section | Union, doc: str, *examples: Any, **more: Any) -> Field:
+    """A required key; an object's example is made of its keys' unless one is given."""
+    if not examples:
+        examples = ([example(kind)] if more.get("array") else example(kind),)
     return Field(key, kind, doc, list(examples), True, **more)
 
 
 def opt(key: str, kind: Kind | Section | Union, doc: str, *examples: Any, **more: Any) -> Field:
-    """An optional key; its default is its example unless others are given."""
-    default = more.get("default", NO_DEFAULT)
-    return Field(key, kind, doc, list(examples or [default]), **more)
+    """An optional key; without examples, :func:`section` gives it its default."""
+    return Field(key, kind, doc, list(examples), **more)
 
 
 def section(
-    name: str, build: Callable[..., Any], *fields: Field, ref: str | None = None
+    name: str, build: Callable[..., Any], *fields: Field, ref: str | None = None, model: Any = None
 ) -> Section:
-    return Section(name, fields, build, ref)
+    """An object. An optional key without examples takes the default of the dataclass
+    (``model``, else ``build``) as default and example; with none, an example of its keys."""
+    defaults = _defaults(model or build)
+    filled = (f if f.examples else _default(f, defaults.get(f.key)) for f in fields)
+    return Section(name, tuple(filled), build, ref)
+
+
+def _defaults(model: Any) -> dict[str, Any]:
+    """The defaults of the dataclass ``model`` as JSON values (none if it is no dataclass)."""
+    values: dict[str, Any] = {}
+    for each in dataclasses.fields(model) if dataclasses.is_dataclass(model) else ():
+        value = each.default if each.default_factory is MISSING else each.default_factory()
+        if isinstance(value, m.CronSchedule | m.KeepPolicy):
+            value = str(value) if isinstance(value, m.CronSchedule) else dict(value.rules)
+        values[each.name] = value
+    return values
+
+
+def _default(f: Field, default: Any) -> Field:
+    if default is None or default is MISSING or default == ():
+        return dataclasses.replace(f, examples=[example(f.kind)])
+    return dataclasses.replace(f, default=default, examples=[default])
 
 
 def _cron_pattern() -> str:
@@ -98,8 +133,7 @@ def _cron_pattern() -> str:
         return f"(?:0*(?:{numbers}){spelled})"
 
     fields = []
-    for name, low, high in m._CRON_FIELDS:
-        names = {"month": m._MONTH_NAMES, "day of week": m._DAY_NAMES}.get(name, ())
+    for _, low, high, names in m.CRON_FIELDS:
         one = value(low, high, names)
         step = "|".join(str(n) for n in range(high, 0, -1))
         item = rf"(?:\*|{one}(?:-{one})?)(?:/0*(?:{step}))?"
@@ -111,36 +145,39 @@ _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 _IPV6 = r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%[^\s%\]]+)?"
 _PORT = "0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-_LABEL = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _ANY_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_EMAILS = m._EMAIL.pattern.strip("^$")
 _PRINTABLE = r"[^\u0000-\u001F\u007F-\u009F\uD800-\uDFFF"
 _HOST = rf"^(?:{_ANY_LABEL}(?:\.{_ANY_LABEL})*|{_IPV6})$"
-_SQLITE_NAME = r"^(?!\.\.?$)(?:[A-Za-z0-9._-]|[^\u0000-\u009F\s])+$"
 _EXPANSION = {"not": {"pattern": m.GRAFANA_EXPANSION}}
-_MYSQL_USER = {"pattern": "^[A-Za-z0-9_-]{1,32}$", "not": {"pattern": "^[Rr][Oo][Oo][Tt]$"}}
+_MYSQL_USER = {**m.MYSQL_USER.schema(), "not": {"pattern": "^[Rr][Oo][Oo][Tt]$"}}
 
 STRING = Kind("string")
 BOOL = Kind("boolean")
 INT = Kind("integer")
 POSITIVE = Kind("number", schema={"exclusiveMinimum": 0})
 PERCENT = Kind("number", schema={"minimum": 0, "maximum": 100})
-_NAME_SCHEMA = {"maxLength": m.ENV_NAME_MAX, "pattern": m._ENV_NAME.pattern}
+_NAME_SCHEMA = {"maxLength": m.ENV_NAME_MAX, **m.ENV_NAME.schema()}
 NAME = Kind("string", m.parse_environment_name, _NAME_SCHEMA, "lowercase_dash_name")
 SECRET = Kind(
     "string", m.Secret.parse, {"minLength": 1, "pattern": rf"^{_PRINTABLE}]*(?![\s\S])"}, "secret"
 )
-KEY_PATH = Kind("string", m.parse_key_path, {"pattern": "^(?:/|~/)"}, "key_path")
+
+
+def text(parse: m.Pattern, ref: str | None = None, blank: bool = False) -> Kind:
+    """A string checked by a :class:`~model.Pattern`, which gives the schema too."""
+    return Kind("string", parse, parse.schema(), ref, blank)
+
+
+KEY_PATH = text(m.parse_key_path, "key_path")
 PORT = Kind("integer", None, {"minimum": 1, "maximum": 65535}, "port")
 _BIND = rf"^(?:{_IPV4}|\[{_IPV4}\]|{_IPV6}|\[{_IPV6}\]):{_PORT}$"
 BIND = Kind("string", m.BindAddress.parse, {"pattern": _BIND}, "bind_address")
-_DOMAIN = {"maxLength": 253, "pattern": rf"^(?:{_LABEL}\.)+(?![0-9]+$){_LABEL}$"}
-DOMAIN = Kind("string", m.parse_domain, _DOMAIN, "domain")
-EMAIL = Kind("string", m.parse_email, {"pattern": m._EMAIL.pattern}, "email")
-IMAGE = Kind("string", m.parse_image, {"pattern": m._IMAGE_REF.pattern}, "image")
+DOMAIN = text(m.parse_domain, "domain")
+EMAIL = text(m.parse_email, "email")
+IMAGE = text(m.parse_image, "image")
 CRON = Kind("string", m.CronSchedule.parse, {"pattern": _cron_pattern()})
-HETZNER = Kind("string", m.parse_hetzner_name, {"pattern": m._HETZNER_NAME.pattern}, blank=True)
-_SECRETS = {"patternProperties": {m._ENV_NAME_RE.pattern: {"$ref": "#/$defs/secret"}}}
+HETZNER = text(m.parse_hetzner_name, blank=True)
+_SECRETS = {"patternProperties": {m.ENV_VAR.regex: {"$ref": "#/$defs/secret"}}}
 
 
 def _string(parse: Callable[[str], Any], pattern: str, **schema: Any) -> Kind:
@@ -159,12 +196,7 @@ def _endpoint(name: str, what: str, protocol: str, bind: str, *more: Field) -> t
             f"Public DNS name of {what} (for use_tls_proxy).",
             f"{name}.example.com",
         ),
-        opt(
-            "use_tls_proxy",
-            BOOL,
-            f"Serve {what} over HTTPS via Caddy (needs domain).",
-            default=False,
-        ),
+        opt("use_tls_proxy", BOOL, f"Serve {what} over HTTPS via Caddy (needs domain)."),
         *more,
     )
 
@@ -201,7 +233,7 @@ def _range(low: float, high: float) -> dict[str, Any]:
     return {"minimum": low, "maximum": high}
 
 
-_USER = _string(m.parse_unix_user, m._UNIX_USER.pattern)
+_USER = text(m.parse_unix_user)
 SSH = section(
     "ssh_credentials",
     m.SshCredentials,
@@ -210,7 +242,7 @@ SSH = section(
     ),
     need("public_key_path", KEY_PATH, "Its public half (the .pub file).", "~/.ssh/id_ed25519.pub"),
     need("username", _USER, "Linux user the deployer logs in as (needs sudo).", "torrust"),
-    opt("port", PORT, "SSH port of the host.", default=22, hint="use the SSH port, usually 22"),
+    opt("port", PORT, "SSH port of the host.", hint="use the SSH port, usually 22"),
     opt(
         "host",
         _string(m.parse_host, _HOST, maxLength=253),
@@ -222,7 +254,7 @@ SSH = section(
         "known_hosts_path", KEY_PATH, "known_hosts file (~/.ssh/known_hosts).", "~/.ssh/known_hosts"
     ),
 )
-_IMAGE = Kind("string", m.parse_hetzner_image, {"pattern": m._HETZNER_IMAGE.pattern}, blank=True)
+_IMAGE = text(m.parse_hetzner_image, blank=True)
 PROVIDER = Union(
     "provider",
     {
@@ -237,19 +269,19 @@ PROVIDER = Union(
             need("api_token", SECRET, "Hetzner Cloud API token.", "hetzner-api-token"),
             need("server_type", HETZNER, "Hetzner server type.", "cx22", "cpx31"),
             need("location", HETZNER, "Hetzner location (data centre).", "nbg1", "fsn1"),
-            opt("image", _IMAGE, "Operating system image.", default="ubuntu-24.04"),
+            opt("image", _IMAGE, "Operating system image."),
         ),
         "existing": section("existing", m.ExistingProvider),
     },
     "Kind of host: lxd (`inv provision` creates it), hetzner or existing (`inv register`).",
     "is not a known provider",
     'use "lxd", "hetzner" or "existing"',
-    'add "provider": "lxd"',
     other_keys=True,
+    missing_hint='add "provider": "lxd"',
 )
-_MYSQL_PORT = Kind("integer", m.parse_mysql_port, {**_range(1, 65535), "const": ports.MYSQL})
+_MYSQL_PORT = Kind("integer", m.parse_mysql_port, {**PORT.schema, "const": ports.MYSQL})
 _MYSQL_HOST = Kind("string", m.parse_mysql_host, {"const": "mysql"})
-_MYSQL_NAME = _string(m.parse_mysql_identifier, "^[A-Za-z0-9_]{1,64}$")
+_MYSQL_NAME = text(m.parse_mysql_identifier)
 DATABASE = Union(
     "driver",
     {
@@ -258,7 +290,7 @@ DATABASE = Union(
             m.SqliteDatabase,
             need(
                 "database_name",
-                _string(m.parse_sqlite_name, _SQLITE_NAME),
+                text(m.parse_sqlite_name),
                 "SQLite file name.",
                 "tracker.db",
             ),
@@ -279,7 +311,7 @@ DATABASE = Union(
                 "username",
                 Kind("string", m.parse_mysql_user, _MYSQL_USER),
                 "The tracker's user (not root).",
-                "tracker",
+                "tracker_user",
             ),
             need("password", SECRET, "Password of the tracker's MySQL user.", "tracker_password"),
         ),
@@ -287,11 +319,9 @@ DATABASE = Union(
     '"sqlite3" (a file) or "mysql" (a mysql service; needs the `mysql` section).',
     "is not a supported database driver",
     'use "sqlite3" or "mysql"',
-    'use "sqlite3" or "mysql"',
     other_keys=False,
     ref="database",
 )
-_SQLITE = {"driver": "sqlite3", "database_name": "tracker.db"}
 _UDP_FIELDS = _endpoint("udp", "the UDP tracker", "udp", "0.0.0.0:6969")
 _HTTP_FIELDS = _endpoint("tracker", "the HTTP tracker", "tcp", "0.0.0.0:7070")
 _TOKEN = need("admin_token", SECRET, "Token of the API's admin endpoints.", "MyAccessToken")
@@ -299,25 +329,24 @@ _API = section(
     "http_api",
     lambda admin_token, **endpoint: m.HttpApi(m.Endpoint(**endpoint), admin_token),
     *_endpoint("api", "the HTTP API", "tcp", "0.0.0.0:1212", _TOKEN),
+    model=m.Endpoint,
 )
 _HEALTH_FIELDS = _endpoint("health", "the health check API", "tcp", "127.0.0.1:1313")
 _ARRAY = 'use [{"bind_address": "0.0.0.0:6969"}]'
 _CORE = section(
     "core",
     m.TrackerCore,
-    opt("private", BOOL, "Private tracker mode (peers need a key).", default=False),
-    need("database", DATABASE, "Where the tracker keeps its data.", _SQLITE),
+    opt("private", BOOL, "Private tracker mode (peers need a key)."),
+    need("database", DATABASE, "Where the tracker keeps its data."),
 )
-_SOCKET = {"bind_address": "0.0.0.0:6969"}
 TRACKER = section(
     "tracker",
     m.Tracker,
-    need("core", _CORE, "Core tracker settings.", {"database": _SQLITE}),
+    need("core", _CORE, "Core tracker settings."),
     need(
         "udp_trackers",
         section("udp_tracker", m.Endpoint, *_UDP_FIELDS, ref="udp_tracker"),
         "UDP tracker sockets (may be empty).",
-        [_SOCKET],
         array=True,
         hint=_ARRAY,
     ),
@@ -325,16 +354,14 @@ TRACKER = section(
         "http_trackers",
         section("http_tracker", m.Endpoint, *_HTTP_FIELDS, ref="http_tracker"),
         "HTTP tracker sockets (may be empty).",
-        [_SOCKET],
         array=True,
         hint=_ARRAY,
     ),
-    need("http_api", _API, "The tracker's REST API.", {**_SOCKET, "admin_token": "secret"}),
+    need("http_api", _API, "The tracker's REST API."),
     need(
         "health_check_api",
         section("health", m.Endpoint, *_HEALTH_FIELDS),
         "The tracker's health check endpoint.",
-        _SOCKET,
     ),
 )
 _READ_DATA = m.DEFAULT_OFFSITE_CHECK_READ_DATA
@@ -353,7 +380,7 @@ _REPOSITORY = _string(
     m.parse_restic_repository, "^(?:/|s3:|sftp:|rest:https?://)[!-~]*$", minLength=1
 )
 _PASSWORD = Kind("string", m.parse_offsite_password, ref="secret")
-_KEYS = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret"}
+_KEYS = dict(zip(m.S3_KEYS, ("AKIAEXAMPLE", "secret"), strict=True))
 OFFSITE = section(
     "offsite",
     m.OffsiteConfig,
@@ -361,32 +388,15 @@ OFFSITE = section(
         "repository",
         _REPOSITORY,
         "The restic repository: s3:, sftp:, rest: or an absolute path.",
+        "/mnt/offsite/restic",
         "s3:https://s3.eu-central-1.amazonaws.com/tracker-backups/prod",
         "sftp:backup@backup.example.com:/srv/restic/tracker",
-        "/mnt/offsite/restic",
     ),
     need("password", _PASSWORD, "The repository's password; keep a copy.", "a long passphrase"),
     opt("env", Kind("map", schema=_SECRETS), "The backend's credentials (secrets).", _KEYS),
-    opt(
-        "keep",
-        _KEEP,
-        "Which snapshots `restic forget` keeps.",
-        default=dict(m.DEFAULT_OFFSITE_KEEP),
-        schema={"minProperties": 1},
-    ),
-    opt(
-        "check_schedule",
-        CRON,
-        "When `restic check` runs.",
-        default=m.DEFAULT_OFFSITE_CHECK_SCHEDULE,
-    ),
-    opt(
-        "check_read_data",
-        PERCENT,
-        "Percent of the data a check reads.",
-        default=_READ_DATA,
-        hint=_READ_HINT,
-    ),
+    opt("keep", _KEEP, "Which snapshots `restic forget` keeps.", schema={"minProperties": 1}),
+    opt("check_schedule", CRON, "When `restic check` runs."),
+    opt("check_read_data", PERCENT, "Percent of the data a check reads.", hint=_READ_HINT),
 )
 _LEVELS = "; ".join(
     f"{name} {low} to {high}, default {default}"
@@ -407,26 +417,20 @@ _DOWNTIME_HINT = (
     f"e.g. {_DOWNTIME} (the default)"
 )
 _RETENTION = m.DEFAULT_RETENTION_DAYS
-_MAILTO = _string(_mailto, f"^(?:{_EMAILS}(?: *, *{_EMAILS})*)?$")
-_URL = _string(m.parse_http_url, r"^https?://(?![/$.?#])[!-~]+(?![\s\S])")
+_MAILTO = _string(_mailto, f"^$|{m.EMAIL_LIST}")
+_URL = Kind("string", m.parse_http_url, m.HTTP_URL.schema())
 BACKUP = section(
     "backup",
     _backup,
-    opt("schedule", CRON, "When backups run (cron, host time).", default=m.DEFAULT_SCHEDULE),
+    opt("schedule", CRON, "When backups run (cron, host time)."),
     opt(
         "retention_days",
         INT,
         "Delete sets older than this many days.",
-        default=_RETENTION,
         schema=_range(1, m.MAX_RETENTION_DAYS),
         hint=f"keep backups for at least 1 day, e.g. {_RETENTION}",
     ),
-    opt(
-        "compression",
-        _COMPRESSION,
-        "How a set's database file is compressed.",
-        default=m.DEFAULT_COMPRESSION,
-    ),
+    opt("compression", _COMPRESSION, "How a set's database file is compressed."),
     opt(
         "compression_level",
         INT,
@@ -440,35 +444,26 @@ BACKUP = section(
         INT,
         "The longest the tracker may stay stopped for a snapshot (its stop + the snapshot until "
         "it is open), in seconds.",
-        default=_DOWNTIME,
         schema=_range(1, m.MAX_MAX_DOWNTIME_SECONDS),
         hint=_DOWNTIME_HINT,
     ),
-    opt("mailto", _MAILTO, "Where cron mails a failed run's output.", default=""),
+    opt("mailto", _MAILTO, "Where cron mails a failed run's output."),
     opt("notify_url", _URL, "healthchecks.io-style ping URL.", "https://hc-ping.com/your-uuid"),
-    opt("drill_schedule", CRON, "When the restore drill runs.", default=m.DEFAULT_DRILL_SCHEDULE),
+    opt("drill_schedule", CRON, "When the restore drill runs."),
     opt(
         "downtime_budget_seconds",
         POSITIVE,
         "Downtime per run that fires an alert, in seconds.",
-        default=_BUDGET,
         schema={"maximum": m.MAX_DOWNTIME_BUDGET_SECONDS},
         hint=_BUDGET_HINT,
     ),
-    opt(
-        "offsite",
-        OFFSITE,
-        "Off-host, encrypted copies (restic).",
-        {"repository": "/mnt/offsite/restic", "password": "a long passphrase"},
-    ),
+    opt("offsite", OFFSITE, "Off-host, encrypted copies (restic)."),
+    model=m.BackupConfig,
 )
 IMAGES = section(
     "images",
     m.Images,
-    *(
-        opt(key, IMAGE, f"Image of the {key} service.", default=image)
-        for key, image in m.DEFAULT_IMAGES.items()
-    ),
+    *(opt(key, IMAGE, f"Image of the {key} service.") for key in m.DEFAULT_IMAGES),
 )
 _GRAFANA_USER = Kind(
     "string",
@@ -494,14 +489,15 @@ HTTPS = section(
     "https",
     m.Https,
     need("admin_email", EMAIL, "Contact address for Let's Encrypt.", "admin@example.com"),
-    opt("use_staging", BOOL, "Use Let's Encrypt's staging CA while testing.", default=False),
+    opt("use_staging", BOOL, "Use Let's Encrypt's staging CA while testing."),
 )
-_SCRAPE_HINT = "use a number of seconds from 1 to 3600, e.g. 15"
+_SCRAPE_HINT = (
+    f"use a number of seconds from 1 to 3600, e.g. {m.Prometheus().scrape_interval_in_secs}"
+)
 _SCRAPE = opt(
     "scrape_interval_in_secs",
     INT,
     "Seconds between scrapes.",
-    default=15,
     schema=_range(1, 3600),
     hint=_SCRAPE_HINT,
 )
@@ -511,18 +507,6 @@ _MYSQL = section(
 _ENVIRONMENT = section(
     "environment", dict, need("name", NAME, "The environment's name (build/NAME).", "tracker-prod")
 )
-_TRACKER_EXAMPLE = {
-    "core": {"database": _SQLITE},
-    "udp_trackers": [_SOCKET],
-    "http_trackers": [],
-    "http_api": {"bind_address": "0.0.0.0:1212", "admin_token": "MyAccessToken"},
-    "health_check_api": {"bind_address": "127.0.0.1:1313"},
-}
-_KEY = {
-    "private_key_path": "~/.ssh/id_ed25519",
-    "public_key_path": "~/.ssh/id_ed25519.pub",
-    "username": "torrust",
-}
 _SCHEMA_HINT = "point it at schemas/environment-config.json"
 ENV = section(
     "",
@@ -534,30 +518,15 @@ ENV = section(
         "../schemas/environment-config.json",
         hint=_SCHEMA_HINT,
     ),
-    need("environment", _ENVIRONMENT, "Identity of this environment.", {"name": "tracker-prod"}),
-    need("ssh_credentials", SSH, "How the deployer logs in over SSH.", _KEY),
-    need("provider", PROVIDER, "Where the host comes from.", {"provider": "existing"}),
-    need("tracker", TRACKER, "The tracker: its database and sockets.", _TRACKER_EXAMPLE),
-    opt(
-        "mysql",
-        _MYSQL,
-        "The stack's MySQL server (with the mysql driver).",
-        {"root_password": "root_secret"},
-    ),
-    opt("prometheus", section("prometheus", m.Prometheus, _SCRAPE), "Run Prometheus.", {}),
-    opt(
-        "grafana",
-        GRAFANA,
-        "Run Grafana (needs prometheus).",
-        {"admin_user": "admin", "admin_password": "admin"},
-    ),
-    opt(
-        "https",
-        HTTPS,
-        "Run Caddy as TLS proxy (when a service uses it).",
-        {"admin_email": "admin@example.com"},
-    ),
-    opt("backup", BACKUP, "Scheduled backups; `{}` = all defaults.", {}),
+    need("environment", _ENVIRONMENT, "Identity of this environment."),
+    need("ssh_credentials", SSH, "How the deployer logs in over SSH."),
+    need("provider", PROVIDER, "Where the host comes from."),
+    need("tracker", TRACKER, "The tracker: its database and sockets."),
+    opt("mysql", _MYSQL, "The stack's MySQL server (with the mysql driver)."),
+    opt("prometheus", section("prometheus", m.Prometheus, _SCRAPE), "Run Prometheus."),
+    opt("grafana", GRAFANA, "Run Grafana (needs prometheus)."),
+    opt("https", HTTPS, "Run Caddy as TLS proxy (when a service uses it)."),
+    opt("backup", BACKUP, "Scheduled backups; `{}` = all defaults."),
     opt(
         "images",
         IMAGES,

@@ -2,52 +2,39 @@
 
 It is complete and valid as written (the tests parse it), includes the backup
 section with its defaults, and uses placeholders an operator will want to change.
+Its values are the spec's examples and defaults; only the placeholders are its own.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import asdict
 from typing import Any
 
-from tracker_deployer import ports
-from tracker_deployer.config.model import DEFAULT_RETENTION_DAYS, DEFAULT_SCHEDULE
+from tracker_deployer.config import spec
+from tracker_deployer.config.model import DEFAULT_RETENTION_DAYS, DEFAULT_SCHEDULE, Prometheus
 
 
 def starter_config(name: str = "my-tracker", database: str = "sqlite3") -> dict[str, Any]:
     """A complete environment config with backups on (defaults spelled out)."""
-    if database == "mysql":
-        database_section: dict[str, Any] = {
-            "driver": "mysql",
-            "host": "mysql",
-            "port": ports.MYSQL,
-            "database_name": "torrust_tracker",
-            "username": "tracker_user",
-            "password": "change-me: tracker database password",
-        }
-    else:
-        database_section = {"driver": "sqlite3", "database_name": "tracker.db"}
-    config: dict[str, Any] = {
-        "environment": {"name": name},
-        "ssh_credentials": {
-            "private_key_path": "~/.ssh/id_ed25519",
-            "public_key_path": "~/.ssh/id_ed25519.pub",
-            "username": "torrust",
-            "port": 22,
-            "host": "203.0.113.10",
-        },
-        "provider": {"provider": "lxd", "profile_name": f"torrust-profile-{name}"},
-        "tracker": {
-            "core": {"database": database_section, "private": False},
-            "udp_trackers": [{"bind_address": "0.0.0.0:6969"}],
-            "http_trackers": [{"bind_address": "0.0.0.0:7070"}],
-            "http_api": {"bind_address": "0.0.0.0:1212", "admin_token": "change-me: API token"},
-            "health_check_api": {"bind_address": "127.0.0.1:1313"},
-        },
-        "prometheus": {"scrape_interval_in_secs": 15},
+    # environment, ssh_credentials, provider (lxd) and tracker (sqlite3), as in the schema
+    config: dict[str, Any] = copy.deepcopy(spec.example(spec.ENV))
+    config["environment"]["name"] = name
+    config["ssh_credentials"] |= {"port": 22, "host": "203.0.113.10"}
+    config["provider"]["profile_name"] = f"torrust-profile-{name}"
+    tracker = config["tracker"]
+    tracker["core"]["private"] = False
+    tracker["http_api"] |= {"admin_token": "change-me: API token"}
+    config |= {
+        "prometheus": asdict(Prometheus()),
         "grafana": {"admin_user": "admin", "admin_password": "change-me: grafana password"},
         "backup": {"schedule": DEFAULT_SCHEDULE, "retention_days": DEFAULT_RETENTION_DAYS},
     }
     if database == "mysql":
+        mysql = {"driver": "mysql", **spec.example(spec.DATABASE.variants["mysql"])}
+        mysql |= {"password": "change-me: tracker database password"}
+        tracker["core"]["database"] = mysql
         config["mysql"] = {"root_password": "change-me: MySQL root password"}
     return config
 
