@@ -12,6 +12,7 @@ from tracker_deployer.config.model import (
     InvalidValue,
     Secret,
     parse_environment_name,
+    parse_host,
 )
 
 from tests.helpers import parse
@@ -130,3 +131,17 @@ def test_backup_section_empty_means_defaults(sqlite_data: dict[str, Any]) -> Non
 def test_backup_absent_means_off(sqlite_data: dict[str, Any]) -> None:
     del sqlite_data["backup"]
     assert parse(sqlite_data).backup is None
+
+
+@pytest.mark.parametrize("value", ["Tracker.Example.COM", "tracker", "203.0.113.10", "::1"])
+def test_ssh_host_accepts_names_and_addresses(value: str) -> None:
+    assert parse_host(value) in (value.lower(), value)
+
+
+@pytest.mark.parametrize(
+    "value", ["\u212a", "tra\u212acker.example.com", "tr\u0130cker", "a b", "1.2.3"]
+)
+def test_ssh_host_refuses_what_is_no_ascii_host_name(value: str) -> None:
+    # Lowering first turned the Kelvin sign into "k" and let it pass (the schema refused it).
+    with pytest.raises(InvalidValue, match="is neither an IP address nor a host name"):
+        parse_host(value)

@@ -162,7 +162,8 @@ def parse_host(value: str) -> str:
         pass
     labels = value.lower().split(".")
     if (
-        len(value) > 253
+        not value.isascii()  # "\u212a" (Kelvin) lowercases to "k": check before lowering
+        or len(value) > 253
         or not all(re.fullmatch(HOSTNAME_LABEL, label) for label in labels)
         or _digits(labels[-1])
     ):
