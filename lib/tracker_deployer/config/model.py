@@ -771,7 +771,7 @@ class BackupConfig:
 
 
 BACKUP_IMAGE_REPOSITORY = "torrust/tracker-backup"
-BACKUP_IMAGE_VERSION = "1.0.0"  # the one owner: `inv build-image --build-arg VERSION`, see image.py
+BACKUP_IMAGE_VERSION = "2.0.0"  # the one owner: `inv build-image --build-arg VERSION`, see image.py
 
 
 @dataclass(frozen=True, slots=True)
