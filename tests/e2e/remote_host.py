@@ -163,8 +163,17 @@ class RemoteHost:
     # -- commands --------------------------------------------------------------
 
     def run(
-        self, command: str, *, timeout: int = 180, stdin: bytes | None = None
+        self,
+        command: str,
+        *,
+        timeout: int = 180,
+        stdin: bytes | None = None,
+        as_root: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
+        """``command`` over SSH; as root (through ``sudo -n`` for another user) unless
+        ``as_root`` is false."""
+        if as_root and self.address.user != "root":
+            command = f"sudo -n sh -c {shlex.quote(command)}"
         ssh = [
             "ssh",
             "-F",

@@ -413,6 +413,21 @@ def _measured(
         f"seen from here at {deployment.health_url}: {seen.describe()}; "
         f"the run recorded downtime_seconds={recorded}"
     )
+    say(f"[{deployment.label}]   its {_breakdown(deployment.host, status.get('set', ''))}")
+
+
+def _breakdown(host: RemoteHost, set_id: str) -> str:
+    """The run's own "downtime breakdown" log line (the last one before the run's
+    "backup run finished: set ID complete")."""
+    lines = host.read(LOG_FILE).decode(errors="replace").splitlines()
+    done = f"backup run finished: set {set_id} complete"
+    end = next((i for i, line in enumerate(lines) if set_id and done in line), len(lines))
+    found = [line for line in lines[:end] if "downtime breakdown:" in line]
+    return (
+        found[-1].partition("maintenance-backup: ")[2]
+        if found
+        else "downtime breakdown: not logged"
+    )
 
 
 # --------------------------------------------------------------------------- downtime

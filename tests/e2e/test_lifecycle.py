@@ -9,6 +9,7 @@ Runs after test_deploy_and_backup.py (file order): destroy removes the host.
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import subprocess
 import time
@@ -24,6 +25,7 @@ from tests.e2e.remote_host import (
     RemoteHost,
     env_argument,
     inv,
+    lxc_exec,
     shown,
 )
 
@@ -40,6 +42,18 @@ def _answers_tcp(host: str, port: int) -> bool:
             return bool(sock.recv(64))
     except OSError:
         return False
+
+
+UNPUBLISHED = 8081  # no service of the stack publishes it
+# perl-base is part of every Debian: a listener on all addresses that greets and closes.
+_LISTENER = (
+    "use IO::Socket::INET; my $server = IO::Socket::INET->new("
+    f"LocalAddr => '0.0.0.0', LocalPort => {UNPUBLISHED}, Listen => 5, ReuseAddr => 1"
+    ') or die $!; while (my $client = $server->accept) { print $client "hello\\n"; close $client }'
+)
+_PROBE = (
+    f"perl -MIO::Socket::INET -e 'IO::Socket::INET->new(\"127.0.0.1:{UNPUBLISHED}\") or exit 1'"
+)
 
 
 def _stop_lxd_daemon() -> None:
@@ -99,7 +113,22 @@ def test_published_tracker_port_answers_from_here_and_mysql_does_not(
     assert not _answers_tcp(host, 1313)
     rules = target.check("nft list table inet tracker_deployer")
     assert "tcp dport 7070" in rules or "7070" in rules
-    say(f"  {host}:7070 answers; {host}:3306 and {host}:1313 do not")
+    # A port the stack does not publish, listened on by every address of the host:
+    # it answers on the host itself, and only the firewall keeps it from here.
+    listener = lxc_exec(f"nohup perl -e {shlex.quote(_LISTENER)} </dev/null >/dev/null 2>&1 &")
+    assert listener.returncode == 0, listener.stderr
+    try:
+        inside = lxc_exec(f"for i in $(seq 50); do {_PROBE} && exit 0; sleep 0.1; done; exit 1")
+        assert inside.returncode == 0, f"nothing listens on :{UNPUBLISHED}: {inside.stderr}"
+        assert not _answers_tcp(host, UNPUBLISHED), (
+            f"{host}:{UNPUBLISHED} answers from this machine: the firewall let it in"
+        )
+    finally:
+        lxc_exec(f"pkill -f '[L]ocalPort => {UNPUBLISHED}' || true")
+    say(
+        f"  {host}:7070 answers; {host}:3306, {host}:1313 and a listener on "
+        f"0.0.0.0:{UNPUBLISHED} (answering on the host) do not"
+    )
 
 
 def test_an_image_that_cannot_be_pulled_is_one_clear_line(

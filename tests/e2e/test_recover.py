@@ -1,6 +1,7 @@
 """The disaster drill: a host lost and recovered from the off-host repository.
 
-1. `inv deploy` of a copy of envs/e2e-mysql.json with backup.offsite onto host 1
+1. `inv deploy` of a copy of envs/e2e-mysql.json (and of e2e-sqlite.json, logged in
+   as a non-root user with sudo) with backup.offsite onto host 1
    (a new LXD instance, `inv provision` inside deploy); the tracker stand-in writes
    all the time;
 2. cron takes a set and uploads it to a REST repository: a real
@@ -83,12 +84,19 @@ def repository(tmp_path: Path, state_home: Path) -> Iterator[str]:
         server.stop()
 
 
+# The user the SQLite drill logs in as: not root, as in the manual-test envs. The
+# instance's first boot makes it (key, passwordless sudo); configure, deploy, cron,
+# destroy and recover then all go through sudo.
+SUDO_USER = {"e2e-sqlite": "torrust"}
+
+
 def _drill_env(tmp_path: Path, repository: str, source: str) -> tuple[str, str]:
     """A copy of envs/SOURCE.json with backup.offsite, on its own instance: (path, name)."""
     name = f"{source}-drill"
     data = env_argument.data(source)
     data["environment"]["name"] = name
     data["provider"]["profile_name"] = INSTANCE
+    data["ssh_credentials"]["username"] = SUDO_USER.get(source, "root")
     data["backup"]["offsite"] = {
         "repository": repository,
         "password": PASSWORD,
@@ -99,12 +107,12 @@ def _drill_env(tmp_path: Path, repository: str, source: str) -> tuple[str, str]:
     return str(path), name
 
 
-def _host(name: str) -> RemoteHost:
-    """The environment's recorded host (host 1, later host 2)."""
+def _host(name: str, user: str) -> RemoteHost:
+    """The environment's recorded host (host 1, later host 2), logged in as ``user``."""
     record = state.read_record(name)
     assert record is not None, f"no host recorded for {name}"
     return RemoteHost(
-        Address(record.host, record.port, "root"),
+        Address(record.host, record.port, user),
         state.key_path(),
         state.known_hosts_path(name),
     )
@@ -164,8 +172,16 @@ def test_a_lost_host_is_recovered_from_the_offsite_repository(
     try:
         deployed = inv("deploy", "--env", env, timeout=1500)
         assert deployed.returncode == 0, shown(deployed)
-        host1 = _host(name)
-        say(f"  host 1 at {host1.address.host}: deployed; waiting for a cron-fired upload")
+        user = SUDO_USER.get(source, "root")
+        host1 = _host(name, user)
+        if user != "root":
+            whoami = host1.run("id -un; sudo -n id -un", as_root=False).stdout.decode().split()
+            assert whoami == [user, "root"], whoami  # logged in as the user; sudo works
+            root_login = _host(name, "root").run("true", as_root=False)
+            assert root_login.returncode != 0, "root logs in with the deployer's key"
+        say(
+            f"  host 1 at {host1.address.host}: deployed as {user}; waiting for a cron-fired upload"
+        )
         _wait_for_uploaded_set(host1, say)
         host1.pause_cron()  # waits for a run in progress; then no run changes the sets
         uploaded = _wait_for_uploaded_set(host1, say)  # the last run's, uploaded
@@ -197,7 +213,7 @@ def test_a_lost_host_is_recovered_from_the_offsite_repository(
         phases = re.findall(r"^ +(\S[^:\n]*): (\d+\.\d) s$", recovered.stdout, re.MULTILINE)
         assert tuple(name for name, _ in phases) == recover.PHASES, recovered.stdout
         assert f"from set {uploaded}" in recovered.stdout, recovered.stdout
-        host2 = _host(name)
+        host2 = _host(name, user)
         say(
             f"  inv recover: host 2 at {host2.address.host} from set {uploaded} in {took:.0f} s "
             f"({', '.join(f'{name} {seconds} s' for name, seconds in phases)})"
@@ -225,7 +241,10 @@ def test_a_lost_host_is_recovered_from_the_offsite_repository(
         assert "is not a new host: a tracker has run on it" in again.stderr, shown(again)
         assert host2.services()["tracker"]["state"] == "running"
 
-        # The next backup on host 2 uploads to the same repository.
+        # The next backup on host 2 uploads to the same repository. Cron first pauses
+        # (after a run in progress, with its upload): no cron-fired set newer than
+        # this backup's can be still uploading when the repository is listed.
+        host2.pause_cron()
         backed_up = inv("backup", "--env", env)
         assert backed_up.returncode == 0, shown(backed_up)
         listed = inv("backups", "--env", env, "--offsite", "--json")
