@@ -58,3 +58,21 @@ def set_layout(set_id: str) -> dict[str, str]:
 def checksum_manifest(set_id: str) -> str:
     """The set's sha256sum manifest (relative to the backup directory); written last."""
     return set_file("sums", set_id)
+
+
+def checksum_manifest_affixes() -> tuple[str, str]:
+    """What comes before and after the set id in :func:`checksum_manifest`: the host
+    scripts that look for complete sets glob ``PREFIX*SUFFIX`` and cut the id out."""
+    prefix, _, suffix = checksum_manifest("\0").partition("\0")
+    return prefix, suffix
+
+
+# A scheduled restore drill's evidence file (in paths.DRILL_DIR): when the drill
+# started (UTC, like a set id) and the set it restored. POSIX ERE as well, for the
+# host's inventory script.
+EVIDENCE = re.compile(r"drill_([0-9]{8}_[0-9]{6})_set_([0-9]{8}_[0-9]{6})[.]json")
+
+
+def evidence_name(started: str, set_id: str) -> str:
+    """The evidence file's name; ``'%s'`` for both gives the drill script's printf format."""
+    return f"drill_{started}_set_{set_id}.json"

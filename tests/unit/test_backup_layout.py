@@ -5,13 +5,17 @@ which the host's inventory reads, against parse_inventory."""
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 from tracker_deployer.backup_layout import (
+    EVIDENCE,
     LIST_FORMAT,
     checksum_manifest,
+    checksum_manifest_affixes,
+    evidence_name,
     set_file,
     set_layout,
 )
@@ -119,3 +123,27 @@ def test_parse_inventory_refuses_another_list_format() -> None:
         parse_inventory("LIST\t2\n")
     assert isinstance(error.value, DeployError)
     assert parse_inventory(f"LIST\t{LIST_FORMAT}\n").sets == []
+
+
+# --------------------------------------------------------------------------- host scripts
+
+
+def test_host_scripts_take_the_manifest_and_evidence_names_from_the_owner() -> None:
+    """The drill, metrics and inventory scripts glob for sets and drill evidence;
+    the names they glob come from backup_layout, not from a copy in a template."""
+    spelled = re.compile(r"manifests/set_|[.]sha256\b|drill_(?:%s|[*\[(]|[0-9]{8})")
+    found = [
+        f"{template.relative_to(REPO_ROOT)}:{number}"
+        for template in (REPO_ROOT / "templates").rglob("*.j2")
+        for number, line in enumerate(template.read_text().splitlines(), 1)
+        if spelled.search(line) and not line.lstrip().startswith("#")
+    ]
+    assert found == []
+
+
+def test_evidence_names_made_by_the_owner_match_its_pattern() -> None:
+    name = evidence_name("20261129_040001", SET)
+    matched = EVIDENCE.fullmatch(name)
+    assert matched is not None
+    assert matched.groups() == ("20261129_040001", SET)
+    assert checksum_manifest_affixes() == tuple(checksum_manifest(SET).split(SET))

@@ -18,9 +18,9 @@ from typing import Any, Unpack
 
 from tracker_deployer import exit_codes, paths
 from tracker_deployer.backup_layout import (
+    EVIDENCE,
     LIST_FORMAT,
     PARTS,
-    SET_ID,
     checksum_manifest,
     is_set_id,
     set_layout,
@@ -34,7 +34,6 @@ from tracker_deployer.say import Say
 
 NUMBER = re.compile(r"[0-9]{1,18}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-DRILL_EVIDENCE = re.compile(r"drill_[0-9]{8}_[0-9]{6}_set_[0-9]{8}_[0-9]{6}\.json")
 # A checksum manifest lists three files; anything much larger is not one.
 MAX_MANIFEST_BYTES = 16 * 1024
 
@@ -102,8 +101,9 @@ class DrillRecord:
 
     @property
     def ran_at(self) -> datetime:
-        stamp = self.evidence[len("drill_") : len("drill_") + 15]
-        return datetime.strptime(stamp, "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+        named = EVIDENCE.fullmatch(self.evidence)
+        assert named is not None, "parse_inventory checked the name"
+        return datetime.strptime(named.group(1), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -199,10 +199,10 @@ def parse_inventory(output: str) -> Inventory:
             inventory.host_now = int(fields[1])
         elif kind == "DRILL":
             # Host data: every field checked before it is shown or used.
+            named = EVIDENCE.fullmatch(fields[1]) if len(fields) == 6 else None
             if not (
-                len(fields) == 6
-                and DRILL_EVIDENCE.fullmatch(fields[1])
-                and SET_ID.fullmatch(fields[2])
+                named is not None
+                and named.group(2) == fields[2]
                 and fields[3] in ("success", "failure", "?")
                 and all(NUMBER.fullmatch(f) or f == "?" for f in fields[4:6])
             ):
