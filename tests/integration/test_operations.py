@@ -7,6 +7,7 @@ test_remote.py and the e2e tier).
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import os
 import sqlite3
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 
 import pytest
 from tracker_deployer import exit_codes
+from tracker_deployer.backup_layout import checksum_manifest, set_file
 from tracker_deployer.remote.backups import (
     parse_inventory,
     restore_script,
@@ -105,6 +107,33 @@ def restore(
     new_host: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """The restore script as `inv restore` runs it (verify.sh next to it when verify_first)."""
+    script = write_restore(
+        stack,
+        set_id,
+        only,
+        verify_first=verify_first,
+        skip_safety_backup=skip_safety_backup,
+        new_host=new_host,
+    )
+    return subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=stack.environ(),
+        timeout=600,
+    )
+
+
+def write_restore(
+    stack: Stack,
+    set_id: str,
+    only: str,
+    *,
+    verify_first: bool,
+    skip_safety_backup: bool,
+    new_host: bool,
+) -> Path:
     where = {"deploy_dir": str(stack.deploy_dir), "backup_dir": str(stack.backups)}
     if verify_first:
         (stack.base / "verify.sh").write_text(verify_script(stack.env, set_id, drill=True, **where))
@@ -122,14 +151,7 @@ def restore(
             **where,
         )
     )
-    return subprocess.run(
-        ["bash", str(script)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=stack.environ(),
-        timeout=600,
-    )
+    return script
 
 
 def table_dump(database: Path) -> list[tuple[Any, ...]]:
@@ -482,6 +504,96 @@ def test_hardening_06_failed_safety_backup_names_the_flag_and_the_flag_restores(
         assert _marker_rows(stack) == "0"
         assert stack.sets() == [set_id]
         assert "tracker is healthy" in skipped.stdout
+    finally:
+        stack.cleanup()
+
+
+def _claim_one_more_torrent(stack: Stack, set_id: str) -> None:
+    """The set's .meta records one torrent more than its dump holds, its checksums made
+    to match: a set that loads but does not check out (the drill would refuse it)."""
+    meta = stack.backups / set_file("meta", set_id)
+    count = stack.meta(set_id)["rows.torrents"]
+    text = meta.read_text()
+    meta.write_text(text.replace(f"rows.torrents={count}\n", f"rows.torrents={int(count) + 1}\n"))
+    sums = stack.backups / checksum_manifest(set_id)
+    lines = [line.split("  ", 1)[1] for line in sums.read_text().splitlines()]
+    digests = [hashlib.sha256((stack.backups / name).read_bytes()).hexdigest() for name in lines]
+    sums.write_text("".join(f"{d}  {name}\n" for d, name in zip(digests, lines, strict=True)))
+
+
+def test_a_mysql_restore_that_fails_puts_the_safety_set_back_or_keeps_the_tracker_stopped(
+    tmp_path: Path,
+) -> None:
+    """The load writes into the live database: a failure leaves part of the set there.
+    With a safety set the data from before comes back and the tracker runs on it;
+    without one the tracker is not started on a partly restored database."""
+    stack = _mysql_stack(tmp_path, "putback")
+    try:
+        stack.up()
+        assert stack.run_maintenance().returncode == 0
+        [set_id] = stack.sets()
+        _claim_one_more_torrent(stack, set_id)
+        stack.mysql_query(INSERT_MARKER)
+
+        rolled = restore(stack, set_id)  # no --force drill here: the script's own path
+        output = rolled.stdout + rolled.stderr
+        assert rolled.returncode == exit_codes.ROLLED_BACK, output
+        assert "row count mismatch in torrents" in rolled.stderr
+        [safety] = [s for s in stack.sets() if s != set_id]
+        assert f"putting back the data from before this restore (safety set {safety})" in output
+        assert "the database holds the data from before this restore again" in output
+        assert _marker_rows(stack) == "1"  # written after the set: only the safety set has it
+        assert "tracker" in stack.running_services()
+
+        partly = restore(stack, set_id, skip_safety_backup=True)
+        output = partly.stdout + partly.stderr
+        assert partly.returncode == exit_codes.PARTLY_RESTORED, output
+        assert f"the MySQL database holds part of set {set_id}, so the tracker stays stopped" in (
+            partly.stdout
+        )
+        assert f"inv restore --set {set_id} --yes" in partly.stdout
+        assert "starting tracker" not in partly.stdout
+        assert "tracker" not in stack.running_services()
+    finally:
+        stack.cleanup()
+
+
+def test_a_restore_killed_by_a_signal_fails_says_so_and_starts_the_tracker_again(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while the safety backup runs (before the database is touched): the step
+    in progress ends, nothing is restored, the tracker runs again, the exit is 143."""
+    stack = _mysql_stack(tmp_path, "sig")
+    try:
+        stack.up()
+        assert stack.run_maintenance().returncode == 0
+        [set_id] = stack.sets()
+        stack.mysql_query(INSERT_MARKER)
+        script = write_restore(
+            stack, set_id, "db", verify_first=False, skip_safety_backup=False, new_host=False
+        )
+        process = subprocess.Popen(
+            ["bash", str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=stack.environ(),
+        )
+        assert process.stdout is not None
+        seen = []
+        for line in process.stdout:  # ends when the script does
+            seen.append(line)
+            if "safety backup of the current data" in line:
+                process.terminate()
+                break
+        rest, _ = process.communicate(timeout=300)
+        output = "".join(seen) + rest
+        assert process.returncode == 143, output
+        assert "restore: ERROR: killed by signal 15" in output
+        assert "restoring the database" not in output
+        assert "restore: starting tracker" in output
+        assert _marker_rows(stack) == "1"
+        assert "tracker" in stack.running_services()
     finally:
         stack.cleanup()
 

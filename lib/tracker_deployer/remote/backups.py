@@ -506,28 +506,46 @@ def restore(
     code = result.exit_code
     if code == 0:
         return backup_set
-    where = host.target.host
+    raise restore_failure(code, set_id, host.target.host, env.name)
+
+
+def restore_failure(code: int, set_id: str, where: str, env_name: str) -> DeployError:
+    """What the restore script's exit ``code`` means for the operator."""
     if code == exit_codes.LOCK_BUSY:
-        raise RemoteError(
+        return RemoteError(
             f"the backup lock {paths.BACKUP_LOCK} on {where} is busy (held by the process named "
             "above); nothing was changed",
             f"wait for the backup run ({paths.BACKUP_LOG}), deploy or restore to finish, then run "
             "`inv restore` again",
         )
     if code == exit_codes.NOT_VERIFIED:
-        raise VerificationFailed(
+        return VerificationFailed(
             f"backup set {set_id} was not restored: it did not verify or is gone; nothing was "
             "changed",
             "see the lines above; pick another set from `inv backups --env NAME`",
         )
     if code == exit_codes.SAFETY_BACKUP_FAILED:
-        raise RemoteError(
+        return RemoteError(
             f"the safety backup before restoring set {set_id} failed on {where}; nothing was "
             "restored and the tracker runs as before",
             "fix its cause (see the lines above: disk space, a damaged database), or run again "
             f"with {SKIP_SAFETY_BACKUP_FLAG} to restore over the current data without a copy",
         )
-    raise RemoteError(
+    if code == exit_codes.ROLLED_BACK:
+        return RemoteError(
+            f"restoring set {set_id} failed on {where}; the data from before was put back from "
+            "the safety set, and the tracker runs as before",
+            "see the lines above for why the set did not load; "
+            f"`inv verify --env {env_name} --set {set_id}` runs its restore drill",
+        )
+    if code == exit_codes.PARTLY_RESTORED:
+        return RemoteError(
+            f"restoring set {set_id} failed on {where}; its MySQL database is partly restored, "
+            "so the tracker stays stopped",
+            f"restore again: `inv restore --env {env_name} --set SET --yes` with the safety set "
+            "named above (the data from before) or another set",
+        )
+    return RemoteError(
         f"restoring set {set_id} failed (exit {code})",
         "see the lines above; the tracker was started again if it had been running",
     )

@@ -1,0 +1,37 @@
+"""What `inv restore` says for each exit code of the restore script: whether anything
+changed and whether the tracker runs are the operator's first questions."""
+
+from __future__ import annotations
+
+import pytest
+from tracker_deployer import exit_codes
+from tracker_deployer.remote.backups import VerificationFailed, restore_failure
+
+SET = "20261126_030000"
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (exit_codes.LOCK_BUSY, "nothing was changed"),
+        (exit_codes.NOT_VERIFIED, "nothing was changed"),
+        (exit_codes.SAFETY_BACKUP_FAILED, "the tracker runs as before"),
+        (exit_codes.ROLLED_BACK, "put back from the safety set, and the tracker runs as before"),
+        (exit_codes.PARTLY_RESTORED, "partly restored, so the tracker stays stopped"),
+        (4, "failed (exit 4)"),
+    ],
+)
+def test_each_exit_code_says_what_changed_and_whether_the_tracker_runs(
+    code: int, says: str
+) -> None:
+    error = restore_failure(code, SET, "203.0.113.10", "prod")
+    assert says in error.message
+    assert isinstance(error, VerificationFailed) == (code == exit_codes.NOT_VERIFIED)
+
+
+def test_a_partly_restored_database_names_the_commands_that_go_on() -> None:
+    error = restore_failure(exit_codes.PARTLY_RESTORED, SET, "203.0.113.10", "prod")
+    assert error.hint is not None
+    assert "inv restore --env prod --set SET --yes" in error.hint
+    rolled = restore_failure(exit_codes.ROLLED_BACK, SET, "203.0.113.10", "prod")
+    assert f"inv verify --env prod --set {SET}" in (rolled.hint or "")
