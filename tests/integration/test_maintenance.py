@@ -467,6 +467,24 @@ def test_hardening_02_a_signalled_run_fails_pings_fail_and_restarts_the_tracker(
             stack.cleanup()
 
 
+def test_a_run_whose_output_reader_goes_away_ends_and_is_recorded_as_it_would_have(
+    sqlite_stack: Stack,
+) -> None:
+    """`inv backup`'s SSH session drops: the run's stdout and stderr lose their reader.
+    No SIGPIPE ends it half-way (once it did, with exit 255, no set and no record)."""
+    process = sqlite_stack.start_maintenance()
+    assert process.stdout is not None
+    assert process.stderr is not None
+    assert "backup run started" in process.stdout.readline()
+    process.stdout.close()
+    process.stderr.close()
+    assert process.wait(timeout=300) == 0
+    [set_id] = sqlite_stack.sets()
+    assert sqlite_stack.status()["result"] == "success"
+    assert f"backup run finished: set {set_id} complete" in sqlite_stack.log_file.read_text()
+    assert "tracker" in sqlite_stack.running_services()
+
+
 def test_hardening_04_the_next_run_starts_a_tracker_a_killed_run_left_stopped(
     tmp_path: Path,
 ) -> None:
