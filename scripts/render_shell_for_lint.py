@@ -42,6 +42,7 @@ OPERATIONS = {
         "skip_safety_backup": False,
         "new_host": False,
         "lock_file": str(paths.BACKUP_LOCK),
+        "log_file": str(paths.BACKUP_LOG),
         "sqlite_dir": str(paths.SQLITE_DIR),
         "sqlite_name": "tracker.db",
     },

@@ -134,7 +134,11 @@ def write_restore(
     skip_safety_backup: bool,
     new_host: bool,
 ) -> Path:
-    where = {"deploy_dir": str(stack.deploy_dir), "backup_dir": str(stack.backups)}
+    where = {
+        "deploy_dir": str(stack.deploy_dir),
+        "backup_dir": str(stack.backups),
+        "log_file": str(stack.log_file),
+    }
     if verify_first:
         (stack.base / "verify.sh").write_text(verify_script(stack.env, set_id, drill=True, **where))
     script = stack.base / "restore.sh"
@@ -344,6 +348,36 @@ def test_restore_starts_a_running_tracker_again_and_waits_for_health(sqlite_stac
         extracted.read_bytes()
         == (stack.deploy_dir / "storage/tracker/etc/tracker.toml").read_bytes()
     )
+
+
+def test_a_restore_whose_output_reader_goes_away_ends_and_logs_as_it_would_have(
+    sqlite_stack: Stack,
+) -> None:
+    """`inv restore`'s SSH session drops: the script's stdout and stderr lose their
+    reader. It goes on (no SIGPIPE ends it with the tracker stopped), and the backup
+    log on the host keeps its lines."""
+    assert sqlite_stack.run_maintenance().returncode == 0
+    [set_id] = sqlite_stack.sets()
+    script = write_restore(
+        sqlite_stack, set_id, "db", verify_first=True, skip_safety_backup=False, new_host=False
+    )
+    process = subprocess.Popen(
+        ["bash", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=sqlite_stack.environ(),
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    assert "holding the backup lock" in process.stdout.readline()
+    process.stdout.close()
+    process.stderr.close()
+    assert process.wait(timeout=300) == 0
+    log = sqlite_stack.log_file.read_text()
+    assert "restore: stopping tracker" in log
+    assert f"restore: set {set_id} restored (db)" in log
+    assert "tracker" in sqlite_stack.running_services()
 
 
 @pytest.mark.parametrize(("compression", "suffix"), [("gzip", "gz"), ("zstd", "zst")])
