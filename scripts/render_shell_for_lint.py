@@ -18,7 +18,8 @@ from tracker_deployer.remote.offsite_fetch import verify_script as offsite_verif
 from tracker_deployer.render import inventory_script, operation_script, render
 
 # Example values: shellcheck looks at the scripts' shape, not at these.
-OPERATIONS = {
+OPERATIONS: dict[str, dict[str, object]] = {
+    "run-detached": {},
     "verify": {
         "deploy_dir": "/opt/torrust",
         "backup_dir": "/opt/torrust/storage/backup",

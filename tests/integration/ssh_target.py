@@ -211,24 +211,27 @@ class SshTarget:
 
     # -- helpers ---------------------------------------------------------------
 
+    def ssh_argv(self, user: str = "root") -> list[str]:
+        """The system ssh client's command line for this target, without the command."""
+        return [
+            "ssh",
+            "-i",
+            str(self.client_key),
+            "-p",
+            str(self.port),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            f"{user}@127.0.0.1",
+        ]
+
     def ssh(self, command: str, user: str = "root") -> subprocess.CompletedProcess[str]:
         """Run a command on the target with the system ssh client (independent of Fabric)."""
         return subprocess.run(
-            [
-                "ssh",
-                "-i",
-                str(self.client_key),
-                "-p",
-                str(self.port),
-                "-o",
-                f"UserKnownHostsFile={self.known_hosts}",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "BatchMode=yes",
-                f"{user}@127.0.0.1",
-                command,
-            ],
+            [*self.ssh_argv(user), command],
             capture_output=True,
             text=True,
             check=False,

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from tracker_deployer import paths
 from tracker_deployer.remote import plan
+from tracker_deployer.remote.ssh import detached_command
+from tracker_deployer.render.tree import operation_script
 
 from tests.helpers import REPO_ROOT, sample_data
 from tests.integration.ssh_target import SUDO_USER, SshTarget, require_tools
@@ -745,3 +747,32 @@ def test_destroy_of_an_existing_host_refuses_while_sets_exist_then_removes_our_f
     for path in plan.CRON_FILES:
         assert not target.host_path(str(path)).exists(), path
     assert unrelated.read_text() == "# not ours\n"
+
+
+def test_a_host_script_goes_on_when_its_ssh_session_drops(target: SshTarget) -> None:
+    """run_script's command through the real sshd; the client is killed after the
+    first line. The script's later lines find no reader, yet it runs to its end
+    (without run-detached.sh the next line's SIGPIPE ended it there)."""
+    staging = target.host_path("/opt") / "td-drop"
+    staging.mkdir()
+    (staging / "run-detached.sh").write_text(operation_script("run-detached"))
+    (staging / "script.sh").write_text(
+        'echo first\nsleep 1\nfor i in $(seq 1 500); do echo "line $i"; echo "err $i" >&2; done\n'
+        'echo "$1" > /opt/td-drop/done\n'
+    )
+    client = subprocess.Popen(
+        [*target.ssh_argv(), detached_command("/opt/td-drop", "all lines written")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert client.stdout is not None
+    assert client.stdout.readline() == "first\n"
+    client.kill()
+    client.wait(timeout=10)
+    client.stdout.close()
+    done = staging / "done"
+    deadline = time.monotonic() + 20
+    while not done.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert done.read_text() == "all lines written\n"

@@ -30,6 +30,7 @@ from paramiko.ssh_exception import (
 )
 
 from tracker_deployer.errors import DeployError, RemoteError
+from tracker_deployer.render.tree import operation_script
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
@@ -175,6 +176,13 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
                 "make the known_hosts file writable, or add the key yourself after checking "
                 "its fingerprint (ssh-keyscan)",
             ) from None
+
+
+def detached_command(staging: str, *args: str) -> str:
+    """The command that runs ``staging``/script.sh with ``args`` behind
+    ``staging``/run-detached.sh (templates/operations/run-detached.sh.j2)."""
+    words = [f"{staging}/run-detached.sh", f"{staging}/script.sh", *args]
+    return "bash " + " ".join(shlex.quote(word) for word in words)
 
 
 class SshHost:
@@ -357,13 +365,15 @@ class SshHost:
     ) -> Result:
         """Upload ``script`` and run it as root (scripts never go through stdin:
         Invoke feeds stdin a byte at a time, which takes seconds per kilobyte).
-        ``companions`` (file name -> text) are uploaded next to it, for the script to run."""
+        ``companions`` (file name -> text) are uploaded next to it, for the script to run.
+        It runs behind templates/operations/run-detached.sh.j2: should this session
+        drop, the script goes on and ends as it would have (no SIGPIPE half-way)."""
         with self.staging() as staging:
             for name, text in (companions or {}).items():
                 self.put(text.encode(), f"{staging}/{name}")
             self.put(script.encode(), f"{staging}/script.sh")
-            quoted = " ".join(shlex.quote(arg) for arg in args)
-            return self.run(f"bash {shlex.quote(staging + '/script.sh')} {quoted}", stream=stream)
+            self.put(operation_script("run-detached").encode(), f"{staging}/run-detached.sh")
+            return self.run(detached_command(staging, *args), stream=stream)
 
     def put(self, content: bytes, remote_path: str) -> None:
         """Upload ``content`` to ``remote_path`` as the SSH user (not root)."""
