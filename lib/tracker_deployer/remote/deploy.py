@@ -172,8 +172,10 @@ def _lock_busy(host: SshHost) -> RemoteError:
 
 
 def _run_locked(host: SshHost, command: str, say: Say, failure: RemoteError) -> None:
-    """Run a compose command under the backup lock, streaming; raise ``failure`` if it fails."""
-    result = host.run(under_backup_lock(command), stream=say, timeout=UP_TIMEOUT_SECONDS)
+    """Run a compose command under the backup lock, streaming; raise ``failure`` if it fails.
+    A script (run-detached): a dropped session does not stop compose half-way."""
+    script = under_backup_lock(command) + "\n"
+    result = host.run_script(script, stream=say, timeout=UP_TIMEOUT_SECONDS)
     if result.exit_code == exit_codes.LOCK_BUSY:
         raise _lock_busy(host)
     if not result.ok:

@@ -362,6 +362,7 @@ class SshHost:
         *args: str,
         stream: Callable[[str], None] | None = None,
         companions: Mapping[str, str] | None = None,
+        timeout: int | None = None,
     ) -> Result:
         """Upload ``script`` and run it as root (scripts never go through stdin:
         Invoke feeds stdin a byte at a time, which takes seconds per kilobyte).
@@ -373,7 +374,7 @@ class SshHost:
                 self.put(text.encode(), f"{staging}/{name}")
             self.put(script.encode(), f"{staging}/script.sh")
             self.put(operation_script("run-detached").encode(), f"{staging}/run-detached.sh")
-            return self.run(detached_command(staging, *args), stream=stream)
+            return self.run(detached_command(staging, *args), stream=stream, timeout=timeout)
 
     def put(self, content: bytes, remote_path: str) -> None:
         """Upload ``content`` to ``remote_path`` as the SSH user (not root)."""
