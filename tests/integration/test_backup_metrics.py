@@ -91,7 +91,7 @@ def test_metrics_describe_a_real_run_and_then_a_failed_one(
     assert samples["tracker_backup_last_run_start_timestamp_seconds"] == epoch(status["started_at"])
     assert samples["tracker_backup_last_run_end_timestamp_seconds"] == epoch(status["finished_at"])
     assert samples["tracker_backup_last_run_duration_seconds"] == int(status["duration_seconds"])
-    assert samples["tracker_backup_last_run_downtime_seconds"] == int(status["downtime_seconds"])
+    assert samples["tracker_backup_last_run_downtime_seconds"] == float(status["downtime_seconds"])
     assert samples["tracker_backup_last_success_timestamp_seconds"] == epoch(status["finished_at"])
     db_file = stack.database_file(set_id)
     config_file = stack.backups / f"config/config_{set_id}.tar.gz"
