@@ -158,6 +158,20 @@ def write_restore(
     return script
 
 
+def start_restore(stack: Stack, set_id: str, *, verify_first: bool) -> subprocess.Popen[str]:
+    """The restore script (--only db) in the background, its stdout and stderr piped."""
+    script = write_restore(
+        stack, set_id, "db", verify_first=verify_first, skip_safety_backup=False, new_host=False
+    )
+    return subprocess.Popen(
+        ["bash", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=stack.environ(),
+    )
+
+
 def table_dump(database: Path) -> list[tuple[Any, ...]]:
     with sqlite3.connect(database) as db:
         return db.execute("SELECT id, info_hash, completed FROM torrents ORDER BY id").fetchall()
@@ -358,16 +372,7 @@ def test_a_restore_whose_output_reader_goes_away_ends_and_logs_as_it_would_have(
     log on the host keeps its lines."""
     assert sqlite_stack.run_maintenance().returncode == 0
     [set_id] = sqlite_stack.sets()
-    script = write_restore(
-        sqlite_stack, set_id, "db", verify_first=True, skip_safety_backup=False, new_host=False
-    )
-    process = subprocess.Popen(
-        ["bash", str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=sqlite_stack.environ(),
-    )
+    process = start_restore(sqlite_stack, set_id, verify_first=True)
     assert process.stdout is not None
     assert process.stderr is not None
     assert "holding the backup lock" in process.stdout.readline()
@@ -603,16 +608,7 @@ def test_a_restore_killed_by_a_signal_fails_says_so_and_starts_the_tracker_again
         assert stack.run_maintenance().returncode == 0
         [set_id] = stack.sets()
         stack.mysql_query(INSERT_MARKER)
-        script = write_restore(
-            stack, set_id, "db", verify_first=False, skip_safety_backup=False, new_host=False
-        )
-        process = subprocess.Popen(
-            ["bash", str(script)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=stack.environ(),
-        )
+        process = start_restore(stack, set_id, verify_first=False)
         assert process.stdout is not None
         seen = []
         for line in process.stdout:  # ends when the script does
@@ -620,7 +616,7 @@ def test_a_restore_killed_by_a_signal_fails_says_so_and_starts_the_tracker_again
             if "safety backup of the current data" in line:
                 process.terminate()
                 break
-        rest, _ = process.communicate(timeout=300)
+        rest, _ = process.communicate(timeout=300)  # stderr: read, not checked
         output = "".join(seen) + rest
         assert process.returncode == 143, output
         assert "restore: ERROR: killed by signal 15" in output
