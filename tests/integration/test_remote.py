@@ -758,7 +758,7 @@ def test_a_host_script_goes_on_when_its_ssh_session_drops(target: SshTarget) -> 
     (staging / "run-detached.sh").write_text(operation_script("run-detached"))
     (staging / "script.sh").write_text(
         'echo first\nsleep 1\nfor i in $(seq 1 500); do echo "line $i"; echo "err $i" >&2; done\n'
-        'echo "$1" > /opt/td-drop/done\n'
+        'echo "$1" > /opt/td-done\n'
     )
     client = subprocess.Popen(
         [*target.ssh_argv(), detached_command("/opt/td-drop", "all lines written")],
@@ -771,8 +771,9 @@ def test_a_host_script_goes_on_when_its_ssh_session_drops(target: SshTarget) -> 
     client.kill()
     client.wait(timeout=10)
     client.stdout.close()
-    done = staging / "done"
+    done = target.host_path("/opt") / "td-done"
     deadline = time.monotonic() + 20
-    while not done.exists() and time.monotonic() < deadline:
+    while staging.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert done.read_text() == "all lines written\n"
+    assert not staging.exists()  # run-detached.sh removed the upload once the script had ended

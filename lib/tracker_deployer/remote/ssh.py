@@ -9,6 +9,7 @@ the file). A changed key, or one marked ``@revoked``, is always refused.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shlex
@@ -349,12 +350,15 @@ class SshHost:
     @contextmanager
     def staging(self) -> Iterator[str]:
         """A fresh directory under /tmp owned by the SSH user, removed afterwards."""
-        made = self.check("mktemp -d /tmp/tracker-deployer.XXXXXXXX", "mktemp", root=False)
-        directory = made.stdout.strip()
+        directory = self._new_staging()
         try:
             yield directory
         finally:
             self.run(f"rm -rf -- {shlex.quote(directory)}", root=False)
+
+    def _new_staging(self) -> str:
+        made = self.check("mktemp -d /tmp/tracker-deployer.XXXXXXXX", "mktemp", root=False)
+        return made.stdout.strip()
 
     def run_script(
         self,
@@ -368,13 +372,19 @@ class SshHost:
         Invoke feeds stdin a byte at a time, which takes seconds per kilobyte).
         ``companions`` (file name -> text) are uploaded next to it, for the script to run.
         It runs behind templates/operations/run-detached.sh.j2: should this session
-        drop, the script goes on and ends as it would have (no SIGPIPE half-way)."""
-        with self.staging() as staging:
+        drop, the script goes on and ends as it would have (no SIGPIPE half-way), and
+        run-detached.sh, not this task, removes the upload once the script has ended."""
+        staging = self._new_staging()
+        try:
             for name, text in (companions or {}).items():
                 self.put(text.encode(), f"{staging}/{name}")
             self.put(script.encode(), f"{staging}/script.sh")
             self.put(operation_script("run-detached").encode(), f"{staging}/run-detached.sh")
-            return self.run(detached_command(staging, *args), stream=stream, timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(DeployError):
+                self.run(f"rm -rf -- {shlex.quote(staging)}", root=False)
+            raise
+        return self.run(detached_command(staging, *args), stream=stream, timeout=timeout)
 
     def put(self, content: bytes, remote_path: str) -> None:
         """Upload ``content`` to ``remote_path`` as the SSH user (not root)."""
