@@ -44,6 +44,8 @@ OPERATIONS: dict[str, dict[str, object]] = {
         "new_host": False,
         "lock_file": str(paths.BACKUP_LOCK),
         "log_file": str(paths.BACKUP_LOG),
+        "status_dir": str(paths.BACKUP_STATUS_DIR),
+        "env_name": "tracker-prod",
         "sqlite_dir": str(paths.SQLITE_DIR),
         "sqlite_name": "tracker.db",
     },

@@ -36,6 +36,9 @@ TRACKER_STOPPED_MARKER = BACKUP_STATUS_DIR / "tracker-stopped-by-backup"
 # Written by `inv recover` before it changes a host, removed just before the tracker starts:
 # a host that has it may be recovered again (a recover that failed midway).
 RECOVER_MARKER = BACKUP_STATUS_DIR / "recover-in-progress"
+# Written by a restore that leaves the MySQL database partly restored (the tracker
+# stopped); removed by the restore that succeeds after it. Backup runs refuse meanwhile.
+RESTORE_INCOMPLETE_MARKER = BACKUP_STATUS_DIR / "restore-incomplete"
 MAINTENANCE_SCRIPT = PurePosixPath("/usr/local/bin/maintenance-backup.sh")
 # Not paths: the lines of `backup.sh snapshot --gate` and the maintenance script.
 # The container prints SNAPSHOT_READY_LINE once everything that needs no stopped

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from tracker_deployer import exit_codes
+from tracker_deployer import exit_codes, paths
 from tracker_deployer.backup_layout import checksum_manifest, set_file
 from tracker_deployer.remote.backups import (
     parse_inventory,
@@ -138,6 +138,7 @@ def write_restore(
         "deploy_dir": str(stack.deploy_dir),
         "backup_dir": str(stack.backups),
         "log_file": str(stack.log_file),
+        "status_dir": str(stack.status_dir),
     }
     if verify_first:
         (stack.base / "verify.sh").write_text(verify_script(stack.env, set_id, drill=True, **where))
@@ -587,12 +588,34 @@ def test_a_mysql_restore_that_fails_puts_the_safety_set_back_or_keeps_the_tracke
         partly = restore(stack, set_id, skip_safety_backup=True)
         output = partly.stdout + partly.stderr
         assert partly.returncode == exit_codes.PARTLY_RESTORED, output
-        assert f"the MySQL database holds part of set {set_id}, so the tracker stays stopped" in (
+        assert f"the MySQL database may hold part of set {set_id}, so the tracker stays " in (
             partly.stdout
         )
-        assert f"inv restore --set {set_id} --yes" in partly.stdout
+        assert f"inv restore --env {stack.env.name} --set {set_id} --yes" in partly.stdout
         assert "starting tracker" not in partly.stdout
         assert "tracker" not in stack.running_services()
+        marker = stack.status_dir / paths.RESTORE_INCOMPLETE_MARKER.name
+        assert f"set={set_id}\n" in marker.read_text()
+
+        # No set is taken of that database meanwhile; the tracker stays stopped.
+        refused = stack.run_maintenance()
+        assert refused.returncode == exit_codes.UNSAFE, refused.stdout + refused.stderr
+        assert "a restore left the MySQL database partly restored" in stack.status()["reason"]
+        assert stack.sets() == sorted([set_id, safety])
+        assert "tracker" not in stack.running_services()
+
+        # The next restore (of a good set) takes no safety backup of the partial
+        # database, removes the marker and starts the tracker.
+        finished = restore(stack, safety)
+        output = finished.stdout + finished.stderr
+        assert finished.returncode == 0, output
+        assert "an earlier restore left the MySQL database partly restored" in finished.stdout
+        assert "no safety backup: the database holds part of a set" in finished.stdout
+        assert stack.sets() == sorted([set_id, safety])
+        assert not marker.exists()
+        assert _marker_rows(stack) == "1"
+        assert "tracker" in stack.running_services()
+        assert "tracker is healthy" in finished.stdout
     finally:
         stack.cleanup()
 

@@ -18,6 +18,7 @@ SET = "20261126_030000"
         (exit_codes.SAFETY_BACKUP_FAILED, "the tracker runs as before"),
         (exit_codes.ROLLED_BACK, "put back from the safety set, and the tracker runs as before"),
         (exit_codes.PARTLY_RESTORED, "partly restored, so the tracker stays stopped"),
+        (exit_codes.TRACKER, "the tracker could not be started again"),
         (4, "failed (exit 4)"),
     ],
 )

@@ -456,6 +456,7 @@ def restore_script(
         skip_safety_backup=skip_safety_backup,
         new_host=new_host,
         sqlite_name="" if env.uses_mysql else env.database.database_name,
+        env_name=env.name,
     )
 
 
@@ -540,10 +541,17 @@ def restore_failure(code: int, set_id: str, where: str, env_name: str) -> Deploy
         )
     if code == exit_codes.PARTLY_RESTORED:
         return RemoteError(
-            f"restoring set {set_id} failed on {where}; its MySQL database is partly restored, "
-            "so the tracker stays stopped",
+            f"restoring set {set_id} failed on {where}; its MySQL database may be partly "
+            "restored, so the tracker stays stopped (and backup runs refuse to run)",
             f"restore again: `inv restore --env {env_name} --set SET --yes` with the safety set "
-            "named above (the data from before) or another set",
+            "named above (the data from before) or another set; it starts the tracker once it "
+            "has succeeded",
+        )
+    if code == exit_codes.TRACKER:
+        return RemoteError(
+            f"restoring set {set_id} on {where}: the tracker could not be started again",
+            f"see the lines above; on the host: cd {paths.DEPLOY_DIR} && docker compose logs "
+            "tracker, then docker compose start tracker",
         )
     return RemoteError(
         f"restoring set {set_id} failed (exit {code})",
