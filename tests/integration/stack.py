@@ -334,3 +334,15 @@ class PingServer:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def drop_reader(process: subprocess.Popen[str], *, after: str) -> int:
+    """Read ``process``'s first line (it must hold ``after``), then close its stdout
+    and stderr, as a dropped SSH session does; its exit code once it has ended."""
+    assert process.stdout is not None
+    assert process.stderr is not None
+    first = process.stdout.readline()
+    assert after in first, first
+    process.stdout.close()
+    process.stderr.close()
+    return process.wait(timeout=300)

@@ -27,6 +27,7 @@ from tests.integration.stack import (
     PingServer,
     Stack,
     decompress,
+    drop_reader,
     env_for_stack,
     hanging_backup_image,
     hanging_dump_backup_image,
@@ -475,12 +476,7 @@ def test_a_run_whose_output_reader_goes_away_ends_and_is_recorded_as_it_would_ha
     """`inv backup`'s SSH session drops: the run's stdout and stderr lose their reader.
     No SIGPIPE ends it half-way (once it did, with exit 255, no set and no record)."""
     process = sqlite_stack.start_maintenance()
-    assert process.stdout is not None
-    assert process.stderr is not None
-    assert "backup run started" in process.stdout.readline()
-    process.stdout.close()
-    process.stderr.close()
-    assert process.wait(timeout=300) == 0
+    assert drop_reader(process, after="backup run started") == 0
     [set_id] = sqlite_stack.sets()
     assert sqlite_stack.status()["result"] == "success"
     assert f"backup run finished: set {set_id} complete" in sqlite_stack.log_file.read_text()

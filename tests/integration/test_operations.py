@@ -35,6 +35,7 @@ from tests.integration.stack import (
     STANDIN_IMAGE,
     Stack,
     decompress,
+    drop_reader,
     env_for_stack,
     require_images,
 )
@@ -115,14 +116,7 @@ def restore(
         skip_safety_backup=skip_safety_backup,
         new_host=new_host,
     )
-    return subprocess.run(
-        ["bash", str(script)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=stack.environ(),
-        timeout=600,
-    )
+    return _run_script(stack, script)
 
 
 def write_restore(
@@ -374,12 +368,7 @@ def test_a_restore_whose_output_reader_goes_away_ends_and_logs_as_it_would_have(
     assert sqlite_stack.run_maintenance().returncode == 0
     [set_id] = sqlite_stack.sets()
     process = start_restore(sqlite_stack, set_id, verify_first=True)
-    assert process.stdout is not None
-    assert process.stderr is not None
-    assert "holding the backup lock" in process.stdout.readline()
-    process.stdout.close()
-    process.stderr.close()
-    assert process.wait(timeout=300) == 0
+    assert drop_reader(process, after="holding the backup lock") == 0
     log = sqlite_stack.log_file.read_text()
     assert "restore: stopping tracker" in log
     assert f"restore: set {set_id} restored (db)" in log
