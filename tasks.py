@@ -37,6 +37,7 @@ from tracker_deployer.remote.plan import Scope
 from tracker_deployer.remote.ssh import SshHost, Target
 from tracker_deployer.render import RenderedTree, write_tree
 from tracker_deployer.render import render as render_tree
+from tracker_deployer.say import printable
 
 ENV_HELP = "environment: NAME for envs/NAME.json, or a path to a config file"
 DRY_RUN_HELP = "print the plan (secrets masked) and change nothing; opens no connection"
@@ -122,7 +123,8 @@ def _errors() -> Iterator[None]:
         summary = f"{count} problem{'s' if count != 1 else ''} in {error.source}"
         raise Exit(f"{error}\nerror: {summary}", code=error.exit_code) from None
     except DeployError as error:
-        raise Exit(f"error: {error}", code=error.exit_code) from None
+        # A message may quote a host's words: what a terminal would obey is escaped.
+        raise Exit(f"error: {printable(str(error))}", code=error.exit_code) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
     except BrokenPipeError:

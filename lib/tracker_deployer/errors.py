@@ -7,6 +7,8 @@ one clean message and a non-zero exit; anything else is a bug.
 
 from __future__ import annotations
 
+from tracker_deployer.say import printable
+
 
 class DeployError(Exception):
     """An expected failure with a message and a hint for the operator."""
@@ -52,7 +54,7 @@ class ConfigIssue:
 
     def format(self, source: str) -> str:
         # A key is the config's own text: escape what a terminal would obey (ESC, newline).
-        path = "".join(c if c.isprintable() else repr(c)[1:-1] for c in self.path)
+        path = printable(self.path)
         where = f"at '{path}'" if self.path else "at the top level"
         text = f"{source}: {where}: {self.message}"
         if self.hint:

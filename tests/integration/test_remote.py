@@ -268,6 +268,40 @@ def test_backup_task_explains_when_backups_are_not_installed(
     assert "maintenance-backup.sh is not installed" in result.stderr
 
 
+def test_a_hosts_escape_sequences_never_reach_the_operators_terminal(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    """A hostile host's script prints what a terminal obeys (a title change, a screen
+    clear, a carriage return, a bidi override, a C1 CSI) on stdout and stderr: `inv
+    backup` shows each escaped, the lines around them as they are, and the exit code."""
+    (target.host_path("/opt") / "torrust").mkdir(exist_ok=True)
+    fake = target.host_path(str(paths.MAINTENANCE_SCRIPT))
+    fake.write_text(
+        "#!/bin/bash\n"
+        "echo 'run started'\n"
+        r"printf 'step \033]2;owned\007 done\rOK \342\200\256gpj.exe\n'"
+        "\n"
+        r"printf '\033[2J\302\233err\n' >&2"
+        "\n"
+        "echo 'run ended'\n"
+        "exit 5\n"
+    )
+    fake.chmod(0o755)
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
+    result = inv("backup", "--env", str(env), "--known-hosts", str(target.known_hosts))
+    assert result.returncode == 5, result.stderr
+    shown = result.stdout.splitlines()
+    # stdout and stderr reach the operator as two streams: their lines may interleave
+    assert [line for line in shown if not line.startswith("\\x1b[2J")] == [
+        "run started",
+        "step \\x1b]2;owned\\x07 done\\rOK \\u202egpj.exe",
+        "run ended",
+    ]
+    assert "\\x1b[2J\\x9berr" in shown
+    for text in (result.stdout, result.stderr):
+        assert not [c for c in text if not c.isprintable() and c != "\n"], repr(text)
+
+
 @pytest.fixture
 def cron_target(tmp_path: Path) -> Iterator[SshTarget]:
     reason = require_tools()

@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from invoke.exceptions import Exit
+from tracker_deployer.errors import RemoteError
+from tracker_deployer.say import printable
 
+import tasks  # the CLI module at the repository's root
 from tests.helpers import REPO_ROOT
 
 HOST_TASKS = (
@@ -104,3 +108,28 @@ def test_verify_and_fetch_backup_take_the_offsite_flag(tmp_path: Path, name: str
     assert result.returncode == 0, result.stderr
     assert "--offsite" in result.stdout
     assert "off-host repository" in result.stdout
+
+
+def test_an_error_quoting_a_hosts_words_reaches_the_terminal_escaped() -> None:
+    """A DeployError may carry a host's stderr: the CLI prints every character a
+    terminal would obey escaped, on one line."""
+    with pytest.raises(Exit) as raised, tasks._errors():
+        raise RemoteError("sudo said: \x1b]2;owned\x07\nno", "see \u202eexe.txt")
+    assert (
+        raised.value.message
+        == "error: sudo said: \\x1b]2;owned\\x07\\nno — hint: see \\u202eexe.txt"
+    )
+    assert raised.value.code == RemoteError.exit_code
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain text, unicode é ü and 'quotes'", "plain text, unicode é ü and 'quotes'"),
+        ("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m"),
+        ("a\rb\tc\x7f\x9b\u2028\u202e\ufeff", "a\\rb\\tc\\x7f\\x9b\\u2028\\u202e\\ufeff"),
+    ],
+)
+def test_printable_escapes_what_a_terminal_would_obey(text: str, shown: str) -> None:
+    assert printable(text) == shown
+    assert printable("one\ntwo\x1b", keep="\n") == "one\ntwo\\x1b"

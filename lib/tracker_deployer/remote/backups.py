@@ -30,7 +30,7 @@ from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.render import inventory_script, operation_script
 from tracker_deployer.render.tree import verify_script as render_verify_script
-from tracker_deployer.say import Say
+from tracker_deployer.say import Say, printable
 
 NUMBER = re.compile(r"[0-9]{1,18}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -46,11 +46,6 @@ def _shown(text: str, limit: int = 160) -> str:
     """A host-supplied value for a message: escaped, cut short."""
     shown = repr(text[:limit])
     return shown + ("..." if len(text) > limit else "")
-
-
-def printable(text: str) -> str:
-    """Host text for the terminal: control characters escaped (never sent raw)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class VerificationFailed(DeployError):

@@ -30,7 +30,7 @@ from tracker_deployer.remote.plan import (
 )
 from tracker_deployer.remote.ssh import SshHost, Target
 from tracker_deployer.render import RenderedTree
-from tracker_deployer.say import Say
+from tracker_deployer.say import Say, printable
 
 COMPOSE = compose.command()
 UP_TIMEOUT_SECONDS = 600
@@ -219,8 +219,10 @@ def service_health(host: SshHost) -> list[dict[str, str]]:
 
 
 def service_line(row: dict[str, str]) -> str:
-    """One row of :func:`service_health`, as deploy, recover and status print it."""
-    return f"  {row['service']:12} {row['state']:10} health={row['health']:10} {row['status']}"
+    """One row of :func:`service_health`, as deploy, recover and status print it (the
+    host's text made :func:`printable`)."""
+    line = f"  {row['service']:12} {row['state']:10} health={row['health']:10} {row['status']}"
+    return printable(line)
 
 
 def unhealthy(services: Sequence[dict[str, str]]) -> list[str]:

@@ -32,6 +32,7 @@ from paramiko.ssh_exception import (
 
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.render.tree import operation_script
+from tracker_deployer.say import printable
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
@@ -467,7 +468,9 @@ class _LimitedSink:
 
 
 class _LineWriter(io.TextIOBase):
-    """A text stream that hands complete lines to a callback."""
+    """A text stream that hands complete lines to a callback, each :func:`printable`:
+    the host's output never reaches the terminal with an escape sequence in it (a
+    tab, which moves only the cursor, stays a tab)."""
 
     def __init__(self, callback: Callable[[str], None]) -> None:
         self._callback = callback
@@ -477,10 +480,10 @@ class _LineWriter(io.TextIOBase):
         self._buffer += text
         while "\n" in self._buffer:
             line, self._buffer = self._buffer.split("\n", 1)
-            self._callback(line)
+            self._callback(printable(line, keep="\t"))
         return len(text)
 
     def flush(self) -> None:
         if self._buffer:
-            self._callback(self._buffer)
+            self._callback(printable(self._buffer, keep="\t"))
             self._buffer = ""
