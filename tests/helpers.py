@@ -156,3 +156,17 @@ def valid_configs() -> dict[str, dict[str, Any]]:
     for path in sorted(VALID_DIR.glob("*.json")):
         configs[f"valid-{path.stem}"] = json.loads(path.read_text(encoding="utf-8"))
     return configs
+
+
+def ssh_argv(key: Path, port: int, known_hosts: Path, login: str, *options: str) -> list[str]:
+    """The system ssh client's command line for a test host (its key checked, no
+    prompts), without the command; ``options`` are more ``-o`` values."""
+    argv = ["ssh", "-F", "/dev/null", "-i", str(key), "-p", str(port)]
+    for option in (
+        f"UserKnownHostsFile={known_hosts}",
+        "StrictHostKeyChecking=yes",
+        "BatchMode=yes",
+        *options,
+    ):
+        argv += ["-o", option]
+    return [*argv, login]

@@ -22,7 +22,7 @@ from tracker_deployer.remote.deploy import parse_compose_ps
 from tracker_deployer.remote.plan import CRON_FILES
 from tracker_deployer.sandbox import TEST_DOUBLE_IMAGES
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, ssh_argv
 
 # The environment whose `inv provision` makes the target host (its
 # provider.profile_name); e2e-sqlite deploys to the same host with --host.
@@ -174,27 +174,10 @@ class RemoteHost:
         ``as_root`` is false."""
         if as_root and self.address.user != "root":
             command = f"sudo -n sh -c {shlex.quote(command)}"
-        ssh = [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            str(self.key),
-            "-p",
-            str(self.address.port),
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=15",
-            f"{self.address.user}@{self.address.host}",
-            command,
-        ]
+        login = f"{self.address.user}@{self.address.host}"
+        ssh = ssh_argv(self.key, self.address.port, self.known_hosts, login, "ConnectTimeout=15")
         return subprocess.run(
-            ssh,
+            [*ssh, command],
             input=stdin if stdin is not None else b"",
             capture_output=True,
             check=False,

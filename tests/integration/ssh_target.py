@@ -21,6 +21,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from tests.helpers import ssh_argv
+
 SUDO_USER = "tddeploy"
 SUDO_UID = 4242
 STARTUP_TIMEOUT = 15.0
@@ -213,20 +215,7 @@ class SshTarget:
 
     def ssh_argv(self, user: str = "root") -> list[str]:
         """The system ssh client's command line for this target, without the command."""
-        return [
-            "ssh",
-            "-i",
-            str(self.client_key),
-            "-p",
-            str(self.port),
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            f"{user}@127.0.0.1",
-        ]
+        return ssh_argv(self.client_key, self.port, self.known_hosts, f"{user}@127.0.0.1")
 
     def ssh(self, command: str, user: str = "root") -> subprocess.CompletedProcess[str]:
         """Run a command on the target with the system ssh client (independent of Fabric)."""

@@ -273,15 +273,19 @@ def test_a_hosts_escape_sequences_never_reach_the_operators_terminal(
 ) -> None:
     """A hostile host's script prints what a terminal obeys (a title change, a screen
     clear, a carriage return, a bidi override, a C1 CSI) on stdout and stderr: `inv
-    backup` shows each escaped, the lines around them as they are, and the exit code."""
+    backup` shows each escaped, the lines around them whole, and the exit code. The
+    stderr line comes while a stdout line is half-written: it must not land inside it."""
     (target.host_path("/opt") / "torrust").mkdir(exist_ok=True)
     fake = target.host_path(str(paths.MAINTENANCE_SCRIPT))
     fake.write_text(
         "#!/bin/bash\n"
-        "echo 'run started'\n"
-        r"printf 'step \033]2;owned\007 done\rOK \342\200\256gpj.exe\n'"
-        "\n"
+        "printf 'run st'\n"
+        "sleep 0.5\n"
         r"printf '\033[2J\302\233err\n' >&2"
+        "\n"
+        "sleep 0.5\n"
+        "echo 'arted'\n"
+        r"printf 'step \033]2;owned\007 done\rOK \342\200\256gpj.exe\n'"
         "\n"
         "echo 'run ended'\n"
         "exit 5\n"
@@ -290,14 +294,12 @@ def test_a_hosts_escape_sequences_never_reach_the_operators_terminal(
     env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite")))
     result = inv("backup", "--env", str(env), "--known-hosts", str(target.known_hosts))
     assert result.returncode == 5, result.stderr
-    shown = result.stdout.splitlines()
-    # stdout and stderr reach the operator as two streams: their lines may interleave
-    assert [line for line in shown if not line.startswith("\\x1b[2J")] == [
+    assert result.stdout.splitlines() == [
+        "\\x1b[2J\\x9berr",
         "run started",
         "step \\x1b]2;owned\\x07 done\\rOK \\u202egpj.exe",
         "run ended",
     ]
-    assert "\\x1b[2J\\x9berr" in shown
     for text in (result.stdout, result.stderr):
         assert not [c for c in text if not c.isprintable() and c != "\n"], repr(text)
 

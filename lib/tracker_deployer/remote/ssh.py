@@ -14,6 +14,7 @@ import io
 import os
 import shlex
 import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -307,7 +308,10 @@ class SshHost:
     ) -> Result:
         """Run a shell command; never raises for a non-zero exit (see ``Result``)."""
         full = self.as_root(command) if root else command
-        out_stream = _LineWriter(stream) if stream else None
+        # One writer a stream (each keeps its own partial line), one lock for both:
+        # stdout and stderr arrive in two threads, and their lines never mix.
+        lock = threading.Lock()
+        writers = [_LineWriter(stream, lock) for _ in ("out", "err")] if stream else []
         kwargs: dict[str, Any] = {
             "hide": True,
             "warn": True,
@@ -315,9 +319,8 @@ class SshHost:
             "in_stream": False,
             "timeout": timeout,
         }
-        if out_stream is not None:
-            kwargs["out_stream"] = out_stream
-            kwargs["err_stream"] = out_stream
+        if writers:
+            kwargs["out_stream"], kwargs["err_stream"] = writers
         try:
             result = self._conn.run(full, **kwargs)
         except CommandTimedOut:
@@ -327,8 +330,9 @@ class SshHost:
             ) from None
         except (SSHException, OSError) as error:
             raise RemoteError(f"lost the SSH connection to {self.target}: {error}") from None
-        if out_stream is not None:
-            out_stream.flush()
+        finally:
+            for writer in writers:
+                writer.finish()
         if not self.is_root and root and result.exited == 1 and "sudo:" in result.stderr:
             raise RemoteError(
                 f"sudo on {self.target.host} asks for a password or is not allowed for "
@@ -472,18 +476,27 @@ class _LineWriter(io.TextIOBase):
     the host's output never reaches the terminal with an escape sequence in it (a
     tab, which moves only the cursor, stays a tab)."""
 
-    def __init__(self, callback: Callable[[str], None]) -> None:
+    def __init__(self, callback: Callable[[str], None], lock: threading.Lock) -> None:
         self._callback = callback
+        self._lock = lock  # shared with the other stream's writer
         self._buffer = ""
 
     def write(self, text: str) -> int:
         self._buffer += text
         while "\n" in self._buffer:
             line, self._buffer = self._buffer.split("\n", 1)
-            self._callback(printable(line, keep="\t"))
+            self._hand(line)
         return len(text)
 
     def flush(self) -> None:
+        """Nothing: Invoke flushes after every chunk, and a chunk may end mid-line."""
+
+    def finish(self) -> None:
+        """The command has ended: hand on a last line without its newline."""
         if self._buffer:
-            self._callback(printable(self._buffer, keep="\t"))
+            self._hand(self._buffer)
             self._buffer = ""
+
+    def _hand(self, line: str) -> None:
+        with self._lock:
+            self._callback(printable(line, keep="\t"))
