@@ -10,6 +10,7 @@ small tmpfs under the backup directory for the disk-full case.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -128,6 +129,78 @@ def test_a_lost_local_set_comes_back_from_the_repository_verified(
         assert "incomplete copy" in str(fetch_error(partial.returncode, partial.stderr, set_id))
         assert stack.database_file(set_id).exists()
     finally:
+        stack.cleanup()
+
+
+def _containers(name: str) -> list[str]:
+    listed = subprocess.run(
+        ["docker", "ps", "--all", "--filter", f"name=^{name}$", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return listed.stdout.split()
+
+
+def test_a_fetch_stopped_by_a_signal_removes_its_container_and_keeps_nothing(
+    tmp_path: Path,
+    rest_server: Server,  # noqa: F811
+) -> None:
+    """SIGTERM to the host script while restic waits on the repository (its server
+    paused): the fetch container goes at once, then the staging directory; the exit
+    says signal 15 and no set is on the host. Before, bash put the signal off until
+    the fetch had ended (hours, with a stalled repository) and left the container."""
+    repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
+    stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
+    assert rest_server.process is not None
+    paused = False
+    fetch: subprocess.Popen[str] | None = None
+    try:
+        set_id = assert_success_with_upload(stack, stack.run_maintenance())
+        remove_set(stack, set_id)
+        script = fetch_script(
+            deploy_dir=str(stack.deploy_dir),
+            backup_dir=str(stack.backups),
+            lock_file=str(stack.lock_file),
+        )
+        os.killpg(rest_server.process.pid, signal.SIGSTOP)
+        paused = True
+        fetch = subprocess.Popen(
+            ["bash", "-c", script, "_", set_id],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=stack.environ(),
+        )
+        container = f"tracker-backup-{fetch.pid}-offsite-fetch"
+        deadline = time.monotonic() + 120
+        while not _containers(container):
+            assert fetch.poll() is None, fetch.communicate()
+            assert time.monotonic() < deadline, "the fetch container never started"
+            time.sleep(0.5)
+        time.sleep(2)  # restic is inside, waiting on the paused server
+        fetch.send_signal(signal.SIGTERM)
+        _, stderr = fetch.communicate(timeout=90)
+        assert fetch.returncode == 128 + signal.SIGTERM, stderr
+        assert "stopped by signal 15" in stderr
+        assert not _containers(container)
+        assert not list(stack.backups.glob(STAGING_PREFIX + "*"))
+        assert set_id not in stack.sets()
+        error = str(fetch_error(fetch.returncode, stderr, set_id))
+        assert "stopped by SIGTERM" in error
+        assert "nothing was kept" in error
+    finally:
+        if fetch is not None and fetch.poll() is None:
+            fetch.kill()
+            fetch.communicate()
+        if paused:
+            os.killpg(rest_server.process.pid, signal.SIGCONT)
+        if fetch is not None:
+            subprocess.run(
+                ["docker", "rm", "--force", f"tracker-backup-{fetch.pid}-offsite-fetch"],
+                capture_output=True,
+                check=False,
+            )
         stack.cleanup()
 
 

@@ -53,6 +53,9 @@ DOWNLOAD_STALE_MINUTES = 24 * 60
 FETCH_DIR_IN_CONTAINER = "/fetch"
 # The host script's own exit codes (besides offsite.sh's).
 EXIT_PARTIAL_SET = 3
+# What it prints, with the signal's number, when a signal stops it (exit 128 + N).
+STOPPED = "the fetch was stopped by signal"
+SIGNALS = {1: "SIGHUP", 2: "SIGINT", 15: "SIGTERM"}
 _RESULT = re.compile(r"(fetched|present)=([0-9]{8}_[0-9]{6})")
 
 _FETCH_CAUSES: dict[int, tuple[str, str]] = {
@@ -120,10 +123,27 @@ container="tracker-backup-$$-offsite-fetch"
 # Its output goes to root's own temporary file: root never opens a path in the
 # staging directory, which uid 1000 can change.
 fetch_out="$(mktemp)"
+kept="nothing was kept"
+# A signal is a failure, handled at once (the fetch runs in the background: bash
+# would put a trap off until a foreground command ends, hours with a stalled
+# repository): the container goes first, then the staging directory (EXIT trap).
+stop_fetch() {{
+  trap '' HUP INT TERM
+  kill "$fetch_pid" 2>/dev/null || :
+  timeout 60 docker rm --force "$container" >/dev/null 2>&1 || :
+  rm -f -- "$fetch_out"
+  echo "{STOPPED} $1; $kept" >&2
+  exit $((128 + $1))
+}}
 timeout --kill-after=10 {FETCH_TIMEOUT_SECONDS} {compose.command(deploy_dir)} \\
   --profile backup run --rm --no-deps -T --name "$container" \\
   -v "$staging:{FETCH_DIR_IN_CONTAINER}" -e OFFSITE_FETCH_DIR={FETCH_DIR_IN_CONTAINER} \\
-  {offsite.SERVICE} fetch "$set_id" >"$fetch_out" || rc=$?
+  {offsite.SERVICE} fetch "$set_id" >"$fetch_out" </dev/null &
+fetch_pid=$!
+trap 'stop_fetch 1' HUP
+trap 'stop_fetch 2' INT
+trap 'stop_fetch 15' TERM
+wait "$fetch_pid" || rc=$?
 fetched=0
 if grep -qx "fetched=$set_id" "$fetch_out"; then fetched=1; fi
 rm -f -- "$fetch_out"
@@ -177,6 +197,8 @@ trap 'rm -rf -- "$staging"' EXIT
 as_owner() {{ setpriv --reuid={APP_UID} --regid={APP_GID} --clear-groups -- "$@"; }}
 cd -- "$backup_dir"
 staged="${{staging##*/}}/set"
+kept="the files moved so far are without the set's .sha256, an incomplete set: remove them, \\
+then fetch again"
 for relative in {relatives}; do
   if [[ -f "$staged/$relative" && ! -L "$staged/$relative" ]]; then
     if [[ ! -d "${{relative%/*}}" ]]; then
@@ -311,6 +333,13 @@ def _detail(stderr: str) -> str:
 
 
 def fetch_error(code: int, stderr: str, set_id: str) -> RemoteError:
+    if code - 128 in SIGNALS:
+        said = [line for line in stderr.splitlines() if line.startswith(STOPPED)]
+        return RemoteError(
+            f"set {set_id}: the host script was stopped by {SIGNALS[code - 128]}"
+            + (f" ({said[-1][:300]})" if said else ""),
+            "run it again once whatever stopped it (a shutdown, an operator) is over",
+        )
     if code in _FETCH_CAUSES:
         cause, hint = _FETCH_CAUSES[code]
         detail = _detail(stderr)
