@@ -60,6 +60,10 @@ METRICS_TEXTFILE_DIR = STORAGE_DIR / "node-exporter/textfile"
 METRICS_TEXTFILE_IN_CONTAINER = PurePosixPath("/textfile")
 METRICS_SCRIPT = PurePosixPath("/usr/local/bin/tracker-backup-metrics.sh")
 DRILL_DIR = STORAGE_DIR / "backup-drills"
+# Where a restore drill's scratch (the restored SQLite file, the throw-away MySQL's
+# backup.conf) is made, as root's own mktemp directory: not the backup directory,
+# which uid 1000 owns. Mounted into the backup container at DRILL_IN_BACKUP.
+DRILL_SCRATCH_PARENT = PurePosixPath("/var/tmp")  # noqa: S108 (mktemp -d: root-only dirs)
 DRILL_SCRIPT = PurePosixPath("/usr/local/bin/tracker-backup-drill.sh")
 VERIFY_SCRIPT = PurePosixPath("/usr/local/bin/tracker-backup-verify.sh")
 DRILL_LAST = DRILL_DIR / "last-drill.env"
@@ -95,6 +99,7 @@ BACKUP_ROOT_IN_BACKUP = PurePosixPath("/backups")
 BACKUP_ETC_IN_BACKUP = PurePosixPath("/etc/backup")
 BACKUP_CONF_IN_BACKUP = BACKUP_ETC_IN_BACKUP / BACKUP_CONF.name
 BACKUP_PATHS_IN_BACKUP = BACKUP_ETC_IN_BACKUP / BACKUP_PATHS.name
+DRILL_IN_BACKUP = PurePosixPath("/drill")  # a restore drill's scratch (verify.sh)
 STORAGE_IN_BACKUP = PurePosixPath("/data/storage")
 COMPOSE_IN_BACKUP = PurePosixPath("/data/compose")
 OFFSITE_SCRIPT_IN_BACKUP = PurePosixPath("/usr/local/bin/offsite.sh")

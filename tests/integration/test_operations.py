@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import shutil
 import sqlite3
 import subprocess
 import threading
@@ -319,6 +320,67 @@ def test_verify_drill_passes_and_a_flipped_byte_is_caught(sqlite_stack: Stack) -
     refused = restore(stack, set_id)
     assert refused.returncode == 4
     assert "tracker" in stack.running_services()
+
+
+def test_hardening_verify_drill_never_follows_a_link_uid_1000_plants(
+    sqlite_stack: Stack, tmp_path: Path
+) -> None:
+    """The drill's scratch was BACKUP_DIR/.drill-SET_ID, made once the checksums were
+    checked: uid 1000, which owns the backup directory, could put a link there in the
+    meantime, and root's install -d handed it the link's target. A docker on PATH
+    plants that link (as uid 1000) while `backup verify` runs, then runs the real
+    docker: the target must stay root's, the drill pass, no scratch be left."""
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    [set_id] = stack.sets()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    victim.chmod(0o755)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    real = shutil.which("docker")
+    assert real is not None
+    (shim / "docker").write_text(
+        "#!/bin/bash\n"
+        f'if [[ " $* " == *" verify {set_id} "* ]]; then\n'
+        f"  (cd {stack.backups} && setpriv --reuid={APP_UID} --regid={APP_GID} --clear-groups \\\n"
+        f"    ln -sfn {victim} .drill-{set_id})\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    (shim / "docker").chmod(0o755)
+    scratch_before = set(Path(str(paths.DRILL_SCRATCH_PARENT)).glob("tracker-drill.*"))
+    script = stack.base / "verify.sh"
+    script.write_text(
+        operation_script(
+            "verify",
+            deploy_dir=str(stack.deploy_dir),
+            backup_dir=str(stack.backups),
+            set_id=set_id,
+            db_type="sqlite",
+            drill=True,
+            sets_subdir="",
+            backup_image=stack.env.images.backup,
+            mysql_image=stack.env.images.mysql,
+            app_uid=APP_UID,
+            app_gid=APP_GID,
+        )
+    )
+    result = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**stack.environ(), "PATH": f"{shim}:{os.environ['PATH']}"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"set {set_id}: VERIFIED" in result.stdout
+    assert (stack.backups / f".drill-{set_id}").is_symlink()  # planted, and never used
+    state = victim.stat()
+    assert (state.st_uid, state.st_mode & 0o7777) == (0, 0o755)
+    assert list(victim.iterdir()) == []
+    assert set(Path(str(paths.DRILL_SCRATCH_PARENT)).glob("tracker-drill.*")) == scratch_before
 
 
 def test_sqlite_restore_brings_back_exactly_the_snapshot(
