@@ -152,7 +152,8 @@ def _out_dir(env: Env, out: str) -> Path:
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    """A progress line; it may quote a host (a listing's error, a reason), so escaped."""
+    print(printable(line, keep="\t"), flush=True)
 
 
 def _print_services(services: list[dict[str, str]]) -> None:
@@ -265,7 +266,7 @@ def deploy(c: Context, env: str = "", where: _Host = ANY_HOST, dry_run: bool = F
         if result.changed_nothing:
             print("  nothing changed (host, files, cron and services were already as wanted)")
         _print_services(result.services)
-        unhealthy = remote.unhealthy(result.services)
+        unhealthy = remote.unhealthy(result.services, parsed)
         if unhealthy:
             raise RemoteError(
                 f"services not healthy after deploy: {', '.join(unhealthy)}",

@@ -8,11 +8,13 @@ LIST_FORMAT). tests/unit/test_backup_layout.py holds the two owners to each othe
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Literal
 
 # A set id: YYYYMMDD_HHMMSS in ASCII digits (``\\d`` and str.isdigit would take
 # any Unicode digit). Always used with fullmatch.
 SET_ID = re.compile(r"[0-9]{8}_[0-9]{6}")
+SET_ID_FORMAT = "%Y%m%d_%H%M%S"  # its strptime form
 # The parts a set is shown with (the database file's directory, or config).
 PARTS = ("mysql", "sqlite", "config")
 # The version of `backup.sh list --records` this deployer reads (its first line).
@@ -23,7 +25,15 @@ Compression = Literal["gzip", "zstd"]
 
 
 def is_set_id(text: str) -> bool:
-    return SET_ID.fullmatch(text) is not None
+    """YYYYMMDD_HHMMSS of a moment that exists (a set is named by when it was taken):
+    a host's ``20261399_999999`` is no set id."""
+    if SET_ID.fullmatch(text) is None:
+        return False
+    try:
+        datetime.strptime(text, SET_ID_FORMAT)
+    except ValueError:
+        return False
+    return True
 
 
 def set_file(kind: Kind, set_id: str, compression: Compression = "zstd") -> str:

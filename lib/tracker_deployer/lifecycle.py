@@ -27,7 +27,7 @@ from tracker_deployer.remote import offsite as offsite_copies
 from tracker_deployer.remote.plan import CRON_FILES, Change, Plan, Scope, services_to_restart
 from tracker_deployer.remote.ssh import DEFAULT_KNOWN_HOSTS, SshHost, Target
 from tracker_deployer.render import RenderedTree, inventory_script
-from tracker_deployer.say import Say
+from tracker_deployer.say import Say, printable
 from tracker_deployer.topology import derive
 
 PHASES = ("provision", "configure", "push", "compose up", "install-cron", "health")
@@ -493,4 +493,4 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append("last backup: none recorded")
     if report.get("error"):
         lines.append(f"problem:     {report['error']}")
-    return "\n".join(lines)
+    return printable("\n".join(lines), keep="\n")  # the host's words, escaped

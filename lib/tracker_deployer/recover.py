@@ -275,7 +275,7 @@ def recover(
                 )
             remote.compose_up(connection, (), say)
             services = remote.service_health(connection)
-            unhealthy = remote.unhealthy(services)
+            unhealthy = remote.unhealthy(services, env)
             if unhealthy:
                 raise RemoteError(
                     f"services not healthy after the restore: {', '.join(unhealthy)}",

@@ -118,6 +118,11 @@ class Topology:
     def service_names(self) -> tuple[str, ...]:
         return tuple(service.name for service in self.services)
 
+    @property
+    def long_running(self) -> tuple[str, ...]:
+        """The services ``compose up`` starts and keeps running (no profile)."""
+        return tuple(service.name for service in self.services if not service.profiles)
+
 
 @dataclass(slots=True)
 class _Builder:

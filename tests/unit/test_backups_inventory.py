@@ -135,6 +135,9 @@ def test_parse_checksums_refuses_a_gzip_and_a_zstd_database_file_in_one_set() ->
         "20261125-030000",
         "2026112_0300000",
         "",
+        "20261399_999999",  # no moment: shown, it was a traceback (strptime)
+        "20260230_120000",
+        "20261125_246000",
     ],
 )
 def test_hardening_01_set_ids_are_ascii_digits_only(text: str) -> None:
@@ -263,3 +266,16 @@ def test_hardening_04_a_tracker_left_stopped_is_a_warning_first() -> None:
     )
     assert "--recover" in lines[0]
     assert lines[1] == "last run: none recorded yet"
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    [
+        f"drill_20269999_000000_set_{SET}.json",  # ran at no moment
+        "drill_20261126_040000_set_20261399_000000.json",
+    ],
+)
+def test_hardening_01_a_drill_named_at_no_real_time_is_refused(evidence: str) -> None:
+    set_id = evidence.split("_set_")[1].removesuffix(".json")
+    with pytest.raises(HostDataError, match="line this tool never writes"):
+        parse_inventory(OUTPUT + f"\nDRILL\t{evidence}\t{set_id}\tsuccess\t0\t12")

@@ -15,9 +15,12 @@ from typing import Any
 
 import pytest
 from tracker_deployer import lifecycle, state
-from tracker_deployer.errors import DeployError
+from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote import configure
+from tracker_deployer.remote import deploy as remote
+from tracker_deployer.topology import derive
 
+import tasks
 from tests.helpers import REPO_ROOT, parse, sample_data
 
 # --------------------------------------------------------------------------- state directory
@@ -471,3 +474,49 @@ def test_restore_from_offsite_dry_run_says_the_fetch_comes_first(tmp_path: Path)
     first, *rest = plan.stdout.splitlines()
     assert first.startswith("first: fetch set latest from the off-host repository")
     assert rest
+
+
+# --------------------------------------------------------------------------- what the host says
+
+
+@pytest.mark.parametrize("output", ["not json", "[1]", "1", '"x"', "null", "[null]", "[" * 100000])
+def test_compose_ps_output_docker_never_prints_is_one_error(output: str) -> None:
+    """A traceback before (JSONDecodeError, AttributeError, RecursionError)."""
+    with pytest.raises(RemoteError, match="not what Docker Compose prints"):
+        remote.parse_compose_ps(output)
+
+
+def test_a_service_the_host_does_not_list_is_not_healthy() -> None:
+    """Before, only the listed rows counted: an empty list, or one without the
+    tracker, passed the health check of deploy and recover."""
+    env = parse(sample_data("manual-test-sqlite"))
+    expected = derive(env).long_running
+    assert "tracker" in expected
+    grafana_only = remote.parse_compose_ps('{"Service": "grafana", "State": "running"}')
+    assert "tracker (not there)" in remote.unhealthy(grafana_only, env)
+    assert remote.unhealthy([], env) == [f"{name} (not there)" for name in expected]
+    rows = [{"service": name, "state": "running", "health": "-", "status": ""} for name in expected]
+    assert remote.unhealthy(rows, env) == []
+
+
+def test_status_shows_the_hosts_words_escaped() -> None:
+    report: dict[str, Any] = {
+        "environment": "tracker-prod",
+        "provider": "lxd",
+        "host": "10.0.0.5",
+        "services": [],
+        "deployed": True,
+        "last_backup_run": {"result": "success", "started_at": "\x1b]2;owned\x07\x1b[2J"},
+        "backup_sets": 1,
+        "error": "listing backups failed: \u202eevil\r",
+    }
+    text = lifecycle.format_status(report)
+    assert "last backup: SUCCESS at \\x1b]2;owned\\x07\\x1b[2J" in text
+    assert "problem:     listing backups failed: \\u202eevil\\r" in text
+    assert all(c.isprintable() or c == "\n" for c in text)
+
+
+def test_progress_lines_reach_the_terminal_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    """`say` lines may quote a host (destroy's listing error, say): a tab stays."""
+    tasks._say("listing failed: \x1b]2;pwned\x07\tok")
+    assert capsys.readouterr().out == "listing failed: \\x1b]2;pwned\\x07\tok\n"

@@ -270,6 +270,13 @@ def test_offsite_listing_gives_set_time_and_size() -> None:
         listing([snapshot(tags=["env=tracker-prod", "set=../x"])]),
         listing([snapshot(tags=["env=tracker-prod"])]),
         listing([snapshot(time="yesterday")]),
+        # times of the right shape but no moment: a traceback before, not one error
+        listing([snapshot(time="2026-13-01T00:00:00Z")]),
+        listing([snapshot(time="2026-12-04T19:00:34+99:00")]),
+        listing([snapshot(time="\uff12\uff10\uff12\uff16-12-04T19:00:34Z")]),  # full-width
+        listing([snapshot(time="0001-01-01T00:00:00+01:00")]),  # before year 1 in UTC
+        listing([snapshot(time="9999-12-31T23:59:59-01:00")]),  # after year 9999 in UTC
+        "SNAPSHOTS " + "[" * 100000 + "\n",
         listing([snapshot()]) + "rm -rf /\n",
         listing([snapshot()], {SNAPSHOT_ID: -1}),
     ],

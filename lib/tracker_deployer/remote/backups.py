@@ -21,6 +21,7 @@ from tracker_deployer.backup_layout import (
     EVIDENCE,
     LIST_FORMAT,
     PARTS,
+    SET_ID_FORMAT,
     checksum_manifest,
     is_set_id,
     set_layout,
@@ -73,7 +74,7 @@ class BackupSet:
 
     @property
     def taken_at(self) -> datetime:
-        return datetime.strptime(self.set_id, "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+        return datetime.strptime(self.set_id, SET_ID_FORMAT).replace(tzinfo=UTC)
 
     @property
     def rows(self) -> dict[str, int]:
@@ -98,7 +99,7 @@ class DrillRecord:
     def ran_at(self) -> datetime:
         named = EVIDENCE.fullmatch(self.evidence)
         assert named is not None, "parse_inventory checked the name"
-        return datetime.strptime(named.group(1), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+        return datetime.strptime(named.group(1), SET_ID_FORMAT).replace(tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -197,6 +198,8 @@ def parse_inventory(output: str) -> Inventory:
             named = EVIDENCE.fullmatch(fields[1]) if len(fields) == 6 else None
             if not (
                 named is not None
+                and is_set_id(named.group(1))  # its time, in the set id's form
+                and is_set_id(named.group(2))
                 and named.group(2) == fields[2]
                 and fields[3] in ("success", "failure", "?")
                 and all(NUMBER.fullmatch(f) or f == "?" for f in fields[4:6])

@@ -31,6 +31,7 @@ from tracker_deployer.remote.plan import (
 from tracker_deployer.remote.ssh import SshHost, Target
 from tracker_deployer.render import RenderedTree
 from tracker_deployer.say import Say, printable
+from tracker_deployer.topology import derive
 
 COMPOSE = compose.command()
 UP_TIMEOUT_SECONDS = 600
@@ -225,13 +226,15 @@ def service_line(row: dict[str, str]) -> str:
     return printable(line)
 
 
-def unhealthy(services: Sequence[dict[str, str]]) -> list[str]:
-    """The services (rows of :func:`service_health`) not running or not healthy."""
+def unhealthy(services: Sequence[dict[str, str]], env: Env) -> list[str]:
+    """The services (rows of :func:`service_health`) not running or not healthy, and
+    each of the stack's long-running services the host does not list at all."""
+    listed = {row["service"] for row in services}
     return [
         row["service"]
         for row in services
         if row["state"] != "running" or row["health"] not in ("healthy", "-")
-    ]
+    ] + [f"{name} (not there)" for name in derive(env).long_running if name not in listed]
 
 
 def parse_compose_ps(output: str) -> list[dict[str, str]]:
@@ -239,11 +242,20 @@ def parse_compose_ps(output: str) -> list[dict[str, str]]:
     text = output.strip()
     if not text:
         return []
-    records: list[dict[str, object]]
-    if text.startswith("["):
-        records = json.loads(text)
-    else:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    records: object
+    try:
+        if text.startswith("["):
+            records = json.loads(text)
+        else:
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (ValueError, RecursionError):
+        records = None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise RemoteError(
+            f"the host's `docker compose ps` output is not what Docker Compose prints "
+            f"({text[:80]!r}...); nothing was used from it",
+            f"look at the host: cd {paths.DEPLOY_DIR} && docker compose ps",
+        )
     rows = []
     for record in records:
         rows.append(

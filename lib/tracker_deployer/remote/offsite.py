@@ -26,7 +26,10 @@ LISTING_TIMEOUT_SECONDS = 1800
 MAX_LISTING_BYTES = 16 * 1024 * 1024
 _SNAPSHOT_ID = re.compile(r"[0-9a-f]{64}")
 _SIZE_LINE = re.compile(r"SIZE ([0-9a-f]{64}) ([0-9]{1,19})")
-_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)")
+# ASCII digits only (``\\d`` takes any Unicode digit); the calendar is checked on parsing.
+_TIME = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
 
 # offsite.sh's exit codes, in words (the hint says what to do).
 _CAUSES: dict[int, tuple[str, str]] = {
@@ -108,7 +111,7 @@ def parse_listing(output: str, env_name: str) -> list[OffsiteSet]:
         raise _bad("it does not start with the snapshot list")
     try:
         snapshots: Any = json.loads(lines[0][len("SNAPSHOTS ") :])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _bad("the snapshot list is not JSON") from None
     if not isinstance(snapshots, list):
         raise _bad("the snapshot list is not a list")
@@ -139,7 +142,10 @@ def _snapshot(item: object, env_name: str, sizes: dict[str, int]) -> OffsiteSet:
     if match is None:
         raise _bad(f"snapshot {snapshot[:8]} has no time")
     zone = "+00:00" if match.group(3) == "Z" else match.group(3)
-    time = datetime.fromisoformat(match.group(1) + zone).astimezone(UTC)
+    try:
+        time = datetime.fromisoformat(match.group(1) + zone).astimezone(UTC)
+    except (ValueError, OverflowError):  # month 13, offset +99:00, year 1 east of UTC
+        raise _bad(f"snapshot {snapshot[:8]} has no valid time") from None
     return OffsiteSet(set_ids[0], snapshot, time, sizes.get(snapshot))
 
 
