@@ -453,6 +453,26 @@ def test_fetch_backup_downloads_a_verified_set_and_resumes(
     assert "1 downloaded, 2 already there" in again.stdout
     assert not list(local.rglob("*.part"))
 
+    # The host's set changes under the same id (its .meta), and the download of its
+    # database file fails (the host's manifest gives it another sum): the local
+    # manifest of before must not stay beside the new .meta, a mix that looked complete.
+    meta = f"manifests/set_{set_id}.meta"
+    (backups / meta).write_bytes((backups / meta).read_bytes() + b"note=changed\n")
+    manifest = backups / f"manifests/set_{set_id}.sha256"
+    lines = []
+    for line in manifest.read_text().splitlines():
+        _, name = line.split("  ", 1)
+        digest = hashlib.sha256((backups / name).read_bytes()).hexdigest()
+        lines.append(f"{'0' * 64 if name.startswith('sqlite/') else digest}  {name}")
+    manifest.write_text("\n".join(lines) + "\n")
+    changed = inv(
+        "fetch-backup", "--env", str(env), "--known-hosts", known, "--to", str(destination)
+    )
+    assert changed.returncode == 4, changed.stdout + changed.stderr
+    assert "does not match its checksum" in changed.stderr
+    assert (local / meta).read_bytes() == (backups / meta).read_bytes()  # the new one
+    assert not (local / f"manifests/set_{set_id}.sha256").exists()  # so: incomplete
+
 
 # --------------------------------------------------------------------------- hostile hosts
 

@@ -772,6 +772,14 @@ def _fetch_into(
     root.mkdir(parents=True, exist_ok=True)
     target = _directory(root, set_id)
     target.chmod(0o700)
+    # A local manifest other than the host's (a different set under this id, a
+    # damaged one) goes before any file is replaced: until the new one is written
+    # last, the local set is incomplete, never a mix that looks complete.
+    manifest_name = checksum_manifest(set_id)
+    _directory(target, manifest_name.split("/")[0])
+    present = _inside(target, manifest_name)
+    if present.is_symlink() or (present.is_file() and present.read_bytes() != manifest):
+        present.unlink()
     downloaded: list[str] = []
     kept: list[str] = []
     for relative, digest in sorted(sums.items()):
@@ -800,8 +808,6 @@ def _fetch_into(
         downloaded.append(relative)
         say(f"  fetched {relative} ({human_size(local.stat().st_size)})")
     # The checksum manifest last: a local set that has one is complete.
-    manifest_name = checksum_manifest(set_id)
-    _directory(target, manifest_name.split("/")[0])
     partial = _inside(target, manifest_name + ".part")
     _fresh(partial)
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
