@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tracker_deployer.config.model import InvalidValue, parse_host
 from tracker_deployer.errors import DeployError
 
 APP = "tracker-deployer"
@@ -162,22 +163,35 @@ def read_record(env_name: str, environ: Mapping[str, str] | None = None) -> Host
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError):
+        text = ""  # unreadable or not UTF-8: not a record of ours
     try:
         data = json.loads(text)
-        record = HostRecord(
-            provider=str(data["provider"]),
-            host=str(data["host"]),
-            port=int(data["port"]),
-            instance=str(data.get("instance", "")),
-        )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, RecursionError):
+        data = None
+    fields = data if isinstance(data, dict) else {}
+    host, port = fields.get("host"), fields.get("port")
+    if not (
+        all(isinstance(fields.get(key, ""), str) for key in ("provider", "host", "instance"))
+        and "provider" in fields
+        and type(port) is int  # not a bool, not 22.9
+    ):
         raise DeployError(
             f"{path} is not a host record of {APP}",
             f"remove it, then `inv provision --env {env_name}` or `inv register --env {env_name}`",
-        ) from None
-    if not record.host or not 0 < record.port < 65536:
-        raise DeployError(f"{path} names no usable host: {text.strip()!r}")
-    return record
+        )
+    if not isinstance(host, str) or not 0 < port < 65536 or not _is_host(host):
+        raise DeployError(f"{path} names no usable host: {text.strip()[:200]!r}")
+    return HostRecord(fields["provider"], host, port, fields.get("instance", ""))
+
+
+def _is_host(text: str) -> bool:
+    """An IP address or a DNS name, as the config's ssh_credentials.host takes it
+    (known_hosts lines are written with it: no comma, no space)."""
+    try:
+        return parse_host(text) == text.lower()
+    except InvalidValue:
+        return False
 
 
 def write_record(
@@ -198,6 +212,7 @@ def write_known_hosts(
 
 def merge_known_hosts(path: Path, host: str, port: int, keys: list[str]) -> Path:
     """Replace host:port's lines in a known_hosts file the user named; keep the rest."""
+    lines = known_hosts_text(host, port, keys)  # checks the host first
     where = host if port == 22 else f"[{host}]:{port}"
     try:
         kept = [
@@ -207,12 +222,18 @@ def merge_known_hosts(path: Path, host: str, port: int, keys: list[str]) -> Path
         ]
     except FileNotFoundError:
         kept = []
-    _write_private(path, "".join(kept) + known_hosts_text(host, port, keys), 0o600)
+    _write_private(path, "".join(kept) + lines, 0o600)
     return path
 
 
 def known_hosts_text(host: str, port: int, keys: list[str]) -> str:
-    """known_hosts lines for ``keys`` (each ``TYPE BASE64``) of host:port."""
+    """known_hosts lines for ``keys`` (each ``TYPE BASE64``) of host:port; ``host`` is
+    an address or a name (``10.0.0.5,github.com`` would vouch for github.com too)."""
+    if not _is_host(host):
+        raise DeployError(
+            f"{host!r} is not a host address or name; no known_hosts line was written",
+            "check the host's address (for an LXD instance: lxc list)",
+        )
     where = host if port == 22 else f"[{host}]:{port}"
     return "".join(f"{where} {key}\n" for key in keys)
 

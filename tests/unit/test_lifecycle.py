@@ -107,6 +107,41 @@ def test_a_broken_host_record_is_a_clear_error(tmp_path: Path) -> None:
         state.read_record("x", environ)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xfe not utf-8",  # UnicodeDecodeError before
+        b'{"provider": "lxd", "host": "10.0.0.5", "port": 1e400}',  # OverflowError before
+        b"[" * 100000,  # RecursionError before
+        b'{"provider": "lxd", "host": "10.0.0.5", "port": 22.9}',  # was taken as 22
+        b'{"provider": "lxd", "host": "10.0.0.5", "port": true}',  # was taken as 1
+        b'{"provider": "lxd", "host": {"a": 1}, "port": 22}',  # was "{'a': 1}"
+        b'{"provider": "lxd", "host": "10.0.0.5,github.com", "port": 22}',
+        b'{"provider": "lxd", "host": "10.0.0.5", "port": 0}',
+    ],
+)
+def test_a_damaged_host_record_is_one_clear_error(tmp_path: Path, content: bytes) -> None:
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    path = state.record_path("x", environ)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(DeployError, match=r"is not a host record|names no usable host"):
+        state.read_record("x", environ)
+
+
+@pytest.mark.parametrize("host", ["10.0.0.5,github.com", "10.0.0.5 github.com", "", "a\nb", "*"])
+def test_no_known_hosts_line_is_written_for_what_is_no_host(tmp_path: Path, host: str) -> None:
+    """An LXD instance reports its own address: `10.0.0.5,github.com` would make the
+    operator's known_hosts trust the instance's key for github.com."""
+    known = tmp_path / "known_hosts"
+    known.write_text("github.com ssh-ed25519 REAL\n")
+    with pytest.raises(DeployError, match="is not a host address or name"):
+        state.merge_known_hosts(known, host, 22, ["ssh-ed25519 INSTANCE"])
+    assert known.read_text() == "github.com ssh-ed25519 REAL\n"
+    with pytest.raises(DeployError):
+        state.known_hosts_text(host, 22, ["ssh-ed25519 INSTANCE"])
+
+
 def test_known_hosts_text_brackets_non_default_ports() -> None:
     keys = ["ssh-ed25519 AAAA1", "ecdsa-sha2-nistp256 AAAA2"]
     assert state.known_hosts_text("127.0.0.1", 2222, keys) == (

@@ -17,6 +17,7 @@ started, not changed, not deleted.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import socket
@@ -381,7 +382,7 @@ class Lxd:
             words = result.stdout.decode(errors="replace").split()
             running = words[0] if words else ""
             address = words[1] if len(words) > 1 else ""
-            if running in ("running", "degraded") and address:
+            if running in ("running", "degraded") and _ipv4(address):
                 return address
             time.sleep(1)
         raise DeployError(
@@ -406,3 +407,11 @@ def _wait_for_ssh(host: str, port: int) -> None:
         f"sshd in the instance does not answer on {host}:{port} after {SSH_TIMEOUT_SECONDS} s",
         "check the bridge and DOCKER-USER rules: scripts/lxd-host.sh prepare",
     )
+
+
+def _ipv4(text: str) -> bool:
+    """The instance's own answer is an IPv4 address, or not yet an address at all."""
+    try:
+        return str(ipaddress.IPv4Address(text)) == text
+    except ValueError:
+        return False
