@@ -346,3 +346,14 @@ def drop_reader(process: subprocess.Popen[str], *, after: str) -> int:
     process.stdout.close()
     process.stderr.close()
     return process.wait(timeout=300)
+
+
+def containers_named(name: str) -> list[str]:
+    """The containers (running or not) whose name is ``name``."""
+    listed = subprocess.run(
+        ["docker", "ps", "--all", "--filter", f"name=^{name}$", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return listed.stdout.split()

@@ -279,3 +279,22 @@ def test_a_drill_in_the_second_of_an_earlier_drill_keeps_both_evidence_files(
     [new] = [path for path in files if path not in planted]
     assert json.loads(new.read_text())["result"] == "success"
     assert new.name > max(path.name for path in planted)
+
+
+def test_a_full_log_disk_loses_log_lines_never_the_drills_evidence(
+    sqlite_stack: Stack, tmp_path: Path
+) -> None:
+    """Every log write fails (the log is /dev/full): before, the first log line ended
+    the drill, and its EXIT trap's own log line ended that before the record."""
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    [set_id] = stack.sets()
+    drill = Drill(stack, tmp_path / "drill")
+    drill.log_file.parent.mkdir(parents=True, exist_ok=True)
+    drill.log_file.symlink_to("/dev/full")
+    result = drill.run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    [evidence] = drill.evidence()
+    assert (evidence["set"], evidence["result"]) == (set_id, "success")
+    assert drill.last()["result"] == "success"
+    assert drill.metric("tracker_backup_last_drill_success") == 1

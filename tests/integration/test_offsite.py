@@ -35,6 +35,7 @@ from tests.integration.stack import (
     STANDIN_IMAGE,
     PingServer,
     Stack,
+    containers_named,
     env_for_stack,
     require_images,
 )
@@ -552,6 +553,64 @@ def test_scheduled_check_records_its_result_and_the_metrics_show_it(
         assert metrics.write()["tracker_backup_offsite_last_check_success"] == 0
         assert_local_sets_intact(stack)
     finally:
+        stack.cleanup()
+
+
+def test_a_check_stopped_by_a_signal_removes_its_container_records_it_and_frees_the_lock(
+    tmp_path: Path, rest_server: Server
+) -> None:
+    """SIGTERM while restic waits on the repository (its server paused). Before, bash
+    died at once: the check went on orphaned, holding the backup lock for up to the
+    check's timeout, and no result was written (the last success stayed current)."""
+    repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
+    stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
+    assert rest_server.process is not None
+    paused = False
+    check: subprocess.Popen[str] | None = None
+    try:
+        assert_success_with_upload(stack, stack.run_maintenance())
+        script = check_script(stack, tmp_path)
+        os.killpg(rest_server.process.pid, signal.SIGSTOP)
+        paused = True
+        check = subprocess.Popen(
+            [str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=stack.environ(),
+        )
+        container = f"tracker-backup-{check.pid}-offsite-check"
+        deadline = time.monotonic() + 120
+        while not containers_named(container):
+            assert check.poll() is None, check.communicate()
+            assert time.monotonic() < deadline, "the check's container never started"
+            time.sleep(0.5)
+        time.sleep(2)  # restic is inside, waiting on the paused server
+        check.send_signal(signal.SIGTERM)
+        stdout, stderr = check.communicate(timeout=90)
+        assert check.returncode == 128 + signal.SIGTERM, stdout + stderr
+        assert not containers_named(container)
+        status = dict(
+            line.split("=", 1)
+            for line in (stack.status_dir / "last-offsite-check.env").read_text().splitlines()
+        )
+        assert (status["result"], status["exit_code"]) == ("failure", "143")
+        assert status["reason"] == "killed by signal 15"
+        free = subprocess.run(["flock", "--nonblock", str(stack.lock_file), "true"], check=False)
+        assert free.returncode == 0, "the backup lock is still held"
+        assert_local_sets_intact(stack)
+    finally:
+        if check is not None and check.poll() is None:
+            check.kill()
+            check.communicate()
+        if paused:
+            os.killpg(rest_server.process.pid, signal.SIGCONT)
+        if check is not None:
+            subprocess.run(
+                ["docker", "rm", "--force", f"tracker-backup-{check.pid}-offsite-check"],
+                capture_output=True,
+                check=False,
+            )
         stack.cleanup()
 
 

@@ -19,7 +19,7 @@ import pytest
 from tracker_deployer import exit_codes, offsite
 from tracker_deployer.remote.offsite_fetch import STAGING_PREFIX, fetch_error, fetch_script
 
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, containers_named
 from tests.integration.test_offsite import (
     PASSWORD,
     Server,
@@ -132,16 +132,6 @@ def test_a_lost_local_set_comes_back_from_the_repository_verified(
         stack.cleanup()
 
 
-def _containers(name: str) -> list[str]:
-    listed = subprocess.run(
-        ["docker", "ps", "--all", "--filter", f"name=^{name}$", "--format", "{{.Names}}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return listed.stdout.split()
-
-
 def test_a_fetch_stopped_by_a_signal_removes_its_container_and_keeps_nothing(
     tmp_path: Path,
     rest_server: Server,  # noqa: F811
@@ -174,7 +164,7 @@ def test_a_fetch_stopped_by_a_signal_removes_its_container_and_keeps_nothing(
         )
         container = f"tracker-backup-{fetch.pid}-offsite-fetch"
         deadline = time.monotonic() + 120
-        while not _containers(container):
+        while not containers_named(container):
             assert fetch.poll() is None, fetch.communicate()
             assert time.monotonic() < deadline, "the fetch container never started"
             time.sleep(0.5)
@@ -183,7 +173,7 @@ def test_a_fetch_stopped_by_a_signal_removes_its_container_and_keeps_nothing(
         _, stderr = fetch.communicate(timeout=90)
         assert fetch.returncode == 128 + signal.SIGTERM, stderr
         assert "stopped by signal 15" in stderr
-        assert not _containers(container)
+        assert not containers_named(container)
         assert not list(stack.backups.glob(STAGING_PREFIX + "*"))
         assert set_id not in stack.sets()
         error = str(fetch_error(fetch.returncode, stderr, set_id))
