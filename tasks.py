@@ -152,8 +152,9 @@ def _out_dir(env: Env, out: str) -> Path:
 
 
 def _say(line: str) -> None:
-    """A progress line; it may quote a host (a listing's error, a reason), so escaped."""
-    print(printable(line, keep="\t"), flush=True)
+    """A progress line; it may quote a host (a listing's error, a reason), so escaped
+    (a tab or a newline, as in a chunk of docker's build log, stays)."""
+    print(printable(line, keep="\t\n"), flush=True)
 
 
 def _print_services(services: list[dict[str, str]]) -> None:

@@ -556,6 +556,38 @@ def test_scheduled_check_records_its_result_and_the_metrics_show_it(
         stack.cleanup()
 
 
+def terminate_while_the_server_is_paused(
+    server: Server, argv: list[str], env: dict[str, str], container: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with the repository's server paused (SIGSTOP); once its container
+    (``container``, with ``{pid}`` for the script's pid) has waited on the server for
+    2 s, SIGTERM the script. Its exit and output; the server runs again afterwards,
+    the container is removed whatever happened."""
+    assert server.process is not None
+    os.killpg(server.process.pid, signal.SIGSTOP)
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    name = container.format(pid=process.pid)
+    try:
+        deadline = time.monotonic() + 120
+        while not containers_named(name):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"{name} never started"
+            time.sleep(0.5)
+        time.sleep(2)  # restic is inside, waiting on the paused server
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=90)
+        assert not containers_named(name), f"{name} is still there"
+        return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        os.killpg(server.process.pid, signal.SIGCONT)
+        subprocess.run(["docker", "rm", "--force", name], capture_output=True, check=False)
+
+
 def test_a_check_stopped_by_a_signal_removes_its_container_records_it_and_frees_the_lock(
     tmp_path: Path, rest_server: Server
 ) -> None:
@@ -564,32 +596,13 @@ def test_a_check_stopped_by_a_signal_removes_its_container_records_it_and_frees_
     check's timeout, and no result was written (the last success stayed current)."""
     repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
     stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
-    assert rest_server.process is not None
-    paused = False
-    check: subprocess.Popen[str] | None = None
     try:
         assert_success_with_upload(stack, stack.run_maintenance())
         script = check_script(stack, tmp_path)
-        os.killpg(rest_server.process.pid, signal.SIGSTOP)
-        paused = True
-        check = subprocess.Popen(
-            [str(script)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=stack.environ(),
+        stopped = terminate_while_the_server_is_paused(
+            rest_server, [str(script)], stack.environ(), "tracker-backup-{pid}-offsite-check"
         )
-        container = f"tracker-backup-{check.pid}-offsite-check"
-        deadline = time.monotonic() + 120
-        while not containers_named(container):
-            assert check.poll() is None, check.communicate()
-            assert time.monotonic() < deadline, "the check's container never started"
-            time.sleep(0.5)
-        time.sleep(2)  # restic is inside, waiting on the paused server
-        check.send_signal(signal.SIGTERM)
-        stdout, stderr = check.communicate(timeout=90)
-        assert check.returncode == 128 + signal.SIGTERM, stdout + stderr
-        assert not containers_named(container)
+        assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout + stopped.stderr
         status = dict(
             line.split("=", 1)
             for line in (stack.status_dir / "last-offsite-check.env").read_text().splitlines()
@@ -600,17 +613,6 @@ def test_a_check_stopped_by_a_signal_removes_its_container_records_it_and_frees_
         assert free.returncode == 0, "the backup lock is still held"
         assert_local_sets_intact(stack)
     finally:
-        if check is not None and check.poll() is None:
-            check.kill()
-            check.communicate()
-        if paused:
-            os.killpg(rest_server.process.pid, signal.SIGCONT)
-        if check is not None:
-            subprocess.run(
-                ["docker", "rm", "--force", f"tracker-backup-{check.pid}-offsite-check"],
-                capture_output=True,
-                check=False,
-            )
         stack.cleanup()
 
 

@@ -19,7 +19,7 @@ import pytest
 from tracker_deployer import exit_codes, offsite
 from tracker_deployer.remote.offsite_fetch import STAGING_PREFIX, fetch_error, fetch_script
 
-from tests.integration.stack import Stack, containers_named
+from tests.integration.stack import Stack
 from tests.integration.test_offsite import (
     PASSWORD,
     Server,
@@ -27,6 +27,7 @@ from tests.integration.test_offsite import (
     assert_success_with_upload,
     offsite_stack,
     rest_server,  # noqa: F401 (fixture)
+    terminate_while_the_server_is_paused,
 )
 
 pytestmark = pytest.mark.integration
@@ -142,9 +143,6 @@ def test_a_fetch_stopped_by_a_signal_removes_its_container_and_keeps_nothing(
     the fetch had ended (hours, with a stalled repository) and left the container."""
     repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
     stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
-    assert rest_server.process is not None
-    paused = False
-    fetch: subprocess.Popen[str] | None = None
     try:
         set_id = assert_success_with_upload(stack, stack.run_maintenance())
         remove_set(stack, set_id)
@@ -153,44 +151,20 @@ def test_a_fetch_stopped_by_a_signal_removes_its_container_and_keeps_nothing(
             backup_dir=str(stack.backups),
             lock_file=str(stack.lock_file),
         )
-        os.killpg(rest_server.process.pid, signal.SIGSTOP)
-        paused = True
-        fetch = subprocess.Popen(
+        stopped = terminate_while_the_server_is_paused(
+            rest_server,
             ["bash", "-c", script, "_", set_id],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=stack.environ(),
+            stack.environ(),
+            "tracker-backup-{pid}-offsite-fetch",
         )
-        container = f"tracker-backup-{fetch.pid}-offsite-fetch"
-        deadline = time.monotonic() + 120
-        while not containers_named(container):
-            assert fetch.poll() is None, fetch.communicate()
-            assert time.monotonic() < deadline, "the fetch container never started"
-            time.sleep(0.5)
-        time.sleep(2)  # restic is inside, waiting on the paused server
-        fetch.send_signal(signal.SIGTERM)
-        _, stderr = fetch.communicate(timeout=90)
-        assert fetch.returncode == 128 + signal.SIGTERM, stderr
-        assert "stopped by signal 15" in stderr
-        assert not containers_named(container)
+        assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+        assert "stopped by signal 15" in stopped.stderr
         assert not list(stack.backups.glob(STAGING_PREFIX + "*"))
         assert set_id not in stack.sets()
-        error = str(fetch_error(fetch.returncode, stderr, set_id))
+        error = str(fetch_error(stopped.returncode, stopped.stderr, set_id))
         assert "stopped by SIGTERM" in error
         assert "nothing was kept" in error
     finally:
-        if fetch is not None and fetch.poll() is None:
-            fetch.kill()
-            fetch.communicate()
-        if paused:
-            os.killpg(rest_server.process.pid, signal.SIGCONT)
-        if fetch is not None:
-            subprocess.run(
-                ["docker", "rm", "--force", f"tracker-backup-{fetch.pid}-offsite-fetch"],
-                capture_output=True,
-                check=False,
-            )
         stack.cleanup()
 
 

@@ -44,7 +44,9 @@ from tests.integration.stack import (
 pytestmark = pytest.mark.integration
 
 
-def run_operation(stack: Stack, name: str, **context: Any) -> subprocess.CompletedProcess[str]:
+def run_operation(
+    stack: Stack, name: str, *, environ: dict[str, str] | None = None, **context: Any
+) -> subprocess.CompletedProcess[str]:
     common: dict[str, Any] = {
         "deploy_dir": str(stack.deploy_dir),
         "backup_dir": str(stack.backups),
@@ -53,7 +55,7 @@ def run_operation(stack: Stack, name: str, **context: Any) -> subprocess.Complet
     }
     script = stack.base / f"{name}.sh"
     script.write_text(operation_script(name, **{**common, **context}))
-    return _run_script(stack, script)
+    return _run_script(stack, script, environ)
 
 
 def run_inventory(
@@ -73,21 +75,26 @@ def run_inventory(
     return _run_script(stack, script)
 
 
-def _run_script(stack: Stack, script: Path) -> subprocess.CompletedProcess[str]:
+def _run_script(
+    stack: Stack, script: Path, environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(script)],
         capture_output=True,
         text=True,
         check=False,
-        env=stack.environ(),
+        env=environ or stack.environ(),
         timeout=600,
     )
 
 
-def verify(stack: Stack, set_id: str, *, drill: bool = True) -> subprocess.CompletedProcess[str]:
+def verify(
+    stack: Stack, set_id: str, *, drill: bool = True, environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return run_operation(
         stack,
         "verify",
+        environ=environ,
         set_id=set_id,
         db_type="mysql" if stack.env.uses_mysql else "sqlite",
         drill=drill,
@@ -350,29 +357,8 @@ def test_hardening_verify_drill_never_follows_a_link_uid_1000_plants(
     )
     (shim / "docker").chmod(0o755)
     scratch_before = set(Path(str(paths.DRILL_SCRATCH_PARENT)).glob("tracker-drill.*"))
-    script = stack.base / "verify.sh"
-    script.write_text(
-        operation_script(
-            "verify",
-            deploy_dir=str(stack.deploy_dir),
-            backup_dir=str(stack.backups),
-            set_id=set_id,
-            db_type="sqlite",
-            drill=True,
-            sets_subdir="",
-            backup_image=stack.env.images.backup,
-            mysql_image=stack.env.images.mysql,
-            app_uid=APP_UID,
-            app_gid=APP_GID,
-        )
-    )
-    result = subprocess.run(
-        ["bash", str(script)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**stack.environ(), "PATH": f"{shim}:{os.environ['PATH']}"},
-        timeout=600,
+    result = verify(
+        stack, set_id, environ={**stack.environ(), "PATH": f"{shim}:{os.environ['PATH']}"}
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"set {set_id}: VERIFIED" in result.stdout
