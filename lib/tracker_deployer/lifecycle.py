@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tracker_deployer import paths, providers, state
-from tracker_deployer.config.model import Env, InvalidValue, LxdProvider, parse_host
+from tracker_deployer.config.model import (
+    Env,
+    ExistingProvider,
+    InvalidValue,
+    LxdProvider,
+    parse_host,
+    repository_kind,
+)
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.providers.existing import register_hint
 from tracker_deployer.remote import backups as operations
@@ -299,6 +306,16 @@ class Elsewhere:
 
     set_ids: frozenset[str] = frozenset()
     unlisted_because: str = ""
+    gone_with_host: str = ""  # why the repository would go with the host (then not listed)
+
+    @property
+    def why_none(self) -> str:
+        """Why no set counts as elsewhere ('' when the listing says which do)."""
+        if self.gone_with_host:
+            return self.gone_with_host
+        if self.unlisted_because:
+            return f"the off-host repository could not be listed: {self.unlisted_because}"
+        return ""
 
 
 def elsewhere_from_listing(env: Env, exit_code: int, stdout: str, stderr: str) -> Elsewhere:
@@ -315,6 +332,32 @@ def elsewhere_from_listing(env: Env, exit_code: int, stdout: str, stderr: str) -
 
 def _has_offsite(env: Env) -> bool:
     return env.backup is not None and env.backup.offsite is not None
+
+
+def gone_with_host(env: Env) -> str:
+    """Why the env's off-host repository would not outlive `inv destroy` ('' if it
+    would): a local path is on the host itself, inside the machine destroy deletes
+    (lxd, hetzner) or under the deploy directory destroy removes."""
+    offsite = env.backup.offsite if env.backup is not None else None
+    if offsite is None or repository_kind(offsite.repository) != "local":
+        return ""
+    repository = offsite.repository
+    if not isinstance(env.provider, ExistingProvider):
+        return (
+            f"the repository {repository} is a local path on the {env.provider.kind} "
+            "machine destroy deletes"
+        )
+    if PurePosixPath(repository).is_relative_to(paths.DEPLOY_DIR):
+        return f"the repository {repository} is under {paths.DEPLOY_DIR}, which destroy removes"
+    return ""
+
+
+def _elsewhere(env: Env, list_sets: Callable[[], tuple[int, str, str]]) -> Elsewhere:
+    """The sets the repository holds, unless it goes with the host (then none)."""
+    gone = gone_with_host(env)
+    if gone:
+        return Elsewhere(gone_with_host=gone)
+    return elsewhere_from_listing(env, *list_sets())
 
 
 def _sets_through_lxd(env: Env) -> tuple[operations.Inventory, Elsewhere] | None:
@@ -338,26 +381,30 @@ def _sets_through_lxd(env: Env) -> tuple[operations.Inventory, Elsewhere] | None
             f"{result.stderr.decode(errors='replace').strip()}"
         )
     inventory = operations.parse_inventory(result.stdout.decode(errors="replace"))
-    elsewhere = Elsewhere()
-    if inventory.sets and _has_offsite(env):
+
+    def list_sets() -> tuple[int, str, str]:
         listed = lxd.exec(
             offsite_copies.listing_script(), timeout=offsite_copies.LISTING_TIMEOUT_SECONDS + 60
         )
-        elsewhere = elsewhere_from_listing(
-            env,
-            listed.returncode,
-            listed.stdout.decode(errors="replace"),
-            listed.stderr.decode(errors="replace"),
-        )
+        out, err = listed.stdout.decode(errors="replace"), listed.stderr.decode(errors="replace")
+        return listed.returncode, out, err
+
+    elsewhere = Elsewhere()
+    if inventory.sets and _has_offsite(env):
+        elsewhere = _elsewhere(env, list_sets)
     return inventory, elsewhere
 
 
 def _sets_through_ssh(connection: SshHost, env: Env) -> tuple[operations.Inventory, Elsewhere]:
     inventory = operations.inventory(connection, env, verify=False)
+
+    def list_sets() -> tuple[int, str, str]:
+        listed = connection.run_script(offsite_copies.listing_script())
+        return listed.exit_code, listed.stdout, listed.stderr
+
     elsewhere = Elsewhere()
     if inventory.sets and _has_offsite(env):
-        listed = connection.run_script(offsite_copies.listing_script())
-        elsewhere = elsewhere_from_listing(env, listed.exit_code, listed.stdout, listed.stderr)
+        elsewhere = _elsewhere(env, list_sets)
     return inventory, elsewhere
 
 
@@ -373,11 +420,8 @@ def refuse_with_sets(
     inventory, elsewhere = found
     ids = [s.set_id for s in inventory.sets if s.set_id not in elsewhere.set_ids]
     if say is not None and _has_offsite(env):
-        if elsewhere.unlisted_because:
-            say(
-                "  the off-host repository could not be listed, so no set counts as "
-                f"elsewhere: {elsewhere.unlisted_because}"
-            )
+        if elsewhere.why_none:
+            say(f"  no set counts as elsewhere: {elsewhere.why_none}")
         else:
             copied, total = len(inventory.sets) - len(ids), len(inventory.sets)
             say(f"  {copied} of {total} set(s) on the host are in the off-host repository")
@@ -386,10 +430,9 @@ def refuse_with_sets(
     where = "exist nowhere else"
     if _has_offsite(env):
         where = (
-            "are not in the off-host repository"
-            if not elsewhere.unlisted_because
-            else f"may exist nowhere else (the off-host repository could not be listed: "
-            f"{elsewhere.unlisted_because})"
+            f"may exist nowhere else ({elsewhere.why_none})"
+            if elsewhere.why_none
+            else "are not in the off-host repository"
         )
     raise DeployError(
         f"the host of {env.name} holds {len(ids)} backup set(s) ({', '.join(ids[-3:])}"

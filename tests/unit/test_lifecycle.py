@@ -476,6 +476,40 @@ def test_destroy_refuses_only_for_sets_not_in_the_repository() -> None:
         lifecycle.refuse_with_sets(plain, (inventory, lifecycle.Elsewhere()))
 
 
+@pytest.mark.parametrize(
+    ("provider", "repository", "gone"),
+    [
+        ({"provider": "lxd", "profile_name": "t"}, "/mnt/offsite/restic", "on the lxd machine"),
+        ({"provider": "existing"}, "/opt/torrust/offsite/restic", "under /opt/torrust"),
+        ({"provider": "existing"}, "/mnt/offsite/restic", ""),
+        ({"provider": "lxd", "profile_name": "t"}, "rest:https://backup.example.com/t", ""),
+    ],
+)
+def test_a_repository_that_goes_with_the_host_holds_nothing_elsewhere(
+    provider: dict[str, str], repository: str, gone: str
+) -> None:
+    """Before, destroy counted every set a local-path repository listed as elsewhere,
+    then deleted the instance, or ran rm -rf /opt/torrust, with the repository in it."""
+    data = _offsite_env_data()
+    data["provider"] = provider
+    data["backup"]["offsite"]["repository"] = repository
+    env = parse(data)
+    listing = _listing([f"env={env.name}", "set=20261204_100000"])
+    elsewhere = lifecycle._elsewhere(env, lambda: (0, listing, ""))
+    inventory = _inventory("20261204_100000")
+    if not gone:
+        assert elsewhere == lifecycle.Elsewhere(frozenset({"20261204_100000"}))
+        lifecycle.refuse_with_sets(env, (inventory, elsewhere))
+        return
+    assert elsewhere.set_ids == frozenset()
+    assert gone in elsewhere.gone_with_host
+    said: list[str] = []
+    with pytest.raises(DeployError, match="may exist nowhere else") as refused:
+        lifecycle.refuse_with_sets(env, (inventory, elsewhere), said.append)
+    assert gone in refused.value.message
+    assert said == [f"  no set counts as elsewhere: {elsewhere.gone_with_host}"]
+
+
 def test_destroy_of_an_existing_host_removes_every_cron_file_the_deployer_installs() -> None:
     from tracker_deployer.remote.plan import CRON_FILES
 
