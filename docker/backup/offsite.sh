@@ -69,8 +69,11 @@ declare -ga RESTIC=()
 # "//***@". Everything this script prints about the repository (its own lines
 # and restic's) goes through it: a rest:, s3: or sftp: URL may carry a password,
 # and these lines end up in 0644 status files, the log and cron mail.
+# Up to the last "@" before the host: a password may hold a raw "@" (restic takes
+# it). The deployer's own copy (config/model.py _USERINFO) is held to this one by
+# tests/unit/test_offsite.py.
 redact() {
-  sed -E 's#//[^/@]*@#//***@#g'
+  sed -E 's#//[^/[:space:]]*@#//***@#g'
 }
 
 # redact_repository: RESTIC_REPOSITORY without its query and userinfo.

@@ -4,7 +4,9 @@ files (modes, where secrets go), the offsite compose service and its values."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +16,7 @@ from tracker_deployer.config.model import (
     DEFAULT_OFFSITE_CHECK_READ_DATA,
     DEFAULT_OFFSITE_CHECK_SCHEDULE,
     DEFAULT_OFFSITE_KEEP,
+    redact_repository,
 )
 from tracker_deployer.errors import ConfigError
 from tracker_deployer.remote.backups import HostDataError
@@ -216,13 +219,44 @@ def test_every_supported_repository_form_parses(repository: str, kind: str) -> N
         "rest:ftp://user:s3cr3t@backup.example.com/tracker",
         "sftp://user:s3cr3t@host.example.com",
         "gs://user:s3cr3t@bucket/x",
+        "rest:https://user:s3@cr3t@backup.example.com:8000/ tracker",  # a raw @ in it
     ],
 )
 def test_a_rejected_repository_is_shown_without_its_userinfo(repository: str) -> None:
     with pytest.raises(ConfigError) as raised:
         parse(with_offsite(repository=repository))
     assert "s3cr3t" not in str(raised.value)
+    assert "cr3t" not in str(raised.value)
     assert "//***@" in str(raised.value)
+
+
+REDACTED = [
+    (
+        "rest:https://user:s3cr3t@backup.example.com:8000/t",
+        "rest:https://***@backup.example.com:8000/t",
+    ),
+    ("rest:https://backup:p@ssw0rd@rest.example.com/t", "rest:https://***@rest.example.com/t"),
+    ("sftp://user@host.example.com:22//srv/restic", "sftp://***@host.example.com:22//srv/restic"),
+    ("s3:https://s3.example.com/bucket/a@b", "s3:https://s3.example.com/bucket/a@b"),
+    (
+        "error: rest:http://tok@127.0.0.1:1/repo: refused (user@x)",
+        "error: rest:http://***@127.0.0.1:1/repo: refused (user@x)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "shown"), REDACTED)
+def test_the_deployer_and_offsite_sh_redact_a_repository_alike(text: str, shown: str) -> None:
+    """Before, both stopped at the first @: 'p@ssw0rd' showed as '***@ssw0rd@...'."""
+    assert redact_repository(text) == shown
+    sourced = subprocess.run(
+        ["bash", "-c", 'source "$1"; printf "%s\\n" "$2" | redact', "_", str(OFFSITE_SH), text],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OFFSITE_BACKUP_SH": str(OFFSITE_SH.with_name("backup.sh"))},
+    )
+    assert sourced.stdout == shown + "\n"
 
 
 # --------------------------------------------------------------------------- inv backups --offsite

@@ -647,7 +647,9 @@ RESERVED_OFFSITE_ENV_PREFIX = "OFFSITE_"
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # an s3: repository needs both
 
 
-_USERINFO = re.compile(r"//[^/@]*@")
+# Up to the last "@" before the host (a password may hold a raw "@"); offsite.sh's
+# redact uses the same pattern (tests/unit/test_offsite.py holds them together).
+_USERINFO = re.compile(r"//[^/\s]*@")
 
 
 def redact_repository(value: str) -> str:
