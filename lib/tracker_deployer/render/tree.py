@@ -666,7 +666,9 @@ def write_tree(tree: RenderedTree, out_dir: Path) -> Path:
             fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(item.content)
-            local.chmod(item.mode)
+            # A secret is the operator's alone here (0600): the host's group (gid 1000)
+            # is no group of this machine, and the operator's may be shared.
+            local.chmod(0o600 if item.secret else item.mode)
         for directory in tree.directories:
             _host_to_local(staging, directory.path).chmod(max(directory.mode, 0o700))
         manifest = json.dumps(tree.manifest(), indent=2, sort_keys=True) + "\n"
