@@ -24,28 +24,34 @@ restore_sqlite() {
   sqlite_row_counts "${temporary}" "${temporary}.rows"
   CLEANUP_FILES+=("${temporary}.rows")
   compare_row_counts "${meta}" "${temporary}.rows"
+  local stamp aside suffix
+  stamp="$(date -u '+%Y%m%d_%H%M%S')"
+  aside="${target}.before-restore-${stamp}"
+  if [[ -e "${aside}" ]]; then
+    die "${EXIT_BACKUP}" "${aside} already exists; retry in a second"
+  fi
   if [[ -e "${target}" ]]; then
-    local stamp aside suffix
-    stamp="$(date -u '+%Y%m%d_%H%M%S')"
-    aside="${target}.before-restore-${stamp}"
-    if [[ -e "${aside}" ]]; then
-      die "${EXIT_BACKUP}" "${aside} already exists; retry in a second"
-    fi
     chmod --reference="${target}" -- "${temporary}"
     if [[ "$(id -u)" == 0 ]]; then
       chown --reference="${target}" -- "${temporary}"
     fi
-    # Keep the old database (and any journal of it) aside; a hard link keeps
-    # the target in place until the atomic rename below.
+    # Keep the old database aside; a hard link keeps the target in place until
+    # the atomic rename below.
     ln -- "${target}" "${aside}" 2>/dev/null || cp -p -- "${target}" "${aside}" \
       || die "${EXIT_BACKUP}" "cannot keep the old database aside as ${aside}"
-    for suffix in -wal -shm -journal; do
-      if [[ -e "${target}${suffix}" ]]; then
-        mv -- "${target}${suffix}" "${aside}${suffix}" || die "${EXIT_BACKUP}" "cannot move ${target}${suffix} aside"
-      fi
-    done
     log "the old database is kept as ${aside}"
   fi
+  # Its journals go aside too, before the rename, and even when the database file
+  # itself is gone (deleted by hand after a crash): SQLite would replay a -wal left
+  # here on the restored file. Should a move fail, the old database is whole in
+  # ${aside} and the journals moved so far.
+  for suffix in -wal -shm -journal; do
+    if [[ -e "${target}${suffix}" || -L "${target}${suffix}" ]]; then
+      mv -- "${target}${suffix}" "${aside}${suffix}" \
+        || die "${EXIT_BACKUP}" "cannot move ${target}${suffix} aside (nothing was restored; the old database with the journals moved so far is ${aside}*)"
+      log "its ${suffix#-} is kept as ${aside}${suffix}"
+    fi
+  done
   mv -f -- "${temporary}" "${target}" || die "${EXIT_BACKUP}" "cannot rename the restored database into place"
   log "SQLite database ${target} restored from set ${ts}"
 }

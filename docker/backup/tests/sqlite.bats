@@ -531,6 +531,39 @@ EOF
   assert_output ""
 }
 
+@test "restore: a -wal left by a database deleted after a crash is moved aside, never replayed" {
+  sqlite3 "${SQLITE_DB}" 'PRAGMA journal_mode=WAL;' >/dev/null
+  backup_ok run
+  local original
+  original="$(sqlite_content_sum "${SQLITE_DB}")"
+  # A crashed writer: a row only in the -wal. A reader holding a snapshot from
+  # before keeps the writer's close from checkpointing it into the file.
+  { printf 'BEGIN;\nSELECT count(*) FROM torrents;\n'; sleep 5; } | sqlite3 "${SQLITE_DB}" >/dev/null &
+  local reader=$!
+  sleep 1
+  sqlite3 "${SQLITE_DB}" "INSERT INTO torrents(info_hash, completed) VALUES ('FOREIGN', 9);"
+  cp -- "${SQLITE_DB}-wal" "${BATS_TEST_TMPDIR}/saved-wal"
+  kill "${reader}" 2>/dev/null || true
+  wait "${reader}" || true
+  # (the saved -wal does hold the row: replayed on a copy of the file)
+  mkdir "${BATS_TEST_TMPDIR}/check"
+  cp -- "${SQLITE_DB}" "${BATS_TEST_TMPDIR}/check/t.db"
+  cp -- "${BATS_TEST_TMPDIR}/saved-wal" "${BATS_TEST_TMPDIR}/check/t.db-wal"
+  run sqlite3 "${BATS_TEST_TMPDIR}/check/t.db" "SELECT count(*) FROM torrents WHERE info_hash = 'FOREIGN'"
+  assert_output "1"
+  # The database is deleted by hand; its -wal stays.
+  rm -f -- "${SQLITE_DB}" "${SQLITE_DB}-wal" "${SQLITE_DB}-shm"
+  cp -- "${BATS_TEST_TMPDIR}/saved-wal" "${SQLITE_DB}-wal"
+  run --separate-stderr "${BACKUP_SH}" restore latest --yes --only db
+  assert_success
+  refute [ -e "${SQLITE_DB}-wal" ]
+  local -a aside=("${SQLITE_DB}".before-restore-*-wal)
+  assert_equal "${#aside[@]}" 1
+  assert_equal "$(sqlite_content_sum "${SQLITE_DB}")" "${original}"
+  run sqlite3 "${SQLITE_DB}" "SELECT count(*) FROM torrents WHERE info_hash = 'FOREIGN'"
+  assert_output "0"
+}
+
 @test "restore: --only db and --only config, RESTORE_DB_PATH and RESTORE_CONFIG_ROOT" {
   backup_ok run
   local original
