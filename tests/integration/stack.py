@@ -9,12 +9,14 @@ test-doubles/images (scripts/e2e-setup.sh) and the backup image (inv build-image
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -154,14 +156,16 @@ class Stack:
         result = self.compose("ps", "--status", "running", "--services")
         return set(result.stdout.split())
 
-    def start_maintenance(self, *args: str) -> subprocess.Popen[str]:
+    def start_maintenance(
+        self, *args: str, environ: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         """The maintenance script in the background, in a process group of its own."""
         return subprocess.Popen(
             [str(self.script), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=self.environ(),
+            env=environ or self.environ(),
             cwd=self.deploy_dir,
             start_new_session=True,
         )
@@ -298,6 +302,16 @@ def hanging_dump_backup_image() -> str:
     )
 
 
+def slow_ready_backup_image() -> str:
+    """Its `snapshot` takes 4 s to get ready (time for a test to break the compose
+    file), then hangs after the go."""
+    return backup_double_image(
+        "tracker-deployer-test/backup-slow-ready",
+        f"echo backup double: preparing slowly >&2; sleep 4; {_READY_THEN_GO}"
+        " echo backup double: hanging >&2; exec sleep infinity",
+    )
+
+
 def never_ready_backup_image() -> str:
     """Its `snapshot` never gets ready (a database that does not answer while the
     snapshot is prepared)."""
@@ -310,13 +324,15 @@ def never_ready_backup_image() -> str:
 class PingServer:
     """An HTTP server on loopback that records the notify pings (paths) it gets."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0) -> None:
+        """``delay``: seconds each ping waits before its answer."""
         pings: list[str] = []
         self.pings = pings
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 pings.append(self.path)
+                time.sleep(delay)
                 self.send_response(200)
                 self.end_headers()
 
@@ -334,6 +350,54 @@ class PingServer:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class DockerProxy:
+    """A Unix socket in front of the Docker daemon's: a test double of a daemon that
+    stops answering. After :meth:`refuse`, each new connection is closed at once;
+    those already open (a running `compose run`'s attach) go on. Use it as
+    ``DOCKER_HOST=unix://PATH`` (:attr:`url`)."""
+
+    def __init__(self, path: Path, daemon: str = "/var/run/docker.sock") -> None:
+        self.path, self.daemon, self.refusing = path, daemon, False
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(64)
+        self.url = f"unix://{path}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def refuse(self) -> None:
+        self.refusing = True
+
+    def close(self) -> None:
+        self.server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            if self.refusing:
+                client.close()
+                continue
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        """Both directions of one connection; both sockets closed once both end."""
+        with client, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
+            upstream.connect(self.daemon)
+            back = threading.Thread(target=self._pump, args=(upstream, client), daemon=True)
+            back.start()
+            self._pump(client, upstream)
+            back.join()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
 
 
 def drop_reader(process: subprocess.Popen[str], *, after: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -16,16 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tracker_deployer import paths
 from tracker_deployer.remote.backups import format_last_run, parse_inventory
-from tracker_deployer.render import inventory_script
+from tracker_deployer.render import inventory_script, render
 
 from tests.helpers import parse, sample_data
 from tests.integration.stack import (
     BACKUP_IMAGE,
     MARIADB_IMAGE,
     STANDIN_IMAGE,
+    DockerProxy,
     PingServer,
     Stack,
+    containers_named,
     decompress,
     drop_reader,
     env_for_stack,
@@ -33,6 +37,7 @@ from tests.integration.stack import (
     hanging_dump_backup_image,
     never_ready_backup_image,
     require_images,
+    slow_ready_backup_image,
 )
 
 pytestmark = pytest.mark.integration
@@ -281,7 +286,7 @@ def test_a_backup_container_that_never_gets_ready_is_stopped_and_the_tracker_nev
         assert "tracker" in stack.running_services()
         assert tracker_started_at_text(stack) == before
         assert not stack.marker.exists()
-        assert containers_named(snapshot_container(process)) == ""
+        assert containers_named(snapshot_container(process)) == []
         wait_for_free_lock(stack.lock_file, timeout=5)
         assert stack.sets() == []
     finally:
@@ -373,16 +378,6 @@ def stop_run_and_clean_up(stack: Stack, process: subprocess.Popen[str] | None) -
     stack.cleanup()
 
 
-def containers_named(name: str) -> str:
-    result = subprocess.run(
-        ["docker", "ps", "-a", "-q", "--filter", f"name=^{name}$"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.strip()
-
-
 def wait_for_free_lock(lock_file: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     with lock_file.open("a") as handle:
@@ -463,7 +458,7 @@ def test_hardening_02_a_signalled_run_fails_pings_fail_and_restarts_the_tracker(
                 stack.log_file.read_text()
             )
             assert expected in stderr  # cron mails it
-            assert containers_named(snapshot_container(process)) == ""
+            assert containers_named(snapshot_container(process)) == []
             assert not stack.marker.exists()
             assert stack.sets() == []
         finally:
@@ -555,6 +550,70 @@ def test_hardening_04_recover_at_boot_starts_a_tracker_a_killed_run_left_stopped
             assert (stack.status_dir / "last-run.env").read_text() == before
         finally:
             stack.cleanup()
+
+
+def test_a_run_that_cannot_tell_whether_the_tracker_runs_takes_no_snapshot(
+    tmp_path: Path,
+) -> None:
+    """The Docker daemon stops answering new connections (a proxy in front of it)
+    while the snapshot container gets ready, so `docker compose ps` fails. Before, a
+    failed query counted as "not running": the go was sent with the tracker serving
+    (here the double then hangs until max_downtime_seconds: exit 124)."""
+    require_images(STANDIN_IMAGE)
+    data = env_for_stack(sample_data("manual-test-sqlite"), backup_image=slow_ready_backup_image())
+    data["backup"]["max_downtime_seconds"] = 15
+    stack = Stack(parse(data), tmp_path / "s").install()
+    proxy = DockerProxy(tmp_path / "docker.sock")
+    process: subprocess.Popen[str] | None = None
+    try:
+        stack.up()
+        before = tracker_started_at_text(stack)
+        process = stack.start_maintenance(
+            "--quiet", environ={**stack.environ(), "DOCKER_HOST": proxy.url}
+        )
+        stack.wait_for_log("backup double: preparing slowly", timeout=60)
+        proxy.refuse()
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 70, stderr
+        reason = stack.status()["reason"]
+        assert reason.startswith("could not tell whether tracker runs (docker compose ps"), reason
+        assert reason.endswith("no snapshot was taken")
+        assert "tracker" in stack.running_services()
+        assert tracker_started_at_text(stack) == before
+        assert not stack.marker.exists()
+        assert stack.sets() == []
+    finally:
+        proxy.close()
+        stop_run_and_clean_up(stack, process)
+
+
+def test_the_notify_url_is_on_no_command_line_and_the_script_is_roots_alone(
+    tmp_path: Path,
+) -> None:
+    """The ping URL is a credential: before, curl had it on argv (ps shows it to every
+    user). Each ping waits 1 s for its answer while every command line is read."""
+    require_images(STANDIN_IMAGE)
+    with PingServer(delay=1.0) as pings:
+        data = env_for_stack(sample_data("manual-test-sqlite"), backup_image="debian:bookworm-slim")
+        data["backup"]["notify_url"] = pings.url
+        stack = Stack(parse(data), tmp_path / "s").install()
+        try:
+            process = stack.start_maintenance("--quiet")
+            shown: set[str] = set()
+            while process.poll() is None:
+                for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                    with contextlib.suppress(OSError):
+                        text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                        if pings.url in text:
+                            shown.add(text)
+                time.sleep(0.05)
+            process.communicate(timeout=60)
+            assert pings.pings == ["/ping/start", "/ping/fail"]  # curl did run, twice
+            assert shown == set()
+        finally:
+            stack.cleanup()
+    rendered = {item.path: item for item in render(parse(data)).files}
+    assert rendered[paths.MAINTENANCE_SCRIPT].mode == 0o700
 
 
 def test_hardening_08_a_full_log_disk_still_gives_status_and_fail_ping(tmp_path: Path) -> None:
@@ -654,7 +713,7 @@ def test_hardening_10_a_hung_snapshot_is_killed_at_the_downtime_limit(tmp_path: 
             )
             assert float(status["downtime_seconds"]) < 40
             assert pings.pings == ["/ping/start", "/ping/fail"]
-            assert containers_named(snapshot_container(process)) == ""
+            assert containers_named(snapshot_container(process)) == []
             assert not stack.marker.exists()
             assert stack.sets() == []
         finally:
@@ -695,7 +754,7 @@ def test_a_dump_that_hangs_after_the_open_line_is_killed_at_its_bound(tmp_path: 
             assert not stack.marker.exists()
             with stack.lock_file.open("a") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free at once
-            assert containers_named(snapshot_container(process)) == ""
+            assert containers_named(snapshot_container(process)) == []
             assert stack.sets() == []
         finally:
             stop_run_and_clean_up(stack, process)

@@ -369,6 +369,29 @@ def test_hardening_verify_drill_never_follows_a_link_uid_1000_plants(
     assert set(Path(str(paths.DRILL_SCRATCH_PARENT)).glob("tracker-drill.*")) == scratch_before
 
 
+def test_a_restore_that_cannot_tell_whether_the_tracker_runs_changes_nothing(
+    sqlite_stack: Stack,
+) -> None:
+    """`docker compose ps` fails (the Docker daemon does not answer). Before, that
+    counted as "the tracker is not running": the restore went on, and would have
+    replaced the database under a live tracker."""
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    [set_id] = stack.sets()
+    live = stack.deploy_dir / "storage/tracker/lib/database/tracker.db"
+    script = write_restore(
+        stack, set_id, "db", verify_first=False, skip_safety_backup=False, new_host=False
+    )
+    gone = {**stack.environ(), "DOCKER_HOST": f"unix://{stack.base}/no-daemon.sock"}
+    result = _run_script(stack, script, gone)
+    said = result.stdout + result.stderr
+    assert result.returncode == 3, said
+    assert "whether tracker runs is unknown; nothing was changed" in said
+    assert "stays stopped" not in said
+    assert not list(live.parent.glob("tracker.db.before-restore-*"))  # nothing was replaced
+    assert "tracker" in stack.running_services()
+
+
 def test_sqlite_restore_brings_back_exactly_the_snapshot(
     sqlite_stack: Stack, tmp_path: Path
 ) -> None:

@@ -151,7 +151,7 @@ def test_install_cron_installs_valid_files_and_removes_them_when_backup_is_off(
     assert result.returncode == 0, result.stderr
     assert "install-cron: 7 created" in result.stdout
     expected = {
-        "/usr/local/bin/maintenance-backup.sh": 0o755,
+        "/usr/local/bin/maintenance-backup.sh": 0o700,
         "/etc/cron.d/tracker-backup": 0o644,
         "/etc/logrotate.d/tracker-backup": 0o644,
         "/usr/local/bin/tracker-backup-metrics.sh": 0o755,

@@ -370,7 +370,7 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
             RenderedFile(
                 paths.MAINTENANCE_SCRIPT,
                 maintenance_script(env, templates_dir=templates_dir),
-                0o755,
+                0o700,  # root's alone: it holds backup.notify_url, a credential
             )
         )
         files.append(
