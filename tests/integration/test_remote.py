@@ -202,10 +202,10 @@ def test_dry_run_opens_no_connection_and_masks_secrets(tmp_path: Path) -> None:
     env = write_env(tmp_path, data)
     masked = {
         "push": ["  ensure    /opt/torrust/storage/backup/etc/********  (0640 0:1000)"],
-        "install-cron": ["  ensure    /usr/local/bin/********  (0755 0:0)"],
+        "install-cron": ["  ensure    /usr/local/bin/********  (0700 0:0)"],
         "deploy": [
             "    ensure    /opt/torrust/storage/backup/etc/********  (0640 0:1000)",
-            "    ensure    /usr/local/bin/********  (0755 0:0)",
+            "    ensure    /usr/local/bin/********  (0700 0:0)",
         ],
     }
     for task, lines in masked.items():
