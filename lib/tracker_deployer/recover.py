@@ -159,7 +159,7 @@ def _phase(clock: lifecycle.PhaseClock, name: str) -> Iterator[None]:
 def services_without_tracker(env: Env) -> list[str]:
     """Every service ``up`` starts, but the tracker and whatever needs it, directly or
     through another service (``up`` would start the tracker for them)."""
-    services = [service for service in derive(env).services if not service.profiles]
+    services = derive(env).long_running
     needs_tracker = {TRACKER}
     changed = True
     while changed:  # bounded: each pass adds a service or ends

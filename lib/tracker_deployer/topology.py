@@ -119,9 +119,9 @@ class Topology:
         return tuple(service.name for service in self.services)
 
     @property
-    def long_running(self) -> tuple[str, ...]:
-        """The services ``compose up`` starts and keeps running (no profile)."""
-        return tuple(service.name for service in self.services if not service.profiles)
+    def long_running(self) -> tuple[Service, ...]:
+        """The services ``compose up`` starts and keeps running (:attr:`Service.long_running`)."""
+        return tuple(service for service in self.services if service.long_running)
 
 
 @dataclass(slots=True)

@@ -559,7 +559,7 @@ def test_a_service_the_host_does_not_list_is_not_healthy() -> None:
     """Before, only the listed rows counted: an empty list, or one without the
     tracker, passed the health check of deploy and recover."""
     env = parse(sample_data("manual-test-sqlite"))
-    expected = derive(env).long_running
+    expected = [service.name for service in derive(env).long_running]
     assert "tracker" in expected
     grafana_only = remote.parse_compose_ps('{"Service": "grafana", "State": "running"}')
     assert "tracker (not there)" in remote.unhealthy(grafana_only, env)

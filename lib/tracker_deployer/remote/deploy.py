@@ -234,7 +234,7 @@ def unhealthy(services: Sequence[dict[str, str]], env: Env) -> list[str]:
         row["service"]
         for row in services
         if row["state"] != "running" or row["health"] not in ("healthy", "-")
-    ] + [f"{name} (not there)" for name in derive(env).long_running if name not in listed]
+    ] + [f"{s.name} (not there)" for s in derive(env).long_running if s.name not in listed]
 
 
 def parse_compose_ps(output: str) -> list[dict[str, str]]:
