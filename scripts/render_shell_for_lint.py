@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tracker_deployer import image, paths
 from tracker_deployer.config import load_env
+from tracker_deployer.remote import mysql_passwords
 from tracker_deployer.remote.offsite import listing_script
 from tracker_deployer.remote.offsite_fetch import download_script, fetch_script
 from tracker_deployer.remote.offsite_fetch import verify_script as offsite_verify_script
@@ -104,6 +105,8 @@ def main(out_dir: Path) -> int:
     for name, text in offsite_scripts:
         (out_dir / "operations" / name).write_text("#!/usr/bin/env bash\n" + text)
         count += 1
+    (out_dir / "operations" / "mysql-passwords.sh").write_text(mysql_passwords.script())
+    count += 1
     (out_dir / "backup-one-file.sh").write_text(backup_sh_as_one_file())
     count += 1
     for name, context in OPERATIONS.items():

@@ -16,4 +16,5 @@ SAFETY_BACKUP_FAILED = 73  # restore: the safety backup failed; nothing restored
 LOCK_BUSY = 75  # the backup lock is held (a run, a restore or a deploy): nothing started
 OFFSITE_FAILED = 76  # maintenance: the set is complete locally, the off-host upload failed
 UNSAFE = 77  # maintenance: refused an unsafe state (marker, status directory)
+MYSQL_LOGIN = 78  # deploy: MySQL refused root (old and new password); no password changed
 TIMEOUT = 124  # a step ran out of time (timeout(1)'s own code)

@@ -30,6 +30,7 @@ from tracker_deployer.providers.existing import register_hint
 from tracker_deployer.remote import backups as operations
 from tracker_deployer.remote import configure as configuring
 from tracker_deployer.remote import deploy as remote
+from tracker_deployer.remote import mysql_passwords
 from tracker_deployer.remote import offsite as offsite_copies
 from tracker_deployer.remote.plan import CRON_FILES, Change, Plan, Scope, services_to_restart
 from tracker_deployer.remote.ssh import DEFAULT_KNOWN_HOSTS, SshHost, Target
@@ -203,6 +204,11 @@ def dry_run_phases(env: Env, tree: RenderedTree, connect_to: Target | None) -> s
     lines += ["  " + line for line in pushed if not line.startswith("then:")]
     images = ", ".join(stack_images(env))
     lines.append("[4/6] compose up:")
+    if env.uses_mysql:
+        lines.append(
+            "  the running MySQL server (if any) gets the config's root and tracker passwords "
+            "(ALTER USER; it reads .env only when its volume is new)"
+        )
     lines.append(f"  images the host needs (lxd: loaded from this machine if present): {images}")
     lines += ["  " + line for line in pushed if line.startswith("then:")]
     lines.append("[5/6] install-cron:")
@@ -281,6 +287,8 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
         with clock.phase("push"):
             pushed = remote.push(connection, tree, say)
         with clock.phase("compose up"):
+            # Before compose up recreates MySQL with the new .env (which it ignores).
+            mysql_passwords.set_in_server(connection, env, say)
             sideload(env, say)
             ensure_images(connection, env, say)
             restart = services_to_restart(

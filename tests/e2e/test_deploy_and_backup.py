@@ -209,6 +209,8 @@ def test_deploy_brings_up_a_healthy_stack_and_records_the_host_key(
         "unchanged": 0,
     }
     expected = ["tracker", "mysql"] if deployment.database == "mysql" else ["tracker"]
+    if deployment.database == "mysql":  # a new host: no MySQL yet to give passwords to
+        assert "mysql: not running: no password changed in the server" in first.stdout
     for service in expected:
         assert re.search(rf"^  {service}\s+running\s+health=healthy\b", first.stdout, re.M), (
             first.stdout
@@ -349,6 +351,11 @@ def test_second_deploy_changes_nothing_and_restarts_nothing(
     # configure (phase 2) found the host as wanted: every step unchanged.
     assert "  unchanged firewall (nftables)" in second.stdout, second.stdout
     assert "  changed   " not in second.stdout, second.stdout
+    if deployment.database == "mysql":  # the config's passwords, set again (over SSH)
+        assert (
+            "mysql: passwords of root and the tracker's user set in the server (logged in "
+            "with the password MySQL was started with)"
+        ) in second.stdout, second.stdout
     after = host.containers()
     assert after == before, f"containers changed:\nbefore {before}\nafter  {after}"
     for line in second.stdout.splitlines():

@@ -383,6 +383,7 @@ def test_deploy_dry_run_lists_the_phases_and_creates_nothing(tmp_path: Path) -> 
     assert "create LXD instance torrust-profile-mysql" in result.stdout
     assert "no connection is opened" in result.stdout
     assert "torrust/tracker" in result.stdout  # the images the host will need
+    assert "gets the config's root and tracker passwords" in result.stdout  # MySQL
     assert not (tmp_path / "state").exists()  # no key, no record
 
 

@@ -9,7 +9,10 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tracker_deployer.remote import mysql_passwords
 from tracker_deployer.render import quoting
+
+from tests.helpers import parse, sample_data
 
 HOSTILE = [
     "plain",
@@ -82,3 +85,18 @@ def test_url_part_escapes_everything_but_unreserved() -> None:
 
 def test_yaml_quote_escapes_what_yaml_cannot_hold_raw() -> None:
     assert quoting.yaml('say "hi"\\ \x7f') == '"say \\"hi\\"\\\\ \\x7F"'
+
+
+def test_sql_statements_double_quotes_and_set_no_backslash_escapes_first() -> None:
+    data = sample_data("manual-test-mysql")
+    data["mysql"]["root_password"] = "r'oot\\"
+    data["tracker"]["core"]["database"]["password"] = "it's"
+    sql = mysql_passwords.statements(parse(data)).splitlines()
+    assert sql == [
+        "SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES';",
+        "ALTER USER IF EXISTS 'root'@'%' IDENTIFIED BY 'r''oot\\';",
+        "ALTER USER IF EXISTS 'root'@'localhost' IDENTIFIED BY 'r''oot\\';",
+        "ALTER USER IF EXISTS 'tracker_user'@'%' IDENTIFIED BY 'it''s';",
+    ]
+    # The script carries no secret: they are in its companions.
+    assert "r'oot" not in mysql_passwords.script()

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -347,3 +348,22 @@ def test_the_dump_and_finish_bounds_reach_the_script_and_the_docs(
     assert f"may take at most **{DUMP_TIMEOUT_SECONDS // 3600} hours**" in docs
     assert f"`finish` at most **{FINISH_TIMEOUT_SECONDS // 3600} hours**" in docs
     assert f"within {DUMP_TIMEOUT_SECONDS} s after the snapshot was open" in docs
+
+
+def test_shellcheck_sees_every_operation_script(tmp_path: Path) -> None:
+    """nox -s shellcheck checks what scripts/render_shell_for_lint.py renders: every
+    template of templates/operations/ (output-relay is included by the others)."""
+    out = tmp_path / "rendered"
+    result = subprocess.run(
+        [sys.executable, str(paths.REPO_ROOT / "scripts/render_shell_for_lint.py"), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    templates = {
+        path.name.removesuffix(".sh.j2")
+        for path in (paths.TEMPLATES_DIR / "operations").glob("*.sh.j2")
+    }
+    rendered = {path.name.removesuffix(".sh") for path in (out / "operations").glob("*.sh")}
+    assert templates - {"output-relay"} <= rendered

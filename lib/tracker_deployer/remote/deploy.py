@@ -164,7 +164,7 @@ def under_backup_lock(command: str) -> str:
     )
 
 
-def _lock_busy(host: SshHost) -> RemoteError:
+def lock_busy(host: SshHost) -> RemoteError:
     return RemoteError(
         f"a backup run on {host.target.host} held {paths.BACKUP_LOCK} for more than "
         f"{LOCK_WAIT_SECONDS} s; nothing was started or restarted",
@@ -178,7 +178,7 @@ def _run_locked(host: SshHost, command: str, say: Say, failure: RemoteError) -> 
     script = under_backup_lock(command) + "\n"
     result = host.run_script(script, stream=say, timeout=UP_TIMEOUT_SECONDS)
     if result.exit_code == exit_codes.LOCK_BUSY:
-        raise _lock_busy(host)
+        raise lock_busy(host)
     if not result.ok:
         raise failure
 

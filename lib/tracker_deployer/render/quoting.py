@@ -3,7 +3,7 @@ the original value (passwords may contain any printable character).
 
 Each function is tested against the real consumer: bash for :func:`shell`,
 Docker Compose for :func:`dotenv`, a TOML parser for :func:`toml`, a YAML
-parser for :func:`yaml`.
+parser for :func:`yaml`, MariaDB for :func:`sql_string`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ def dotenv(value: str) -> str:
     """
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
     return '"' + escaped + '"'
+
+
+def sql_string(value: str) -> str:
+    """A MySQL/MariaDB string literal for a session whose sql_mode has
+    NO_BACKSLASH_ESCAPES (the statements that use it set it first): there only
+    ``'`` is special, and it is written twice. Names and secrets are UTF-8 text
+    without control characters (the config refuses them).
+    """
+    return "'" + value.replace("'", "''") + "'"
 
 
 def toml(value: str) -> str:
