@@ -25,10 +25,10 @@ from tests.helpers import parse, sample_data
 
 OUTPUT = "\n".join(
     [
-        "FILE\t20261125_030000\tsqlite\tsqlite/sqlite_20261125_030000.db.gz\t2048\t1764039600",
-        "FILE\t20261125_030000\tconfig\tconfig/config_20261125_030000.tar.gz\t1024\t1764039600",
-        "FILE\t20261125_030000\tmanifests\tmanifests/set_20261125_030000.sha256\t300\t1764039600",
-        "FILE\t20261126_030000\tsqlite\tsqlite/sqlite_20261126_030000.db.gz\t4096\t1764126000",
+        "FILE\t20261125_030000\tsqlite\tsqlite/sqlite_20261125_030000.db.gz\t2048\t1795575600",
+        "FILE\t20261125_030000\tconfig\tconfig/config_20261125_030000.tar.gz\t1024\t1795575600",
+        "FILE\t20261125_030000\tmanifests\tmanifests/set_20261125_030000.sha256\t300\t1795575600",
+        "FILE\t20261126_030000\tsqlite\tsqlite/sqlite_20261126_030000.db.gz\t4096\t1795662000",
         "SET\t20261126_030000\tincomplete\t-",
         "SET\t20261125_030000\tcomplete\tok",
         "META\t20261125_030000\trows.torrents\t1000",
@@ -38,7 +38,7 @@ OUTPUT = "\n".join(
         "STATUS\tstarted_at\t2026-11-26T03:00:00Z",
         "STATUS\treason\tthe snapshot failed (backup container exit 3)",
         "FAILLOG\t2026-11-26T03:00:01Z backup.sh: cannot connect to MySQL",
-        "NOW\t1764140000",
+        "NOW\t1795676000",
     ]
 )
 
@@ -53,7 +53,7 @@ def test_parse_inventory_groups_files_by_set() -> None:
     assert old.size == 2048 + 1024 + 300
     assert old.rows == {"torrents": 1000, "keys": 2}
     assert not new.complete
-    assert inventory.host_now == 1764140000
+    assert inventory.host_now == 1795676000
 
 
 def test_latest_is_the_newest_complete_set() -> None:
@@ -279,3 +279,14 @@ def test_hardening_01_a_drill_named_at_no_real_time_is_refused(evidence: str) ->
     set_id = evidence.split("_set_")[1].removesuffix(".json")
     with pytest.raises(HostDataError, match="line this tool never writes"):
         parse_inventory(OUTPUT + f"\nDRILL\t{evidence}\t{set_id}\tsuccess\t0\t12")
+
+
+def test_latest_refuses_a_set_named_after_the_hosts_clock() -> None:
+    """The clock went back (or was ahead when that set was taken): the sets taken
+    since sort before it, and 'latest' would name older data than the newest."""
+    inventory = parse_inventory(OUTPUT.replace("NOW\t1795676000", "NOW\t1795575599"))
+    with pytest.raises(DeployError, match="named after the host's clock") as raised:
+        inventory.resolve("latest")
+    assert "20261125_025959 UTC" in str(raised.value)
+    assert "--set SET_ID" in (raised.value.hint or "")
+    assert inventory.resolve("20261125_030000").set_id == "20261125_030000"  # named: fine

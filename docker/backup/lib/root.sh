@@ -40,11 +40,23 @@ new_set_ts() {
     ts="$(date -u '+%Y%m%d_%H%M%S')"
     if [[ ! -e "${STAGING_DIR}/${ts}" && -z "$(set_files "${ts}")" ]]; then
       SET_TS="${ts}"
+      warn_if_sets_after "${ts}"
       return 0
     fi
     sleep 0.5
   done
   die "${EXIT_BACKUP}" "no unused set timestamp after ${attempt} attempts"
+}
+
+# The new set is taken all the same (its data is the newest), but a set named
+# after it stays `latest` by name: say so (`verify latest` and `inv restore`
+# then refuse until the set is named, see refuse_latest_after_now).
+warn_if_sets_after() {
+  local ts="$1" newest
+  newest="$(all_set_timestamps | tail -n 1)"
+  if [[ -n "${newest}" && "${newest}" > "${ts}" ]]; then
+    log "WARNING: set ${newest} is named after this run's set ${ts}: this host's clock went back, or was ahead when ${newest} was taken; check the clock (timedatectl); 'latest' names ${newest} until it is moved out of ${ROOT_DIR} or the clock passes it"
+  fi
 }
 
 # Remove staging left by killed or unfinished runs (.staging is private to

@@ -10,6 +10,7 @@ resolve_set() {
   if [[ "${wanted}" == "latest" ]]; then
     SET_TS="$(latest_complete_set)"
     [[ -n "${SET_TS}" ]] || die "${code}" "no complete backup set in ${ROOT_DIR}"
+    refuse_latest_after_now "${SET_TS}" "${code}"
     return 0
   fi
   if [[ ! "${wanted}" =~ ${TS_REGEX} ]]; then
@@ -22,6 +23,18 @@ resolve_set() {
     die "${code}" "set ${wanted} is incomplete (no $(set_file sums "${wanted}"))"
   fi
   SET_TS="${wanted}"
+}
+
+# `latest` is the set whose name sorts last. A set named after the clock now
+# was taken while the clock was ahead, or the clock is behind now: the sets
+# taken since sort before it, so `latest` could name older data than the
+# newest set. Refuse (exit $2) and have the operator name the set.
+refuse_latest_after_now() {
+  local ts="$1" code="$2" now
+  now="$(date -u '+%Y%m%d_%H%M%S')"
+  if [[ "${ts}" > "${now}" ]]; then
+    die "${code}" "the newest set ${ts} is named after this host's clock (now ${now} UTC): the clock was ahead when it was taken, or is behind now, so 'latest' may not be the newest data; check the clock (timedatectl), then name the set to use (backup.sh list shows them)"
+  fi
 }
 
 # Check checksums, names and gzip/tar integrity of complete set $1.

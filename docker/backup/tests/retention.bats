@@ -175,3 +175,35 @@ retain() {
   run final_files
   assert_equal "${#lines[@]}" 0
 }
+
+# A `date` in PATH that runs $1 seconds ahead (every date call of backup.sh is
+# without -d): a host clock that jumped.
+clock_ahead() {
+  mkdir -p "${BATS_TEST_TMPDIR}/clock"
+  printf '#!/bin/sh\nexec /usr/bin/date -d "@$(( $(/usr/bin/date +%%s) + %s ))" "$@"\n' "$1" \
+    >"${BATS_TEST_TMPDIR}/clock/date"
+  chmod +x "${BATS_TEST_TMPDIR}/clock/date"
+  AHEAD_PATH="${BATS_TEST_TMPDIR}/clock:${PATH}"
+}
+
+@test "clock: a set named after the clock now makes 'latest' refuse, and a run says why" {
+  make_sets 1
+  clock_ahead 31536000 # a year
+  PATH="${AHEAD_PATH}" backup_ok run
+  future="${SET_TS}"
+  [[ "${future}" > "${SETS[0]}" ]]
+  # The clock is right again: the next run's set sorts before the one named ahead.
+  backup_ok run
+  assert_stderr --partial "WARNING: set ${future} is named after this run's set ${SET_TS}"
+  assert set_exists "${SET_TS}"
+  run --separate-stderr "${BACKUP_SH}" verify latest
+  assert_failure 4
+  assert_stderr --partial "the newest set ${future} is named after this host's clock"
+  assert_stderr --partial "name the set to use"
+  run --separate-stderr "${BACKUP_SH}" restore --yes
+  assert_failure 6
+  assert_stderr --partial "the newest set ${future} is named after this host's clock"
+  # Named, every set still verifies.
+  run --separate-stderr "${BACKUP_SH}" verify "${SET_TS}"
+  assert_success
+}

@@ -125,7 +125,18 @@ class Inventory:
                     "there is no complete backup set on the host",
                     "run `inv backup --env NAME` first, or check `inv backups --env NAME`",
                 )
-            return complete[-1]
+            newest = complete[-1]
+            if self.host_now is not None and newest.taken_at.timestamp() > self.host_now:
+                # As backup.sh's refuse_latest_after_now: the sets taken since sort before it.
+                now = datetime.fromtimestamp(self.host_now, UTC).strftime(SET_ID_FORMAT)
+                raise DeployError(
+                    f"the newest set {newest.set_id} is named after the host's clock (now {now} "
+                    "UTC): the clock was ahead when it was taken, or is behind now, so 'latest' "
+                    "may not be the newest data",
+                    "check the host's clock (timedatectl), then name the set: --set SET_ID "
+                    "(`inv backups --env NAME` lists them)",
+                )
+            return newest
         if not is_set_id(wanted):
             raise DeployError(
                 f"{_shown(wanted)} is not a backup set id",
