@@ -287,10 +287,11 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
         with clock.phase("push"):
             pushed = remote.push(connection, tree, say)
         with clock.phase("compose up"):
-            # Before compose up recreates MySQL with the new .env (which it ignores).
-            mysql_passwords.set_in_server(connection, env, say)
             sideload(env, say)
             ensure_images(connection, env, say)
+            # Last before compose up, which recreates MySQL with the new .env (MySQL
+            # ignores it) and restarts the tracker on its new tracker.toml.
+            mysql_passwords.set_in_server(connection, env, say)
             restart = services_to_restart(
                 step.path
                 for step in pushed.steps

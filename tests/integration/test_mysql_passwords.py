@@ -193,10 +193,27 @@ def test_a_deploy_gives_the_running_mysql_the_configs_new_passwords(tmp_path: Pa
         assert _login(stack, user, new_tracker).returncode == 0
         assert _login(stack, "root", "elsewhere").returncode == 0
 
-        # Not running: nothing to change, and the output says what that means.
+        # The tracker's user renamed in the config: an error, and nothing changes
+        # (its statement comes first; root logs in with the config's password).
+        renamed = _with_passwords(before, "elsewhere", "another")
+        renamed["tracker"]["core"]["database"]["username"] = "renamed_user"
+        stack = _redeploy(stack, renamed)
+        unknown = _set_passwords(stack)
+        assert unknown.returncode == 1, unknown.stdout + unknown.stderr
+        assert "MySQL has no account for the tracker's user" in unknown.stdout
+        assert _login(stack, user, new_tracker).returncode == 0
+        assert _login(stack, "root", "elsewhere").returncode == 0
+
+        # A stopped MySQL is started as it was, then given the passwords.
         stack.compose("stop", "mysql")
+        stack = _redeploy(stack, _with_passwords(before, "elsewhere", old_tracker))
         stopped = _set_passwords(stack)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        assert "not running: no password changed in the server" in stopped.stdout
+        assert "starting the stopped MySQL container as it was" in stopped.stdout
+        assert "logged in with the config's root password" in stopped.stdout
+        assert _login(stack, user, old_tracker).returncode == 0
+        for output in (refused, unknown, stopped):
+            for secret in (new_root, new_tracker, old_root, old_tracker, "elsewhere"):
+                assert secret not in output.stdout + output.stderr
     finally:
         stack.cleanup()

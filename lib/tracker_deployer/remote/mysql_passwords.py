@@ -5,8 +5,8 @@ only when its data volume is first created. A password changed in the config
 afterwards reached the files (.env, tracker.toml, backup.conf) but not the
 server, and the tracker and the backups then failed to log in. Each deploy of a
 MySQL environment therefore sets the config's passwords in the running server
-(templates/operations/mysql-passwords.sh.j2), after the files are pushed and
-before ``compose up`` restarts what uses them.
+(templates/operations/mysql-passwords.sh.j2), once the files are pushed and the
+images are on the host, right before ``compose up`` restarts what uses them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ ROOT_ACCOUNTS = ("'root'@'%'", "'root'@'localhost'")
 
 
 def statements(env: Env) -> str:
-    """The SQL that gives root and the tracker's user the config's passwords.
+    """The SQL that gives the tracker's user and root the config's passwords.
 
     The session's sql_mode is NO_BACKSLASH_ESCAPES first, whatever the server's,
     so that only ``'`` is special in a string literal (see :func:`sql_string`)."""
@@ -36,13 +36,15 @@ def statements(env: Env) -> str:
     assert env.mysql is not None, "a MySQL env"
     assert isinstance(database, MysqlDatabase), "a MySQL env"
     root = sql_string(env.mysql.root_password.reveal())
-    lines = ["SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES';"]
-    lines += [f"ALTER USER IF EXISTS {account} IDENTIFIED BY {root};" for account in ROOT_ACCOUNTS]
     user = f"{sql_string(database.username)}@'%'"
-    lines.append(
-        f"ALTER USER IF EXISTS {user} IDENTIFIED BY {sql_string(database.password.reveal())};"
-    )
-    return "\n".join(lines) + "\n"
+    lines = [
+        "SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES';",
+        # First, and without IF EXISTS: a user renamed in the config is an error
+        # (1396) before anything has changed.
+        f"ALTER USER {user} IDENTIFIED BY {sql_string(database.password.reveal())};",
+    ]
+    lines += [f"ALTER USER IF EXISTS {account} IDENTIFIED BY {root};" for account in ROOT_ACCOUNTS]
+    return "".join(line + "\n" for line in lines)
 
 
 def script(**where: Unpack[paths.HostPaths]) -> str:
