@@ -482,6 +482,9 @@ def test_destroy_refuses_only_for_sets_not_in_the_repository() -> None:
     [
         ({"provider": "lxd", "profile_name": "t"}, "/mnt/offsite/restic", "on the lxd machine"),
         ({"provider": "existing"}, "/opt/torrust/offsite/restic", "under /opt/torrust"),
+        # Other spellings of the same directory (Linux reads '//' as '/').
+        ({"provider": "existing"}, "//opt/torrust/offsite/restic", "under /opt/torrust"),
+        ({"provider": "existing"}, "/opt//./torrust/offsite/", "under /opt/torrust"),
         ({"provider": "existing"}, "/mnt/offsite/restic", ""),
         ({"provider": "lxd", "profile_name": "t"}, "rest:https://backup.example.com/t", ""),
     ],

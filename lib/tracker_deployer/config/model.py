@@ -673,9 +673,12 @@ def parse_restic_repository(value: str) -> str:
     if value.startswith("/"):
         if any(part == ".." for part in value.split("/")):
             raise InvalidValue(f"{shown!r} contains '..'", "write the path without '..'")
-        if value.rstrip("/") == "":
+        # One spelling of each directory ('//opt//x/./y/' is /opt/x/y): a check by
+        # path (gone_with_host: under the deploy directory?) sees what Linux sees.
+        parts = [part for part in value.split("/") if part not in ("", ".")]
+        if not parts:
             raise InvalidValue(f"{shown!r} is the root directory", _REPOSITORY_HINT)
-        return value.rstrip("/")
+        return "/" + "/".join(parts)
     kind, colon, rest = value.partition(":")
     if not colon or kind not in ("s3", "sftp", "rest"):
         raise InvalidValue(
