@@ -737,6 +737,21 @@ def test_recover_restore_on_a_new_host_adds_no_safety_set_and_leaves_the_tracker
         assert "the tracker is not running; it stays stopped" in result.stdout
         assert "tracker" not in stack.running_services()
 
+        # An earlier recover's load was cut off (its marker is there): the re-run
+        # loads the set again and leaves the tracker to recover's later phase. It
+        # started it before, and a new host has no tracker container: exit 70.
+        marker = stack.status_dir / paths.RESTORE_INCOMPLETE_MARKER.name
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"set={set_id}\n")
+        stack.mysql_query(INSERT_MARKER)
+        resumed = restore(stack, set_id, new_host=True)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert "an earlier restore left the MySQL database partly restored" in resumed.stdout
+        assert _marker_rows(stack) == "0"
+        assert not marker.exists()
+        assert "tracker" not in stack.running_services()
+        assert stack.compose("ps", "-a", "-q", "tracker").stdout.strip() == ""
+
         # Where a tracker container exists (it has run: its data may be live), the
         # new-host restore refuses and changes nothing.
         stack.compose("create", "tracker")
