@@ -25,6 +25,7 @@ from tracker_deployer import image, lifecycle, paths, sandbox, state
 from tracker_deployer import publish as publishing
 from tracker_deployer import recover as recovery
 from tracker_deployer.config import Env, env_path, load_env
+from tracker_deployer.config.model import InvalidValue, parse_environment_name
 from tracker_deployer.config.template import starter_config_text
 from tracker_deployer.describe import describe_env
 from tracker_deployer.errors import ConfigError, DeployError, RemoteError
@@ -213,6 +214,10 @@ def create_template(
             raise DeployError(
                 f"--database {database!r} is not supported", "use --database sqlite3 or mysql"
             )
+        try:
+            parse_environment_name(name)
+        except InvalidValue as error:
+            raise DeployError(f"--name: {error.message}", error.hint) from None
         text = starter_config_text(name, database)
         if not out:
             sys.stdout.write(text)
@@ -220,8 +225,15 @@ def create_template(
         target = Path(out)
         if target.exists() and not force:
             raise DeployError(f"{target} already exists", "pick another --out, or pass --force")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+        if target.is_dir():
+            raise DeployError(f"{target} is a directory", "name a file with --out")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise DeployError(
+                f"cannot write {target}: {error.strerror}", "pick a writable --out path"
+            ) from None
         print(f"wrote {target}; edit the 'change-me' values, then: inv validate --env {target}")
 
 
@@ -545,6 +557,8 @@ def restore(
             raise DeployError(
                 "no backup set given", "pass --set latest or --set SET_ID (see `inv backups`)"
             )
+        # Before anything runs: a typo must not cost an off-host fetch first.
+        operations.check_only(only)
         if from_ not in ("", "offsite"):
             raise DeployError(
                 f"--from {from_!r} is not offsite", "use --from offsite or leave it out"

@@ -370,8 +370,9 @@ def _elsewhere(env: Env, list_sets: Callable[[], tuple[int, str, str]]) -> Elsew
 
 
 def _sets_through_lxd(env: Env) -> tuple[operations.Inventory, Elsewhere] | None:
-    from tracker_deployer.providers.lxd import Lxd
+    from tracker_deployer.providers.lxd import Lxd, require_lxd
 
+    require_lxd()  # without LXD here, "no instance" would be a guess
     lxd = Lxd(env)
     instance = lxd.instance()
     if instance is None or not lxd.is_ours(instance):

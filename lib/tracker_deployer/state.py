@@ -117,14 +117,14 @@ def _keygen(args: list[str], what: str) -> str:
     return result.stdout
 
 
-def _write_private(path: Path, text: str, mode: int) -> None:
-    """Write ``text`` to ``path`` atomically with ``mode`` (never briefly wider)."""
+def _write_private(path: Path, content: str | bytes, mode: int) -> None:
+    """Write ``content`` to ``path`` atomically with ``mode`` (never briefly wider)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.unlink(missing_ok=True)
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(content.encode() if isinstance(content, str) else content)
     temporary.chmod(mode)
     temporary.replace(path)
 
@@ -213,16 +213,24 @@ def write_known_hosts(
 def merge_known_hosts(path: Path, host: str, port: int, keys: list[str]) -> Path:
     """Replace host:port's lines in a known_hosts file the user named; keep the rest."""
     lines = known_hosts_text(host, port, keys)  # checks the host first
-    where = host if port == 22 else f"[{host}]:{port}"
+    where = (host if port == 22 else f"[{host}]:{port}").encode()
     try:
+        # Bytes: the user's other lines are kept as they are, whatever their encoding.
         kept = [
             line
-            for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-            if where not in line.split(" ", 1)[0].split(",")
+            for line in path.read_bytes().splitlines(keepends=True)
+            if where not in line.split(b" ", 1)[0].split(b",")
         ]
     except FileNotFoundError:
         kept = []
-    _write_private(path, "".join(kept) + lines, 0o600)
+    except OSError as error:
+        raise DeployError(
+            f"cannot read {path}: {error.strerror}",
+            "check the --known-hosts path (a readable file, or one that does not exist yet)",
+        ) from None
+    if kept and not kept[-1].endswith(b"\n"):
+        kept[-1] += b"\n"
+    _write_private(path, b"".join(kept) + lines.encode(), 0o600)
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from tracker_deployer.errors import RemoteError
 from tracker_deployer.say import printable
 
 import tasks  # the CLI module at the repository's root
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, sample_data
 
 HOST_TASKS = (
     "push",
@@ -133,3 +134,44 @@ def test_an_error_quoting_a_hosts_words_reaches_the_terminal_escaped() -> None:
 def test_printable_escapes_what_a_terminal_would_obey(text: str, shown: str) -> None:
     assert printable(text) == shown
     assert printable("one\ntwo\x1b", keep="\n") == "one\ntwo\\x1b"
+
+
+@pytest.mark.parametrize("extra", [(), ("--dry-run",), ("--from", "offsite", "--yes")])
+def test_restore_refuses_a_wrong_only_before_anything_runs(
+    tmp_path: Path, extra: tuple[str, ...]
+) -> None:
+    """Before, --dry-run never checked it and --from offsite fetched the set first
+    (hours, under the backup lock, a new set on the host), then refused."""
+    env = tmp_path / "env.json"
+    data = sample_data("manual-test-sqlite")
+    data["backup"]["offsite"] = {
+        "repository": "/mnt/offsite/restic",
+        "password": "a long passphrase",
+        "keep": {"daily": 7},
+    }
+    env.write_text(json.dumps(data))
+    result = _inv(
+        tmp_path, "restore", "--env", str(env), "--set", "latest", "--only", "dbb", *extra
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "--only 'dbb' is not db or config" in result.stderr
+    assert "fetch" not in result.stdout
+    assert not (tmp_path / "state").exists()  # no key, no connection
+
+
+def test_create_template_refuses_a_bad_name_and_unwritable_paths(tmp_path: Path) -> None:
+    """Before: a starter config `inv validate` rejected, and tracebacks."""
+    bad = _inv(tmp_path, "create-template", "--name", "Bad Name", "--out", str(tmp_path / "a.json"))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "--name: 'Bad Name' is not a lowercase-dash name" in bad.stderr
+    assert not (tmp_path / "a.json").exists()
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    into_dir = _inv(tmp_path, "create-template", "--out", str(directory), "--force")
+    assert into_dir.returncode == 1, into_dir.stdout + into_dir.stderr
+    assert "is a directory" in into_dir.stderr
+    nowhere = _inv(tmp_path, "create-template", "--out", "/proc/1/nope/x.json")
+    assert nowhere.returncode == 1, nowhere.stdout + nowhere.stderr
+    assert "cannot write /proc/1/nope/x.json" in nowhere.stderr
+    for result in (bad, into_dir, nowhere):
+        assert "Traceback" not in result.stderr

@@ -368,6 +368,23 @@ def test_lxd_not_installed_names_the_setup_command(tmp_path: Path) -> None:
     assert not (tmp_path / "state").exists()  # nothing half-created
 
 
+@pytest.mark.parametrize("delete_backups", [False, True])
+def test_destroy_without_lxd_here_refuses_and_keeps_the_host_record(
+    tmp_path: Path, delete_backups: bool
+) -> None:
+    """Before, no lxc on PATH read as "no instance": "not there", the record
+    forgotten, "destroyed", and the instance still running."""
+    environ = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    record = state.HostRecord("lxd", "10.187.33.9", 22, "torrust-profile-sqlite")
+    path = state.write_record("manual-test-sqlite", record, environ)
+    extra = ["--delete-backups"] if delete_backups else []
+    result = _inv(tmp_path, "destroy", "--env", "manual-test-sqlite", *extra, path="/nonexistent")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "LXD is not installed" in result.stderr
+    assert "destroyed" not in result.stdout
+    assert path.exists()
+
+
 def test_deploy_dry_run_lists_the_phases_and_creates_nothing(tmp_path: Path) -> None:
     result = _inv(tmp_path, "deploy", "--env", "manual-test-mysql", "--dry-run")
     assert result.returncode == 0, result.stderr
@@ -397,6 +414,19 @@ def test_merging_host_keys_into_a_users_known_hosts_keeps_other_hosts(tmp_path: 
         "other.example ssh-ed25519 KEEP\n[10.0.0.5]:2222 ssh-rsa KEEP2\n10.0.0.5 ssh-ed25519 NEW\n"
     )
     assert stat.S_IMODE(known.stat().st_mode) == 0o600
+
+
+def test_merging_keeps_other_lines_byte_for_byte_whatever_their_encoding(tmp_path: Path) -> None:
+    """A latin-1 comment raised UnicodeDecodeError (a traceback, after provision had
+    deleted the instance it had just made); a last line without a newline ran into ours."""
+    known = tmp_path / "known_hosts"
+    known.write_bytes(b"# caf\xe9\n10.0.0.5 ssh-ed25519 OLD\nother ssh-ed25519 KEEP")
+    state.merge_known_hosts(known, "10.0.0.5", 22, ["ssh-ed25519 NEW"])
+    assert known.read_bytes() == (b"# caf\xe9\nother ssh-ed25519 KEEP\n10.0.0.5 ssh-ed25519 NEW\n")
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    with pytest.raises(DeployError, match="cannot read"):
+        state.merge_known_hosts(directory, "10.0.0.5", 22, ["ssh-ed25519 NEW"])
 
 
 def test_sandbox_tasks_are_the_lifecycle_tasks_of_the_sandbox_env(tmp_path: Path) -> None:
@@ -593,3 +623,27 @@ def test_progress_lines_reach_the_terminal_escaped(capsys: pytest.CaptureFixture
     """`say` lines may quote a host (destroy's listing error, say): a tab stays."""
     tasks._say("listing failed: \x1b]2;pwned\x07\tok")
     assert capsys.readouterr().out == "listing failed: \\x1b]2;pwned\\x07\tok\n"
+
+
+def test_sideload_without_docker_here_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in lxc/lxd (an instance of this project, without the image) and no
+    docker on PATH: a traceback (FileNotFoundError) before, in deploy's phase 4."""
+    from tracker_deployer.providers.lxd import OWNER_KEY
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    instance = json.dumps({"status": "Running", "config": {OWNER_KEY: "sandbox-sqlite"}})
+    (bin_dir / "lxc").write_text(
+        "#!/bin/sh\n"
+        f"if [ \"$1\" = query ]; then printf '%s\\n' '{instance}'; exit 0; fi\n"
+        "exit 1\n"  # exec: the image is not in the instance
+    )
+    (bin_dir / "lxd").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("lxc", "lxd"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(DeployError, match="cannot run docker") as raised:
+        lifecycle.sideload(parse(sample_data("sandbox-sqlite")), lambda _line: None)
+    assert "docker info" in (raised.value.hint or "")

@@ -82,6 +82,11 @@ READ_HOST_KEYS = (
 )
 
 
+DOCKER_HINT = (
+    "is Docker running on this machine (`docker info`)? Run the command again once it answers"
+)
+
+
 def require_lxd() -> None:
     if not (shutil.which("lxc") and shutil.which("lxd")):
         raise DeployError("LXD is not installed on this machine", SETUP_HINT)
@@ -96,7 +101,8 @@ def _run(
     except subprocess.TimeoutExpired:
         raise DeployError(f"{what} did not finish within {timeout} s", hint) from None
     except OSError as error:
-        raise DeployError(f"cannot run {argv[0]}: {error}", SETUP_HINT) from None
+        missing_hint = SETUP_HINT if argv[0] in ("lxc", "lxd") else (hint or SETUP_HINT)
+        raise DeployError(f"cannot run {argv[0]}: {error}", missing_hint) from None
 
 
 def lxc(
@@ -280,6 +286,9 @@ class Lxd:
             time.sleep(1)
 
     def destroy(self, say: Say) -> None:
+        # Without LXD on this machine, instance() is None: "not there", the host
+        # record forgotten and "destroyed" said of an instance that may well run.
+        require_lxd()
         existing = self.instance()
         if existing is None:
             say(f"  instance {self.name}: not there")
@@ -303,25 +312,37 @@ class Lxd:
             inside = self.exec('docker image inspect "$1" >/dev/null 2>&1', image)
             if inside.returncode == 0:
                 continue
-            local = subprocess.run(
-                ["docker", "image", "inspect", image], capture_output=True, check=False, timeout=60
+            local = _run(
+                ["docker", "image", "inspect", image],
+                f"`docker image inspect {image}` on this machine",
+                60,
+                DOCKER_HINT,
+                capture_output=True,
             )
             if local.returncode != 0:
                 continue  # not here either: compose pulls it (or says it cannot)
             say(f"  loading image {image} into {self.name} (from this machine's docker)")
-            save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
             try:
-                load = subprocess.run(
+                save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+            except OSError as error:
+                raise DeployError(f"cannot run docker: {error}", DOCKER_HINT) from None
+            try:
+                load = _run(
                     ["lxc", "exec", self.name, "--", "docker", "load", "-q"],
+                    f"loading image {image} into {self.name}",
+                    LOAD_TIMEOUT_SECONDS,
+                    DOCKER_HINT,
                     stdin=save.stdout,
                     capture_output=True,
-                    check=False,
-                    timeout=LOAD_TIMEOUT_SECONDS,
                 )
             finally:
                 if save.stdout is not None:
                     save.stdout.close()
-                save.wait(timeout=LOAD_TIMEOUT_SECONDS)
+                try:
+                    save.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    save.kill()
+                    save.wait()
             if load.returncode != 0 or save.returncode != 0:
                 raise DeployError(
                     f"loading image {image} into {self.name} failed: {_text(load)}",

@@ -486,8 +486,7 @@ def restore(
     nothing for a safety backup to keep (it would only add a set of an empty database).
     """
     _require_backups(env)
-    if only not in ("all", "db", "config"):
-        raise DeployError(f"--only {only!r} is not db or config", "use --only db or --only config")
+    check_only(only)
     backup_set = inventory(host, env, verify=False).resolve(wanted)
     set_id = backup_set.set_id
     if force:
@@ -566,6 +565,12 @@ def restore_failure(code: int, set_id: str, where: str, env_name: str) -> Deploy
         f"restoring set {set_id} failed (exit {code})",
         "see the lines above; the tracker was started again if it had been running",
     )
+
+
+def check_only(only: str) -> None:
+    """``--only``: all (the default), db or config."""
+    if only not in ("all", "db", "config"):
+        raise DeployError(f"--only {only!r} is not db or config", "use --only db or --only config")
 
 
 def restore_plan(
