@@ -9,6 +9,7 @@
 begin_new_set() {
   load_config "${CONFIG_PATH}"
   validate_config backup
+  refuse_root_in_foreign_dirs "${ROOT_DIR}"
   prepare_root
   acquire_lock
   ON_ERROR_EXIT="${EXIT_BACKUP}"
@@ -67,6 +68,7 @@ cmd_finish() {
   [[ "${ts}" =~ ${TS_REGEX} ]] || die "${EXIT_CONFIG}" "finish: '${ts}' is not a set name (YYYYMMDD_HHMMSS)"
   load_config "${CONFIG_PATH}"
   validate_config backup
+  refuse_root_in_foreign_dirs "${ROOT_DIR}"
   prepare_root
   acquire_lock
   ON_ERROR_EXIT="${EXIT_BACKUP}"
@@ -150,6 +152,10 @@ cmd_restore() {
   load_config "${CONFIG_PATH}"
   validate_config restore
   [[ -d "${ROOT_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_ROOT ${ROOT_DIR} does not exist"
+  local sqlite_target="${RESTORE_DB_PATH:-${CONFIG[DB_PATH]:-}}"
+  refuse_root_in_foreign_dirs "${ROOT_DIR}" \
+    "$([[ "${sqlite_target}" == */* ]] && printf '%s' "${sqlite_target%/*}")" \
+    "$(dirname -- "${RESTORE_CONFIG_ROOT:-${ROOT_DIR}/restore}")"
   acquire_lock
   resolve_set "${wanted:-latest}" "${EXIT_REFUSED}"
   local ts="${SET_TS}"

@@ -64,7 +64,9 @@ all_set_timestamps() {
       ts="${ts%%.*}"
       [[ "${ts}" =~ ${TS_REGEX} ]] || continue
       # Only a name the layout gives for that TS (not e.g. mysql_TS.x.sql.gz).
-      set_layout "${ts}" | grep -qxF -- "${relative}" || continue
+      # (grep reads it all: with -q it may exit early, set_layout die of SIGPIPE
+      # and, under pipefail, a real file be skipped.)
+      set_layout "${ts}" | grep -xF -- "${relative}" >/dev/null || continue
       seen["${ts}"]=1
     done
   done

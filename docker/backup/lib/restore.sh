@@ -74,12 +74,35 @@ restore_mysql() {
   log "MySQL database ${CONFIG[DB_NAME]} restored from set ${ts}"
 }
 
+# The config archive of set $1 ($2): by default into BACKUP_ROOT/restore-TS,
+# extracted into a fresh directory next to it and renamed into place only when
+# whole (a failed or killed extraction leaves no file under the final name; an
+# earlier restore-TS is kept aside, never deleted). RESTORE_CONFIG_ROOT, the
+# operator's own directory, is extracted into in place.
 restore_config() {
-  local ts="$1" file="$2"
-  local destination="${RESTORE_CONFIG_ROOT:-${ROOT_DIR}/restore-${ts}}"
-  mkdir -p -- "${destination}" || die "${EXIT_BACKUP}" "cannot create ${destination}"
+  local ts="$1" file="$2" destination partial stamp
+  if [[ -n "${RESTORE_CONFIG_ROOT:-}" ]]; then
+    destination="${RESTORE_CONFIG_ROOT}"
+    mkdir -p -- "${destination}" || die "${EXIT_BACKUP}" "cannot create ${destination}"
+    log "extracting ${file} into ${destination} (in place: a failed extraction can leave part of it there)"
+    tar --extract --gzip --no-same-owner --file="${ROOT_DIR}/${file}" --directory="${destination}" \
+      || die "${EXIT_BACKUP}" "extracting ${file} failed"
+    log "config files of set ${ts} restored under ${destination}"
+    return 0
+  fi
+  destination="${ROOT_DIR}/restore-${ts}"
+  partial="$(mktemp -d "${destination}.partial.XXXXXX")" || die "${EXIT_BACKUP}" "cannot create a directory next to ${destination}"
+  FAILURE_DIRS+=("${partial}")
   log "extracting ${file} into ${destination}"
-  tar --extract --gzip --file="${ROOT_DIR}/${file}" --directory="${destination}" \
-    || die "${EXIT_BACKUP}" "extracting ${file} failed"
+  tar --extract --gzip --no-same-owner --file="${ROOT_DIR}/${file}" --directory="${partial}" \
+    || die "${EXIT_BACKUP}" "extracting ${file} failed (nothing was left under ${destination})"
+  chmod 0755 -- "${partial}"
+  if [[ -e "${destination}" || -L "${destination}" ]]; then
+    stamp="$(date -u '+%Y%m%d_%H%M%S')"
+    mv -T -- "${destination}" "${destination}.before-${stamp}" \
+      || die "${EXIT_BACKUP}" "cannot move the earlier ${destination} aside"
+    log "the earlier ${destination} is kept as ${destination}.before-${stamp}"
+  fi
+  mv -T -- "${partial}" "${destination}" || die "${EXIT_BACKUP}" "cannot rename the extracted files to ${destination}"
   log "config files of set ${ts} restored under ${destination}"
 }

@@ -23,6 +23,22 @@ prepare_root() {
   fi
 }
 
+# Root never works in a directory another user owns: that user could plant a
+# link where root is about to write (the lock, a temporary file, an extracted
+# file) and have root write through it. Refuse, naming the user to run as (the
+# stack runs this image as uid 1000, which owns the backup and data directories).
+refuse_root_in_foreign_dirs() {
+  local directory owner
+  [[ "$(id -u)" == 0 ]] || return 0
+  for directory in "$@"; do
+    [[ -e "${directory}" ]] || continue
+    owner="$(stat -c %u -- "${directory}")" || die "${EXIT_CONFIG}" "cannot stat ${directory}"
+    if [[ "${owner}" != 0 ]]; then
+      die "${EXIT_CONFIG}" "running as root, but ${directory} belongs to uid ${owner}, who could plant links there that root would write through; run as that user (docker run --user ${owner}:${owner}, or docker compose run without --user)"
+    fi
+  done
+}
+
 # flock on BACKUP_ROOT/.lock: backup, finish and restore never overlap.
 acquire_lock() {
   local lock_file="${ROOT_DIR}/.lock"

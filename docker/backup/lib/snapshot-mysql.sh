@@ -98,7 +98,9 @@ dump_until_snapshot_open() {
   mkfifo -m 0600 -- "${dir}/dump.err" || die "${EXIT_BACKUP}" "cannot create a FIFO in ${dir}"
   # Without the session's FIFOs: the session must see EOF (and end its
   # transaction) when session_close closes them, not when the dump ends.
-  "${MYSQL_DUMP[@]}" "$@" "${CONFIG[DB_NAME]}" >"${dir}/dump.sql" 2>"${dir}/dump.err" \
+  # The FIFO is opened first: should dump.sql fail to open (no inode left), the
+  # reader below still gets its EOF instead of waiting for a writer forever.
+  "${MYSQL_DUMP[@]}" "$@" "${CONFIG[DB_NAME]}" 2>"${dir}/dump.err" >"${dir}/dump.sql" \
     {SESSION_IN_FD}>&- {SESSION_OUT_FD}<&- &
   DUMP_PID=$!
   BACKGROUND_PIDS+=("${DUMP_PID}")

@@ -646,3 +646,68 @@ grow_database() {
   sqlite3 "${SQLITE_DB}" "DROP TABLE blobs; VACUUM;"
   backup_ok run
 }
+
+@test "restore: a config extraction that fails leaves nothing under restore-TS; a second one keeps the first aside" {
+  backup_ok run
+  local ts="${SET_TS}"
+  # A tar that extracts, then fails (as on a full disk): the files are written.
+  mkdir -p "${BATS_TEST_TMPDIR}/failing"
+  printf '#!/bin/sh\ncase " $* " in *" --extract "*) /usr/bin/tar "$@"; exit 2 ;; esac\nexec /usr/bin/tar "$@"\n' \
+    >"${BATS_TEST_TMPDIR}/failing/tar"
+  chmod +x "${BATS_TEST_TMPDIR}/failing/tar"
+  PATH="${BATS_TEST_TMPDIR}/failing:${PATH}" run --separate-stderr "${BACKUP_SH}" restore "${ts}" --yes --only config
+  assert_failure 3
+  assert_stderr --partial "nothing was left under ${BACKUP_ROOT}/restore-${ts}"
+  refute [ -e "${BACKUP_ROOT}/restore-${ts}" ]
+  run compgen -G "${BACKUP_ROOT}/restore-${ts}*"
+  assert_output ""
+  # Whole: renamed into place; a second restore keeps the first aside.
+  run --separate-stderr "${BACKUP_SH}" restore "${ts}" --yes --only config
+  assert_success
+  echo edited >>"${BACKUP_ROOT}/restore-${ts}/${CONFIG_TREE#/}/tracker/etc/tracker.toml"
+  sleep 1
+  run --separate-stderr "${BACKUP_SH}" restore "${ts}" --yes --only config
+  assert_success
+  assert_stderr --partial "the earlier ${BACKUP_ROOT}/restore-${ts} is kept as"
+  cmp "${BACKUP_ROOT}/restore-${ts}/${CONFIG_TREE#/}/tracker/etc/tracker.toml" "${CONFIG_TREE}/tracker/etc/tracker.toml"
+  local -a aside=("${BACKUP_ROOT}/restore-${ts}".before-*)
+  assert_equal "${#aside[@]}" 1
+  run tail -n 1 "${aside[0]}/${CONFIG_TREE#/}/tracker/etc/tracker.toml"
+  assert_output "edited"
+}
+
+@test "root: restore, run and finish refuse a backup or database directory another user owns" {
+  [[ "$(id -u)" == 0 ]] || skip "needs root"
+  backup_ok run
+  chown 1000:1000 "${BACKUP_ROOT}"
+  run --separate-stderr "${BACKUP_SH}" restore latest --yes
+  assert_failure 2
+  assert_stderr --partial "running as root, but ${BACKUP_ROOT} belongs to uid 1000"
+  assert_stderr --partial "--user 1000:1000"
+  run --separate-stderr "${BACKUP_SH}" run
+  assert_failure 2
+  assert_stderr --partial "belongs to uid 1000"
+  chown 0:0 "${BACKUP_ROOT}"
+  # The database's directory counts too: root would write its temporary there.
+  chown 1000:1000 "${SQLITE_DB%/*}"
+  run --separate-stderr "${BACKUP_SH}" restore latest --yes --only db
+  assert_failure 2
+  assert_stderr --partial "running as root, but ${SQLITE_DB%/*} belongs to uid 1000"
+}
+
+# The MySQL snapshot's dump, driven directly with a stand-in for mariadb-dump
+# (no server needed): its output file cannot be created (here: a directory
+# there; on a host: no inode left). It failed to open before its error FIFO,
+# and the reader waited for a writer forever, with the tracker stopped.
+@test "snapshot: a dump whose output cannot be created fails at once, never hangs" {
+  local dir="${BATS_TEST_TMPDIR}/dump"
+  mkdir -p "${dir}/dump.sql"
+  run --separate-stderr timeout 20 bash -c '
+    source "$1" && init_paths
+    CONFIG[DB_NAME]=tracker
+    MYSQL_DUMP=(sh -c "echo never reached")
+    exec {SESSION_IN_FD}>/dev/null {SESSION_OUT_FD}</dev/null
+    dump_until_snapshot_open "$2"' _ "${BACKUP_SH}" "${dir}"
+  assert_failure 3
+  assert_stderr --partial "mariadb-dump failed"
+}
