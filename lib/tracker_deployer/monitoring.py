@@ -145,6 +145,11 @@ class AlertSettings:
     def drill_missing_for(self) -> str:
         return prometheus_duration(self.drill_missing_after_seconds)
 
+    # The newest set may be named this far after the host's clock (a set the
+    # metrics saw a moment after it was named: 0 or more seconds old) before
+    # BackupSetAheadOfClock fires.
+    set_ahead_tolerance_seconds: int = 300
+
     @property
     def downtime_budget(self) -> str:
         """The budget as PromQL writes numbers (no trailing .0)."""

@@ -60,7 +60,11 @@ def test_rules_follow_the_schedules_and_the_budget(mysql_data: dict[str, Any]) -
         "BackupFailed/",
         "BackupMissing/never",
         "BackupMissing/stale",
+        "BackupSetAheadOfClock/",
     ]
+    assert rules["BackupSetAheadOfClock/"]["expr"] == (
+        "tracker_backup_newest_set_age_seconds < -300"
+    )
     assert rules["BackupMissing/stale"]["expr"] == (
         "time() - tracker_backup_last_success_timestamp_seconds > 34200"
     )
