@@ -104,9 +104,11 @@ def test_files_with_secrets_are_never_world_readable(name: str) -> None:
     if "mysql" in data:
         data["mysql"]["root_password"] = "secret-root-4b7d"
         data["tracker"]["core"]["database"]["password"] = "secret-db-8e1f"
+    if "backup" in data:  # a credential too (threat model), though not a Secret
+        data["backup"]["notify_url"] = "https://hc-ping.com/secret-uuid-77aa"
     env = parse(data)
     tree = render(env)
-    secrets = env.secrets()
+    secrets = [*env.secrets(), "secret-uuid-77aa"]
     for item in tree.files:
         text = item.content.decode()
         holds_secret = any(secret in text for secret in secrets)

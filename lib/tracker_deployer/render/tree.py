@@ -371,6 +371,8 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
                 paths.MAINTENANCE_SCRIPT,
                 maintenance_script(env, templates_dir=templates_dir),
                 0o700,  # root's alone: it holds backup.notify_url, a credential
+                # ...so no sha256 or size of it in the world-readable manifest either.
+                secret=env.backup.notify_url is not None,
             )
         )
         files.append(
