@@ -239,13 +239,28 @@ def test_firewall_allows_ssh_and_exactly_the_published_ports() -> None:
     env = parse(data)
     rules = configure.firewall_rules(env)
     assert "policy drop;" in rules
-    assert "tcp dport 2200 accept" in rules
+    assert "tcp dport { 2200 } accept" in rules
     assert "tcp dport { 1212, 3000, 7070 } accept" in rules
     assert "udp dport { 6969 } accept" in rules
     assert "3306" not in rules  # MySQL is never published
     assert "9090" not in rules  # Prometheus listens on the host's loopback only
     assert "1313" not in rules  # the health-check API is bound to 127.0.0.1
     assert "flush ruleset" not in rules  # Docker's and LXD's tables stay
+
+
+def test_firewall_lets_in_the_port_the_deployer_connects_to() -> None:
+    """A host registered with --port 2222: every task connects there, and the rules
+    let in only ssh_credentials.port (22), so the next command was locked out."""
+    env = parse(sample_data("manual-test-mysql"))
+    assert "tcp dport { 22, 2222 } accept" in configure.firewall_rules(env, 2222)
+    host_os = configure.HostOs("debian", "12", "Debian 12")
+    [firewall] = [s for s in configure.plan(env, host_os, 2222) if "firewall" in s.name]
+    assert firewall.name.startswith("firewall (nftables): SSH 22, 2222,")
+    assert "tcp dport { 22, 2222 } accept" in firewall.apply
+    # Loaded before the files are written: a failed load leaves the check failing.
+    assert firewall.apply.index("nft -f /dev/stdin") < firewall.apply.index(
+        str(configure.FIREWALL_FILE)
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="nft -c needs root (CAP_NET_ADMIN)")

@@ -125,7 +125,14 @@ def _port_set(ports: Sequence[int]) -> str:
     return "{ " + ", ".join(str(p) for p in sorted(set(ports))) + " }"
 
 
-def firewall_rules(env: Env) -> str:
+def ssh_ports(env: Env, connected_port: int | None = None) -> list[int]:
+    """The SSH ports the firewall lets in: ssh_credentials.port and the port this
+    deployer connects to (a host registered with --port N); dropping that one
+    would lock every later command out."""
+    return sorted({env.ssh.port} | ({connected_port} if connected_port else set()))
+
+
+def firewall_rules(env: Env, connected_port: int | None = None) -> str:
     """The nftables table: SSH, the stack's published ports, nothing else from outside.
 
     Only this table is replaced (never ``flush ruleset``), so Docker's and LXD's
@@ -151,7 +158,7 @@ def firewall_rules(env: Env) -> str:
         '    iifname "br-*" accept',
         "    meta l4proto { icmp, ipv6-icmp } accept",
         '    udp sport 67 udp dport 68 accept comment "DHCP replies (the host\'s own address)"',
-        f'    tcp dport {env.ssh.port} accept comment "SSH"',
+        f'    tcp dport {_port_set(ssh_ports(env, connected_port))} accept comment "SSH"',
     ]
     if tcp:
         lines.append(f'    tcp dport {_port_set(tcp)} accept comment "the stack, tcp"')
@@ -244,7 +251,9 @@ def _compose_from_trixie() -> str:
     )
 
 
-def plan(env: Env, host_os: HostOs) -> tuple[HostStep, ...]:
+def plan(
+    env: Env, host_os: HostOs, connected_port: int | None = None
+) -> tuple[HostStep, ...]:
     """The steps that make ``host_os`` ready for ``env``'s stack (pure)."""
     packages = PACKAGES[host_os.key]
     names = " ".join(_q(p) for p in packages)
@@ -271,16 +280,18 @@ def plan(env: Env, host_os: HostOs) -> tuple[HostStep, ...]:
         "for _ in $(seq 60); do docker info >/dev/null 2>&1 && exit 0; sleep 1; done; "
         "echo 'dockerd did not come up within 60 s' >&2; exit 1"
     )
-    rules = firewall_rules(env)
+    rules = firewall_rules(env, connected_port)
     firewall_ok = (
         f"{_has_content(FIREWALL_FILE, rules)} && {_has_content(NFTABLES_CONF, nftables_conf())} "
         f"&& nft list table inet {FIREWALL_TABLE} >/dev/null 2>&1 "
         f"&& {{ ! {SYSTEMD} || systemctl is-enabled --quiet nftables; }}"
     )
+    # Loaded first, the files written after: a load that fails leaves the old files,
+    # so the next run's check (which compares the files) fails and loads again.
     firewall_apply = (
         f"set -o errexit; nft -c -f /dev/stdin <<'RULES'\n{rules}RULES\n"
+        f"nft -f /dev/stdin <<'RULES'\n{rules}RULES\n"
         f"{_write(FIREWALL_FILE, rules)}; {_write(NFTABLES_CONF, nftables_conf(), '0755')}; "
-        f"nft -f {FIREWALL_FILE}; "
         # Enabled, never (re)started here: its unit loads nftables.conf at boot.
         f"if {SYSTEMD}; then systemctl enable --quiet nftables; fi"
     )
@@ -307,7 +318,7 @@ def plan(env: Env, host_os: HostOs) -> tuple[HostStep, ...]:
         ),
         HostStep(
             "firewall (nftables): SSH "
-            + str(env.ssh.port)
+            + ", ".join(str(port) for port in ssh_ports(env, connected_port))
             + "".join(f", {p.host}/{p.protocol}" for p in published_ports(env)),
             firewall_ok,
             firewall_apply,
@@ -380,7 +391,7 @@ def apply(host: SshHost, env: Env, say: Say) -> Configured:
     say(f"  host OS: {host_os.pretty or host_os.key}")
     changed: list[str] = []
     unchanged: list[str] = []
-    for step in plan(env, host_os):
+    for step in plan(env, host_os, host.target.port):
         if host.run(step.check, timeout=STEP_TIMEOUT_SECONDS).ok:
             say(f"  unchanged {step.name}")
             unchanged.append(step.name)
