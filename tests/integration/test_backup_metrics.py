@@ -114,7 +114,7 @@ def test_metrics_describe_a_real_run_and_then_a_failed_one(
     assert oct(metrics.output.stat().st_mode & 0o777) == "0o644"
 
     # A real failed run: a backup.conf the backup container refuses (exit 2).
-    conf = stack.deploy_dir / "storage/backup/etc/backup.conf"
+    conf = stack.deploy_dir / "storage/backup-etc/backup.conf"
     conf.write_text(conf.read_text() + "NOT A SETTING\n")
     failed = stack.run_maintenance()
     assert failed.returncode != 0
@@ -145,3 +145,21 @@ def test_planted_symlinks_are_not_followed(sqlite_stack: Stack, tmp_path: Path) 
 
     assert samples["tracker_backup_local_sets"] == 1
     assert not [name for name in samples if "stolen" in name]
+
+
+def test_a_planted_set_name_that_is_no_date_is_skipped_not_fatal(
+    sqlite_stack: Stack, tmp_path: Path
+) -> None:
+    """A manifest named for a moment that does not exist (second 99) ended the
+    script under errexit: the old metrics file stayed, a success included."""
+    stack = sqlite_stack
+    metrics = Metrics(stack, tmp_path / "metrics")
+    manifests = stack.backups / "manifests"
+    manifests.mkdir(parents=True, exist_ok=True)
+    (manifests / "set_20260101_000000.sha256").write_text("")
+    (manifests / "set_20261231_999999.sha256").write_text("")
+
+    samples = metrics.write()
+
+    assert samples["tracker_backup_local_sets"] == 1
+    assert samples["tracker_backup_newest_set_timestamp_seconds"] == epoch("2026-01-01T00:00:00Z")

@@ -813,3 +813,28 @@ def test_hardening_extra_stray_output_set_ids_stay_out_of_the_output(
     # the id is still known to the script: it reports the set
     assert f"set {set_id} complete" in result.stdout
     assert sqlite_stack.status()["set"] == set_id
+
+
+def test_a_killed_run_leaves_no_process_holding_the_lock(tmp_path: Path) -> None:
+    """SIGKILL of the maintenance script alone (the OOM killer picks one process)
+    while the snapshot hangs with the tracker stopped. Its compose client lives on,
+    waiting for its container, and had inherited the lock's descriptor: every later
+    run, --recover included, found the lock busy (exit 75) and the tracker stayed
+    down. Now the client does not hold it: --recover starts the tracker."""
+    stack = hanging_stack(tmp_path)
+    process: subprocess.Popen[str] | None = None
+    try:
+        process = stack.start_maintenance("--quiet")
+        stack.wait_for_log("backup double: hanging")
+        assert "tracker" not in stack.running_services()
+        process.kill()  # the script only, not its process group
+        process.wait(timeout=30)  # (its pipes stay open: the orphaned client holds them)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+        recovered = stack.run_maintenance("--recover", "--quiet")
+        assert recovered.returncode == 70, recovered.stdout + recovered.stderr
+        assert "it was started again" in recovered.stderr
+        assert "tracker" in stack.running_services()
+    finally:
+        stop_run_and_clean_up(stack, process)
