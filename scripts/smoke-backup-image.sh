@@ -66,7 +66,7 @@ run_image() {
   shift 2
   local -a command=(
     docker run --rm --user "$(id -u):$(id -g)" --network "${network}"
-    --volume "${work}/storage/backup/etc:/etc/backup:ro"
+    --volume "${work}/storage/backup-etc:/etc/backup:ro"
     --volume "${work}/storage:/data/storage:ro"
     --volume "${work}/storage/backup:/backups"
   )
@@ -76,13 +76,13 @@ run_image() {
 write_common_files() {
   local work="$1"
   mkdir -p "${work}/storage/tracker/etc" "${work}/storage/tracker/lib/database" \
-    "${work}/storage/backup/etc"
+    "${work}/storage/backup-etc"
   printf '[core.database]\ndriver = "sqlite3"\n' >"${work}/storage/tracker/etc/tracker.toml"
-  printf '%s\n' /data/storage/tracker/etc/tracker.toml /data/storage/backup/etc/backup.conf \
-    >"${work}/storage/backup/etc/backup-paths.txt"
+  printf '%s\n' /data/storage/tracker/etc/tracker.toml /data/storage/backup-etc/backup.conf \
+    >"${work}/storage/backup-etc/backup-paths.txt"
   printf 'BACKUP_PATHS_FILE=%s\nBACKUP_RETENTION_DAYS=%s\n' \
     "$(conf_quote /etc/backup/backup-paths.txt)" "$(conf_quote 7)" \
-    >"${work}/storage/backup/etc/backup.conf"
+    >"${work}/storage/backup-etc/backup.conf"
 }
 
 seed_sqlite() {
@@ -97,7 +97,7 @@ seed_sqlite() {
     --entrypoint sqlite3 "${image}" /database/sqlite3.db "${sql}"
   printf 'DB_TYPE=%s\nDB_PATH=%s\n' "$(conf_quote sqlite)" \
     "$(conf_quote /data/storage/tracker/lib/database/sqlite3.db)" \
-    >>"${work}/storage/backup/etc/backup.conf"
+    >>"${work}/storage/backup-etc/backup.conf"
 }
 
 seed_mysql() {
@@ -116,7 +116,7 @@ seed_mysql() {
   printf 'DB_TYPE=%s\nDB_HOST=%s\nDB_PORT=%s\nDB_USER=%s\nDB_PASSWORD=%s\nDB_NAME=%s\n' \
     "$(conf_quote mysql)" "$(conf_quote "${host}")" "$(conf_quote "${port}")" \
     "$(conf_quote "${user}")" "$(conf_quote "${DB_PASSWORD:-}")" "$(conf_quote "${name}")" \
-    >>"${work}/storage/backup/etc/backup.conf"
+    >>"${work}/storage/backup-etc/backup.conf"
 }
 
 check_set() {

@@ -32,7 +32,14 @@ from tracker_deployer.remote import configure as configuring
 from tracker_deployer.remote import deploy as remote
 from tracker_deployer.remote import mysql_passwords
 from tracker_deployer.remote import offsite as offsite_copies
-from tracker_deployer.remote.plan import CRON_FILES, Change, Plan, Scope, services_to_restart
+from tracker_deployer.remote.plan import (
+    CRON_FILES,
+    RESTARTABLE,
+    Change,
+    Plan,
+    Scope,
+    services_to_restart,
+)
 from tracker_deployer.remote.ssh import DEFAULT_KNOWN_HOSTS, SshHost, Target
 from tracker_deployer.render import RenderedTree, inventory_script
 from tracker_deployer.say import Say, printable
@@ -292,11 +299,15 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
             # Last before compose up, which recreates MySQL with the new .env (MySQL
             # ignores it) and restarts the tracker on its new tracker.toml.
             mysql_passwords.set_in_server(connection, env, say)
-            restart = services_to_restart(
+            changed = services_to_restart(
                 step.path
                 for step in pushed.steps
                 if step.change in (Change.UPDATE, Change.METADATA)
             )
+            # Also what an earlier deploy pushed and could not restart (its push
+            # recorded them; the restart clears the record).
+            pending = remote.pending_restart(connection)
+            restart = tuple(name for name in RESTARTABLE if name in {*changed, *pending})
             remote.compose_up(connection, restart, say)
         with clock.phase("install-cron"):
             cron = remote.install_cron(connection, tree, say)

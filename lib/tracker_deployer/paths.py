@@ -25,7 +25,10 @@ PROMETHEUS_CONFIG = PROMETHEUS_ETC_DIR / "prometheus.yml"
 GRAFANA_PROVISIONING = STORAGE_DIR / "grafana/provisioning"
 CADDYFILE = STORAGE_DIR / "caddy/etc/Caddyfile"
 BACKUP_DIR = STORAGE_DIR / "backup"
-BACKUP_ETC_DIR = BACKUP_DIR / "etc"
+# The backup container's settings (backup.conf, off-host secrets): root's, and
+# outside storage/backup, which uid 1000 owns: there that user could rename the
+# directory and plant a link root's deploy would write secrets through.
+BACKUP_ETC_DIR = STORAGE_DIR / "backup-etc"
 BACKUP_CONF = BACKUP_ETC_DIR / "backup.conf"
 BACKUP_PATHS = BACKUP_ETC_DIR / "backup-paths.txt"
 # The maintenance script's status and its "tracker stopped by a backup run"
@@ -51,7 +54,10 @@ SNAPSHOT_OPEN_LINE = "snapshot-open"
 CRON_FILE = PurePosixPath("/etc/cron.d/tracker-backup")
 LOGROTATE_FILE = PurePosixPath("/etc/logrotate.d/tracker-backup")
 BACKUP_LOG = PurePosixPath("/var/log/tracker-backup.log")
-BACKUP_LOCK = PurePosixPath("/run/lock/tracker-backup.lock")
+# In /run itself (root's, 0755), not /run/lock (world-writable): there uid 1000
+# could create the file first and hold it (every run, restore and deploy then
+# found the lock busy), or, with fs.protected_regular, make root's open fail.
+BACKUP_LOCK = PurePosixPath("/run/tracker-backup.lock")
 # Backup health for Prometheus (node_exporter's textfile collector) and the
 # scheduled restore drills. Both directories are root-owned in root-owned
 # parents, outside storage/backup (which uid 1000 owns), so root never writes
@@ -74,9 +80,9 @@ GRAFANA_BACKUPS_DASHBOARD = GRAFANA_PROVISIONING / "dashboards/torrust/backups.j
 # Off-host copies (backup.offsite): the restic settings and password next to
 # backup.conf (same modes), the operator's SSH key for sftp: repositories, the
 # scheduled `restic check`, and their status files in BACKUP_STATUS_DIR.
-OFFSITE_ENV_FILE = BACKUP_DIR / "etc/offsite.env"
-OFFSITE_PASSWORD_FILE = BACKUP_DIR / "etc/offsite.password"
-OFFSITE_SSH_DIR = BACKUP_DIR / "etc/offsite-ssh"
+OFFSITE_ENV_FILE = BACKUP_ETC_DIR / "offsite.env"
+OFFSITE_PASSWORD_FILE = BACKUP_ETC_DIR / "offsite.password"
+OFFSITE_SSH_DIR = BACKUP_ETC_DIR / "offsite-ssh"
 OFFSITE_CHECK_SCRIPT = PurePosixPath("/usr/local/bin/tracker-backup-offsite-check.sh")
 OFFSITE_CHECK_CRON_FILE = PurePosixPath("/etc/cron.d/tracker-backup-offsite-check")
 OFFSITE_LAST_UPLOAD = BACKUP_STATUS_DIR / "last-offsite.env"

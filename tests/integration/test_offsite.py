@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tracker_deployer import paths
 from tracker_deployer.remote.offsite import listing_error, listing_script, parse_listing
 from tracker_deployer.render.tree import offsite_check_script
 
@@ -292,7 +293,7 @@ def test_sftp_sshd_gets_the_set_with_the_operators_key_and_known_hosts(
     repository = f"sftp://tddeploy@127.0.0.1:{sftp_server.port}/{remote_dir}"
     stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
     try:
-        ssh_dir = stack.backups / "etc/offsite-ssh"
+        ssh_dir = stack.deploy_dir / str(paths.OFFSITE_SSH_DIR.relative_to(paths.DEPLOY_DIR))
         for name, source in (
             ("id", sftp_server.client_key),
             ("known_hosts", sftp_server.known_hosts),

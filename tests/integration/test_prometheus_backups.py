@@ -124,7 +124,7 @@ def test_prometheus_sees_the_runs_fires_backup_failed_and_sees_the_drill(
         assert prometheus.query('ALERTS{alertname="BackupFailed"}') == []
 
         # 2. a failed run (a backup.conf the backup container refuses): BackupFailed fires
-        conf = stack.deploy_dir / "storage/backup/etc/backup.conf"
+        conf = stack.deploy_dir / "storage/backup-etc/backup.conf"
         good_conf = conf.read_text()
         conf.write_text(good_conf + "NOT A SETTING\n")
         assert stack.run_maintenance().returncode != 0

@@ -201,10 +201,10 @@ def test_dry_run_opens_no_connection_and_masks_secrets(tmp_path: Path) -> None:
     data["tracker"]["http_api"]["admin_token"] = "maintenance-backup.sh"
     env = write_env(tmp_path, data)
     masked = {
-        "push": ["  ensure    /opt/torrust/storage/backup/etc/********  (0640 0:1000)"],
+        "push": ["  ensure    /opt/torrust/storage/backup-etc/********  (0640 0:1000)"],
         "install-cron": ["  ensure    /usr/local/bin/********  (0700 0:0)"],
         "deploy": [
-            "    ensure    /opt/torrust/storage/backup/etc/********  (0640 0:1000)",
+            "    ensure    /opt/torrust/storage/backup-etc/********  (0640 0:1000)",
             "    ensure    /usr/local/bin/********  (0700 0:0)",
         ],
     }
@@ -366,13 +366,22 @@ def make_sqlite_set(backup_root: Path, work: Path, compression: str = "gzip") ->
         f"BACKUP_COMPRESSION='{compression}'\n"
     )
     backup_root.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        ["bash", str(REPO_ROOT / "docker/backup/backup.sh"), "run"],
-        env={**os.environ, "CONFIG_FILE": str(config), "BACKUP_ROOT": str(backup_root)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    # backup.sh refuses to run as root in a directory another user owns (uid 1000
+    # on a host): made here as root in root's, then handed back to that user.
+    owner = backup_root.stat()
+    os.chown(backup_root, 0, 0)
+    try:
+        result = subprocess.run(
+            ["bash", str(REPO_ROOT / "docker/backup/backup.sh"), "run"],
+            env={**os.environ, "CONFIG_FILE": str(config), "BACKUP_ROOT": str(backup_root)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        subprocess.run(
+            ["chown", "-R", f"{owner.st_uid}:{owner.st_gid}", str(backup_root)], check=True
+        )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
 

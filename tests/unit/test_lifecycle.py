@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from tracker_deployer import lifecycle, state
 from tracker_deployer.errors import DeployError, RemoteError
-from tracker_deployer.remote import configure
+from tracker_deployer.remote import configure, mysql_passwords
 from tracker_deployer.remote import deploy as remote
+from tracker_deployer.render import render
 from tracker_deployer.topology import derive
 
 import tasks
@@ -662,3 +663,40 @@ def test_sideload_without_docker_here_is_one_clear_error(
     with pytest.raises(DeployError, match="cannot run docker") as raised:
         lifecycle.sideload(parse(sample_data("sandbox-sqlite")), lambda _line: None)
     assert "docker info" in (raised.value.hint or "")
+
+
+def test_deploy_restarts_what_an_earlier_push_left_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The host's record of a restart an earlier deploy never made (see test_plan)
+    reaches compose up even though this push changed nothing, and the deploy does
+    not say `nothing changed`. Every remote step is a stand-in here."""
+    from contextlib import nullcontext
+
+    from tracker_deployer.remote.plan import Plan, Scope
+    from tracker_deployer.remote.ssh import Target
+
+    env = parse(sample_data("manual-test-sqlite"))
+    found = Target("10.0.0.5", 22, "torrust", "/k")
+    nothing = Plan(Scope.PUSH, (), ())
+    ups: list[tuple[str, ...]] = []
+    monkeypatch.setattr(lifecycle, "target", lambda *_args: found)
+    monkeypatch.setattr(lifecycle, "SshHost", lambda _target: nullcontext(object()))
+    monkeypatch.setattr(lifecycle, "sideload", lambda *_args: None)
+    monkeypatch.setattr(lifecycle, "ensure_images", lambda *_args: None)
+    monkeypatch.setattr(
+        configure,
+        "apply",
+        lambda *_args: configure.Configured(configure.HostOs("debian", "12", ""), (), ()),
+    )
+    monkeypatch.setattr(mysql_passwords, "set_in_server", lambda *_args: None)
+    monkeypatch.setattr(remote, "refuse_unfinished_recover", lambda *_args: None)
+    monkeypatch.setattr(remote, "push", lambda *_args: nothing)
+    monkeypatch.setattr(remote, "install_cron", lambda *_args: Plan(Scope.CRON, (), ()))
+    monkeypatch.setattr(remote, "service_health", lambda *_args: [])
+    monkeypatch.setattr(remote, "pending_restart", lambda *_args: ("prometheus", "tracker"))
+    monkeypatch.setattr(remote, "compose_up", lambda _host, restart, _say: ups.append(restart))
+    deployed = lifecycle.deploy(env, render(env), lambda _line: None)
+    assert ups == [("tracker", "prometheus")]
+    assert deployed.restarted == ("tracker", "prometheus")
+    assert not deployed.changed_nothing

@@ -140,13 +140,13 @@ def test_no_offsite_means_no_offsite_files_service_or_upload() -> None:
 def test_the_offsite_service_reads_the_sets_and_settings_read_only() -> None:
     service = derive(parse(s3_data())).service(offsite.SERVICE)
     assert service.entrypoint == (str(paths.OFFSITE_SCRIPT_IN_BACKUP),)
-    assert service.env_file == ("./storage/backup/etc/offsite.env",)
+    assert service.env_file == ("./storage/backup-etc/offsite.env",)
     assert service.profiles == ("backup",)
     assert service.user == "1000:1000"
     assert service.network_mode == "host"
     assert service.hostname == "${TRACKER_OFFSITE_HOSTNAME:-tracker-offsite}"
     assert [str(mount) for mount in service.volumes] == [
-        "./storage/backup/etc:/etc/backup:ro",
+        "./storage/backup-etc:/etc/backup:ro",
         "./storage/backup:/backups:ro",
     ]
 

@@ -64,7 +64,7 @@ def test_the_backup_service_mounts_its_config_and_sets_where_the_image_looks() -
     mounts = {mount.target: mount for mount in backup.volumes}
     assert mounts[str(paths.BACKUP_ETC_IN_BACKUP)].read_only
     assert paths.BACKUP_CONF_IN_BACKUP.parent == paths.BACKUP_ETC_IN_BACKUP
-    assert mounts[str(paths.BACKUP_ETC_IN_BACKUP)].source == "./storage/backup/etc"
+    assert mounts[str(paths.BACKUP_ETC_IN_BACKUP)].source == "./storage/backup-etc"
     assert not mounts[str(paths.BACKUP_ROOT_IN_BACKUP)].read_only
     assert mounts[str(paths.BACKUP_ROOT_IN_BACKUP)].source == "./storage/backup"
     # Every host file the backup reads is mounted where in_backup_container says.

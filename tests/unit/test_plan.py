@@ -13,6 +13,7 @@ import pytest
 from tracker_deployer import paths
 from tracker_deployer.remote.plan import (
     CRON_FILES,
+    PENDING_RESTART_FILE,
     PROBE_SCRIPT,
     STATE_FILE,
     Change,
@@ -21,6 +22,7 @@ from tracker_deployer.remote.plan import (
     Scope,
     diff,
     dry_run_plan,
+    parse_pending_restart,
     parse_probe,
     parse_state_file,
     probe_paths,
@@ -289,3 +291,72 @@ def test_services_to_restart_are_those_whose_bind_mounted_config_changed(
     changed: tuple[PurePosixPath, ...], restarted: tuple[str, ...]
 ) -> None:
     assert services_to_restart(changed) == restarted
+
+
+# --------------------------------------------------------------------------- links uid 1000 plants
+
+
+def test_no_root_file_or_directory_sits_in_a_directory_another_user_owns() -> None:
+    """uid 1000 may rename what is in its own directories and plant a link there:
+    root would write (install, mv) or chown (install -d) through it. So nothing
+    root writes lives in such a directory (backup.conf and the off-host secrets
+    were in storage/backup/etc), and the directories there are that user's."""
+    from tracker_deployer.render import render
+
+    from tests.helpers import parse, sample_data
+
+    data = sample_data("manual-test-mysql")
+    data["backup"]["offsite"] = {
+        "repository": "sftp:backup@offsite.example.com:/srv/t",
+        "password": "a long passphrase",
+        "keep": {"daily": 7},
+    }
+    tree = render(parse(data))
+    owners = {directory.path: directory.uid for directory in tree.directories}
+    for item in tree.files:
+        assert owners.get(item.path.parent, 0) == 0, item.path
+    for directory in tree.directories:
+        parent = owners.get(directory.path.parent, 0)
+        assert parent in (0, directory.uid), directory.path
+
+
+def test_apply_script_makes_a_directory_in_another_users_directory_as_that_user() -> None:
+    lib = Directory(paths.TRACKER_LIB_DIR, 0o750, 1000, 1000)
+    database = Directory(paths.SQLITE_DIR, 0o750, 1000, 1000)
+    tree = RenderedTree("test", files=(), directories=(lib, database))
+    script = render_apply_script(diff(tree, Scope.PUSH, {}), "/tmp/upload", ()).splitlines()
+    assert f"install -d -m 0750 -o 1000 -g 1000 {paths.TRACKER_LIB_DIR}" in script
+    assert (
+        f"setpriv --reuid=1000 --regid=1000 --clear-groups install -d -m 0750 {paths.SQLITE_DIR}"
+        in script
+    )
+
+
+# --------------------------------------------------------------------------- pending restarts
+
+
+def test_a_push_that_changes_a_mounted_config_records_the_restart_it_needs(
+    tmp_path: Path,
+) -> None:
+    """A deploy whose compose up or restart never happened (a busy lock, a failed pull,
+    Ctrl-C) left the new tracker.toml unread, and the next deploy, whose push changed
+    nothing, restarted nothing and said `nothing changed`. The push now records the
+    restart with the files; the restart clears it."""
+    item = _file(TRACKER, "[core]\n", 0o640, 1000)
+    changed = diff(_tree(item), Scope.PUSH, {TRACKER: _on_host(item, sha256="0" * 64)})
+    script = render_apply_script(changed, "/tmp/upload", ())
+    pending = shlex.quote(str(PENDING_RESTART_FILE))
+    assert f"printf '%s\\n' tracker >> {pending}" in script.splitlines()
+    # The line as bash runs it: one name a line, appended to what is there.
+    record = tmp_path / "pending"
+    record.write_text("prometheus\n")
+    line = f"printf '%s\\n' tracker >> {shlex.quote(str(record))}"
+    subprocess.run(["bash", "-c", line], check=True)
+    assert parse_pending_restart(record.read_text()) == ("tracker", "prometheus")
+    unchanged = diff(_tree(item), Scope.PUSH, {TRACKER: _on_host(item)})
+    assert "pending" not in render_apply_script(unchanged, "/tmp/upload", ())
+
+
+def test_the_pending_restart_record_from_the_host_names_known_services_only() -> None:
+    text = "tracker\n$(reboot)\ncaddy; rm -rf /\n\ngrafana\ntracker\n"
+    assert parse_pending_restart(text) == ("tracker", "grafana")

@@ -33,8 +33,8 @@ def test_mysql_backup_tree_has_every_file_of_the_design(mysql_data: dict[str, An
         "/etc/logrotate.d/tracker-backup",
         "/opt/torrust/.env",
         "/opt/torrust/docker-compose.yml",
-        "/opt/torrust/storage/backup/etc/backup-paths.txt",
-        "/opt/torrust/storage/backup/etc/backup.conf",
+        "/opt/torrust/storage/backup-etc/backup-paths.txt",
+        "/opt/torrust/storage/backup-etc/backup.conf",
         "/opt/torrust/storage/grafana/provisioning/dashboards/torrust.yml",
         "/opt/torrust/storage/grafana/provisioning/dashboards/torrust/backups.json",
         "/opt/torrust/storage/grafana/provisioning/dashboards/torrust/tracker.json",
@@ -139,7 +139,7 @@ def test_hostile_password_reads_back_exactly_from_backup_conf_in_bash(
     mysql_data["tracker"]["core"]["database"]["password"] = HOSTILE
     conf = tmp_path / "backup.conf"
     conf.write_bytes(
-        render(parse(mysql_data)).file("/opt/torrust/storage/backup/etc/backup.conf").content
+        render(parse(mysql_data)).file("/opt/torrust/storage/backup-etc/backup.conf").content
     )
     result = subprocess.run(
         ["bash", "-c", '. "$1"; printf "%s" "$DB_PASSWORD"', "_", str(conf)],
@@ -152,7 +152,7 @@ def test_hostile_password_reads_back_exactly_from_backup_conf_in_bash(
 
 
 def test_sqlite_backup_conf_points_at_the_tracker_database(sqlite_data: dict[str, Any]) -> None:
-    text = render(parse(sqlite_data)).text("/opt/torrust/storage/backup/etc/backup.conf")
+    text = render(parse(sqlite_data)).text("/opt/torrust/storage/backup-etc/backup.conf")
     assert "DB_TYPE='sqlite'\n" in text
     assert "DB_PATH='/data/storage/tracker/lib/database/tracker.db'\n" in text
     assert "DB_PASSWORD" not in text
@@ -166,7 +166,7 @@ def test_sqlite_backup_conf_points_at_the_tracker_database(sqlite_data: dict[str
 
 
 def test_backup_paths_list_every_config_file_once(mysql_data: dict[str, Any]) -> None:
-    text = render(parse(mysql_data)).text("/opt/torrust/storage/backup/etc/backup-paths.txt")
+    text = render(parse(mysql_data)).text("/opt/torrust/storage/backup-etc/backup-paths.txt")
     entries = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert len(entries) == len(set(entries))
     assert "/data/storage/tracker/etc/tracker.toml" in entries

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import PurePosixPath
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -105,7 +106,9 @@ def test_tracker_config_is_mounted_read_only() -> None:
 
 def test_compose_changes_run_under_the_maintenance_lock() -> None:
     command = under_backup_lock("docker compose restart tracker && docker compose up -d --wait")
-    assert command.startswith("mkdir -p /run/lock && flock -E 75 -w ")
+    assert command.startswith(f"mkdir -p {paths.BACKUP_LOCK.parent} && flock -E 75 -w ")
+    # Where only root may create it: /run, not the world-writable /run/lock.
+    assert paths.BACKUP_LOCK.parent == PurePosixPath("/run")
     assert f" {paths.BACKUP_LOCK} sh -c " in command
     assert command.endswith("'docker compose restart tracker && docker compose up -d --wait'")
     assert exit_codes.LOCK_BUSY == 75

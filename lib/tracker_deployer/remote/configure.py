@@ -251,9 +251,7 @@ def _compose_from_trixie() -> str:
     )
 
 
-def plan(
-    env: Env, host_os: HostOs, connected_port: int | None = None
-) -> tuple[HostStep, ...]:
+def plan(env: Env, host_os: HostOs, connected_port: int | None = None) -> tuple[HostStep, ...]:
     """The steps that make ``host_os`` ready for ``env``'s stack (pure)."""
     packages = PACKAGES[host_os.key]
     names = " ".join(_q(p) for p in packages)

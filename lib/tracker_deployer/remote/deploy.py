@@ -16,6 +16,7 @@ from tracker_deployer import compose, exit_codes, paths
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import RemoteError
 from tracker_deployer.remote.plan import (
+    PENDING_RESTART_FILE,
     PROBE_SCRIPT,
     STATE_FILE,
     Change,
@@ -23,6 +24,7 @@ from tracker_deployer.remote.plan import (
     Scope,
     diff,
     dry_run_plan,
+    parse_pending_restart,
     parse_probe,
     parse_state_file,
     probe_paths,
@@ -88,6 +90,12 @@ def dry_run(tree: RenderedTree, env: Env, target: Target | None, scopes: Sequenc
 
 
 # --------------------------------------------------------------------------- apply
+
+
+def pending_restart(host: SshHost) -> tuple[str, ...]:
+    """Services an earlier deploy's push changed and no deploy has restarted since."""
+    result = host.run(f"cat {shlex.quote(str(PENDING_RESTART_FILE))} 2>/dev/null || true")
+    return parse_pending_restart(result.stdout)
 
 
 def _previously(host: SshHost) -> tuple[PurePosixPath, ...]:
@@ -204,7 +212,8 @@ def compose_up(
         # `restart` does not wait for the healthcheck; `up --wait` (a no-op otherwise) does.
         _run_locked(
             host,
-            f"{COMPOSE} restart {' '.join(restart)} && {COMPOSE} up -d --wait",
+            f"{COMPOSE} restart {' '.join(restart)} && {COMPOSE} up -d --wait "
+            f"&& rm -f {shlex.quote(str(PENDING_RESTART_FILE))}",
             say,
             RemoteError(f"restarting {', '.join(restart)} failed on {host.target.host}"),
         )

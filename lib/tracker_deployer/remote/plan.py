@@ -17,10 +17,16 @@ from pathlib import PurePosixPath
 
 from tracker_deployer import paths
 from tracker_deployer.render import Directory, RenderedFile, RenderedTree
+from tracker_deployer.render.tree import ROOT_UID
 
 # The deployer's own record of what it put on the host (to remove stale files).
 STATE_DIR = paths.DEPLOY_DIR / ".tracker-deployer"
 STATE_FILE = STATE_DIR / "deployed-files.txt"
+# Services whose bind-mounted config a push changed and that no deploy has
+# restarted since (compose up or the restart failed, or never came): the next
+# deploy restarts them even when its own push changes nothing.
+PENDING_RESTART_FILE = STATE_DIR / "pending-restart.txt"
+RESTARTABLE = ("tracker", "prometheus", "grafana", "caddy")
 
 # Files managed by `install-cron`; everything under DEPLOY_DIR is `push`'s.
 CRON_FILES = (
@@ -218,10 +224,22 @@ def render_apply_script(plan: Plan, upload_dir: str, previously: Sequence[PurePo
     """
     q = shlex.quote
     lines = ["set -o errexit -o nounset", "umask 077"]
+    owners = {directory.path: directory.uid for directory in plan.directories}
     for directory in plan.directories:
+        target = q(str(directory.path))
+        parent_owner = owners.get(directory.path.parent, ROOT_UID)
+        if parent_owner == ROOT_UID:
+            lines.append(
+                f"install -d -m {directory.mode:04o} -o {directory.uid} -g {directory.gid} {target}"
+            )
+            continue
+        # In a directory another user owns, who could rename this one and plant a
+        # link: root's install -d would chown and chmod the link's target. Made and
+        # fixed as that user, it can only touch what the user may touch anyway.
+        assert directory.uid == parent_owner, f"{directory.path}: owned as its parent is"
         lines.append(
-            f"install -d -m {directory.mode:04o} -o {directory.uid} -g {directory.gid} "
-            f"{q(str(directory.path))}"
+            f"setpriv --reuid={directory.uid} --regid={directory.gid} --clear-groups "
+            f"install -d -m {directory.mode:04o} {target}"
         )
     for index, step in enumerate(plan.steps):
         target = q(str(step.path))
@@ -250,7 +268,20 @@ def render_apply_script(plan: Plan, upload_dir: str, previously: Sequence[PurePo
     lines.append(f"install -d -m 0700 -o 0 -g 0 {q(str(STATE_DIR))}")
     lines.append(f"printf '%s\\n' {' '.join(q(p) for p in keep)} > {state}.tmp")
     lines.append(f"chmod 0600 {state}.tmp && mv -f {state}.tmp {state}")
+    restart = services_to_restart(
+        step.path for step in plan.steps if step.change in (Change.UPDATE, Change.METADATA)
+    )
+    if restart:
+        # With the files, before any compose command: cleared once restarted.
+        pending = q(str(PENDING_RESTART_FILE))
+        lines.append(f"printf '%s\\n' {' '.join(restart)} >> {pending}")
     return "\n".join(lines) + "\n"
+
+
+def parse_pending_restart(text: str) -> tuple[str, ...]:
+    """The pending-restart record as read from the host: known service names only."""
+    named = {line.strip() for line in text.splitlines()}
+    return tuple(name for name in RESTARTABLE if name in named)
 
 
 def services_to_restart(changed: Iterable[PurePosixPath]) -> tuple[str, ...]:
@@ -267,5 +298,4 @@ def services_to_restart(changed: Iterable[PurePosixPath]) -> tuple[str, ...]:
             result.add(owners[path])
         elif path.is_relative_to(paths.GRAFANA_PROVISIONING):
             result.add("grafana")
-    order = ("tracker", "prometheus", "grafana", "caddy")
-    return tuple(name for name in order if name in result)
+    return tuple(name for name in RESTARTABLE if name in result)

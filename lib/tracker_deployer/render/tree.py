@@ -292,7 +292,7 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
     )
     if env.prometheus:
         directory(paths.STORAGE_DIR / "prometheus")
-        directory(paths.STORAGE_DIR / "prometheus/etc", 0o750, ROOT_UID, APP_GID)
+        directory(paths.PROMETHEUS_ETC_DIR, 0o750, ROOT_UID, APP_GID)
         add(
             paths.PROMETHEUS_CONFIG,
             "prometheus/prometheus.yml.j2",
@@ -344,7 +344,7 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
         directory(paths.METRICS_TEXTFILE_DIR)
         directory(paths.DRILL_DIR)
         directory(paths.BACKUP_DIR, 0o750, APP_UID, APP_GID)
-        directory(paths.BACKUP_DIR / "etc", 0o750, ROOT_UID, APP_GID)
+        directory(paths.BACKUP_ETC_DIR, 0o750, ROOT_UID, APP_GID)
         directory(paths.BACKUP_STATUS_DIR, 0o755, ROOT_UID, ROOT_GID)
         add(
             paths.BACKUP_CONF,
