@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 from tracker_deployer import paths
+from tracker_deployer.errors import RemoteError
 from tracker_deployer.remote.plan import (
     CRON_FILES,
     PENDING_RESTART_FILE,
@@ -360,3 +361,24 @@ def test_a_push_that_changes_a_mounted_config_records_the_restart_it_needs(
 def test_the_pending_restart_record_from_the_host_names_known_services_only() -> None:
     text = "tracker\n$(reboot)\ncaddy; rm -rf /\n\ngrafana\ntracker\n"
     assert parse_pending_restart(text) == ("tracker", "grafana")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "F\tabc\t\t/opt/torrust/.env",  # a file gone between its test and its stat
+        "F\t" + "0" * 64 + "\t644 0\t/opt/torrust/.env",
+        "F\t" + "0" * 64 + "\t999 0 0\t/opt/torrust/.env",
+        "F\t" + "G" * 64 + "\t644 0 0\t/opt/torrust/.env",
+        "X\t-\t-\t/opt/torrust/.env",
+        "M\t-\t-\trelative",
+    ],
+)
+def test_a_probe_line_this_tool_never_writes_is_one_clear_error(line: str) -> None:
+    with pytest.raises(RemoteError, match="the host's file probe printed a line"):
+        parse_probe(f"M\t-\t-\t{TRACKER}\n{line}\n")
+
+
+def test_the_state_file_keeps_absolute_normal_paths_only() -> None:
+    text = f"{COMPOSE}\n/opt/torrust/../../etc/shadow\n/opt/torrust//x\n/opt/./torrust/y\n{CRON}\n"
+    assert parse_state_file(text) == (COMPOSE, CRON)

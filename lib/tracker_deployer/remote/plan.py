@@ -9,6 +9,7 @@ only module that talks to a host.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,10 @@ from enum import Enum
 from pathlib import PurePosixPath
 
 from tracker_deployer import paths
+from tracker_deployer.errors import RemoteError
 from tracker_deployer.render import Directory, RenderedFile, RenderedTree
 from tracker_deployer.render.tree import ROOT_UID
+from tracker_deployer.say import printable
 
 # The deployer's own record of what it put on the host (to remove stale files).
 STATE_DIR = paths.DEPLOY_DIR / ".tracker-deployer"
@@ -193,26 +196,47 @@ done
 """
 
 
+# A probe line as PROBE_SCRIPT prints it: anything else (a damaged host, a file
+# gone between its test and its stat) is an error, never a traceback or a guess.
+PROBE_LINE = re.compile(
+    r"F\t(?P<sha>[0-9a-f]{64})\t(?P<mode>[0-7]{1,4}) (?P<uid>[0-9]{1,10}) (?P<gid>[0-9]{1,10})"
+    r"\t(?P<path>/[^\t]*)|M\t-\t-\t(?P<missing>/[^\t]*)"
+)
+
+
 def parse_probe(output: str) -> dict[PurePosixPath, FileState]:
     """Read the probe script's output: ``F\\tSHA\\tMODE UID GID\\tPATH`` or ``M``."""
     found: dict[PurePosixPath, FileState] = {}
-    for line in output.splitlines():
+    for number, line in enumerate(output.split("\n"), 1):
         if not line.strip():
             continue
-        kind, sha, meta, path_text = line.split("\t", 3)
-        path = PurePosixPath(path_text)
-        if kind == "F":
-            mode, uid, gid = meta.split()
-            found[path] = FileState(path, sha, int(mode, 8), int(uid), int(gid))
-        else:
+        match = PROBE_LINE.fullmatch(line)
+        if match is None:
+            raise RemoteError(
+                f"the host's file probe printed a line this tool never writes (line {number}: "
+                f"{printable(line[:120])!r})",
+                "run the command again; if it repeats, look at the host's /opt/torrust",
+            )
+        if match["missing"] is not None:
+            path = PurePosixPath(match["missing"])
             found[path] = FileState(path, None)
+            continue
+        path = PurePosixPath(match["path"])
+        found[path] = FileState(
+            path, match["sha"], int(match["mode"], 8), int(match["uid"]), int(match["gid"])
+        )
     return found
 
 
 def parse_state_file(text: str) -> tuple[PurePosixPath, ...]:
-    return tuple(
-        PurePosixPath(line) for line in text.splitlines() if line.startswith("/") and line.strip()
-    )
+    """The paths an earlier deploy managed: absolute and normal ones only (a line
+    such as /opt/torrust/../../etc/shadow would pass a check by prefix)."""
+    paths_found = []
+    for line in text.split("\n"):
+        path = PurePosixPath(line)
+        if line.startswith("/") and ".." not in path.parts and str(path) == line:
+            paths_found.append(path)
+    return tuple(paths_found)
 
 
 def render_apply_script(plan: Plan, upload_dir: str, previously: Sequence[PurePosixPath]) -> str:
