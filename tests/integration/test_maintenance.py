@@ -838,3 +838,28 @@ def test_a_killed_run_leaves_no_process_holding_the_lock(tmp_path: Path) -> None
         assert "tracker" in stack.running_services()
     finally:
         stop_run_and_clean_up(stack, process)
+
+
+def test_a_tracker_left_down_records_its_downtime_so_far(tmp_path: Path) -> None:
+    """The snapshot hangs past max_downtime_seconds and the Docker daemon stops
+    answering (a proxy in front of it), so the tracker cannot be started again.
+    The status said downtime_seconds= (empty), which the metrics read as 0 s: the
+    worst downtime looked like none. Now it holds the downtime so far."""
+    stack = hanging_stack(tmp_path, max_downtime_seconds=5)
+    proxy = DockerProxy(tmp_path / "docker.sock")
+    process: subprocess.Popen[str] | None = None
+    try:
+        process = stack.start_maintenance(
+            "--quiet", environ={**stack.environ(), "DOCKER_HOST": proxy.url}
+        )
+        stack.wait_for_log("backup double: hanging")
+        proxy.refuse()
+        _, stderr = process.communicate(timeout=400)
+        assert process.returncode != 0, stderr
+        status = stack.status()
+        assert status["result"] == "failure"
+        assert "could not be started" in status["reason"], status["reason"]
+        assert float(status["downtime_seconds"]) >= 4, status  # the 5 s limit, whole seconds
+    finally:
+        proxy.close()
+        stop_run_and_clean_up(stack, process)
