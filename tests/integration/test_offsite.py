@@ -553,6 +553,28 @@ def test_scheduled_check_records_its_result_and_the_metrics_show_it(
         assert "offsite check FAILED (exit 24)" in damaged.stderr
         assert metrics.write()["tracker_backup_offsite_last_check_success"] == 0
         assert_local_sets_intact(stack)
+
+        # A stale lock (an earlier restic of this host, killed) in front of the same
+        # damage: the check removes it, checks again and still says what it found.
+        environ = restic_host(repository, tmp_path)
+        locks = tmp_path / "rest-data/tracker/locks"
+        hostname = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True)
+        holder = hold_lock(environ, locks, hostname.stdout.strip() + "-offsite")
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=10)
+        if holder.stdin is not None:
+            holder.stdin.close()
+        time.sleep(1.1)
+        locked = subprocess.run(
+            [str(script), "--quiet"],
+            capture_output=True,
+            text=True,
+            env=stack.environ(),
+            check=False,
+        )
+        assert locked.returncode == 24, locked.stdout + locked.stderr
+        assert "removing stale locks" in stack.log_file.read_text()
+        assert not list(locks.iterdir())
     finally:
         stack.cleanup()
 
