@@ -302,6 +302,17 @@ def hanging_dump_backup_image() -> str:
     )
 
 
+def failing_finish_backup_image(set_id: str) -> str:
+    """Its `snapshot` takes set ``set_id`` (ready, open, the id); its `finish` fails
+    (a disk that fills while the set is compressed)."""
+    return backup_double_image(
+        "tracker-deployer-test/backup-finish-fails",
+        f"case \"$1\" in snapshot) {_READY_THEN_GO} printf '%s\\n' "
+        f"{shlex.quote(paths.SNAPSHOT_OPEN_LINE)} {set_id};; "
+        "*) echo backup double: finish fails >&2; exit 3;; esac",
+    )
+
+
 def slow_ready_backup_image() -> str:
     """Its `snapshot` takes 4 s to get ready (time for a test to break the compose
     file), then hangs after the go."""

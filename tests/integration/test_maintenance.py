@@ -33,6 +33,7 @@ from tests.integration.stack import (
     decompress,
     drop_reader,
     env_for_stack,
+    failing_finish_backup_image,
     hanging_backup_image,
     hanging_dump_backup_image,
     never_ready_backup_image,
@@ -758,6 +759,34 @@ def test_a_dump_that_hangs_after_the_open_line_is_killed_at_its_bound(tmp_path: 
             assert stack.sets() == []
         finally:
             stop_run_and_clean_up(stack, process)
+
+
+def test_a_run_whose_set_did_not_finish_names_no_set_as_its_own(tmp_path: Path) -> None:
+    """The snapshot takes a set, `finish` fails: the status's `set` names complete sets
+    only (`inv status` and `inv backups` show it as the run's set), the id goes to
+    `unfinished_set`."""
+    require_images(STANDIN_IMAGE)
+    set_id = "20261101_030000"
+    data = env_for_stack(
+        sample_data("manual-test-sqlite"), backup_image=failing_finish_backup_image(set_id)
+    )
+    stack = Stack(parse(data), tmp_path / "s").install()
+    try:
+        stack.up()
+        result = stack.run_maintenance("--quiet")
+        assert result.returncode == 3, result.stderr
+        status = stack.status()
+        assert (status["result"], status["exit_code"]) == ("failure", "3")
+        assert f"finishing set {set_id} failed" in status["reason"]
+        assert status["set"] == ""
+        assert status["unfinished_set"] == set_id
+        started, outcome, code, _, named = (
+            (stack.status_dir / "history.tsv").read_text().splitlines()[-1].split("\t")
+        )
+        assert (started, outcome, code, named) == (status["started_at"], "failure", "3", "")
+        assert "tracker" in stack.running_services()
+    finally:
+        stack.cleanup()
 
 
 def test_hardening_10_a_lock_busy_run_tells_stderr_and_records_itself(
