@@ -70,9 +70,14 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """pytest: unit and integration (real MariaDB, SQLite, sshd, cron, compose)."""
+    """pytest: unit and integration (real MariaDB, SQLite, sshd, cron, compose).
+
+    Three tests at a time (pytest-xdist): the integration tests mostly wait on
+    containers and daemons, and each has its own compose project, ports and
+    scratch directories. `nox -s tests -- ARGS` runs pytest with ARGS instead.
+    """
     _install(session, "test")
-    args = session.posargs or ["tests/unit", "tests/integration"]
+    args = session.posargs or ["-n", "3", "tests/unit", "tests/integration"]
     session.run("pytest", *args)
 
 
