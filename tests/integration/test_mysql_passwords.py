@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from tracker_deployer import exit_codes
 from tracker_deployer.remote import mysql_passwords
-from tracker_deployer.render.quoting import sql_string
+from tracker_deployer.render.quoting import mysql_image_env, sql_string
 
 from tests.helpers import parse, sample_data
 from tests.integration.stack import (
@@ -77,6 +77,37 @@ def test_sql_string_gives_mariadb_the_password_as_typed(password: str) -> None:
         refused = _local_mariadb("SELECT 1;", user=user, password=password + "x")
         assert refused.returncode != 0
         assert "Access denied" in refused.stderr
+    finally:
+        _local_mariadb(f"DROP USER IF EXISTS {sql_string(user)}@'%';")
+
+
+@pytest.mark.parametrize("password", AWKWARD)
+def test_the_image_env_form_reads_back_in_sql_and_in_an_option_file(
+    password: str, tmp_path: Path
+) -> None:
+    """What the official mysql image's entrypoint does with MYSQL_ROOT_PASSWORD: paste
+    it between ' into SQL (default sql_mode) and between " into an option file."""
+    user = f"tdq_{uuid.uuid4().hex[:12]}"
+    pasted = mysql_image_env(password)
+    created = _local_mariadb(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{pasted}';\n")
+    try:
+        assert created.returncode == 0, created.stderr
+        logged_in = _local_mariadb("SELECT CURRENT_USER();", user=user, password=password)
+        assert logged_in.returncode == 0, logged_in.stderr
+        options = tmp_path / "client.cnf"
+        options.write_text(f'[client]\nuser={user}\npassword="{pasted}"\n', encoding="utf-8")
+        options.chmod(0o600)
+        from_file = subprocess.run(
+            ["mariadb", f"--defaults-extra-file={options}", "--protocol=TCP", "-h127.0.0.1"],
+            input="SELECT CURRENT_USER();",
+            capture_output=True,
+            text=True,
+            check=False,
+            env={key: value for key, value in os.environ.items() if key != "MYSQL_PWD"},
+            timeout=60,
+        )
+        assert from_file.returncode == 0, from_file.stderr
+        assert f"{user}@%" in from_file.stdout
     finally:
         _local_mariadb(f"DROP USER IF EXISTS {sql_string(user)}@'%';")
 

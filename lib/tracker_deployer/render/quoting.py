@@ -42,6 +42,20 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def mysql_image_env(value: str) -> str:
+    """A password for the MySQL image's ``MYSQL_ROOT_PASSWORD``/``MYSQL_PASSWORD``.
+
+    The official image's entrypoint (docker-library/mysql, docker_setup_db) pastes
+    them unescaped between ``'`` into SQL (the default sql_mode: backslash escapes)
+    and between ``"`` into a client option file. ``\\``, ``'`` and ``"`` behind a
+    backslash read back as themselves in both; no other character is special in
+    either. Checked against the real MariaDB server and client in
+    tests/integration/test_mysql_passwords.py; the entrypoint of the MariaDB double
+    (test-doubles/images/mariadb) pastes the values as the official image does.
+    """
+    return value.replace("\\", "\\\\").replace("'", "\\'").replace('"', '\\"')
+
+
 def toml(value: str) -> str:
     """A TOML basic string (double quotes, backslash escapes)."""
     out = ['"']

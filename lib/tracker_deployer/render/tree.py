@@ -182,10 +182,11 @@ def dotenv_values(env: Env) -> list[tuple[str, str]]:
     database = env.database
     if isinstance(database, MysqlDatabase) and env.mysql:
         values += [
-            (DotEnv.MYSQL_ROOT_PASSWORD, env.mysql.root_password.reveal()),
+            # The image's entrypoint pastes them into SQL and an option file.
+            (DotEnv.MYSQL_ROOT_PASSWORD, quoting.mysql_image_env(env.mysql.root_password.reveal())),
             (DotEnv.MYSQL_DATABASE, database.database_name),
             (DotEnv.MYSQL_USER, database.username),
-            (DotEnv.MYSQL_PASSWORD, database.password.reveal()),
+            (DotEnv.MYSQL_PASSWORD, quoting.mysql_image_env(database.password.reveal())),
         ]
     if env.grafana:
         values += [

@@ -7,9 +7,12 @@
 # and creates MYSQL_DATABASE and MYSQL_USER/MYSQL_PASSWORD with all privileges
 # on that database. Later starts keep the data as it is.
 #
-# Secrets may hold any character. They never reach a command line or an SQL
-# text as typed: each value goes into the SQL as a hex literal, and the server
-# quotes it itself (QUOTE(), prepared statements). Initialisation runs on a
+# The passwords go into the SQL as the official image puts them: pasted
+# unescaped between single quotes (docker-library/mysql, docker_setup_db), read
+# with backslash escapes; the deployer escapes them for that
+# (render/quoting.py, mysql_image_env). They never reach a command line. The
+# names go in as hex literals, quoted by the server (QUOTE(), prepared
+# statements). Initialisation runs on a
 # temporary server without networking, so a TCP healthcheck
 # (`mysqladmin ping -h 127.0.0.1`) only passes once the real server is up.
 set -o errexit -o nounset -o pipefail
@@ -42,10 +45,10 @@ init_sql() {
   # the statement text (a latin1 session turns '€' into '?').
   cat <<SQL
 SET NAMES utf8mb4;
-SET @root_password = $(sql_text "${root_password}");
+SET @root_password = '${root_password}';
 SET @database = $(sql_text "${MYSQL_DATABASE:-}");
 SET @user = $(sql_text "${MYSQL_USER:-}");
-SET @password = $(sql_text "${MYSQL_PASSWORD:-}");
+SET @password = '${MYSQL_PASSWORD:-}';
 SET @stmt = CONCAT('ALTER USER ''root''@''localhost'' IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD(', QUOTE(@root_password), ')');
 PREPARE stmt FROM @stmt; EXECUTE stmt; DEALLOCATE PREPARE stmt;
 SET @stmt = CONCAT('CREATE USER ''root''@''%'' IDENTIFIED BY ', QUOTE(@root_password));
