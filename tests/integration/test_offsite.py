@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from tracker_deployer import paths
+from tracker_deployer.errors import ConfigError
 from tracker_deployer.remote.offsite import listing_error, listing_script, parse_listing
 from tracker_deployer.render.tree import offsite_check_script
 
@@ -238,6 +239,33 @@ def assert_success_with_upload(stack: Stack, result: subprocess.CompletedProcess
 
 
 # --------------------------------------------------------------------------- backends
+
+
+@pytest.mark.parametrize("password", ["\ufeffsecret", " secret", "secret "])
+def test_a_password_restic_would_alter_in_its_file_is_refused_by_the_config(
+    tmp_path: Path, password: str
+) -> None:
+    """The real restic: a password file with this password makes a repository that
+    the password itself does not open (restic strips a leading byte order mark and
+    surrounding spaces from the file), so the config refuses it."""
+    repository = str(tmp_path / "repo")
+    restic(restic_host(repository, tmp_path, password=password), "init")
+    opened = subprocess.run(
+        ["restic", "--no-cache", "-r", repository, "cat", "config"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RESTIC_PASSWORD": password},
+        check=False,
+        timeout=60,
+    )
+    assert opened.returncode != 0, "restic took the password from its file as typed"
+    data = sample_data("manual-test-sqlite")
+    data["backup"]["offsite"] = {"repository": repository, "password": password}
+    with pytest.raises(ConfigError) as error:
+        parse(data)
+    assert [issue.path for issue in error.value.issues] == ["backup.offsite.password"]
+    assert "restic strips" in str(error.value)
+    assert password not in str(error.value)
 
 
 def test_rest_rclone_serve_restic_gets_each_set_tagged_with_env_and_set_id(

@@ -53,6 +53,8 @@ def _inv(*args: str) -> subprocess.CompletedProcess[str]:
         ("admin_password", "$__vault{kv:secret:key}", "$__NAME{...}"),
         ("admin_user", "${USER}", "${...}"),
         ("admin_user", "adm$__file{/x}", "$__file{...}"),
+        ("admin_password", "pw%(admin_user)s!", "%(...)s"),
+        ("admin_user", "%(secret_key)s", "%(...)s"),
     ],
 )
 def test_hardening_12_grafana_expansions_are_refused_with_a_hint(
@@ -64,7 +66,7 @@ def test_hardening_12_grafana_expansions_are_refused_with_a_hint(
 
     (issue,) = error.issues
     assert issue.path == f"grafana.{key}"
-    assert f"contains {form}, which Grafana replaces" in issue.message
+    assert f"contains {form}, which Grafana" in issue.message
     assert issue.hint is not None
     assert "no escape" in issue.hint
     if key == "admin_password":
@@ -72,7 +74,8 @@ def test_hardening_12_grafana_expansions_are_refused_with_a_hint(
 
 
 @pytest.mark.parametrize(
-    "value", ["$HOME", "${}", "$ {HOME}", "{HOME}", "$__env", "${unclosed", "$__{x}", "$$"]
+    "value",
+    ["$HOME", "${}", "$ {HOME}", "{HOME}", "$__env", "${unclosed", "$__{x}", "$$", "%()s", "%(x)"],
 )
 def test_hardening_12_a_dollar_or_brace_that_grafana_keeps_is_fine(value: str) -> None:
     env = parse(apply_patch(sample_data("manual-test-mysql"), {"grafana.admin_password": value}))
@@ -103,6 +106,26 @@ def test_hardening_15_notify_url_is_printable_ascii_only(char: str) -> None:
     assert f"U+{ord(char):04X} at position 22" in issue.message
     assert "printable ASCII" in issue.message
     assert not CONTROL & set(issue.message)
+    assert "hc-ping.com/a" not in str(_issues(data))  # the URL is a credential
+
+
+@pytest.mark.parametrize(
+    "url", ["https://user:S3cret@hc-ping.com/uuid x", "ftp://user:S3cret@host/uuid"]
+)
+def test_a_notify_url_that_is_no_url_is_refused_without_showing_it(url: str) -> None:
+    data = apply_patch(sample_data("manual-test-sqlite"), {"backup.notify_url": url})
+
+    error = _issues(data)
+
+    assert [issue.path for issue in error.issues] == ["backup.notify_url"]
+    assert "is not an http(s) URL" in str(error)
+    assert "S3cret" not in str(error)
+
+
+def test_the_notify_url_is_masked_like_a_secret() -> None:
+    url = "https://hc-ping.com/0f1e-secret-uuid"
+    env = parse(apply_patch(sample_data("manual-test-sqlite"), {"backup.notify_url": url}))
+    assert url in env.secrets()
 
 
 def _text_with(path: str, json_string: str) -> str:

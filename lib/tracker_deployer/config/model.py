@@ -222,17 +222,23 @@ HTTP_URL = Pattern(
 
 
 def parse_http_url(value: str) -> str:
+    """A ping URL. Its messages never show it: the URL is the credential (a check's
+    uuid, a user and password)."""
     # Printable ASCII only: bash drops a NUL, a terminal obeys ESC, and curl and the
     # backup.conf grammar need nothing else (anything else is percent-encoded).
     for position, char in enumerate(value):
         if not " " <= char <= "~":
             raise InvalidValue(
-                f"{value!r} has the character U+{ord(char):04X} at position {position + 1}; "
+                f"has the character U+{ord(char):04X} at position {position + 1}; "
                 "a URL holds only printable ASCII",
                 "percent-encode anything else (e.g. 'é' as '%C3%A9'), "
                 "e.g. 'https://hc-ping.com/your-uuid'",
             )
-    return HTTP_URL(value)
+    if not re.fullmatch(HTTP_URL.regex, value):
+        raise InvalidValue(
+            f"{HTTP_URL.message} (the value is not shown: it may hold a token)", HTTP_URL.hint
+        )
+    return value
 
 
 parse_sqlite_name = Pattern(
@@ -282,8 +288,9 @@ def parse_mysql_port(value: int) -> int:
 
 # Grafana expands ``${NAME}``, ``$__env{NAME}``, ``$__file{PATH}`` (and ``$__vault{...}``)
 # in every setting, GF_* environment variables included, and has no escape for them:
-# the regex of grafana/pkg/setting/expanders.go. Also in the schema (a test compares).
-GRAFANA_EXPANSION = r"\$(?:__[0-9A-Za-z_]+)?\{[^}]+\}"
+# the regex of grafana/pkg/setting/expanders.go. Its ini library (go-ini, Key.String)
+# then replaces ``%(KEY)s`` with another key's value. Also in the schema (a test compares).
+GRAFANA_EXPANSION = r"\$(?:__[0-9A-Za-z_]+)?\{[^}]+\}|%\([^)]+\)s"
 _GRAFANA_EXPANSION = re.compile(GRAFANA_EXPANSION)
 
 
@@ -295,6 +302,11 @@ def _refuse_grafana_expansion(value: str) -> str:
     found = _GRAFANA_EXPANSION.search(value)
     if found is None:
         return value
+    if found.group(0).startswith("%"):
+        raise InvalidValue(
+            "contains %(...)s, which Grafana's ini reader replaces with another setting's value",
+            'Grafana has no escape for this: change the value so that no "%(" is closed by ")s"',
+        )
     provider = found.group(0)[1 : found.group(0).index("{")]
     form, replacement = {
         "": ("${...}", "the value of an environment variable"),
@@ -708,6 +720,12 @@ def parse_offsite_password(value: str) -> Secret:
             "(the repository would then open only with the stripped password)",
             "remove the leading and trailing spaces",
         )
+    if value.startswith("\ufeff"):
+        raise InvalidValue(
+            "starts with U+FEFF (a byte order mark), which restic strips from a password "
+            "file (the repository would then open only without it)",
+            "remove the invisible first character",
+        )
     return secret
 
 
@@ -822,7 +840,11 @@ class Env:
 
     def secrets(self) -> list[str]:
         """Every secret value, for masking in plans and logs: each :class:`Secret` in it."""
-        return [secret.reveal() for secret in _secrets(self)]
+        found = [secret.reveal() for secret in _secrets(self)]
+        # A ping URL is a credential too (plain text: the scripts need it whole).
+        if self.backup is not None and self.backup.notify_url:
+            found.append(self.backup.notify_url)
+        return found
 
 
 def _secrets(value: object) -> Iterator[Secret]:
