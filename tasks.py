@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -114,9 +116,20 @@ def _host_task(
     return decorate
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the task is, so that its cleanup runs as for Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Expected failures: one clear message on stderr and a non-zero exit."""
+    """Expected failures: one clear message on stderr and a non-zero exit. SIGTERM is
+    one too: it is raised where the task is, so its cleanup runs as for Ctrl-C."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         yield
     except ConfigError as error:
@@ -126,12 +139,23 @@ def _errors() -> Iterator[None]:
     except DeployError as error:
         # A message may quote a host's words: what a terminal would obey is escaped.
         raise Exit(f"error: {printable(str(error))}", code=error.exit_code) from None
+    except Terminated:
+        raise Exit("terminated (SIGTERM)", code=143) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
     except BrokenPipeError:
         # Output piped into e.g. `head`, which stopped reading: not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise Exit(code=141) from None
+    except OSError as error:
+        # A local file or our own output (a full disk, a path that is a file): the
+        # operation failed as a whole; its own cleanup has run on the way here.
+        where = f" ({error.filename})" if error.filename else ""
+        raise Exit(
+            f"error: {error.strerror or error}{where} — hint: check the path, its "
+            "permissions and the free space, then run the command again",
+            code=1,
+        ) from None
 
 
 def _load(env: str) -> Env:
@@ -307,13 +331,15 @@ def provision(c: Context, env: str = "") -> None:
         "port": "its SSH port (default: ssh_credentials.port)",
     }
 )
-def register(c: Context, env: str = "", host: str = "", port: int = 0) -> None:
+def register(c: Context, env: str = "", host: str = "", port: str = "") -> None:
     """Record a host you prepared yourself (providers existing and hetzner)."""
     with _errors():
         parsed = _load(env)
         if not host:
             raise DeployError("no host given", "pass --host ADDRESS [--port N]")
-        lifecycle.register(parsed, host, port or parsed.ssh.port, _say)
+        if port and not (port.isascii() and port.isdigit()):
+            raise DeployError(f"--port {port!r} is not a TCP port", "use 1-65535, usually 22")
+        lifecycle.register(parsed, host, int(port) if port else parsed.ssh.port, _say)
         known = state.known_hosts_path(parsed.name)
         print(
             f"first contact: check the host's key fingerprint, then run e.g. "

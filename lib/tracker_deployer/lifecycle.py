@@ -81,6 +81,15 @@ def no_host_error(env: Env) -> DeployError:
     )
 
 
+def host_flag(host: str) -> str:
+    """--host: an IP address or a DNS name, nothing an SSH client would read otherwise
+    (``user@``, ``:port``, an option)."""
+    try:
+        return parse_host(host)
+    except InvalidValue as error:
+        raise DeployError(f"--host {host!r}: {error.message}", error.hint) from None
+
+
 def target(
     env: Env,
     host: str = "",
@@ -96,7 +105,7 @@ def target(
     """
     record = None if host or env.ssh.host else state.read_record(env.name)
     if host:
-        address, port = host, env.ssh.port
+        address, port = host_flag(host), env.ssh.port
     elif env.ssh.host:
         address, port = env.ssh.host, env.ssh.port
     elif record is not None:
@@ -149,10 +158,7 @@ def register(env: Env, host: str, port: int, say: Say) -> state.HostRecord:
             f'run `inv provision --env {env.name}`, or set "provider": "existing" to register '
             "a host you prepared",
         )
-    try:
-        address = parse_host(host)
-    except InvalidValue as error:
-        raise DeployError(f"--host {host!r}: {error.message}", error.hint) from None
+    address = host_flag(host)
     if not 0 < port < 65536:
         raise DeployError(f"--port {port} is not a TCP port", "use 1-65535, usually 22")
     record = state.HostRecord(env.provider.kind, address, port)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +178,87 @@ def test_create_template_refuses_a_bad_name_and_unwritable_paths(tmp_path: Path)
     assert "cannot write /proc/1/nope/x.json" in nowhere.stderr
     for result in (bad, into_dir, nowhere):
         assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _one_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The stderr of a command that failed with one clear message, no traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error:") or "error:" in result.stderr, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("host", ["root@127.0.0.1", "127.0.0.1:2222", "-oProxyCommand=x", "a b"])
+def test_a_host_flag_that_is_no_address_is_one_clear_error(tmp_path: Path, host: str) -> None:
+    result = _inv(tmp_path, "push", "--env", "manual-test-sqlite", "--dry-run", "--host", host)
+    assert f"--host {host!r}" in _one_error(result)
+
+
+@pytest.mark.parametrize("port", ["abc", "1e3", "-1"])
+def test_register_port_that_is_no_number_is_one_clear_error(tmp_path: Path, port: str) -> None:
+    existing = tmp_path / "existing.json"
+    data = sample_data("manual-test-sqlite")
+    data["provider"] = {"provider": "existing"}
+    existing.write_text(json.dumps(data))
+    result = _inv(
+        tmp_path, "register", "--env", str(existing), "--host", "10.0.0.5", "--port", port
+    )
+    assert "is not a TCP port" in _one_error(result)
+
+
+def test_render_into_a_path_below_a_file_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile/sub"
+    result = _inv(tmp_path, "render", "--env", "manual-test-sqlite", "--out", str(out))
+    assert "afile" in _one_error(result)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [("[" * 100_000, "nested too deeply"), ('{"a": ' + "9" * 5000 + "}", "cannot be read")],
+)
+def test_json_python_cannot_read_is_one_clear_error(tmp_path: Path, text: str, said: str) -> None:
+    config = tmp_path / "x.json"
+    config.write_text(text)
+    assert said in _one_error(_inv(tmp_path, "validate", "--env", str(config)))
+
+
+def test_a_fifo_as_the_config_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    assert "is not a regular file" in _one_error(_inv(tmp_path, "validate", "--env", str(fifo)))
+
+
+def test_sigterm_is_a_failure_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    """A host that accepts the connection and never speaks: configure waits for its
+    SSH banner until SIGTERM comes."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        config = tmp_path / "x.json"
+        data = sample_data("manual-test-sqlite")
+        data["ssh_credentials"]["port"] = listener.getsockname()[1]
+        config.write_text(json.dumps(data))
+        process = subprocess.Popen(
+            [
+                *(str(Path(sys.executable).with_name("inv")), "configure", "--env", str(config)),
+                *("--host", "127.0.0.1", "--known-hosts", str(tmp_path / "known_hosts")),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+            env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")},
+        )
+        listener.settimeout(60)
+        connection, _ = listener.accept()  # the task is connecting now
+        with connection:
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert "terminated (SIGTERM)" in stderr

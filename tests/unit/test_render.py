@@ -369,3 +369,24 @@ def test_shellcheck_sees_every_operation_script(tmp_path: Path) -> None:
     }
     rendered = {path.name.removesuffix(".sh") for path in (out / "operations").glob("*.sh")}
     assert templates - {"output-relay"} <= rendered
+
+
+def test_a_render_stopped_between_its_renames_puts_the_earlier_render_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = parse(sample_data("manual-test-sqlite"))
+    out = write_tree(render(env), tmp_path / "out")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    real_rename = Path.rename
+
+    def rename(self: Path, target: Any) -> Path:
+        if Path(target) == out and self.name.startswith(".out.") and ".old." not in self.name:
+            raise KeyboardInterrupt  # Ctrl-C after the earlier render was moved away
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        write_tree(render(env), out)
+    monkeypatch.undo()
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -43,17 +45,41 @@ def env_path(name_or_path: str, envs_dir: Path) -> Path:
     return envs_dir / f"{name_or_path}.json"
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a config is a few KiB; /dev/zero is not one
+
+
 def load_env(path: Path, *, display: str | None = None) -> Env:
     """Read and parse ``path``; raise :class:`ConfigError` listing every problem."""
     source = display or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # Non-blocking: a FIFO given as the config must not hang the command.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         hint = "pass --env NAME for envs/NAME.json, or a path"
         raise _whole_file(source, "file not found", hint) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise _whole_file(source, f"cannot read the file ({error})") from None
+    except OSError as error:
+        raise _whole_file(source, f"cannot open the file: {error.strerror}", _READ_HINT) from None
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise _whole_file(source, "is not a regular file", "pass a JSON file") from None
+        try:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        except OSError as error:
+            raise _whole_file(
+                source, f"cannot read the file: {error.strerror}", _READ_HINT
+            ) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        message = f"is larger than {MAX_CONFIG_BYTES // 1024} KiB, too large for a config"
+        raise _whole_file(source, message, "pass the environment's JSON config")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        message = f"is not UTF-8 text (byte {error.start + 1})"
+        raise _whole_file(source, message, "save the file as UTF-8") from None
     return parse_env_text(text, source=source, path=path)
+
+
+_READ_HINT = "check the path and its permissions"
 
 
 def parse_env_text(text: str, *, source: str, path: Path | None = None) -> Env:
@@ -66,6 +92,12 @@ def parse_env_text(text: str, *, source: str, path: Path | None = None) -> Env:
         message = f"not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})"
         hint = "check for a missing comma or quote near that spot"
         raise _whole_file(source, message, hint) from None
+    except RecursionError:
+        message = "not a config: its JSON is nested too deeply to read"
+        raise _whole_file(source, message, "a config nests a few levels only") from None
+    except ValueError as error:  # an integer of more than 4300 digits, for one
+        message = f"not a config: its JSON cannot be read ({error})"
+        raise _whole_file(source, message, "check the numbers in the file") from None
     return parse_env(data, source=source, path=path or Path(source))
 
 

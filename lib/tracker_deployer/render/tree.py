@@ -659,6 +659,7 @@ def write_tree(tree: RenderedTree, out_dir: Path) -> Path:
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    old: Path | None = None
     try:
         for directory in tree.directories:
             local = _host_to_local(staging, directory.path)
@@ -685,6 +686,10 @@ def write_tree(tree: RenderedTree, out_dir: Path) -> Path:
         else:
             staging.rename(out_dir)
     except BaseException:
+        # Stopped between the two renames: the earlier render goes back in place.
+        if old is not None and (old / out_dir.name).exists() and not out_dir.exists():
+            (old / out_dir.name).rename(out_dir)
+            old.rmdir()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
