@@ -260,15 +260,28 @@ cmd_upload() {
   read -r -a keep_args <<<"${keep}"
   [[ -d "${ROOT_DIR}" ]] || fail "${OFFSITE_EXIT_CONFIG}" "BACKUP_ROOT ${ROOT_DIR} does not exist"
 
-  local snapshots="${WORK_DIR}/snapshots.json" newest="" ts
+  local snapshots="${WORK_DIR}/snapshots.json" there="${WORK_DIR}/in-repository" newest="" ts now
   list_snapshots "${snapshots}"
-  newest="$(uploaded_sets <"${snapshots}" | tail -n 1)"
+  uploaded_sets <"${snapshots}" >"${there}"
+  # The sets newer than the repository's newest are uploaded (older ones the
+  # repository lacks were forgotten by its policy). A set named after this
+  # host's clock (taken while the clock was ahead) does not count as the newest:
+  # every set taken since sorts before it, and none would ever be uploaded.
+  now="$(date -u '+%Y%m%d_%H%M%S')"
+  while IFS= read -r ts; do
+    if [[ "${ts}" > "${now}" ]]; then
+      say "WARNING: the repository holds set ${ts}, named after this host's clock (now ${now} UTC): the clock was ahead when it was taken; the sets taken since are uploaded all the same (check the clock: timedatectl)"
+    else
+      newest="${ts}"
+    fi
+  done <"${there}"
   say "repository opened; newest set there for ${OFFSITE_ENV_NAME}: ${newest:-none}"
 
   local -a pending=() uploaded=() corrupt=()
   while IFS= read -r ts; do
     set_is_complete "${ts}" || continue
     [[ -z "${newest}" || "${ts}" > "${newest}" ]] || continue
+    ! grep -qxF -- "${ts}" "${there}" || continue
     pending+=("${ts}")
   done < <(all_set_timestamps)
   if ((${#pending[@]} == 0)); then

@@ -57,6 +57,23 @@ repository_sets() {
   assert_output "uploaded=${SET_TS}"
 }
 
+@test "offsite: a set named while the clock was ahead does not stop the later uploads" {
+  backup_ok run
+  clock_ahead 31536000 # a year
+  PATH="${AHEAD_PATH}" backup_ok run
+  local future="${SET_TS}"
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  # The clock is right again: the next sets sort before the one in the repository.
+  backup_ok run
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  assert_output "uploaded=${SET_TS}"
+  assert_stderr --partial "WARNING: the repository holds set ${future}, named after this host's clock"
+  run repository_sets
+  assert_line "${SET_TS}"
+}
+
 @test "offsite: forget --prune applies the keep policy to this environment's snapshots" {
   local index
   for index in 1 2 3; do backup_ok run; done

@@ -176,16 +176,6 @@ retain() {
   assert_equal "${#lines[@]}" 0
 }
 
-# A `date` in PATH that runs $1 seconds ahead (every date call of backup.sh is
-# without -d): a host clock that jumped.
-clock_ahead() {
-  mkdir -p "${BATS_TEST_TMPDIR}/clock"
-  printf '#!/bin/sh\nexec /usr/bin/date -d "@$(( $(/usr/bin/date +%%s) + %s ))" "$@"\n' "$1" \
-    >"${BATS_TEST_TMPDIR}/clock/date"
-  chmod +x "${BATS_TEST_TMPDIR}/clock/date"
-  AHEAD_PATH="${BATS_TEST_TMPDIR}/clock:${PATH}"
-}
-
 @test "clock: a set named after the clock now makes 'latest' refuse, and a run says why" {
   make_sets 1
   clock_ahead 31536000 # a year

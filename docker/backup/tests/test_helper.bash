@@ -220,3 +220,13 @@ assert_gate_left_nothing() {
   run lock_is_free
   assert_success
 }
+
+# A `date` in PATH that runs $1 seconds ahead (every date call of backup.sh
+# and offsite.sh is without -d): a host clock that jumped.
+clock_ahead() {
+  mkdir -p "${BATS_TEST_TMPDIR}/clock"
+  printf '#!/bin/sh\nexec /usr/bin/date -d "@$(( $(/usr/bin/date +%%s) + %s ))" "$@"\n' "$1" \
+    >"${BATS_TEST_TMPDIR}/clock/date"
+  chmod +x "${BATS_TEST_TMPDIR}/clock/date"
+  AHEAD_PATH="${BATS_TEST_TMPDIR}/clock:${PATH}"
+}
