@@ -375,6 +375,14 @@ cmd_fetch() {
   # The snapshot holds the set's files at their paths under BACKUP_ROOT.
   restored="${fetch_dir}/restore${ROOT_DIR}"
   [[ -d "${restored}" ]] || fail "${OFFSITE_EXIT_FAILED}" "snapshot ${id:0:8} holds no files under ${ROOT_DIR}"
+  # Uploads hold regular files and their directories only: a link (a directory
+  # of the set's name pointing elsewhere) would have the moves below reach out.
+  local link
+  link="$(find "${fetch_dir}/restore" -type l -print -quit)" || link="?"
+  if [[ -n "${link}" ]]; then
+    rm -rf -- "${fetch_dir}/restore" # the link itself, never what it points to
+    fail "${OFFSITE_EXIT_FAILED}" "snapshot ${id:0:8} holds a symbolic link (${link#"${fetch_dir}/restore"}): not a set this tool uploaded; nothing was kept"
+  fi
   mkdir -p -- "${fetch_dir}/set" || fail "${OFFSITE_EXIT_NO_SPACE}" "cannot create ${fetch_dir}/set"
   while IFS= read -r relative; do
     if [[ -f "${restored}/${relative}" && ! -L "${restored}/${relative}" ]]; then

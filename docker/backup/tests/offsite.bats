@@ -157,6 +157,25 @@ repository_sets() {
     "./set/manifests/set_${SET_TS}.sha256" "./set/$(db_file "${SET_TS}")")"
 }
 
+@test "offsite: fetch refuses a snapshot holding a symbolic link and moves nothing from where it points" {
+  backup_ok run
+  # A snapshot this tool never makes: the set's config directory is a link to
+  # a directory outside, which holds a file of the set's name.
+  mkdir -p "${BATS_TEST_TMPDIR}/outside"
+  mv "${BACKUP_ROOT}/config" "${BATS_TEST_TMPDIR}/outside/config"
+  ln -s "${BATS_TEST_TMPDIR}/outside/config" "${BACKUP_ROOT}/config"
+  restic --no-cache init >/dev/null 2>&1
+  restic --no-cache backup --quiet --host bats-env --tag env=bats-env --tag "set=${SET_TS}" \
+    "${BACKUP_ROOT}/config" "${BACKUP_ROOT}/manifests" "${BACKUP_ROOT}/$(db_file "${SET_TS}")" >/dev/null 2>&1
+  export OFFSITE_FETCH_DIR="${BATS_TEST_TMPDIR}/fetch"
+  mkdir -p "${OFFSITE_FETCH_DIR}"
+  run --separate-stderr "${OFFSITE_SH}" fetch "${SET_TS}"
+  assert_failure 23
+  assert_stderr --partial "holds a symbolic link"
+  assert [ -f "${BATS_TEST_TMPDIR}/outside/config/config_${SET_TS}.tar.gz" ]
+  refute [ -e "${OFFSITE_FETCH_DIR}/set/$(set_file sums "${SET_TS}")" ]
+}
+
 @test "offsite: fetch of a set the repository lacks exits 26; a bad id or a used directory exits 2" {
   backup_ok run
   "${OFFSITE_SH}" upload 2>/dev/null
