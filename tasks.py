@@ -538,6 +538,7 @@ def verify(
     """Verify a backup set: checksums, archives and a restore drill into a scratch target."""
     with _errors():
         parsed = _load(env)
+        operations.check_set(set)
         if offsite:
             offsite_fetch.require_offsite(parsed)
         with where.connect(parsed) as connection:
@@ -584,7 +585,13 @@ def restore(
                 "no backup set given", "pass --set latest or --set SET_ID (see `inv backups`)"
             )
         # Before anything runs: a typo must not cost an off-host fetch first.
+        operations.check_set(set)
         operations.check_only(only)
+        if parsed.backup is None:
+            raise DeployError(
+                f"backups are off for {parsed.name}: there is no set to restore",
+                'add a "backup" section to the environment config and deploy',
+            )
         if from_ not in ("", "offsite"):
             raise DeployError(
                 f"--from {from_!r} is not offsite", "use --from offsite or leave it out"
@@ -671,6 +678,8 @@ def fetch_backup(
         parsed = _load(env)
         if not to:
             raise DeployError("no destination given", "pass --to DIR")
+        operations.check_set(set)
+        operations.local_destination(Path(to))  # before the host's work, not after
         if offsite:
             offsite_fetch.require_offsite(parsed)
         with where.connect(parsed) as connection:

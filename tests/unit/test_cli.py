@@ -262,3 +262,34 @@ def test_sigterm_is_a_failure_with_one_line_and_no_traceback(tmp_path: Path) -> 
     assert process.returncode == 143, stderr
     assert "Traceback" not in stderr
     assert "terminated (SIGTERM)" in stderr
+
+
+@pytest.mark.parametrize("wanted", ["../../etc", "bad id", "x\x1b[2J", "20261399_999999"])
+def test_restore_dry_run_refuses_a_set_that_is_no_set_id(tmp_path: Path, wanted: str) -> None:
+    result = _inv(tmp_path, "restore", "--env", "manual-test-sqlite", "--set", wanted, "--dry-run")
+    stderr = _one_error(result)
+    assert "is not a set id" in stderr
+    assert "\x1b" not in stderr
+    assert result.stdout == ""
+
+
+def test_restore_dry_run_refuses_an_environment_without_backups(tmp_path: Path) -> None:
+    config = tmp_path / "x.json"
+    data = sample_data("manual-test-sqlite")
+    data.pop("backup")
+    config.write_text(json.dumps(data))
+    result = _inv(tmp_path, "restore", "--env", str(config), "--set", "latest", "--dry-run")
+    assert "backups are off" in _one_error(result)
+
+
+def test_fetch_backup_checks_to_before_it_connects(tmp_path: Path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    result = _inv(
+        tmp_path,
+        "fetch-backup",
+        *("--env", "manual-test-sqlite", "--to", str(loop / "sub")),
+        *("--host", "127.0.0.1", "--known-hosts", str(tmp_path / "known_hosts")),
+    )
+    assert "--to " in _one_error(result)
+    assert not (tmp_path / "known_hosts").exists()

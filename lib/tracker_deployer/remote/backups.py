@@ -567,6 +567,15 @@ def restore_failure(code: int, set_id: str, where: str, env_name: str) -> Deploy
     )
 
 
+def check_set(wanted: str) -> None:
+    """``--set``: latest or a set id, checked before anything connects."""
+    if wanted != "latest" and not is_set_id(wanted):
+        raise DeployError(
+            f"--set {wanted!r} is not a set id",
+            "use --set latest or --set YYYYMMDD_HHMMSS (`inv backups` lists the sets)",
+        )
+
+
 def check_only(only: str) -> None:
     """``--only``: all (the default), db or config."""
     if only not in ("all", "db", "config"):
@@ -675,12 +684,18 @@ class Fetched:
     kept: tuple[str, ...]
 
 
-def _local_destination(destination: Path) -> Path:
-    """--to as an absolute, resolved directory (it may be a link the operator made)."""
+def local_destination(destination: Path) -> Path:
+    """--to as an absolute, resolved directory (it may be a link the operator made);
+    checked before anything connects."""
     root = destination.expanduser().absolute()
-    if root.exists() and not root.is_dir():
-        raise DeployError(f"--to {destination} is not a directory", "pass a directory for --to")
-    return root.resolve()
+    try:
+        if root.exists() and not root.is_dir():
+            raise DeployError(f"--to {destination} is not a directory", "pass a directory for --to")
+        return root.resolve(strict=False)
+    except (OSError, RuntimeError) as error:  # a loop of links, for one
+        raise DeployError(
+            f"--to {destination} cannot be used: {error}", "pass a directory for --to"
+        ) from None
 
 
 def _inside(root: Path, relative: str) -> Path:
@@ -765,7 +780,7 @@ def fetch(
         if relative not in backup_set.files:
             raise _bad_manifest(set_id, f"{relative} is not in the host's listing")
 
-    root = _local_destination(destination)
+    root = local_destination(destination)
     try:
         return _fetch_into(host, source, backup_set, sums, raw, root, say)
     except OSError as error:
