@@ -667,6 +667,30 @@ def test_a_check_stopped_by_a_signal_removes_its_container_records_it_and_frees_
         stack.cleanup()
 
 
+def test_a_run_stopped_during_its_upload_records_the_upload_as_failed(
+    tmp_path: Path, rest_server: Server
+) -> None:
+    """REST (rclone serve restic), paused while the second run uploads; SIGTERM then."""
+    repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
+    stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
+    try:
+        assert_success_with_upload(stack, stack.run_maintenance())
+        first = offsite_status(stack)
+        assert first["result"] == "success"
+        stopped = terminate_while_the_server_is_paused(
+            rest_server, [str(stack.script)], stack.environ(), "tracker-backup-{pid}-offsite"
+        )
+        assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout + stopped.stderr
+        status = offsite_status(stack)
+        assert (status["result"], status["exit_code"]) == ("failure", "143")
+        assert "the run ended during the upload: killed by signal 15" in status["reason"]
+        assert status["last_success_epoch"] == first["last_success_epoch"]
+        assert stack.status()["offsite"] == "failed"
+        assert_local_sets_intact(stack)
+    finally:
+        stack.cleanup()
+
+
 def test_compose_hands_the_credentials_to_the_container_exactly(tmp_path: Path) -> None:
     """The real consumer of offsite.env: Docker Compose's env_file (no server)."""
     require_images(STANDIN_IMAGE, BACKUP_IMAGE)
