@@ -100,6 +100,10 @@ def test_a_lost_local_set_comes_back_from_the_repository_verified(
         assert not any((stack.backups / name).exists() for name in original)
         assert not list(stack.backups.glob(STAGING_PREFIX + "*"))
 
+        # What a fetch killed with SIGKILL leaves: a whole restored set, removed now.
+        leftover = stack.backups / f"{STAGING_PREFIX}Killed"
+        (leftover / "set").mkdir(parents=True)
+        (leftover / "set/restored.db").write_bytes(b"x" * 4096)
         before = time.time() - 1
         fetched = run_fetch(stack, set_id)
         assert fetched.returncode == 0, fetched.stdout + fetched.stderr

@@ -129,7 +129,7 @@ kept="nothing was kept"
 # repository): the container goes first, then the staging directory (EXIT trap).
 stop_fetch() {{
   trap '' HUP INT TERM
-  kill "$fetch_pid" 2>/dev/null || :
+  [[ -z "$fetch_pid" ]] || kill "$fetch_pid" 2>/dev/null || :
   timeout 60 docker rm --force "$container" >/dev/null 2>&1 || :
   rm -f -- "$fetch_out"
   echo "{STOPPED} $1; $kept" >&2
@@ -144,6 +144,7 @@ trap 'stop_fetch 1' HUP
 trap 'stop_fetch 2' INT
 trap 'stop_fetch 15' TERM
 wait "$fetch_pid" || rc=$?
+fetch_pid=""  # reaped: its number may be another process's from now on
 fetched=0
 if grep -qx "fetched=$set_id" "$fetch_out"; then fetched=1; fi
 rm -f -- "$fetch_out"
@@ -186,6 +187,10 @@ for relative in {relatives}; do
   fi
 done
 mkdir -p -- "$backup_dir"
+# A staging directory exists only while a fetch holds the lock: any found now is
+# a killed fetch's (a whole restored set, on the database's disk).
+find "$backup_dir" -mindepth 1 -maxdepth 1 -type d -name '{STAGING_PREFIX}*' \
+  -exec rm -rf -- {{}} + || :
 staging="$(mktemp -d "$backup_dir/{STAGING_PREFIX}XXXXXX")"
 trap 'rm -rf -- "$staging"' EXIT
 """
