@@ -35,6 +35,28 @@ def hostname_export() -> str:
     )
 
 
+def still_running_check() -> str:
+    """The bash function every host script runs before it starts the offsite service.
+
+    ``offsite_busy COMPOSE...`` prints why and succeeds when a container of this
+    stack's offsite service still runs: one a killed run left (``compose run``'s
+    container outlives its client). Every offsite container of this host has the
+    same hostname, and restic takes a lock of its hostname whose PID is not in
+    its own process table for a dead process's: the next run's ``restic unlock``
+    would remove that container's live lock, and its ``forget --prune`` could
+    then delete what the running upload still writes. A listing that fails
+    finds nothing (the run's own compose command then fails as it will).
+    """
+    return f"""offsite_busy() {{
+  local ids
+  ids="$(timeout 60 "$@" ps -q --status running {SERVICE} 2>/dev/null | cut -c1-12 | tr '\n' ' ')" || ids=""
+  ids="${{ids% }}"
+  [[ -n "${{ids}}" ]] || return 1
+  printf '%s\n' "an earlier off-host container of this stack still runs (${{ids}}; a run killed while it worked?): its repository lock is live, so the repository was not touched; it ends by itself, or remove it: docker rm -f ${{ids}}"
+}}
+"""
+
+
 # The maintenance script's outcome "local ok, off-host failed": the set is complete
 # and verified on this host, the upload (or forget --prune) did not succeed.
 EXIT_OFFSITE_FAILED = exit_codes.OFFSITE_FAILED

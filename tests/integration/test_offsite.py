@@ -691,6 +691,46 @@ def test_a_run_stopped_during_its_upload_records_the_upload_as_failed(
         stack.cleanup()
 
 
+def test_an_offsite_container_a_killed_run_left_keeps_later_runs_off_the_repository(
+    tmp_path: Path, rest_server: Server
+) -> None:
+    """Its restic lock would look stale to the next run's restic (same hostname, its
+    PID in another process table) and be removed: the next runs leave the
+    repository alone while it runs, and say why."""
+    repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
+    stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
+    orphan = ""
+    try:
+        assert_success_with_upload(stack, stack.run_maintenance())
+        orphan = stack.compose(
+            *("--profile", "backup", "run", "-d", "--rm", "--no-deps"),
+            *("--entrypoint", "sleep", "offsite", "300"),
+        ).stdout.strip()[:12]
+        busy = stack.run_maintenance()
+        assert busy.returncode == 76, busy.stdout + busy.stderr
+        status = stack.status()
+        assert status["offsite_exit_code"] == "22"
+        assert f"still runs ({orphan}" in status["reason"]
+        assert offsite_status(stack)["result"] == "failure"
+        check = check_script(stack, tmp_path)
+        checked = subprocess.run(
+            [str(check), "--quiet"],
+            capture_output=True,
+            text=True,
+            env=stack.environ(),
+            check=False,
+        )
+        assert checked.returncode == 22, checked.stdout + checked.stderr
+        assert "still runs" in checked.stderr
+        subprocess.run(["docker", "rm", "--force", orphan], capture_output=True, check=True)
+        assert_success_with_upload(stack, stack.run_maintenance())
+        assert_local_sets_intact(stack)
+    finally:
+        if orphan:
+            subprocess.run(["docker", "rm", "--force", orphan], capture_output=True, check=False)
+        stack.cleanup()
+
+
 def test_compose_hands_the_credentials_to_the_container_exactly(tmp_path: Path) -> None:
     """The real consumer of offsite.env: Docker Compose's env_file (no server)."""
     require_images(STANDIN_IMAGE, BACKUP_IMAGE)

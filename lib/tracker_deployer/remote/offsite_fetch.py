@@ -117,7 +117,11 @@ def _fetch_into_staging(deploy_dir: str) -> str:
     # mktemp -d and mkdir -m 0700 made it 0700; -h: should uid 1000 (which owns the
     # backup directory) swap it for a link, only the link changes owner.
     return f"""chown -h {APP_UID}:{APP_GID} -- "$staging"
-{offsite.hostname_export()}cd {shlex.quote(deploy_dir)}
+{offsite.hostname_export()}{offsite.still_running_check()}cd {shlex.quote(deploy_dir)}
+if busy="$(offsite_busy {compose.command(deploy_dir)})"; then
+  echo "$busy; nothing was fetched" >&2
+  exit {offsite.OFFSITE_SH_EXIT["LOCKED"]}
+fi
 rc=0
 container="tracker-backup-$$-offsite-fetch"
 # Its output goes to root's own temporary file: root never opens a path in the

@@ -573,6 +573,8 @@ def offsite_settings(env: Env) -> dict[str, Any] | None:
         "status_name": paths.OFFSITE_LAST_UPLOAD.name,
         "check_status_name": paths.OFFSITE_LAST_CHECK.name,
         "hostname_export": offsite.hostname_export(),
+        "still_running_check": offsite.still_running_check(),
+        "exit_locked": offsite.OFFSITE_SH_EXIT["LOCKED"],
     }
 
 
