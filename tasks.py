@@ -135,7 +135,9 @@ def _errors() -> Iterator[None]:
     except ConfigError as error:
         count = len(error.issues)
         summary = f"{count} problem{'s' if count != 1 else ''} in {error.source}"
-        raise Exit(f"{error}\nerror: {summary}", code=error.exit_code) from None
+        # The source is the operator's --env, which can hold what a terminal obeys.
+        message = printable(f"{error}\nerror: {summary}", keep="\n")
+        raise Exit(message, code=error.exit_code) from None
     except DeployError as error:
         # A message may quote a host's words: what a terminal would obey is escaped.
         raise Exit(f"error: {printable(str(error))}", code=error.exit_code) from None
@@ -253,12 +255,18 @@ def create_template(
             raise DeployError(f"{target} is a directory", "name a file with --out")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
+            # 0600: the operator writes the passwords into it next.
+            descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                os.fchmod(descriptor, 0o600)
+                handle.write(text)
         except OSError as error:
             raise DeployError(
                 f"cannot write {target}: {error.strerror}", "pick a writable --out path"
             ) from None
-        print(f"wrote {target}; edit the 'change-me' values, then: inv validate --env {target}")
+        # As --env reads it: a bare name would mean envs/NAME.json.
+        named = str(target) if env_path(str(target), paths.ENVS_DIR) == target else f"./{target}"
+        print(f"wrote {target}; edit the 'change-me' values, then: inv validate --env {named}")
 
 
 def _apply(env: str, where: _Host, dry_run: bool, scope: Scope) -> None:

@@ -163,7 +163,8 @@ def register(env: Env, host: str, port: int, say: Say) -> state.HostRecord:
         raise DeployError(f"--port {port} is not a TCP port", "use 1-65535, usually 22")
     record = state.HostRecord(env.provider.kind, address, port)
     path = state.write_record(env.name, record)
-    say(f"registered {address}:{port} for {env.name} in {path}")
+    shown = f"[{address}]" if ":" in address else address  # an IPv6 address
+    say(f"registered {shown}:{port} for {env.name} in {path}")
     return record
 
 

@@ -293,3 +293,29 @@ def test_fetch_backup_checks_to_before_it_connects(tmp_path: Path) -> None:
     )
     assert "--to " in _one_error(result)
     assert not (tmp_path / "known_hosts").exists()
+
+
+def test_create_template_writes_a_private_file_and_names_it_as_env_reads_it(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [
+            *(str(Path(sys.executable).with_name("inv")), "--search-root", str(REPO_ROOT)),
+            *("create-template", "--out", "mycfg"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "mycfg").stat().st_mode & 0o777 == 0o600
+    assert result.stdout.rstrip().endswith("inv validate --env ./mycfg")
+
+
+def test_a_config_name_with_an_escape_is_shown_escaped(tmp_path: Path) -> None:
+    result = _inv(tmp_path, "validate", "--env", "a\x1b[31m")
+    assert result.returncode != 0
+    assert "\x1b" not in result.stderr
