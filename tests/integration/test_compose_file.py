@@ -130,8 +130,9 @@ def test_hostile_secrets_reach_containers_exactly_through_dotenv(
         text: str = services[service]["environment"][name]
         return text.replace("$$", "$")
 
-    assert value("mysql", "MYSQL_PASSWORD") == HOSTILE
-    assert value("mysql", "MYSQL_ROOT_PASSWORD") == "root" + HOSTILE
+    # The MySQL image's two passwords as its entrypoint must get them (quoting.py).
+    assert value("mysql", "MYSQL_PASSWORD") == quoting.mysql_image_env(HOSTILE)
+    assert value("mysql", "MYSQL_ROOT_PASSWORD") == quoting.mysql_image_env("root" + HOSTILE)
     assert value("grafana", "GF_SECURITY_ADMIN_PASSWORD") == data["grafana"]["admin_password"]
 
     # And what a container really gets (the mysql image swapped for plain Debian).
@@ -156,7 +157,7 @@ def test_hostile_secrets_reach_containers_exactly_through_dotenv(
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.decode() == HOSTILE + "\n"
+    assert result.stdout.decode() == quoting.mysql_image_env(HOSTILE) + "\n"
     assert not Path("/tmp/pwned").exists()
 
 
@@ -208,7 +209,7 @@ def test_hardening_05_secrets_ending_in_a_backslash_reach_compose(
     root = write_tree(render(parse(data)), tmp_path / "tree")
     services = compose_config(compose_cli, root)["services"]
 
-    assert services["mysql"]["environment"]["MYSQL_PASSWORD"] == "db\\"
-    assert services["mysql"]["environment"]["MYSQL_ROOT_PASSWORD"] == "root'\\"
+    assert services["mysql"]["environment"]["MYSQL_PASSWORD"] == "db\\\\"
+    assert services["mysql"]["environment"]["MYSQL_ROOT_PASSWORD"] == "root\\'\\\\"
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_USER"] == "admin\\"
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == '"quoted"\\'
