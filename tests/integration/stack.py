@@ -313,6 +313,17 @@ def failing_finish_backup_image(set_id: str) -> str:
     )
 
 
+def killed_finish_backup_image(set_id: str) -> str:
+    """Its `snapshot` takes set ``set_id``; its `finish` is killed at once (exit 137,
+    as the kernel's out-of-memory killer would), long before its time limit."""
+    return backup_double_image(
+        "tracker-deployer-test/backup-finish-killed",
+        f"case \"$1\" in snapshot) {_READY_THEN_GO} printf '%s\\n' "
+        f"{shlex.quote(paths.SNAPSHOT_OPEN_LINE)} {set_id};; "
+        "*) echo backup double: finish killed >&2; exit 137;; esac",
+    )
+
+
 def slow_ready_backup_image() -> str:
     """Its `snapshot` takes 4 s to get ready (time for a test to break the compose
     file), then hangs after the go."""

@@ -36,6 +36,7 @@ from tests.integration.stack import (
     failing_finish_backup_image,
     hanging_backup_image,
     hanging_dump_backup_image,
+    killed_finish_backup_image,
     never_ready_backup_image,
     require_images,
     slow_ready_backup_image,
@@ -785,6 +786,26 @@ def test_a_run_whose_set_did_not_finish_names_no_set_as_its_own(tmp_path: Path) 
         )
         assert (started, outcome, code, named) == (status["started_at"], "failure", "3", "")
         assert "tracker" in stack.running_services()
+    finally:
+        stack.cleanup()
+
+
+def test_a_finish_killed_before_its_time_limit_is_no_time_out(tmp_path: Path) -> None:
+    """Exit 137 within seconds (out of memory, say) is the container's exit, not
+    'did not end within FINISH_TIMEOUT_SECONDS s'."""
+    require_images(STANDIN_IMAGE)
+    set_id = "20261101_030000"
+    data = env_for_stack(
+        sample_data("manual-test-sqlite"), backup_image=killed_finish_backup_image(set_id)
+    )
+    stack = Stack(parse(data), tmp_path / "s").install()
+    try:
+        stack.up()
+        result = stack.run_maintenance("--quiet")
+        assert result.returncode == 137, result.stderr
+        reason = stack.status()["reason"]
+        assert f"finishing set {set_id} failed (backup container exit 137)" in reason
+        assert "did not end within" not in reason
     finally:
         stack.cleanup()
 
