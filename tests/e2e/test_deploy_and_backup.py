@@ -40,6 +40,7 @@ from tracker_deployer.config import Env, load_env
 from tracker_deployer.config.model import MysqlDatabase
 from tracker_deployer.remote.plan import CRON_FILES
 from tracker_deployer.render import render
+from tracker_deployer.render.quoting import MYSQL_PWD_FROM_IMAGE_ENV
 from tracker_deployer.render.tree import backup_monitoring
 
 from tests.e2e.downtime import Downtime, HealthPoller, http_tracker_health_url
@@ -595,10 +596,11 @@ set -o errexit -o nounset -o pipefail
 readonly DUMP="$1" LIVE="$2" METRIC="$3" BACKUP_IMAGE="$4" SCRATCH=e2e_restore
 cd /opt/torrust
 # The root password comes from the stack's own .env (MYSQL_ROOT_PASSWORD in the
-# container's environment); it never appears on a command line.
+# container's environment, escaped for the image's entrypoint); it never appears
+# on a command line.
 sql() {
   docker compose exec -T mysql sh -c \
-    'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" exec mariadb -uroot --batch --skip-column-names "$@"' sh "$@"
+    '@MYSQL_PWD@; exec mariadb -uroot --batch --skip-column-names "$@"' sh "$@"
 }
 sql -e "DROP DATABASE IF EXISTS ${SCRATCH}; CREATE DATABASE ${SCRATCH}"
 trap 'sql -e "DROP DATABASE IF EXISTS ${SCRATCH}" || true' EXIT
@@ -622,7 +624,7 @@ SELECT 'live.torrents', COUNT(*) FROM \`${LIVE}\`.torrents;
 SELECT 'live.metric', COALESCE((SELECT value FROM \`${LIVE}\`.torrent_aggregate_metrics
                                 WHERE metric_name = '${METRIC}'), 0);
 SQL
-"""
+""".replace("@MYSQL_PWD@", MYSQL_PWD_FROM_IMAGE_ENV)
 
 
 def _restore_and_compare_mysql(
@@ -651,7 +653,7 @@ def _restore_and_compare_mysql(
 # --------------------------------------------------------------------------- operator tasks
 
 LIVE_MYSQL = "docker compose exec -T mysql sh -c " + shlex.quote(  # noqa: S608 - fixed SQL
-    'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" exec mariadb -uroot --batch --skip-column-names '
+    f"{MYSQL_PWD_FROM_IMAGE_ENV}; exec mariadb -uroot --batch --skip-column-names "  # noqa: S608
     '-e "SELECT id, info_hash, completed FROM torrents ORDER BY id" "$MYSQL_DATABASE"'
 )
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from tracker_deployer import paths, recover, state
+from tracker_deployer.render.quoting import MYSQL_PWD_FROM_IMAGE_ENV
 
 from tests.e2e.remote_host import (
     PROVISIONED_ENV,
@@ -49,7 +50,7 @@ INSTANCE = "tracker-deployer-e2e-drill"
 UPLOAD_TIMEOUT = 300  # cron fires every minute; a run with its upload takes ~20 s here
 # Every base table's row count, as "table=count" lines (fixed SQL, no input).
 TABLE_ROWS = "docker compose exec -T mysql sh -c " + shlex.quote(  # noqa: S608 - fixed SQL
-    'export MYSQL_PWD="$MYSQL_ROOT_PASSWORD"; '
+    f"{MYSQL_PWD_FROM_IMAGE_ENV}; "  # noqa: S608
     'mariadb -uroot --batch --skip-column-names -e "SELECT table_name FROM '
     "information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE'\" "
     '"$MYSQL_DATABASE" | while read -r t; do printf "%s=" "$t"; '

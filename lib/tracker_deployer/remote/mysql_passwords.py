@@ -19,7 +19,7 @@ from tracker_deployer.errors import RemoteError
 from tracker_deployer.remote.deploy import LOCK_WAIT_SECONDS, lock_busy
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.render import operation_script
-from tracker_deployer.render.quoting import sql_string
+from tracker_deployer.render.quoting import MYSQL_PWD_FROM_IMAGE_ENV, sql_string
 from tracker_deployer.say import Say
 
 # The accounts the official image makes: root from anywhere and from localhost,
@@ -53,6 +53,7 @@ def script(**where: Unpack[paths.HostPaths]) -> str:
         paths.TEMPLATES_DIR,
         **paths.host_paths(where),
         lock_wait_seconds=LOCK_WAIT_SECONDS,
+        mysql_pwd_from_image_env=MYSQL_PWD_FROM_IMAGE_ENV,
     )
 
 

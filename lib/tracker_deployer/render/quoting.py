@@ -56,6 +56,15 @@ def mysql_image_env(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'").replace('"', '\\"')
 
 
+# sh that sets MYSQL_PWD (exported) to the root password itself, inside a MySQL
+# container whose MYSQL_ROOT_PASSWORD holds it as :func:`mysql_image_env` wrote it.
+# No single quote in it: it goes inside sh -c '...'.
+MYSQL_PWD_FROM_IMAGE_ENV = (
+    r'MYSQL_PWD="$(printf "%s" "${MYSQL_ROOT_PASSWORD}" | sed "s/\\\\\\(.\\)/\\1/g")"; '  # noqa: S105 - no password in it
+    "export MYSQL_PWD"
+)
+
+
 def toml(value: str) -> str:
     """A TOML basic string (double quotes, backslash escapes)."""
     out = ['"']
