@@ -302,25 +302,15 @@ def hanging_dump_backup_image() -> str:
     )
 
 
-def failing_finish_backup_image(set_id: str) -> str:
-    """Its `snapshot` takes set ``set_id`` (ready, open, the id); its `finish` fails
-    (a disk that fills while the set is compressed)."""
+def failing_finish_backup_image(set_id: str, code: int) -> str:
+    """Its `snapshot` takes set ``set_id`` (ready, open, the id); its `finish` exits
+    ``code`` at once (3: a disk that fills while the set is compressed; 137: killed,
+    as the kernel's out-of-memory killer would, long before its time limit)."""
     return backup_double_image(
-        "tracker-deployer-test/backup-finish-fails",
+        f"tracker-deployer-test/backup-finish-exits-{code}",
         f"case \"$1\" in snapshot) {_READY_THEN_GO} printf '%s\\n' "
         f"{shlex.quote(paths.SNAPSHOT_OPEN_LINE)} {set_id};; "
-        "*) echo backup double: finish fails >&2; exit 3;; esac",
-    )
-
-
-def killed_finish_backup_image(set_id: str) -> str:
-    """Its `snapshot` takes set ``set_id``; its `finish` is killed at once (exit 137,
-    as the kernel's out-of-memory killer would), long before its time limit."""
-    return backup_double_image(
-        "tracker-deployer-test/backup-finish-killed",
-        f"case \"$1\" in snapshot) {_READY_THEN_GO} printf '%s\\n' "
-        f"{shlex.quote(paths.SNAPSHOT_OPEN_LINE)} {set_id};; "
-        "*) echo backup double: finish killed >&2; exit 137;; esac",
+        f"*) echo backup double: finish exits {code} >&2; exit {code};; esac",
     )
 
 

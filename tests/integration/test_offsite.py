@@ -533,6 +533,12 @@ def check_script(stack: Stack, base: Path) -> Path:
     return script
 
 
+def run_check(script: Path, stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(script), *args], capture_output=True, text=True, env=stack.environ(), check=False
+    )
+
+
 def test_scheduled_check_records_its_result_and_the_metrics_show_it(
     tmp_path: Path, rest_server: Server
 ) -> None:
@@ -546,9 +552,7 @@ def test_scheduled_check_records_its_result_and_the_metrics_show_it(
         stack.metrics_script.chmod(0o755)
         assert_success_with_upload(stack, stack.run_maintenance())
         script = check_script(stack, tmp_path)
-        ok = subprocess.run(
-            [str(script)], capture_output=True, text=True, env=stack.environ(), check=False
-        )
+        ok = run_check(script, stack)
         assert ok.returncode == 0, ok.stdout + ok.stderr
         status = dict(
             line.split("=", 1)
@@ -570,13 +574,7 @@ def test_scheduled_check_records_its_result_and_the_metrics_show_it(
         with pack.open("r+b") as handle:
             handle.seek(40)
             handle.write(b"damage")
-        damaged = subprocess.run(
-            [str(script), "--quiet"],
-            capture_output=True,
-            text=True,
-            env=stack.environ(),
-            check=False,
-        )
+        damaged = run_check(script, stack, "--quiet")
         assert damaged.returncode == 24, damaged.stdout + damaged.stderr
         assert "offsite check FAILED (exit 24)" in damaged.stderr
         assert metrics.write()["tracker_backup_offsite_last_check_success"] == 0
@@ -593,13 +591,7 @@ def test_scheduled_check_records_its_result_and_the_metrics_show_it(
         if holder.stdin is not None:
             holder.stdin.close()
         time.sleep(1.1)
-        locked = subprocess.run(
-            [str(script), "--quiet"],
-            capture_output=True,
-            text=True,
-            env=stack.environ(),
-            check=False,
-        )
+        locked = run_check(script, stack, "--quiet")
         assert locked.returncode == 24, locked.stdout + locked.stderr
         assert "removing stale locks" in stack.log_file.read_text()
         assert not list(locks.iterdir())
@@ -713,13 +705,7 @@ def test_an_offsite_container_a_killed_run_left_keeps_later_runs_off_the_reposit
         assert f"still runs ({orphan}" in status["reason"]
         assert offsite_status(stack)["result"] == "failure"
         check = check_script(stack, tmp_path)
-        checked = subprocess.run(
-            [str(check), "--quiet"],
-            capture_output=True,
-            text=True,
-            env=stack.environ(),
-            check=False,
-        )
+        checked = run_check(check, stack, "--quiet")
         assert checked.returncode == 22, checked.stdout + checked.stderr
         assert "still runs" in checked.stderr
         subprocess.run(["docker", "rm", "--force", orphan], capture_output=True, check=True)

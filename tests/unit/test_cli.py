@@ -32,13 +32,13 @@ HOST_TASKS = (
 )
 
 
-def _inv(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _inv(tmp_path: Path, *args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(Path(sys.executable).with_name("inv")), *args],
+        [str(Path(sys.executable).with_name("inv")), "--search-root", str(REPO_ROOT), *args],
         capture_output=True,
         text=True,
         check=False,
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")},
         timeout=120,
     )
@@ -298,18 +298,7 @@ def test_fetch_backup_checks_to_before_it_connects(tmp_path: Path) -> None:
 def test_create_template_writes_a_private_file_and_names_it_as_env_reads_it(
     tmp_path: Path,
 ) -> None:
-    result = subprocess.run(
-        [
-            *(str(Path(sys.executable).with_name("inv")), "--search-root", str(REPO_ROOT)),
-            *("create-template", "--out", "mycfg"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-        env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")},
-        timeout=120,
-    )
+    result = _inv(tmp_path, "create-template", "--out", "mycfg", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "mycfg").stat().st_mode & 0o777 == 0o600
     assert result.stdout.rstrip().endswith("inv validate --env ./mycfg")

@@ -62,8 +62,7 @@ repository_sets() {
   clock_ahead 31536000 # a year
   PATH="${AHEAD_PATH}" backup_ok run
   local future="${SET_TS}"
-  run --separate-stderr "${OFFSITE_SH}" upload
-  assert_success
+  "${OFFSITE_SH}" upload 2>/dev/null
   # The clock is right again: the next sets sort before the one in the repository.
   backup_ok run
   run --separate-stderr "${OFFSITE_SH}" upload
