@@ -44,6 +44,8 @@ from tests.integration.test_offsite import (
     assert_success_with_upload,
     offsite_stack,
     rest_server,  # noqa: F401 (fixture)
+    restic,
+    restic_host,
 )
 
 pytestmark = pytest.mark.integration
@@ -148,6 +150,20 @@ def test_verify_offsite_drills_the_repositorys_copy_and_fails_clearly_when_it_is
             assert PASSWORD not in said
             assert backup_dir_state(stack) == before
             assert leftovers(stack) == []
+
+            # A set named while the clock was ahead: 'latest' refuses to guess.
+            future = "20991231_000000"
+            held = tmp_path / "held"
+            held.write_text("x")
+            restic(
+                restic_host(repository, tmp_path),
+                *("backup", "--quiet", "--host", stack.env.name, "--tag", f"env={stack.env.name}"),
+                *("--tag", f"set={future}", "--time", "2099-12-31 00:00:00", str(held)),
+            )
+            with pytest.raises(DeployError) as ahead:
+                offsite_fetch.resolve(host, stack.env, "latest", deploy_dir=str(stack.deploy_dir))
+            assert f"the newest set {future} is named after the host's clock" in str(ahead.value)
+            assert "--offsite" in str(ahead.value)
 
             # A set the repository does not hold.
             with pytest.raises(DeployError) as missing:

@@ -126,16 +126,9 @@ class Inventory:
                     "run `inv backup --env NAME` first, or check `inv backups --env NAME`",
                 )
             newest = complete[-1]
-            if self.host_now is not None and newest.taken_at.timestamp() > self.host_now:
-                # As backup.sh's refuse_latest_after_now: the sets taken since sort before it.
-                now = datetime.fromtimestamp(self.host_now, UTC).strftime(SET_ID_FORMAT)
-                raise DeployError(
-                    f"the newest set {newest.set_id} is named after the host's clock (now {now} "
-                    "UTC): the clock was ahead when it was taken, or is behind now, so 'latest' "
-                    "may not be the newest data",
-                    "check the host's clock (timedatectl), then name the set: --set SET_ID "
-                    "(`inv backups --env NAME` lists them)",
-                )
+            refuse_latest_after_clock(
+                newest.set_id, newest.taken_at, self.host_now, "inv backups --env NAME"
+            )
             return newest
         if not is_set_id(wanted):
             raise DeployError(
@@ -565,6 +558,33 @@ def restore_failure(code: int, set_id: str, where: str, env_name: str) -> Deploy
         f"restoring set {set_id} failed (exit {code})",
         "see the lines above; the tracker was started again if it had been running",
     )
+
+
+def refuse_latest_after_clock(
+    set_id: str, taken_at: datetime, host_now: int | None, lister: str
+) -> None:
+    """As backup.sh's refuse_latest_after_now: a newest set named after the host's
+    clock means the sets taken since sort before it, so ``latest`` may not be the
+    newest data. ``lister`` is the command that lists the sets to name one."""
+    if host_now is None or taken_at.timestamp() <= host_now:
+        return
+    now = datetime.fromtimestamp(host_now, UTC).strftime(SET_ID_FORMAT)
+    raise DeployError(
+        f"the newest set {set_id} is named after the host's clock (now {now} UTC): the "
+        "clock was ahead when it was taken, or is behind now, so 'latest' may not be the "
+        "newest data",
+        f"check the host's clock (timedatectl), then name the set: --set SET_ID (`{lister}` "
+        "lists them)",
+    )
+
+
+def host_clock(host: SshHost) -> int | None:
+    """The host's clock (seconds since the epoch), None when it cannot be read."""
+    result = host.run("date +%s", root=False)
+    text = result.stdout.strip()
+    if result.ok and text.isascii() and text.isdigit() and len(text) <= 12:
+        return int(text)
+    return None
 
 
 def check_set(wanted: str) -> None:

@@ -31,7 +31,11 @@ from tracker_deployer.backup_layout import checksum_manifest, is_set_id, set_lay
 from tracker_deployer.config.model import Env
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote import backups as operations
-from tracker_deployer.remote.backups import VerificationFailed
+from tracker_deployer.remote.backups import (
+    VerificationFailed,
+    host_clock,
+    refuse_latest_after_clock,
+)
 from tracker_deployer.remote.offsite import list_sets, listing_error
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.say import Say
@@ -310,7 +314,11 @@ def resolve(
             f"the off-host repository holds no sets of {env.name}",
             "check backup.offsite.repository; `inv backups --offsite` lists what it holds",
         )
-    return found[-1].set_id
+    newest = found[-1]
+    refuse_latest_after_clock(
+        newest.set_id, newest.time, host_clock(host), "inv backups --env NAME --offsite"
+    )
+    return newest.set_id
 
 
 def fetch(host: SshHost, env: Env, set_id: str, say: Say) -> Fetched:
