@@ -314,6 +314,16 @@ def failing_finish_backup_image(set_id: str, code: int) -> str:
     )
 
 
+def hanging_finish_backup_image(set_id: str) -> str:
+    """Its `snapshot` takes set ``set_id``; its `finish` never ends."""
+    return backup_double_image(
+        "tracker-deployer-test/backup-finish-hangs",
+        f"case \"$1\" in snapshot) {_READY_THEN_GO} printf '%s\\n' "
+        f"{shlex.quote(paths.SNAPSHOT_OPEN_LINE)} {set_id};; "
+        "*) echo backup double: finish hangs >&2; exec sleep infinity;; esac",
+    )
+
+
 def slow_ready_backup_image() -> str:
     """Its `snapshot` takes 4 s to get ready (time for a test to break the compose
     file), then hangs after the go."""

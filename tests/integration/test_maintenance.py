@@ -36,6 +36,7 @@ from tests.integration.stack import (
     failing_finish_backup_image,
     hanging_backup_image,
     hanging_dump_backup_image,
+    hanging_finish_backup_image,
     never_ready_backup_image,
     require_images,
     slow_ready_backup_image,
@@ -795,6 +796,41 @@ def test_a_run_whose_set_did_not_finish_names_no_set_as_its_own(tmp_path: Path, 
         assert "tracker" in stack.running_services()
     finally:
         stack.cleanup()
+
+
+def test_a_finish_whose_compose_client_is_killed_leaves_no_container_behind(
+    tmp_path: Path,
+) -> None:
+    """The client of `compose run ... finish` killed on its own (exit 137, before the
+    time limit) while its container goes on: the run removes the container, which
+    could otherwise still make the set look complete."""
+    require_images(STANDIN_IMAGE)
+    data = env_for_stack(
+        sample_data("manual-test-sqlite"),
+        backup_image=hanging_finish_backup_image("20261101_030000"),
+    )
+    stack = Stack(parse(data), tmp_path / "s").install()
+    process: subprocess.Popen[str] | None = None
+    try:
+        stack.up()
+        process = stack.start_maintenance("--quiet")
+        name = f"tracker-backup-{process.pid}-finish"
+        deadline = time.monotonic() + 120
+        while not containers_named(name):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"{name} never started"
+            time.sleep(0.3)
+        clients = subprocess.run(
+            ["pgrep", "-f", f"compose.* --name {name} "], capture_output=True, text=True
+        ).stdout.split()
+        assert clients, "no compose client found"
+        for pid in clients:
+            os.kill(int(pid), signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 137, stderr
+        assert containers_named(name) == []
+    finally:
+        stop_run_and_clean_up(stack, process)
 
 
 def test_hardening_10_a_lock_busy_run_tells_stderr_and_records_itself(
