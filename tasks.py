@@ -128,8 +128,8 @@ def _terminate(signum: int, frame: object) -> None:
 def _errors() -> Iterator[None]:
     """Expected failures: one clear message on stderr and a non-zero exit. SIGTERM is
     one too: it is raised where the task is, so its cleanup runs as for Ctrl-C."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if main else None
     try:
         yield
     except ConfigError as error:
@@ -155,9 +155,12 @@ def _errors() -> Iterator[None]:
         where = f" ({error.filename})" if error.filename else ""
         raise Exit(
             f"error: {error.strerror or error}{where} — hint: check the path, its "
-            "permissions and the free space, then run the command again",
+            "permissions and the free space (or the connection), then run the command again",
             code=1,
         ) from None
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _load(env: str) -> Env:

@@ -105,7 +105,8 @@ def target(
     """
     record = None if host or env.ssh.host else state.read_record(env.name)
     if host:
-        address, port = host_flag(host), env.ssh.port
+        host_flag(host)  # checked; used as typed (known_hosts holds it so)
+        address, port = host, env.ssh.port
     elif env.ssh.host:
         address, port = env.ssh.host, env.ssh.port
     elif record is not None:

@@ -44,17 +44,26 @@ def still_running_check() -> str:
     same hostname, and restic takes a lock of its hostname whose PID is not in
     its own process table for a dead process's: the next run's ``restic unlock``
     would remove that container's live lock, and its ``forget --prune`` could
-    then delete what the running upload still writes. A listing that fails
-    finds nothing (the run's own compose command then fails as it will).
+    then delete what the running upload still writes. Only the containers that
+    take restic's lock count (upload, check, fetch: named by RUN_NAME_PATTERN);
+    a listing (``inv backups --offsite``, ``--no-lock``) does not. A listing of
+    the containers that fails finds nothing (the run's own compose command then
+    fails as it will).
     """
     return f"""offsite_busy() {{
-  local ids
-  ids="$(timeout 60 "$@" ps -q --status running {SERVICE} 2>/dev/null | cut -c1-12 | tr '\n' ' ')" || ids=""
-  ids="${{ids% }}"
-  [[ -n "${{ids}}" ]] || return 1
-  printf '%s\n' "an earlier off-host container of this stack still runs (${{ids}}; a run killed while it worked?): its repository lock is live, so the repository was not touched; it ends by itself, or remove it: docker rm -f ${{ids}}"
+  local names
+  names="$(timeout 60 "$@" ps --status running --format '{{{{.Name}}}}' {SERVICE} 2>/dev/null \
+    | grep -E '{RUN_NAME_PATTERN}' | tr '\n' ' ')" || names=""
+  names="${{names% }}"
+  [[ -n "${{names}}" ]] || return 1
+  printf '%s\n' "an earlier off-host container of this stack still runs (${{names}}; a run killed while it worked?): its repository lock is live, so the repository was not touched; it ends by itself, or remove it: docker rm -f ${{names}}"
 }}
 """
+
+
+# The names the host scripts give the offsite containers that lock the repository:
+# tracker-backup-PID-offsite (upload), -offsite-check, -offsite-fetch.
+RUN_NAME_PATTERN = "^tracker-backup-[0-9]+-offsite(-check|-fetch)?$"
 
 
 # The maintenance script's outcome "local ok, off-host failed": the set is complete

@@ -688,32 +688,39 @@ def test_an_offsite_container_a_killed_run_left_keeps_later_runs_off_the_reposit
 ) -> None:
     """Its restic lock would look stale to the next run's restic (same hostname, its
     PID in another process table) and be removed: the next runs leave the
-    repository alone while it runs, and say why."""
+    repository alone while it runs, and say why. A listing's container (no lock,
+    compose's own name) does not count."""
     repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
     stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
-    orphan = ""
+    sleeping = ("--entrypoint", "sleep", "offsite", "300")
+    listing = orphan = ""
     try:
+        listing = stack.compose(
+            "--profile", "backup", "run", "-d", "--rm", "--no-deps", *sleeping
+        ).stdout.strip()
         assert_success_with_upload(stack, stack.run_maintenance())
-        orphan = stack.compose(
-            *("--profile", "backup", "run", "-d", "--rm", "--no-deps"),
-            *("--entrypoint", "sleep", "offsite", "300"),
-        ).stdout.strip()[:12]
+        orphan = f"tracker-backup-9{time.monotonic_ns() % 10**8}-offsite"
+        stack.compose(
+            "--profile", "backup", "run", "-d", "--rm", "--no-deps", "--name", orphan, *sleeping
+        )
         busy = stack.run_maintenance()
         assert busy.returncode == 76, busy.stdout + busy.stderr
         status = stack.status()
         assert status["offsite_exit_code"] == "22"
-        assert f"still runs ({orphan}" in status["reason"]
+        assert f"still runs ({orphan};" in status["reason"]
         assert offsite_status(stack)["result"] == "failure"
-        check = check_script(stack, tmp_path)
-        checked = run_check(check, stack, "--quiet")
+        checked = run_check(check_script(stack, tmp_path), stack, "--quiet")
         assert checked.returncode == 22, checked.stdout + checked.stderr
         assert "still runs" in checked.stderr
         subprocess.run(["docker", "rm", "--force", orphan], capture_output=True, check=True)
         assert_success_with_upload(stack, stack.run_maintenance())
         assert_local_sets_intact(stack)
     finally:
-        if orphan:
-            subprocess.run(["docker", "rm", "--force", orphan], capture_output=True, check=False)
+        for container in (listing, orphan):
+            if container:
+                subprocess.run(
+                    ["docker", "rm", "--force", container], capture_output=True, check=False
+                )
         stack.cleanup()
 
 

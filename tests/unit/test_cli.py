@@ -308,3 +308,12 @@ def test_a_config_name_with_an_escape_is_shown_escaped(tmp_path: Path) -> None:
     result = _inv(tmp_path, "validate", "--env", "a\x1b[31m")
     assert result.returncode != 0
     assert "\x1b" not in result.stderr
+
+
+def test_a_directory_as_the_config_is_refused_as_a_whole_file(tmp_path: Path) -> None:
+    (tmp_path / "adir").mkdir()
+    result = _inv(tmp_path, "validate", "--env", str(tmp_path / "adir"))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "is not a regular file" in result.stderr
+    assert "error: 1 problem in" in result.stderr

@@ -19,6 +19,7 @@ from tracker_deployer.config.model import (
     redact_repository,
 )
 from tracker_deployer.errors import ConfigError
+from tracker_deployer.remote import offsite_fetch
 from tracker_deployer.remote.backups import HostDataError
 from tracker_deployer.remote.offsite import (
     format_sets,
@@ -332,3 +333,23 @@ def test_offsite_listing_script_runs_the_sets_command_in_the_offsite_service() -
     script = listing_script()
     assert f"--no-deps -T {offsite.SERVICE} sets\n" in script
     assert f"export {offsite.HOSTNAME_VARIABLE}\n" in script
+
+
+def test_every_offsite_container_that_locks_the_repository_is_named_as_offsite_busy_looks_for() -> (
+    None
+):
+    """offsite_busy (offsite.still_running_check) finds the upload, the check and the
+    fetch by name; a name it does not match would let restic unlock remove a live lock."""
+    env = parse(with_offsite())
+    texts = [item.content.decode() for item in render(env).files if item.path.suffix == ".sh"]
+    texts.append(offsite_fetch.fetch_script())
+    found = set()
+    for text in texts:
+        found.update(re.findall(r"tracker-backup-\$\$-offsite[a-z-]*", text))
+    assert found == {
+        "tracker-backup-$$-offsite",
+        "tracker-backup-$$-offsite-check",
+        "tracker-backup-$$-offsite-fetch",
+    }
+    for name in found:
+        assert re.fullmatch(offsite.RUN_NAME_PATTERN.replace("[0-9]+", r"\$\$"), name), name

@@ -59,9 +59,10 @@ def load_env(path: Path, *, display: str | None = None) -> Env:
         raise _whole_file(source, "file not found", hint) from None
     except OSError as error:
         raise _whole_file(source, f"cannot open the file: {error.strerror}", _READ_HINT) from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):  # a directory, a FIFO, a device
+        os.close(descriptor)
+        raise _whole_file(source, "is not a regular file", "pass a JSON file")
     with os.fdopen(descriptor, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise _whole_file(source, "is not a regular file", "pass a JSON file") from None
         try:
             data = handle.read(MAX_CONFIG_BYTES + 1)
         except OSError as error:
@@ -80,6 +81,10 @@ def load_env(path: Path, *, display: str | None = None) -> Env:
 
 
 _READ_HINT = "check the path and its permissions"
+_TOO_DEEP = (
+    "not a config: its JSON is nested too deeply to read",
+    "a config nests a few levels only",
+)
 
 
 def parse_env_text(text: str, *, source: str, path: Path | None = None) -> Env:
@@ -93,12 +98,14 @@ def parse_env_text(text: str, *, source: str, path: Path | None = None) -> Env:
         hint = "check for a missing comma or quote near that spot"
         raise _whole_file(source, message, hint) from None
     except RecursionError:
-        message = "not a config: its JSON is nested too deeply to read"
-        raise _whole_file(source, message, "a config nests a few levels only") from None
+        raise _whole_file(source, *_TOO_DEEP) from None
     except ValueError as error:  # an integer of more than 4300 digits, for one
         message = f"not a config: its JSON cannot be read ({error})"
         raise _whole_file(source, message, "check the numbers in the file") from None
-    return parse_env(data, source=source, path=path or Path(source))
+    try:
+        return parse_env(data, source=source, path=path or Path(source))
+    except RecursionError:  # JSON deeper than the parser's walk (newer Pythons read more)
+        raise _whole_file(source, *_TOO_DEEP) from None
 
 
 def _whole_file(source: str, message: str, hint: str | None = None) -> ConfigError:
