@@ -187,7 +187,7 @@ def _one_error(result: subprocess.CompletedProcess[str]) -> str:
     """The stderr of a command that failed with one clear message, no traceback."""
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.startswith("error:") or "error:" in result.stderr, result.stderr
+    assert "error:" in result.stderr, result.stderr
     return result.stderr
 
 
