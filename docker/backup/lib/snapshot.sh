@@ -41,6 +41,19 @@ prepare_sqlite() {
   rm -f -- "${dir}/sqlite.in"
 }
 
+# A WAL database whose -wal file is gone was closed cleanly by its last
+# connection (the tracker, stopped for the snapshot): it is whole in its main
+# file, and nothing changes that file without writing a -wal file first. SQLite
+# cannot open it where it cannot create the -shm file, as on the backup
+# container's read-only mount of the tracker's storage: a copy of the file is
+# the snapshot. (Byte 18 of the header, the write version, is 2 in WAL mode.)
+wal_closed_on_read_only() {
+  local source="$1" version
+  [[ ! -e "${source}-wal" && ! -w "${source%/*}" ]] || return 1
+  version="$(od -An -tu1 -j18 -N1 -- "${source}")" || return 1
+  [[ "${version//[[:space:]]/}" == 2 ]]
+}
+
 # cp inside a read transaction: its SHARED lock keeps every writer from changing
 # the file until the copy is done, and cp streams large blocks where the online
 # backup API copies page by page (3-4x slower for a 1 GB database, see
@@ -50,6 +63,14 @@ prepare_sqlite() {
 # starts here but the copy's sh and cp: this is the window.
 snapshot_sqlite() {
   local dir="$1" source="${SQLITE_SOURCE}" line journal_mode="" rc=0
+  if wal_closed_on_read_only "${source}"; then
+    exec {SQLITE_IN_FD}>&- # the prepared sqlite3 reads no command and ends
+    wait "${SQLITE_PID}" || true
+    log "WAL database closed cleanly (no ${source##*/}-wal) on a read-only mount: copying its file"
+    cp -- "${dir}/source.db" "${dir}/snapshot.db" \
+      || die "${EXIT_BACKUP}" "SQLite copy of ${source} failed (see cp's error above)"
+    return 0
+  fi
   # A subshell: should sqlite3 be gone, SIGPIPE ends the subshell only.
   (printf '%s\n' 'BEGIN;' 'SELECT count(*) FROM sqlite_master;' 'PRAGMA journal_mode;' \
     '.shell cp -- source.db snapshot.db && : >copy.ok' 'COMMIT;' >&"${SQLITE_IN_FD}") 2>/dev/null || rc=$?

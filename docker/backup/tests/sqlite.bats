@@ -13,9 +13,13 @@ setup() {
 
 teardown() {
   stop_gated_snapshot
-  if [[ -n "${TMPFS_MOUNT:-}" ]] && mountpoint -q "${TMPFS_MOUNT}"; then
-    umount "${TMPFS_MOUNT}"
-  fi
+  local mount
+  for mount in "${TMPFS_MOUNT:-}" "${READ_ONLY_MOUNT:-}"; do
+    if [[ -n "${mount}" ]] && mountpoint -q "${mount}"; then
+      umount "${mount}"
+    fi
+  done
+  [[ -z "${READ_ONLY_MOUNT:-}" ]] || chmod u+w -- "${READ_ONLY_MOUNT}"
 }
 
 @test "run: writes one complete set, all files sharing one UTC timestamp" {
@@ -163,6 +167,32 @@ teardown() {
   run cat "${BACKUP_ROOT}/manifests/set_${SET_TS}.meta"
   assert_line "rows.torrents=101"
   wait "${reader}"
+}
+
+@test "snapshot: a WAL database closed cleanly is copied from a read-only directory" {
+  sqlite3 "${SQLITE_DB}" 'PRAGMA journal_mode=WAL;' >/dev/null
+  sqlite3 "${SQLITE_DB}" "INSERT INTO torrents (info_hash, completed) VALUES ('after-wal', 1);"
+  # The last connection closed: its -wal is checkpointed and gone (the tracker,
+  # stopped for the snapshot). The backup container mounts the storage
+  # read-only, where SQLite cannot create the -shm file to open it.
+  refute [ -e "${SQLITE_DB}-wal" ]
+  local data="${SQLITE_DB%/*}"
+  READ_ONLY_MOUNT="${data}" # teardown unmounts it, or makes it writable again
+  if [[ "$(id -u)" == 0 ]]; then
+    mount --bind -o ro -- "${data}" "${data}" 2>/dev/null \
+      || skip "cannot bind-mount a directory read-only here (needs CAP_SYS_ADMIN)"
+  else
+    chmod a-w -- "${data}"
+  fi
+  run sqlite3 -readonly "${SQLITE_DB}" 'SELECT count(*) FROM torrents;'
+  assert_output --partial "unable to open database file"
+  backup_ok run
+  assert_stderr --partial "WAL database closed cleanly (no tracker.db-wal) on a read-only mount"
+  run cat "${BACKUP_ROOT}/manifests/set_${SET_TS}.meta"
+  assert_line "rows.torrents=101"
+  decompressed "${BACKUP_ROOT}/$(db_file "${SET_TS}")" >"${BATS_TEST_TMPDIR}/copy.db"
+  run sqlite3 "${BATS_TEST_TMPDIR}/copy.db" 'PRAGMA integrity_check;'
+  assert_output "ok"
 }
 
 @test "snapshot --gate: ready before any snapshot file, the database writable meanwhile; go takes the set" {
