@@ -5,7 +5,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import signal
 import subprocess
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -80,6 +83,15 @@ class Drill:
             check=False,
             env=self.stack.environ(),
             timeout=600,
+        )
+
+    def start(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(self.script), "--quiet"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.stack.environ(),
         )
 
     def evidence(self) -> list[dict[str, object]]:
@@ -231,6 +243,67 @@ def test_drill_waits_for_the_backup_lock_and_gives_up_after_the_bound(tmp_path: 
     assert not (verify.parent / "verified").exists()
     assert drill.last()["result"] == "failure"
     assert "stayed busy" in drill.log_file.read_text()
+    assert drill.metric("tracker_backup_last_drill_success") == 0
+
+
+# A verify drill that takes long: it records its start and the TERM it gets.
+SLOW_VERIFY = """#!/usr/bin/env bash
+here="$(dirname "$0")"
+trap 'echo terminated >>"${here}/signals"; exit 143' TERM
+echo started >>"${here}/signals"
+sleep 60 &
+wait
+"""
+
+
+def _terminated_at_once(drill: Drill, started: Callable[[], bool]) -> subprocess.Popen[str]:
+    """Start the drill, SIGTERM it once ``started()``; it must end within seconds."""
+    process = drill.start()
+    deadline = time.monotonic() + 30
+    while not started() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert started(), "the drill never reached the step to interrupt"
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=30)
+    assert time.monotonic() - sent < 15  # not after the lock wait or the verify drill
+    return process
+
+
+def test_a_signal_during_the_verify_drill_ends_the_drill_and_the_verify_at_once(
+    tmp_path: Path,
+) -> None:
+    stack, verify = standin(tmp_path)
+    verify.write_text(SLOW_VERIFY)
+    signals = verify.parent / "signals"
+    fake_set(stack.backups, "20261101_030000")
+    drill = Drill(stack, tmp_path / "drill", verify=verify)
+
+    process = _terminated_at_once(drill, signals.exists)
+
+    assert process.returncode == 143
+    assert signals.read_text() == "started\nterminated\n"
+    assert drill.last()["result"] == "failure"
+    assert drill.last()["reason"] == "interrupted by SIGTERM"
+    [evidence] = drill.evidence()
+    assert (evidence["result"], evidence["exit_code"]) == ("failure", 143)
+    assert "drill FAILED (exit 143): interrupted by SIGTERM" in drill.log_file.read_text()
+
+
+def test_a_signal_while_waiting_for_the_backup_lock_ends_the_drill_at_once(
+    tmp_path: Path,
+) -> None:
+    stack, verify = standin(tmp_path)
+    fake_set(stack.backups, "20261101_030000")
+    drill = Drill(stack, tmp_path / "drill", verify=verify, lock_wait_seconds=600)
+    drill.lock_file.parent.mkdir(parents=True)
+    with drill.lock_file.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a backup run holds it
+        process = _terminated_at_once(drill, drill.log_file.exists)
+
+    assert process.returncode == 143
+    assert not (verify.parent / "verified").exists()
+    assert drill.last()["reason"] == "interrupted by SIGTERM"
     assert drill.metric("tracker_backup_last_drill_success") == 0
 
 

@@ -137,6 +137,7 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     environment.globals["ports"] = ports
     environment.globals["exit_codes"] = exit_codes
     environment.globals["compose_argv"] = compose.argv
+    environment.globals["kill_after_seconds"] = KILL_AFTER_SECONDS
     return environment
 
 
@@ -520,6 +521,9 @@ def inventory_script(
     )
 
 
+# After a TERM (a time-out, or a signal passed on), the time a host script's child
+# gets before it is killed.
+KILL_AFTER_SECONDS = 10
 # The maintenance script's bounds on the work done while the tracker runs again
 # (docs/user-guide/backup.md, "Bounded downtime"): the snapshot container from
 # its open line to its end (MySQL: the dump), and `finish`. Generous: a hang
