@@ -316,7 +316,7 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
             # recorded them; the restart clears the record).
             pending = remote.pending_restart(connection)
             restart = tuple(name for name in RESTARTABLE if name in {*changed, *pending})
-            remote.compose_up(connection, restart, say)
+            remote.compose_up(connection, restart, say, env_name=env.name)
         with clock.phase("install-cron"):
             cron = remote.install_cron(connection, tree, say)
         with clock.phase("health"):

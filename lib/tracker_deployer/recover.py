@@ -273,7 +273,7 @@ def recover(
                     f"{unmarked.stderr.strip()}; the tracker was not started",
                     "look at the host, then run recover again",
                 )
-            remote.compose_up(connection, (), say)
+            remote.compose_up(connection, (), say, env_name=env.name)
             services = remote.service_health(connection)
             unhealthy = remote.unhealthy(services, env)
             if unhealthy:

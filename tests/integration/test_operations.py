@@ -714,6 +714,78 @@ def test_a_restore_killed_by_a_signal_fails_says_so_and_starts_the_tracker_again
         stack.cleanup()
 
 
+def test_a_restore_killed_outright_during_its_load_leaves_the_marker(tmp_path: Path) -> None:
+    """SIGKILL (or a power cut) runs no trap: the marker is written before the MySQL
+    load changes anything, so it is there. No backup run takes a set of the partly
+    loaded database; the next restore finishes and starts the tracker."""
+    stack = _mysql_stack(tmp_path, "kill")
+    try:
+        stack.up()
+        assert stack.run_maintenance().returncode == 0
+        [set_id] = stack.sets()
+        marker = stack.status_dir / paths.RESTORE_INCOMPLETE_MARKER.name
+        process = start_restore(stack, set_id, verify_first=False)
+        deadline = time.monotonic() + 120
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.kill()  # the load has begun: its compose client goes on alone
+        output, _ = process.communicate(timeout=300)
+        assert "restoring the database from set" in output, output
+        assert marker.read_text().startswith(f"set={set_id}\n")
+        _wait_until_free(stack.lock_file)  # the orphaned load holds the lock to its end
+        assert "tracker" not in stack.running_services()
+
+        refused = stack.run_maintenance()
+        assert refused.returncode == exit_codes.UNSAFE, refused.stdout + refused.stderr
+        assert "a restore left the MySQL database partly restored" in stack.status()["reason"]
+
+        finished = restore(stack, set_id)
+        assert finished.returncode == 0, finished.stdout + finished.stderr
+        assert "an earlier restore left the MySQL database partly restored" in finished.stdout
+        assert not marker.exists()
+        assert "tracker" in stack.running_services()
+    finally:
+        stack.cleanup()
+
+
+def test_a_signal_during_the_load_waits_for_its_result(tmp_path: Path) -> None:
+    """SIGTERM to the script once its marker is written: the load's own result decides
+    (here it ends well: the whole set is there), or, come before the load, nothing is
+    loaded. Either way the marker goes, the tracker runs again and the exit is 143
+    (a signal between the marker and the load left the marker with the tracker
+    running, and no backup ran after it)."""
+    stack = _mysql_stack(tmp_path, "term")
+    try:
+        stack.up()
+        assert stack.run_maintenance().returncode == 0
+        [set_id] = stack.sets()
+        marker = stack.status_dir / paths.RESTORE_INCOMPLETE_MARKER.name
+        process = start_restore(stack, set_id, verify_first=False)
+        deadline = time.monotonic() + 120
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # into the load, most often
+        process.terminate()
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 143, output
+        during = "killed by signal 15 during the database restore (which ended with exit 0)"
+        before = f"killed by signal 15 before the load of set {set_id}; nothing was loaded"
+        assert (during in output) != (before in output), output
+        if during in output:
+            assert f"the database holds the whole set {set_id}: its load had ended" in output
+        assert not marker.exists()
+        assert "tracker" in stack.running_services()
+    finally:
+        stack.cleanup()
+
+
+def _wait_until_free(lock: Path, deadline_seconds: float = 300) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    while not _lock_is_free(lock):
+        assert time.monotonic() < deadline, f"{lock} still held after {deadline_seconds} s"
+        time.sleep(0.1)
+
+
 def test_recover_restore_on_a_new_host_adds_no_safety_set_and_leaves_the_tracker_stopped(
     tmp_path: Path,
 ) -> None:

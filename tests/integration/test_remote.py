@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 from tracker_deployer import paths
-from tracker_deployer.remote import plan
-from tracker_deployer.remote.ssh import detached_command
+from tracker_deployer.errors import RemoteError
+from tracker_deployer.remote import deploy, plan
+from tracker_deployer.remote.ssh import SshHost, Target, detached_command
 from tracker_deployer.render.tree import operation_script
 
 from tests.helpers import REPO_ROOT, sample_data
@@ -842,3 +843,28 @@ def test_a_host_script_goes_on_when_its_ssh_session_drops(target: SshTarget) -> 
         time.sleep(0.2)
     assert done.read_text() == "all lines written\n"
     assert not staging.exists()  # run-detached.sh removed the upload once the script had ended
+
+
+def test_deploy_never_starts_the_tracker_on_a_partly_restored_database(
+    target: SshTarget,
+) -> None:
+    """A restore cut off in its MySQL load leaves its marker (written before the load):
+    `up` of every service (deploy; recover's last phase) is refused under the lock,
+    before compose runs. Without the check it started the tracker on part of a set."""
+    marker = target.host_path(str(paths.RESTORE_INCOMPLETE_MARKER))
+    marker.parent.mkdir(parents=True)
+    marker.write_text("set=20261101_030000\n")
+    where = Target(
+        host="127.0.0.1",
+        port=target.port,
+        user="root",
+        private_key_path=str(target.client_key),
+        known_hosts_path=str(target.known_hosts),
+    )
+    lines: list[str] = []
+    with SshHost(where) as host, pytest.raises(RemoteError) as refused:
+        deploy.compose_up(host, ("tracker",), lines.append, env_name="prod")
+    assert "a restore left the MySQL database on 127.0.0.1 partly restored" in str(refused.value)
+    assert "inv restore --env prod --set SET --yes" in (refused.value.hint or "")
+    assert not [line for line in lines if "docker" in line.lower() or "restarting" in line]
+    assert marker.exists()

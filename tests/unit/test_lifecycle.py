@@ -695,7 +695,9 @@ def test_deploy_restarts_what_an_earlier_push_left_pending(
     monkeypatch.setattr(remote, "install_cron", lambda *_args: Plan(Scope.CRON, (), ()))
     monkeypatch.setattr(remote, "service_health", lambda *_args: [])
     monkeypatch.setattr(remote, "pending_restart", lambda *_args: ("prometheus", "tracker"))
-    monkeypatch.setattr(remote, "compose_up", lambda _host, restart, _say: ups.append(restart))
+    monkeypatch.setattr(
+        remote, "compose_up", lambda _host, restart, _say, **_kw: ups.append(restart)
+    )
     deployed = lifecycle.deploy(env, render(env), lambda _line: None)
     assert ups == [("tracker", "prometheus")]
     assert deployed.restarted == ("tracker", "prometheus")

@@ -180,32 +180,62 @@ def lock_busy(host: SshHost) -> RemoteError:
     )
 
 
-def _run_locked(host: SshHost, command: str, say: Say, failure: RemoteError) -> None:
+def _run_locked(
+    host: SshHost, command: str, say: Say, failure: RemoteError, env_name: str = "NAME"
+) -> None:
     """Run a compose command under the backup lock, streaming; raise ``failure`` if it fails.
     A script (run-detached): a dropped session does not stop compose half-way."""
     script = under_backup_lock(command) + "\n"
     result = host.run_script(script, stream=say, timeout=UP_TIMEOUT_SECONDS)
     if result.exit_code == exit_codes.LOCK_BUSY:
         raise lock_busy(host)
+    if result.exit_code == exit_codes.UNSAFE:
+        raise partly_restored(host, env_name)
     if not result.ok:
         raise failure
 
 
+# The tracker is never started on a MySQL database a restore left partly
+# restored (restore.sh writes the marker before its load, removes it after).
+_MARKER = shlex.quote(str(paths.RESTORE_INCOMPLETE_MARKER))
+_REFUSE_PARTLY_RESTORED = (
+    f"if [ -e {_MARKER} ] || [ -L {_MARKER} ]; then exit {exit_codes.UNSAFE}; fi; "
+)
+
+
+def partly_restored(host: SshHost, env_name: str) -> RemoteError:
+    return RemoteError(
+        f"a restore left the MySQL database on {host.target.host} partly restored "
+        f"({paths.RESTORE_INCOMPLETE_MARKER}); the tracker was not started on it",
+        f"finish the restore first: inv restore --env {env_name} --set SET --yes "
+        "(inv backups lists the sets); it starts the tracker",
+    )
+
+
 def compose_up(
-    host: SshHost, restart: Sequence[str], say: Say, *, only: Sequence[str] = ()
+    host: SshHost,
+    restart: Sequence[str],
+    say: Say,
+    *,
+    only: Sequence[str] = (),
+    env_name: str = "NAME",
 ) -> None:
-    """``up -d --wait`` for every service, or for ``only`` (and what they depend on)."""
+    """``up -d --wait`` for every service, or for ``only`` (and what they depend on).
+    ``env_name`` is for the hint of a refusal."""
     services = "".join(f" {shlex.quote(name)}" for name in only)
     say(f"compose: up -d --wait{services} in {paths.DEPLOY_DIR}")
+    # Every service, the tracker too: not on a partly restored database.
+    refuse = "" if only else _REFUSE_PARTLY_RESTORED
     _run_locked(
         host,
-        f"{COMPOSE} up -d --wait --remove-orphans{services}",
+        f"{refuse}{COMPOSE} up -d --wait --remove-orphans{services}",
         say,
         RemoteError(
             f"`docker compose up` failed on {host.target.host}",
             f"see the output above; on the host: cd {paths.DEPLOY_DIR} && docker compose ps -a "
             "&& docker compose logs --tail 50",
         ),
+        env_name,
     )
     if restart:
         say(f"compose: restarting {', '.join(restart)} (its configuration changed)")
