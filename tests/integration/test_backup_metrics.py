@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -163,3 +165,55 @@ def test_a_planted_set_name_that_is_no_date_is_skipped_not_fatal(
 
     assert samples["tracker_backup_local_sets"] == 1
     assert samples["tracker_backup_newest_set_timestamp_seconds"] == epoch("2026-01-01T00:00:00Z")
+
+
+@contextlib.contextmanager
+def small_disk(path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs at ``path`` (root's, 0755), unmounted at the end."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(path)], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Fill ``disk`` until a write fails with ENOSPC."""
+    with (disk / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 4096)
+    with pytest.raises(OSError):
+        (disk / "probe").write_bytes(b"\0" * 4096)
+
+
+def test_a_full_disk_never_leaves_the_last_success_standing(
+    sqlite_stack: Stack, tmp_path: Path
+) -> None:
+    """The status and the metrics on disks with no room left: the failed run's status
+    and metrics are written over in place. Before, the atomic writes (a temporary
+    copy, renamed) failed, and both kept saying the run before had succeeded."""
+    stack = sqlite_stack
+    metrics = Metrics(stack, tmp_path / "metrics")
+    shutil.copy(metrics.script, stack.metrics_script)  # the maintenance run calls it
+    with small_disk(stack.status_dir) as status_disk, small_disk(metrics.textfile_dir) as textfile:
+        first = stack.run_maintenance()
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert stack.status()["result"] == "success"
+        assert "tracker_backup_last_run_success 1\n" in metrics.output.read_text()
+        fill(status_disk)
+        fill(textfile)
+
+        conf = stack.deploy_dir / "storage/backup-etc/backup.conf"
+        conf.write_text(conf.read_text() + "NOT A SETTING\n")  # the backup container refuses it
+        failed = stack.run_maintenance()
+        assert failed.returncode != 0
+
+        status = stack.status()
+        assert (status["result"], status["exit_code"]) == ("failure", str(failed.returncode))
+        text = metrics.output.read_text()
+        assert "tracker_backup_last_run_success 0\n" in text
+        assert f"tracker_backup_last_run_exit_code {failed.returncode}\n" in text
+        assert "written over in place" in stack.log_file.read_text()
