@@ -19,6 +19,11 @@ METRIC_PREFIX = "tracker_backup_"
 NODE_EXPORTER_SERVICE = "node-exporter"
 NODE_EXPORTER_PORT = 9100
 SCRAPE_JOB = "tracker_backup"
+# The backup job is scraped at least this often, whatever
+# prometheus.scrape_interval_in_secs says: a rule sees a series only within
+# Prometheus' lookback (5 minutes) of its last sample, so a slower scrape could
+# leave the backup alerts without data at every evaluation.
+MAX_SCRAPE_SECONDS = 60
 TEXTFILE_NAME = "tracker_backup.prom"
 
 # The metrics, by role. Values are full metric names (prefix included).
@@ -77,8 +82,10 @@ def schedule_period_seconds(schedule: CronSchedule) -> int:
 @lru_cache(maxsize=64)
 def _period_seconds(expression: str) -> int:
     iterator = croniter(expression, _PERIOD_START)
-    end = _PERIOD_START + _PERIOD_WINDOW
     previous: datetime = iterator.get_next(datetime)
+    # From the first fire: a schedule of 29 February first fires in 2004, past
+    # a window from the start, and its fires of that one day were all it measured.
+    end = previous + _PERIOD_WINDOW
     longest = 0
     fires = 1
     while fires < _MIN_FIRES or (fires < _MAX_FIRES and previous < end):
@@ -150,6 +157,12 @@ class AlertSettings:
     # BackupSetAheadOfClock fires.
     set_ahead_tolerance_seconds: int = 300
 
+    # How long node-exporter may go unscraped, or its textfile collector fail,
+    # before BackupMetricsUnavailable fires (every other backup alert is blind
+    # meanwhile, and one that fires clears).
+    metrics_unavailable_for: str = "15m"
+    job: str = SCRAPE_JOB
+
     @property
     def downtime_budget(self) -> str:
         """The budget as PromQL writes numbers (no trailing .0)."""
@@ -174,6 +187,12 @@ def alert_settings(env: Env) -> AlertSettings:
         drill_schedule=str(env.backup.drill_schedule),
         offsite=offsite,
     )
+
+
+def backup_scrape_seconds(env: Env) -> int:
+    """The backup job's scrape interval: the stack's, at most MAX_SCRAPE_SECONDS."""
+    assert env.prometheus is not None
+    return min(env.prometheus.scrape_interval_in_secs, MAX_SCRAPE_SECONDS)
 
 
 def monitors_backups(env: Env) -> bool:

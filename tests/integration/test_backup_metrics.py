@@ -185,7 +185,7 @@ def fill(disk: Path) -> None:
     with (disk / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
         while True:
             filler.write(b"\0" * 4096)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="No space left on device"):
         (disk / "probe").write_bytes(b"\0" * 4096)
 
 

@@ -25,6 +25,8 @@ from tests.helpers import parse
         ("0 */6 * * *", 6 * 3600),
         ("0 3 1,15 * *", 17 * 86400),
         ("0 3 1 1 *", 365 * 86400),
+        # Only on 29 February (first in 2004): four times that day, then 2008.
+        ("0 */6 29 2 *", (365 * 4 + 1) * 86400 - 18 * 3600),
     ],
 )
 def test_schedule_period_is_the_longest_gap_between_fires(expression: str, period: int) -> None:
@@ -58,6 +60,7 @@ def test_rules_follow_the_schedules_and_the_budget(mysql_data: dict[str, Any]) -
         "BackupDrillMissing/never",
         "BackupDrillMissing/stale",
         "BackupFailed/",
+        "BackupMetricsUnavailable/",
         "BackupMissing/never",
         "BackupMissing/stale",
         "BackupSetAheadOfClock/",
@@ -252,3 +255,18 @@ def test_the_drill_runs_on_the_drill_schedule(
     ]
     assert jobs == [f"{env.backup.drill_schedule} root {paths.DRILL_SCRIPT} --quiet"]
     assert str(env.backup.drill_schedule) == (schedule or DEFAULT_DRILL_SCHEDULE)
+
+
+@pytest.mark.parametrize(
+    ("stack_seconds", "backup_seconds"), [(15, "15s"), (60, "60s"), (600, "60s")]
+)
+def test_the_backup_job_is_scraped_within_the_rules_lookback(
+    mysql_data: dict[str, Any], stack_seconds: int, backup_seconds: str
+) -> None:
+    """A rule sees a series only within 5 minutes of its last sample: a stack scraped
+    every 10 minutes still scrapes the backup metrics every minute."""
+    mysql_data["prometheus"] = {"scrape_interval_in_secs": stack_seconds}
+    config = yaml.safe_load(render(parse(mysql_data)).text(paths.PROMETHEUS_CONFIG))
+    assert config["global"]["scrape_interval"] == f"{stack_seconds}s"
+    [job] = [job for job in config["scrape_configs"] if job["job_name"] == monitoring.SCRAPE_JOB]
+    assert job["scrape_interval"] == backup_seconds

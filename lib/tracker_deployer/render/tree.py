@@ -231,6 +231,7 @@ def backup_monitoring(env: Env) -> dict[str, str] | None:
     return {
         "job": monitoring.SCRAPE_JOB,
         "target": f"{monitoring.NODE_EXPORTER_SERVICE}:{monitoring.NODE_EXPORTER_PORT}",
+        "scrape_interval": f"{monitoring.backup_scrape_seconds(env)}s",
         "rules_file": str(rules),
     }
 
@@ -311,6 +312,7 @@ def render(env: Env, templates_dir: Path = paths.TEMPLATES_DIR) -> RenderedTree:
                 m=monitoring.METRICS,
                 log_file=paths.BACKUP_LOG,
                 offsite_check_status=paths.OFFSITE_LAST_CHECK,
+                textfile=paths.METRICS_TEXTFILE_DIR / monitoring.TEXTFILE_NAME,
             )
     if env.grafana:
         provisioning = paths.GRAFANA_PROVISIONING
