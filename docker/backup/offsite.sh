@@ -39,7 +39,10 @@
 #   a live process (stale locks are removed and the step retried once);
 #   23 the upload or forget failed otherwise; 24 `restic check` found errors;
 #   25 no space left on a device (the repository's or this container's);
-#   26 `fetch`: the repository holds no set TS for this environment.
+#   26 `fetch`: the repository holds no set TS for this environment;
+#   27 `upload` with OFFSITE_ALLOW_INIT=0 (uploads to this repository have
+#   succeeded before) finds no repository there: it is gone, or its storage is
+#   not mounted; nothing is created in its place.
 
 set -o errexit -o nounset -o pipefail
 
@@ -51,6 +54,7 @@ readonly OFFSITE_EXIT_FAILED=23
 readonly OFFSITE_EXIT_CHECK=24
 readonly OFFSITE_EXIT_NO_SPACE=25
 readonly OFFSITE_EXIT_NO_SET=26
+readonly OFFSITE_EXIT_GONE=27
 
 readonly OFFSITE_BACKUP_SH="${OFFSITE_BACKUP_SH:-/usr/local/bin/backup.sh}"
 # backup.sh is checked on its own (nox -s shellcheck lists it); not followed here.
@@ -213,13 +217,17 @@ remove_stale_locks() {
 }
 
 # This environment's snapshots (JSON) into $1; creates the repository on the
-# very first run (a location that holds no repository yet).
+# very first run (a location that holds no repository yet), unless
+# OFFSITE_ALLOW_INIT is 0: uploads to it have succeeded before, so it is gone.
 list_snapshots() {
   local out="$1"
   if run_restic snapshots --no-lock --json --host "${OFFSITE_ENV_NAME}" --tag "env=${OFFSITE_ENV_NAME}" >"${out}"; then
     return 0
   fi
   if is_missing_repository; then
+    if [[ "${OFFSITE_ALLOW_INIT:-1}" == 0 ]]; then
+      fail "${OFFSITE_EXIT_GONE}" "there is no restic repository at the location, though uploads to it have succeeded before: it was deleted, or its storage is not mounted. Nothing was uploaded, and no new repository is created in its place (to start one anew there, see docs/user-guide/offsite.md)"
+    fi
     say "no repository at the location yet: creating it (restic init)"
     run_restic init | redact >&2 || classify "restic init"
     printf '[]\n' >"${out}"

@@ -9,6 +9,7 @@ exit_codes.OFFSITE_FAILED, rendered into the maintenance script.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 
 from tracker_deployer import exit_codes, paths
@@ -80,7 +81,22 @@ OFFSITE_SH_EXIT: dict[str, int] = {
     "CHECK": 24,
     "NO_SPACE": 25,
     "NO_SET": 26,
+    "GONE": 27,
 }
+
+# Set to 0 by the maintenance script when its last successful upload went to
+# this very repository: one that holds no restic repository now was deleted (or
+# its storage is not mounted), and offsite.sh refuses to create a new, empty
+# one in its place (exit GONE) instead of starting the history over unnoticed.
+ALLOW_INIT_VARIABLE = "OFFSITE_ALLOW_INIT"
+
+
+def repository_id(env: Env) -> str:
+    """Which repository the uploads go to, without its credentials: recorded in
+    last-offsite.env with each successful upload."""
+    digest = hashlib.sha256(_offsite(env).repository.encode()).hexdigest()
+    return digest[:16]
+
 
 # The longest an upload (with forget --prune) or a check may take; then it is
 # killed and reported as failed.

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tracker_deployer import paths
+from tracker_deployer import offsite, paths
 from tracker_deployer.errors import ConfigError
 from tracker_deployer.remote.offsite import listing_error, listing_script, parse_listing
 from tracker_deployer.render.tree import offsite_check_script
@@ -377,6 +377,45 @@ def test_unreachable_repository_is_its_own_outcome_and_the_next_run_catches_up(
                 server.stop()
         finally:
             stack.cleanup()
+
+
+def test_a_repository_that_is_gone_is_not_created_anew_in_its_place(tmp_path: Path) -> None:
+    """Uploads to it succeeded, then the repository vanished (a bucket emptied, a
+    disk not mounted): the upload fails (offsite.sh 27) and creates nothing there.
+    Before, `restic init` made a new, empty repository and the run succeeded, the
+    off-host history gone without a word. Removing last-offsite.env starts anew."""
+    port = free_port()
+    repository = f"rest:http://127.0.0.1:{port}/tracker"
+    data = tmp_path / "rest-data/tracker"
+    stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
+    server = rclone_server(data.parent, port, tmp_path / "rclone.log").start()
+    try:
+        assert_success_with_upload(stack, stack.run_maintenance())
+        known = offsite.repository_id(stack.env)
+        assert offsite_status(stack)["repository"] == known
+        # Gone; a new server process (rclone caches the directory listings).
+        server.stop()
+        shutil.rmtree(data)
+        server = rclone_server(data.parent, port, tmp_path / "rclone.log").start()
+
+        time.sleep(1.1)
+        gone = stack.run_maintenance()
+        assert gone.returncode == 76, gone.stdout + gone.stderr
+        upload = offsite_status(stack)
+        assert upload["exit_code"] == str(offsite.OFFSITE_SH_EXIT["GONE"])
+        assert "though uploads to it have succeeded before" in upload["reason"]
+        assert (upload["repository"], upload["last_success_epoch"] != "") == (known, True)
+        assert not data.exists()
+        assert_local_sets_intact(stack)
+
+        (stack.status_dir / paths.OFFSITE_LAST_UPLOAD.name).unlink()
+        time.sleep(1.1)
+        newest = assert_success_with_upload(stack, stack.run_maintenance())
+        assert offsite_status(stack)["uploaded"].split() == stack.sets()  # all, anew
+        assert uploaded_sets(restic_host(repository, tmp_path)) == [newest]  # keep daily
+    finally:
+        server.stop()
+        stack.cleanup()
 
 
 def test_wrong_password_fails_clearly_and_keeps_the_local_sets(

@@ -581,6 +581,8 @@ def offsite_settings(env: Env) -> dict[str, Any] | None:
         "hostname_export": offsite.hostname_export(),
         "still_running_check": offsite.still_running_check(),
         "exit_locked": offsite.OFFSITE_SH_EXIT["LOCKED"],
+        "allow_init_variable": offsite.ALLOW_INIT_VARIABLE,
+        "repository_id": offsite.repository_id(env),
     }
 
 
