@@ -255,10 +255,42 @@ upload_set() {
     printf '%s/%s\n' "${ROOT_DIR}" "${relative}"
   done < <(set_files "${ts}") >"${list}"
   say "uploading set ${ts} ($(wc -l <"${list}") files)"
-  restic_locked "uploading set ${ts}" backup --quiet \
-    --host "${OFFSITE_ENV_NAME}" --tag "env=${OFFSITE_ENV_NAME}" --tag "set=${ts}" \
-    --time "$(set_time "${ts}")" --files-from-verbatim "${list}" >&2
+  snapshot_set "${ts}" "${list}"
   say "set ${ts} uploaded"
+}
+
+# snapshot_set TS LIST: restic backup of the files in LIST as set TS. It fails
+# (the offsite code) unless the snapshot holds every file of the list: restic
+# skips a file that vanished (exit 0) or could not be read (exit 3) and still
+# writes the snapshot, which every later upload would take for the whole set.
+# Such a snapshot is forgotten. A lock is met as restic_locked does.
+snapshot_set() {
+  local ts="$1" list="$2" summary="${WORK_DIR}/summary-$1" rc attempt snapshot processed files
+  for attempt in 1 2; do
+    rc=0
+    run_restic backup --quiet --json \
+      --host "${OFFSITE_ENV_NAME}" --tag "env=${OFFSITE_ENV_NAME}" --tag "set=${ts}" \
+      --time "$(set_time "${ts}")" --files-from-verbatim "${list}" >"${summary}" || rc=$?
+    if ((rc == 0 || attempt == 2)) || ! is_locked_error; then
+      break
+    fi
+    remove_stale_locks "uploading set ${ts}"
+  done
+  files="$(wc -l <"${list}")"
+  snapshot="$(summary_value snapshot_id '"\([0-9a-f]\{8,64\}\)"' <"${summary}")"
+  processed="$(summary_value total_files_processed '\([0-9]\{1,12\}\)' <"${summary}")"
+  if ((rc == 0)) && [[ -n "${snapshot}" && "${processed}" == "${files}" ]]; then
+    return 0
+  fi
+  [[ -n "${snapshot}" ]] || classify "uploading set ${ts}"
+  say "the snapshot ${snapshot} of set ${ts} holds ${processed:-none} of its ${files} files: forgetting it"
+  run_restic forget --quiet "${snapshot}" >&2 || say "WARNING: could not forget snapshot ${snapshot} (see restic's lines above)"
+  fail "${OFFSITE_EXIT_FAILED}" "uploading set ${ts}: restic stored ${processed:-none} of its ${files} files (one vanished or could not be read; see restic's lines above); the next upload sends the set again"
+}
+
+# summary_value KEY REGEX: KEY's value (REGEX, one group) in restic's JSON summary on stdin.
+summary_value() {
+  sed -n "s/^{\"message_type\":\"summary\".*\"$1\":$2.*/\1/p" | tail -n 1
 }
 
 cmd_upload() {

@@ -103,6 +103,44 @@ repository_sets() {
   assert_output ""
 }
 
+@test "offsite: a set file that vanishes during the upload leaves no snapshot that looks whole" {
+  backup_ok run
+  # restic, with a file of the set moved away while it reads the list (as if
+  # deleted meanwhile): it skips the file, exits 0 and writes the snapshot.
+  local real
+  real="$(command -v restic)"
+  mkdir -p -- "${BATS_TEST_TMPDIR}/bin"
+  cat >"${BATS_TEST_TMPDIR}/bin/restic" <<EOF
+#!/usr/bin/env bash
+if [[ " \$* " == *" backup "* ]]; then
+  for arg in "\$@"; do
+    [[ "\${previous:-}" != --files-from-verbatim ]] || list="\${arg}"
+    previous="\${arg}"
+  done
+  meta="\$(grep '[.]meta\$' "\${list}")"
+  mv -- "\${meta}" "\${meta}.away"
+  rc=0
+  "${real}" "\$@" || rc=\$?
+  mv -- "\${meta}.away" "\${meta}"
+  exit "\${rc}"
+fi
+exec "${real}" "\$@"
+EOF
+  chmod +x -- "${BATS_TEST_TMPDIR}/bin/restic"
+  PATH="${BATS_TEST_TMPDIR}/bin:${PATH}" run --separate-stderr "${OFFSITE_SH}" upload
+  assert_failure 23
+  assert_stderr --partial "does not exist, skipping"
+  assert_stderr --partial "restic stored 3 of its 4 files"
+  run repository_sets
+  assert_output ""
+  # The next upload sends the whole set.
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  assert_output "uploaded=${SET_TS}"
+  restic --no-cache restore latest --target "${BATS_TEST_TMPDIR}/restored" >/dev/null 2>&1
+  (cd "${BATS_TEST_TMPDIR}/restored${BACKUP_ROOT}" && sha256sum --check --strict "manifests/set_${SET_TS}.sha256")
+}
+
 @test "offsite: the local sets are never changed" {
   backup_ok run
   local before
