@@ -301,6 +301,7 @@ cmd_upload() {
   [[ -d "${ROOT_DIR}" ]] || fail "${OFFSITE_EXIT_CONFIG}" "BACKUP_ROOT ${ROOT_DIR} does not exist"
 
   local snapshots="${WORK_DIR}/snapshots.json" there="${WORK_DIR}/in-repository" newest="" ts now
+  local ahead=0
   list_snapshots "${snapshots}"
   uploaded_sets <"${snapshots}" >"${there}"
   # The sets newer than the repository's newest are uploaded (older ones the
@@ -311,6 +312,7 @@ cmd_upload() {
   while IFS= read -r ts; do
     if [[ "${ts}" > "${now}" ]]; then
       say "WARNING: the repository holds set ${ts}, named after this host's clock (now ${now} UTC): the clock was ahead when it was taken; the sets taken since are uploaded all the same (check the clock: timedatectl)"
+      ahead=$((ahead + 1))
     else
       newest="${ts}"
     fi
@@ -336,7 +338,18 @@ cmd_upload() {
     fi
   done
 
-  say "forget --prune: ${keep}"
+  # A set named after the clock is the newest by time, so it takes a place of
+  # every rule (one place each): each rule keeps that many more, or a policy of
+  # one would forget the set just uploaded and keep only that one.
+  local i
+  if ((ahead > 0)); then
+    for ((i = 1; i < ${#keep_args[@]}; i += 2)); do
+      keep_args[i]=$((keep_args[i] + ahead))
+    done
+    say "forget --prune: ${keep} (each rule keeps ${ahead} more: the set(s) named after this host's clock take a place)"
+  else
+    say "forget --prune: ${keep}"
+  fi
   restic_locked "restic forget --prune" forget --prune --quiet --host "${OFFSITE_ENV_NAME}" \
     --tag "env=${OFFSITE_ENV_NAME}" --group-by host "${keep_args[@]}" >&2
   printf 'uploaded=%s\n' "${uploaded[*]}"

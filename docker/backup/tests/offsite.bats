@@ -73,6 +73,21 @@ repository_sets() {
   assert_line "${SET_TS}"
 }
 
+@test "offsite: a set named while the clock was ahead never makes the keep policy forget the set just uploaded" {
+  export OFFSITE_KEEP="--keep-last 1"
+  clock_ahead 31536000 # a year
+  PATH="${AHEAD_PATH}" backup_ok run
+  local future="${SET_TS}"
+  "${OFFSITE_SH}" upload 2>/dev/null
+  backup_ok run
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  assert_output "uploaded=${SET_TS}"
+  assert_stderr --partial "(each rule keeps 1 more: the set(s) named after this host's clock take a place)"
+  run repository_sets
+  assert_output "$(printf '%s\n%s' "${SET_TS}" "${future}")"
+}
+
 @test "offsite: forget --prune applies the keep policy to this environment's snapshots" {
   local index
   for index in 1 2 3; do backup_ok run; done
