@@ -83,6 +83,39 @@ mysql_row_counts() {
   rm -f -- "${work}" "${work}.counts"
 }
 
+# Before a restore: drop the database's base tables that the set (meta $1) does
+# not list. Made after the set was taken (by a newer tracker), they would stay
+# next to the restored tables, holding data from after the set; the dump
+# replaces only its own tables.
+drop_tables_not_in_set() {
+  local meta="$1" work="${STAGING_DIR}/restore-tables.$$" line table
+  local -A listed=()
+  local -a extra=()
+  while IFS= read -r line; do
+    [[ "${line}" == rows.* ]] || continue
+    line="${line#rows.}"
+    listed["${line%=*}"]=1
+  done <"${meta}"
+  CLEANUP_FILES+=("${work}")
+  if ! "${MYSQL_CLIENT[@]}" --batch --skip-column-names -e \
+    "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name" \
+    >"${work}"; then
+    die_cannot_query
+  fi
+  while IFS= read -r table; do
+    [[ -n "${listed[${table}]:-}" ]] || extra+=("${table}")
+  done <"${work}"
+  ((${#extra[@]} > 0)) || return 0
+  log "dropping the table(s) the set does not have (made after it was taken): ${extra[*]}"
+  {
+    printf 'SET FOREIGN_KEY_CHECKS=0;\n'
+    for table in "${extra[@]}"; do
+      # shellcheck disable=SC2016  # backticks quote a MySQL identifier
+      printf 'DROP TABLE `%s`;\n' "${table//\`/\`\`}"
+    done
+  } | "${MYSQL_CLIENT[@]}" --batch || die "${EXIT_BACKUP}" "cannot drop the table(s) ${extra[*]} (see the client's error above)"
+}
+
 # Write "table=count" for every table of the SQLite database $1 to $2.
 sqlite_row_counts() {
   local db="$1" out="$2" work="$2.work"
@@ -109,11 +142,12 @@ sqlite_row_counts() {
 
 # Compare the rows.* lines of a set's .meta ($1) with "table=count" lines ($2).
 compare_row_counts() {
-  local meta="$1" actual="$2" line table count mismatches=0
+  local meta="$1" actual="$2" line table count mismatches=0 tables
   local -A now=()
   while IFS= read -r line; do
     now["${line%=*}"]="${line##*=}"
   done <"${actual}"
+  tables="${#now[@]}"
   while IFS= read -r line; do
     [[ "${line}" == rows.* ]] || continue
     line="${line#rows.}"
@@ -123,11 +157,16 @@ compare_row_counts() {
       log "row count mismatch in ${table}: set has ${count}, restored database has ${now[${table}]-no such table}"
       mismatches=$((mismatches + 1))
     fi
+    unset 'now[${table}]'
   done <"${meta}"
+  for table in "${!now[@]}"; do
+    log "table ${table} is in the restored database but not in the set (${now[${table}]} rows)"
+    mismatches=$((mismatches + 1))
+  done
   if ((mismatches > 0)); then
     die "${EXIT_VERIFY}" "${mismatches} table(s) differ from the set's row counts"
   fi
-  log "row counts match the set (${#now[@]} tables)"
+  log "row counts match the set (${tables} tables)"
 }
 
 # $1 holds the last bytes of a mariadb-dump output: its last line must be the

@@ -64,6 +64,7 @@ restore_mysql() {
     die "${EXIT_BACKUP}" "cannot connect to ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} (see the client's error above)"
   fi
   log "restoring MySQL database ${CONFIG[DB_NAME]} at ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]} from ${file}"
+  drop_tables_not_in_set "${meta}"
   if ! decompress "${ROOT_DIR}/${file}" | "${MYSQL_CLIENT[@]}" --batch; then
     die "${EXIT_BACKUP}" "loading the dump failed (decompress/mariadb exit ${PIPESTATUS[*]}; see above)"
   fi

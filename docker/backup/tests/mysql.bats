@@ -236,6 +236,33 @@ SQL
   assert [ -f "${BACKUP_ROOT}/restore-${SET_TS}/${CONFIG_TREE#/}/tracker/etc/tracker.toml" ]
 }
 
+@test "mysql: a restore drops the tables the set does not have" {
+  backup_ok run
+  # A newer tracker's table, made after the set was taken: the dump replaces
+  # only its own tables, so it stayed, with data from after the set.
+  admin "${TEST_DB}" <<'SQL'
+CREATE TABLE torrent_aggregate_metrics (id INT PRIMARY KEY, metric_name VARCHAR(50) NOT NULL, value INT NOT NULL) ENGINE=InnoDB;
+INSERT INTO torrent_aggregate_metrics VALUES (1, 'after the set', 9000);
+CREATE TABLE `odd ``name` (id INT PRIMARY KEY, torrent INT, FOREIGN KEY (torrent) REFERENCES torrents (id)) ENGINE=InnoDB;
+SQL
+  run --separate-stderr "${BACKUP_SH}" restore "${SET_TS}" --yes --only db
+  assert_success
+  assert_stderr --partial "dropping the table(s) the set does not have (made after it was taken): odd \`name torrent_aggregate_metrics"
+  assert_stderr --partial "row counts match the set (3 tables)"
+  run admin "${TEST_DB}" --skip-column-names -e "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY table_name"
+  assert_output "$(printf '%s\n' keys torrents whitelist)"
+}
+
+@test "mysql: a restored database with a table the set lacks does not pass the row count check" {
+  backup_ok run
+  local meta="${BACKUP_ROOT}/manifests/set_${SET_TS}.meta" actual="${BATS_TEST_TMPDIR}/actual"
+  grep '^rows[.]' "${meta}" | sed 's/^rows[.]//' >"${actual}"
+  printf 'extra=7\n' >>"${actual}"
+  run --separate-stderr bash -c "source '${BACKUP_SH}'; compare_row_counts '${meta}' '${actual}'"
+  assert_failure
+  assert_stderr --partial "table extra is in the restored database but not in the set (7 rows)"
+}
+
 @test "mysql: a zstd set (BACKUP_COMPRESSION=zstd) verifies and restores identical rows" {
   printf "BACKUP_COMPRESSION='zstd'\nBACKUP_COMPRESSION_LEVEL='19'\n" >>"${CONFIG_FILE}"
   local before
