@@ -253,6 +253,49 @@ def test_sqlite_zstd_set_verifies_with_the_drill_and_restores(tmp_path: Path) ->
         stack.cleanup()
 
 
+def test_a_crash_looping_tracker_is_stopped_for_the_restore(sqlite_stack: Stack) -> None:
+    """A tracker that crash-loops is "restarting" between its attempts, not running:
+    the restore took it for stopped, left it to Docker, which started it again
+    during the restore, and said it stays stopped. Now it is stopped first, and
+    started (here, its config repaired meanwhile) once the set is in place."""
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    [set_id] = stack.sets()
+    config = stack.deploy_dir / "storage/tracker/etc/tracker.toml"
+    good = config.read_bytes()
+    config.write_text("this is = not [toml\n")  # the tracker exits at once, again and again
+    stack.compose("restart", "tracker")
+    container = stack.compose("ps", "-a", "-q", "tracker").stdout.strip()
+    deadline = time.monotonic() + 60
+    while True:  # into the back-off between attempts (0.1 s, doubling)
+        state = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Restarting}} {{.RestartCount}}", container],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if state[0] == "true" and int(state[1]) >= 5:
+            break
+        assert time.monotonic() < deadline, f"the tracker is not crash-looping: {state}"
+        time.sleep(0.05)
+    process = start_restore(stack, set_id, verify_first=False)
+    assert process.stdout is not None
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if "stopping tracker" in line or "the tracker is not running" in line:
+                break
+    finally:
+        config.write_bytes(good)
+    rest, _ = process.communicate(timeout=300)
+    output = "".join(seen) + rest
+    assert process.returncode == 0, output
+    assert "restore: stopping tracker" in output
+    assert "the tracker is not running" not in output
+    assert "restore: tracker is healthy" in output
+
+
 def test_a_host_with_an_old_gzip_set_and_a_new_default_zstd_set_lists_verifies_and_restores_both(
     tmp_path: Path,
 ) -> None:
@@ -347,16 +390,17 @@ def test_hardening_verify_drill_never_follows_a_link_uid_1000_plants(
     shim.mkdir()
     real = shutil.which("docker")
     assert real is not None
+    mounts = tmp_path / "mounts"  # the shim notes the drill's volumes: its scratch
     (shim / "docker").write_text(
         "#!/bin/bash\n"
         f'if [[ " $* " == *" verify {set_id} "* ]]; then\n'
         f"  (cd {stack.backups} && setpriv --reuid={APP_UID} --regid={APP_GID} --clear-groups \\\n"
         f"    ln -sfn {victim} .drill-{set_id})\n"
         "fi\n"
+        f"printf '%s\\n' \"$@\" | grep '^{paths.DRILL_SCRATCH_PARENT}/' >>{mounts} || true\n"
         f'exec {real} "$@"\n'
     )
     (shim / "docker").chmod(0o755)
-    scratch_before = set(Path(str(paths.DRILL_SCRATCH_PARENT)).glob("tracker-drill.*"))
     result = verify(
         stack, set_id, environ={**stack.environ(), "PATH": f"{shim}:{os.environ['PATH']}"}
     )
@@ -366,7 +410,9 @@ def test_hardening_verify_drill_never_follows_a_link_uid_1000_plants(
     state = victim.stat()
     assert (state.st_uid, state.st_mode & 0o7777) == (0, 0o755)
     assert list(victim.iterdir()) == []
-    assert set(Path(str(paths.DRILL_SCRATCH_PARENT)).glob("tracker-drill.*")) == scratch_before
+    [scratch] = {Path(line.split(":", 1)[0]).parent for line in mounts.read_text().splitlines()}
+    assert scratch.name.startswith("tracker-drill.")
+    assert not scratch.exists()
 
 
 def test_a_restore_that_cannot_tell_whether_the_tracker_runs_changes_nothing(
