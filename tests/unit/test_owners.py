@@ -14,6 +14,7 @@ import subprocess
 from typing import Any
 
 import pytest
+import yaml
 from tracker_deployer import compose, exit_codes, paths, ports
 from tracker_deployer.config.model import BACKUP_IMAGE_REPOSITORY, BACKUP_IMAGE_VERSION
 from tracker_deployer.errors import ConfigError
@@ -149,6 +150,35 @@ def test_grafana_reaches_prometheus_on_its_port() -> None:
     tree = render(parse(_full_env_data()))
     datasource = tree.text(paths.GRAFANA_PROVISIONING / "datasources/prometheus.yml")
     assert f'url: "http://prometheus:{ports.PROMETHEUS}"' in datasource
+
+
+def test_every_dashboard_panel_queries_the_provisioned_datasource() -> None:
+    """The datasource's uid is written in its file and in every panel: they must agree
+    (a panel with another uid shows "datasource not found")."""
+    tree = render(parse(_full_env_data()))
+    datasource = yaml.safe_load(
+        tree.text(paths.GRAFANA_PROVISIONING / "datasources/prometheus.yml")
+    )
+    [uid] = [source["uid"] for source in datasource["datasources"]]
+    dashboards = [f for f in tree.files if f.path.suffix == ".json" and "grafana" in str(f.path)]
+    assert len(dashboards) == 2
+    for dashboard in dashboards:
+        panels = json.loads(dashboard.content)["panels"]
+        assert panels
+        for panel in panels:
+            assert panel["datasource"] == {"type": "prometheus", "uid": uid}, dashboard.path
+
+
+def test_grafana_loads_the_dashboards_from_where_they_are_mounted() -> None:
+    env = parse(_full_env_data())
+    tree = render(env)
+    provider = yaml.safe_load(tree.text(paths.GRAFANA_PROVISIONING / "dashboards/torrust.yml"))
+    [path] = [p["options"]["path"] for p in provider["providers"]]
+    [grafana] = [s for s in derive(env).services if s.name == "grafana"]
+    [mount] = [m for m in grafana.volumes if str(m.source).endswith("grafana/provisioning")]
+    dashboards = paths.GRAFANA_PROVISIONING / "dashboards/torrust"
+    assert path == f"{mount.target}/{dashboards.relative_to(paths.GRAFANA_PROVISIONING)}"
+    assert any(f.path.parent == dashboards for f in tree.files)
 
 
 # --------------------------------------------------------------------------- env var names
