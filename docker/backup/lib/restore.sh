@@ -43,17 +43,35 @@ restore_sqlite() {
   fi
   # Its journals go aside too, before the rename, and even when the database file
   # itself is gone (deleted by hand after a crash): SQLite would replay a -wal left
-  # here on the restored file. Should a move fail, the old database is whole in
-  # ${aside} and the journals moved so far.
+  # here on the restored file. Should a move or the rename fail, the journals go
+  # back next to the old database, which stays in place: its committed
+  # transactions may be in its -wal still.
+  local -a moved=()
   for suffix in -wal -shm -journal; do
     if [[ -e "${target}${suffix}" || -L "${target}${suffix}" ]]; then
-      mv -- "${target}${suffix}" "${aside}${suffix}" \
-        || die "${EXIT_BACKUP}" "cannot move ${target}${suffix} aside (nothing was restored; the old database with the journals moved so far is ${aside}*)"
+      if ! mv -- "${target}${suffix}" "${aside}${suffix}"; then
+        journals_back "${target}" "${aside}" "${moved[@]}"
+        die "${EXIT_BACKUP}" "cannot move ${target}${suffix} aside; nothing was restored"
+      fi
+      moved+=("${suffix}")
       log "its ${suffix#-} is kept as ${aside}${suffix}"
     fi
   done
-  mv -f -- "${temporary}" "${target}" || die "${EXIT_BACKUP}" "cannot rename the restored database into place"
+  if ! mv -f -- "${temporary}" "${target}"; then
+    journals_back "${target}" "${aside}" "${moved[@]}"
+    die "${EXIT_BACKUP}" "cannot rename the restored database into place; nothing was restored"
+  fi
   log "SQLite database ${target} restored from set ${ts}"
+}
+
+# journals_back TARGET ASIDE SUFFIX...: move the journals back from ASIDE to TARGET.
+journals_back() {
+  local target="$1" aside="$2" suffix
+  shift 2
+  for suffix in "$@"; do
+    mv -- "${aside}${suffix}" "${target}${suffix}" \
+      || log "cannot move ${aside}${suffix} back to ${target}${suffix}: move it back before the tracker starts"
+  done
 }
 
 restore_mysql() {

@@ -594,6 +594,32 @@ EOF
   assert_output "0"
 }
 
+@test "restore: a rename that fails puts the old database's journals back next to it" {
+  backup_ok run
+  printf 'the old database'"'"'s -wal\n' >"${SQLITE_DB}-wal"
+  local real
+  real="$(command -v mv)"
+  mkdir -p -- "${BATS_TEST_TMPDIR}/bin"
+  cat >"${BATS_TEST_TMPDIR}/bin/mv" <<EOF
+#!/usr/bin/env bash
+for arg in "\$@"; do
+  if [[ "\${arg}" == *.restore-*.tmp ]]; then
+    echo "mv: simulated failure" >&2
+    exit 1
+  fi
+done
+exec "${real}" "\$@"
+EOF
+  chmod +x -- "${BATS_TEST_TMPDIR}/bin/mv"
+  PATH="${BATS_TEST_TMPDIR}/bin:${PATH}" run --separate-stderr "${BACKUP_SH}" restore latest --yes --only db
+  assert_failure
+  assert_stderr --partial "cannot rename the restored database into place; nothing was restored"
+  run cat -- "${SQLITE_DB}-wal"
+  assert_output "the old database's -wal"
+  local -a aside=("${SQLITE_DB}".before-restore-*-wal)
+  refute [ -e "${aside[0]}" ]
+}
+
 @test "restore: --only db and --only config, RESTORE_DB_PATH and RESTORE_CONFIG_ROOT" {
   backup_ok run
   local original
