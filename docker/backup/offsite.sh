@@ -284,8 +284,13 @@ snapshot_set() {
   fi
   [[ -n "${snapshot}" ]] || classify "uploading set ${ts}"
   say "the snapshot ${snapshot} of set ${ts} holds ${processed:-none} of its ${files} files: forgetting it"
-  run_restic forget --quiet "${snapshot}" >&2 || say "WARNING: could not forget snapshot ${snapshot} (see restic's lines above)"
-  fail "${OFFSITE_EXIT_FAILED}" "uploading set ${ts}: restic stored ${processed:-none} of its ${files} files (one vanished or could not be read; see restic's lines above); the next upload sends the set again"
+  local stored="restic stored ${processed:-none} of its ${files} files (one vanished or could not be read; see restic's lines above)"
+  if ! run_restic forget --quiet "${snapshot}" >&2 \
+    && ! { is_locked_error && remove_stale_locks "forgetting snapshot ${snapshot}" \
+      && run_restic forget --quiet "${snapshot}" >&2; }; then
+    fail "${OFFSITE_EXIT_FAILED}" "uploading set ${ts}: ${stored}, and its snapshot ${snapshot} could not be forgotten: until it is (restic forget ${snapshot}), the set counts as uploaded"
+  fi
+  fail "${OFFSITE_EXIT_FAILED}" "uploading set ${ts}: ${stored}; the snapshot was forgotten and the next upload sends the set again"
 }
 
 # summary_value KEY REGEX: KEY's value (REGEX, one group) in restic's JSON summary on stdin.
@@ -301,7 +306,6 @@ cmd_upload() {
   [[ -d "${ROOT_DIR}" ]] || fail "${OFFSITE_EXIT_CONFIG}" "BACKUP_ROOT ${ROOT_DIR} does not exist"
 
   local snapshots="${WORK_DIR}/snapshots.json" there="${WORK_DIR}/in-repository" newest="" ts now
-  local ahead=0
   list_snapshots "${snapshots}"
   uploaded_sets <"${snapshots}" >"${there}"
   # The sets newer than the repository's newest are uploaded (older ones the
@@ -312,7 +316,6 @@ cmd_upload() {
   while IFS= read -r ts; do
     if [[ "${ts}" > "${now}" ]]; then
       say "WARNING: the repository holds set ${ts}, named after this host's clock (now ${now} UTC): the clock was ahead when it was taken; the sets taken since are uploaded all the same (check the clock: timedatectl)"
-      ahead=$((ahead + 1))
     else
       newest="${ts}"
     fi
@@ -338,10 +341,13 @@ cmd_upload() {
     fi
   done
 
-  # A set named after the clock is the newest by time, so it takes a place of
-  # every rule (one place each): each rule keeps that many more, or a policy of
-  # one would forget the set just uploaded and keep only that one.
-  local i
+  # A set named after the clock (there before, or uploaded now) is the newest by
+  # time, so it takes a place of every rule (one place each): each rule keeps
+  # that many more, or a policy of one would forget the sets taken since.
+  local i ahead=0
+  for ts in $(cat -- "${there}") "${uploaded[@]}"; do
+    [[ ! "${ts}" > "${now}" ]] || ahead=$((ahead + 1))
+  done
   if ((ahead > 0)); then
     for ((i = 1; i < ${#keep_args[@]}; i += 2)); do
       keep_args[i]=$((keep_args[i] + ahead))

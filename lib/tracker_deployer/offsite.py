@@ -13,7 +13,7 @@ import hashlib
 import shlex
 
 from tracker_deployer import exit_codes, paths
-from tracker_deployer.config.model import Env, OffsiteConfig
+from tracker_deployer.config.model import Env, OffsiteConfig, redact_repository
 
 # The compose service that runs offsite.sh (profile "backup", never started by `up`).
 SERVICE = "offsite"
@@ -92,10 +92,11 @@ ALLOW_INIT_VARIABLE = "OFFSITE_ALLOW_INIT"
 
 
 def repository_id(env: Env) -> str:
-    """Which repository the uploads go to, without its credentials: recorded in
+    """Which repository the uploads go to: a hash of its location without the
+    userinfo (a password in the URL must not be guessable from it), recorded in
     last-offsite.env with each successful upload."""
-    digest = hashlib.sha256(_offsite(env).repository.encode()).hexdigest()
-    return digest[:16]
+    location = redact_repository(_offsite(env).repository)
+    return hashlib.sha256(location.encode()).hexdigest()[:16]
 
 
 # The longest an upload (with forget --prune) or a check may take; then it is

@@ -21,6 +21,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from tracker_deployer.remote.ssh import Target
+
 from tests.helpers import ssh_argv
 
 SUDO_USER = "tddeploy"
@@ -212,6 +214,16 @@ class SshTarget:
         self.stop()
 
     # -- helpers ---------------------------------------------------------------
+
+    def target(self, user: str = "root") -> Target:
+        """The deployer's connection settings for this target."""
+        return Target(
+            host="127.0.0.1",
+            port=self.port,
+            user=user,
+            private_key_path=str(self.client_key),
+            known_hosts_path=str(self.known_hosts),
+        )
 
     def ssh_argv(self, user: str = "root") -> list[str]:
         """The system ssh client's command line for this target, without the command."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -230,13 +231,20 @@ def standin(tmp_path: Path) -> tuple[Stack, Path]:
     return stack, verify
 
 
+@contextlib.contextmanager
+def held_lock(drill: Drill) -> Iterator[None]:
+    """The backup lock, held as a backup run holds it."""
+    drill.lock_file.parent.mkdir(parents=True)
+    with drill.lock_file.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def test_drill_waits_for_the_backup_lock_and_gives_up_after_the_bound(tmp_path: Path) -> None:
     stack, verify = standin(tmp_path)
     fake_set(stack.backups, "20261101_030000")
     drill = Drill(stack, tmp_path / "drill", verify=verify, lock_wait_seconds=1)
-    drill.lock_file.parent.mkdir(parents=True)
-    with drill.lock_file.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a backup run holds it
+    with held_lock(drill):
         result = drill.run()
 
     assert result.returncode == 75
@@ -296,15 +304,37 @@ def test_a_signal_while_waiting_for_the_backup_lock_ends_the_drill_at_once(
     stack, verify = standin(tmp_path)
     fake_set(stack.backups, "20261101_030000")
     drill = Drill(stack, tmp_path / "drill", verify=verify, lock_wait_seconds=600)
-    drill.lock_file.parent.mkdir(parents=True)
-    with drill.lock_file.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a backup run holds it
+    with held_lock(drill):
         process = _terminated_at_once(drill, drill.log_file.exists)
 
     assert process.returncode == 143
     assert not (verify.parent / "verified").exists()
     assert drill.last()["reason"] == "interrupted by SIGTERM"
     assert drill.metric("tracker_backup_last_drill_success") == 0
+
+
+def test_a_drill_run_by_hand_in_a_terminal_does_not_stop_on_it(tmp_path: Path) -> None:
+    """In its own process group the verify drill must not read the terminal: a
+    background group that does is stopped (SIGTTIN), and the drill waited forever
+    (compose run attaches stdin). A pseudo-terminal from script(1)."""
+    stack, verify = standin(tmp_path)
+    verify.write_text(
+        "#!/usr/bin/env bash\n"
+        "read -r -t 20 line || true\n"  # what compose run does with its stdin
+        'printf \'%s\\n\' "$1" >>"$(dirname "$0")/verified"\n'
+    )
+    fake_set(stack.backups, "20261101_030000")
+    drill = Drill(stack, tmp_path / "drill", verify=verify)
+    result = subprocess.run(
+        ["script", "-qec", f"{drill.script} --quiet", "/dev/null"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=stack.environ(),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (verify.parent / "verified").read_text() == "20261101_030000\n"
 
 
 def test_drill_takes_the_newest_complete_set_and_prunes_evidence_of_gone_sets(

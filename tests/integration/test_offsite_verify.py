@@ -26,7 +26,7 @@ import pytest
 from tracker_deployer.errors import DeployError
 from tracker_deployer.remote import offsite_fetch
 from tracker_deployer.remote.backups import VerificationFailed
-from tracker_deployer.remote.ssh import SshHost, Target
+from tracker_deployer.remote.ssh import SshHost
 
 from tests.helpers import parse, sample_data
 from tests.integration.ssh_target import SshTarget, require_tools
@@ -81,16 +81,8 @@ def ssh_to(stack: Stack, base: Path) -> Iterator[SshHost]:
     if reason:
         pytest.fail(reason)
     environment = {"COMPOSE_PROJECT_NAME": stack.project}
-    with SshTarget(base, environment=environment) as target:
-        where = Target(
-            host="127.0.0.1",
-            port=target.port,
-            user="root",
-            private_key_path=str(target.client_key),
-            known_hosts_path=str(target.known_hosts),
-        )
-        with SshHost(where) as host:
-            yield host
+    with SshTarget(base, environment=environment) as target, SshHost(target.target()) as host:
+        yield host
 
 
 class HostPaths(TypedDict):

@@ -766,14 +766,7 @@ def test_a_restore_killed_outright_during_its_load_leaves_the_marker(tmp_path: P
     loaded database; the next restore finishes and starts the tracker."""
     stack = _mysql_stack(tmp_path, "kill")
     try:
-        stack.up()
-        assert stack.run_maintenance().returncode == 0
-        [set_id] = stack.sets()
-        marker = stack.status_dir / paths.RESTORE_INCOMPLETE_MARKER.name
-        process = start_restore(stack, set_id, verify_first=False)
-        deadline = time.monotonic() + 120
-        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        set_id, marker, process = _restore_until_marked(stack)
         process.kill()  # the load has begun: its compose client goes on alone
         output, _ = process.communicate(timeout=300)
         assert "restoring the database from set" in output, output
@@ -802,14 +795,7 @@ def test_a_signal_during_the_load_waits_for_its_result(tmp_path: Path) -> None:
     running, and no backup ran after it)."""
     stack = _mysql_stack(tmp_path, "term")
     try:
-        stack.up()
-        assert stack.run_maintenance().returncode == 0
-        [set_id] = stack.sets()
-        marker = stack.status_dir / paths.RESTORE_INCOMPLETE_MARKER.name
-        process = start_restore(stack, set_id, verify_first=False)
-        deadline = time.monotonic() + 120
-        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        set_id, marker, process = _restore_until_marked(stack)
         time.sleep(0.2)  # into the load, most often
         process.terminate()
         output, _ = process.communicate(timeout=300)
@@ -823,6 +809,20 @@ def test_a_signal_during_the_load_waits_for_its_result(tmp_path: Path) -> None:
         assert "tracker" in stack.running_services()
     finally:
         stack.cleanup()
+
+
+def _restore_until_marked(stack: Stack) -> tuple[str, Path, subprocess.Popen[str]]:
+    """The stack up with one set, and the restore of that set started and left to run
+    until its restore-incomplete marker is written (the load begins)."""
+    stack.up()
+    assert stack.run_maintenance().returncode == 0
+    [set_id] = stack.sets()
+    marker = stack.status_dir / paths.RESTORE_INCOMPLETE_MARKER.name
+    process = start_restore(stack, set_id, verify_first=False)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return set_id, marker, process
 
 
 def _wait_until_free(lock: Path, deadline_seconds: float = 300) -> None:

@@ -20,7 +20,7 @@ import pytest
 from tracker_deployer import paths
 from tracker_deployer.errors import RemoteError
 from tracker_deployer.remote import deploy, plan
-from tracker_deployer.remote.ssh import SshHost, Target, detached_command
+from tracker_deployer.remote.ssh import SshHost, detached_command
 from tracker_deployer.render.tree import operation_script
 
 from tests.helpers import REPO_ROOT, sample_data
@@ -854,15 +854,8 @@ def test_deploy_never_starts_the_tracker_on_a_partly_restored_database(
     marker = target.host_path(str(paths.RESTORE_INCOMPLETE_MARKER))
     marker.parent.mkdir(parents=True)
     marker.write_text("set=20261101_030000\n")
-    where = Target(
-        host="127.0.0.1",
-        port=target.port,
-        user="root",
-        private_key_path=str(target.client_key),
-        known_hosts_path=str(target.known_hosts),
-    )
     lines: list[str] = []
-    with SshHost(where) as host, pytest.raises(RemoteError) as refused:
+    with SshHost(target.target()) as host, pytest.raises(RemoteError) as refused:
         deploy.compose_up(host, ("tracker",), lines.append, env_name="prod")
     assert "a restore left the MySQL database on 127.0.0.1 partly restored" in str(refused.value)
     assert "inv restore --env prod --set SET --yes" in (refused.value.hint or "")

@@ -3,6 +3,7 @@ files (modes, where secrets go), the offsite compose service and its values."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -353,3 +354,17 @@ def test_every_offsite_container_that_locks_the_repository_is_named_as_offsite_b
     }
     for name in found:
         assert re.fullmatch(offsite.RUN_NAME_PATTERN.replace("[0-9]+", r"\$\$"), name), name
+
+
+def test_the_repository_id_names_the_location_not_its_credentials() -> None:
+    """Recorded in a world-readable status file: a hash of a URL with a password in
+    it would let anyone test guesses of that password against it."""
+    data = s3_data()
+    data["backup"]["offsite"]["repository"] = "rest:https://user:first-secret@backup.example.com/t"
+    first = offsite.repository_id(parse(data))
+    data["backup"]["offsite"]["repository"] = "rest:https://user:other-secret@backup.example.com/t"
+    assert offsite.repository_id(parse(data)) == first
+    data["backup"]["offsite"]["repository"] = "rest:https://backup.example.com/other"
+    assert offsite.repository_id(parse(data)) != first
+    secret = "rest:https://user:first-secret@backup.example.com/t"
+    assert first != hashlib.sha256(secret.encode()).hexdigest()[:16]

@@ -38,6 +38,7 @@ from tracker_deployer.remote.backups import (
 )
 from tracker_deployer.remote.offsite import list_sets, listing_error
 from tracker_deployer.remote.ssh import SshHost
+from tracker_deployer.render.tree import KILL_AFTER_SECONDS
 from tracker_deployer.say import Say
 from tracker_deployer.topology import APP_GID, APP_UID
 
@@ -143,7 +144,7 @@ stop_fetch() {{
   echo "{STOPPED} $1; $kept" >&2
   exit $((128 + $1))
 }}
-timeout --kill-after=10 {FETCH_TIMEOUT_SECONDS} {compose.command(deploy_dir)} \\
+timeout --kill-after={KILL_AFTER_SECONDS} {FETCH_TIMEOUT_SECONDS} {compose.command(deploy_dir)} \\
   --profile backup run --rm --no-deps -T --name "$container" \\
   -v "$staging:{FETCH_DIR_IN_CONTAINER}" -e OFFSITE_FETCH_DIR={FETCH_DIR_IN_CONTAINER} \\
   {offsite.SERVICE} fetch "$set_id" >"$fetch_out" </dev/null &
