@@ -7,11 +7,13 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,16 +59,33 @@ def manifest_of(build: Path) -> dict[str, Any]:
     return data
 
 
+@contextlib.contextmanager
+def own_build(data: dict[str, Any]) -> Iterator[Path]:
+    """An environment name of this test's own, and its build directory (removed at
+    the end): tests running side by side render the sample envs into build/NAME."""
+    name = f"td-{uuid.uuid4().hex[:10]}"
+    data["environment"] = {**data["environment"], "name": name}
+    try:
+        yield REPO_ROOT / "build" / name
+    finally:
+        shutil.rmtree(REPO_ROOT / "build" / name, ignore_errors=True)
+
+
 def test_push_uploads_exactly_the_manifest_files_with_their_modes(
     target: SshTarget, tmp_path: Path
 ) -> None:
-    env = write_env(tmp_path, target.env_data(sample_data("manual-test-mysql")))
-    result = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
-    assert result.returncode == 0, result.stderr
+    data = target.env_data(sample_data("manual-test-mysql"))
+    with own_build(data) as build:
+        env = write_env(tmp_path, data)
+        result = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
+        assert result.returncode == 0, result.stderr
+        manifest = manifest_of(build)
+        rendered = {
+            e["path"]: (build / e["path"].lstrip("/")).read_bytes() for e in manifest["files"]
+        }
     # 9 files of the stack + the backup alert rules and the Backups dashboard
     assert "push: 11 created, 0 changed" in result.stdout
 
-    manifest = manifest_of(REPO_ROOT / "build/manual-test-mysql")
     pushed = [e for e in manifest["files"] if e["path"].startswith("/opt/torrust/")]
     assert len(pushed) == 11
     for entry in pushed:
@@ -74,10 +93,7 @@ def test_push_uploads_exactly_the_manifest_files_with_their_modes(
         info = local.stat()
         assert f"{stat.S_IMODE(info.st_mode):04o}" == entry["mode"], entry["path"]
         assert (info.st_uid, info.st_gid) == (entry["uid"], entry["gid"]), entry["path"]
-        assert (
-            local.read_bytes()
-            == (REPO_ROOT / "build/manual-test-mysql" / entry["path"].lstrip("/")).read_bytes()
-        )
+        assert local.read_bytes() == rendered[entry["path"]]
     # Nothing else landed in the deploy dir but the deployer's own record.
     on_target = sorted(
         "/" + str(p.relative_to(target.root))
@@ -729,21 +745,21 @@ def test_hardening_14_push_updates_a_changed_secret_file_without_manifest_hashes
     """Deploy diffing compares the host's files with the rendered bytes, not with the
     manifest, so leaving secret hashes out of manifest.json does not blind it."""
     data = target.env_data(sample_data("manual-test-sqlite"))
-    env = write_env(tmp_path, data)
-    known = str(target.known_hosts)
-    assert inv("push", "--env", str(env), "--known-hosts", known).returncode == 0
-    data["tracker"]["http_api"]["admin_token"] = "a-new-token-8d1e"  # type: ignore[index]
-    env = write_env(tmp_path, data)
-    result = inv("push", "--env", str(env), "--known-hosts", known)
-    assert result.returncode == 0, result.stderr
+    with own_build(data) as build:
+        env = write_env(tmp_path, data)
+        known = str(target.known_hosts)
+        assert inv("push", "--env", str(env), "--known-hosts", known).returncode == 0
+        data["tracker"]["http_api"]["admin_token"] = "a-new-token-8d1e"  # type: ignore[index]
+        env = write_env(tmp_path, data)
+        result = inv("push", "--env", str(env), "--known-hosts", known)
+        assert result.returncode == 0, result.stderr
+        manifest = manifest_of(build)
     assert "0 created, 2 changed" in result.stdout  # tracker.toml and prometheus.yml
     assert "update    /opt/torrust/storage/tracker/etc/tracker.toml" in result.stdout
     toml = target.host_path("/opt/torrust/storage/tracker/etc/tracker.toml")
     assert "a-new-token-8d1e" in toml.read_text()
     entry = next(
-        e
-        for e in manifest_of(REPO_ROOT / "build/manual-test-sqlite")["files"]
-        if e["path"] == "/opt/torrust/storage/tracker/etc/tracker.toml"
+        e for e in manifest["files"] if e["path"] == "/opt/torrust/storage/tracker/etc/tracker.toml"
     )
     assert entry["secret"] is True
     assert "sha256" not in entry
