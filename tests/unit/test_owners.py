@@ -35,9 +35,7 @@ def _full_env_data() -> dict[str, Any]:
     """MySQL with prometheus, grafana, https and backups: every service there is."""
     data = sample_data("manual-test-mysql")
     data["https"] = {"admin_email": "admin@example.com"}
-    data["tracker"]["http_trackers"].append(
-        {"bind_address": "0.0.0.0:7071", "domain": "tracker.example.com", "use_tls_proxy": True}
-    )
+    data["tracker"]["http_api"].update({"domain": "api.example.com", "use_tls_proxy": True})
     return data
 
 

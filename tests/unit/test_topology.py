@@ -54,13 +54,11 @@ def test_backup_mounts_storage_read_only_and_backups_read_write(
 
 
 def test_published_ports_skip_loopback_and_proxied_services(mysql_data: dict[str, Any]) -> None:
-    mysql_data["tracker"]["http_trackers"].append(
-        {"bind_address": "0.0.0.0:7071", "domain": "tracker.example.com", "use_tls_proxy": True}
-    )
+    mysql_data["tracker"]["http_api"].update({"domain": "api.example.com", "use_tls_proxy": True})
     mysql_data["https"] = {"admin_email": "admin@example.com"}
     topology = derive(parse(mysql_data))
     ports = [str(port) for port in topology.service("tracker").ports]
-    assert ports == ["6969:6969/udp", "7070:7070", "1212:1212"]
+    assert ports == ["6969:6969/udp", "7070:7070"]
     caddy = topology.service("caddy")
     assert [str(port) for port in caddy.ports] == ["80:80", "443:443", "443:443/udp"]
     assert "proxy_network" in topology.service("tracker").networks

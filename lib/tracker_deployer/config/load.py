@@ -438,7 +438,43 @@ class _Reader:
                 "is given but no service uses the TLS proxy",
                 'set "use_tls_proxy": true (with a "domain") on a service, or remove "https"',
             )
+        self.one_site_per_domain(tls)
+        self.http_trackers_alike([(w, e) for w, e, _ in binds if w.startswith("tracker.http_t")])
         self.port_conflicts(binds, grafana, "prometheus" in top, "https" in top)
+
+    def one_site_per_domain(self, tls: list[tuple[str, str | None, bool]]) -> None:
+        """Caddy serves one site per domain (a second one stops it from starting)."""
+        sites: dict[str, str] = {}
+        for where, domain, use_tls in tls:
+            if not use_tls or domain is None:
+                continue
+            if domain in sites:
+                self.error(
+                    _join(where, "domain"),
+                    f"{domain!r} is also the domain of {sites[domain]}, behind the TLS "
+                    "proxy too: Caddy serves one site per domain and would not start",
+                    f"give each service behind the proxy a domain of its own, e.g. 'api.{domain}'",
+                )
+            else:
+                sites[domain] = where
+
+    def http_trackers_alike(self, trackers: list[tuple[str, Endpoint]]) -> None:
+        """The tracker's ``on_reverse_proxy`` is one setting for every HTTP tracker: on,
+        it takes the client's address from the proxy's X-Forwarded-For header, so a
+        request that did not come through the proxy fails (or names any address)."""
+        proxied = [where for where, endpoint in trackers if endpoint.use_tls_proxy]
+        if not proxied:
+            return
+        for where, endpoint in trackers:
+            if not endpoint.use_tls_proxy:
+                self.error(
+                    _join(where, "use_tls_proxy"),
+                    f"is false while {proxied[0]} uses the TLS proxy: the tracker then "
+                    "expects the proxy's X-Forwarded-For header on every HTTP tracker, "
+                    "and announces to this one would fail",
+                    'put every HTTP tracker behind the proxy ("use_tls_proxy": true with a '
+                    '"domain") or none of them',
+                )
 
     def port_conflicts(
         self, binds: list[Any], grafana: Grafana | None, prometheus: bool, https: bool
