@@ -16,7 +16,11 @@ from typing import Any
 import pytest
 import yaml
 from tracker_deployer import compose, exit_codes, paths, ports
-from tracker_deployer.config.model import BACKUP_IMAGE_REPOSITORY, BACKUP_IMAGE_VERSION
+from tracker_deployer.config.model import (
+    BACKUP_IMAGE_REPOSITORY,
+    BACKUP_IMAGE_VERSION,
+    DEFAULT_IMAGES,
+)
 from tracker_deployer.errors import ConfigError
 from tracker_deployer.image import build_args, default_tag
 from tracker_deployer.remote import deploy
@@ -259,6 +263,20 @@ def test_the_schema_default_backup_image_is_the_owners() -> None:
     schema = json.loads(paths.SCHEMA_FILE.read_text())
     defaults = [value for value in _walk_defaults(schema) if BACKUP_IMAGE_REPOSITORY in str(value)]
     assert defaults == [default_tag()]
+
+
+def test_the_guide_shows_the_owners_image_defaults_and_versions() -> None:
+    """configuration.md's table of images (hand-written) gives DEFAULT_IMAGES, and no
+    doc names a backup image of another version than the owner's major (it named a
+    1.x default, which this deployer cannot drive)."""
+    guide = (REPO_ROOT / "docs/user-guide/configuration.md").read_text()
+    table = guide[guide.index("| `tracker` | string |") : guide.index("The defaults are `DEF")]
+    shown = dict(re.findall(r'^\| `(\w+)` \| string \| `"([^"]+)"`', table, re.MULTILINE))
+    assert shown == DEFAULT_IMAGES
+    major = BACKUP_IMAGE_VERSION.partition(".")[0]
+    for doc in sorted((REPO_ROOT / "docs").rglob("*.md")):
+        versions = re.findall(r"tracker-backup:v?([0-9]+)\.[0-9]+\.[0-9]+", doc.read_text())
+        assert set(versions) <= {major}, doc.name
 
 
 def _walk_defaults(node: object) -> list[object]:

@@ -797,6 +797,21 @@ BACKUP_IMAGE_REPOSITORY = "torrust/tracker-backup"
 BACKUP_IMAGE_VERSION = "2.0.0"  # the one owner: `inv build-image --build-arg VERSION`, see image.py
 
 
+def parse_backup_image(value: str) -> str:
+    """The backup image: the scripts the deployer renders drive the commands of one
+    major version (2.0.0 added ``snapshot --gate`` and ``list --records``)."""
+    name, _, tag = parse_image(value).partition("@")[0].rpartition(":")
+    major = BACKUP_IMAGE_VERSION.partition(".")[0]
+    semver = re.fullmatch(r"v?([0-9]+)\.[0-9]+\.[0-9]+", tag) if "/" not in tag else None
+    if name.rpartition("/")[2] == "tracker-backup" and semver and semver[1] != major:
+        raise InvalidValue(
+            f"{value!r} is a {semver[1]}.x backup image; this deployer drives {major}.x "
+            "(its commands and backup set format)",
+            f"use {BACKUP_IMAGE_REPOSITORY}:{BACKUP_IMAGE_VERSION} or another {major}.x version",
+        )
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Images:
     """The image of each service; the defaults are the ones the deployer is tested with."""

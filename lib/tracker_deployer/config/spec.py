@@ -175,6 +175,7 @@ BIND = Kind("string", m.BindAddress.parse, {"pattern": _BIND}, "bind_address")
 DOMAIN = text(m.parse_domain, "domain")
 EMAIL = text(m.parse_email, "email")
 IMAGE = text(m.parse_image, "image")
+BACKUP_IMAGE = Kind("string", m.parse_backup_image, m.parse_image.schema(), "image")
 CRON = Kind("string", m.CronSchedule.parse, {"pattern": _cron_pattern()})
 HETZNER = text(m.parse_hetzner_name, blank=True)
 _SECRETS = {"patternProperties": {m.ENV_VAR.regex: {"$ref": "#/$defs/secret"}}}
@@ -463,7 +464,10 @@ BACKUP = section(
 IMAGES = section(
     "images",
     m.Images,
-    *(opt(key, IMAGE, f"Image of the {key} service.") for key in m.DEFAULT_IMAGES),
+    *(
+        opt(key, BACKUP_IMAGE if key == "backup" else IMAGE, f"Image of the {key} service.")
+        for key in m.DEFAULT_IMAGES
+    ),
 )
 _GRAFANA_USER = Kind(
     "string",
