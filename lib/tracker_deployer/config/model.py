@@ -685,6 +685,12 @@ def parse_restic_repository(value: str) -> str:
     if value.startswith("/"):
         if any(part == ".." for part in value.split("/")):
             raise InvalidValue(f"{shown!r} contains '..'", "write the path without '..'")
+        if ":" in value or "$" in value:
+            raise InvalidValue(
+                f"{shown!r} contains {':' if ':' in value else '$'}, which the compose file's "
+                "mount of it cannot hold (':' separates its fields, '$' names a variable)",
+                "pick a directory whose path has neither ':' nor '$'",
+            )
         # One spelling of each directory ('//opt//x/./y/' is /opt/x/y): a check by
         # path (gone_with_host: under the deploy directory?) sees what Linux sees.
         parts = [part for part in value.split("/") if part not in ("", ".")]
