@@ -49,7 +49,8 @@ class Port:
     host_ip: str | None = None
 
     def __str__(self) -> str:
-        prefix = f"{self.host_ip}:" if self.host_ip else ""
+        ip = f"[{self.host_ip}]" if self.host_ip and ":" in self.host_ip else self.host_ip
+        prefix = f"{ip}:" if ip else ""
         suffix = "/udp" if self.protocol == "udp" else ""
         return f"{prefix}{self.host}:{self.container}{suffix}"
 
@@ -167,20 +168,19 @@ _host = paths.on_host_relative
 
 
 def tracker_ports(env: Env) -> tuple[Port, ...]:
-    """Host ports of the tracker: every socket that is not loopback or proxied."""
+    """Host ports of the tracker: every socket not behind the proxy, on the IP of its
+    ``bind_address`` (a loopback one on the host's loopback)."""
     tracker = env.tracker
-    ports: list[Port] = [
-        Port(e.bind_address.port, e.bind_address.port, "udp")
-        for e in tracker.udp_trackers
-        if e.published
+    sockets: list[tuple[Endpoint, str]] = [
+        *((e, "udp") for e in tracker.udp_trackers),
+        *((e, "tcp") for e in (*tracker.http_trackers, tracker.http_api.endpoint)),
+        (tracker.health_check_api, "tcp"),
     ]
-    tcp: list[Endpoint] = [
-        *tracker.http_trackers,
-        tracker.http_api.endpoint,
-        tracker.health_check_api,
-    ]
-    ports += [Port(e.bind_address.port, e.bind_address.port) for e in tcp if e.published]
-    return tuple(ports)
+    return tuple(
+        Port(e.bind_address.port, e.bind_address.port, protocol, e.bind_address.host_ip)
+        for e, protocol in sockets
+        if e.on_host
+    )
 
 
 def proxied_upstreams(env: Env) -> tuple[tuple[str, str], ...]:

@@ -255,11 +255,33 @@ def env_for_stack(data: dict[str, Any], *, backup_image: str = BACKUP_IMAGE) -> 
     data.pop("grafana", None)
     data.pop("prometheus", None)
     tracker = data["tracker"]
-    # Loopback binds are not published: several stacks can run side by side.
-    tracker["udp_trackers"] = [{"bind_address": "127.0.0.1:6969"}]
-    tracker["http_trackers"] = [{"bind_address": "127.0.0.1:7070"}]
-    tracker["http_api"]["bind_address"] = "127.0.0.1:1212"
+    # Published on this machine's loopback, on ports free now: several stacks can
+    # run side by side.
+    udp, http, api, health = _free_ports()
+    tracker["udp_trackers"] = [{"bind_address": f"127.0.0.1:{udp}"}]
+    tracker["http_trackers"] = [{"bind_address": f"127.0.0.1:{http}"}]
+    tracker["http_api"]["bind_address"] = f"127.0.0.1:{api}"
+    tracker["health_check_api"] = {"bind_address": f"127.0.0.1:{health}"}
     return data
+
+
+def _free_ports() -> tuple[int, int, int, int]:
+    """A UDP port and three distinct TCP ports that are free on 127.0.0.1 now (the
+    kernel's choice, from its ephemeral range)."""
+
+    def free(kind: socket.SocketKind) -> int:
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    tcp: list[int] = []
+    for _ in range(20):  # bounded: the kernel rarely hands out a port twice in a row
+        port = free(socket.SOCK_STREAM)
+        if port not in tcp:
+            tcp.append(port)
+        if len(tcp) == 3:
+            return free(socket.SOCK_DGRAM), tcp[0], tcp[1], tcp[2]
+    raise AssertionError("no three distinct free TCP ports on 127.0.0.1")
 
 
 # Test doubles for the backup image, built from the local debian:bookworm-slim

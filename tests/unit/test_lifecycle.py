@@ -245,7 +245,7 @@ def test_firewall_allows_ssh_and_exactly_the_published_ports() -> None:
     assert "udp dport { 6969 } accept" in rules
     assert "3306" not in rules  # MySQL is never published
     assert "9090" not in rules  # Prometheus listens on the host's loopback only
-    assert "1313" not in rules  # the health-check API is bound to 127.0.0.1
+    assert "1313" not in rules  # the health-check API: on the host's 127.0.0.1
     assert "flush ruleset" not in rules  # Docker's and LXD's tables stay
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import tomllib
 from typing import Any
 
+from tracker_deployer import paths
+from tracker_deployer.render import render
 from tracker_deployer.topology import Dependency, derive
 
 from tests.helpers import parse
@@ -53,12 +56,15 @@ def test_backup_mounts_storage_read_only_and_backups_read_write(
     assert mounts["/etc/backup"].read_only
 
 
-def test_published_ports_skip_loopback_and_proxied_services(mysql_data: dict[str, Any]) -> None:
+def test_tracker_ports_are_published_on_their_ip_unless_proxied(
+    mysql_data: dict[str, Any],
+) -> None:
     mysql_data["tracker"]["http_api"].update({"domain": "api.example.com", "use_tls_proxy": True})
     mysql_data["https"] = {"admin_email": "admin@example.com"}
     topology = derive(parse(mysql_data))
     ports = [str(port) for port in topology.service("tracker").ports]
-    assert ports == ["6969:6969/udp", "7070:7070"]
+    # The health check's 127.0.0.1: the host's loopback; the API: behind Caddy.
+    assert ports == ["6969:6969/udp", "7070:7070", "127.0.0.1:1313:1313"]
     caddy = topology.service("caddy")
     assert [str(port) for port in caddy.ports] == ["80:80", "443:443", "443:443/udp"]
     assert "proxy_network" in topology.service("tracker").networks
@@ -85,3 +91,30 @@ def test_image_overrides_reach_the_services(sqlite_data: dict[str, Any]) -> None
     assert topology.service("tracker").image == "example/tracker-standin:e2e"
     assert topology.service("backup").image == "local/backup:dev"
     assert topology.service("prometheus").image.startswith("prom/prometheus:")
+
+
+def test_a_socket_on_a_host_ip_listens_on_every_address_of_its_container(
+    sqlite_data: dict[str, Any],
+) -> None:
+    """The IP of a bind_address is the host's: in the container the tracker listens on
+    every address of the family (the container has no 203.0.113.5, and on its own
+    loopback neither Caddy nor Prometheus reaches it: the API on 127.0.0.1:1212 of the
+    sandbox was never scraped), and the port is published on that IP of the host."""
+    tracker = sqlite_data["tracker"]
+    tracker["udp_trackers"] = [{"bind_address": "203.0.113.5:6969"}]
+    tracker["http_trackers"] = [{"bind_address": "[2001:db8::5]:7070"}]
+    tracker["http_api"]["bind_address"] = "127.0.0.1:1212"
+    tracker["health_check_api"] = {"bind_address": "[::1]:1313"}
+    env = parse(sqlite_data)
+    ports = [str(port) for port in derive(env).service("tracker").ports]
+    assert ports == [
+        "203.0.113.5:6969:6969/udp",
+        "[2001:db8::5]:7070:7070",
+        "127.0.0.1:1212:1212",
+        "[::1]:1313:1313",
+    ]
+    toml = tomllib.loads(render(env).text(str(paths.TRACKER_CONFIG)))
+    assert [t["bind_address"] for t in toml["udp_trackers"]] == ["0.0.0.0:6969"]
+    assert [t["bind_address"] for t in toml["http_trackers"]] == ["[::]:7070"]
+    assert toml["http_api"]["bind_address"] == "0.0.0.0:1212"
+    assert toml["health_check_api"]["bind_address"] == "[::]:1313"

@@ -508,7 +508,7 @@ class _Reader:
                 reserved[port, protocol] = f"caddy ({port}/{protocol.value})"
         for where, endpoint, protocol in binds:
             key = (endpoint.bind_address.port, protocol)
-            if endpoint.published and key in reserved:
+            if endpoint.on_host and key in reserved:
                 self.error(
                     _join(where, "bind_address"),
                     f"port {key[0]}/{protocol.value} is also published by {reserved[key]}",

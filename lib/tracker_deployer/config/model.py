@@ -371,6 +371,19 @@ class BindAddress:
     def is_loopback(self) -> bool:
         return self.ip.is_loopback
 
+    @property
+    def in_container(self) -> BindAddress:
+        """Where the service listens in its container: every address of the family.
+        The IP given is the host's (the port is published there): the container has
+        no such address, and on its own loopback no other container reaches it."""
+        any_ip = ipaddress.ip_address("::" if self.ip.version == 6 else "0.0.0.0")  # noqa: S104
+        return BindAddress(any_ip, self.port)
+
+    @property
+    def host_ip(self) -> str | None:
+        """The host address the port is published on; None for every address."""
+        return None if self.ip.is_unspecified else str(self.ip)
+
     def __str__(self) -> str:
         if self.ip.version == 6:
             return f"[{self.ip}]:{self.port}"
@@ -541,9 +554,14 @@ class Endpoint:
     use_tls_proxy: bool = False
 
     @property
+    def on_host(self) -> bool:
+        """Published on the host (on the IP of ``bind_address``), unless behind Caddy."""
+        return not self.use_tls_proxy
+
+    @property
     def published(self) -> bool:
-        """Published on the host, unless it listens on loopback or sits behind Caddy."""
-        return not self.bind_address.is_loopback and not self.use_tls_proxy
+        """Reachable from outside the host: on the host, not on its loopback."""
+        return self.on_host and not self.bind_address.is_loopback
 
 
 @dataclass(frozen=True, slots=True)

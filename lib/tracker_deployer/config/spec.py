@@ -186,7 +186,7 @@ def _string(parse: Callable[[str], Any], pattern: str, **schema: Any) -> Kind:
 
 
 def _endpoint(name: str, what: str, protocol: str, bind: str, *more: Field) -> tuple[Field, ...]:
-    where = f"IP:PORT {what} listens on ({protocol}); published unless loopback or proxied."
+    where = f"IP:PORT of the host {what} is published on ({protocol}) unless proxied."
     if protocol == "udp":
         return (need("bind_address", BIND, where, bind),)
     return (
