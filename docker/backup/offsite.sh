@@ -199,21 +199,26 @@ is_missing_repository() {
     && ! grep -q -e 'dial tcp' -e 'onnection refused' -e 'no such host' -- "${ERROR_FILE}" 2>/dev/null
 }
 
-# restic_locked WHAT ARGS...: run restic; on a lock, `restic unlock` (it removes
-# stale locks only) and one more try.
-restic_locked() {
+# restic_retry WHAT ARGS...: run restic; on a lock, `restic unlock` (it removes
+# stale locks only) and one more try. Returns restic's status.
+restic_retry() {
   local what="$1"
   shift
   run_restic "$@" && return 0
-  is_locked_error || classify "${what}"
+  is_locked_error || return 1
   remove_stale_locks "${what}"
-  run_restic "$@" || classify "${what}"
+  run_restic "$@"
+}
+
+# restic_locked WHAT ARGS...: restic_retry, and a failure ends the script.
+restic_locked() {
+  restic_retry "$@" || classify "$1"
 }
 
 # remove_stale_locks WHAT: after WHAT met a lock.
 remove_stale_locks() {
   say "$1: the repository is locked; removing stale locks (restic unlock removes only locks of dead processes or older than 30 minutes)"
-  run_restic unlock || classify "restic unlock"
+  run_restic unlock >&2 || classify "restic unlock"
 }
 
 # This environment's snapshots (JSON) into $1; creates the repository on the
@@ -263,19 +268,12 @@ upload_set() {
 # (the offsite code) unless the snapshot holds every file of the list: restic
 # skips a file that vanished (exit 0) or could not be read (exit 3) and still
 # writes the snapshot, which every later upload would take for the whole set.
-# Such a snapshot is forgotten. A lock is met as restic_locked does.
+# Such a snapshot is forgotten. A lock is met as restic_retry does.
 snapshot_set() {
-  local ts="$1" list="$2" summary="${WORK_DIR}/summary-$1" rc attempt snapshot processed files
-  for attempt in 1 2; do
-    rc=0
-    run_restic backup --quiet --json \
-      --host "${OFFSITE_ENV_NAME}" --tag "env=${OFFSITE_ENV_NAME}" --tag "set=${ts}" \
-      --time "$(set_time "${ts}")" --files-from-verbatim "${list}" >"${summary}" || rc=$?
-    if ((rc == 0 || attempt == 2)) || ! is_locked_error; then
-      break
-    fi
-    remove_stale_locks "uploading set ${ts}"
-  done
+  local ts="$1" list="$2" summary="${WORK_DIR}/summary-$1" rc=0 snapshot processed files
+  restic_retry "uploading set ${ts}" backup --quiet --json \
+    --host "${OFFSITE_ENV_NAME}" --tag "env=${OFFSITE_ENV_NAME}" --tag "set=${ts}" \
+    --time "$(set_time "${ts}")" --files-from-verbatim "${list}" >"${summary}" || rc=$?
   files="$(wc -l <"${list}")"
   snapshot="$(summary_value snapshot_id '"\([0-9a-f]\{8,64\}\)"' <"${summary}")"
   processed="$(summary_value total_files_processed '\([0-9]\{1,12\}\)' <"${summary}")"
@@ -285,9 +283,7 @@ snapshot_set() {
   [[ -n "${snapshot}" ]] || classify "uploading set ${ts}"
   say "the snapshot ${snapshot} of set ${ts} holds ${processed:-none} of its ${files} files: forgetting it"
   local stored="restic stored ${processed:-none} of its ${files} files (one vanished or could not be read; see restic's lines above)"
-  if ! run_restic forget --quiet "${snapshot}" >&2 \
-    && ! { is_locked_error && remove_stale_locks "forgetting snapshot ${snapshot}" \
-      && run_restic forget --quiet "${snapshot}" >&2; }; then
+  if ! restic_retry "forgetting snapshot ${snapshot}" forget --quiet "${snapshot}" >&2; then
     fail "${OFFSITE_EXIT_FAILED}" "uploading set ${ts}: ${stored}, and its snapshot ${snapshot} could not be forgotten: until it is (restic forget ${snapshot}), the set counts as uploaded"
   fi
   fail "${OFFSITE_EXIT_FAILED}" "uploading set ${ts}: ${stored}; the snapshot was forgotten and the next upload sends the set again"

@@ -254,7 +254,7 @@ def recover(
             lifecycle.ensure_images(connection, env, say)
             before = services_without_tracker(env)
             if before:
-                remote.compose_up(connection, (), say, only=before)
+                remote.compose_up(connection, (), say, env_name=env.name, only=before)
             else:  # `up` with no service names would start everything
                 say("  nothing to start before the restore (no service runs without the tracker)")
         with _phase(clock, "fetch"):

@@ -180,19 +180,14 @@ def lock_busy(host: SshHost) -> RemoteError:
     )
 
 
-def _run_locked(
-    host: SshHost, command: str, say: Say, failure: RemoteError, env_name: str = "NAME"
-) -> None:
-    """Run a compose command under the backup lock, streaming; raise ``failure`` if it fails.
+def _run_locked(host: SshHost, command: str, say: Say) -> int:
+    """Run a compose command under the backup lock, streaming; return its exit code.
     A script (run-detached): a dropped session does not stop compose half-way."""
     script = under_backup_lock(command) + "\n"
     result = host.run_script(script, stream=say, timeout=UP_TIMEOUT_SECONDS)
     if result.exit_code == exit_codes.LOCK_BUSY:
         raise lock_busy(host)
-    if result.exit_code == exit_codes.UNSAFE:
-        raise partly_restored(host, env_name)
-    if not result.ok:
-        raise failure
+    return result.exit_code
 
 
 # The tracker is never started on a MySQL database a restore left partly
@@ -213,12 +208,7 @@ def partly_restored(host: SshHost, env_name: str) -> RemoteError:
 
 
 def compose_up(
-    host: SshHost,
-    restart: Sequence[str],
-    say: Say,
-    *,
-    only: Sequence[str] = (),
-    env_name: str = "NAME",
+    host: SshHost, restart: Sequence[str], say: Say, *, env_name: str, only: Sequence[str] = ()
 ) -> None:
     """``up -d --wait`` for every service, or for ``only`` (and what they depend on).
     ``env_name`` is for the hint of a refusal."""
@@ -226,27 +216,22 @@ def compose_up(
     say(f"compose: up -d --wait{services} in {paths.DEPLOY_DIR}")
     # Every service, the tracker too: not on a partly restored database.
     refuse = "" if only else _REFUSE_PARTLY_RESTORED
-    _run_locked(
-        host,
-        f"{refuse}{COMPOSE} up -d --wait --remove-orphans{services}",
-        say,
-        RemoteError(
+    code = _run_locked(host, f"{refuse}{COMPOSE} up -d --wait --remove-orphans{services}", say)
+    if refuse and code == exit_codes.UNSAFE:
+        raise partly_restored(host, env_name)
+    if code != 0:
+        raise RemoteError(
             f"`docker compose up` failed on {host.target.host}",
             f"see the output above; on the host: cd {paths.DEPLOY_DIR} && docker compose ps -a "
             "&& docker compose logs --tail 50",
-        ),
-        env_name,
-    )
+        )
     if restart:
         say(f"compose: restarting {', '.join(restart)} (its configuration changed)")
         # `restart` does not wait for the healthcheck; `up --wait` (a no-op otherwise) does.
-        _run_locked(
-            host,
-            f"{COMPOSE} restart {' '.join(restart)} && {COMPOSE} up -d --wait "
-            f"&& rm -f {shlex.quote(str(PENDING_RESTART_FILE))}",
-            say,
-            RemoteError(f"restarting {', '.join(restart)} failed on {host.target.host}"),
-        )
+        restarted = f"{COMPOSE} restart {' '.join(restart)} && {COMPOSE} up -d --wait"
+        done = f"rm -f {shlex.quote(str(PENDING_RESTART_FILE))}"
+        if _run_locked(host, f"{restarted} && {done}", say) != 0:
+            raise RemoteError(f"restarting {', '.join(restart)} failed on {host.target.host}")
 
 
 def service_health(host: SshHost) -> list[dict[str, str]]:
