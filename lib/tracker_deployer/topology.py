@@ -273,7 +273,7 @@ def derive(env: Env) -> Topology:
                 image=env.images.prometheus,
                 # prometheus.yml holds the API token: 0640 root:1000, read via group 1000.
                 group_add=(str(APP_GID),),
-                ports=(Port(ports.PROMETHEUS, ports.PROMETHEUS, host_ip="127.0.0.1"),),
+                ports=(Port(ports.PROMETHEUS, ports.PROMETHEUS, host_ip=ports.PROMETHEUS_HOST_IP),),
                 volumes=(
                     Mount(
                         _host(paths.PROMETHEUS_ETC_DIR),

@@ -11,6 +11,7 @@ from tracker_deployer.config.model import (
     CronSchedule,
     InvalidValue,
     Secret,
+    parse_backup_image,
     parse_environment_name,
     parse_host,
 )
@@ -145,3 +146,33 @@ def test_ssh_host_refuses_what_is_no_ascii_host_name(value: str) -> None:
     # Lowering first turned the Kelvin sign into "k" and let it pass (the schema refused it).
     with pytest.raises(InvalidValue, match="is neither an IP address nor a host name"):
         parse_host(value)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "torrust/tracker-backup:2.1.0",
+        "torrust/tracker-backup:v2.0.0-rc1",
+        "torrust/tracker-backup:latest",
+        "registry.example.com:5000/torrust/tracker-backup",
+        f"torrust/tracker-backup:2.0.0@sha256:{'a' * 64}",
+        "example/other-image:1.0.0",
+    ],
+)
+def test_a_backup_image_of_this_major_or_without_a_version_is_taken(image: str) -> None:
+    assert parse_backup_image(image) == image
+
+
+@pytest.mark.parametrize(
+    ("image", "major"),
+    [
+        ("torrust/tracker-backup:1.0.0", "1"),
+        ("torrust/tracker-backup:1.2.3-rc1", "1"),
+        ("torrust/tracker-backup:1.4", "1"),
+        ("registry.example.com:5000/torrust/tracker-backup:1", "1"),
+        ("torrust/tracker-backup:v3.0.0", "3"),
+    ],
+)
+def test_a_backup_image_of_another_major_is_refused(image: str, major: str) -> None:
+    with pytest.raises(InvalidValue, match=rf"is a {major}\.x backup image"):
+        parse_backup_image(image)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -390,3 +392,26 @@ def test_a_render_stopped_between_its_renames_puts_the_earlier_render_back(
     monkeypatch.undo()
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize("script", [paths.MAINTENANCE_SCRIPT, paths.METRICS_SCRIPT])
+def test_a_file_written_over_in_place_counts_as_written(script: Path, tmp_path: Path) -> None:
+    """No room for a temporary copy (mktemp fails): the file is written over in place,
+    and that counts as written even when the note about it cannot be written (the log
+    closed, stderr a dropped session): otherwise the run's status counted as unwritten
+    and the metrics kept saying that the run before had succeeded."""
+    text = render(parse(sample_data("manual-test-sqlite"))).text(str(script))
+    function = re.search(r"^replace_file\(\) \{\n.*?^\}\n", text, re.MULTILINE | re.DOTALL)
+    assert function is not None, f"{script} has no replace_file"
+    target = tmp_path / "last-run.env"
+    target.write_text("result=success\n")
+    test = (
+        f"{function.group(0)}"
+        "mktemp() { return 1; }\n"
+        "replace_file_note() { printf 'note: %s\\n' \"$1\"; return 1; }\n"
+        f'replace_file {shlex.quote(str(target))} "result=failure"; echo "rc=$?"\n'
+    )
+    done = subprocess.run(["bash", "-c", test], capture_output=True, text=True, timeout=30)
+    assert target.read_text() == "result=failure"
+    assert "written over in place" in done.stdout
+    assert done.stdout.endswith("rc=0\n"), done.stdout + done.stderr

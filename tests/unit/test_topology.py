@@ -5,7 +5,9 @@ from __future__ import annotations
 import tomllib
 from typing import Any
 
+import pytest
 from tracker_deployer import paths
+from tracker_deployer.errors import ConfigError
 from tracker_deployer.render import render
 from tracker_deployer.topology import Dependency, derive
 
@@ -118,3 +120,28 @@ def test_a_socket_on_a_host_ip_listens_on_every_address_of_its_container(
     assert [t["bind_address"] for t in toml["http_trackers"]] == ["[::]:7070"]
     assert toml["http_api"]["bind_address"] == "0.0.0.0:1212"
     assert toml["health_check_api"]["bind_address"] == "[::]:1313"
+
+
+@pytest.mark.parametrize(
+    ("bind", "refused"),
+    [
+        ("127.0.0.1:9090", True),
+        ("0.0.0.0:9090", True),
+        ("[::]:9090", True),
+        ("[::1]:9090", False),
+        ("127.0.0.2:9090", False),
+        ("203.0.113.5:9090", False),
+        ("127.0.0.1:3000", True),  # grafana: on every address
+    ],
+)
+def test_a_tracker_port_collides_with_a_service_only_on_a_shared_host_address(
+    sqlite_data: dict[str, Any], bind: str, refused: bool
+) -> None:
+    """Prometheus is published on 127.0.0.1 only, grafana on every address."""
+    sqlite_data["tracker"]["http_trackers"] = [{"bind_address": bind}]
+    if refused:
+        with pytest.raises(ConfigError, match=r"is also published by (prometheus|grafana)"):
+            parse(sqlite_data)
+    else:
+        ports = [str(port) for port in derive(parse(sqlite_data)).service("tracker").ports]
+        assert any(port.endswith(":9090:9090") for port in ports)

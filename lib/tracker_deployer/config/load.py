@@ -494,24 +494,30 @@ class _Reader:
                 seen[key] = where
         # On the host, published tracker ports must not collide with the other services.
         tcp, udp = Protocol.TCP, Protocol.UDP
-        reserved: dict[tuple[int, Protocol], str] = {}
+        # (port, protocol) -> (the service, the host IP it is published on; None: all)
+        reserved: dict[tuple[int, Protocol], tuple[str, str | None]] = {}
         if prometheus:
-            reserved[ports.PROMETHEUS, tcp] = f"prometheus (127.0.0.1:{ports.PROMETHEUS})"
+            local = ports.PROMETHEUS_HOST_IP
+            reserved[ports.PROMETHEUS, tcp] = (f"prometheus ({local}:{ports.PROMETHEUS})", local)
         if grafana is not None and not grafana.use_tls_proxy:
-            reserved[ports.GRAFANA, tcp] = f"grafana ({ports.GRAFANA}/tcp)"
+            reserved[ports.GRAFANA, tcp] = (f"grafana ({ports.GRAFANA}/tcp)", None)
         if https:
             for port, protocol in (
                 (ports.CADDY_HTTP, tcp),
                 (ports.CADDY_HTTPS, tcp),
                 (ports.CADDY_HTTPS, udp),
             ):
-                reserved[port, protocol] = f"caddy ({port}/{protocol.value})"
+                reserved[port, protocol] = (f"caddy ({port}/{protocol.value})", None)
         for where, endpoint, protocol in binds:
             key = (endpoint.bind_address.port, protocol)
-            if endpoint.on_host and key in reserved:
+            if not endpoint.on_host or key not in reserved:
+                continue
+            owner, owner_ip = reserved[key]
+            ip = endpoint.bind_address.host_ip
+            if owner_ip is None or ip is None or ip == owner_ip:
                 self.error(
                     _join(where, "bind_address"),
-                    f"port {key[0]}/{protocol.value} is also published by {reserved[key]}",
+                    f"port {key[0]}/{protocol.value} is also published by {owner}",
                     "pick another port for this tracker service",
                 )
 

@@ -826,10 +826,12 @@ def parse_backup_image(value: str) -> str:
     major version (2.0.0 added ``snapshot --gate`` and ``list --records``)."""
     name, _, tag = parse_image(value).partition("@")[0].rpartition(":")
     major = BACKUP_IMAGE_VERSION.partition(".")[0]
-    semver = re.fullmatch(r"v?([0-9]+)\.[0-9]+\.[0-9]+", tag) if "/" not in tag else None
-    if name.rpartition("/")[2] == "tracker-backup" and semver and semver[1] != major:
+    # A version tag: '1', '1.4', 'v1.2.3', '1.2.3-rc1' (not 'latest' or 'develop').
+    version = r"v?([0-9]+)(?:\.[0-9]+){0,2}(?:[-+][0-9A-Za-z.-]+)?"
+    semver = re.fullmatch(version, tag) if "/" not in tag else None
+    if name.rpartition("/")[2] == "tracker-backup" and semver and int(semver[1]) != int(major):
         raise InvalidValue(
-            f"{value!r} is a {semver[1]}.x backup image; this deployer drives {major}.x "
+            f"{value!r} is a {int(semver[1])}.x backup image; this deployer drives {major}.x "
             "(its commands and backup set format)",
             f"use {BACKUP_IMAGE_REPOSITORY}:{BACKUP_IMAGE_VERSION} or another {major}.x version",
         )
