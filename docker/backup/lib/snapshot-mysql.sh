@@ -23,7 +23,12 @@
 #      line starts with the program's name, never with "-- ".
 # Then SNAPSHOT_OPEN_LINE is printed; the counts run in view 1 and the dump goes
 # on in view 2 while the tracker writes again: neither sees those writes.
-# (Only InnoDB tables get a read view; the tracker's tables are InnoDB.)
+# Only InnoDB tables get a read view: should the database hold a table of
+# another engine (MyISAM, Aria, MEMORY: a server whose default engine is not
+# InnoDB, an old import), the tracker's writes after the signal would reach the
+# counts and the dump of that table, and the set would mix two moments. Then
+# the signal waits until the counts and the dump are complete (HOLD_TABLES):
+# the window is as long as the whole dump, and the log says which tables.
 readonly DUMP_TRANSACTION_STARTING="-- Starting transaction..."
 readonly DUMP_SNAPSHOT_OPEN="-- Setting savepoint..."
 
@@ -147,6 +152,7 @@ dump_wait() {
 # events may be dumped, and the row-count session, connected and checked but
 # without a transaction yet. A database that does not answer fails the run here.
 declare -ga DUMP_OPTIONS=()
+HOLD_TABLES="" # "name engine, ...": tables no consistent snapshot covers
 prepare_mysql() {
   local dir="$1"
   setup_mysql "${dir}"
@@ -157,8 +163,14 @@ prepare_mysql() {
     log "events are not dumped: ${CONFIG[DB_USER]} may not list them (no EVENT privilege)"
   fi
   session_open "${dir}"
-  if ! session_query "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;" "${dir}/session.txt"; then
+  if ! session_query "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;" "${dir}/session.txt" \
+    || ! session_query "SELECT table_name, engine FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' AND UPPER(COALESCE(engine, '')) <> 'INNODB' ORDER BY table_name;" "${dir}/not-innodb"; then
     die_cannot_query
+  fi
+  HOLD_TABLES="$(tr '\t\n' ' ,' <"${dir}/not-innodb" | sed 's/,$//; s/ ,/,/g; s/,/, /g')"
+  rm -f -- "${dir}/not-innodb"
+  if [[ -n "${HOLD_TABLES}" ]]; then
+    log "WARNING: tables not in InnoDB (table engine: ${HOLD_TABLES}): a consistent snapshot does not cover them, so the tracker stays stopped until the whole dump is complete; convert them (ALTER TABLE name ENGINE=InnoDB) for a short window"
   fi
   log "dumping MySQL database ${CONFIG[DB_NAME]} from ${CONFIG[DB_HOST]}:${CONFIG[DB_PORT]}"
 }
@@ -170,10 +182,11 @@ snapshot_mysql() {
     die_cannot_query
   fi
   dump_until_snapshot_open "${dir}" "${DUMP_OPTIONS[@]}"
-  snapshot_is_open
+  [[ -n "${HOLD_TABLES}" ]] || snapshot_is_open
   session_row_counts "${dir}/rows" "${dir}/tables"
   session_close
   rm -f -- "${dir}/tables" "${dir}/session.txt"
   dump_wait "${dir}"
   log "dump complete"
+  [[ -z "${HOLD_TABLES}" ]] || snapshot_is_open
 }
