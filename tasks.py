@@ -524,6 +524,8 @@ def backups(
             print(operations.format_inventory(found, datetime.now(UTC)))
         if found.last_run.get("tracker_stopped_by"):
             raise Exit("error: a backup run left the tracker stopped (see above)", code=1)
+        if operations.status_warnings(found.last_run):
+            raise Exit("error: the host's backups need attention (see the WARNING above)", code=1)
         if found.last_run.get("result") == "failure":
             raise Exit("error: the last backup run FAILED (see above)", code=1)
 

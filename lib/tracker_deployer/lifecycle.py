@@ -556,6 +556,7 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append("services:    none")
     run = report.get("last_backup_run")
     if run:
+        lines += operations.status_warnings(run)
         lines.append(
             f"last backup: {str(run.get('result', '?')).upper()} at {run.get('started_at', '?')}"
             + (f", set {run['set']}" if run.get("set") else "")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from tracker_deployer import exit_codes, paths
@@ -10,6 +12,7 @@ from tracker_deployer.backup_layout import is_set_id
 from tracker_deployer.errors import DeployError
 from tracker_deployer.remote.backups import (
     HostDataError,
+    Inventory,
     format_inventory,
     format_last_run,
     human_size,
@@ -17,9 +20,10 @@ from tracker_deployer.remote.backups import (
     parse_inventory,
     restore_plan,
     restore_script,
+    status_warnings,
 )
 from tracker_deployer.remote.deploy import under_backup_lock
-from tracker_deployer.render.tree import maintenance_script
+from tracker_deployer.render.tree import inventory_script, maintenance_script
 
 from tests.helpers import parse, sample_data
 
@@ -290,3 +294,86 @@ def test_latest_refuses_a_set_named_after_the_hosts_clock() -> None:
     assert "20261125_025959 UTC" in str(raised.value)
     assert "--set SET_ID" in (raised.value.hint or "")
     assert inventory.resolve("20261125_030000").set_id == "20261125_030000"  # named: fine
+
+
+# --------------------------------------------------------------------------- the host's status
+
+
+def _host_inventory(status: Path, backups: Path) -> Inventory:
+    """The rendered inventory script run here, against these directories (the
+    backup directory is missing in these tests: no container is started)."""
+    script = inventory_script(
+        backup_image="unused:0", backup_dir=str(backups), status_dir=str(status), verify=False
+    )
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    return parse_inventory(done.stdout)
+
+
+def _status_dir(tmp_path: Path, **files: str) -> Path:
+    status = tmp_path / "backup-status"
+    status.mkdir(mode=0o755)
+    for name, text in files.items():
+        (status / name).write_text(text)
+    return status
+
+
+def test_a_missing_backup_directory_still_shows_the_failed_run_and_the_stopped_tracker(
+    tmp_path: Path,
+) -> None:
+    """The inventory stopped at the missing backup directory: `inv backups` said only
+    that backups were not deployed and exited 0, over a failed run and a tracker
+    that a killed run left stopped."""
+    status = _status_dir(
+        tmp_path,
+        **{
+            "last-run.env": "result=failure\nexit_code=3\nstarted_at=2026-12-01T03:00:00Z\n",
+            paths.TRACKER_STOPPED_MARKER.name: "stopped_by=backup run started X (pid 7)\n",
+        },
+    )
+    found = _host_inventory(status, tmp_path / "gone")
+    assert found.missing_dir
+    assert found.last_run["result"] == "failure"
+    text = format_inventory(found, datetime.now(UTC))
+    assert "no backup directory on the host" in text
+    assert "last run: FAILURE at 2026-12-01T03:00:00Z" in text
+    assert status_warnings(found.last_run)[0].startswith("WARNING: the tracker was stopped by")
+
+
+def test_a_partly_restored_database_is_a_warning(tmp_path: Path) -> None:
+    """A restore cut off during its MySQL load: nothing said so until the next run."""
+    marker = paths.RESTORE_INCOMPLETE_MARKER.name
+    status = _status_dir(tmp_path, **{marker: "set=20261201_030000\nat=2026-12-01T09:00:00Z\n"})
+    found = _host_inventory(status, tmp_path / "gone")
+    [warning] = status_warnings(found.last_run)
+    assert warning.startswith(
+        "WARNING: a restore of set 20261201_030000 left the MySQL database partly restored"
+    )
+    assert warning in format_inventory(found, datetime.now(UTC))
+
+
+@pytest.mark.parametrize("unsafe", ["writable", "link"])
+def test_an_unsafe_status_directory_is_a_warning(tmp_path: Path, unsafe: str) -> None:
+    """Every run refuses it (exit 77) and records nothing there: the old success it
+    holds was shown as the last run, and `inv backups` exited 0."""
+    status = _status_dir(tmp_path, **{"last-run.env": "result=success\n"})
+    if unsafe == "writable":
+        status.chmod(0o777)
+    else:
+        status = tmp_path / "linked-status"
+        status.symlink_to(tmp_path / "backup-status")
+    found = _host_inventory(status, tmp_path / "gone")
+    [warning] = status_warnings(found.last_run)
+    assert warning.startswith("WARNING: the status directory is unsafe")
+    assert "result" not in found.last_run  # nothing read through it
+
+
+def test_a_host_clock_far_from_this_machines_is_a_warning() -> None:
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    ahead = parse_inventory(f"NOW\t{int(now.timestamp()) + 400 * 86400}")
+    assert format_inventory(ahead, now).startswith(
+        "WARNING: the host's clock is 400 d ahead of this machine's"
+    )
+    close = parse_inventory(f"NOW\t{int(now.timestamp()) + 60}")
+    assert "clock" not in format_inventory(close, now)

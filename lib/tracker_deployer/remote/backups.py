@@ -11,6 +11,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -258,11 +259,24 @@ def human_age(seconds: float) -> str:
     return f"{seconds // 86400} d"
 
 
+# The host's clock and this machine's may differ this much before it is shown.
+CLOCK_SKEW_SECONDS = 300
+
+
 def format_inventory(inventory: Inventory, now: datetime) -> str:
     lines: list[str] = []
+    skew = None if inventory.host_now is None else inventory.host_now - now.timestamp()
+    if skew is not None and abs(skew) > CLOCK_SKEW_SECONDS:
+        lines.append(
+            f"WARNING: the host's clock is {human_age(abs(skew))} "
+            f"{'ahead of' if skew > 0 else 'behind'} this machine's: set times, ages and "
+            "retention follow the host's clock (check it: timedatectl)"
+        )
     if inventory.missing_dir:
-        return f"no backup directory on the host ({paths.BACKUP_DIR}): backups are not deployed"
-    if not inventory.sets:
+        lines.append(
+            f"no backup directory on the host ({paths.BACKUP_DIR}): backups are not deployed"
+        )
+    elif not inventory.sets:
         lines.append("no backup sets on the host yet")
     else:
         header = f"{'SET (UTC)':19} {'PARTS':18} {'SIZE':>10} {'AGE':>7}  {'STATE':10} CHECKSUMS"
@@ -284,9 +298,22 @@ def format_inventory(inventory: Inventory, now: datetime) -> str:
     return "\n".join(lines)
 
 
-def format_last_run(inventory: Inventory) -> list[str]:
-    run = inventory.last_run
+def status_warnings(run: Mapping[str, str]) -> list[str]:
+    """What keeps the host from being healthy, from its status records: each a line
+    for `inv backups` (which then exits 1) and `inv status`."""
     lines: list[str] = []
+    if run.get("status_dir_unsafe"):
+        lines.append(
+            f"WARNING: the status directory is unsafe ({run['status_dir_unsafe']}): every "
+            "backup run refuses to start (exit 77) and records nothing, so the last run "
+            f"shown below may be old; fix: chown root:root and chmod 0755 {paths.BACKUP_STATUS_DIR}"
+        )
+    if run.get("restore_incomplete"):
+        lines.append(
+            f"WARNING: a restore of set {run['restore_incomplete']} left the MySQL database "
+            f"partly restored ({paths.RESTORE_INCOMPLETE_MARKER}): the tracker is not started "
+            "on it and no backup is taken of it; finish it: inv restore --env NAME --set SET --yes"
+        )
     if run.get("tracker_stopped_by"):
         # The maintenance script's marker: a run was cut off (SIGKILL, reboot) with
         # the tracker stopped; the next run or --recover at boot starts it again.
@@ -295,6 +322,12 @@ def format_last_run(inventory: Inventory) -> list[str]:
             "started again (the run was killed or the host rebooted); the next run "
             f"starts it, or now: sudo {paths.MAINTENANCE_SCRIPT} --recover"
         )
+    return [printable(line) for line in lines]
+
+
+def format_last_run(inventory: Inventory) -> list[str]:
+    run = inventory.last_run
+    lines: list[str] = status_warnings(run)
     if "result" not in run:
         lines.append("last run: none recorded yet")
     else:
