@@ -19,6 +19,9 @@ METRIC_PREFIX = "tracker_backup_"
 NODE_EXPORTER_SERVICE = "node-exporter"
 NODE_EXPORTER_PORT = 9100
 SCRAPE_JOB = "tracker_backup"
+# The tracker's own scrape jobs (its API): statistics, and metrics.
+TRACKER_STATS_JOB = "tracker_stats"
+TRACKER_METRICS_JOB = "tracker_metrics"
 # The backup job is scraped at least this often, whatever
 # prometheus.scrape_interval_in_secs says: a rule sees a series only within
 # Prometheus' lookback (5 minutes) of its last sample, so a slower scrape could
@@ -162,6 +165,12 @@ class AlertSettings:
     # meanwhile, and one that fires clears).
     metrics_unavailable_for: str = "15m"
     job: str = SCRAPE_JOB
+    # How long the tracker's API may go unscraped before TrackerDown fires: longer
+    # than any backup run keeps it stopped within its bound (max_downtime_seconds
+    # fires BackupFailed of its own), short enough to catch a tracker that a
+    # killed run or restore left stopped.
+    tracker_down_for: str = "5m"
+    tracker_job: str = TRACKER_STATS_JOB
 
     @property
     def downtime_budget(self) -> str:

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 from tracker_deployer import monitoring, paths
 from tracker_deployer.config import Env, load_env
 from tracker_deployer.config.model import MysqlDatabase
@@ -322,7 +321,7 @@ def test_stack_prometheus_returns_the_cron_fired_runs_last_success(
     # every address, so that Prometheus reaches it (it listened on the container's own
     # loopback, and this target was never up). Up once since the deploy: a scrape
     # times out after 1 s here, which a loaded machine can make the stand-in miss.
-    stats = f'max_over_time(up{{job="{_stats_job(deployment.env)}"}}[10m])'
+    stats = f'max_over_time(up{{job="{monitoring.TRACKER_STATS_JOB}"}}[10m])'
     prometheus.wait_for(
         stats, "the tracker's API scraped", lambda v: [sample_value(s) for s in v] == [1]
     )
@@ -337,13 +336,6 @@ def test_stack_prometheus_returns_the_cron_fired_runs_last_success(
         f"(downtime_seconds of the run); seen from outside: "
         + (f"{outside[0].longest_seconds:.2f} s" if outside else "not measured")
     )
-
-
-def _stats_job(env: Env) -> str:
-    """The scrape job of the tracker's stats API, as rendered (the template owns it)."""
-    config = yaml.safe_load(render(env).text(paths.PROMETHEUS_CONFIG))
-    [job] = [j for j in config["scrape_configs"] if j.get("metrics_path") == "/api/v1/stats"]
-    return str(job["job_name"])
 
 
 # --------------------------------------------------------------------------- redeploy

@@ -64,7 +64,10 @@ def test_rules_follow_the_schedules_and_the_budget(mysql_data: dict[str, Any]) -
         "BackupMissing/never",
         "BackupMissing/stale",
         "BackupSetAheadOfClock/",
+        "TrackerDown/",
     ]
+    # The job the tracker's API is scraped as (prometheus.yml takes it from monitoring).
+    assert rules["TrackerDown/"]["expr"] == f'up{{job="{monitoring.TRACKER_STATS_JOB}"}} == 0'
     assert rules["BackupSetAheadOfClock/"]["expr"] == (
         "tracker_backup_newest_set_age_seconds < -300"
     )
@@ -203,8 +206,8 @@ def test_no_backup_monitoring_without_backup_or_prometheus(
         config = yaml.safe_load(tree.text(paths.PROMETHEUS_CONFIG))
         assert "rule_files" not in config
         assert [job["job_name"] for job in config["scrape_configs"]] == [
-            "tracker_stats",
-            "tracker_metrics",
+            monitoring.TRACKER_STATS_JOB,
+            monitoring.TRACKER_METRICS_JOB,
         ]
 
 

@@ -134,6 +134,7 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     # Templates take fixed facts from their owners (e.g. paths.DRILL_DIR, exit_codes.LOCK_BUSY).
     environment.globals["paths"] = paths
     environment.globals["backup_layout"] = backup_layout
+    environment.globals["monitoring"] = monitoring
     environment.globals["ports"] = ports
     environment.globals["exit_codes"] = exit_codes
     environment.globals["compose_argv"] = compose.argv
