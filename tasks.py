@@ -23,7 +23,7 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import Task, task
-from tracker_deployer import image, lifecycle, paths, sandbox, state
+from tracker_deployer import image, lifecycle, monitoring, paths, sandbox, state
 from tracker_deployer import publish as publishing
 from tracker_deployer import recover as recovery
 from tracker_deployer.config import Env, env_path, load_env
@@ -518,16 +518,24 @@ def backups(
             return
         with where.connect(parsed) as connection:
             found = operations.inventory(connection, parsed, verify=not quick)
+        overdue = None
+        if parsed.backup is not None:
+            allowed = monitoring.missing_after_seconds(parsed.backup.schedule)
+            overdue = operations.overdue_warning(found, allowed)
         if json:
             print(operations.inventory_json(found))
         else:
             print(operations.format_inventory(found, datetime.now(UTC)))
+            if overdue:
+                print(overdue)
         if found.last_run.get("tracker_stopped_by"):
             raise Exit("error: a backup run left the tracker stopped (see above)", code=1)
         if operations.status_warnings(found.last_run):
             raise Exit("error: the host's backups need attention (see the WARNING above)", code=1)
         if found.last_run.get("result") == "failure":
             raise Exit("error: the last backup run FAILED (see above)", code=1)
+        if overdue:
+            raise Exit("error: no backup run has finished for too long (see above)", code=1)
 
 
 @_host_task(

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from tracker_deployer import exit_codes, paths
+from tracker_deployer import exit_codes, monitoring, paths
 from tracker_deployer.backup_layout import is_set_id
+from tracker_deployer.config.model import CronSchedule
 from tracker_deployer.errors import DeployError
 from tracker_deployer.remote.backups import (
     HostDataError,
@@ -16,6 +17,7 @@ from tracker_deployer.remote.backups import (
     format_inventory,
     format_last_run,
     human_size,
+    overdue_warning,
     parse_checksums,
     parse_inventory,
     restore_plan,
@@ -377,3 +379,21 @@ def test_a_host_clock_far_from_this_machines_is_a_warning() -> None:
     )
     close = parse_inventory(f"NOW\t{int(now.timestamp()) + 60}")
     assert "clock" not in format_inventory(close, now)
+
+
+def test_no_run_finished_for_longer_than_the_schedule_allows_is_a_warning() -> None:
+    """A run killed outright records nothing, nor does a run that cron no longer starts
+    or one that hangs on the lock: the last run shown was an old success, and
+    `inv backups` exited 0 until BackupMissing fired."""
+    finished = datetime(2026, 12, 1, 3, 0, 10, tzinfo=UTC)
+    daily = monitoring.missing_after_seconds(CronSchedule.parse("0 3 * * *"))
+    listing = "STATUS\tresult\tsuccess\nSTATUS\tfinished_at\t2026-12-01T03:00:10Z\n"
+    on_time = parse_inventory(listing + f"NOW\t{int(finished.timestamp()) + daily}")
+    assert overdue_warning(on_time, daily) is None
+    late = parse_inventory(listing + f"NOW\t{int(finished.timestamp()) + daily + 60}")
+    warning = overdue_warning(late, daily)
+    assert warning is not None
+    assert warning.startswith("WARNING: no backup run has finished since 2026-12-01T03:00:10Z")
+    # host data that is no time is ignored, not trusted
+    odd = parse_inventory("STATUS\tfinished_at\t2026-13-45T99:00:00Z\nNOW\t9999999999")
+    assert overdue_warning(odd, daily) is None

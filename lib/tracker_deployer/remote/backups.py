@@ -35,6 +35,7 @@ from tracker_deployer.render.tree import verify_script as render_verify_script
 from tracker_deployer.say import Say, printable
 
 NUMBER = re.compile(r"[0-9]{1,18}")
+ISO_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # A checksum manifest lists three files; anything much larger is not one.
 MAX_MANIFEST_BYTES = 16 * 1024
@@ -323,6 +324,28 @@ def status_warnings(run: Mapping[str, str]) -> list[str]:
             f"starts it, or now: sudo {paths.MAINTENANCE_SCRIPT} --recover"
         )
     return [printable(line) for line in lines]
+
+
+def overdue_warning(inventory: Inventory, missing_after_seconds: int) -> str | None:
+    """A warning when no run has finished for longer than the schedule allows (the
+    BackupMissing alert's bound): cron does not run it, a run hangs holding the
+    lock, or runs are killed outright (they record nothing)."""
+    finished = inventory.last_run.get("finished_at", "")
+    if inventory.host_now is None or not ISO_TIME.fullmatch(finished):
+        return None
+    try:
+        ended = datetime.strptime(finished, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:  # host data: a date that does not exist
+        return None
+    late = inventory.host_now - ended.timestamp()
+    if late <= missing_after_seconds:
+        return None
+    return printable(
+        f"WARNING: no backup run has finished since {finished}, {human_age(late)} ago by the "
+        f"host's clock: longer than backup.schedule allows ({human_age(missing_after_seconds)}). "
+        f"Does cron run it ({paths.CRON_FILE}, pgrep cron)? Does a run hang holding the lock, "
+        f"or were runs killed? See {paths.BACKUP_LOG} on the host"
+    )
 
 
 def format_last_run(inventory: Inventory) -> list[str]:
