@@ -196,19 +196,24 @@ lock_is_free() {
   flock --nonblock "${BACKUP_ROOT}/.lock" true
 }
 
-# Tell the gated snapshot to go, wait for it, check its stdout, finish set TS
-# and check the set's torrents row count is ROWS (the rows as of "go").
+# Tell the gated snapshot to go, then finish_gated TS ROWS.
 go_and_finish() {
-  local ts="$1" rows="$2"
   printf 'go\n' >&"${GATE_FD}"
   exec {GATE_FD}>&-
+  finish_gated "$@"
+}
+
+# Wait for the gated snapshot (told to go), check its stdout, finish set TS and
+# check the set's row count of TABLE (default torrents) is ROWS.
+finish_gated() {
+  local ts="$1" rows="$2" table="${3:-torrents}"
   wait_gated_snapshot
   assert_equal "${GATE_STATUS}" 0
   run cat "${BATS_TEST_TMPDIR}/gate.out"
   assert_output "$(printf '%s\n' snapshot-ready snapshot-open "${ts}")"
   backup_ok finish "${ts}"
   run cat "${BACKUP_ROOT}/manifests/set_${ts}.meta"
-  assert_line "rows.torrents=${rows}"
+  assert_line "rows.${table}=${rows}"
 }
 
 # An aborted gated snapshot left no staging, no set file and no lock.
