@@ -28,6 +28,8 @@ OPERATIONS: dict[str, dict[str, object]] = {
         "set_id": "20261127_030000",
         "db_type": "mysql",
         "drill": True,
+        "lock_file": str(paths.BACKUP_LOCK),
+        "lock_wait_seconds": 600,
         "backup_image": image.default_tag(),
         "mysql_image": "mysql:8.4",
         "app_uid": 1000,

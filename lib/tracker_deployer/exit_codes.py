@@ -18,3 +18,7 @@ OFFSITE_FAILED = 76  # maintenance: the set is complete locally, the off-host up
 UNSAFE = 77  # maintenance: refused an unsafe state (marker, status directory)
 MYSQL_LOGIN = 78  # deploy: MySQL refused root (old and new password); no password changed
 TIMEOUT = 124  # a step ran out of time (timeout(1)'s own code)
+
+# backup.sh's own (docker/backup/lib/constants.sh; tests/unit/test_owners.py holds them
+# together): another backup.sh run holds BACKUP_ROOT/.lock, so it did nothing.
+BACKUP_SH_LOCKED = 5

@@ -7,14 +7,18 @@ test_remote.py and the e2e tier).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import http.server
 import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,12 +93,21 @@ def _run_script(
 
 
 def verify(
-    stack: Stack, set_id: str, *, drill: bool = True, environ: dict[str, str] | None = None
+    stack: Stack,
+    set_id: str,
+    *,
+    drill: bool = True,
+    environ: dict[str, str] | None = None,
+    lock_wait_seconds: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """The verify script; with ``lock_wait_seconds`` as `inv verify` runs it (it takes
+    the backup lock), without as the drill and a restore do (they hold it)."""
     return run_operation(
         stack,
         "verify",
         environ=environ,
+        lock_file=str(stack.lock_file),
+        lock_wait_seconds=lock_wait_seconds,
         set_id=set_id,
         db_type="mysql" if stack.env.uses_mysql else "sqlite",
         drill=drill,
@@ -143,7 +156,17 @@ def write_restore(
         "status_dir": str(stack.status_dir),
     }
     if verify_first:
-        (stack.base / "verify.sh").write_text(verify_script(stack.env, set_id, drill=True, **where))
+        (stack.base / "verify.sh").write_text(
+            verify_script(
+                stack.env,
+                set_id,
+                drill=True,
+                deploy_dir=where["deploy_dir"],
+                backup_dir=where["backup_dir"],
+                log_file=where["log_file"],
+                status_dir=where["status_dir"],
+            )
+        )
     script = stack.base / "restore.sh"
     script.write_text(
         restore_script(
@@ -370,6 +393,69 @@ def test_verify_drill_passes_and_a_flipped_byte_is_caught(sqlite_stack: Stack) -
     refused = restore(stack, set_id)
     assert refused.returncode == 4
     assert "tracker" in stack.running_services()
+
+
+def test_verify_holds_the_backup_lock_waits_for_it_and_gives_up_after_its_bound(
+    sqlite_stack: Stack,
+) -> None:
+    """`inv verify` ran without the host's backup lock: its drill's restore found
+    backup.sh's own lock taken by a backup run (the good set reported as FAILED), or
+    took it first and failed the run, and two drills of one set removed each other's
+    scratch server. It takes the lock now: a backup run meanwhile does not start."""
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    [set_id] = stack.sets()
+    with _held(stack.lock_file):
+        refused = verify(stack, set_id, lock_wait_seconds=1)
+    assert refused.returncode == exit_codes.LOCK_BUSY, refused.stdout + refused.stderr
+    assert "is held (a backup run, a restore, a deploy or the drill); waiting up to 1 s" in (
+        refused.stdout
+    )
+    assert f"stayed busy for 1 s; set {set_id} was not verified" in refused.stdout
+    assert "checking checksums" not in refused.stdout
+
+    assert verify(stack, set_id, drill=False, lock_wait_seconds=60).returncode == 0
+    slow = stack.environ()
+    slow["PATH"] = f"{_slow_docker(stack.base)}:{slow['PATH']}"
+    process = subprocess.Popen(
+        ["bash", str(stack.base / "verify.sh")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=slow,
+    )
+    try:
+        _wait_until_locked(stack.lock_file, taker=process)
+        skipped = stack.run_maintenance()
+        output, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert f"set {set_id}: checksums ok" in output
+    assert skipped.returncode == exit_codes.LOCK_BUSY, skipped.stdout + skipped.stderr
+    assert stack.sets() == [set_id]
+
+
+@contextlib.contextmanager
+def _held(lock: Path) -> Iterator[None]:
+    """``lock`` held (flock) by this process, as another run holds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _slow_docker(base: Path) -> Path:
+    """A directory with a `docker` that waits 2 s before running the real one: the
+    verify is still running when the test looks."""
+    bin_dir = base / "slow-bin"
+    bin_dir.mkdir(exist_ok=True)
+    real = shutil.which("docker")
+    assert real is not None
+    wrapper = bin_dir / "docker"
+    wrapper.write_text(f'#!/bin/sh\nsleep 2\nexec {shlex.quote(real)} "$@"\n')
+    wrapper.chmod(0o755)
+    return bin_dir
 
 
 def test_hardening_verify_drill_never_follows_a_link_uid_1000_plants(
@@ -725,6 +811,42 @@ def test_a_mysql_restore_that_fails_puts_the_safety_set_back_or_keeps_the_tracke
         assert _marker_rows(stack) == "1"
         assert "tracker" in stack.running_services()
         assert "tracker is healthy" in finished.stdout
+    finally:
+        stack.cleanup()
+
+
+def test_a_restore_that_finds_backup_sh_locked_changes_nothing_and_starts_the_tracker(
+    tmp_path: Path,
+) -> None:
+    """backup.sh's own lock (the backup directory's .lock), held by a backup.sh run
+    not under the host's lock: the load gives up before it writes anything. It was
+    taken for a load cut short: the tracker stayed stopped, the database was marked
+    partly restored (no backup ran until another restore), and nothing had changed."""
+    stack = _mysql_stack(tmp_path, "ownlock")
+    try:
+        stack.up()
+        assert stack.run_maintenance().returncode == 0
+        [set_id] = stack.sets()
+        stack.mysql_query(INSERT_MARKER)
+        own_lock = stack.backups / ".lock"
+        assert own_lock.is_file()
+        with _held(own_lock):
+            with_safety = restore(stack, set_id)
+            without = restore(stack, set_id, skip_safety_backup=True)
+        for result, what in (
+            (with_safety, "no safety backup was taken, nothing was restored"),
+            (without, f"set {set_id} was not loaded"),
+        ):
+            output = result.stdout + result.stderr
+            assert result.returncode == exit_codes.LOCK_BUSY, output
+            assert f"another backup.sh run holds {stack.backups}/.lock: {what}" in result.stdout
+            assert "partly" not in result.stdout
+            assert "restore: starting tracker" in result.stdout
+        assert not (stack.status_dir / paths.RESTORE_INCOMPLETE_MARKER.name).exists()
+        assert _marker_rows(stack) == "1"
+        assert "tracker" in stack.running_services()
+        assert stack.sets() == [set_id]
+        assert stack.run_maintenance().returncode == 0
     finally:
         stack.cleanup()
 

@@ -367,7 +367,8 @@ def test_an_unsafe_status_directory_is_a_warning(tmp_path: Path, unsafe: str) ->
         status.symlink_to(tmp_path / "backup-status")
     found = _host_inventory(status, tmp_path / "gone")
     [warning] = status_warnings(found.last_run)
-    assert warning.startswith("WARNING: the status directory is unsafe")
+    assert warning.startswith(f"WARNING: the status directory {status} is ")
+    assert "every backup run refuses it (exit 77)" in warning
     assert "result" not in found.last_run  # nothing read through it
 
 

@@ -9,10 +9,11 @@ import os
 import re
 import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
-from tracker_deployer import offsite, paths
+from tracker_deployer import exit_codes, offsite, paths
 from tracker_deployer.config.model import (
     DEFAULT_OFFSITE_CHECK_READ_DATA,
     DEFAULT_OFFSITE_CHECK_SCHEDULE,
@@ -30,6 +31,7 @@ from tracker_deployer.remote.offsite import (
     sets_json,
 )
 from tracker_deployer.render import render
+from tracker_deployer.render.tree import offsite_check_script
 from tracker_deployer.topology import derive
 
 from tests.helpers import REPO_ROOT, parse, sample_data
@@ -166,6 +168,42 @@ def test_the_check_runs_on_its_own_cron_schedule() -> None:
     script = tree.text(paths.OFFSITE_CHECK_SCRIPT)
     assert "readonly READ_DATA='2.5'\n" in script
     assert 'OFFSITE_CHECK_READ_DATA="2.5"\n' in tree.text(paths.OFFSITE_ENV_FILE)
+
+
+@pytest.mark.parametrize("unsafe", ["writable", "link", "missing"])
+def test_the_check_refuses_an_unsafe_status_directory_and_says_why(
+    tmp_path: Path, unsafe: str
+) -> None:
+    """Its status and metrics go there as root: never through a directory another
+    user could plant a link in. The reason is the maintenance script's own."""
+    status = tmp_path / "backup-status"
+    if unsafe == "writable":
+        status.mkdir(mode=0o755)
+        status.chmod(0o777)
+    elif unsafe == "link":
+        (tmp_path / "elsewhere").mkdir()
+        status.symlink_to(tmp_path / "elsewhere")
+    script = offsite_check_script(
+        parse(with_offsite()), status_dir=str(status), lock_file=str(tmp_path / "lock")
+    )
+    (tmp_path / "offsite-check.sh").write_bytes(script)
+    done = subprocess.run(
+        ["bash", str(tmp_path / "offsite-check.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == exit_codes.UNSAFE, done.stderr
+    reason = (
+        "is not owned by root or is writable by others (owner uid 0, mode 777)"
+        if unsafe == "writable"
+        else "is a symlink or not a directory"
+    )
+    assert done.stderr == (
+        f"offsite check: the status directory {status} {reason}; refusing to write through it\n"
+    )
+    assert not (tmp_path / "lock").exists()
 
 
 @pytest.mark.parametrize(

@@ -247,6 +247,13 @@ def test_rendered_scripts_carry_the_owners_exit_codes() -> None:
     restore = restore_script(env, "20261127_030000", "all", verify_first=True)
     assert f"readonly EXIT_NOT_VERIFIED={exit_codes.NOT_VERIFIED}\n" in restore
     assert f"flock -E {exit_codes.LOCK_BUSY} " in deploy.under_backup_lock("true")
+    assert f"readonly BACKUP_SH_LOCKED={exit_codes.BACKUP_SH_LOCKED}\n" in restore
+
+
+def test_backup_sh_gives_up_on_its_lock_with_the_code_the_scripts_expect() -> None:
+    sources = _backup_sh_sources()
+    assert f"readonly EXIT_LOCKED={exit_codes.BACKUP_SH_LOCKED}\n" in sources
+    assert re.search(r'die "\$\{EXIT_LOCKED\}" "another backup.sh run holds', sources)
 
 
 # --------------------------------------------------------------------------- image version

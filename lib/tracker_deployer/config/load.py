@@ -406,9 +406,10 @@ class _Reader:
         tracker, grafana = self.seen.get("tracker", {}), self.seen.get("", {}).get("grafana")
         api: HttpApi | None = tracker.get("http_api")
         udp, http = tracker.get("udp_trackers", ()), tracker.get("http_trackers", ())
+        http_trackers = [(f"tracker.http_trackers[{i}]", e) for i, e in enumerate(http)]
         sockets: list[tuple[str, Endpoint | None, Protocol]] = [
             *((f"tracker.udp_trackers[{i}]", e, Protocol.UDP) for i, e in enumerate(udp)),
-            *((f"tracker.http_trackers[{i}]", e, Protocol.TCP) for i, e in enumerate(http)),
+            *((where, e, Protocol.TCP) for where, e in http_trackers),
             ("tracker.http_api", api.endpoint if api else None, Protocol.TCP),
             ("tracker.health_check_api", tracker.get("health_check_api"), Protocol.TCP),
         ]
@@ -439,7 +440,7 @@ class _Reader:
                 'set "use_tls_proxy": true (with a "domain") on a service, or remove "https"',
             )
         self.one_site_per_domain(tls)
-        self.http_trackers_alike([(w, e) for w, e, _ in binds if w.startswith("tracker.http_t")])
+        self.http_trackers_alike(http_trackers)
         self.port_conflicts(binds, grafana, "prometheus" in top, "https" in top)
 
     def one_site_per_domain(self, tls: list[tuple[str, str | None, bool]]) -> None:

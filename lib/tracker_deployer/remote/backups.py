@@ -305,9 +305,9 @@ def status_warnings(run: Mapping[str, str]) -> list[str]:
     lines: list[str] = []
     if run.get("status_dir_unsafe"):
         lines.append(
-            f"WARNING: the status directory is unsafe ({run['status_dir_unsafe']}): every "
-            "backup run refuses to start (exit 77) and records nothing, so the last run "
-            f"shown below may be old; fix: chown root:root and chmod 0755 {paths.BACKUP_STATUS_DIR}"
+            f"WARNING: {run['status_dir_unsafe']}: every backup run refuses it (exit 77) and "
+            "records nothing, so the last run shown below may be old; fix: chown root:root "
+            f"and chmod 0755 {paths.BACKUP_STATUS_DIR}"
         )
     if run.get("restore_incomplete"):
         lines.append(
@@ -465,20 +465,42 @@ def verify_script(
     *,
     drill: bool,
     sets_subdir: str = "",
+    lock_wait_seconds: int | None = None,
     **where: Unpack[paths.HostPaths],
 ) -> str:
-    """templates/operations/verify.sh.j2 for one set."""
+    """templates/operations/verify.sh.j2 for one set (``lock_wait_seconds``: it takes
+    the backup lock itself; None: its caller holds it)."""
     return render_verify_script(
-        env, set_id=set_id, drill=drill, sets_subdir=sets_subdir, **where
+        env,
+        set_id=set_id,
+        drill=drill,
+        sets_subdir=sets_subdir,
+        lock_wait_seconds=lock_wait_seconds,
+        **where,
     ).decode()
 
 
+# How long `inv verify` waits for the backup lock (a backup run, a restore, the drill).
+VERIFY_LOCK_WAIT_SECONDS = 600
+
+
 def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True) -> BackupSet:
-    """Checksums, archives and a restore drill of one set; raise when it fails."""
+    """Checksums, archives and a restore drill of one set, under the host's backup
+    lock; raise when it fails."""
     _require_backups(env)
     backup_set = inventory(host, env, verify=False).resolve(wanted)
-    script = verify_script(env, backup_set.set_id, drill=drill)
+    script = verify_script(
+        env, backup_set.set_id, drill=drill, lock_wait_seconds=VERIFY_LOCK_WAIT_SECONDS
+    )
     result = host.run_script(script, stream=say)
+    if result.exit_code == exit_codes.LOCK_BUSY:
+        raise RemoteError(
+            f"backup set {backup_set.set_id} was not verified: the backup lock "
+            f"{paths.BACKUP_LOCK} on {host.target.host} stayed busy for "
+            f"{VERIFY_LOCK_WAIT_SECONDS} s; nothing was changed",
+            f"wait for the backup run ({paths.BACKUP_LOG}), restore or deploy to finish, "
+            "then run `inv verify` again",
+        )
     if result.exit_code != 0:
         raise VerificationFailed(
             f"backup set {backup_set.set_id} FAILED verification (exit {result.exit_code})",
@@ -571,8 +593,8 @@ def restore_failure(code: int, set_id: str, where: str, env_name: str) -> Deploy
     """What the restore script's exit ``code`` means for the operator."""
     if code == exit_codes.LOCK_BUSY:
         return RemoteError(
-            f"the backup lock {paths.BACKUP_LOCK} on {where} is busy (held by the process named "
-            "above); nothing was changed",
+            f"a backup lock on {where} is busy ({paths.BACKUP_LOCK}, held by the process named "
+            "above, or the backup directory's own); nothing was changed",
             f"wait for the backup run ({paths.BACKUP_LOG}), deploy or restore to finish, then run "
             "`inv restore` again",
         )

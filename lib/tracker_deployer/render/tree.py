@@ -607,17 +607,21 @@ def verify_script(
     set_id: str | None = None,
     drill: bool = True,
     sets_subdir: str = "",
+    lock_wait_seconds: int | None = None,
     templates_dir: Path = paths.TEMPLATES_DIR,
     **where: Unpack[paths.HostPaths],
 ) -> bytes:
     """templates/operations/verify.sh.j2: for ``set_id``, or (None) the script installed
     on the host, which takes the set id as its argument. ``sets_subdir`` (relative to
-    the backup directory): where the set's files are, when not in the backup directory itself."""
+    the backup directory): where the set's files are, when not in the backup directory itself.
+    ``lock_wait_seconds``: the script takes the host's backup lock, waiting that long
+    (None: its caller holds the lock)."""
     return operation_script(
         "verify",
         templates_dir,
         **paths.host_paths(where),
         sets_subdir=sets_subdir,
+        lock_wait_seconds=lock_wait_seconds,
         set_id=set_id,
         db_type="mysql" if env.uses_mysql else "sqlite",
         drill=drill,
