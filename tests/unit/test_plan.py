@@ -358,6 +358,32 @@ def test_a_push_that_changes_a_mounted_config_records_the_restart_it_needs(
     assert "pending" not in render_apply_script(unchanged, "/tmp/upload", ())
 
 
+def test_a_push_cut_off_after_a_mounted_config_changed_still_leaves_its_restart(
+    tmp_path: Path,
+) -> None:
+    """The record was written after the last file: a push that stopped between
+    (a full disk, its uploads removed by an interrupted task) left the new
+    tracker.toml in place and no record, and the next deploy, finding the new file,
+    restarted nothing. Run here with the host's paths under ``tmp_path``."""
+    tracker = _file(TRACKER, "[core]\n", 0o640, 1000)
+    compose = _file(COMPOSE, "services: {}\n")
+    host = {TRACKER: _on_host(tracker, sha256="0" * 64)}
+    plan = diff(_tree(tracker, compose), Scope.PUSH, host)
+    uploads = tmp_path / "upload"
+    uploads.mkdir()
+    indexes = {step.path: index for index, step in enumerate(plan.steps)}
+    assert indexes[TRACKER] < indexes[COMPOSE]
+    (uploads / str(indexes[TRACKER])).write_bytes(tracker.content)  # the compose file's is gone
+    root = tmp_path / "host"
+    script = render_apply_script(plan, str(uploads), ())
+    script = script.replace(str(paths.DEPLOY_DIR), f"{root}{paths.DEPLOY_DIR}")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode != 0
+    assert Path(f"{root}{TRACKER}").read_bytes() == b"[core]\n"
+    record = Path(f"{root}{PENDING_RESTART_FILE}")
+    assert parse_pending_restart(record.read_text()) == ("tracker",)
+
+
 def test_the_pending_restart_record_from_the_host_names_known_services_only() -> None:
     text = "tracker\n$(reboot)\ncaddy; rm -rf /\n\ngrafana\ntracker\n"
     assert parse_pending_restart(text) == ("tracker", "grafana")

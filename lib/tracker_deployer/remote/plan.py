@@ -265,6 +265,17 @@ def render_apply_script(plan: Plan, upload_dir: str, previously: Sequence[PurePo
             f"setpriv --reuid={directory.uid} --regid={directory.gid} --clear-groups "
             f"install -d -m {directory.mode:04o} {target}"
         )
+    state_dir = f"install -d -m 0700 -o 0 -g 0 {q(str(STATE_DIR))}"
+    restart = services_to_restart(
+        step.path for step in plan.steps if step.change in (Change.UPDATE, Change.METADATA)
+    )
+    if restart:
+        # Before the first file changes, so that whatever ends the script after it
+        # (a full disk, the uploads removed) leaves it: the next deploy, seeing the
+        # new files, would change nothing and restart nothing. Cleared once restarted.
+        lines.append(state_dir)
+        pending = q(str(PENDING_RESTART_FILE))
+        lines.append(f"printf '%s\\n' {' '.join(restart)} >> {pending}")
     for index, step in enumerate(plan.steps):
         target = q(str(step.path))
         if step.change is Change.REMOVE:
@@ -289,16 +300,9 @@ def render_apply_script(plan: Plan, upload_dir: str, previously: Sequence[PurePo
         | {str(p) for p in plan.managed_after}
     )
     state = q(str(STATE_FILE))
-    lines.append(f"install -d -m 0700 -o 0 -g 0 {q(str(STATE_DIR))}")
+    lines.append(state_dir)
     lines.append(f"printf '%s\\n' {' '.join(q(p) for p in keep)} > {state}.tmp")
     lines.append(f"chmod 0600 {state}.tmp && mv -f {state}.tmp {state}")
-    restart = services_to_restart(
-        step.path for step in plan.steps if step.change in (Change.UPDATE, Change.METADATA)
-    )
-    if restart:
-        # With the files, before any compose command: cleared once restarted.
-        pending = q(str(PENDING_RESTART_FILE))
-        lines.append(f"printf '%s\\n' {' '.join(restart)} >> {pending}")
     return "\n".join(lines) + "\n"
 
 
