@@ -227,6 +227,25 @@ def test_the_tracker_runs_until_the_snapshot_container_is_ready(sqlite_stack: St
     assert stack.status()["set"] == set_id
 
 
+def test_no_set_is_taken_while_an_inv_recover_is_unfinished(sqlite_stack: Stack) -> None:
+    """`inv recover` marks the new host until its set is restored: a run then (its
+    cron installed by a deploy that raced the recover) took a set of the empty
+    database, which retention and the off-host upload count as the newest."""
+    stack = sqlite_stack
+    marker = stack.status_dir / paths.RECOVER_MARKER.name
+    stack.status_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    marker.touch()
+    refused = stack.run_maintenance()
+    assert refused.returncode == 77, refused.stdout + refused.stderr
+    reason = stack.status()["reason"]
+    assert f"an inv recover of this host has not finished ({marker})" in reason
+    assert f"inv recover --env {stack.env.name}" in reason
+    assert stack.sets() == []
+    assert "tracker" in stack.running_services()
+    marker.unlink()
+    assert stack.run_maintenance().returncode == 0
+
+
 def test_a_backup_container_that_fails_before_it_is_ready_never_stops_the_tracker(
     tmp_path: Path,
 ) -> None:

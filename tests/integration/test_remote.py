@@ -877,3 +877,20 @@ def test_deploy_never_starts_the_tracker_on_a_partly_restored_database(
     assert "inv restore --env prod --set SET --yes" in (refused.value.hint or "")
     assert not [line for line in lines if "docker" in line.lower() or "restarting" in line]
     assert marker.exists()
+
+
+def test_deploy_starts_nothing_on_a_host_an_unfinished_recover_holds(target: SshTarget) -> None:
+    """Deploy checked `inv recover`'s marker once, at its start: a recover begun on the
+    new host while the deploy configured it had its tracker started on an empty
+    database, and backed up. `up` of every service now checks it under the lock."""
+    marker = target.host_path(str(paths.RECOVER_MARKER))
+    marker.parent.mkdir(parents=True)
+    marker.touch()
+    lines: list[str] = []
+    with SshHost(target.target()) as host, pytest.raises(RemoteError) as refused:
+        deploy.compose_up(host, (), lines.append, env_name="prod")
+    assert "holds an unfinished `inv recover`" in str(refused.value)
+    assert "`docker compose up` was not run" in str(refused.value)
+    assert "inv recover --env prod" in (refused.value.hint or "")
+    assert not [line for line in lines if "docker" in line.lower() or "restarting" in line]
+    assert marker.exists()

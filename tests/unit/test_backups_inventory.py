@@ -372,6 +372,20 @@ def test_an_unsafe_status_directory_is_a_warning(tmp_path: Path, unsafe: str) ->
     assert "result" not in found.last_run  # nothing read through it
 
 
+def test_an_unfinished_recover_is_a_warning(tmp_path: Path) -> None:
+    """No tracker is started and no backup taken while it holds the host."""
+    status = _status_dir(tmp_path, **{paths.RECOVER_MARKER.name: ""})
+    found = _host_inventory(status, tmp_path / "gone")
+    [warning] = status_warnings(found.last_run)
+    assert warning.startswith("WARNING: an `inv recover` of this host has not finished")
+    assert "inv recover --env NAME" in warning
+    (tmp_path / "ok").mkdir()
+    assert (
+        status_warnings(_host_inventory(_status_dir(tmp_path / "ok"), tmp_path / "gone").last_run)
+        == []
+    )
+
+
 def test_a_host_clock_far_from_this_machines_is_a_warning() -> None:
     now = datetime(2026, 12, 1, tzinfo=UTC)
     ahead = parse_inventory(f"NOW\t{int(now.timestamp()) + 400 * 86400}")

@@ -315,6 +315,12 @@ def status_warnings(run: Mapping[str, str]) -> list[str]:
             f"partly restored ({paths.RESTORE_INCOMPLETE_MARKER}): the tracker is not started "
             "on it and no backup is taken of it; finish it: inv restore --env NAME --set SET --yes"
         )
+    if run.get("recover_unfinished"):
+        lines.append(
+            f"WARNING: an `inv recover` of this host has not finished ({paths.RECOVER_MARKER}): "
+            "its database holds no restored data yet, so no tracker is started and no backup "
+            "is taken; finish it: inv recover --env NAME (it continues on this host)"
+        )
     if run.get("tracker_stopped_by"):
         # The maintenance script's marker: a run was cut off (SIGKILL, reboot) with
         # the tracker stopped; the next run or --recover at boot starts it again.

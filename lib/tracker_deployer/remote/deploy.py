@@ -191,10 +191,13 @@ def _run_locked(host: SshHost, command: str, say: Say) -> int:
 
 
 # The tracker is never started on a MySQL database a restore left partly
-# restored (restore.sh writes the marker before its load, removes it after).
-_MARKER = shlex.quote(str(paths.RESTORE_INCOMPLETE_MARKER))
-_REFUSE_PARTLY_RESTORED = (
-    f"if [ -e {_MARKER} ] || [ -L {_MARKER} ]; then exit {exit_codes.UNSAFE}; fi; "
+# restored (restore.sh writes the marker before its load, removes it after), nor
+# on a host an unfinished `inv recover` holds (no data yet: recover removes its
+# marker before it starts the tracker). Checked under the lock, where compose runs:
+# the check at the start of a deploy may be minutes old.
+_MARKERS = [shlex.quote(str(m)) for m in (paths.RESTORE_INCOMPLETE_MARKER, paths.RECOVER_MARKER)]
+_REFUSE_MARKED = "".join(
+    f"if [ -e {m} ] || [ -L {m} ]; then exit {exit_codes.UNSAFE}; fi; " for m in _MARKERS
 )
 
 
@@ -214,10 +217,16 @@ def compose_up(
     ``env_name`` is for the hint of a refusal."""
     services = "".join(f" {shlex.quote(name)}" for name in only)
     say(f"compose: up -d --wait{services} in {paths.DEPLOY_DIR}")
-    # Every service, the tracker too: not on a partly restored database.
-    refuse = "" if only else _REFUSE_PARTLY_RESTORED
+    # Every service, the tracker too: not on a partly restored or unrecovered database.
+    refuse = "" if only else _REFUSE_MARKED
     code = _run_locked(host, f"{refuse}{COMPOSE} up -d --wait --remove-orphans{services}", say)
     if refuse and code == exit_codes.UNSAFE:
+        if unfinished_recover(host):
+            raise RemoteError(
+                f"{host.target.host} holds an unfinished `inv recover` ({paths.RECOVER_MARKER}): "
+                "`docker compose up` was not run (its database has no restored data yet)",
+                f"finish it first: inv recover --env {env_name} (it continues on this host)",
+            )
         raise partly_restored(host, env_name)
     if code != 0:
         raise RemoteError(
@@ -293,11 +302,16 @@ def parse_compose_ps(output: str) -> list[dict[str, str]]:
     return sorted(rows, key=lambda row: row["service"])
 
 
+def unfinished_recover(host: SshHost) -> bool:
+    """Whether the host holds `inv recover`'s marker."""
+    marker = shlex.quote(str(paths.RECOVER_MARKER))
+    return host.run(f"test -e {marker} || test -L {marker}").ok
+
+
 def refuse_unfinished_recover(host: SshHost, env_name: str, action: str) -> None:
     """A host with `inv recover`'s marker has no data yet: starting its tracker or
     backing it up would make (and upload) sets of an empty database."""
-    marker = shlex.quote(str(paths.RECOVER_MARKER))
-    if host.run(f"test -e {marker} || test -L {marker}").ok:
+    if unfinished_recover(host):
         raise RemoteError(
             f"{host.target.host} holds an unfinished `inv recover` ({paths.RECOVER_MARKER}): "
             f"{action} would start or back up a tracker that has no data yet; nothing was changed",
