@@ -191,19 +191,22 @@ def test_hardening_extra_backup_conf_grammar_what_backup_sh_accepts_bash_reads_a
     texts: list[str], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     directory = tmp_path_factory.mktemp("conf")
-    texts = [text + "\n" for text in texts]
+    # Plain assignments every example holds: a backup.sh that refused everything
+    # would otherwise pass (nothing accepted, nothing compared).
+    plain = ["V=ab\n", "V='a b;c'\n", 'V="x y"\n']
+    texts = plain + [text + "\n" for text in texts]
 
     verdicts = backup_sh_reads(directory, texts)
 
+    assert verdicts[: len(plain)] == [("ok", "ab"), ("ok", "a b;c"), ("ok", "x y")]
     accepted = [
         (text, value)
         for text, (verdict, value) in zip(texts, verdicts, strict=True)
         if verdict == "ok"
     ]
-    if accepted:
-        # Only what backup.sh accepted goes to bash: it holds nothing bash would run.
-        got = bash_reads(directory / "accepted", [text for text, _ in accepted])
-        assert got == [value for _, value in accepted], accepted
+    # Only what backup.sh accepted goes to bash: it holds nothing bash would run.
+    got = bash_reads(directory / "accepted", [text for text, _ in accepted])
+    assert got == [value for _, value in accepted], accepted
     assert not list(directory.rglob("[ab]")), "something was redirected to a file"
 
 

@@ -11,7 +11,8 @@ setup() {
   load test_helper
   common_setup
   use_sqlite_config 20
-  command -v restic >/dev/null || skip "restic is not installed"
+  # Never skipped: run.sh refuses to start without restic, and so does this.
+  command -v restic >/dev/null || fail "restic is not installed (scripts/setup.sh installs it)"
   OFFSITE_SH="$(cd "${BATS_TEST_DIRNAME}/.." && pwd)/offsite.sh"
   export OFFSITE_BACKUP_SH="${BACKUP_SH}"
   export RESTIC_REPOSITORY="${BATS_TEST_TMPDIR}/repo"

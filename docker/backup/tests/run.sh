@@ -28,7 +28,7 @@ die() {
 
 check_tools() {
   local tool
-  for tool in bats sqlite3 gzip zstd tar flock sha256sum setsid; do
+  for tool in bats sqlite3 gzip zstd tar flock sha256sum setsid restic; do
     command -v "${tool}" >/dev/null 2>&1 || die "missing tool: ${tool}"
   done
   local library
