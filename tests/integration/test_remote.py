@@ -159,6 +159,28 @@ def test_push_repairs_changed_content_and_modes_and_removes_dropped_files(
     assert not caddyfile.exists()
 
 
+def test_a_push_records_on_the_host_the_restart_the_next_deploy_reads(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    """`inv push` changes mounted configs without restarting anything: the record it
+    leaves on the host is what the next deploy reads back (through sshd, as root)
+    to restart the services that would otherwise keep running the old config."""
+    data = target.env_data(sample_data("manual-test-sqlite"))
+    env = write_env(tmp_path, data)
+    assert inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts)).returncode == 0
+    record = target.host_path(str(plan.PENDING_RESTART_FILE))
+    assert not record.exists()  # created, not changed: compose up starts them new
+    with SshHost(target.target()) as host:
+        assert deploy.pending_restart(host) == ()
+    target.host_path(str(paths.TRACKER_CONFIG)).write_text("tampered\n")
+    target.host_path(str(paths.PROMETHEUS_CONFIG)).write_text("tampered\n")
+    result = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
+    assert result.returncode == 0, result.stderr
+    assert record.stat().st_uid == 0
+    with SshHost(target.target()) as host:
+        assert set(deploy.pending_restart(host)) == {"tracker", "prometheus"}
+
+
 def test_install_cron_installs_valid_files_and_removes_them_when_backup_is_off(
     target: SshTarget, tmp_path: Path
 ) -> None:
