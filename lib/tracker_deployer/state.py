@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,15 +119,24 @@ def _keygen(args: list[str], what: str) -> str:
 
 
 def _write_private(path: Path, content: str | bytes, mode: int) -> None:
-    """Write ``content`` to ``path`` atomically with ``mode`` (never briefly wider)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(content.encode() if isinstance(content, str) else content)
-    temporary.chmod(mode)
-    temporary.replace(path)
+    """Write ``content`` to ``path`` atomically with ``mode`` (never briefly wider),
+    through a temporary file of its own (two commands may write one record at once);
+    a failure names the file and leaves no temporary file behind."""
+    temporary: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(content.encode() if isinstance(content, str) else content)
+        Path(temporary).replace(path)
+    except OSError as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        raise DeployError(
+            f"cannot write {path}: {error.strerror or error}",
+            f"check free space and permissions in {path.parent}, then run the command again",
+        ) from None
 
 
 # --------------------------------------------------------------------------- host records

@@ -6,13 +6,13 @@ import contextlib
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from tracker_deployer.render.tree import metrics_script
 
+from tests.integration.disks import small_disk
 from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -165,19 +165,6 @@ def test_a_planted_set_name_that_is_no_date_is_skipped_not_fatal(
 
     assert samples["tracker_backup_local_sets"] == 1
     assert samples["tracker_backup_newest_set_timestamp_seconds"] == epoch("2026-01-01T00:00:00Z")
-
-
-@contextlib.contextmanager
-def small_disk(path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs at ``path`` (root's, 0755), unmounted at the end."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(path)], check=True
-    )
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
 
 
 def fill(disk: Path) -> None:

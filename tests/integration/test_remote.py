@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from tracker_deployer.remote.ssh import SshHost, detached_command
 from tracker_deployer.render.tree import operation_script
 
 from tests.helpers import REPO_ROOT, sample_data
+from tests.integration.disks import small_disk
 from tests.integration.ssh_target import SUDO_USER, SshTarget, require_tools
 
 pytestmark = pytest.mark.integration
@@ -179,6 +181,23 @@ def test_a_push_records_on_the_host_the_restart_the_next_deploy_reads(
     assert record.stat().st_uid == 0
     with SshHost(target.target()) as host:
         assert set(deploy.pending_restart(host)) == {"tracker", "prometheus"}
+
+
+def test_a_full_disk_here_during_a_download_is_this_machines_error_not_the_hosts(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    """ENOSPC from the local file was reported as the host's failure ("downloading ...
+    from HOST failed", exit 3, no hint), so fetch's own message (this machine's disk:
+    free space, run again to resume) never showed."""
+    big = target.host_path("/opt/big.bin")
+    big.parent.mkdir(parents=True, exist_ok=True)
+    big.write_bytes(os.urandom(256 * 1024))
+    with small_disk(tmp_path / "full") as full, SshHost(target.target()) as host:
+        with pytest.raises(OSError, match="No space left on device") as raised:
+            host.download("/opt/big.bin", full / "big.bin")
+        assert raised.value.errno == errno.ENOSPC
+        host.download("/opt/big.bin", tmp_path / "big.bin")  # the host itself is fine
+    assert (tmp_path / "big.bin").read_bytes() == big.read_bytes()
 
 
 def test_install_cron_installs_valid_files_and_removes_them_when_backup_is_off(

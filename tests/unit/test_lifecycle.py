@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,42 @@ def test_host_record_round_trip_and_forget(tmp_path: Path) -> None:
     state.forget("sandbox-sqlite", environ)
     assert state.read_record("sandbox-sqlite", environ) is None
     assert not known.exists()
+
+
+def test_host_records_written_at_once_by_two_commands_all_land_whole(tmp_path: Path) -> None:
+    """Each write had one fixed temporary name: two commands writing one record
+    (provision and register, say) removed or replaced each other's (FileExistsError,
+    FileNotFoundError)."""
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    records = [state.HostRecord("existing", f"10.0.0.{n}", 22, "") for n in range(1, 9)]
+    failures: list[BaseException] = []
+
+    def write(record: state.HostRecord) -> None:
+        try:
+            for _ in range(150):
+                state.write_record("prod", record, environ)
+        except BaseException as error:  # collected, asserted below
+            failures.append(error)
+
+    threads = [threading.Thread(target=write, args=(record,)) for record in records]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert failures == []
+    assert state.read_record("prod", environ) in records
+    path = state.record_path("prod", environ)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left
+
+
+def test_a_host_record_that_cannot_be_written_names_the_file(tmp_path: Path) -> None:
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    path = state.record_path("prod", environ)
+    path.mkdir(parents=True)  # in the way: the rename over it fails
+    with pytest.raises(DeployError) as raised:
+        state.write_record("prod", state.HostRecord("existing", "10.0.0.1", 22, ""), environ)
+    assert str(raised.value).startswith(f"cannot write {path}: ")
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
 def test_a_broken_host_record_is_a_clear_error(tmp_path: Path) -> None:

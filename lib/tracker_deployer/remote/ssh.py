@@ -438,6 +438,8 @@ class SshHost:
         try:
             self._conn.get(source, local=sink)
         except (SSHException, OSError) as error:
+            if sink.local_error is not None:  # this machine's disk, not the host: the caller's
+                raise sink.local_error from None
             raise RemoteError(
                 f"downloading {remote_path} from {self.target} failed: {error}"
             ) from None
@@ -458,6 +460,7 @@ class _LimitedSink:
         self._limit = limit
         self._name = name
         self.written = 0
+        self.local_error: OSError | None = None  # writing here failed (a full disk)
 
     def write(self, data: bytes) -> int:
         self.written += len(data)
@@ -467,7 +470,11 @@ class _LimitedSink:
                 "the file changed on the host or the host is not trustworthy; "
                 "list the sets with `inv backups` and try again",
             )
-        written: int = self._handle.write(data)
+        try:
+            written: int = self._handle.write(data)
+        except OSError as error:
+            self.local_error = error
+            raise
         return written
 
 
