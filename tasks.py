@@ -124,12 +124,39 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _before_the_task(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM while Invoke reads the command line: Invoke ended with a
+    silent exit 1 (Ctrl-C), or the process died without a word (SIGTERM)."""
+    name = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    os.write(sys.stderr.fileno(), f"{name} before the task started: nothing was done\n".encode())
+    os._exit(128 + signum)
+
+
+# Only when Invoke runs this file (tests import it too, and keep their own handlers).
+if (
+    Path(sys.argv[0]).name in ("inv", "invoke")
+    and threading.current_thread() is threading.main_thread()
+):
+    signal.signal(signal.SIGINT, _before_the_task)
+    signal.signal(signal.SIGTERM, _before_the_task)
+
+# What an interrupted task that works on a host adds: its step there goes on.
+HOST_STEP_GOES_ON = (
+    "a step already running on the host (a backup, restore, verify, fetch or compose up) "
+    "goes on there to its end; `inv status --env NAME` and `inv backups --env NAME` show "
+    "the host"
+)
+
+
 @contextmanager
-def _errors() -> Iterator[None]:
+def _errors(on_host: bool = False) -> Iterator[None]:
     """Expected failures: one clear message on stderr and a non-zero exit. SIGTERM is
-    one too: it is raised where the task is, so its cleanup runs as for Ctrl-C."""
+    one too: it is raised where the task is, so its cleanup runs as for Ctrl-C.
+    ``on_host``: the task runs steps on a host, which an interrupt does not stop."""
     main = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, _terminate) if main else None
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
+    hint = f" — hint: {HOST_STEP_GOES_ON}" if on_host else ""
     try:
         yield
     except ConfigError as error:
@@ -142,9 +169,9 @@ def _errors() -> Iterator[None]:
         # A message may quote a host's words: what a terminal would obey is escaped.
         raise Exit(f"error: {printable(str(error))}", code=error.exit_code) from None
     except Terminated:
-        raise Exit("terminated (SIGTERM)", code=143) from None
+        raise Exit(f"terminated (SIGTERM){hint}", code=143) from None
     except KeyboardInterrupt:
-        raise Exit("interrupted", code=130) from None
+        raise Exit(f"interrupted{hint}", code=130) from None
     except BrokenPipeError:
         # Output piped into e.g. `head`, which stopped reading: not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -161,6 +188,8 @@ def _errors() -> Iterator[None]:
     finally:
         if before is not None:
             signal.signal(signal.SIGTERM, before)
+        if before_int is not None:
+            signal.signal(signal.SIGINT, before_int)
 
 
 def _load(env: str) -> Env:
@@ -274,7 +303,7 @@ def create_template(
 
 def _apply(env: str, where: _Host, dry_run: bool, scope: Scope) -> None:
     """push and install-cron: validate, render, then plan and apply one scope."""
-    with _errors():
+    with _errors(on_host=True):
         parsed = _load(env)
         tree = _render_for_remote(parsed)
         target = where.target(parsed, dry_run)
@@ -303,7 +332,7 @@ def install_cron(c: Context, env: str = "", where: _Host = ANY_HOST, dry_run: bo
 @_host_task(help={"env": ENV_HELP, "dry_run": DRY_RUN_HELP})
 def deploy(c: Context, env: str = "", where: _Host = ANY_HOST, dry_run: bool = False) -> None:
     """Provision (lxd, first time) → configure → push → compose up → install-cron → health."""
-    with _errors():
+    with _errors(on_host=True):
         parsed = _load(env)
         tree = _render_for_remote(parsed)
         if dry_run:
@@ -364,7 +393,7 @@ def register(c: Context, env: str = "", host: str = "", port: str = "") -> None:
 )
 def configure(c: Context, env: str = "", where: _Host = ANY_HOST, dry_run: bool = False) -> None:
     """Install Docker, Compose v2, cron, log rotation, upgrades, firewall (idempotent)."""
-    with _errors():
+    with _errors(on_host=True):
         parsed = _load(env)
         if dry_run:
             print(f"dry run of configure for {parsed.name}: nothing is changed")
@@ -410,7 +439,7 @@ def status(c: Context, env: str = "", json: bool = False) -> None:
 @_host_task(help={"env": ENV_HELP})
 def backup(c: Context, env: str = "", where: _Host = ANY_HOST) -> None:
     """Run a backup now on the host (the maintenance script), streaming its log."""
-    with _errors():
+    with _errors(on_host=True):
         parsed = _load(env)
         with where.connect(parsed) as connection:
             code = remote.run_backup(connection, _say, parsed.name)
@@ -506,7 +535,7 @@ def backups(
     offsite: bool = False,
 ) -> None:
     """List the backup sets on the host (parts, size, age, checksums) and the last run."""
-    with _errors():
+    with _errors(on_host=True):
         parsed = _load(env)
         if offsite:
             with where.connect(parsed) as connection:
@@ -557,7 +586,7 @@ def verify(
     offsite: bool = False,
 ) -> None:
     """Verify a backup set: checksums, archives and a restore drill into a scratch target."""
-    with _errors():
+    with _errors(on_host=True):
         parsed = _load(env)
         operations.check_set(set)
         if offsite:
@@ -599,7 +628,7 @@ def restore(
     from_: str = "",
 ) -> None:
     """Restore a backup set on the host: stop tracker, restore, start, health check."""
-    with _errors():
+    with _errors(on_host=True):
         parsed = _load(env)
         if not set:
             raise DeployError(
@@ -664,7 +693,7 @@ def restore(
 )
 def recover(c: Context, env: str = "", set: str = "latest", where: _Host = ANY_HOST) -> None:
     """A lost host back to running: new host → configure → deploy → restore from off-host."""
-    with _errors():
+    with _errors(on_host=True):
         parsed = _load(env)
         recovery.check_request(parsed, set, where.host)
         tree = _render_for_remote(parsed)
@@ -695,7 +724,7 @@ def fetch_backup(
     offsite: bool = False,
 ) -> None:
     """Download a backup set with its manifests; verified by checksum, resumable."""
-    with _errors():
+    with _errors(on_host=True):
         parsed = _load(env)
         if not to:
             raise DeployError("no destination given", "pass --to DIR")

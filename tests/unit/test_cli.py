@@ -261,7 +261,40 @@ def test_sigterm_is_a_failure_with_one_line_and_no_traceback(tmp_path: Path) -> 
             _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr
     assert "Traceback" not in stderr
-    assert "terminated (SIGTERM)" in stderr
+    assert "terminated (SIGTERM) — hint: a step already running on the host" in stderr
+    assert "goes on there to its end" in stderr
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "said"),
+    [
+        (signal.SIGINT, 130, "interrupted before the task started: nothing was done"),
+        (signal.SIGTERM, 143, "terminated (SIGTERM) before the task started: nothing was done"),
+    ],
+)
+def test_a_signal_before_the_task_starts_is_a_failure_that_says_so(
+    signum: int, code: int, said: str
+) -> None:
+    """While Invoke read the command line, Ctrl-C ended it with a silent exit 1 and
+    SIGTERM killed it without a word. The handlers are there once Invoke (argv[0]
+    inv) has loaded tasks.py; the signal comes at that point here."""
+    program = (
+        "import os, signal, sys, time\n"
+        "sys.argv[0] = 'inv'\n"
+        "import tasks\n"
+        f"os.kill(os.getpid(), {int(signum)})\n"
+        "time.sleep(30)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert done.returncode == code, done.stderr
+    assert done.stderr == f"{said}\n"
 
 
 @pytest.mark.parametrize("wanted", ["../../etc", "bad id", "x\x1b[2J", "20261399_999999"])
