@@ -299,24 +299,30 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
         remote.refuse_unfinished_recover(connection, env.name, "a deploy")
         with clock.phase("configure"):
             configured = configuring.apply(connection, env, say)
-        with clock.phase("push"):
-            pushed = remote.push(connection, tree, say)
-        with clock.phase("compose up"):
-            sideload(env, say)
-            ensure_images(connection, env, say)
-            # Last before compose up, which recreates MySQL with the new .env (MySQL
-            # ignores it) and restarts the tracker on its new tracker.toml.
-            mysql_passwords.set_in_server(connection, env, say)
-            changed = services_to_restart(
-                step.path
-                for step in pushed.steps
-                if step.change in (Change.UPDATE, Change.METADATA)
-            )
-            # Also what an earlier deploy pushed and could not restart (its push
-            # recorded them; the restart clears the record).
-            pending = remote.pending_restart(connection)
-            restart = tuple(name for name in RESTARTABLE if name in {*changed, *pending})
-            remote.compose_up(connection, restart, say, env_name=env.name)
+        # From the push to compose up, scheduled backup runs skip: the files may hold
+        # a MySQL password the server gets only at compose up.
+        remote.mark_deploying(connection, say)
+        try:
+            with clock.phase("push"):
+                pushed = remote.push(connection, tree, say)
+            with clock.phase("compose up"):
+                sideload(env, say)
+                ensure_images(connection, env, say)
+                # Last before compose up, which recreates MySQL with the new .env (MySQL
+                # ignores it) and restarts the tracker on its new tracker.toml.
+                mysql_passwords.set_in_server(connection, env, say)
+                changed = services_to_restart(
+                    step.path
+                    for step in pushed.steps
+                    if step.change in (Change.UPDATE, Change.METADATA)
+                )
+                # Also what an earlier deploy pushed and could not restart (its push
+                # recorded them; the restart clears the record).
+                pending = remote.pending_restart(connection)
+                restart = tuple(name for name in RESTARTABLE if name in {*changed, *pending})
+                remote.compose_up(connection, restart, say, env_name=env.name)
+        finally:
+            remote.unmark_deploying(connection, say)
         with clock.phase("install-cron"):
             cron = remote.install_cron(connection, tree, say)
         with clock.phase("health"):

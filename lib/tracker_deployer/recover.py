@@ -82,23 +82,8 @@ def look_script(env: Env) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The marker goes into root's own directories only: never through a link or a
-# directory another user owns (on a server prepared by hand, /opt/torrust may be
-# the first user's).
-MARK = f"""set -o errexit
-for directory in {paths.DEPLOY_DIR} {paths.RECOVER_MARKER.parent}; do
-  if [ -L "$directory" ] || {{ [ -e "$directory" ] && [ "$(stat -c %u -- "$directory")" != 0 ]; }}; then
-    echo "$directory is a link or not owned by root; refusing to write the recover marker there" >&2
-    exit 1
-  fi
-  if [ ! -e "$directory" ]; then mkdir -m 0755 -- "$directory"; fi
-done
-if [ -L {paths.RECOVER_MARKER} ]; then
-  echo "{paths.RECOVER_MARKER} is a link; refusing to follow it" >&2
-  exit 1
-fi
-touch -- {paths.RECOVER_MARKER}
-"""
+# The marker goes into root's own directories only (remote.marker_script).
+MARK = remote.marker_script(paths.RECOVER_MARKER)
 UNMARK = f"rm -f -- {shlex.quote(str(paths.RECOVER_MARKER))}"
 
 

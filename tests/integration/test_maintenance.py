@@ -20,6 +20,7 @@ import pytest
 from tracker_deployer import paths
 from tracker_deployer.remote.backups import format_last_run, parse_inventory
 from tracker_deployer.render import inventory_script, render
+from tracker_deployer.render.tree import DEPLOY_MARKER_MAX_AGE_SECONDS
 
 from tests.helpers import parse, sample_data
 from tests.integration.stack import (
@@ -244,6 +245,34 @@ def test_no_set_is_taken_while_an_inv_recover_is_unfinished(sqlite_stack: Stack)
     assert "tracker" in stack.running_services()
     marker.unlink()
     assert stack.run_maintenance().returncode == 0
+
+
+def test_a_run_skips_while_a_deploy_changes_the_stack_and_not_after_its_marker_expired(
+    sqlite_stack: Stack,
+) -> None:
+    """A run between a deploy's push and its compose up restarted the tracker on
+    files that could hold a MySQL password the server did not have yet (a review).
+    It skips as when the lock is busy; a marker a killed deploy left (older than
+    its bound) does not stop runs for good."""
+    stack = sqlite_stack
+    marker = stack.status_dir / paths.DEPLOY_MARKER.name
+    stack.status_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    marker.write_text(f"{int(time.time()) - 60}\n")
+    skipped = stack.run_maintenance()
+    assert skipped.returncode == 75, skipped.stdout + skipped.stderr
+    busy = (stack.status_dir / "last-lock-busy.env").read_text()
+    assert f"lock_busy_reason=a deploy is changing the stack ({marker}, since " in busy
+    assert "a deploy is changing the stack" in skipped.stderr
+    assert stack.sets() == []
+    assert "tracker" in stack.running_services()
+
+    marker.write_text(f"{int(time.time()) - DEPLOY_MARKER_MAX_AGE_SECONDS - 60}\n")
+    ran = stack.run_maintenance()
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert f"ignoring {marker}: older than {DEPLOY_MARKER_MAX_AGE_SECONDS} s" in (
+        stack.log_file.read_text()
+    )
+    assert len(stack.sets()) == 1
 
 
 def test_a_backup_container_that_fails_before_it_is_ready_never_stops_the_tracker(

@@ -935,3 +935,31 @@ def test_deploy_starts_nothing_on_a_host_an_unfinished_recover_holds(target: Ssh
     assert "inv recover --env prod" in (refused.value.hint or "")
     assert not [line for line in lines if "docker" in line.lower() or "restarting" in line]
     assert marker.exists()
+
+
+def test_deploy_marks_the_host_for_backup_runs_under_the_lock_and_unmarks_it(
+    target: SshTarget,
+) -> None:
+    """The marker scheduled runs skip on (test_maintenance.py): the time it was
+    written, in root's own directory, never through a link."""
+    marker = target.host_path(str(paths.DEPLOY_MARKER))
+    lines: list[str] = []
+    with SshHost(target.target()) as host:
+        before = int(time.time())
+        deploy.mark_deploying(host, lines.append)
+        assert before - 5 <= int(marker.read_text()) <= time.time() + 5
+        assert marker.stat().st_uid == 0
+        deploy.unmark_deploying(host, lines.append)
+        assert not marker.exists()
+
+        elsewhere = target.host_path("/opt/elsewhere")
+        elsewhere.mkdir()
+        marker.parent.rmdir()
+        marker.parent.symlink_to(elsewhere)
+        with pytest.raises(RemoteError) as refused:
+            deploy.mark_deploying(host, lines.append)
+    assert f"cannot write {paths.DEPLOY_MARKER}" in str(refused.value)
+    assert "is a link or not owned by root; refusing to write deploy-in-progress there" in (
+        "\n".join(lines)
+    )
+    assert list(elsewhere.iterdir()) == []

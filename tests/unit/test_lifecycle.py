@@ -728,6 +728,8 @@ def test_deploy_restarts_what_an_earlier_push_left_pending(
     )
     monkeypatch.setattr(mysql_passwords, "set_in_server", lambda *_args: None)
     monkeypatch.setattr(remote, "refuse_unfinished_recover", lambda *_args: None)
+    monkeypatch.setattr(remote, "mark_deploying", lambda *_args: None)
+    monkeypatch.setattr(remote, "unmark_deploying", lambda *_args: None)
     monkeypatch.setattr(remote, "push", lambda *_args: nothing)
     monkeypatch.setattr(remote, "install_cron", lambda *_args: Plan(Scope.CRON, (), ()))
     monkeypatch.setattr(remote, "service_health", lambda *_args: [])
@@ -739,3 +741,59 @@ def test_deploy_restarts_what_an_earlier_push_left_pending(
     assert ups == [("tracker", "prometheus")]
     assert deployed.restarted == ("tracker", "prometheus")
     assert not deployed.changed_nothing
+
+
+@pytest.mark.parametrize("compose_up_fails", [False, True])
+def test_deploy_keeps_backup_runs_off_from_its_push_to_its_compose_up(
+    monkeypatch: pytest.MonkeyPatch, compose_up_fails: bool
+) -> None:
+    """A backup run between the push (a new MySQL password in tracker.toml and
+    backup.conf) and compose up (which gives the server that password) restarted
+    the tracker on a password the server did not have yet (a review). The marker
+    that makes runs skip is written before the push and removed after compose up,
+    whether it succeeded or not. Every remote step is a stand-in here (their host
+    side: tests/integration/test_remote.py, test_maintenance.py)."""
+    from contextlib import nullcontext
+
+    from tracker_deployer.remote.plan import Plan, Scope
+    from tracker_deployer.remote.ssh import Target
+
+    env = parse(sample_data("manual-test-mysql"))
+    steps: list[str] = []
+
+    def step(name: str, result: object = None) -> Any:
+        def run(*_args: object, **_kw: object) -> object:
+            steps.append(name)
+            if name == "compose up" and compose_up_fails:
+                raise RemoteError("`docker compose up` failed")
+            return result
+
+        return run
+
+    monkeypatch.setattr(lifecycle, "target", lambda *_args: Target("10.0.0.5", 22, "t", "/k"))
+    monkeypatch.setattr(lifecycle, "SshHost", lambda _target: nullcontext(object()))
+    monkeypatch.setattr(lifecycle, "sideload", lambda *_args: None)
+    monkeypatch.setattr(lifecycle, "ensure_images", step("images"))
+    monkeypatch.setattr(
+        configure,
+        "apply",
+        lambda *_args: configure.Configured(configure.HostOs("debian", "12", ""), (), ()),
+    )
+    monkeypatch.setattr(mysql_passwords, "set_in_server", step("passwords"))
+    monkeypatch.setattr(remote, "refuse_unfinished_recover", lambda *_args: None)
+    monkeypatch.setattr(remote, "mark_deploying", step("mark"))
+    monkeypatch.setattr(remote, "unmark_deploying", step("unmark"))
+    monkeypatch.setattr(remote, "push", step("push", Plan(Scope.PUSH, (), ())))
+    monkeypatch.setattr(remote, "pending_restart", lambda *_args: ())
+    monkeypatch.setattr(remote, "compose_up", step("compose up"))
+    monkeypatch.setattr(remote, "install_cron", step("install-cron", Plan(Scope.CRON, (), ())))
+    monkeypatch.setattr(remote, "service_health", lambda *_args: [])
+    if compose_up_fails:
+        with pytest.raises(RemoteError):
+            lifecycle.deploy(env, render(env), lambda _line: None)
+        assert steps == ["mark", "push", "images", "passwords", "compose up", "unmark"]
+    else:
+        lifecycle.deploy(env, render(env), lambda _line: None)
+        assert steps == [
+            *("mark", "push", "images", "passwords", "compose up", "unmark", "install-cron")
+        ]

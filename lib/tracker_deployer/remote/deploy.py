@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 
 from tracker_deployer import compose, exit_codes, paths
 from tracker_deployer.config.model import Env
-from tracker_deployer.errors import RemoteError
+from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote.plan import (
     PENDING_RESTART_FILE,
     PROBE_SCRIPT,
@@ -300,6 +300,51 @@ def parse_compose_ps(output: str) -> list[dict[str, str]]:
             }
         )
     return sorted(rows, key=lambda row: row["service"])
+
+
+def marker_script(marker: PurePosixPath) -> str:
+    """Write ``marker`` (this moment, in epoch seconds) into root's own directories
+    only: never through a link or a directory another user owns (on a server prepared
+    by hand, /opt/torrust may be the first user's). POSIX sh."""
+    q = shlex.quote
+    return f"""set -o errexit
+for directory in {q(str(paths.DEPLOY_DIR))} {q(str(marker.parent))}; do
+  if [ -L "$directory" ] || {{ [ -e "$directory" ] && [ "$(stat -c %u -- "$directory")" != 0 ]; }}; then
+    echo "$directory is a link or not owned by root; refusing to write {marker.name} there" >&2
+    exit 1
+  fi
+  if [ ! -e "$directory" ]; then mkdir -m 0755 -- "$directory"; fi
+done
+if [ -L {q(str(marker))} ]; then
+  echo "{marker} is a link; refusing to follow it" >&2
+  exit 1
+fi
+date +%s > {q(str(marker))}
+"""
+
+
+def mark_deploying(host: SshHost, say: Say) -> None:
+    """Scheduled backup runs skip from here until :func:`unmark_deploying` (or until
+    the marker is older than the maintenance script's bound): the push may bring a
+    MySQL password the server gets only later, and a run would restart the tracker
+    on it. Written under the backup lock, so a run in progress ends first."""
+    if _run_locked(host, marker_script(paths.DEPLOY_MARKER), say) != 0:
+        raise RemoteError(
+            f"cannot write {paths.DEPLOY_MARKER} on {host.target.host}; nothing was changed",
+            "see the line above",
+        )
+
+
+def unmark_deploying(host: SshHost, say: Say) -> None:
+    """Backup runs go on again (a failure is said, not raised: it must not hide the
+    deploy's own result; the marker then expires)."""
+    try:
+        done = host.run(f"rm -f -- {shlex.quote(str(paths.DEPLOY_MARKER))}")
+    except DeployError as error:
+        say(f"WARNING: could not remove {paths.DEPLOY_MARKER}: {error}")
+        return
+    if not done.ok:
+        say(f"WARNING: could not remove {paths.DEPLOY_MARKER}: {done.stderr.strip()[:200]}")
 
 
 def unfinished_recover(host: SshHost) -> bool:

@@ -565,7 +565,13 @@ def maintenance_script(
         dump_timeout_seconds=dump_timeout_seconds,
         ready_timeout_seconds=ready_timeout_seconds,
         finish_timeout_seconds=FINISH_TIMEOUT_SECONDS,
+        deploy_marker_max_age_seconds=DEPLOY_MARKER_MAX_AGE_SECONDS,
     )
+
+
+# A deploy marker older than this is a killed deploy's: backup runs go on. A deploy
+# holds it from its push to its compose up (image pulls included).
+DEPLOY_MARKER_MAX_AGE_SECONDS = 1800
 
 
 def offsite_settings(env: Env) -> dict[str, Any] | None:
