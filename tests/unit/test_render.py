@@ -10,6 +10,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -392,6 +393,33 @@ def test_a_render_stopped_between_its_renames_puts_the_earlier_render_back(
     monkeypatch.undo()
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_two_renders_of_one_environment_at_once_both_land_and_leave_nothing_beside(
+    tmp_path: Path,
+) -> None:
+    """Each swapped its tree in over the other's: one failed (Directory not empty)
+    and left a copy of the earlier render, secrets and all, beside the output."""
+    env = parse(sample_data("manual-test-sqlite"))
+    tree = render(env)
+    out = write_tree(tree, tmp_path / "out")
+    failures: list[BaseException] = []
+
+    def again() -> None:
+        try:
+            for _ in range(15):
+                write_tree(tree, out)
+        except BaseException as error:  # collected, asserted below
+            failures.append(error)
+
+    threads = [threading.Thread(target=again) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert failures == []
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert json.loads((out / "manifest.json").read_text())["files"]
 
 
 @pytest.mark.parametrize("script", [paths.MAINTENANCE_SCRIPT, paths.METRICS_SCRIPT])

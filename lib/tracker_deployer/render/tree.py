@@ -3,6 +3,7 @@ mode and owner; and writing it to ``build/NAME`` with its manifest."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -677,8 +678,20 @@ def write_tree(tree: RenderedTree, out_dir: Path) -> Path:
     (:func:`_check_replaceable`); anything else is refused.
     """
     out_dir = out_dir.absolute()
-    _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Two commands rendering one environment at once (deploy and push, say) swapped
+    # their trees in over each other: one failed, leaving a copy of the old render
+    # (secrets and all) beside it. One at a time: a lock on the parent directory.
+    parent = os.open(out_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(parent, fcntl.LOCK_EX)
+        return _write_tree(tree, out_dir)
+    finally:
+        os.close(parent)
+
+
+def _write_tree(tree: RenderedTree, out_dir: Path) -> Path:
+    _check_replaceable(out_dir)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     old: Path | None = None
     try:
@@ -710,7 +723,8 @@ def write_tree(tree: RenderedTree, out_dir: Path) -> Path:
         # Stopped between the two renames: the earlier render goes back in place.
         if old is not None and (old / out_dir.name).exists() and not out_dir.exists():
             (old / out_dir.name).rename(out_dir)
-            old.rmdir()
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
