@@ -831,9 +831,15 @@ def test_a_restore_that_finds_backup_sh_locked_changes_nothing_and_starts_the_tr
         own_lock = stack.backups / ".lock"
         assert own_lock.is_file()
         with _held(own_lock):
+            drilled = verify(stack, set_id)
+            verified_first = restore(stack, set_id, verify_first=True)
             with_safety = restore(stack, set_id)
             without = restore(stack, set_id, skip_safety_backup=True)
+        # The drill could not run: no verdict on the set (it said FAILED).
+        assert drilled.returncode == exit_codes.BACKUP_SH_LOCKED, drilled.stdout
+        assert f"the restore drill did not run: set {set_id} was not verified" in drilled.stdout
         for result, what in (
+            (verified_first, f"set {set_id} was not verified, nothing was changed"),
             (with_safety, "no safety backup was taken, nothing was restored"),
             (without, f"set {set_id} was not loaded"),
         ):
@@ -841,7 +847,9 @@ def test_a_restore_that_finds_backup_sh_locked_changes_nothing_and_starts_the_tr
             assert result.returncode == exit_codes.LOCK_BUSY, output
             assert f"another backup.sh run holds {stack.backups}/.lock: {what}" in result.stdout
             assert "partly" not in result.stdout
-            assert "restore: starting tracker" in result.stdout
+            assert "did not pass verification" not in result.stdout
+            if result is not verified_first:  # stopped only after its verification
+                assert "restore: starting tracker" in result.stdout
         assert not (stack.status_dir / paths.RESTORE_INCOMPLETE_MARKER.name).exists()
         assert _marker_rows(stack) == "1"
         assert "tracker" in stack.running_services()
@@ -849,6 +857,22 @@ def test_a_restore_that_finds_backup_sh_locked_changes_nothing_and_starts_the_tr
         assert stack.run_maintenance().returncode == 0
     finally:
         stack.cleanup()
+
+
+def test_a_sqlite_restore_that_finds_backup_sh_locked_says_so(sqlite_stack: Stack) -> None:
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    [set_id] = stack.sets()
+    database = stack.deploy_dir / "storage/tracker/lib/database"
+    before = sorted(p.name for p in database.iterdir())
+    with _held(stack.backups / ".lock"):
+        result = restore(stack, set_id)
+    assert result.returncode == exit_codes.LOCK_BUSY, result.stdout + result.stderr
+    assert f"holds {stack.backups}/.lock: set {set_id} was not restored, nothing was changed" in (
+        result.stdout
+    )
+    assert sorted(p.name for p in database.iterdir()) == before
+    assert "tracker" in stack.running_services()
 
 
 def test_a_restore_killed_by_a_signal_fails_says_so_and_starts_the_tracker_again(

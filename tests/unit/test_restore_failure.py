@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from tracker_deployer import exit_codes
-from tracker_deployer.remote.backups import VerificationFailed, restore_failure
+from tracker_deployer.remote.backups import VerificationFailed, restore_failure, verify_failure
 
 SET = "20261126_030000"
 
@@ -36,3 +36,20 @@ def test_a_partly_restored_database_names_the_commands_that_go_on() -> None:
     assert "inv restore --env prod --set SET --yes" in error.hint
     rolled = restore_failure(exit_codes.ROLLED_BACK, SET, "203.0.113.10", "prod")
     assert f"inv verify --env prod --set {SET}" in (rolled.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("code", "says", "failed"),
+    [
+        (exit_codes.LOCK_BUSY, "was not verified: the backup lock", False),
+        (exit_codes.BACKUP_SH_LOCKED, "was not verified: another backup.sh run holds", False),
+        (4, "FAILED verification (exit 4)", True),
+    ],
+)
+def test_a_lock_is_no_failed_verification(code: int, says: str, failed: bool) -> None:
+    """A drill that could not run (a lock) said FAILED, do not rely on this set,
+    for a good set (a review)."""
+    error = verify_failure(code, SET, "203.0.113.10")
+    assert says in error.message
+    assert isinstance(error, VerificationFailed) == failed
+    assert ("do not rely on this set" in (error.hint or "")) == failed

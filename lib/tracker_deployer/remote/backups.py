@@ -499,21 +499,33 @@ def verify(host: SshHost, env: Env, wanted: str, say: Say, *, drill: bool = True
         env, backup_set.set_id, drill=drill, lock_wait_seconds=VERIFY_LOCK_WAIT_SECONDS
     )
     result = host.run_script(script, stream=say)
-    if result.exit_code == exit_codes.LOCK_BUSY:
-        raise RemoteError(
-            f"backup set {backup_set.set_id} was not verified: the backup lock "
-            f"{paths.BACKUP_LOCK} on {host.target.host} stayed busy for "
-            f"{VERIFY_LOCK_WAIT_SECONDS} s; nothing was changed",
-            f"wait for the backup run ({paths.BACKUP_LOG}), restore or deploy to finish, "
-            "then run `inv verify` again",
-        )
     if result.exit_code != 0:
-        raise VerificationFailed(
-            f"backup set {backup_set.set_id} FAILED verification (exit {result.exit_code})",
-            "see the lines above; do not rely on this set — take a new backup with "
-            "`inv backup` and verify that",
-        )
+        raise verify_failure(result.exit_code, backup_set.set_id, host.target.host)
     return backup_set
+
+
+def verify_failure(code: int, set_id: str, where: str) -> DeployError:
+    """What the verify script's exit ``code`` means: a set that failed, or a set that
+    was not checked at all (a lock)."""
+    if code == exit_codes.LOCK_BUSY:
+        return RemoteError(
+            f"backup set {set_id} was not verified: the backup lock {paths.BACKUP_LOCK} on "
+            f"{where} stayed busy for {VERIFY_LOCK_WAIT_SECONDS} s; nothing was changed",
+            f"wait for the backup run ({paths.BACKUP_LOG}), restore, deploy or drill to "
+            "finish, then run `inv verify` again",
+        )
+    if code == exit_codes.BACKUP_SH_LOCKED:
+        return RemoteError(
+            f"backup set {set_id} was not verified: another backup.sh run holds the backup "
+            f"directory's own lock ({paths.BACKUP_DIR}/.lock) on {where}; nothing was changed",
+            "one not under the host's backup lock (started by hand?): find it with "
+            "`pgrep -af backup.sh` on the host, let it end, then run `inv verify` again",
+        )
+    return VerificationFailed(
+        f"backup set {set_id} FAILED verification (exit {code})",
+        "see the lines above; do not rely on this set — take a new backup with "
+        "`inv backup` and verify that",
+    )
 
 
 SKIP_SAFETY_BACKUP_FLAG = "--skip-safety-backup"
@@ -601,8 +613,8 @@ def restore_failure(code: int, set_id: str, where: str, env_name: str) -> Deploy
         return RemoteError(
             f"a backup lock on {where} is busy ({paths.BACKUP_LOCK}, held by the process named "
             "above, or the backup directory's own); nothing was changed",
-            f"wait for the backup run ({paths.BACKUP_LOG}), deploy or restore to finish, then run "
-            "`inv restore` again",
+            f"wait for the backup run ({paths.BACKUP_LOG}), deploy, verify, drill or restore to "
+            "finish, then run `inv restore` again",
         )
     if code == exit_codes.NOT_VERIFIED:
         return VerificationFailed(
@@ -889,7 +901,8 @@ def fetch(
         return _fetch_into(host, source, backup_set, sums, raw, root, say)
     except OSError as error:
         raise DeployError(
-            f"writing the set into {root} failed: {error.strerror} ({error.filename})",
+            f"writing the set into {root} failed: {error.strerror or error}"
+            + (f" ({error.filename})" if error.filename else ""),
             "check free space and permissions of --to; run the fetch again to resume",
         ) from None
 

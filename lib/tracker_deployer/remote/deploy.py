@@ -174,8 +174,8 @@ def under_backup_lock(command: str) -> str:
 
 def lock_busy(host: SshHost) -> RemoteError:
     return RemoteError(
-        f"a backup run on {host.target.host} held {paths.BACKUP_LOCK} for more than "
-        f"{LOCK_WAIT_SECONDS} s; nothing was started or restarted",
+        f"a backup run, restore or verify on {host.target.host} held {paths.BACKUP_LOCK} for "
+        f"more than {LOCK_WAIT_SECONDS} s; nothing was started or restarted",
         f"see {paths.BACKUP_LOG} on the host, then run the deploy again",
     )
 
