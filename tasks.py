@@ -124,12 +124,27 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def _before_the_task(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM while Invoke reads the command line: Invoke ended with a
-    silent exit 1 (Ctrl-C), or the process died without a word (SIGTERM)."""
+_TASK_STARTED = threading.Event()
+
+
+def _outside_the_task(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM while Invoke reads the command line (or after the task):
+    Invoke ended with a silent exit 1 (Ctrl-C), or the process died without a word
+    (SIGTERM)."""
     name = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
-    os.write(sys.stderr.fileno(), f"{name} before the task started: nothing was done\n".encode())
+    when = "after the task" if _TASK_STARTED.is_set() else "before the task started"
+    done = "" if _TASK_STARTED.is_set() else ": nothing was done"
+    os.write(sys.stderr.fileno(), f"{name} {when}{done}\n".encode())
     os._exit(128 + signum)
+
+
+def _handle(signum: int, handler: Any) -> Any:
+    """Install ``handler`` for ``signum`` unless the signal is ignored (a script's
+    `inv ... &` starts with SIGINT ignored: the terminal's Ctrl-C is not for it);
+    the handler that was there, or None when nothing changed."""
+    if signal.getsignal(signum) is signal.SIG_IGN:
+        return None
+    return signal.signal(signum, handler)
 
 
 # Only when Invoke runs this file (tests import it too, and keep their own handlers).
@@ -137,12 +152,12 @@ if (
     Path(sys.argv[0]).name in ("inv", "invoke")
     and threading.current_thread() is threading.main_thread()
 ):
-    signal.signal(signal.SIGINT, _before_the_task)
-    signal.signal(signal.SIGTERM, _before_the_task)
+    _handle(signal.SIGINT, _outside_the_task)
+    _handle(signal.SIGTERM, _outside_the_task)
 
 # What an interrupted task that works on a host adds: its step there goes on.
 HOST_STEP_GOES_ON = (
-    "a step already running on the host (a backup, restore, verify, fetch or compose up) "
+    "a script already running on the host (a backup, restore, verify, fetch or compose up) "
     "goes on there to its end; `inv status --env NAME` and `inv backups --env NAME` show "
     "the host"
 )
@@ -154,8 +169,9 @@ def _errors(on_host: bool = False) -> Iterator[None]:
     one too: it is raised where the task is, so its cleanup runs as for Ctrl-C.
     ``on_host``: the task runs steps on a host, which an interrupt does not stop."""
     main = threading.current_thread() is threading.main_thread()
-    before = signal.signal(signal.SIGTERM, _terminate) if main else None
-    before_int = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
+    _TASK_STARTED.set()
+    before = _handle(signal.SIGTERM, _terminate) if main else None
+    before_int = _handle(signal.SIGINT, signal.default_int_handler) if main else None
     hint = f" — hint: {HOST_STEP_GOES_ON}" if on_host else ""
     try:
         yield
@@ -393,7 +409,7 @@ def register(c: Context, env: str = "", host: str = "", port: str = "") -> None:
 )
 def configure(c: Context, env: str = "", where: _Host = ANY_HOST, dry_run: bool = False) -> None:
     """Install Docker, Compose v2, cron, log rotation, upgrades, firewall (idempotent)."""
-    with _errors(on_host=True):
+    with _errors():
         parsed = _load(env)
         if dry_run:
             print(f"dry run of configure for {parsed.name}: nothing is changed")

@@ -233,8 +233,8 @@ def test_a_fifo_as_the_config_is_refused_at_once(tmp_path: Path) -> None:
 
 
 def test_sigterm_is_a_failure_with_one_line_and_no_traceback(tmp_path: Path) -> None:
-    """A host that accepts the connection and never speaks: configure waits for its
-    SSH banner until SIGTERM comes."""
+    """A host that accepts the connection and never speaks: `inv backups` waits for
+    its SSH banner until SIGTERM comes."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
@@ -244,7 +244,7 @@ def test_sigterm_is_a_failure_with_one_line_and_no_traceback(tmp_path: Path) -> 
         config.write_text(json.dumps(data))
         process = subprocess.Popen(
             [
-                *(str(Path(sys.executable).with_name("inv")), "configure", "--env", str(config)),
+                *(str(Path(sys.executable).with_name("inv")), "backups", "--env", str(config)),
                 *("--host", "127.0.0.1", "--known-hosts", str(tmp_path / "known_hosts")),
             ],
             stdout=subprocess.PIPE,
@@ -261,7 +261,7 @@ def test_sigterm_is_a_failure_with_one_line_and_no_traceback(tmp_path: Path) -> 
             _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr
     assert "Traceback" not in stderr
-    assert "terminated (SIGTERM) — hint: a step already running on the host" in stderr
+    assert "terminated (SIGTERM) — hint: a script already running on the host" in stderr
     assert "goes on there to its end" in stderr
 
 
@@ -295,6 +295,32 @@ def test_a_signal_before_the_task_starts_is_a_failure_that_says_so(
     )
     assert done.returncode == code, done.stderr
     assert done.stderr == f"{said}\n"
+
+
+def test_an_ignored_sigint_stays_ignored() -> None:
+    """`inv ... &` in a script starts with SIGINT ignored: the terminal's Ctrl-C is
+    not for it, and must not end it (a review)."""
+    program = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "sys.argv[0] = 'inv'\n"
+        "import tasks\n"
+        "with tasks._errors():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.2)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(0.2)\n"
+        "print('still here')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "still here\n", "")
 
 
 @pytest.mark.parametrize("wanted", ["../../etc", "bad id", "x\x1b[2J", "20261399_999999"])
