@@ -130,9 +130,11 @@ def _write_private(path: Path, content: str | bytes, mode: int) -> None:
             os.fchmod(handle.fileno(), mode)
             handle.write(content.encode() if isinstance(content, str) else content)
         Path(temporary).replace(path)
-    except OSError as error:
+    except BaseException as error:  # Ctrl-C too: its temporary file goes
         if temporary is not None:
             Path(temporary).unlink(missing_ok=True)
+        if not isinstance(error, OSError):
+            raise
         raise DeployError(
             f"cannot write {path}: {error.strerror or error}",
             f"check free space and permissions in {path.parent}, then run the command again",

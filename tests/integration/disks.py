@@ -7,6 +7,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 
 @contextlib.contextmanager
 def small_disk(path: Path) -> Iterator[Path]:
@@ -19,3 +21,12 @@ def small_disk(path: Path) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Fill ``disk`` until a write fails with ENOSPC."""
+    with (disk / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 4096)
+    with pytest.raises(OSError, match="No space left on device"):
+        (disk / "probe").write_bytes(b"\0" * 4096)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 from tracker_deployer.render.tree import metrics_script
 
-from tests.integration.disks import small_disk
+from tests.integration.disks import fill, small_disk
 from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -165,15 +164,6 @@ def test_a_planted_set_name_that_is_no_date_is_skipped_not_fatal(
 
     assert samples["tracker_backup_local_sets"] == 1
     assert samples["tracker_backup_newest_set_timestamp_seconds"] == epoch("2026-01-01T00:00:00Z")
-
-
-def fill(disk: Path) -> None:
-    """Fill ``disk`` until a write fails with ENOSPC."""
-    with (disk / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
-        while True:
-            filler.write(b"\0" * 4096)
-    with pytest.raises(OSError, match="No space left on device"):
-        (disk / "probe").write_bytes(b"\0" * 4096)
 
 
 def test_a_full_disk_never_leaves_the_last_success_standing(

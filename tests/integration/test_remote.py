@@ -27,7 +27,7 @@ from tracker_deployer.remote.ssh import SshHost, detached_command
 from tracker_deployer.render.tree import operation_script
 
 from tests.helpers import REPO_ROOT, sample_data
-from tests.integration.disks import small_disk
+from tests.integration.disks import fill, small_disk
 from tests.integration.ssh_target import SUDO_USER, SshTarget, require_tools
 
 pytestmark = pytest.mark.integration
@@ -198,6 +198,29 @@ def test_a_full_disk_here_during_a_download_is_this_machines_error_not_the_hosts
         assert raised.value.errno == errno.ENOSPC
         host.download("/opt/big.bin", tmp_path / "big.bin")  # the host itself is fine
     assert (tmp_path / "big.bin").read_bytes() == big.read_bytes()
+
+
+def test_fetch_backup_onto_a_full_disk_names_this_machines_disk(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    """It said the host had failed (exit 3, no hint); then "(None)" for the file."""
+    env = write_env(tmp_path, target.env_data(sample_data("manual-test-sqlite"), user=SUDO_USER))
+    make_sqlite_set(target.host_path("/opt/torrust/storage/backup"), tmp_path / "w", "gzip")
+    with small_disk(tmp_path / "full") as full:
+        (full / "sets").mkdir()
+        fill(full)
+        result = inv(
+            *("fetch-backup", "--env", str(env), "--known-hosts", str(target.known_hosts)),
+            *("--to", str(full / "sets")),
+        )
+        left = [p for p in (full / "sets").rglob("*") if not p.is_dir()]
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"error: writing the set into {full / 'sets'} failed: No space left on device — " in (
+        result.stderr
+    )
+    assert "(None)" not in result.stderr
+    assert "check free space and permissions of --to" in result.stderr
+    assert left == []  # no .part, no manifest: nothing that looks like a set
 
 
 def test_install_cron_installs_valid_files_and_removes_them_when_backup_is_off(

@@ -136,6 +136,24 @@ def test_a_host_record_that_cannot_be_written_names_the_file(tmp_path: Path) -> 
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
+def test_a_host_record_write_interrupted_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    record = state.HostRecord("existing", "10.0.0.1", 22, "")
+    path = state.write_record("prod", record, environ)
+
+    def interrupted(*_args: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the record is written
+
+    monkeypatch.setattr(os, "fchmod", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        state.write_record("prod", state.HostRecord("existing", "10.0.0.2", 22, ""), environ)
+    monkeypatch.undo()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert state.read_record("prod", environ) == record
+
+
 def test_a_broken_host_record_is_a_clear_error(tmp_path: Path) -> None:
     environ = {"XDG_STATE_HOME": str(tmp_path)}
     path = state.record_path("x", environ)

@@ -358,6 +358,7 @@ def test_a_push_that_changes_a_mounted_config_records_the_restart_it_needs(
     assert "pending" not in render_apply_script(unchanged, "/tmp/upload", ())
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the apply script chowns to root (CI runs as root)")
 def test_a_push_cut_off_after_a_mounted_config_changed_still_leaves_its_restart(
     tmp_path: Path,
 ) -> None:
