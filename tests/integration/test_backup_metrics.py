@@ -53,6 +53,10 @@ class Metrics:
     def write(self) -> dict[str, float]:
         result = subprocess.run([str(self.script)], capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
+        return self.read()
+
+    def read(self) -> dict[str, float]:
+        """The samples of the output file (checked by promtool)."""
         text = self.output.read_text()
         check = subprocess.run(
             [promtool(), "check", "metrics"], input=text, capture_output=True, text=True
@@ -164,6 +168,30 @@ def test_a_planted_set_name_that_is_no_date_is_skipped_not_fatal(
 
     assert samples["tracker_backup_local_sets"] == 1
     assert samples["tracker_backup_newest_set_timestamp_seconds"] == epoch("2026-01-01T00:00:00Z")
+
+
+def test_a_run_refused_for_an_unsafe_status_directory_shows_as_failed(
+    sqlite_stack: Stack, tmp_path: Path
+) -> None:
+    """Every run refuses it (exit 77) and records nothing there: the metrics kept the
+    last success, and no alert fired until BackupMissing (a review). Nothing is read
+    through it; the run shows as failed, exit 77, and BackupFailed can fire."""
+    stack = sqlite_stack
+    metrics = Metrics(stack, tmp_path / "metrics")
+    shutil.copy(metrics.script, stack.metrics_script)  # the maintenance script runs it
+    assert stack.run_maintenance().returncode == 0
+    assert metrics.read()["tracker_backup_last_run_success"] == 1
+    stack.status_dir.chmod(0o777)
+    refused = stack.run_maintenance()
+    assert refused.returncode == 77, refused.stdout + refused.stderr
+    samples = metrics.read()
+    assert samples["tracker_backup_last_run_success"] == 0
+    assert samples["tracker_backup_last_run_exit_code"] == 77
+    assert "tracker_backup_last_success_timestamp_seconds" not in samples
+    assert samples["tracker_backup_local_sets"] == 1
+    assert metrics.write()["tracker_backup_last_run_success"] == 0  # run on its own too
+    stack.status_dir.chmod(0o755)
+    assert metrics.write()["tracker_backup_last_run_success"] == 1
 
 
 def test_a_full_disk_never_leaves_the_last_success_standing(
