@@ -284,6 +284,17 @@ class Deployed:
         )
 
 
+def _password_files_changed(pushed: Plan | None) -> bool:
+    """Whether a push (None: one that did not end) may have changed a file a MySQL
+    password reaches."""
+    if pushed is None:
+        return True
+    return any(
+        step.path in remote.PASSWORD_FILES and step.change is not Change.UNCHANGED
+        for step in pushed.steps
+    )
+
+
 def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_HOST) -> Deployed:
     clock = PhaseClock(say)
     with clock.phase("provision"):
@@ -299,9 +310,14 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
         remote.refuse_unfinished_recover(connection, env.name, "a deploy")
         with clock.phase("configure"):
             configured = configuring.apply(connection, env, say)
-        # From the push to compose up, scheduled backup runs skip: the files may hold
-        # a MySQL password the server gets only at compose up.
-        remote.mark_deploying(connection, say)
+        # MySQL: from the push until the server has the config's passwords, the files
+        # may hold one it does not have yet, and a backup run would restart the
+        # tracker on them. Scheduled runs skip meanwhile; should the deploy fail in
+        # between after the push changed such a file, they refuse until one succeeds.
+        guarded = env.uses_mysql
+        if guarded:
+            remote.mark_deploying(connection)
+        pushed = None
         try:
             with clock.phase("push"):
                 pushed = remote.push(connection, tree, say)
@@ -311,6 +327,9 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
                 # Last before compose up, which recreates MySQL with the new .env (MySQL
                 # ignores it) and restarts the tracker on its new tracker.toml.
                 mysql_passwords.set_in_server(connection, env, say)
+                if guarded:
+                    guarded = False
+                    remote.unmark_deploying(connection, say)
                 changed = services_to_restart(
                     step.path
                     for step in pushed.steps
@@ -321,8 +340,10 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
                 pending = remote.pending_restart(connection)
                 restart = tuple(name for name in RESTARTABLE if name in {*changed, *pending})
                 remote.compose_up(connection, restart, say, env_name=env.name)
-        finally:
-            remote.unmark_deploying(connection, say)
+        except BaseException:
+            if guarded:
+                remote.unmark_deploying(connection, say, failed=_password_files_changed(pushed))
+            raise
         with clock.phase("install-cron"):
             cron = remote.install_cron(connection, tree, say)
         with clock.phase("health"):

@@ -20,7 +20,7 @@ import pytest
 from tracker_deployer import paths
 from tracker_deployer.remote.backups import format_last_run, parse_inventory
 from tracker_deployer.render import inventory_script, render
-from tracker_deployer.render.tree import DEPLOY_MARKER_MAX_AGE_SECONDS
+from tracker_deployer.render.tree import DEPLOY_FAILED, DEPLOY_MARKER_MAX_AGE_SECONDS
 
 from tests.helpers import parse, sample_data
 from tests.integration.stack import (
@@ -273,6 +273,26 @@ def test_a_run_skips_while_a_deploy_changes_the_stack_and_not_after_its_marker_e
         stack.log_file.read_text()
     )
     assert len(stack.sets()) == 1
+
+    # A deploy that failed with the server behind the pushed files: refused until
+    # a deploy succeeds (it removes the marker).
+    marker.write_text(f"{DEPLOY_FAILED}\n")
+    refused = stack.run_maintenance()
+    assert refused.returncode == 77, refused.stdout + refused.stderr
+    assert (
+        "a deploy failed after it pushed files that may hold a MySQL password"
+        in (stack.status()["reason"])
+    )
+    assert f"run inv deploy --env {stack.env.name} again" in stack.status()["reason"]
+    assert len(stack.sets()) == 1
+    assert "tracker" in stack.running_services()
+
+    # Whatever else stands at its name is not waited for (a FIFO would block a read).
+    marker.unlink()
+    os.mkfifo(marker)
+    fifo = stack.run_maintenance(timeout=300)
+    assert fifo.returncode == 0, fifo.stdout + fifo.stderr
+    assert len(stack.sets()) == 2
 
 
 def test_a_backup_container_that_fails_before_it_is_ready_never_stops_the_tracker(

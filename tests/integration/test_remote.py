@@ -964,25 +964,38 @@ def test_deploy_marks_the_host_for_backup_runs_under_the_lock_and_unmarks_it(
     target: SshTarget,
 ) -> None:
     """The marker scheduled runs skip on (test_maintenance.py): the time it was
-    written, in root's own directory, never through a link."""
+    written, in root's own directories (made so, as the push makes them), never
+    through a link, and replacing whatever stands at its name unopened."""
     marker = target.host_path(str(paths.DEPLOY_MARKER))
+    deploy_dir = target.host_path(str(paths.DEPLOY_DIR))
     lines: list[str] = []
     with SshHost(target.target()) as host:
+        deploy_dir.mkdir(parents=True)
+        os.chown(deploy_dir, 1000, 1000)  # a host prepared by hand: the first user's
+        marker.parent.mkdir()
+        marker.parent.chmod(0o777)
+        os.mkfifo(marker)  # planted: writing to it would wait forever
         before = int(time.time())
-        deploy.mark_deploying(host, lines.append)
+        deploy.mark_deploying(host)
         assert before - 5 <= int(marker.read_text()) <= time.time() + 5
-        assert marker.stat().st_uid == 0
+        assert (marker.stat().st_uid, stat.S_IMODE(marker.stat().st_mode)) == (0, 0o644)
+        for directory in (deploy_dir, marker.parent):
+            info = directory.stat()
+            assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o755)
         deploy.unmark_deploying(host, lines.append)
         assert not marker.exists()
+        deploy.unmark_deploying(host, lines.append, failed=True)
+        assert marker.read_text() == "failed\n"
 
         elsewhere = target.host_path("/opt/elsewhere")
         elsewhere.mkdir()
+        for child in marker.parent.iterdir():
+            child.unlink()
         marker.parent.rmdir()
         marker.parent.symlink_to(elsewhere)
         with pytest.raises(RemoteError) as refused:
-            deploy.mark_deploying(host, lines.append)
+            deploy.mark_deploying(host)
     assert f"cannot write {paths.DEPLOY_MARKER}" in str(refused.value)
-    assert "is a link or not owned by root; refusing to write deploy-in-progress there" in (
-        "\n".join(lines)
-    )
+    assert "is a link; refusing to write deploy-in-progress through it" in str(refused.value)
     assert list(elsewhere.iterdir()) == []
+    assert lines == []

@@ -386,6 +386,16 @@ def test_an_unfinished_recover_is_a_warning(tmp_path: Path) -> None:
     )
 
 
+def test_a_deploy_that_failed_in_its_password_window_is_a_warning(tmp_path: Path) -> None:
+    """Every backup run refuses then (exit 77) until a deploy succeeds."""
+    status = _status_dir(tmp_path, **{paths.DEPLOY_MARKER.name: "failed\n"})
+    [warning] = status_warnings(_host_inventory(status, tmp_path / "gone").last_run)
+    assert warning.startswith("WARNING: a deploy failed after it pushed files")
+    assert "inv deploy --env NAME" in warning
+    (status / paths.DEPLOY_MARKER.name).write_text("1733500000\n")  # one in progress
+    assert status_warnings(_host_inventory(status, tmp_path / "gone").last_run) == []
+
+
 def test_a_host_clock_far_from_this_machines_is_a_warning() -> None:
     now = datetime(2026, 12, 1, tzinfo=UTC)
     ahead = parse_inventory(f"NOW\t{int(now.timestamp()) + 400 * 86400}")

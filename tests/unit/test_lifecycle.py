@@ -761,29 +761,58 @@ def test_deploy_restarts_what_an_earlier_push_left_pending(
     assert not deployed.changed_nothing
 
 
-@pytest.mark.parametrize("compose_up_fails", [False, True])
-def test_deploy_keeps_backup_runs_off_from_its_push_to_its_compose_up(
-    monkeypatch: pytest.MonkeyPatch, compose_up_fails: bool
+@pytest.mark.parametrize(
+    ("database", "fails", "password_file_changed", "steps"),
+    [
+        (
+            "mysql",
+            None,
+            True,
+            ["mark", "push", "images", "passwords", "unmark", "compose up", "install-cron"],
+        ),
+        (
+            "mysql",
+            "compose up",
+            True,
+            ["mark", "push", "images", "passwords", "unmark", "compose up"],
+        ),
+        ("mysql", "images", True, ["mark", "push", "images", "unmark (failed)"]),
+        ("mysql", "images", False, ["mark", "push", "images", "unmark"]),
+        ("mysql", "push", True, ["mark", "push", "unmark (failed)"]),
+        ("sqlite3", "images", True, ["push", "images"]),
+    ],
+)
+def test_deploy_keeps_backup_runs_off_until_the_server_has_the_pushed_passwords(
+    monkeypatch: pytest.MonkeyPatch,
+    database: str,
+    fails: str | None,
+    password_file_changed: bool,
+    steps: list[str],
 ) -> None:
     """A backup run between the push (a new MySQL password in tracker.toml and
-    backup.conf) and compose up (which gives the server that password) restarted
-    the tracker on a password the server did not have yet (a review). The marker
-    that makes runs skip is written before the push and removed after compose up,
-    whether it succeeded or not. Every remote step is a stand-in here (their host
-    side: tests/integration/test_remote.py, test_maintenance.py)."""
+    backup.conf) and the password's change in the server restarted the tracker on a
+    password the server did not have yet (a review). The marker that makes runs skip
+    is written before the push and removed once the server has the passwords; a
+    deploy that fails in between, after its push changed such a file (or a push cut
+    off), leaves it as "failed": runs refuse until a deploy succeeds. SQLite has no
+    such window. Every remote step is a stand-in here (their host side:
+    tests/integration/test_remote.py, test_maintenance.py)."""
     from contextlib import nullcontext
 
-    from tracker_deployer.remote.plan import Plan, Scope
+    from tracker_deployer import paths
+    from tracker_deployer.remote.plan import Change, FileStep, Plan, Scope
     from tracker_deployer.remote.ssh import Target
 
-    env = parse(sample_data("manual-test-mysql"))
-    steps: list[str] = []
+    env = parse(sample_data("manual-test-mysql" if database == "mysql" else "manual-test-sqlite"))
+    pushed_path = paths.TRACKER_CONFIG if password_file_changed else paths.PROMETHEUS_CONFIG
+    pushed = Plan(Scope.PUSH, (), (FileStep(Change.UPDATE, pushed_path),))
+    done: list[str] = []
 
     def step(name: str, result: object = None) -> Any:
-        def run(*_args: object, **_kw: object) -> object:
-            steps.append(name)
-            if name == "compose up" and compose_up_fails:
-                raise RemoteError("`docker compose up` failed")
+        def run(*_args: object, **kw: object) -> object:
+            done.append(f"{name} (failed)" if kw.get("failed") else name)
+            if name == fails:
+                raise RemoteError(f"{name} failed")
             return result
 
         return run
@@ -797,21 +826,21 @@ def test_deploy_keeps_backup_runs_off_from_its_push_to_its_compose_up(
         "apply",
         lambda *_args: configure.Configured(configure.HostOs("debian", "12", ""), (), ()),
     )
-    monkeypatch.setattr(mysql_passwords, "set_in_server", step("passwords"))
+    if database == "mysql":
+        monkeypatch.setattr(mysql_passwords, "set_in_server", step("passwords"))
+    else:
+        monkeypatch.setattr(mysql_passwords, "set_in_server", lambda *_args: None)
     monkeypatch.setattr(remote, "refuse_unfinished_recover", lambda *_args: None)
     monkeypatch.setattr(remote, "mark_deploying", step("mark"))
     monkeypatch.setattr(remote, "unmark_deploying", step("unmark"))
-    monkeypatch.setattr(remote, "push", step("push", Plan(Scope.PUSH, (), ())))
+    monkeypatch.setattr(remote, "push", step("push", pushed))
     monkeypatch.setattr(remote, "pending_restart", lambda *_args: ())
     monkeypatch.setattr(remote, "compose_up", step("compose up"))
     monkeypatch.setattr(remote, "install_cron", step("install-cron", Plan(Scope.CRON, (), ())))
     monkeypatch.setattr(remote, "service_health", lambda *_args: [])
-    if compose_up_fails:
+    if fails:
         with pytest.raises(RemoteError):
             lifecycle.deploy(env, render(env), lambda _line: None)
-        assert steps == ["mark", "push", "images", "passwords", "compose up", "unmark"]
     else:
         lifecycle.deploy(env, render(env), lambda _line: None)
-        assert steps == [
-            *("mark", "push", "images", "passwords", "compose up", "unmark", "install-cron")
-        ]
+    assert done == steps

@@ -315,6 +315,12 @@ def status_warnings(run: Mapping[str, str]) -> list[str]:
             f"partly restored ({paths.RESTORE_INCOMPLETE_MARKER}): the tracker is not started "
             "on it and no backup is taken of it; finish it: inv restore --env NAME --set SET --yes"
         )
+    if run.get("deploy_failed"):
+        lines.append(
+            f"WARNING: a deploy failed after it pushed files that may hold a MySQL password the "
+            f"server does not have yet ({paths.DEPLOY_MARKER}): every backup run refuses "
+            "(exit 77) until a deploy succeeds; run: inv deploy --env NAME"
+        )
     if run.get("recover_unfinished"):
         lines.append(
             f"WARNING: an `inv recover` of this host has not finished ({paths.RECOVER_MARKER}): "

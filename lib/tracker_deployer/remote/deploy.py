@@ -32,6 +32,7 @@ from tracker_deployer.remote.plan import (
 )
 from tracker_deployer.remote.ssh import SshHost, Target
 from tracker_deployer.render import RenderedTree
+from tracker_deployer.render.tree import DEPLOY_FAILED
 from tracker_deployer.say import Say, printable
 from tracker_deployer.topology import derive
 
@@ -302,49 +303,64 @@ def parse_compose_ps(output: str) -> list[dict[str, str]]:
     return sorted(rows, key=lambda row: row["service"])
 
 
-def marker_script(marker: PurePosixPath) -> str:
-    """Write ``marker`` (this moment, in epoch seconds) into root's own directories
-    only: never through a link or a directory another user owns (on a server prepared
-    by hand, /opt/torrust may be the first user's). POSIX sh."""
+def marker_script(marker: PurePosixPath, content: str = '"$(date +%s)"') -> str:
+    """Write ``marker`` as root, holding ``content`` (a shell word; default: this
+    moment in epoch seconds). Its directories are made root's, 0755, as the push
+    makes them, never through a link; the file is replaced whole (a temporary file
+    renamed over it: nothing another user planted there is opened). POSIX sh."""
     q = shlex.quote
     return f"""set -o errexit
 for directory in {q(str(paths.DEPLOY_DIR))} {q(str(marker.parent))}; do
-  if [ -L "$directory" ] || {{ [ -e "$directory" ] && [ "$(stat -c %u -- "$directory")" != 0 ]; }}; then
-    echo "$directory is a link or not owned by root; refusing to write {marker.name} there" >&2
+  if [ -L "$directory" ]; then
+    echo "$directory is a link; refusing to write {marker.name} through it" >&2
     exit 1
   fi
-  if [ ! -e "$directory" ]; then mkdir -m 0755 -- "$directory"; fi
+  install -d -o 0 -g 0 -m 0755 -- "$directory"
 done
-if [ -L {q(str(marker))} ]; then
-  echo "{marker} is a link; refusing to follow it" >&2
-  exit 1
-fi
-date +%s > {q(str(marker))}
+tmp="$(mktemp {q(str(marker))}.XXXXXX)"
+printf '%s\\n' {content} > "$tmp"
+chmod 0644 -- "$tmp"
+mv -f -- "$tmp" {q(str(marker))}
 """
 
 
-def mark_deploying(host: SshHost, say: Say) -> None:
+# The pushed files a changed MySQL password reaches (the server gets it later).
+PASSWORD_FILES = frozenset({paths.TRACKER_CONFIG, paths.BACKUP_CONF, paths.DOTENV_FILE})
+
+
+def mark_deploying(host: SshHost) -> None:
     """Scheduled backup runs skip from here until :func:`unmark_deploying` (or until
     the marker is older than the maintenance script's bound): the push may bring a
     MySQL password the server gets only later, and a run would restart the tracker
     on it. Written under the backup lock, so a run in progress ends first."""
-    if _run_locked(host, marker_script(paths.DEPLOY_MARKER), say) != 0:
+    result = host.run(under_backup_lock(marker_script(paths.DEPLOY_MARKER)), timeout=600)
+    if result.exit_code == exit_codes.LOCK_BUSY:
+        raise lock_busy(host)
+    if not result.ok:
         raise RemoteError(
-            f"cannot write {paths.DEPLOY_MARKER} on {host.target.host}; nothing was changed",
-            "see the line above",
+            f"cannot write {paths.DEPLOY_MARKER} on {host.target.host}: "
+            f"{result.stderr.strip()[:300]}; nothing was pushed",
+            f"make {paths.DEPLOY_DIR} and {paths.DEPLOY_MARKER.parent} directories, not links",
         )
 
 
-def unmark_deploying(host: SshHost, say: Say) -> None:
-    """Backup runs go on again (a failure is said, not raised: it must not hide the
-    deploy's own result; the marker then expires)."""
+def unmark_deploying(host: SshHost, say: Say, *, failed: bool = False) -> None:
+    """Backup runs go on again; ``failed``: the deploy failed while the files may hold
+    a MySQL password the server does not have, so runs refuse (exit 77) until a deploy
+    succeeds. A failure to do either is said, not raised (it must not hide the
+    deploy's own result; an unchanged marker expires)."""
+    marker = paths.DEPLOY_MARKER
+    command = (
+        marker_script(marker, DEPLOY_FAILED) if failed else f"rm -f -- {shlex.quote(str(marker))}"
+    )
     try:
-        done = host.run(f"rm -f -- {shlex.quote(str(paths.DEPLOY_MARKER))}")
-    except DeployError as error:
-        say(f"WARNING: could not remove {paths.DEPLOY_MARKER}: {error}")
+        done = host.run(command)
+    except (DeployError, OSError) as error:
+        say(f"WARNING: could not {'mark' if failed else 'remove'} {marker}: {error}")
         return
     if not done.ok:
-        say(f"WARNING: could not remove {paths.DEPLOY_MARKER}: {done.stderr.strip()[:200]}")
+        what = "mark" if failed else "remove"
+        say(f"WARNING: could not {what} {marker}: {done.stderr.strip()[:200]}")
 
 
 def unfinished_recover(host: SshHost) -> bool:

@@ -522,6 +522,7 @@ def inventory_script(
         backup_image=backup_image,
         set_id_pattern=SET_ID.pattern,
         listing_shell=backup_listing_shell(),
+        deploy_failed=DEPLOY_FAILED,
     )
 
 
@@ -567,12 +568,16 @@ def maintenance_script(
         ready_timeout_seconds=ready_timeout_seconds,
         finish_timeout_seconds=FINISH_TIMEOUT_SECONDS,
         deploy_marker_max_age_seconds=DEPLOY_MARKER_MAX_AGE_SECONDS,
+        deploy_failed=DEPLOY_FAILED,
     )
 
 
 # A deploy marker older than this is a killed deploy's: backup runs go on. A deploy
-# holds it from its push to its compose up (image pulls included).
+# holds it from its push until the MySQL server has the config's passwords (image
+# pulls included).
 DEPLOY_MARKER_MAX_AGE_SECONDS = 1800
+# The marker's content once a deploy failed in that window: runs refuse until one succeeds.
+DEPLOY_FAILED = "failed"
 
 
 def offsite_settings(env: Env) -> dict[str, Any] | None:
