@@ -265,6 +265,18 @@ def test_sigterm_is_a_failure_with_one_line_and_no_traceback(tmp_path: Path) -> 
     assert "goes on there to its end" in stderr
 
 
+def _python(program: str) -> subprocess.CompletedProcess[str]:
+    """``program`` in a Python of its own, in the repository (it imports tasks)."""
+    return subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize(
     ("signum", "code", "said"),
     [
@@ -285,14 +297,7 @@ def test_a_signal_before_the_task_starts_is_a_failure_that_says_so(
         f"os.kill(os.getpid(), {int(signum)})\n"
         "time.sleep(30)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO_ROOT,
-        timeout=60,
-    )
+    done = _python(program)
     assert done.returncode == code, done.stderr
     assert done.stderr == f"{said}\n"
 
@@ -312,14 +317,7 @@ def test_an_ignored_sigint_stays_ignored() -> None:
         "time.sleep(0.2)\n"
         "print('still here')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO_ROOT,
-        timeout=60,
-    )
+    done = _python(program)
     assert (done.returncode, done.stdout, done.stderr) == (0, "still here\n", "")
 
 
