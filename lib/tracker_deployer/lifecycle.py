@@ -315,8 +315,7 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
         # tracker on them. Scheduled runs skip meanwhile; should the deploy fail in
         # between after the push changed such a file, they refuse until one succeeds.
         guarded = env.uses_mysql
-        if guarded:
-            remote.mark_deploying(connection)
+        failed_before = remote.mark_deploying(connection) if guarded else False
         pushed = None
         try:
             with clock.phase("push"):
@@ -327,9 +326,9 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
                 # Last before compose up, which recreates MySQL with the new .env (MySQL
                 # ignores it) and restarts the tracker on its new tracker.toml.
                 mysql_passwords.set_in_server(connection, env, say)
-                if guarded:
-                    guarded = False
-                    remote.unmark_deploying(connection, say)
+                # (SQLite has no such window; a marker of its MySQL days goes too.)
+                guarded = False
+                remote.unmark_deploying(connection, say)
                 changed = services_to_restart(
                     step.path
                     for step in pushed.steps
@@ -342,7 +341,8 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
                 remote.compose_up(connection, restart, say, env_name=env.name)
         except BaseException:
             if guarded:
-                remote.unmark_deploying(connection, say, failed=_password_files_changed(pushed))
+                failed = failed_before or _password_files_changed(pushed)
+                remote.unmark_deploying(connection, say, failed=failed)
             raise
         with clock.phase("install-cron"):
             cron = remote.install_cron(connection, tree, say)

@@ -976,7 +976,7 @@ def test_deploy_marks_the_host_for_backup_runs_under_the_lock_and_unmarks_it(
         marker.parent.chmod(0o777)
         os.mkfifo(marker)  # planted: writing to it would wait forever
         before = int(time.time())
-        deploy.mark_deploying(host)
+        assert deploy.mark_deploying(host) is False
         assert before - 5 <= int(marker.read_text()) <= time.time() + 5
         assert (marker.stat().st_uid, stat.S_IMODE(marker.stat().st_mode)) == (0, 0o644)
         for directory in (deploy_dir, marker.parent):
@@ -985,6 +985,9 @@ def test_deploy_marks_the_host_for_backup_runs_under_the_lock_and_unmarks_it(
         deploy.unmark_deploying(host, lines.append)
         assert not marker.exists()
         deploy.unmark_deploying(host, lines.append, failed=True)
+        assert marker.read_text() == "failed\n"
+        # a retry keeps it so until the server has the passwords (then unmark)
+        assert deploy.mark_deploying(host) is True
         assert marker.read_text() == "failed\n"
 
         elsewhere = target.host_path("/opt/elsewhere")

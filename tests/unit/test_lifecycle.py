@@ -762,24 +762,31 @@ def test_deploy_restarts_what_an_earlier_push_left_pending(
 
 
 @pytest.mark.parametrize(
-    ("database", "fails", "password_file_changed", "steps"),
+    ("database", "fails", "password_file_changed", "failed_before", "steps"),
     [
         (
             "mysql",
             None,
             True,
+            False,
             ["mark", "push", "images", "passwords", "unmark", "compose up", "install-cron"],
         ),
         (
             "mysql",
             "compose up",
             True,
+            False,
             ["mark", "push", "images", "passwords", "unmark", "compose up"],
         ),
-        ("mysql", "images", True, ["mark", "push", "images", "unmark (failed)"]),
-        ("mysql", "images", False, ["mark", "push", "images", "unmark"]),
-        ("mysql", "push", True, ["mark", "push", "unmark (failed)"]),
-        ("sqlite3", "images", True, ["push", "images"]),
+        ("mysql", "images", True, False, ["mark", "push", "images", "unmark (failed)"]),
+        ("mysql", "images", False, False, ["mark", "push", "images", "unmark"]),
+        # a retry of a deploy that failed: its push changes nothing, the files still
+        # hold the password the server lacks
+        ("mysql", "images", False, True, ["mark", "push", "images", "unmark (failed)"]),
+        ("mysql", "push", True, False, ["mark", "push", "unmark (failed)"]),
+        ("sqlite3", "images", True, False, ["push", "images"]),
+        # a marker of its MySQL days goes
+        ("sqlite3", None, True, False, ["push", "images", "unmark", "compose up", "install-cron"]),
     ],
 )
 def test_deploy_keeps_backup_runs_off_until_the_server_has_the_pushed_passwords(
@@ -787,6 +794,7 @@ def test_deploy_keeps_backup_runs_off_until_the_server_has_the_pushed_passwords(
     database: str,
     fails: str | None,
     password_file_changed: bool,
+    failed_before: bool,
     steps: list[str],
 ) -> None:
     """A backup run between the push (a new MySQL password in tracker.toml and
@@ -831,7 +839,7 @@ def test_deploy_keeps_backup_runs_off_until_the_server_has_the_pushed_passwords(
     else:
         monkeypatch.setattr(mysql_passwords, "set_in_server", lambda *_args: None)
     monkeypatch.setattr(remote, "refuse_unfinished_recover", lambda *_args: None)
-    monkeypatch.setattr(remote, "mark_deploying", step("mark"))
+    monkeypatch.setattr(remote, "mark_deploying", step("mark", failed_before))
     monkeypatch.setattr(remote, "unmark_deploying", step("unmark"))
     monkeypatch.setattr(remote, "push", step("push", pushed))
     monkeypatch.setattr(remote, "pending_restart", lambda *_args: ())

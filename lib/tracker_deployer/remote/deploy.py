@@ -303,11 +303,14 @@ def parse_compose_ps(output: str) -> list[dict[str, str]]:
     return sorted(rows, key=lambda row: row["service"])
 
 
-def marker_script(marker: PurePosixPath, content: str = '"$(date +%s)"') -> str:
+def marker_script(
+    marker: PurePosixPath, content: str = '"$(date +%s)"', *, unless: str = ""
+) -> str:
     """Write ``marker`` as root, holding ``content`` (a shell word; default: this
     moment in epoch seconds). Its directories are made root's, 0755, as the push
     makes them, never through a link; the file is replaced whole (a temporary file
-    renamed over it: nothing another user planted there is opened). POSIX sh."""
+    renamed over it: nothing another user planted there is opened). ``unless``: sh
+    lines run just before the write (they may end the script). POSIX sh."""
     q = shlex.quote
     return f"""set -o errexit
 for directory in {q(str(paths.DEPLOY_DIR))} {q(str(marker.parent))}; do
@@ -317,7 +320,7 @@ for directory in {q(str(paths.DEPLOY_DIR))} {q(str(marker.parent))}; do
   fi
   install -d -o 0 -g 0 -m 0755 -- "$directory"
 done
-tmp="$(mktemp {q(str(marker))}.XXXXXX)"
+{unless}tmp="$(mktemp {q(str(marker))}.XXXXXX)"
 printf '%s\\n' {content} > "$tmp"
 chmod 0644 -- "$tmp"
 mv -f -- "$tmp" {q(str(marker))}
@@ -328,12 +331,23 @@ mv -f -- "$tmp" {q(str(marker))}
 PASSWORD_FILES = frozenset({paths.TRACKER_CONFIG, paths.BACKUP_CONF, paths.DOTENV_FILE})
 
 
-def mark_deploying(host: SshHost) -> None:
+def mark_deploying(host: SshHost) -> bool:
     """Scheduled backup runs skip from here until :func:`unmark_deploying` (or until
     the marker is older than the maintenance script's bound): the push may bring a
     MySQL password the server gets only later, and a run would restart the tracker
-    on it. Written under the backup lock, so a run in progress ends first."""
-    result = host.run(under_backup_lock(marker_script(paths.DEPLOY_MARKER)), timeout=600)
+    on it. Written under the backup lock, so a run in progress ends first.
+
+    A marker an earlier deploy left "failed" stays so (runs refuse): the files may
+    still hold a password the server lacks, although this push changes none of
+    them. Returns whether it did."""
+    marker = shlex.quote(str(paths.DEPLOY_MARKER))
+    still_failed = (
+        f"if [ -f {marker} ] && [ ! -L {marker} ] && "
+        f'[ "$(timeout 5 head -c 32 -- {marker})" = {DEPLOY_FAILED} ]; then\n'
+        f"  echo {DEPLOY_FAILED}\n  exit 0\nfi\n"
+    )
+    script = marker_script(paths.DEPLOY_MARKER, unless=still_failed)
+    result = host.run(under_backup_lock(script), timeout=600)
     if result.exit_code == exit_codes.LOCK_BUSY:
         raise lock_busy(host)
     if not result.ok:
@@ -342,6 +356,7 @@ def mark_deploying(host: SshHost) -> None:
             f"{result.stderr.strip()[:300]}; nothing was pushed",
             f"make {paths.DEPLOY_DIR} and {paths.DEPLOY_MARKER.parent} directories, not links",
         )
+    return result.stdout.strip() == DEPLOY_FAILED
 
 
 def unmark_deploying(host: SshHost, say: Say, *, failed: bool = False) -> None:

@@ -575,7 +575,7 @@ def maintenance_script(
 # A deploy marker older than this is a killed deploy's: backup runs go on. A deploy
 # holds it from its push until the MySQL server has the config's passwords (image
 # pulls included).
-DEPLOY_MARKER_MAX_AGE_SECONDS = 1800
+DEPLOY_MARKER_MAX_AGE_SECONDS = 3600
 # The marker's content once a deploy failed in that window: runs refuse until one succeeds.
 DEPLOY_FAILED = "failed"
 
