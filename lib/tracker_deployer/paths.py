@@ -42,9 +42,10 @@ RECOVER_MARKER = BACKUP_STATUS_DIR / "recover-in-progress"
 # Written by a restore that leaves the MySQL database partly restored (the tracker
 # stopped); removed by the restore that succeeds after it. Backup runs refuse meanwhile.
 RESTORE_INCOMPLETE_MARKER = BACKUP_STATUS_DIR / "restore-incomplete"
-# Written by `inv deploy` (under the backup lock) before its push, removed after its
-# compose up: scheduled runs skip meanwhile (the files may hold a MySQL password the
-# server does not have yet; a run would restart the tracker on them).
+# Written by a MySQL `inv deploy` (under the backup lock) before its push, removed
+# once the server has the config's passwords: scheduled runs skip meanwhile (the
+# files may hold a password the server does not have yet; a run would restart the
+# tracker on them). "failed" when the deploy failed in between: runs refuse.
 DEPLOY_MARKER = BACKUP_STATUS_DIR / "deploy-in-progress"
 MAINTENANCE_SCRIPT = PurePosixPath("/usr/local/bin/maintenance-backup.sh")
 # Not paths: the lines of `backup.sh snapshot --gate` and the maintenance script.
