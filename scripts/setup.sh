@@ -49,7 +49,7 @@ install_packages() {
     docker.io debootstrap ca-certificates iptables
     bats bats-assert bats-support shellcheck
     openssh-server openssh-client cron sudo logrotate util-linux
-    sqlite3 pigz gzip zstd tar jq curl time
+    sqlite3 pigz gzip zstd tar jq curl time strace
     mariadb-client mariadb-server
     lxd lxd-client dnsmasq-base nftables
     restic rclone

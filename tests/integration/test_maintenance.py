@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from tracker_deployer import paths
 from tracker_deployer.remote.backups import format_last_run, parse_inventory
 from tracker_deployer.render import inventory_script, render
@@ -201,6 +202,38 @@ def test_scheduled_run_writes_a_verified_set_and_restarts_the_tracker(
     assert "stopping tracker for the database snapshot" in text
     assert "running again after" in text
     assert f"set {set_id} complete" in text
+
+
+def test_the_marker_is_on_the_disk_before_the_tracker_is_stopped(
+    sqlite_stack: Stack, tmp_path: Path
+) -> None:
+    """After a power cut in the window, the @reboot run starts the tracker only if it
+    finds the marker: the file and its directory entry are synced before `docker stop`
+    (without it, a few seconds' worth of writes may be lost, the marker with them)."""
+    stack = sqlite_stack
+    trace = tmp_path / "strace.out"
+    result = subprocess.run(
+        [
+            *("strace", "-f", "--seccomp-bpf", "-y", "-qq", "-s", "64"),
+            *("-e", "trace=fsync,execve", "-o", str(trace), str(stack.script), "--quiet"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=stack.environ(),
+        cwd=stack.deploy_dir,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    calls = trace.read_text().splitlines()
+
+    def first(predicate: Any) -> int:
+        return next(i for i, line in enumerate(calls) if predicate(line))
+
+    marker = first(lambda line: "fsync(" in line and f"<{stack.marker}>" in line)
+    directory = first(lambda line: "fsync(" in line and f"<{stack.status_dir}>" in line)
+    stop = first(lambda line: 'execve("' in line and '"docker", "stop"' in line)
+    assert max(marker, directory) < stop, calls
 
 
 def test_the_tracker_runs_until_the_snapshot_container_is_ready(sqlite_stack: Stack) -> None:
@@ -788,6 +821,35 @@ def test_hardening_10_a_hung_snapshot_is_killed_at_the_downtime_limit(tmp_path: 
             assert stack.sets() == []
         finally:
             stack.cleanup()
+
+
+def test_a_stop_cut_off_by_the_downtime_limit_still_leaves_the_tracker_running(
+    tmp_path: Path,
+) -> None:
+    """The tracker takes longer to stop than backup.max_downtime_seconds (it ignores
+    its stop signal: Docker kills it after the grace). The daemon goes on stopping
+    it after the cut-off `docker stop` client is gone, and a `docker start` meanwhile
+    does nothing (it still runs): the tracker ended stopped, after a run that said
+    it was started again. The run now waits for the stop to end, then starts it."""
+    require_images(STANDIN_IMAGE)
+    data = env_for_stack(sample_data("manual-test-sqlite"))
+    data["backup"]["max_downtime_seconds"] = 2
+    stack = Stack(parse(data), tmp_path / "s").install()
+    compose_file = stack.deploy_dir / paths.COMPOSE_FILE.name
+    compose = yaml.safe_load(compose_file.read_text())
+    # PID 1 of the container ignores a signal it has no handler for: a slow stop.
+    compose["services"]["tracker"] |= {"stop_signal": "SIGWINCH", "stop_grace_period": "6s"}
+    compose_file.write_text(yaml.safe_dump(compose))
+    stack.up()
+    try:
+        result = stack.run_maintenance("--quiet", timeout=300)
+        assert result.returncode == 124, result.stderr
+        assert "downtime limit of 2 s" in stack.status()["reason"]
+        time.sleep(8)  # past the grace: a stop still going on would have ended
+        assert "tracker" in stack.running_services(), stack.log_file.read_text()
+        assert not stack.marker.exists()
+    finally:
+        stack.cleanup()
 
 
 def test_a_dump_that_hangs_after_the_open_line_is_killed_at_its_bound(tmp_path: Path) -> None:
