@@ -9,7 +9,9 @@
 begin_new_set() {
   load_config "${CONFIG_PATH}"
   validate_config backup
-  refuse_root_in_foreign_dirs "${ROOT_DIR}"
+  local -a root_owned
+  mapfile -t root_owned < <(root_dirs)
+  refuse_root_in_foreign_dirs "${root_owned[@]}"
   prepare_root
   acquire_lock
   ON_ERROR_EXIT="${EXIT_BACKUP}"
@@ -68,7 +70,9 @@ cmd_finish() {
   [[ "${ts}" =~ ${TS_REGEX} ]] || die "${EXIT_CONFIG}" "finish: '${ts}' is not a set name (YYYYMMDD_HHMMSS)"
   load_config "${CONFIG_PATH}"
   validate_config backup
-  refuse_root_in_foreign_dirs "${ROOT_DIR}"
+  local -a root_owned
+  mapfile -t root_owned < <(root_dirs)
+  refuse_root_in_foreign_dirs "${root_owned[@]}"
   prepare_root
   acquire_lock
   ON_ERROR_EXIT="${EXIT_BACKUP}"
@@ -153,9 +157,12 @@ cmd_restore() {
   validate_config restore
   [[ -d "${ROOT_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_ROOT ${ROOT_DIR} does not exist"
   local sqlite_target="${RESTORE_DB_PATH:-${CONFIG[DB_PATH]:-}}"
-  refuse_root_in_foreign_dirs "${ROOT_DIR}" \
+  local -a root_owned
+  mapfile -t root_owned < <(root_dirs)
+  # The config's destination too (tar extracts through links in it), and its parent.
+  refuse_root_in_foreign_dirs "${root_owned[@]}" \
     "$([[ "${sqlite_target}" == */* ]] && printf '%s' "${sqlite_target%/*}")" \
-    "$(dirname -- "${RESTORE_CONFIG_ROOT:-${ROOT_DIR}/restore}")"
+    "$(dirname -- "${RESTORE_CONFIG_ROOT:-${ROOT_DIR}/restore}")" "${RESTORE_CONFIG_ROOT:-}"
   acquire_lock
   resolve_set "${wanted:-latest}" "${EXIT_REFUSED}"
   local ts="${SET_TS}"

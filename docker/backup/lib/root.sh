@@ -23,20 +23,34 @@ prepare_root() {
   fi
 }
 
-# Root never works in a directory another user owns: that user could plant a
-# link where root is about to write (the lock, a temporary file, an extracted
-# file) and have root write through it. Refuse, naming the user to run as (the
-# stack runs this image as uid 1000, which owns the backup and data directories).
+# Root never works in a directory another user owns or may write: that user
+# could plant a link where root is about to write (the lock, a temporary file,
+# an extracted file) and have root write through it. Refuse, naming the user to
+# run as (the stack runs this image as uid 1000, which owns the backup and data
+# directories), or the mode to fix.
 refuse_root_in_foreign_dirs() {
-  local directory owner
+  local directory owner mode
   [[ "$(id -u)" == 0 ]] || return 0
   for directory in "$@"; do
     [[ -e "${directory}" ]] || continue
-    owner="$(stat -c %u -- "${directory}")" || die "${EXIT_CONFIG}" "cannot stat ${directory}"
+    read -r owner mode < <(stat -c '%u %a' -- "${directory}") || die "${EXIT_CONFIG}" "cannot stat ${directory}"
     if [[ "${owner}" != 0 ]]; then
       die "${EXIT_CONFIG}" "running as root, but ${directory} belongs to uid ${owner}, who could plant links there that root would write through; run as that user (docker run --user ${owner}:${owner}, or docker compose run without --user)"
     fi
+    if ((8#${mode} & 8#022)); then
+      die "${EXIT_CONFIG}" "running as root, but ${directory} (mode ${mode}) may be written by users other than root, who could plant links there that root would write through; chmod go-w ${directory}, or run as the stack's user (docker compose run without --user)"
+    fi
   done
+}
+
+# BACKUP_ROOT and the directories in it that root writes into: staging and the
+# directories of set_layout.
+root_dirs() {
+  local relative
+  printf '%s\n' "${ROOT_DIR}" "${STAGING_DIR}"
+  set_layout x | while IFS= read -r relative; do
+    printf '%s/%s\n' "${ROOT_DIR}" "${relative%%/*}"
+  done | sort -u
 }
 
 # flock on BACKUP_ROOT/.lock: backup, finish and restore never overlap.

@@ -751,6 +751,37 @@ grow_database() {
   assert_stderr --partial "running as root, but ${SQLITE_DB%/*} belongs to uid 1000"
 }
 
+@test "root: runs and restores refuse directories others may write, and links planted in the config's destination" {
+  [[ "$(id -u)" == 0 ]] || skip "needs root"
+  backup_ok run
+  # Root's, but writable by everybody: anyone could plant the lock as a link.
+  chmod 0777 "${BACKUP_ROOT}"
+  run --separate-stderr "${BACKUP_SH}" run
+  assert_failure 2
+  assert_stderr --partial "running as root, but ${BACKUP_ROOT} (mode 777) may be written by users other than root"
+  chmod 0755 "${BACKUP_ROOT}"
+  # A directory in it that root writes into, owned by another user.
+  chown 1000:1000 "${BACKUP_ROOT}/.staging"
+  run --separate-stderr "${BACKUP_SH}" run
+  assert_failure 2
+  assert_stderr --partial "running as root, but ${BACKUP_ROOT}/.staging belongs to uid 1000"
+  chown 0:0 "${BACKUP_ROOT}/.staging"
+  # The config's destination, owned by another user who planted a link in it:
+  # tar would extract through it into a directory of root's.
+  local parent="${BATS_TEST_TMPDIR}/parent" victim="${BATS_TEST_TMPDIR}/victim"
+  mkdir -p "${parent}/config" "${victim}"
+  chmod 0700 "${victim}"
+  local top="${CONFIG_TREE#/}"
+  ln -s "${victim}" "${parent}/config/${top%%/*}"
+  chown -h -R 1000:1000 "${parent}/config"
+  export RESTORE_CONFIG_ROOT="${parent}/config"
+  run --separate-stderr "${BACKUP_SH}" restore latest --yes --only config
+  assert_failure 2
+  assert_stderr --partial "running as root, but ${parent}/config belongs to uid 1000"
+  run find "${victim}" -mindepth 1
+  assert_output ""
+}
+
 # The MySQL snapshot's dump, driven directly with a stand-in for mariadb-dump
 # (no server needed): its output file cannot be created (here: a directory
 # there; on a host: no inode left). It failed to open before its error FIFO,
