@@ -35,6 +35,7 @@ from tracker_deployer import lifecycle, paths
 from tracker_deployer.backup_layout import is_set_id
 from tracker_deployer.config.model import Env, InvalidValue, LxdProvider, parse_host
 from tracker_deployer.errors import DeployError, RemoteError
+from tracker_deployer.providers.lxd import Lxd
 from tracker_deployer.remote import backups as operations
 from tracker_deployer.remote import configure as configuring
 from tracker_deployer.remote import deploy as remote
@@ -126,17 +127,26 @@ def check_request(env: Env, wanted: str, host: str) -> None:
 
 
 @contextmanager
-def _phase(clock: lifecycle.PhaseClock, name: str) -> Iterator[None]:
-    """A phase whose failure names it; up to the restore, the same recover continues."""
+def _phase(clock: lifecycle.PhaseClock, name: str, env_name: str = "NAME") -> Iterator[None]:
+    """A phase whose failure names it; up to the restore, the same recover continues
+    (a hint that already says which `inv recover` to run is left as it is); after it,
+    the scheduled backups are not installed yet and ``inv deploy`` finishes the job."""
     with clock.phase(name):
         try:
             yield
         except DeployError as error:
             number = PHASES.index(name) + 1
             error.message = f"recover phase {number}/{len(PHASES)} ({name}): {error.message}"
+            hint = error.hint or ""
             if number <= PHASES.index("restore") + 1:
-                error.hint = (error.hint + "; then " if error.hint else "") + (
-                    "run the same `inv recover` again (it continues on this host)"
+                if "`inv recover" not in hint:
+                    error.hint = (hint + "; then " if hint else "") + (
+                        "run the same `inv recover` again (it continues on this host)"
+                    )
+            elif "`inv recover" not in hint:  # the marker is gone: deploy finishes it
+                error.hint = (hint + "; " if hint else "") + (
+                    "scheduled backups are not installed yet: fix the cause, then "
+                    f"`inv deploy --env {env_name}` (it starts the stack and installs them)"
                 )
             raise
 
@@ -158,8 +168,30 @@ def services_without_tracker(env: Env) -> list[str]:
     return [service.name for service in services if service.name not in needs_tracker]
 
 
+def refuse_old_instance(env: Env) -> None:
+    """The lxd provider: refuse, before provisioning, an instance ``provision`` would
+    start or boot (a stopped one, or one without a recorded address), which the
+    later check would refuse after that change. A running one with its address is
+    left to :func:`_refuse_live`, which continues an earlier recover's host."""
+    provider = Lxd(env)
+    existing = provider.instance()
+    if existing is None or not provider.is_ours(existing):  # provision refuses a foreign one
+        return
+    if existing.get("status") == "Running" and provider.address() is not None:
+        return
+    raise DeployError(
+        f"LXD instance {provider.name} of {env.name} still exists "
+        f"({str(existing.get('status') or 'unknown').lower()}); recover makes a new host and "
+        "does not start the old one; nothing was changed",
+        f"if it is the old host: `inv destroy --env {env.name}` first (docs/user-guide/"
+        f"restore.md), then recover; if an earlier `inv recover` made it: `lxc start "
+        f"{provider.name}`, then run `inv recover --env {env.name}` again",
+    )
+
+
 def _host(env: Env, where: lifecycle.HostFlags, say: Say) -> Target:
     if isinstance(env.provider, LxdProvider):
+        refuse_old_instance(env)
         lifecycle.provision(env, say)
     found = lifecycle.target(env, where.host, where.known_hosts, where.accept_new_host_key)
     if found is None:
@@ -248,7 +280,7 @@ def recover(
         with _phase(clock, "restore"):
             operations.restore(connection, env, set_id, "all", say, new_host=True)
             say(f"  the restored rows equal set {set_id}'s .meta (compared by backup.sh restore)")
-        with _phase(clock, "tracker"):
+        with _phase(clock, "tracker", env.name):
             # From its first write on, the tracker's data is live: a recover run
             # again must not restore over it, so the marker goes first.
             unmarked = connection.run(UNMARK)
@@ -256,7 +288,8 @@ def recover(
                 raise RemoteError(
                     f"cannot remove {paths.RECOVER_MARKER} on {found.host}: "
                     f"{unmarked.stderr.strip()}; the tracker was not started",
-                    "look at the host, then run recover again",
+                    f"look at the host, then run `inv recover --env {env.name}` again (it "
+                    "continues on this host)",
                 )
             remote.compose_up(connection, (), say, env_name=env.name)
             services = remote.service_health(connection)
@@ -266,6 +299,6 @@ def recover(
                     f"services not healthy after the restore: {', '.join(unhealthy)}",
                     f"on the host: cd {paths.DEPLOY_DIR} && docker compose logs --tail 50 SERVICE",
                 )
-        with _phase(clock, "install-cron"):
+        with _phase(clock, "install-cron", env.name):
             remote.install_cron(connection, tree, say)
     return Recovered(found, set_id, services, tuple(clock.timings))

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tracker_deployer import exit_codes, offsite
+from tracker_deployer import exit_codes, offsite, paths
 from tracker_deployer.remote.offsite_fetch import STAGING_PREFIX, fetch_error, fetch_script
+from tracker_deployer.topology import APP_GID, APP_UID
 
 from tests.integration.stack import Stack
 from tests.integration.test_offsite import (
@@ -246,3 +247,72 @@ def test_a_link_planted_by_the_backup_user_leads_the_fetch_nowhere_root_only(
         assert not list(stack.backups.glob(STAGING_PREFIX + "*"))
     finally:
         stack.cleanup()
+
+
+# A stand-in for `docker` (compose ps/run, rm): `run` writes an sqlite set into the
+# directory mounted at /fetch, owned by the backup user, as offsite.sh fetch does.
+FAKE_DOCKER = f"""#!/bin/bash
+set -o errexit -o nounset
+for argument; do [[ "$argument" != ps && "$argument" != rm ]] || exit 0; done
+previous="" staging=""
+for argument; do
+  if [[ "$previous" == -v ]]; then staging="${{argument%:/fetch}}"; fi
+  previous="$argument"
+done
+set_id="${{*: -1}}"
+mkdir -p -- "$staging/set/sqlite" "$staging/set/config" "$staging/set/manifests"
+echo db >"$staging/set/sqlite/sqlite_$set_id.db.gz"
+echo config >"$staging/set/config/config_$set_id.tar.gz"
+echo meta >"$staging/set/manifests/set_$set_id.meta"
+echo sums >"$staging/set/manifests/set_$set_id.sha256"
+chown -R {APP_UID}:{APP_GID} -- "$staging/set"
+echo "fetched=$set_id"
+"""
+
+
+def fake_host(base: Path) -> tuple[paths.HostPaths, dict[str, str]]:
+    """Host paths under ``base`` (the backup directory the backup user's) and an
+    environment whose PATH finds the fake docker first."""
+    if os.geteuid() != 0:
+        pytest.fail("the host scripts run as root (setpriv, chown): run the tests as root")
+    tools = base / "bin"
+    tools.mkdir(parents=True)
+    (tools / "docker").write_text(FAKE_DOCKER)
+    (tools / "docker").chmod(0o755)
+    backups = base / "storage/backup"
+    backups.mkdir(parents=True)
+    os.chown(backups, APP_UID, APP_GID)
+    (base / "deploy").mkdir()
+    where: paths.HostPaths = {
+        "deploy_dir": str(base / "deploy"),
+        "backup_dir": str(backups),
+        "lock_file": str(base / "status/backup.lock"),
+    }
+    return where, {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"}
+
+
+def test_a_move_that_fails_after_others_says_the_files_moved_lack_the_sha256(
+    tmp_path: Path,
+) -> None:
+    """The payload is moved, then the .meta cannot be (manifests/ is root's): the
+    script exits on errexit, and says what it left, not only when a signal stops it."""
+    where, environment = fake_host(tmp_path)
+    set_id = "20261127_030000"
+    backups = Path(where["backup_dir"])
+    (backups / "manifests").mkdir(mode=0o755)  # root's: the backup user cannot write it
+    failed = subprocess.run(
+        ["bash", "-c", fetch_script(**where), "_", set_id],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+        timeout=120,
+    )
+    assert failed.returncode != 0, failed.stdout + failed.stderr
+    assert (backups / f"sqlite/sqlite_{set_id}.db.gz").exists()  # the moves had begun
+    assert not (backups / f"manifests/set_{set_id}.sha256").exists()
+    assert "the files moved so far are without the set's .sha256" in failed.stderr
+    assert not list(backups.glob(STAGING_PREFIX + "*"))
+    error = str(fetch_error(failed.returncode, failed.stderr, set_id))
+    assert f"fetching set {set_id} failed (exit {failed.returncode})" in error
+    assert "without the set's .sha256" in error

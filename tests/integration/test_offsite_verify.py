@@ -47,6 +47,7 @@ from tests.integration.test_offsite import (
     restic,
     restic_host,
 )
+from tests.integration.test_offsite_fetch import fake_host
 
 pytestmark = pytest.mark.integration
 
@@ -285,3 +286,40 @@ def test_verify_offsite_of_a_mysql_set_drills_it_in_a_throw_away_server(
         assert leftovers(stack) == []
     finally:
         stack.cleanup()
+
+
+def test_verify_offsite_removes_the_scratch_copies_interrupted_verifies_left(
+    tmp_path: Path,
+) -> None:
+    """A verify killed by SIGKILL leaves its scratch copy (a whole restored set): the
+    next verify, of any set, removes it under the lock. A link planted under such a
+    name is not followed."""
+    where, environment = fake_host(tmp_path)
+    backups = Path(where["backup_dir"])
+    stale = backups / f"{offsite_fetch.VERIFY_SCRATCH_PREFIX}{MISSING_SET}"
+    (stale / "set/sqlite").mkdir(parents=True)
+    (stale / "set/sqlite/restored.db").write_bytes(b"x" * 4096)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("keep")
+    planted = backups / f"{offsite_fetch.VERIFY_SCRATCH_PREFIX}20000102_000000"
+    planted.symlink_to(elsewhere)
+    script = tmp_path / "script/verify-offsite.sh"
+    script.parent.mkdir()
+    script.write_text(offsite_fetch.verify_script(**where))
+    (script.parent / "verify.sh").write_text("exit 0\n")  # the drill passes
+    set_id = "20261127_030000"
+    verified = subprocess.run(
+        ["bash", str(script), set_id],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+        timeout=120,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.strip().splitlines()[-1] == f"verified={set_id}"
+    assert not stale.exists()
+    assert (elsewhere / "keep").read_text() == "keep"
+    prefix = offsite_fetch.VERIFY_SCRATCH_PREFIX
+    assert sorted(path.name for path in backups.glob(prefix + "*")) == [planted.name]

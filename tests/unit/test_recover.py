@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tracker_deployer import lifecycle, recover
-from tracker_deployer.errors import DeployError
+from tracker_deployer import exit_codes, lifecycle, recover, state
+from tracker_deployer.errors import DeployError, RemoteError
+from tracker_deployer.providers import lxd
+from tracker_deployer.remote import backups as operations
 from tracker_deployer.topology import Service, derive
 
 from tests.helpers import parse, sample_data
@@ -111,3 +113,109 @@ def test_a_failed_phase_is_named_and_says_whether_recover_continues(name: str, a
     assert failed.value.message == f"recover phase {number}/8 ({name}): it broke"
     assert ("run the same `inv recover` again" in (failed.value.hint or "")) is again
     assert said[0] == f"[{number}/8] {name}"
+
+
+RESTORE_WHERE = "203.0.113.7"
+
+
+def _restore_phase_error(code: int, env_name: str = "prod") -> DeployError:
+    """What recover's restore phase raises when restore.sh exits ``code``."""
+    set_id = "20261127_030000"
+    clock = lifecycle.PhaseClock(lambda _line: None, recover.PHASES)
+    error = operations.restore_failure(code, set_id, RESTORE_WHERE, env_name, new_host=True)
+    with pytest.raises(DeployError) as failed, recover._phase(clock, "restore"):
+        raise error
+    return failed.value
+
+
+def test_a_partly_restored_set_on_the_new_host_says_to_run_recover_again() -> None:
+    error = _restore_phase_error(exit_codes.PARTLY_RESTORED)
+    hint = error.hint or ""
+    assert error.message.startswith("recover phase 6/8 (restore): restoring set")
+    assert "run `inv recover --env prod` again" in hint
+    assert "inv restore" not in hint
+    assert "safety set named above" not in hint
+    assert hint.count("inv recover") == 1
+
+
+def test_a_set_that_failed_its_drill_sends_to_the_repositorys_other_sets() -> None:
+    error = _restore_phase_error(exit_codes.NOT_VERIFIED)
+    hint = error.hint or ""
+    assert "`inv backups --env prod --offsite`" in hint
+    assert "`inv recover --env prod --set OTHER`" in hint
+    assert "pick another set from `inv backups --env NAME`" not in hint
+    assert "inv restore" not in hint
+
+
+def test_a_busy_lock_during_the_restore_says_to_wait_and_run_recover_again() -> None:
+    error = _restore_phase_error(exit_codes.LOCK_BUSY)
+    hint = error.hint or ""
+    assert "run `inv recover --env prod` again" in hint
+    assert "inv restore" not in hint
+    assert hint.count("inv recover") == 1
+
+
+def test_other_restore_failures_keep_their_hint_and_say_recover_continues() -> None:
+    error = _restore_phase_error(exit_codes.ROLLED_BACK)
+    assert "run the same `inv recover` again" in (error.hint or "")
+
+
+@pytest.mark.parametrize("name", ["tracker", "install-cron"])
+def test_a_failure_after_the_restore_says_scheduled_backups_are_not_installed(name: str) -> None:
+    clock = lifecycle.PhaseClock(lambda _line: None, recover.PHASES)
+    with pytest.raises(DeployError) as failed, recover._phase(clock, name, "prod"):
+        raise RemoteError("services not healthy after the restore: tracker", "see the logs")
+    hint = failed.value.hint or ""
+    assert hint.startswith("see the logs; ")
+    assert "scheduled backups are not installed yet" in hint
+    assert "`inv deploy --env prod`" in hint
+    assert "run the same `inv recover` again" not in hint
+
+
+def _lxd_instance(
+    monkeypatch: pytest.MonkeyPatch, env_name: str, status: str, recorded: bool
+) -> list[str]:
+    """Fake LXD's record of the instance and the recorded address; provision is
+    recorded (and stops the test there) instead of run."""
+    instance = {"status": status, "config": {lxd.OWNER_KEY: env_name}}
+    record = state.HostRecord("lxd", "10.0.0.5", 22) if recorded else None
+    monkeypatch.setattr(lxd.Lxd, "instance", lambda _self: instance)
+    monkeypatch.setattr(lxd.Lxd, "address", lambda _self: record)
+    provisioned: list[str] = []
+
+    def provision(env: Any, say: Any) -> None:
+        provisioned.append(env.name)
+        raise _Provisioned
+
+    monkeypatch.setattr(lifecycle, "provision", provision)
+    return provisioned
+
+
+class _Provisioned(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("status", "recorded"), [("Stopped", True), ("Running", False)])
+def test_an_old_lxd_instance_is_refused_before_provision_starts_it(
+    monkeypatch: pytest.MonkeyPatch, status: str, recorded: bool
+) -> None:
+    env = parse(_with_offsite("e2e-mysql"))
+    provisioned = _lxd_instance(monkeypatch, env.name, status, recorded)
+    with pytest.raises(DeployError) as refused:
+        recover._host(env, lifecycle.RECORDED_HOST, lambda _line: None)
+    assert provisioned == []
+    assert "still exists" in refused.value.message
+    assert "nothing was changed" in refused.value.message
+    assert f"`inv destroy --env {env.name}` first" in (refused.value.hint or "")
+
+
+def test_a_running_lxd_instance_goes_on_to_provision_and_the_live_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An earlier recover's instance: provision leaves it as it is, _refuse_live
+    then finds its marker and continues."""
+    env = parse(_with_offsite("e2e-mysql"))
+    provisioned = _lxd_instance(monkeypatch, env.name, "Running", True)
+    with pytest.raises(_Provisioned):
+        recover._host(env, lifecycle.RECORDED_HOST, lambda _line: None)
+    assert provisioned == [env.name]

@@ -610,11 +610,43 @@ def restore(
     code = result.exit_code
     if code == 0:
         return backup_set
-    raise restore_failure(code, set_id, host.target.host, env.name)
+    raise restore_failure(code, set_id, host.target.host, env.name, new_host=new_host)
 
 
-def restore_failure(code: int, set_id: str, where: str, env_name: str) -> DeployError:
-    """What the restore script's exit ``code`` means for the operator."""
+def restore_failure(
+    code: int, set_id: str, where: str, env_name: str, *, new_host: bool = False
+) -> DeployError:
+    """What the restore script's exit ``code`` means for the operator; with ``new_host``
+    (`inv recover`) the way on is recover's, never `inv restore`'s."""
+    error = _restore_failure(code, set_id, where, env_name)
+    if new_host:
+        hint = _RECOVER_HINTS.get(code)
+        if hint is not None:
+            error.hint = hint.format(env=env_name)
+    return error
+
+
+# `inv recover`'s way on after its restore step failed, where `inv restore`'s would
+# mislead: no safety set exists (the new host held no data), and `inv backups`
+# lists the new host's sets, not the repository's.
+_RECOVER_HINTS = {
+    exit_codes.PARTLY_RESTORED: (
+        "run `inv recover --env {env}` again: it continues on this host and restores the "
+        "set again (no safety set is needed: the new host held no data)"
+    ),
+    exit_codes.NOT_VERIFIED: (
+        "see the lines above; list the repository's sets with `inv backups --env {env} "
+        "--offsite`, then recover another one: `inv recover --env {env} --set OTHER` (it "
+        "continues on this host)"
+    ),
+    exit_codes.LOCK_BUSY: (
+        "wait for the backup run, verify or deploy on the host to finish, then run "
+        "`inv recover --env {env}` again (it continues on this host)"
+    ),
+}
+
+
+def _restore_failure(code: int, set_id: str, where: str, env_name: str) -> DeployError:
     if code == exit_codes.LOCK_BUSY:
         return RemoteError(
             f"a backup lock on {where} is busy ({paths.BACKUP_LOCK}, held by the process named "

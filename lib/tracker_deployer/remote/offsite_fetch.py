@@ -87,7 +87,29 @@ _FETCH_CAUSES: dict[int, tuple[str, str]] = {
         "nothing was changed",
         "look at the backup directory on the host: remove the incomplete set's files, then again",
     ),
+    offsite.OFFSITE_SH_EXIT["LOCKED"]: (
+        "the off-host repository is locked (an earlier off-host container of this stack "
+        "still runs, or another restic process or host holds the repository's lock); "
+        "nothing was fetched",
+        "see the lines above: wait until it has ended (or remove the container named there: "
+        "docker rm -f NAME), then again",
+    ),
+    exit_codes.TIMEOUT: (
+        f"the fetch did not finish within {FETCH_TIMEOUT_SECONDS} s and was stopped; "
+        "nothing was kept",
+        "check the repository's reachability and speed from the host, then again",
+    ),
+    128 + 9: (  # timeout --kill-after: the compose client did not end on SIGTERM
+        f"the fetch did not finish within {FETCH_TIMEOUT_SECONDS} s and was killed; "
+        "nothing was kept",
+        "check the repository's reachability and speed from the host, then again",
+    ),
 }
+# offsite.sh's codes that mean the same for a fetch as for a listing (settings,
+# reachability, password): remote.offsite.listing_error says them.
+_LISTING_CODES = frozenset(
+    offsite.OFFSITE_SH_EXIT[name] for name in ("CONFIG", "UNREACHABLE", "PASSWORD")
+)
 
 # The checksum manifest of the set in the host scripts' $set_id (from the owner).
 MANIFEST_OF_SET_ID = checksum_manifest("${set_id}")
@@ -182,6 +204,7 @@ def fetch_script(
     """
     # Payload first, the .sha256 (what makes a set complete) last.
     relatives = " ".join(f'"{relative}"' for relative in set_layout("${set_id}"))
+    signalled = "|".join(str(128 + number) for number in SIGNALS)
     at = paths.host_paths(where)
     return (
         _prelude(at, lock_wait_seconds)
@@ -201,7 +224,19 @@ mkdir -p -- "$backup_dir"
 find "$backup_dir" -mindepth 1 -maxdepth 1 -type d -name '{STAGING_PREFIX}*' \
   -exec rm -rf -- {{}} + || :
 staging="$(mktemp -d "$backup_dir/{STAGING_PREFIX}XXXXXX")"
-trap 'rm -rf -- "$staging"' EXIT
+moving=0
+# Any failure once the moves began leaves files without the set's .sha256: say so,
+# whatever ended the script (an errexit, a failed mv); stop_fetch's exits
+# ({signalled}) have said it already.
+finish() {{
+  local rc=$?
+  rm -rf -- "$staging"
+  case "$rc" in
+    0|{signalled}) ;;
+    *) if (( moving == 1 )); then echo "moving set $set_id into place failed (exit $rc); $kept" >&2; fi ;;
+  esac
+}}
+trap finish EXIT
 """
         + _fetch_into_staging(at["deploy_dir"])
         + f"""# Into place as the backup directory's owner (uid {APP_UID}), not as root: a link
@@ -213,6 +248,7 @@ cd -- "$backup_dir"
 staged="${{staging##*/}}/set"
 kept="the files moved so far are without the set's .sha256, an incomplete set: remove them, \\
 then fetch again"
+moving=1
 for relative in {relatives}; do
   if [[ -f "$staged/$relative" && ! -L "$staged/$relative" ]]; then
     if [[ ! -d "${{relative%/*}}" ]]; then
@@ -252,7 +288,11 @@ def verify_script(
 fi
 mkdir -p -- "$backup_dir"
 staging="$backup_dir/{VERIFY_SCRATCH_PREFIX}$set_id"
-# A leftover of an interrupted verify (the name is only ever used under this lock).
+# Leftovers of interrupted verifies, of any set (a whole restored set each, on the
+# database's disk; the names are only ever used under this lock). find does not
+# follow links, nor does rm -rf (a link swapped in meanwhile goes, not its target).
+find "$backup_dir" -mindepth 1 -maxdepth 1 -type d -name '{VERIFY_SCRATCH_PREFIX}*' \\
+  -exec rm -rf -- {{}} + || :
 rm -rf -- "$staging"
 trap 'rm -rf -- "$staging"' EXIT
 mkdir -m 0700 -- "$staging"
@@ -363,8 +403,16 @@ def fetch_error(code: int, stderr: str, set_id: str) -> RemoteError:
         detail = _detail(stderr)
         message = f"set {set_id}: {cause}" + (f" ({detail})" if detail else "")
         return RemoteError(message, hint)
-    error = listing_error(code, stderr)
-    return RemoteError(f"fetching set {set_id}: {error.message}", error.hint)
+    if code in _LISTING_CODES:
+        error = listing_error(code, stderr)
+        return RemoteError(f"fetching set {set_id}: {error.message}", error.hint)
+    last = (stderr.strip().splitlines() or [""])[-1]
+    # The host's words: printable characters only (no terminal escapes).
+    detail = _detail(stderr) or "".join(c for c in last if c.isprintable())[:300]
+    return RemoteError(
+        f"fetching set {set_id} failed (exit {code})" + (f": {detail}" if detail else ""),
+        "see the lines above, fix the cause, then again",
+    )
 
 
 def require_offsite(env: Env) -> None:
