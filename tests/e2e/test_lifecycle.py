@@ -95,6 +95,13 @@ def test_deploy_by_the_recorded_host_then_nothing_changes(target: RemoteHost, sa
     assert configured.returncode == 0, shown(configured)
     assert "configure: 0 changed, 6 unchanged" in configured.stdout, configured.stdout
     assert "  changed" not in configured.stdout
+    say("cron disabled by hand (docker still enabled): configure enables it again")
+    disabled = lxc_exec("systemctl disable --quiet cron")
+    assert disabled.returncode == 0, disabled.stderr
+    again = inv("configure", "--env", env_argument(PROVISIONED_ENV))
+    assert again.returncode == 0, shown(again)
+    assert "configure: 1 changed, 5 unchanged" in again.stdout, again.stdout
+    assert lxc_exec("systemctl is-enabled --quiet cron").returncode == 0
     second = inv("deploy", "--env", env_argument(PROVISIONED_ENV))
     assert second.returncode == 0, shown(second)
     assert "nothing changed" in second.stdout, second.stdout
@@ -167,6 +174,28 @@ def test_status_reports_provider_host_services_and_last_backup(target: RemoteHos
     assert health["mysql"] == "healthy"
     assert report["last_backup_run"]["result"] == "success"
     assert report["backup_sets"] >= 1
+
+
+def test_provision_authorizes_a_key_pair_made_anew_on_the_running_instance(
+    target: RemoteHost, tmp_path: Path, say: Say
+) -> None:
+    """The state directory's key pair is lost (or public_key_path changed): the next
+    command makes a new pair, which the running instance did not know, and
+    `inv provision` said "unchanged": no command could log in again."""
+    private = state.resolve(
+        env_argument.data(PROVISIONED_ENV)["ssh_credentials"]["private_key_path"]
+    )
+    old_public = private.with_suffix(".pub").read_text()
+    for path in (private, private.with_suffix(".pub")):
+        path.rename(tmp_path / path.name)
+    say("the key pair is gone: inv provision makes a new one and authorizes it")
+    result = inv("provision", "--env", env_argument(PROVISIONED_ENV))
+    assert result.returncode == 0, shown(result)
+    assert "made the SSH key pair" in result.stdout, result.stdout
+    assert private.with_suffix(".pub").read_text() != old_public
+    status = inv("status", "--env", PROVISIONED_ENV, "--json")
+    assert status.returncode == 0, shown(status)
+    assert json.loads(status.stdout)["host"] == f"{target.address.host}:22"
 
 
 def test_a_foreign_instance_is_refused_and_never_touched(tmp_path: Path, say: Say) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -42,6 +43,25 @@ START_TIMEOUT_SECONDS = 960  # the setup lock (900 s) plus the daemon's own 60 s
 BOOT_TIMEOUT_SECONDS = 120
 SSH_TIMEOUT_SECONDS = 60
 LOAD_TIMEOUT_SECONDS = 900
+
+# One OpenSSH public key line: TYPE BASE64 [COMMENT].
+_PUBLIC_KEY = re.compile(r"(?:ssh|ecdsa|sk)-[a-z0-9@.-]+ [A-Za-z0-9+/]+=* ?[ -~]*")
+
+
+def _public_key_line(path: Path) -> str:
+    """The public key at ``path``, checked: a private key given as public_key_path
+    would otherwise go on lxc's command line and into authorized_keys."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DeployError(f"cannot read the public key {path}: {error}") from None
+    if "\n" in text or not _PUBLIC_KEY.fullmatch(text):
+        raise DeployError(
+            f"{path} is not an OpenSSH public key (one line: TYPE BASE64 [COMMENT])",
+            "point ssh_credentials.public_key_path at the .pub file of the key pair",
+        )
+    return text
+
 
 FIRST_BOOT = r"""
 set -o errexit -o nounset -o pipefail
@@ -70,8 +90,12 @@ printf '%s\n' "${key}" >"${home}/.ssh/.authorized_keys.tmp"
 chown "${user}:${group}" "${home}/.ssh/.authorized_keys.tmp"
 chmod 0600 "${home}/.ssh/.authorized_keys.tmp"
 mv -f "${home}/.ssh/.authorized_keys.tmp" "${home}/.ssh/authorized_keys"
+conf=/etc/ssh/sshd_config.d/tracker-deployer-port.conf
 if [ "${port}" != 22 ]; then
-  printf 'Port %s\n' "${port}" >/etc/ssh/sshd_config.d/tracker-deployer-port.conf
+  printf 'Port %s\n' "${port}" >"${conf}"
+  systemctl restart ssh
+elif [ -e "${conf}" ]; then  # back to 22: an earlier port must not stay
+  rm -f "${conf}"
   systemctl restart ssh
 fi
 """
@@ -228,13 +252,17 @@ class Lxd:
         )
         if made:
             say(f"  made the SSH key pair {public.with_suffix('')} (first use)")
+        _public_key_line(public)  # a bad one is refused before anything changes
         existing = self.instance()
         if existing is not None:
             self._refuse_foreign(existing)
         recorded = self.address()
         if existing is not None and recorded is not None and existing.get("status") == "Running":
-            say(f"  instance {self.name}: unchanged (running at {recorded.host})")
-            return recorded
+            # First boot again (it changes nothing in place): a key pair made anew
+            # since (a lost state directory, another public_key_path) is authorized,
+            # the host keys and the address are read again.
+            say(f"  instance {self.name}: running at {recorded.host}; its first boot again")
+            return self._first_boot(public, say)
         say("  preparing LXD (scripts/lxd-host.sh prepare: daemon, bridge, cached image)")
         alias = self._prepare()
         launched = False
@@ -364,7 +392,7 @@ class Lxd:
 
     def _first_boot(self, public_key: Path, say: Say) -> state.HostRecord:
         address = self._wait_for_boot()
-        key_line = public_key.read_text(encoding="utf-8").strip()
+        key_line = _public_key_line(public_key)
         result = self.exec(
             FIRST_BOOT, self.env.ssh.username, key_line, str(self.env.ssh.port), timeout=300
         )

@@ -267,7 +267,7 @@ def plan(env: Env, host_os: HostOs, connected_port: int | None = None) -> tuple[
     # is theirs to undo; cron starts again at boot). Without: both running.
     services_ok = (
         "docker info >/dev/null 2>&1 && "
-        f"if {SYSTEMD}; then systemctl is-enabled --quiet docker cron; "
+        f"if {SYSTEMD}; then systemctl is-enabled --quiet docker && systemctl is-enabled --quiet cron; "
         "else pgrep -x cron >/dev/null; fi"
     )
     services_apply = (
