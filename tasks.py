@@ -23,7 +23,7 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import Task, task
-from tracker_deployer import image, lifecycle, monitoring, paths, sandbox, state
+from tracker_deployer import image, lifecycle, monitoring, paths, sandbox
 from tracker_deployer import publish as publishing
 from tracker_deployer import recover as recovery
 from tracker_deployer.config import Env, env_path, load_env
@@ -396,7 +396,7 @@ def register(c: Context, env: str = "", host: str = "", port: str = "") -> None:
         if port and not (port.isascii() and port.isdigit()):
             raise DeployError(f"--port {port!r} is not a TCP port", "use 1-65535, usually 22")
         lifecycle.register(parsed, host, int(port) if port else parsed.ssh.port, _say)
-        known = state.known_hosts_path(parsed.name)
+        known = lifecycle.known_hosts_file(parsed)  # where target() checks the key
         print(
             f"first contact: check the host's key fingerprint, then run e.g. "
             f"`inv configure --env {parsed.name} --accept-new-host-key` once (it records the "

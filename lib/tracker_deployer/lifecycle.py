@@ -42,6 +42,7 @@ from tracker_deployer.remote.plan import (
 )
 from tracker_deployer.remote.ssh import DEFAULT_KNOWN_HOSTS, SshHost, Target
 from tracker_deployer.render import RenderedTree, inventory_script
+from tracker_deployer.render.tree import INVENTORY_LIST_TIMEOUT_SECONDS
 from tracker_deployer.say import Say, printable
 from tracker_deployer.topology import derive
 
@@ -70,14 +71,15 @@ class HostFlags:
 RECORDED_HOST = HostFlags()  # no flags: the recorded host, checked against known_hosts
 
 
-def no_host_error(env: Env) -> DeployError:
+def no_host_error(env: Env, host_flags: bool = True) -> DeployError:
+    """``host_flags``: the command takes --host (destroy and status do not)."""
     if isinstance(env.provider, LxdProvider):
         how = f"create it with `inv provision --env {env.name}` (inv deploy does that itself)"
     else:
         how = f"record it with `{register_hint(env)}`"
     return DeployError(
         f"no target host for environment {env.name}: none is recorded",
-        f"{how}, or pass --host ADDRESS",
+        f"{how}, or pass --host ADDRESS" if host_flags else how,
     )
 
 
@@ -113,14 +115,7 @@ def target(
         address, port = record.host, record.port
     else:
         return None
-    if known_hosts:
-        known = state.resolve(known_hosts)
-    elif env.ssh.known_hosts_path:
-        known = state.resolve(env.ssh.known_hosts_path)
-    elif env.ssh.host:
-        known = Path(DEFAULT_KNOWN_HOSTS).expanduser()
-    else:
-        known = state.known_hosts_path(env.name)
+    known = known_hosts_file(env, known_hosts)
     if make_key:
         private, _, _ = state.ensure_key_pair(env.ssh.private_key_path, env.ssh.public_key_path)
     else:
@@ -133,6 +128,19 @@ def target(
         known_hosts_path=str(known),
         accept_new_host_key=accept_new_host_key,
     )
+
+
+def known_hosts_file(env: Env, known_hosts: str = "") -> Path:
+    """The known_hosts file a host is checked against: --known-hosts, else
+    ssh_credentials.known_hosts_path, else ~/.ssh/known_hosts for the config's host,
+    else the recorded host's file in the state directory."""
+    if known_hosts:
+        return state.resolve(known_hosts)
+    if env.ssh.known_hosts_path:
+        return state.resolve(env.ssh.known_hosts_path)
+    if env.ssh.host:
+        return Path(DEFAULT_KNOWN_HOSTS).expanduser()
+    return state.known_hosts_path(env.name)
 
 
 def require_target(
@@ -158,6 +166,13 @@ def register(env: Env, host: str, port: int, say: Say) -> state.HostRecord:
             f"environment {env.name} uses the lxd provider, which records its own address",
             f'run `inv provision --env {env.name}`, or set "provider": "existing" to register '
             "a host you prepared",
+        )
+    if env.ssh.host:
+        raise DeployError(
+            f"environment {env.name} names its host in ssh_credentials.host "
+            f"({env.ssh.host}): every command connects there, never to a registered host",
+            "remove ssh_credentials.host from the config to use `inv register`, "
+            "or change the address there",
         )
     address = host_flag(host)
     if not 0 < port < 65536:
@@ -430,7 +445,10 @@ def _sets_through_lxd(env: Env) -> tuple[operations.Inventory, Elsewhere] | None
             f"start it (`lxc start {lxd.name}`) and run destroy again, or pass "
             "--delete-backups to delete it with whatever sets it holds",
         )
-    result = lxd.exec(inventory_script(verify=False, backup_image=env.images.backup))
+    result = lxd.exec(
+        inventory_script(verify=False, backup_image=env.images.backup),
+        timeout=INVENTORY_LIST_TIMEOUT_SECONDS + 60,
+    )
     if result.returncode != 0:
         raise DeployError(
             f"listing the backup sets in {lxd.name} failed: "
@@ -517,8 +535,8 @@ def destroy(env: Env, delete_backups: bool, say: Say) -> None:
         return
     found = target(env, make_key=False)
     if found is None:
-        raise no_host_error(env)
-    with SshHost(found) as connection:
+        raise no_host_error(env, host_flags=False)
+    with SshHost(found, host_flags=False) as connection:
         if not delete_backups:
             refuse_with_sets(env, _sets_through_ssh(connection, env), say)
         say(f"  removing the stack and the deployer's files from {found.host}")
@@ -546,12 +564,12 @@ def status(env: Env) -> dict[str, Any]:
     }
     found = target(env, make_key=False)
     if found is None:
-        report["error"] = str(no_host_error(env))
+        report["error"] = str(no_host_error(env, host_flags=False))
         return report
     report["host"] = f"{found.host}:{found.port}"
     report["recorded_in"] = str(state.record_path(env.name)) if record else None
     try:
-        with SshHost(found) as connection:
+        with SshHost(found, host_flags=False) as connection:
             deployed = connection.run(f"test -f {shlex.quote(str(paths.COMPOSE_FILE))}").ok
             report["deployed"] = deployed
             if deployed:

@@ -18,8 +18,13 @@ reads the environment at import time: ``environ`` is a parameter.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -91,26 +96,43 @@ def ensure_key_pair(
     private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     private.parent.chmod(0o700)
     if private.is_file():
-        derived = _keygen(["-y", "-f", str(private)], f"read the key {private}")
+        # -P '': a key with a passphrase fails at once (never a prompt on the terminal).
+        derived = _keygen(private, ["-y", "-P", ""], f"read the key {private}")
         _write_private(public, derived, 0o644)
         return private, public, True
     public.unlink(missing_ok=True)  # a lone .pub cannot be trusted to match
     _keygen(
-        ["-q", "-t", "ed25519", "-N", "", "-C", f"{APP}@{os.uname().nodename}", "-f", str(private)],
+        private,
+        ["-q", "-t", "ed25519", "-N", "", "-C", f"{APP}@{os.uname().nodename}"],
         f"make the key pair {private}",
     )
     return private, public, True
 
 
-def _keygen(args: list[str], what: str) -> str:
-    result = subprocess.run(
-        ["ssh-keygen", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=KEY_TIMEOUT_SECONDS,
-    )
+def _keygen(key: Path, args: list[str], what: str) -> str:
+    """ssh-keygen ``args`` on the key file ``key``; it reads nothing from this terminal."""
+    command = ["ssh-keygen", *args, "-f", str(key)]
+    try:
+        result = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=KEY_TIMEOUT_SECONDS,
+        )
+    except subprocess.TimeoutExpired:
+        raise DeployError(
+            f"could not {what}: ssh-keygen did not finish within {KEY_TIMEOUT_SECONDS} s",
+            f"run `{shlex.join(command)}` yourself to see what it waits for",
+        ) from None
     if result.returncode != 0:
+        if "passphrase" in result.stderr:
+            raise DeployError(
+                f"could not {what}: it has a passphrase",
+                f"write its public key next to it (`ssh-keygen -y -f {key} > {key}.pub`), "
+                "or remove the key to let a new pair be made",
+            )
         raise DeployError(
             f"could not {what}: {result.stderr.strip()}",
             "remove the broken key files to let a new pair be made",
@@ -223,7 +245,8 @@ def write_known_hosts(
 
 
 def merge_known_hosts(path: Path, host: str, port: int, keys: list[str]) -> Path:
-    """Replace host:port's lines in a known_hosts file the user named; keep the rest."""
+    """Replace host:port's lines in a known_hosts file the user named, plain and
+    hashed (``|1|…``, HashKnownHosts); keep the rest."""
     lines = known_hosts_text(host, port, keys)  # checks the host first
     where = (host if port == 22 else f"[{host}]:{port}").encode()
     try:
@@ -231,7 +254,7 @@ def merge_known_hosts(path: Path, host: str, port: int, keys: list[str]) -> Path
         kept = [
             line
             for line in path.read_bytes().splitlines(keepends=True)
-            if where not in line.split(b" ", 1)[0].split(b",")
+            if not _names(line.split(b" ", 1)[0], where)
         ]
     except FileNotFoundError:
         kept = []
@@ -244,6 +267,19 @@ def merge_known_hosts(path: Path, host: str, port: int, keys: list[str]) -> Path
         kept[-1] += b"\n"
     _write_private(path, b"".join(kept) + lines.encode(), 0o600)
     return path
+
+
+def _names(field: bytes, where: bytes) -> bool:
+    """Whether a known_hosts line's first field names ``where``: listed plainly, or
+    hashed as OpenSSH hashes it (``|1|`` base64 salt ``|`` base64 HMAC-SHA1 of the name)."""
+    if not field.startswith(b"|1|"):
+        return where in field.split(b",")
+    salt, _, digest = field[3:].partition(b"|")
+    try:
+        key, wanted = base64.b64decode(salt, validate=True), base64.b64decode(digest, validate=True)
+    except binascii.Error:
+        return False  # not a hashed name OpenSSH would read either
+    return hmac.compare_digest(hmac.new(key, where, hashlib.sha1).digest(), wanted)
 
 
 def known_hosts_text(host: str, port: int, keys: list[str]) -> str:

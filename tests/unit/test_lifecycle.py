@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import shutil
 import stat
@@ -20,6 +21,7 @@ from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote import configure, mysql_passwords
 from tracker_deployer.remote import deploy as remote
 from tracker_deployer.render import render
+from tracker_deployer.render.tree import INVENTORY_LIST_TIMEOUT_SECONDS
 from tracker_deployer.topology import derive
 
 import tasks
@@ -82,6 +84,59 @@ def test_a_missing_key_outside_the_state_dir_is_named_with_how_to_make_it(tmp_pa
     assert str(missing) in text
     assert f"ssh-keygen -t ed25519 -N '' -f {missing}" in text
     assert not missing.parent.exists()  # nothing is created outside the state dir
+
+
+def test_a_passphrase_key_without_its_public_key_is_one_error_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssh-keygen -y asked for the passphrase on the terminal (or read a stdin nobody
+    writes to) and the command ended in a TimeoutExpired traceback after 60 s."""
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    spelled = f"{state.SPELLED}/ssh/id_ed25519"
+    private = state.resolve(spelled, environ)
+    private.parent.mkdir(parents=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", str(private)], check=True
+    )
+    private.with_name("id_ed25519.pub").unlink()
+    # ssh-keygen runs in a terminal nobody types at, which is also its stdin unless
+    # the deployer says otherwise (ssh-keygen asks a terminal even without stdin).
+    terminal, terminal_side = pty.openpty()
+    run: Any = subprocess.run
+
+    def in_a_terminal(*args: Any, **kwargs: Any) -> Any:
+        def take_the_terminal() -> None:
+            os.setsid()
+            os.close(os.open(os.ttyname(terminal_side), os.O_RDWR))  # the controlling one
+
+        kwargs.setdefault("stdin", terminal_side)
+        return run(*args, **kwargs, preexec_fn=take_the_terminal)
+
+    monkeypatch.setattr(state, "KEY_TIMEOUT_SECONDS", 5)
+    monkeypatch.setattr(subprocess, "run", in_a_terminal)
+    try:
+        with pytest.raises(DeployError, match="has a passphrase") as raised:
+            state.ensure_key_pair(spelled, spelled + ".pub", environ)
+    finally:
+        os.close(terminal)
+        os.close(terminal_side)
+    assert f"ssh-keygen -y -f {private} > {private}.pub" in (raised.value.hint or "")
+    assert not private.with_name("id_ed25519.pub").exists()
+
+
+def test_ssh_keygen_that_does_not_finish_is_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def hangs(command: list[str], **kwargs: Any) -> Any:
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    monkeypatch.setattr(subprocess, "run", hangs)
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    spelled = f"{state.SPELLED}/ssh/id_ed25519"
+    with pytest.raises(DeployError, match=r"did not finish within 60 s") as raised:
+        state.ensure_key_pair(spelled, spelled + ".pub", environ)
+    assert "make the key pair" in raised.value.message
+    assert "ssh-keygen" in (raised.value.hint or "")
 
 
 def test_host_record_round_trip_and_forget(tmp_path: Path) -> None:
@@ -421,6 +476,40 @@ def test_register_refuses_a_bad_address_and_the_lxd_provider(tmp_path: Path) -> 
     assert "records its own address" in lxd.stderr
 
 
+def test_register_refuses_an_env_whose_config_names_its_host(tmp_path: Path) -> None:
+    """With ssh_credentials.host set, target() never reads the record: register said
+    "registered B" and every later command went to the config's host."""
+    data = sample_data("manual-test-sqlite")
+    data["provider"] = {"provider": "existing"}
+    data["ssh_credentials"]["host"] = "203.0.113.1"
+    result = _inv(
+        tmp_path, "register", "--env", str(_write_env(tmp_path, data)), "--host", "203.0.113.7"
+    )
+    assert result.returncode == 1
+    assert "ssh_credentials.host (203.0.113.1)" in result.stderr
+    assert "remove ssh_credentials.host" in result.stderr
+    assert "registered" not in result.stdout
+    assert not (tmp_path / "state/tracker-deployer/hosts").exists()
+
+
+def test_register_names_the_known_hosts_file_the_key_is_checked_against(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It named the state directory's file, which target() does not read when the
+    config sets ssh_credentials.known_hosts_path."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # as _inv's
+    data = sample_data("manual-test-sqlite")
+    data["provider"] = {"provider": "existing"}
+    data["ssh_credentials"]["known_hosts_path"] = str(tmp_path / "my_known_hosts")
+    env = _write_env(tmp_path, data)
+    result = _inv(tmp_path, "register", "--env", str(env), "--host", "203.0.113.7")
+    assert result.returncode == 0, result.stderr
+    assert f"records the key in {tmp_path / 'my_known_hosts'})" in result.stdout
+    found = lifecycle.target(parse(data), make_key=False)
+    assert found is not None
+    assert found.known_hosts_path == str(tmp_path / "my_known_hosts")
+
+
 def test_existing_provider_without_a_host_says_how_to_register(tmp_path: Path) -> None:
     data = sample_data("manual-test-sqlite")
     data["provider"] = {"provider": "existing"}
@@ -498,6 +587,39 @@ def test_merging_keeps_other_lines_byte_for_byte_whatever_their_encoding(tmp_pat
     directory.mkdir()
     with pytest.raises(DeployError, match="cannot read"):
         state.merge_known_hosts(directory, "10.0.0.5", 22, ["ssh-ed25519 NEW"])
+
+
+def test_merging_host_keys_drops_the_hosts_hashed_lines_too(tmp_path: Path) -> None:
+    """HashKnownHosts (Debian's default): the old hashed line of a host re-provisioned
+    at the same address stayed, paramiko took its key (the first line that names the
+    host) and refused the new host as changed."""
+    import paramiko
+    from tracker_deployer.remote.ssh import KnownHosts
+
+    old, new = paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate()
+
+    def hashed(name: str, key: str = "ssh-ed25519 KEEP") -> str:
+        return f"{paramiko.HostKeys.hash_host(name)} {key}\n"
+
+    others = (
+        hashed("10.0.0.50")
+        + hashed("[10.0.0.5]:2222")
+        + "|1|not base64!|x ssh-ed25519 KEEP\n"
+        + "[10.0.0.5]:2200 ssh-ed25519 KEEP\n"
+    )
+    known = tmp_path / "known_hosts"
+    known.write_text(hashed("10.0.0.5", f"{old.get_name()} {old.get_base64()}") + others)
+    state.merge_known_hosts(known, "10.0.0.5", 22, [f"{new.get_name()} {new.get_base64()}"])
+    assert known.read_text() == others + f"10.0.0.5 {new.get_name()} {new.get_base64()}\n"
+    keys = paramiko.HostKeys()
+    KnownHosts.read(known).add_to(keys)
+    found = keys.lookup("10.0.0.5")
+    assert found is not None
+    assert found[new.get_name()] == new
+    # Another port: known_hosts names it [host]:port, hashed as such.
+    state.merge_known_hosts(known, "10.0.0.5", 2222, ["ssh-ed25519 NEW"])
+    assert "[10.0.0.5]:2222 ssh-ed25519 NEW\n" in known.read_text()
+    assert known.read_text().count("KEEP") == 3
 
 
 def test_sandbox_tasks_are_the_lifecycle_tasks_of_the_sandbox_env(tmp_path: Path) -> None:
@@ -613,6 +735,43 @@ def test_a_repository_that_goes_with_the_host_holds_nothing_elsewhere(
         lifecycle.refuse_with_sets(env, (inventory, elsewhere), said.append)
     assert gone in refused.value.message
     assert said == [f"  no set counts as elsewhere: {elsewhere.gone_with_host}"]
+
+
+def test_destroy_gives_the_inventory_in_an_instance_time_for_its_host_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The inventory's backup container may take LIST_TIMEOUT_SECONDS before the script
+    lists the sets on the host; lxd exec's default 120 s cut that fallback off."""
+    from tracker_deployer.providers import lxd
+    from tracker_deployer.render import inventory_script
+
+    timeouts: list[int] = []
+
+    class RecordingLxd:
+        name = "tracker-sandbox"
+
+        def __init__(self, _env: Any) -> None:
+            pass
+
+        def instance(self) -> dict[str, str]:
+            return {"status": "Running"}
+
+        def is_ours(self, _instance: Any) -> bool:
+            return True
+
+        def exec(
+            self, _command: str, *_args: str, timeout: int = lxd.LXC_TIMEOUT_SECONDS
+        ) -> subprocess.CompletedProcess[bytes]:
+            timeouts.append(timeout)
+            return subprocess.CompletedProcess([], 0, b"NOW\t1\n", b"")
+
+    monkeypatch.setattr(lxd, "Lxd", RecordingLxd)
+    monkeypatch.setattr(lxd, "require_lxd", lambda: None)
+    found = lifecycle._sets_through_lxd(parse(sample_data("sandbox-sqlite")))
+    assert found is not None
+    assert timeouts == [INVENTORY_LIST_TIMEOUT_SECONDS + 60]
+    script = inventory_script(verify=False, backup_image="torrust/tracker-backup:test")
+    assert f"readonly LIST_TIMEOUT_SECONDS={INVENTORY_LIST_TIMEOUT_SECONDS}\n" in script
 
 
 def test_destroy_of_an_existing_host_removes_every_cron_file_the_deployer_installs() -> None:

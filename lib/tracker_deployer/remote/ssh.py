@@ -189,10 +189,15 @@ def detached_command(staging: str, *args: str) -> str:
 
 
 class SshHost:
-    """A connected target host. Use as a context manager."""
+    """A connected target host. Use as a context manager.
 
-    def __init__(self, target: Target) -> None:
+    ``host_flags``: the command takes --host and --accept-new-host-key, so its
+    error hints may name them (destroy and status take neither).
+    """
+
+    def __init__(self, target: Target, *, host_flags: bool = True) -> None:
         self.target = target
+        self.host_flags = host_flags
         key_path = str(Path(target.private_key_path).expanduser())
         if not Path(key_path).is_file():
             raise DeployError(
@@ -247,19 +252,26 @@ class SshHost:
                     f"{self._known_hosts}",
                     "do not connect: the key was revoked on purpose",
                 ) from None
+            # How known_hosts names the host: port 22 without brackets.
+            name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
             raise RemoteError(
                 f"the host key of {target.host}:{target.port} does not match the one in "
                 f"{self._known_hosts}",
                 "if the host was rebuilt, remove its old line with "
-                f"`ssh-keygen -R '[{target.host}]:{target.port}' -f {self._known_hosts}`; "
+                f"`ssh-keygen -R '{name}' -f {self._known_hosts}`; "
                 "otherwise someone may be intercepting the connection",
             ) from None
         except SSHException as error:
             if "not found in known_hosts" in str(error):
+                how = (
+                    "pass --accept-new-host-key once (or add it with ssh-keyscan)"
+                    if self.host_flags
+                    else "add its key with "
+                    f"`ssh-keyscan -p {target.port} {target.host} >> {self._known_hosts}`"
+                )
                 raise RemoteError(
                     f"{target.host}:{target.port} is not in {self._known_hosts}",
-                    "check the host's fingerprint, then pass --accept-new-host-key once "
-                    "(or add it with ssh-keyscan)",
+                    f"check the host's fingerprint, then {how}",
                 ) from None
             if isinstance(error, AuthenticationException):
                 raise RemoteError(
@@ -284,7 +296,8 @@ class SshHost:
         except (socket.gaierror, OSError) as error:
             raise RemoteError(
                 f"cannot connect to {target.host}:{target.port}: {error}",
-                "check the host address in ssh_credentials.host or --host",
+                "check the host address in ssh_credentials.host"
+                + (" or --host" if self.host_flags else " or the host record"),
             ) from None
 
     def close(self) -> None:

@@ -503,6 +503,11 @@ def backup_listing_shell(context: Path = paths.BACKUP_IMAGE_CONTEXT) -> str:
     return "".join(part.split("\n", 1)[1] for part in parts)
 
 
+# The inventory's bound on its backup container's listing; then it lists the sets
+# on the host itself (whoever runs the script waits this long and then some).
+INVENTORY_LIST_TIMEOUT_SECONDS = 120
+
+
 def inventory_script(
     *,
     verify: bool,
@@ -523,6 +528,7 @@ def inventory_script(
         set_id_pattern=SET_ID.pattern,
         listing_shell=backup_listing_shell(),
         deploy_failed=DEPLOY_FAILED,
+        list_timeout_seconds=INVENTORY_LIST_TIMEOUT_SECONDS,
     )
 
 
