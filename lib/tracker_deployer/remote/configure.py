@@ -210,11 +210,23 @@ def _write(path: str, content: str, mode: str = "0644") -> str:
 
 
 SYSTEMD = "[ -d /run/systemd/system ]"
+# apt_update [OPTION...]: `apt-get update`, waiting up to APT_LOCK_WAIT_SECONDS for
+# the package lists' lock (DPkg::Lock::Timeout covers only dpkg's locks: a fresh
+# host's apt-daily holds the lists' lock, and update failed at once).
+APT_UPDATE = (
+    "apt_update() { local waited=0 out; "
+    'while ! out="$(apt-get $apt_opts "$@" update -qq 2>&1)"; do '
+    'case "$out" in *"Could not get lock"*) ;; *) printf \'%s\\n\' "$out" >&2; return 100;; esac; '
+    f'if [ "$waited" -ge {APT_LOCK_WAIT_SECONDS} ]; then printf \'%s\\n\' "$out" >&2; return 100; fi; '
+    "sleep 2; waited=$((waited + 2)); done; "
+    '[ -z "$out" ] || printf \'%s\\n\' "$out"; }; '
+)
 APT = (
     "export DEBIAN_FRONTEND=noninteractive; "
     f"apt_opts='-o DPkg::Lock::Timeout={APT_LOCK_WAIT_SECONDS} -o Dpkg::Options::=--force-confold'; "
+    + APT_UPDATE
     # An interrupted earlier run left dpkg half-way: finish that first (resume).
-    "dpkg --configure -a; "
+    + "dpkg --configure -a; "
 )
 
 
@@ -244,7 +256,7 @@ def _compose_from_trixie() -> str:
         + f"mkdir -p {APT_CACHE}/lists/partial {APT_CACHE}/cache/archives/partial; "
         + "printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s "
         + f'{COMPOSE_SUITE} main\\n\' "$mirror" > {APT_CACHE}/sources.list; '
-        + f"apt-get $apt_opts {options} update -qq; "
+        + f"apt_update {options}; "
         + f"(cd {APT_CACHE} && apt-get $apt_opts {options} download "
         f"docker-compose={COMPOSE_DEB_VERSION}); "
         + f"apt-get $apt_opts install -y -qq --no-install-recommends {APT_CACHE}/{deb}"
@@ -256,7 +268,7 @@ def plan(env: Env, host_os: HostOs, connected_port: int | None = None) -> tuple[
     packages = PACKAGES[host_os.key]
     names = " ".join(_q(p) for p in packages)
     install = (
-        APT + "set -o errexit; apt-get $apt_opts update -qq; "
+        APT + "set -o errexit; apt_update; "
         f"apt-get $apt_opts install -y -qq --no-install-recommends {names}"
     )
     compose_ok = "docker compose version --short 2>/dev/null | grep -Eq '^v?2[.]'"
