@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: install/start what the tests need
 # (scripts/setup.sh, idempotent), then every nox session.
-#   scripts/test.sh                 everything (lint, typecheck, tests, shellcheck, bats, e2e)
+#   scripts/test.sh                 everything (lint, typecheck, tests, rules, shellcheck, bats, e2e)
 #   scripts/test.sh -s tests        one session (any nox arguments)
 set -o errexit -o nounset -o pipefail
 
