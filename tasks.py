@@ -330,7 +330,10 @@ def _apply(env: str, where: _Host, dry_run: bool, scope: Scope) -> None:
         with SshHost(target) as connection:
             task_name = "push" if scope is Scope.PUSH else "install-cron"
             remote.refuse_unfinished_recover(connection, parsed.name, f"`inv {task_name}`")
-            remote.apply_scope(connection, tree, scope, _say)
+            if scope is Scope.PUSH:
+                lifecycle.push(connection, parsed, tree, _say)
+            else:
+                remote.apply_scope(connection, tree, scope, _say)
 
 
 @_host_task(help={"env": ENV_HELP, "dry_run": DRY_RUN_HELP})

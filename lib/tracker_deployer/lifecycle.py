@@ -310,6 +310,28 @@ def _password_files_changed(pushed: Plan | None) -> bool:
     )
 
 
+def push(connection: SshHost, env: Env, tree: RenderedTree, say: Say) -> Plan:
+    """`inv push`: the tree uploaded. MySQL: a pushed file may hold a password the
+    server lacks (a backup run would restart the tracker on it), so, as in deploy,
+    the push is guarded by the deploy marker and, once it changed such a file (or an
+    earlier deploy failed in that window), the server gets the config's passwords.
+    Should that fail, backup runs refuse until a deploy succeeds."""
+    if not env.uses_mysql:
+        return remote.push(connection, tree, say)
+    failed_before = remote.mark_deploying(connection)
+    pushed = None
+    try:
+        pushed = remote.push(connection, tree, say)
+        if failed_before or _password_files_changed(pushed):
+            mysql_passwords.set_in_server(connection, env, say)
+    except BaseException:
+        failed = failed_before or _password_files_changed(pushed)
+        remote.unmark_deploying(connection, say, failed=failed)
+        raise
+    remote.unmark_deploying(connection, say)
+    return pushed
+
+
 def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_HOST) -> Deployed:
     clock = PhaseClock(say)
     with clock.phase("provision"):

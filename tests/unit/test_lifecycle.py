@@ -1011,3 +1011,69 @@ def test_deploy_keeps_backup_runs_off_until_the_server_has_the_pushed_passwords(
     else:
         lifecycle.deploy(env, render(env), lambda _line: None)
     assert done == steps
+
+
+@pytest.mark.parametrize(
+    ("password_file_changed", "failed_before", "fails", "steps"),
+    [
+        # The push changed tracker.toml: the server gets the passwords, then the marker goes.
+        (True, False, None, ["mark", "push", "passwords", "unmark"]),
+        # Nothing a password reaches changed: the server is left alone.
+        (False, False, None, ["mark", "push", "unmark"]),
+        # An earlier deploy failed in the window: the passwords go in now.
+        (False, True, None, ["mark", "push", "passwords", "unmark"]),
+        # The server refuses them: runs refuse until a deploy succeeds.
+        (True, False, "passwords", ["mark", "push", "passwords", "unmark (failed)"]),
+        # A push cut off may have changed such a file.
+        (True, False, "push", ["mark", "push", "unmark (failed)"]),
+    ],
+)
+def test_a_mysql_push_gets_the_passwords_into_the_server_under_the_deploy_marker(
+    monkeypatch: pytest.MonkeyPatch,
+    password_file_changed: bool,
+    failed_before: bool,
+    fails: str | None,
+    steps: list[str],
+) -> None:
+    """`inv push` of a changed MySQL password left tracker.toml, backup.conf and .env
+    holding a password the server lacked, with no marker: the next backup run
+    restarted the tracker on it (a review). A push is now guarded as deploy is.
+    The remote steps are stand-ins (their host side: tests/integration/test_remote.py)."""
+    from tracker_deployer import paths
+    from tracker_deployer.remote.plan import Change, FileStep, Plan, Scope
+
+    env = parse(sample_data("manual-test-mysql"))
+    pushed_path = paths.TRACKER_CONFIG if password_file_changed else paths.PROMETHEUS_CONFIG
+    pushed = Plan(Scope.PUSH, (), (FileStep(Change.UPDATE, pushed_path),))
+    done: list[str] = []
+
+    def step(name: str, result: object = None) -> Any:
+        def run(*_args: object, **kw: object) -> object:
+            done.append(f"{name} (failed)" if kw.get("failed") else name)
+            if name == fails:
+                raise RemoteError(f"{name} failed")
+            return result
+
+        return run
+
+    monkeypatch.setattr(mysql_passwords, "set_in_server", step("passwords"))
+    monkeypatch.setattr(remote, "mark_deploying", step("mark", failed_before))
+    monkeypatch.setattr(remote, "unmark_deploying", step("unmark"))
+    monkeypatch.setattr(remote, "push", step("push", pushed))
+    connection: Any = object()
+    if fails:
+        with pytest.raises(RemoteError):
+            lifecycle.push(connection, env, render(env), lambda _line: None)
+    else:
+        assert lifecycle.push(connection, env, render(env), lambda _line: None) is pushed
+    assert done == steps
+
+
+def test_a_sqlite_push_is_only_the_push(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = parse(sample_data("manual-test-sqlite"))
+    done: list[str] = []
+    monkeypatch.setattr(remote, "mark_deploying", lambda *_args: done.append("mark"))
+    monkeypatch.setattr(remote, "push", lambda *_args: done.append("push"))
+    connection: Any = object()
+    lifecycle.push(connection, env, render(env), lambda _line: None)
+    assert done == ["push"]
