@@ -34,6 +34,7 @@ from tracker_deployer.remote import mysql_passwords
 from tracker_deployer.remote import offsite as offsite_copies
 from tracker_deployer.remote.plan import (
     CRON_FILES,
+    PASSWORD_FILES,
     RESTARTABLE,
     Change,
     Plan,
@@ -305,8 +306,7 @@ def _password_files_changed(pushed: Plan | None) -> bool:
     if pushed is None:
         return True
     return any(
-        step.path in remote.PASSWORD_FILES and step.change is not Change.UNCHANGED
-        for step in pushed.steps
+        step.path in PASSWORD_FILES and step.change is not Change.UNCHANGED for step in pushed.steps
     )
 
 

@@ -183,6 +183,33 @@ def test_a_push_records_on_the_host_the_restart_the_next_deploy_reads(
         assert set(deploy.pending_restart(host)) == {"tracker", "prometheus"}
 
 
+def test_a_push_that_changes_a_password_file_marks_the_deploy_failed_on_the_host(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    """A MySQL deploy's connection dropping after its push left the marker a time:
+    after an hour, runs went on and restarted the tracker on a password the server
+    lacked (a review). The push itself, on the host, now makes it "failed" before such
+    a file changes; a deploy that gets the passwords in removes it (unmark)."""
+    from tracker_deployer.config import parse_env_text
+    from tracker_deployer.render import render
+
+    data = target.env_data(sample_data("manual-test-mysql"))
+    env = write_env(tmp_path, data)
+    assert inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts)).returncode == 0
+    marker = target.host_path(str(paths.DEPLOY_MARKER))
+    assert not marker.exists()  # a push that ends well leaves none
+    parsed = parse_env_text(env.read_text(), source=str(env))
+    with SshHost(target.target()) as host:
+        assert deploy.mark_deploying(host) is False
+        target.host_path(str(paths.PROMETHEUS_CONFIG)).write_text("tampered\n")
+        deploy.push(host, render(parsed), lambda _line: None)  # no password file changed
+        assert marker.read_text() != "failed\n"
+        target.host_path(str(paths.TRACKER_CONFIG)).write_text("tampered\n")
+        deploy.push(host, render(parsed), lambda _line: None)
+        assert marker.read_text() == "failed\n"
+        assert deploy.mark_deploying(host) is True  # the next deploy sees it
+
+
 def test_a_full_disk_here_during_a_download_is_this_machines_error_not_the_hosts(
     target: SshTarget, tmp_path: Path
 ) -> None:

@@ -327,10 +327,6 @@ mv -f -- "$tmp" {q(str(marker))}
 """
 
 
-# The pushed files a changed MySQL password reaches (the server gets it later).
-PASSWORD_FILES = frozenset({paths.TRACKER_CONFIG, paths.BACKUP_CONF, paths.DOTENV_FILE})
-
-
 def mark_deploying(host: SshHost) -> bool:
     """Scheduled backup runs skip from here until :func:`unmark_deploying` (or until
     the marker is older than the maintenance script's bound): the push may bring a

@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from tracker_deployer import paths
 from tracker_deployer.errors import RemoteError
 from tracker_deployer.render import Directory, RenderedFile, RenderedTree
-from tracker_deployer.render.tree import ROOT_UID
+from tracker_deployer.render.tree import DEPLOY_FAILED, ROOT_UID
 from tracker_deployer.say import printable
 
 # The deployer's own record of what it put on the host (to remove stale files).
@@ -239,6 +239,10 @@ def parse_state_file(text: str) -> tuple[PurePosixPath, ...]:
     return tuple(paths_found)
 
 
+# The pushed files a changed MySQL password reaches (the server gets it later).
+PASSWORD_FILES = frozenset({paths.TRACKER_CONFIG, paths.BACKUP_CONF, paths.DOTENV_FILE})
+
+
 def render_apply_script(plan: Plan, upload_dir: str, previously: Sequence[PurePosixPath]) -> str:
     """A shell script (run as root) that applies ``plan``.
 
@@ -276,6 +280,19 @@ def render_apply_script(plan: Plan, upload_dir: str, previously: Sequence[PurePo
         lines.append(state_dir)
         pending = q(str(PENDING_RESTART_FILE))
         lines.append(f"printf '%s\\n' {' '.join(restart)} >> {pending}")
+    if any(
+        step.path in PASSWORD_FILES and step.change is not Change.UNCHANGED for step in plan.steps
+    ):
+        # A MySQL deploy's marker (mark_deploying) says "failed" before such a file
+        # changes, on the host: should the deploy's connection drop from here on,
+        # runs refuse (not only skip for an hour) until a deploy gets the passwords
+        # into the server; a deploy that does removes it.
+        marker = q(str(paths.DEPLOY_MARKER))
+        lines.append(
+            f"if [ -f {marker} ] && [ ! -L {marker} ]; then "
+            f'tmp="$(mktemp {marker}.XXXXXX)" && printf \'%s\\n\' {q(DEPLOY_FAILED)} > "$tmp" '
+            f'&& chmod 0644 -- "$tmp" && mv -f -- "$tmp" {marker}; fi'
+        )
     for index, step in enumerate(plan.steps):
         target = q(str(step.path))
         if step.change is Change.REMOVE:
