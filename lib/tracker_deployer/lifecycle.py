@@ -374,7 +374,10 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
                 # Also what an earlier deploy pushed and could not restart (its push
                 # recorded them; the restart clears the record).
                 pending = remote.pending_restart(connection)
-                restart = tuple(name for name in RESTARTABLE if name in {*changed, *pending})
+                # Only services the stack still has: a record naming one the config
+                # dropped since would make `compose restart` fail every deploy.
+                wanted = {*changed, *pending} & set(derive(env).service_names)
+                restart = tuple(name for name in RESTARTABLE if name in wanted)
                 remote.compose_up(connection, restart, say, env_name=env.name)
         except BaseException:
             if guarded:
