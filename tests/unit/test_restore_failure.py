@@ -3,9 +3,20 @@ changed and whether the tracker runs are the operator's first questions."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+from pathlib import Path
+
 import pytest
 from tracker_deployer import exit_codes
-from tracker_deployer.remote.backups import VerificationFailed, restore_failure, verify_failure
+from tracker_deployer.remote.backups import (
+    VerificationFailed,
+    restore_failure,
+    restore_script,
+    verify_failure,
+)
+
+from tests.helpers import parse, sample_data
 
 SET = "20261126_030000"
 
@@ -53,3 +64,28 @@ def test_a_lock_is_no_failed_verification(code: int, says: str, failed: bool) ->
     assert says in error.message
     assert isinstance(error, VerificationFailed) == failed
     assert ("do not rely on this set" in (error.hint or "")) == failed
+
+
+def test_the_partly_restored_marker_names_the_set_being_loaded(tmp_path: Path) -> None:
+    """While the safety set is put back, the marker said the set asked for: should the
+    put-back fail, `inv backups` named a set the database did not hold part of (a
+    review). The script's own function, run on its own."""
+
+    script = restore_script(
+        parse(sample_data("manual-test-mysql")), "20261125_030000", "all", verify_first=True
+    )
+    found = re.search(r"^mark_partly_restored\(\) \{\n.*?^\}\n", script, re.S | re.M)
+    assert found is not None
+    marker = tmp_path / "status/restore-incomplete"
+    subprocess.run(
+        ["bash", "-c", found.group(0) + "mark_partly_restored", "_"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "STATUS_DIR": str(marker.parent),
+            "RESTORE_MARKER": str(marker),
+            "SET_ID": "20261125_030000",
+            "LOAD_SET": "20261126_030000",
+        },
+        check=True,
+    )
+    assert marker.read_text().startswith("set=20261126_030000\n")
