@@ -22,10 +22,12 @@ SCRAPE_JOB = "tracker_backup"
 # The tracker's own scrape jobs (its API): statistics, and metrics.
 TRACKER_STATS_JOB = "tracker_stats"
 TRACKER_METRICS_JOB = "tracker_metrics"
-# The backup job is scraped at least this often, whatever
-# prometheus.scrape_interval_in_secs says: a rule sees a series only within
-# Prometheus' lookback (5 minutes) of its last sample, so a slower scrape could
-# leave the backup alerts without data at every evaluation.
+# With the alert rules (backup monitoring on), the backup job, the tracker_stats
+# job (TrackerDown's `up`) and the rule evaluation run at least this often,
+# whatever prometheus.scrape_interval_in_secs says: a rule sees a series only
+# within Prometheus' lookback (5 minutes) of its last sample, so a slower scrape
+# could leave the alerts without data at every evaluation, and a slower
+# evaluation would miss or delay every `for:`.
 MAX_SCRAPE_SECONDS = 60
 TEXTFILE_NAME = "tracker_backup.prom"
 
@@ -165,10 +167,12 @@ class AlertSettings:
     # meanwhile, and one that fires clears).
     metrics_unavailable_for: str = "15m"
     job: str = SCRAPE_JOB
-    # How long the tracker's API may go unscraped before TrackerDown fires: longer
-    # than any backup run keeps it stopped within its bound (max_downtime_seconds
-    # fires BackupFailed of its own), short enough to catch a tracker that a
-    # killed run or restore left stopped.
+    # How long the tracker's API may go unscraped before TrackerDown fires: short
+    # enough to catch a tracker that a killed run or restore left stopped, longer
+    # than a backup run's stop takes as a rule (seconds; downtime_budget_seconds,
+    # default 60). Not longer than backup.max_downtime_seconds (default 600): a run
+    # that keeps the tracker stopped more than 5 minutes within that bound fires it
+    # too, and it clears once the run starts the tracker again.
     tracker_down_for: str = "5m"
     tracker_job: str = TRACKER_STATS_JOB
 
@@ -202,6 +206,21 @@ def backup_scrape_seconds(env: Env) -> int:
     """The backup job's scrape interval: the stack's, at most MAX_SCRAPE_SECONDS."""
     assert env.prometheus is not None
     return min(env.prometheus.scrape_interval_in_secs, MAX_SCRAPE_SECONDS)
+
+
+def alerting_seconds(env: Env) -> int:
+    """The rule evaluation interval, and the tracker_stats job's scrape interval: the
+    stack's scrape interval, capped like the backup job's when the alert rules are on.
+
+    A rule sees a series only within Prometheus' lookback (5 minutes) of its last
+    sample, and an alert's ``for`` counts evaluations that see the condition:
+    TrackerDown reads this job's ``up``, and scraped or evaluated every 10 minutes
+    it would fire late or never.
+    """
+    assert env.prometheus is not None
+    if monitors_backups(env):
+        return backup_scrape_seconds(env)
+    return env.prometheus.scrape_interval_in_secs
 
 
 def monitors_backups(env: Env) -> bool:

@@ -337,13 +337,47 @@ def test_a_drill_run_by_hand_in_a_terminal_does_not_stop_on_it(tmp_path: Path) -
     assert (verify.parent / "verified").read_text() == "20261101_030000\n"
 
 
+def test_a_drill_with_no_set_to_drill_is_no_failed_drill(tmp_path: Path) -> None:
+    """A fresh deploy has no complete set yet: the drill exits 66 as documented, but
+    recorded that as result=failure, which the metrics turned into
+    tracker_backup_last_drill_success 0 and BackupDrillFailed (critical) fired for a
+    week (a review). BackupMissing and BackupDrillMissing cover "no set"."""
+    stack, verify = standin(tmp_path)
+    drill = Drill(stack, tmp_path / "drill", verify=verify)
+
+    result = drill.run()
+
+    assert result.returncode == 66, result.stdout + result.stderr
+    assert "FAILED" not in result.stderr
+    last = drill.last()
+    assert (last["result"], last["exit_code"], last["set"]) == ("no_set", "66", "")
+    assert last["last_success_epoch"] == ""
+    assert drill.metric("tracker_backup_last_drill_success") is None
+    assert drill.metric("tracker_backup_last_drill_success_timestamp_seconds") is None
+    assert drill.metric("tracker_backup_last_drill_timestamp_seconds") is not None
+    assert drill.evidence() == []
+    listing = format_inventory(parse_inventory(drill.inventory()), datetime.now(UTC))
+    assert "last drill found nothing to drill (exit 66): no complete backup set" in listing
+    assert "FAILED" not in listing
+
+    # A drill passes; then the sets are gone: its success is kept, still no failure.
+    fake_set(stack.backups, "20261101_030000")
+    assert drill.run().returncode == 0
+    passed = drill.metric("tracker_backup_last_drill_success_timestamp_seconds")
+    (stack.backups / "manifests/set_20261101_030000.sha256").unlink()
+    assert drill.run().returncode == 66
+    assert drill.last()["result"] == "no_set"
+    assert drill.metric("tracker_backup_last_drill_success") is None
+    assert drill.metric("tracker_backup_last_drill_success_timestamp_seconds") == passed
+
+
 def test_drill_takes_the_newest_complete_set_and_prunes_evidence_of_gone_sets(
     tmp_path: Path,
 ) -> None:
     stack, verify = standin(tmp_path)
     drill = Drill(stack, tmp_path / "drill", verify=verify)
     assert drill.run().returncode == 66  # no set yet
-    assert drill.last()["result"] == "failure"
+    assert drill.last()["result"] == "no_set"  # not a failed drill
 
     fake_set(stack.backups, "20261101_030000")
     fake_set(stack.backups, "20261102_030000")

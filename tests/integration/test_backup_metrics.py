@@ -9,8 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
+from tracker_deployer import monitoring, paths
+from tracker_deployer.render import render
 from tracker_deployer.render.tree import metrics_script
 
+from tests.helpers import parse, sample_data
 from tests.integration.disks import fill, small_disk
 from tests.integration.stack import Stack
 
@@ -134,6 +138,48 @@ def test_metrics_describe_a_real_run_and_then_a_failed_one(
     assert samples['tracker_backup_set_bytes{part="db"}'] == db_file.stat().st_size
 
 
+def test_the_last_success_outlives_a_long_history_of_failures(
+    sqlite_stack: Stack, tmp_path: Path
+) -> None:
+    """After a failed run the last success was looked up only in the last 64 KiB of
+    history.tsv: ~1800 failure lines pushed it out, the metric disappeared and
+    BackupMissing{reason="never"} fired (a review). last-run.env carries it now,
+    also from a status written before it did (no last_success_epoch line)."""
+    stack = sqlite_stack
+    metrics = Metrics(stack, tmp_path / "metrics")
+    result = stack.run_maintenance()
+    assert result.returncode == 0, result.stdout + result.stderr
+    success = epoch(stack.status()["finished_at"])
+    assert stack.status()["last_success_epoch"] == str(int(success))
+    # as a status written before the upgrade: no last_success_epoch
+    last_run = stack.status_dir / "last-run.env"
+    last_run.write_text(
+        "".join(
+            line
+            for line in last_run.read_text().splitlines(keepends=True)
+            if not line.startswith("last_success_epoch=")
+        )
+    )
+
+    conf = stack.deploy_dir / "storage/backup-etc/backup.conf"
+    conf.write_text(conf.read_text() + "NOT A SETTING\n")  # the backup container refuses it
+    assert stack.run_maintenance().returncode != 0
+    assert stack.status()["last_success_epoch"] == str(int(success))
+    # ~1800 failed runs since (a broken host left alone for a long time)
+    history = stack.status_dir / "history.tsv"
+    with history.open("a") as lines:
+        for _ in range(2000):
+            lines.write("2026-01-01T03:00:00Z\tfailure\t2\t1\t\n")
+    assert stack.run_maintenance().returncode != 0
+    assert stack.status()["result"] == "failure"
+    assert "\tsuccess\t" not in history.read_bytes()[-65536:].decode()
+
+    samples = metrics.write()
+
+    assert samples["tracker_backup_last_run_success"] == 0
+    assert samples["tracker_backup_last_success_timestamp_seconds"] == success
+
+
 def test_planted_symlinks_are_not_followed(sqlite_stack: Stack, tmp_path: Path) -> None:
     stack = sqlite_stack
     metrics = Metrics(stack, tmp_path / "metrics")
@@ -222,3 +268,74 @@ def test_a_full_disk_never_leaves_the_last_success_standing(
         assert "tracker_backup_last_run_success 0\n" in text
         assert f"tracker_backup_last_run_exit_code {failed.returncode}\n" in text
         assert "written over in place" in stack.log_file.read_text()
+
+
+def _scrapes(step_minutes: int, offset_minutes: int, minutes: int) -> str:
+    """up=0 every ``step_minutes`` from ``offset_minutes``, as a 1-minute promtool series."""
+    return " ".join(
+        "0" if minute >= offset_minutes and (minute - offset_minutes) % step_minutes == 0 else "_"
+        for minute in range(minutes)
+    )
+
+
+def test_tracker_down_fires_on_a_stack_scraped_every_ten_minutes(tmp_path: Path) -> None:
+    """prometheus.scrape_interval_in_secs 600 gave the tracker_stats job and the rule
+    evaluation that interval: a rule sees only the samples of the 5 minutes before
+    it, so with the scrapes more than 5 minutes before each evaluation TrackerDown
+    never saw the tracker's `up` (a review: no alert at 120m). promtool on the
+    rendered prometheus.yml and rules, sampled and evaluated as rendered, for every
+    offset of the scrapes from the evaluations (Prometheus spreads them)."""
+    data = sample_data("manual-test-mysql")
+    data["prometheus"] = {"scrape_interval_in_secs": 600}
+    tree = render(parse(data))
+    for host_path in (paths.PROMETHEUS_CONFIG, paths.PROMETHEUS_RULES):
+        (tmp_path / host_path.name).write_bytes(tree.file(host_path).content)
+    config = yaml.safe_load(tree.text(paths.PROMETHEUS_CONFIG))
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == monitoring.TRACKER_STATS_JOB]
+    scrape_seconds = int(job.get("scrape_interval", config["global"]["scrape_interval"])[:-1])
+    assert scrape_seconds % 60 == 0
+    step = scrape_seconds // 60
+    rules = yaml.safe_load(tree.text(paths.PROMETHEUS_RULES))["groups"][0]["rules"]
+    [rule] = [rule for rule in rules if rule.get("alert") == "TrackerDown"]
+    labels = {"job": monitoring.TRACKER_STATS_JOB, "instance": "tracker:1212"}
+    series = "up{" + ",".join(f'{name}="{value}"' for name, value in labels.items()) + "}"
+    test = {
+        "rule_files": [paths.PROMETHEUS_RULES.name],
+        "evaluation_interval": config["global"]["evaluation_interval"],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": series, "values": _scrapes(step, offset, 120)}],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "30m",
+                        "alertname": "TrackerDown",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "critical", **labels},
+                                "exp_annotations": rule["annotations"],
+                            }
+                        ],
+                    }
+                ],
+            }
+            for offset in range(step)
+        ],
+    }
+    (tmp_path / "tracker-down.test.yml").write_text(yaml.safe_dump(test))
+
+    checked = subprocess.run(
+        [promtool(), "check", "config", str(tmp_path / paths.PROMETHEUS_CONFIG.name)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    result = subprocess.run(
+        [promtool(), "test", "rules", "tracker-down.test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

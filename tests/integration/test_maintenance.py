@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -653,6 +653,42 @@ def test_hardening_04_recover_at_boot_starts_a_tracker_a_killed_run_left_stopped
             assert (stack.status_dir / "last-run.env").read_text() == before
         finally:
             stack.cleanup()
+
+
+@pytest.mark.parametrize("mode", ["recover", "backup"])
+def test_hardening_04_the_outage_a_killed_run_left_counts_as_downtime(
+    tmp_path: Path, mode: str
+) -> None:
+    """The run that starts a tracker a killed run left stopped measured the downtime
+    from its own start only: a 2 h outage was recorded as the second `docker start`
+    takes, and BackupDowntimeOverBudget stayed silent (a review). It counts from the
+    marker's stopped_at now; a backup run adds its own stop."""
+    stack = hanging_stack(tmp_path)
+    try:
+        kill_during_the_snapshot(stack)
+        [stopped_at] = re.findall(r"^stopped_at=(\S+)$", stack.marker.read_text(), re.MULTILINE)
+        stopped = datetime.strptime(stopped_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        time.sleep(4)  # the tracker stays down a while
+        if mode == "backup":
+            require_images(BACKUP_IMAGE)
+            compose_file = stack.deploy_dir / "docker-compose.yml"
+            compose_file.write_text(
+                compose_file.read_text().replace(hanging_backup_image(), BACKUP_IMAGE)
+            )
+        down_until_at_least = time.time()
+
+        result = stack.run_maintenance(*(["--recover"] if mode == "recover" else []), "--quiet")
+
+        assert result.returncode == 70, result.stderr
+        assert "tracker" in stack.running_services()
+        status = stack.status()
+        assert "had been left stopped" in status["reason"]
+        downtime = float(status["downtime_seconds"])
+        assert downtime >= down_until_at_least - stopped.timestamp() >= 4
+        # not more than the whole time since the stop
+        assert downtime <= time.time() - stopped.timestamp() + 1
+    finally:
+        stack.cleanup()
 
 
 def test_a_run_that_cannot_tell_whether_the_tracker_runs_takes_no_snapshot(

@@ -273,3 +273,9 @@ def test_the_backup_job_is_scraped_within_the_rules_lookback(
     assert config["global"]["scrape_interval"] == f"{stack_seconds}s"
     [job] = [job for job in config["scrape_configs"] if job["job_name"] == monitoring.SCRAPE_JOB]
     assert job["scrape_interval"] == backup_seconds
+    # TrackerDown's job and the rule evaluation too (a review: never fired at 600 s).
+    [tracker] = [
+        j for j in config["scrape_configs"] if j["job_name"] == monitoring.TRACKER_STATS_JOB
+    ]
+    assert tracker["scrape_interval"] == backup_seconds
+    assert config["global"]["evaluation_interval"] == backup_seconds

@@ -407,6 +407,12 @@ def format_drills(inventory: Inventory) -> list[str]:
             f"  last drill FAILED (exit {last.get('exit_code', '?')}): "
             f"{last.get('reason') or 'see ' + str(paths.BACKUP_LOG)}"
         )
+    elif last.get("result") == "no_set":
+        # Not a failed drill: there was no complete set to drill yet.
+        lines.append(
+            f"  last drill found nothing to drill (exit {last.get('exit_code', '?')}): "
+            f"{last.get('reason') or 'no complete backup set'}"
+        )
     return [printable(line) for line in lines]
 
 
