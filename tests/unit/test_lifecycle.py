@@ -969,23 +969,13 @@ def test_deploy_keeps_backup_runs_off_until_the_server_has_the_pushed_passwords(
     tests/integration/test_remote.py, test_maintenance.py)."""
     from contextlib import nullcontext
 
-    from tracker_deployer import paths
-    from tracker_deployer.remote.plan import Change, FileStep, Plan, Scope
+    from tracker_deployer.remote.plan import Plan, Scope
     from tracker_deployer.remote.ssh import Target
 
     env = parse(sample_data("manual-test-mysql" if database == "mysql" else "manual-test-sqlite"))
-    pushed_path = paths.TRACKER_CONFIG if password_file_changed else paths.PROMETHEUS_CONFIG
-    pushed = Plan(Scope.PUSH, (), (FileStep(Change.UPDATE, pushed_path),))
+    pushed = _pushed(password_file_changed)
     done: list[str] = []
-
-    def step(name: str, result: object = None) -> Any:
-        def run(*_args: object, **kw: object) -> object:
-            done.append(f"{name} (failed)" if kw.get("failed") else name)
-            if name == fails:
-                raise RemoteError(f"{name} failed")
-            return result
-
-        return run
+    step = _recorded_steps(done, fails)
 
     monkeypatch.setattr(lifecycle, "target", lambda *_args: Target("10.0.0.5", 22, "t", "/k"))
     monkeypatch.setattr(lifecycle, "SshHost", lambda _target: nullcontext(object()))
@@ -1042,22 +1032,10 @@ def test_a_mysql_push_gets_the_passwords_into_the_server_under_the_deploy_marker
     holding a password the server lacked, with no marker: the next backup run
     restarted the tracker on it (a review). A push is now guarded as deploy is.
     The remote steps are stand-ins (their host side: tests/integration/test_remote.py)."""
-    from tracker_deployer import paths
-    from tracker_deployer.remote.plan import Change, FileStep, Plan, Scope
-
     env = parse(sample_data("manual-test-mysql"))
-    pushed_path = paths.TRACKER_CONFIG if password_file_changed else paths.PROMETHEUS_CONFIG
-    pushed = Plan(Scope.PUSH, (), (FileStep(Change.UPDATE, pushed_path),))
+    pushed = _pushed(password_file_changed)
     done: list[str] = []
-
-    def step(name: str, result: object = None) -> Any:
-        def run(*_args: object, **kw: object) -> object:
-            done.append(f"{name} (failed)" if kw.get("failed") else name)
-            if name == fails:
-                raise RemoteError(f"{name} failed")
-            return result
-
-        return run
+    step = _recorded_steps(done, fails)
 
     monkeypatch.setattr(mysql_passwords, "set_in_server", step("passwords"))
     monkeypatch.setattr(remote, "mark_deploying", step("mark", failed_before))
@@ -1080,3 +1058,29 @@ def test_a_sqlite_push_is_only_the_push(monkeypatch: pytest.MonkeyPatch) -> None
     connection: Any = object()
     lifecycle.push(connection, env, render(env), lambda _line: None)
     assert done == ["push"]
+
+
+def _pushed(password_file_changed: bool) -> Any:
+    """A push's plan that changed tracker.toml (a file a MySQL password reaches) or not."""
+    from tracker_deployer import paths
+    from tracker_deployer.remote.plan import Change, FileStep, Plan, Scope
+
+    path = paths.TRACKER_CONFIG if password_file_changed else paths.PROMETHEUS_CONFIG
+    return Plan(Scope.PUSH, (), (FileStep(Change.UPDATE, path),))
+
+
+def _recorded_steps(done: list[str], fails: str | None) -> Any:
+    """``step(name, result)``: a stand-in for a remote step that records its name in
+    ``done`` ("NAME (failed)" when called with failed=True), raises when it is the one
+    that ``fails``, else returns ``result``."""
+
+    def step(name: str, result: object = None) -> Any:
+        def run(*_args: object, **kw: object) -> object:
+            done.append(f"{name} (failed)" if kw.get("failed") else name)
+            if name == fails:
+                raise RemoteError(f"{name} failed")
+            return result
+
+        return run
+
+    return step
