@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tracker_deployer import exit_codes
 from tracker_deployer.remote.backups import format_inventory, inventory_json, parse_inventory
 from tracker_deployer.render import inventory_script
 from tracker_deployer.render.tree import drill_script, metrics_script, verify_script
@@ -249,9 +250,36 @@ def test_drill_waits_for_the_backup_lock_and_gives_up_after_the_bound(tmp_path: 
 
     assert result.returncode == 75
     assert not (verify.parent / "verified").exists()
-    assert drill.last()["result"] == "failure"
+    # Not a failed drill (BackupDrillFailed, critical, fired for a week after a
+    # backup that took longer than the hour): it did not run.
+    assert drill.last()["result"] == "skipped"
+    assert "drill skipped (exit 75): the backup lock" in drill.log_file.read_text()
     assert "stayed busy" in drill.log_file.read_text()
-    assert drill.metric("tracker_backup_last_drill_success") == 0
+    assert drill.metric("tracker_backup_last_drill_success") is None
+    listing = format_inventory(parse_inventory(drill.inventory()), datetime.now(UTC))
+    assert "last drill skipped (exit 75): the backup lock" in listing
+    assert "FAILED" not in listing
+
+
+def test_a_drill_that_meets_a_hand_started_backup_sh_is_skipped_not_failed(
+    tmp_path: Path,
+) -> None:
+    """The verify drill exits 5 when a backup.sh started by hand holds the backup
+    directory's own lock: nothing was checked, so no failed drill either."""
+    stack, _ = standin(tmp_path)
+    fake_set(stack.backups, "20261101_030000")
+    locked = tmp_path / "locked/verify.sh"
+    locked.parent.mkdir()
+    locked.write_text(
+        "#!/usr/bin/env bash\necho 'another backup.sh run holds the lock; not verified' >&2\n"
+        f"exit {exit_codes.BACKUP_SH_LOCKED}\n"
+    )
+    locked.chmod(0o755)
+    drill = Drill(stack, tmp_path / "drill", verify=locked)
+    result = drill.run()
+    assert result.returncode == exit_codes.BACKUP_SH_LOCKED, result.stdout + result.stderr
+    assert drill.last()["result"] == "skipped"
+    assert drill.metric("tracker_backup_last_drill_success") is None
 
 
 # A verify drill that takes long: it records its start and the TERM it gets.

@@ -413,6 +413,12 @@ def format_drills(inventory: Inventory) -> list[str]:
             f"  last drill found nothing to drill (exit {last.get('exit_code', '?')}): "
             f"{last.get('reason') or 'no complete backup set'}"
         )
+    elif last.get("result") == "skipped":
+        # Not a failed drill either: it did not run (a lock stayed busy).
+        lines.append(
+            f"  last drill skipped (exit {last.get('exit_code', '?')}): "
+            f"{last.get('reason') or 'see ' + str(paths.BACKUP_LOG)}"
+        )
     return [printable(line) for line in lines]
 
 
