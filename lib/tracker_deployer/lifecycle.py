@@ -311,25 +311,29 @@ def _password_files_changed(pushed: Plan | None) -> bool:
 
 
 def push(connection: SshHost, env: Env, tree: RenderedTree, say: Say) -> Plan:
-    """`inv push`: the tree uploaded. MySQL: a pushed file may hold a password the
-    server lacks (a backup run would restart the tracker on it), so, as in deploy,
-    the push is guarded by the deploy marker and, once it changed such a file (or an
-    earlier deploy failed in that window), the server gets the config's passwords.
-    Should that fail, backup runs refuse until a deploy succeeds."""
-    if not env.uses_mysql:
-        return remote.push(connection, tree, say)
-    failed_before = remote.mark_deploying(connection)
-    pushed = None
-    try:
-        pushed = remote.push(connection, tree, say)
-        if failed_before or _password_files_changed(pushed):
-            mysql_passwords.set_in_server(connection, env, say)
-    except BaseException:
-        failed = failed_before or _password_files_changed(pushed)
-        remote.unmark_deploying(connection, say, failed=failed)
-        raise
-    remote.unmark_deploying(connection, say)
-    return pushed
+    """`inv push`: the tree uploaded. MySQL: a push that would change the content of a
+    file a password reaches (tracker.toml, backup.conf, .env) is refused before
+    anything changes:
+    those files may then hold a password the server lacks, which only a deploy sets
+    in the server (and restarts the tracker on); a backup run would restart the
+    tracker on it meanwhile, and the running tracker could open no new connection."""
+    plan, previously = remote.plan_on_host(connection, tree, Scope.PUSH)
+    # (A file made anew holds what the first deploy gives the server.)
+    changed = sorted(
+        str(step.path)
+        for step in plan.steps
+        if step.path in PASSWORD_FILES and step.change is Change.UPDATE
+    )
+    if env.uses_mysql and changed:
+        raise DeployError(
+            f"the push would change {', '.join(changed)}, which hold the MySQL passwords: "
+            "`inv push` neither sets them in the server nor restarts the tracker; nothing "
+            "was changed",
+            f"run `inv deploy --env {env.name}` (it pushes, sets the passwords, restarts)",
+        )
+    remote.apply_plan(connection, plan, previously, say)
+    say(f"push: {plan.summary()}")
+    return plan
 
 
 def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_HOST) -> Deployed:
@@ -356,7 +360,7 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
         pushed = None
         try:
             with clock.phase("push"):
-                pushed = remote.push(connection, tree, say)
+                pushed = remote.push(connection, tree, say, guard_passwords=guarded)
             with clock.phase("compose up"):
                 sideload(env, say)
                 ensure_images(connection, env, say)

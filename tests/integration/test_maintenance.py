@@ -21,7 +21,11 @@ import yaml
 from tracker_deployer import paths
 from tracker_deployer.remote.backups import format_last_run, parse_inventory
 from tracker_deployer.render import inventory_script, render
-from tracker_deployer.render.tree import DEPLOY_FAILED, DEPLOY_MARKER_MAX_AGE_SECONDS
+from tracker_deployer.render.tree import (
+    DEPLOY_FAILED,
+    DEPLOY_MARKER_MAX_AGE_SECONDS,
+    DEPLOY_PUSHED,
+)
 
 from tests.helpers import parse, sample_data
 from tests.integration.stack import (
@@ -313,12 +317,23 @@ def test_a_run_skips_while_a_deploy_changes_the_stack_and_not_after_its_marker_e
     refused = stack.run_maintenance()
     assert refused.returncode == 77, refused.stdout + refused.stderr
     assert (
-        "a deploy failed after it pushed files that may hold a MySQL password"
+        "a deploy failed (or never ended) after it pushed files that may hold a MySQL password"
         in (stack.status()["reason"])
     )
     assert f"run inv deploy --env {stack.env.name} again" in stack.status()["reason"]
     assert len(stack.sets()) == 1
     assert "tracker" in stack.running_services()
+
+    # The push's own mark (it changed a file a password reaches): runs skip while the
+    # deploy goes on (a run failed in that window, a review), and refuse once it is
+    # older than the bound: a deploy that never ended (its connection dropped).
+    marker.write_text(f"{DEPLOY_PUSHED}{int(time.time()) - 60}\n")
+    assert stack.run_maintenance().returncode == 75
+    marker.write_text(f"{DEPLOY_PUSHED}{int(time.time()) - DEPLOY_MARKER_MAX_AGE_SECONDS - 60}\n")
+    abandoned = stack.run_maintenance()
+    assert abandoned.returncode == 77, abandoned.stdout + abandoned.stderr
+    assert "a deploy failed (or never ended)" in stack.status()["reason"]
+    assert len(stack.sets()) == 1
 
     # Whatever else stands at its name is not waited for (a FIFO would block a read).
     marker.unlink()

@@ -138,7 +138,8 @@ def test_push_as_a_sudo_user_gives_the_same_result(target: SshTarget, tmp_path: 
 def test_push_repairs_changed_content_and_modes_and_removes_dropped_files(
     target: SshTarget, tmp_path: Path
 ) -> None:
-    data = target.env_data(sample_data("manual-test-mysql"))
+    # SQLite: a MySQL env's push refuses to change tracker.toml (a password is in it).
+    data = target.env_data(sample_data("manual-test-sqlite"))
     data["tracker"]["http_api"].update({"domain": "api.example.com", "use_tls_proxy": True})  # type: ignore[index]
     data["https"] = {"admin_email": "admin@example.com"}
     env = write_env(tmp_path, data)
@@ -183,31 +184,48 @@ def test_a_push_records_on_the_host_the_restart_the_next_deploy_reads(
         assert set(deploy.pending_restart(host)) == {"tracker", "prometheus"}
 
 
-def test_a_push_that_changes_a_password_file_marks_the_deploy_failed_on_the_host(
+def test_a_mysql_deploys_push_marks_the_deploy_pushed_on_the_host(
     target: SshTarget, tmp_path: Path
 ) -> None:
     """A MySQL deploy's connection dropping after its push left the marker a time:
     after an hour, runs went on and restarted the tracker on a password the server
-    lacked (a review). The push itself, on the host, now makes it "failed" before such
-    a file changes; a deploy that gets the passwords in removes it (unmark)."""
+    lacked (a review). Its push itself, on the host, marks it "pushed:TIME" before such
+    a file changes (runs skip while it is young, refuse after); `inv push` refuses to
+    change such a file; a deploy that gets the passwords in removes the marker."""
     from tracker_deployer.config import parse_env_text
     from tracker_deployer.render import render
+    from tracker_deployer.render.tree import DEPLOY_PUSHED
 
     data = target.env_data(sample_data("manual-test-mysql"))
     env = write_env(tmp_path, data)
     assert inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts)).returncode == 0
     marker = target.host_path(str(paths.DEPLOY_MARKER))
-    assert not marker.exists()  # a push that ends well leaves none
+    assert not marker.exists()
+    toml = target.host_path(str(paths.TRACKER_CONFIG))
+    toml.write_text("tampered\n")
+    refused = inv("push", "--env", str(env), "--known-hosts", str(target.known_hosts))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"would change {paths.TRACKER_CONFIG}, which hold the MySQL passwords" in (
+        refused.stderr
+    )
+    assert toml.read_text() == "tampered\n"  # nothing was changed
     parsed = parse_env_text(env.read_text(), source=str(env))
     with SshHost(target.target()) as host:
         assert deploy.mark_deploying(host) is False
-        target.host_path(str(paths.PROMETHEUS_CONFIG)).write_text("tampered\n")
-        deploy.push(host, render(parsed), lambda _line: None)  # no password file changed
-        assert marker.read_text() != "failed\n"
-        target.host_path(str(paths.TRACKER_CONFIG)).write_text("tampered\n")
-        deploy.push(host, render(parsed), lambda _line: None)
-        assert marker.read_text() == "failed\n"
+        before = int(time.time())
+        deploy.push(host, render(parsed), lambda _line: None, guard_passwords=True)
+        written = marker.read_text()
+        assert written.startswith(DEPLOY_PUSHED), written
+        assert before - 5 <= int(written.removeprefix(DEPLOY_PUSHED)) <= time.time() + 5
+        assert toml.read_text() != "tampered\n"
         assert deploy.mark_deploying(host) is True  # the next deploy sees it
+        assert marker.read_text() == written  # and leaves it as it is
+        # A deploy's push that changes no such file leaves its mark a time.
+        deploy.unmark_deploying(host, lambda _line: None)
+        assert deploy.mark_deploying(host) is False
+        target.host_path(str(paths.PROMETHEUS_CONFIG)).write_text("tampered\n")
+        deploy.push(host, render(parsed), lambda _line: None, guard_passwords=True)
+        assert not marker.read_text().startswith(DEPLOY_PUSHED)
 
 
 def test_a_full_disk_here_during_a_download_is_this_machines_error_not_the_hosts(

@@ -907,7 +907,7 @@ def test_deploy_restarts_what_an_earlier_push_left_pending(
     monkeypatch.setattr(remote, "refuse_unfinished_recover", lambda *_args: None)
     monkeypatch.setattr(remote, "mark_deploying", lambda *_args: None)
     monkeypatch.setattr(remote, "unmark_deploying", lambda *_args: None)
-    monkeypatch.setattr(remote, "push", lambda *_args: nothing)
+    monkeypatch.setattr(remote, "push", lambda *_args, **_kw: nothing)
     monkeypatch.setattr(remote, "install_cron", lambda *_args: Plan(Scope.CRON, (), ()))
     monkeypatch.setattr(remote, "service_health", lambda *_args: [])
     # caddy: pushed when the config had https, which it dropped since (the stack has
@@ -1007,57 +1007,44 @@ def test_deploy_keeps_backup_runs_off_until_the_server_has_the_pushed_passwords(
 
 
 @pytest.mark.parametrize(
-    ("password_file_changed", "failed_before", "fails", "steps"),
+    ("database", "change", "refused"),
     [
-        # The push changed tracker.toml: the server gets the passwords, then the marker goes.
-        (True, False, None, ["mark", "push", "passwords", "unmark"]),
-        # Nothing a password reaches changed: the server is left alone.
-        (False, False, None, ["mark", "push", "unmark"]),
-        # An earlier deploy failed in the window: the passwords go in now.
-        (False, True, None, ["mark", "push", "passwords", "unmark"]),
-        # The server refuses them: runs refuse until a deploy succeeds.
-        (True, False, "passwords", ["mark", "push", "passwords", "unmark (failed)"]),
-        # A push cut off may have changed such a file.
-        (True, False, "push", ["mark", "push", "unmark (failed)"]),
+        ("mysql", "UPDATE", True),  # tracker.toml's content would change
+        ("mysql", "CREATE", False),  # a first push: what the first deploy sets
+        ("mysql", "METADATA", False),  # a mode fixed: its content stays
+        ("sqlite3", "UPDATE", False),  # no server holds a password
     ],
 )
-def test_a_mysql_push_gets_the_passwords_into_the_server_under_the_deploy_marker(
-    monkeypatch: pytest.MonkeyPatch,
-    password_file_changed: bool,
-    failed_before: bool,
-    fails: str | None,
-    steps: list[str],
+def test_a_mysql_push_that_would_change_a_password_file_is_refused_before_anything_changes(
+    monkeypatch: pytest.MonkeyPatch, database: str, change: str, refused: bool
 ) -> None:
     """`inv push` of a changed MySQL password left tracker.toml, backup.conf and .env
-    holding a password the server lacked, with no marker: the next backup run
-    restarted the tracker on it (a review). A push is now guarded as deploy is.
+    holding a password the server lacked: the next backup run restarted the tracker on
+    it (a review). Only a deploy sets it in the server and restarts the tracker on it.
     The remote steps are stand-ins (their host side: tests/integration/test_remote.py)."""
-    env = parse(sample_data("manual-test-mysql"))
-    pushed = _pushed(password_file_changed)
-    done: list[str] = []
-    step = _recorded_steps(done, fails)
+    from tracker_deployer import paths
+    from tracker_deployer.remote.plan import Change, FileStep, Plan, Scope
 
-    monkeypatch.setattr(mysql_passwords, "set_in_server", step("passwords"))
-    monkeypatch.setattr(remote, "mark_deploying", step("mark", failed_before))
-    monkeypatch.setattr(remote, "unmark_deploying", step("unmark"))
-    monkeypatch.setattr(remote, "push", step("push", pushed))
+    env = parse(sample_data("manual-test-mysql" if database == "mysql" else "manual-test-sqlite"))
+    plan = Plan(Scope.PUSH, (), (FileStep(Change[change], paths.TRACKER_CONFIG),))
+    applied: list[Any] = []
+    monkeypatch.setattr(remote, "plan_on_host", lambda *_args: (plan, ()))
+    monkeypatch.setattr(
+        remote, "apply_plan", lambda _host, applied_plan, *_a, **_k: applied.append(applied_plan)
+    )
     connection: Any = object()
-    if fails:
-        with pytest.raises(RemoteError):
+    if refused:
+        with pytest.raises(DeployError) as raised:
             lifecycle.push(connection, env, render(env), lambda _line: None)
+        assert f"would change {paths.TRACKER_CONFIG}, which hold the MySQL passwords" in str(
+            raised.value
+        )
+        assert "nothing was changed" in str(raised.value)
+        assert f"inv deploy --env {env.name}" in (raised.value.hint or "")
+        assert applied == []
     else:
-        assert lifecycle.push(connection, env, render(env), lambda _line: None) is pushed
-    assert done == steps
-
-
-def test_a_sqlite_push_is_only_the_push(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = parse(sample_data("manual-test-sqlite"))
-    done: list[str] = []
-    monkeypatch.setattr(remote, "mark_deploying", lambda *_args: done.append("mark"))
-    monkeypatch.setattr(remote, "push", lambda *_args: done.append("push"))
-    connection: Any = object()
-    lifecycle.push(connection, env, render(env), lambda _line: None)
-    assert done == ["push"]
+        assert lifecycle.push(connection, env, render(env), lambda _line: None) is plan
+        assert applied == [plan]
 
 
 def _pushed(password_file_changed: bool) -> Any:

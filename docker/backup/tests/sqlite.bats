@@ -660,7 +660,7 @@ EOF
 mount_small_tmpfs() {
   TMPFS_MOUNT="${BATS_TEST_TMPDIR}/small"
   mkdir -p "${TMPFS_MOUNT}"
-  mount -t tmpfs -o size=1m tmpfs "${TMPFS_MOUNT}" 2>/dev/null || skip "cannot mount a tmpfs here (needs root + CAP_SYS_ADMIN)"
+  mount -t tmpfs -o size=1m,mode=0755 tmpfs "${TMPFS_MOUNT}" 2>/dev/null || skip "cannot mount a tmpfs here (needs root + CAP_SYS_ADMIN)"
   export BACKUP_ROOT="${TMPFS_MOUNT}"
 }
 

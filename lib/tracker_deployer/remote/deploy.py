@@ -32,7 +32,7 @@ from tracker_deployer.remote.plan import (
 )
 from tracker_deployer.remote.ssh import SshHost, Target
 from tracker_deployer.render import RenderedTree
-from tracker_deployer.render.tree import DEPLOY_FAILED
+from tracker_deployer.render.tree import DEPLOY_FAILED, DEPLOY_PUSHED
 from tracker_deployer.say import Say, printable
 from tracker_deployer.topology import derive
 
@@ -118,7 +118,15 @@ def plan_on_host(
     return diff(tree, scope, parse_probe(result.stdout), previously), previously
 
 
-def apply_plan(host: SshHost, plan: Plan, previously: Sequence[PurePosixPath], say: Say) -> None:
+def apply_plan(
+    host: SshHost,
+    plan: Plan,
+    previously: Sequence[PurePosixPath],
+    say: Say,
+    *,
+    guard_passwords: bool = False,
+) -> None:
+    """``guard_passwords``: a MySQL deploy's (render_apply_script)."""
     recorded = {p for p in previously if plan.scope.owns(p)}
     if not plan.has_changes and recorded == set(plan.managed_after):
         return
@@ -126,7 +134,8 @@ def apply_plan(host: SshHost, plan: Plan, previously: Sequence[PurePosixPath], s
         for index, step in enumerate(plan.steps):
             if step.change in (Change.CREATE, Change.UPDATE) and step.file is not None:
                 host.put(step.file.content, f"{staging}/{index}")
-        host.put(render_apply_script(plan, staging, previously).encode(), f"{staging}/apply.sh")
+        script = render_apply_script(plan, staging, previously, guard_passwords=guard_passwords)
+        host.put(script.encode(), f"{staging}/apply.sh")
         result = host.run(f"bash {shlex.quote(staging + '/apply.sh')}")
         if not result.ok:
             raise RemoteError(
@@ -143,16 +152,19 @@ def apply_plan(host: SshHost, plan: Plan, previously: Sequence[PurePosixPath], s
 TASK_OF_SCOPE = {Scope.PUSH: "push", Scope.CRON: "install-cron"}
 
 
-def apply_scope(host: SshHost, tree: RenderedTree, scope: Scope, say: Say) -> Plan:
+def apply_scope(
+    host: SshHost, tree: RenderedTree, scope: Scope, say: Say, *, guard_passwords: bool = False
+) -> Plan:
     """Probe, plan and apply one scope (``push`` or ``install-cron``); the applied plan."""
     plan, previously = plan_on_host(host, tree, scope)
-    apply_plan(host, plan, previously, say)
+    apply_plan(host, plan, previously, say, guard_passwords=guard_passwords)
     say(f"{TASK_OF_SCOPE[scope]}: {plan.summary()}")
     return plan
 
 
-def push(host: SshHost, tree: RenderedTree, say: Say) -> Plan:
-    return apply_scope(host, tree, Scope.PUSH, say)
+def push(host: SshHost, tree: RenderedTree, say: Say, *, guard_passwords: bool = False) -> Plan:
+    """``guard_passwords``: a MySQL deploy's push, which holds the deploy marker."""
+    return apply_scope(host, tree, Scope.PUSH, say, guard_passwords=guard_passwords)
 
 
 def install_cron(host: SshHost, tree: RenderedTree, say: Say) -> Plan:
@@ -333,14 +345,16 @@ def mark_deploying(host: SshHost) -> bool:
     MySQL password the server gets only later, and a run would restart the tracker
     on it. Written under the backup lock, so a run in progress ends first.
 
-    A marker an earlier deploy left "failed" stays so (runs refuse): the files may
-    still hold a password the server lacks, although this push changes none of
-    them. Returns whether it did."""
+    A marker an earlier deploy left "failed", or with its push's mark (it never
+    ended), stays as it is (runs refuse once it is old): the files may still hold a
+    password the server lacks, although this push changes none of them. Returns
+    whether it did."""
     marker = shlex.quote(str(paths.DEPLOY_MARKER))
     still_failed = (
-        f"if [ -f {marker} ] && [ ! -L {marker} ] && "
-        f'[ "$(timeout 5 head -c 32 -- {marker})" = {DEPLOY_FAILED} ]; then\n'
-        f"  echo {DEPLOY_FAILED}\n  exit 0\nfi\n"
+        f"if [ -f {marker} ] && [ ! -L {marker} ]; then\n"
+        f'  case "$(timeout 5 head -c 32 -- {marker})" in\n'
+        f"    {DEPLOY_FAILED} | {DEPLOY_PUSHED}*) echo {DEPLOY_FAILED}; exit 0 ;;\n"
+        "  esac\nfi\n"
     )
     script = marker_script(paths.DEPLOY_MARKER, unless=still_failed)
     result = host.run(under_backup_lock(script), timeout=600)

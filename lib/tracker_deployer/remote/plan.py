@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from tracker_deployer import paths
 from tracker_deployer.errors import RemoteError
 from tracker_deployer.render import Directory, RenderedFile, RenderedTree
-from tracker_deployer.render.tree import DEPLOY_FAILED, ROOT_UID
+from tracker_deployer.render.tree import DEPLOY_PUSHED, ROOT_UID
 from tracker_deployer.say import printable
 
 # The deployer's own record of what it put on the host (to remove stale files).
@@ -243,8 +243,19 @@ def parse_state_file(text: str) -> tuple[PurePosixPath, ...]:
 PASSWORD_FILES = frozenset({paths.TRACKER_CONFIG, paths.BACKUP_CONF, paths.DOTENV_FILE})
 
 
-def render_apply_script(plan: Plan, upload_dir: str, previously: Sequence[PurePosixPath]) -> str:
+def render_apply_script(
+    plan: Plan,
+    upload_dir: str,
+    previously: Sequence[PurePosixPath],
+    *,
+    guard_passwords: bool = False,
+) -> str:
     """A shell script (run as root) that applies ``plan``.
+
+    ``guard_passwords`` (a MySQL deploy, which holds the deploy marker): before the
+    first file a password reaches changes, the marker becomes DEPLOY_PUSHED + the
+    time, on the host: should the deploy end before the server has the passwords
+    (its connection dropped, say), runs refuse once it is old, not only skip.
 
     Uploaded files wait in ``upload_dir`` under their step index; each is
     installed next to its target and renamed over it, so a reader never sees a
@@ -280,18 +291,15 @@ def render_apply_script(plan: Plan, upload_dir: str, previously: Sequence[PurePo
         lines.append(state_dir)
         pending = q(str(PENDING_RESTART_FILE))
         lines.append(f"printf '%s\\n' {' '.join(restart)} >> {pending}")
-    if any(
+    if guard_passwords and any(
         step.path in PASSWORD_FILES and step.change is not Change.UNCHANGED for step in plan.steps
     ):
-        # A MySQL deploy's marker (mark_deploying) says "failed" before such a file
-        # changes, on the host: should the deploy's connection drop from here on,
-        # runs refuse (not only skip for an hour) until a deploy gets the passwords
-        # into the server; a deploy that does removes it.
         marker = q(str(paths.DEPLOY_MARKER))
+        pushed = q(DEPLOY_PUSHED)
         lines.append(
-            f"if [ -f {marker} ] && [ ! -L {marker} ]; then "
-            f'tmp="$(mktemp {marker}.XXXXXX)" && printf \'%s\\n\' {q(DEPLOY_FAILED)} > "$tmp" '
-            f'&& chmod 0644 -- "$tmp" && mv -f -- "$tmp" {marker}; fi'
+            f'tmp="$(mktemp {marker}.XXXXXX)" && printf \'%s%s\\n\' {pushed} "$(date +%s)" > "$tmp" '
+            f'&& chmod 0644 -- "$tmp" && mv -f -- "$tmp" {marker} '
+            f'|| {{ rm -f -- "${{tmp:-}}"; echo "cannot write {paths.DEPLOY_MARKER}" >&2; exit 1; }}'
         )
     for index, step in enumerate(plan.steps):
         target = q(str(step.path))

@@ -528,6 +528,8 @@ def inventory_script(
         set_id_pattern=SET_ID.pattern,
         listing_shell=backup_listing_shell(),
         deploy_failed=DEPLOY_FAILED,
+        deploy_pushed=DEPLOY_PUSHED,
+        deploy_marker_max_age_seconds=DEPLOY_MARKER_MAX_AGE_SECONDS,
         list_timeout_seconds=INVENTORY_LIST_TIMEOUT_SECONDS,
     )
 
@@ -575,6 +577,7 @@ def maintenance_script(
         finish_timeout_seconds=FINISH_TIMEOUT_SECONDS,
         deploy_marker_max_age_seconds=DEPLOY_MARKER_MAX_AGE_SECONDS,
         deploy_failed=DEPLOY_FAILED,
+        deploy_pushed=DEPLOY_PUSHED,
     )
 
 
@@ -584,6 +587,10 @@ def maintenance_script(
 DEPLOY_MARKER_MAX_AGE_SECONDS = 3600
 # The marker's content once a deploy failed in that window: runs refuse until one succeeds.
 DEPLOY_FAILED = "failed"
+# Its content from the push's change of a file a password reaches (+ the time):
+# runs skip while it is younger than the bound, and refuse after (the deploy never
+# ended), as on DEPLOY_FAILED.
+DEPLOY_PUSHED = "pushed:"
 
 
 def offsite_settings(env: Env) -> dict[str, Any] | None:
