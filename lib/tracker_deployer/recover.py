@@ -168,30 +168,37 @@ def services_without_tracker(env: Env) -> list[str]:
     return [service.name for service in services if service.name not in needs_tracker]
 
 
-def refuse_old_instance(env: Env) -> None:
-    """The lxd provider: refuse, before provisioning, an instance ``provision`` would
-    start or boot (a stopped one, or one without a recorded address), which the
-    later check would refuse after that change. A running one with its address is
-    left to :func:`_refuse_live`, which continues an earlier recover's host."""
+def old_instance(env: Env) -> bool:
+    """The lxd provider, before provisioning: whether the env's instance exists,
+    running and recorded (an earlier recover's host, or the live one: the later
+    check tells them apart, and nothing is provisioned on it: provision would run
+    its first boot again). One that ``provision`` would start or boot (stopped, or
+    not recorded) is refused here, changing nothing."""
     provider = Lxd(env)
     existing = provider.instance()
     if existing is None or not provider.is_ours(existing):  # provision refuses a foreign one
-        return
-    if existing.get("status") == "Running" and provider.address() is not None:
-        return
+        return False
+    running = existing.get("status") == "Running"
+    if running and provider.address() is not None:
+        return True
+    old_host = f"if it is the old host: `inv destroy --env {env.name}` first (docs/user-guide/restore.md), then recover"
+    again = (
+        f"`inv provision --env {env.name}` (it records its address)"
+        if running
+        else f"`lxc start {provider.name}`"
+    )
     raise DeployError(
         f"LXD instance {provider.name} of {env.name} still exists "
-        f"({str(existing.get('status') or 'unknown').lower()}); recover makes a new host and "
-        "does not start the old one; nothing was changed",
-        f"if it is the old host: `inv destroy --env {env.name}` first (docs/user-guide/"
-        f"restore.md), then recover; if an earlier `inv recover` made it: `lxc start "
-        f"{provider.name}`, then run `inv recover --env {env.name}` again",
+        f"({str(existing.get('status') or 'unknown').lower()}"
+        f"{', its address not recorded' if running else ''}); recover makes a new host and "
+        "does not start or boot the old one; nothing was changed",
+        f"{old_host}; if an earlier `inv recover` made it: {again}, then run "
+        f"`inv recover --env {env.name}` again",
     )
 
 
 def _host(env: Env, where: lifecycle.HostFlags, say: Say) -> Target:
-    if isinstance(env.provider, LxdProvider):
-        refuse_old_instance(env)
+    if isinstance(env.provider, LxdProvider) and not old_instance(env):
         lifecycle.provision(env, say)
     found = lifecycle.target(env, where.host, where.known_hosts, where.accept_new_host_key)
     if found is None:

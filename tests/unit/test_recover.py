@@ -11,6 +11,7 @@ from tracker_deployer import exit_codes, lifecycle, recover, state
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.providers import lxd
 from tracker_deployer.remote import backups as operations
+from tracker_deployer.remote.ssh import Target
 from tracker_deployer.topology import Service, derive
 
 from tests.helpers import parse, sample_data
@@ -206,16 +207,23 @@ def test_an_old_lxd_instance_is_refused_before_provision_starts_it(
     assert provisioned == []
     assert "still exists" in refused.value.message
     assert "nothing was changed" in refused.value.message
-    assert f"`inv destroy --env {env.name}` first" in (refused.value.hint or "")
+    hint = refused.value.hint or ""
+    assert f"`inv destroy --env {env.name}` first" in hint
+    # How an earlier recover's instance goes on: started, or its address recorded
+    # (`lxc start` of a running one fails, and the refusal came back every time).
+    again = f"`inv provision --env {env.name}`" if status == "Running" else "`lxc start "
+    assert again in hint
 
 
-def test_a_running_lxd_instance_goes_on_to_provision_and_the_live_check(
+def test_a_running_recorded_lxd_instance_is_not_provisioned_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An earlier recover's instance: provision leaves it as it is, _refuse_live
-    then finds its marker and continues."""
+    """An earlier recover's instance, or the live old one: provision would run its
+    first boot again (keys, sudoers, ssh) before the live check refused the old one
+    with "nothing was changed" (a review). Recover goes on to that check without it."""
     env = parse(_with_offsite("e2e-mysql"))
     provisioned = _lxd_instance(monkeypatch, env.name, "Running", True)
-    with pytest.raises(_Provisioned):
-        recover._host(env, lifecycle.RECORDED_HOST, lambda _line: None)
-    assert provisioned == [env.name]
+    monkeypatch.setattr(lifecycle, "target", lambda *_args: Target("10.0.0.5", 22, "t", "/k"))
+    found = recover._host(env, lifecycle.RECORDED_HOST, lambda _line: None)
+    assert provisioned == []
+    assert found.host == "10.0.0.5"
