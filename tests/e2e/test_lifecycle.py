@@ -182,12 +182,16 @@ def test_provision_authorizes_a_key_pair_made_anew_on_the_running_instance(
     """The state directory's key pair is lost (or public_key_path changed): the next
     command makes a new pair, which the running instance did not know, and
     `inv provision` said "unchanged": no command could log in again."""
-    private = state.resolve(
-        env_argument.data(PROVISIONED_ENV)["ssh_credentials"]["private_key_path"]
-    )
+    ssh = env_argument.data(PROVISIONED_ENV)["ssh_credentials"]
+    private = state.resolve(ssh["private_key_path"])
     old_public = private.with_suffix(".pub").read_text()
     for path in (private, private.with_suffix(".pub")):
         path.rename(tmp_path / path.name)
+    # A key someone added by hand: the first boot run again keeps it.
+    theirs = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRoZWlyIG93biBrZXkgZm9yIHRoZSB0ZXN0 theirs"
+    keys = f"~{ssh['username']}/.ssh/authorized_keys"
+    added = lxc_exec(f"printf '%s\\n' '{theirs}' >> {keys}")
+    assert added.returncode == 0, added.stderr
     say("the key pair is gone: inv provision makes a new one and authorizes it")
     result = inv("provision", "--env", env_argument(PROVISIONED_ENV))
     assert result.returncode == 0, shown(result)
@@ -196,6 +200,9 @@ def test_provision_authorizes_a_key_pair_made_anew_on_the_running_instance(
     status = inv("status", "--env", PROVISIONED_ENV, "--json")
     assert status.returncode == 0, shown(status)
     assert json.loads(status.stdout)["host"] == f"{target.address.host}:22"
+    authorized = lxc_exec(f"cat {keys}")
+    assert theirs in authorized.stdout, authorized.stdout
+    assert private.with_suffix(".pub").read_text().strip() in authorized.stdout
 
 
 def test_a_foreign_instance_is_refused_and_never_touched(tmp_path: Path, say: Say) -> None:

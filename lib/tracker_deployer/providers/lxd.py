@@ -75,8 +75,11 @@ if [ "${user}" != root ]; then
   if ! id -u "${user}" >/dev/null 2>&1; then
     useradd --create-home --shell /bin/bash "${user}"
   fi
-  # A new account is locked ('!'): sshd refuses even key logins for it.
-  usermod -p '*' "${user}"
+  # A new account is locked ('!'): sshd refuses even key logins for it. A password
+  # someone set since is left alone.
+  case "$(getent shadow "${user}" | cut -d: -f2)" in
+    '!' | '!!' | '!*') usermod -p '*' "${user}" ;;
+  esac
   # sudo ignores files with a dot in the name: the temporary one is inert.
   printf '%s ALL=(ALL) NOPASSWD:ALL\n' "${user}" >/etc/sudoers.d/tracker-deployer.tmp
   chmod 0440 /etc/sudoers.d/tracker-deployer.tmp
@@ -86,14 +89,24 @@ fi
 home="$(getent passwd "${user}" | cut -d: -f6)"
 group="$(id -gn "${user}")"
 install -d -m 0700 -o "${user}" -g "${group}" "${home}/.ssh"
-printf '%s\n' "${key}" >"${home}/.ssh/.authorized_keys.tmp"
-chown "${user}:${group}" "${home}/.ssh/.authorized_keys.tmp"
-chmod 0600 "${home}/.ssh/.authorized_keys.tmp"
-mv -f "${home}/.ssh/.authorized_keys.tmp" "${home}/.ssh/authorized_keys"
+keys="${home}/.ssh/authorized_keys"
+# The key added when missing (a first boot, a key pair made anew): the keys
+# already there stay (someone may have added theirs). (The user has passwordless
+# sudo: nothing it could plant here gives it more.)
+if ! grep -qxF -- "${key}" "${keys}" 2>/dev/null; then
+  { if [ -f "${keys}" ] && [ ! -L "${keys}" ]; then cat -- "${keys}"; fi; printf '%s\n' "${key}"; } \
+    >"${home}/.ssh/.authorized_keys.tmp"
+  chown "${user}:${group}" "${home}/.ssh/.authorized_keys.tmp"
+  chmod 0600 "${home}/.ssh/.authorized_keys.tmp"
+  mv -f "${home}/.ssh/.authorized_keys.tmp" "${keys}"
+fi
 conf=/etc/ssh/sshd_config.d/tracker-deployer-port.conf
+# sshd restarted only when its port changes.
 if [ "${port}" != 22 ]; then
-  printf 'Port %s\n' "${port}" >"${conf}"
-  systemctl restart ssh
+  if [ "$(cat "${conf}" 2>/dev/null)" != "Port ${port}" ]; then
+    printf 'Port %s\n' "${port}" >"${conf}"
+    systemctl restart ssh
+  fi
 elif [ -e "${conf}" ]; then  # back to 22: an earlier port must not stay
   rm -f "${conf}"
   systemctl restart ssh
