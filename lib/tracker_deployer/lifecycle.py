@@ -382,6 +382,8 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
                 # dropped since would make `compose restart` fail every deploy.
                 wanted = {*changed, *pending} & set(derive(env).service_names)
                 restart = tuple(name for name in RESTARTABLE if name in wanted)
+                if pending and not restart:
+                    remote.clear_pending_restart(connection)
                 remote.compose_up(connection, restart, say, env_name=env.name)
         except BaseException:
             if guarded:

@@ -912,15 +912,26 @@ def test_deploy_restarts_what_an_earlier_push_left_pending(
     monkeypatch.setattr(remote, "service_health", lambda *_args: [])
     # caddy: pushed when the config had https, which it dropped since (the stack has
     # no caddy now: `compose restart caddy` would fail every deploy).
-    pending = ("prometheus", "tracker", "caddy")
+    pending: tuple[str, ...] = ("prometheus", "tracker", "caddy")
     monkeypatch.setattr(remote, "pending_restart", lambda *_args: pending)
     monkeypatch.setattr(
         remote, "compose_up", lambda _host, restart, _say, **_kw: ups.append(restart)
     )
+    cleared: list[str] = []
+    monkeypatch.setattr(remote, "clear_pending_restart", lambda _host: cleared.append("rm"))
     deployed = lifecycle.deploy(env, render(env), lambda _line: None)
     assert ups == [("tracker", "prometheus")]
     assert deployed.restarted == ("tracker", "prometheus")
     assert not deployed.changed_nothing
+    assert cleared == []  # the restart clears the record
+
+    # A record that names only a service the stack no longer has is cleared too
+    # (it was read again, and filtered, by every deploy).
+    pending = ("caddy",)
+    ups.clear()
+    lifecycle.deploy(env, render(env), lambda _line: None)
+    assert ups == [()]
+    assert cleared == ["rm"]
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,12 @@ def pending_restart(host: SshHost) -> tuple[str, ...]:
     return parse_pending_restart(result.stdout)
 
 
+def clear_pending_restart(host: SshHost) -> None:
+    """Remove a pending-restart record that names no service the stack still has
+    (the restart clears one that does)."""
+    host.run(f"rm -f -- {shlex.quote(str(PENDING_RESTART_FILE))}")
+
+
 def _previously(host: SshHost) -> tuple[PurePosixPath, ...]:
     result = host.run(f"cat {shlex.quote(str(STATE_FILE))} 2>/dev/null || true")
     return parse_state_file(result.stdout)
