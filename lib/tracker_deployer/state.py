@@ -261,7 +261,8 @@ def merge_known_hosts(path: Path, host: str, port: int, keys: list[str]) -> Path
     except OSError as error:
         raise DeployError(
             f"cannot read {path}: {error.strerror}",
-            "check the --known-hosts path (a readable file, or one that does not exist yet)",
+            "check ssh_credentials.known_hosts_path (a readable file, or one that does not "
+            "exist yet)",
         ) from None
     if kept and not kept[-1].endswith(b"\n"):
         kept[-1] += b"\n"

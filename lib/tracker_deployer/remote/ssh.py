@@ -96,7 +96,8 @@ class KnownHosts:
         except OSError as error:
             raise DeployError(
                 f"cannot read the known_hosts file {path}: {error.strerror}",
-                "check the path given by --known-hosts or ssh_credentials.known_hosts_path",
+                "check ssh_credentials.known_hosts_path (or --known-hosts, on the tasks that "
+                "take it)",
             ) from None
         entries: list[paramiko.hostkeys.HostKeyEntry] = []
         revoked: list[paramiko.PKey] = []
