@@ -159,10 +159,11 @@ cmd_restore() {
   local sqlite_target="${RESTORE_DB_PATH:-${CONFIG[DB_PATH]:-}}"
   local -a root_owned
   mapfile -t root_owned < <(root_dirs)
-  # The config's destination too (tar extracts through links in it), and its parent.
-  refuse_root_in_foreign_dirs "${root_owned[@]}" \
-    "$([[ "${sqlite_target}" == */* ]] && printf '%s' "${sqlite_target%/*}")" \
-    "$(dirname -- "${RESTORE_CONFIG_ROOT:-${ROOT_DIR}/restore}")" "${RESTORE_CONFIG_ROOT:-}"
+  refuse_root_in_foreign_dirs "${root_owned[@]}"
+  # The database's directory and the config's destination, all the way from /
+  # (tar extracts through links on the way).
+  [[ "${sqlite_target}" != */* ]] || refuse_root_in_foreign_path "${sqlite_target%/*}"
+  refuse_root_in_foreign_path "${RESTORE_CONFIG_ROOT:-${ROOT_DIR}/restore}"
   acquire_lock
   resolve_set "${wanted:-latest}" "${EXIT_REFUSED}"
   local ts="${SET_TS}"

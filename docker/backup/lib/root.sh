@@ -43,6 +43,29 @@ refuse_root_in_foreign_dirs() {
   done
 }
 
+# Root never writes under a path that passes through a link or a directory that
+# another user controls: every existing part of PATH, from /, is root's (a link
+# of root's is followed), and none may be written by others unless it is sticky
+# (/tmp: nobody may replace what is not theirs there).
+refuse_root_in_foreign_path() {
+  local path="$1" prefix="" part owner mode
+  local -a parts
+  [[ "$(id -u)" == 0 && "${path}" == /* ]] || return 0
+  IFS=/ read -r -a parts <<<"${path#/}"
+  for part in "${parts[@]}"; do
+    [[ -n "${part}" ]] || continue
+    prefix="${prefix}/${part}"
+    [[ -e "${prefix}" || -L "${prefix}" ]] || break
+    read -r owner mode < <(stat -c '%u %a' -- "${prefix}") || die "${EXIT_CONFIG}" "cannot stat ${prefix}"
+    if [[ "${owner}" != 0 ]]; then
+      die "${EXIT_CONFIG}" "running as root, but ${prefix} belongs to uid ${owner} (on the way to ${path}), who could plant links there that root would write through; run as that user (docker run --user ${owner}:${owner}, or docker compose run without --user)"
+    fi
+    if [[ ! -L "${prefix}" ]] && ((8#${mode} & 8#022 && !(8#${mode} & 8#1000))); then
+      die "${EXIT_CONFIG}" "running as root, but ${prefix} (mode ${mode}, on the way to ${path}) may be written by users other than root; chmod go-w ${prefix}, or run as the stack's user (docker compose run without --user)"
+    fi
+  done
+}
+
 # BACKUP_ROOT and the directories in it that root writes into: staging and the
 # directories of set_layout.
 root_dirs() {

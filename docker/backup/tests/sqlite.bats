@@ -780,6 +780,17 @@ grow_database() {
   assert_stderr --partial "running as root, but ${parent}/config belongs to uid 1000"
   run find "${victim}" -mindepth 1
   assert_output ""
+  # A link further up the way, in a directory another user owns.
+  local owner="${BATS_TEST_TMPDIR}/owner"
+  mkdir -p "${owner}"
+  ln -s "${victim}" "${owner}/x"
+  chown -h -R 1000:1000 "${owner}"
+  export RESTORE_CONFIG_ROOT="${owner}/x/y/cfg"
+  run --separate-stderr "${BACKUP_SH}" restore latest --yes --only config
+  assert_failure 2
+  assert_stderr --partial "running as root, but ${owner} belongs to uid 1000 (on the way to ${owner}/x/y/cfg)"
+  run find "${victim}" -mindepth 1
+  assert_output ""
 }
 
 # The MySQL snapshot's dump, driven directly with a stand-in for mariadb-dump
