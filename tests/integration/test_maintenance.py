@@ -695,9 +695,14 @@ def test_hardening_04_the_outage_a_killed_run_left_counts_as_downtime(
         result = stack.run_maintenance(*(["--recover"] if mode == "recover" else []), "--quiet")
 
         assert result.returncode == 70, result.stderr
-        assert "tracker" in stack.running_services()
         status = stack.status()
         assert "had been left stopped" in status["reason"]
+        assert "it was started again" in status["reason"], result.stderr
+        # (Said when it is not: the run's output, the log and the tracker's own.)
+        seen = stack.compose("ps", "-a").stdout + stack.compose("logs", "--tail", "20").stdout
+        assert "tracker" in stack.running_services(), (
+            result.stderr + stack.log_file.read_text() + seen
+        )
         downtime = float(status["downtime_seconds"])
         assert downtime >= down_until_at_least - stopped.timestamp() >= 4
         # not more than the whole time since the stop
