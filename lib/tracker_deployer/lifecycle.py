@@ -313,10 +313,10 @@ def _password_files_changed(pushed: Plan | None) -> bool:
 def push(connection: SshHost, env: Env, tree: RenderedTree, say: Say) -> Plan:
     """`inv push`: the tree uploaded. MySQL: a push that would change the content of a
     file a password reaches (tracker.toml, backup.conf, .env) is refused before
-    anything changes:
-    those files may then hold a password the server lacks, which only a deploy sets
-    in the server (and restarts the tracker on); a backup run would restart the
-    tracker on it meanwhile, and the running tracker could open no new connection."""
+    anything changes: those files may then hold a password the server lacks, which
+    only a deploy sets in the server (and restarts the tracker on); a backup run
+    would restart the tracker on it meanwhile, and the running tracker could open no
+    new connection."""
     plan, previously = remote.plan_on_host(connection, tree, Scope.PUSH)
     # (A file made anew holds what the first deploy gives the server.)
     changed = sorted(
