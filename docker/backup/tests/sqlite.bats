@@ -774,22 +774,24 @@ grow_database() {
   local top="${CONFIG_TREE#/}"
   ln -s "${victim}" "${parent}/config/${top%%/*}"
   chown -h -R 1000:1000 "${parent}/config"
-  export RESTORE_CONFIG_ROOT="${parent}/config"
-  run --separate-stderr "${BACKUP_SH}" restore latest --yes --only config
-  assert_failure 2
-  assert_stderr --partial "running as root, but ${parent}/config belongs to uid 1000"
-  run find "${victim}" -mindepth 1
-  assert_output ""
+  config_restore_refused "${parent}/config" "running as root, but ${parent}/config belongs to uid 1000" "${victim}"
   # A link further up the way, in a directory another user owns.
   local owner="${BATS_TEST_TMPDIR}/owner"
   mkdir -p "${owner}"
   ln -s "${victim}" "${owner}/x"
   chown -h -R 1000:1000 "${owner}"
-  export RESTORE_CONFIG_ROOT="${owner}/x/y/cfg"
+  config_restore_refused "${owner}/x/y/cfg" \
+    "running as root, but ${owner} belongs to uid 1000 (on the way to ${owner}/x/y/cfg)" "${victim}"
+}
+
+# config_restore_refused DEST MESSAGE VICTIM: a root restore of the config into
+# DEST exits 2 saying MESSAGE, and nothing reached VICTIM.
+config_restore_refused() {
+  export RESTORE_CONFIG_ROOT="$1"
   run --separate-stderr "${BACKUP_SH}" restore latest --yes --only config
   assert_failure 2
-  assert_stderr --partial "running as root, but ${owner} belongs to uid 1000 (on the way to ${owner}/x/y/cfg)"
-  run find "${victim}" -mindepth 1
+  assert_stderr --partial "$2"
+  run find "$3" -mindepth 1
   assert_output ""
 }
 
