@@ -194,6 +194,9 @@ def test_provision_authorizes_a_key_pair_made_anew_on_the_running_instance(
     assert added.returncode == 0, added.stderr
     say("the key pair is gone: inv provision makes a new one and authorizes it")
     result = inv("provision", "--env", env_argument(PROVISIONED_ENV))
+    if result.returncode != 0:  # the old pair back: the tests after this one log in
+        for path in (private, private.with_suffix(".pub")):
+            (tmp_path / path.name).replace(path)
     assert result.returncode == 0, shown(result)
     assert "made the SSH key pair" in result.stdout, result.stdout
     assert private.with_suffix(".pub").read_text() != old_public

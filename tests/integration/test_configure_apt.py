@@ -23,7 +23,7 @@ def _apt_update(tmp_path: Path) -> subprocess.CompletedProcess[str]:
         "-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=/nonexistent"
     )
     return subprocess.run(
-        ["sh", "-c", f"apt_opts=''; {configure.APT_UPDATE} apt_update {options}"],
+        ["sh", "-c", f"export LC_ALL=C; apt_opts=''; {configure.APT_UPDATE} apt_update {options}"],
         capture_output=True,
         text=True,
         check=False,

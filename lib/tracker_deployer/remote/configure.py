@@ -222,7 +222,8 @@ APT_UPDATE = (
     '[ -z "$out" ] || printf \'%s\\n\' "$out"; }; '
 )
 APT = (
-    "export DEBIAN_FRONTEND=noninteractive; "
+    # LC_ALL=C: apt's messages in English, which apt_update and apt_failure read.
+    "export DEBIAN_FRONTEND=noninteractive LC_ALL=C; "
     f"apt_opts='-o DPkg::Lock::Timeout={APT_LOCK_WAIT_SECONDS} -o Dpkg::Options::=--force-confold'; "
     + APT_UPDATE
     # An interrupted earlier run left dpkg half-way: finish that first (resume).
