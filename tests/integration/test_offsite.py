@@ -345,8 +345,12 @@ def test_sftp_sshd_gets_the_set_with_the_operators_key_and_known_hosts(
 def test_unreachable_repository_is_its_own_outcome_and_the_next_run_catches_up(
     tmp_path: Path,
 ) -> None:
-    """REST (rclone serve restic), first down, then up on the same port."""
-    port = free_port()
+    """REST (rclone serve restic), first down, then up on the same port. The port is
+    held (bound, not listening: connections are refused) until rclone takes it:
+    another test's server took it in between once (its 501s were no repository)."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    port = int(held.getsockname()[1])
     repository = f"rest:http://127.0.0.1:{port}/tracker"
     with PingServer() as pings:
         offsite = {"repository": repository, "password": PASSWORD, "keep": {"last": 10}}
@@ -366,6 +370,7 @@ def test_unreachable_repository_is_its_own_outcome_and_the_next_run_catches_up(
             assert_local_sets_intact(stack)
             first = stack.sets()[0]
 
+            held.close()
             server = rclone_server(tmp_path / "rest-data", port, tmp_path / "rclone.log").start()
             try:
                 time.sleep(1.1)
@@ -376,6 +381,7 @@ def test_unreachable_repository_is_its_own_outcome_and_the_next_run_catches_up(
             finally:
                 server.stop()
         finally:
+            held.close()
             stack.cleanup()
 
 
