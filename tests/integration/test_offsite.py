@@ -103,6 +103,15 @@ def rclone_server(directory: Path, port: int, log: Path, host: str = "127.0.0.1"
     return Server(command, port, log, host)
 
 
+def held_port() -> tuple[socket.socket, int]:
+    """A loopback port, held (bound, not listening: connections are refused) until the
+    caller closes the socket just before its server starts: in between, another
+    test's server could take a port that was merely free."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    return held, int(held.getsockname()[1])
+
+
 @pytest.fixture
 def rest_server(tmp_path: Path) -> Iterator[Server]:
     server = rclone_server(tmp_path / "rest-data", free_port(), tmp_path / "rclone.log").start()
@@ -348,9 +357,7 @@ def test_unreachable_repository_is_its_own_outcome_and_the_next_run_catches_up(
     """REST (rclone serve restic), first down, then up on the same port. The port is
     held (bound, not listening: connections are refused) until rclone takes it:
     another test's server took it in between once (its 501s were no repository)."""
-    held = socket.socket()
-    held.bind(("127.0.0.1", 0))
-    port = int(held.getsockname()[1])
+    held, port = held_port()
     repository = f"rest:http://127.0.0.1:{port}/tracker"
     with PingServer() as pings:
         offsite = {"repository": repository, "password": PASSWORD, "keep": {"last": 10}}
@@ -390,10 +397,11 @@ def test_a_repository_that_is_gone_is_not_created_anew_in_its_place(tmp_path: Pa
     disk not mounted): the upload fails (offsite.sh 27) and creates nothing there.
     Before, `restic init` made a new, empty repository and the run succeeded, the
     off-host history gone without a word. Removing last-offsite.env starts anew."""
-    port = free_port()
+    held, port = held_port()
     repository = f"rest:http://127.0.0.1:{port}/tracker"
     data = tmp_path / "rest-data/tracker"
     stack = offsite_stack(tmp_path / "s", {"repository": repository, "password": PASSWORD})
+    held.close()
     server = rclone_server(data.parent, port, tmp_path / "rclone.log").start()
     try:
         assert_success_with_upload(stack, stack.run_maintenance())
