@@ -34,11 +34,11 @@ from tracker_deployer.remote import mysql_passwords
 from tracker_deployer.remote import offsite as offsite_copies
 from tracker_deployer.remote.plan import (
     CRON_FILES,
-    PASSWORD_FILES,
     RESTARTABLE,
     Change,
     Plan,
     Scope,
+    password_files,
     services_to_restart,
 )
 from tracker_deployer.remote.ssh import DEFAULT_KNOWN_HOSTS, SshHost, Target
@@ -305,9 +305,7 @@ def _password_files_changed(pushed: Plan | None) -> bool:
     password reaches."""
     if pushed is None:
         return True
-    return any(
-        step.path in PASSWORD_FILES and step.change is not Change.UNCHANGED for step in pushed.steps
-    )
+    return bool(password_files(pushed))
 
 
 def push(connection: SshHost, env: Env, tree: RenderedTree, say: Say) -> Plan:
@@ -319,11 +317,7 @@ def push(connection: SshHost, env: Env, tree: RenderedTree, say: Say) -> Plan:
     new connection."""
     plan, previously = remote.plan_on_host(connection, tree, Scope.PUSH)
     # (A file made anew holds what the first deploy gives the server.)
-    changed = sorted(
-        str(step.path)
-        for step in plan.steps
-        if step.path in PASSWORD_FILES and step.change is Change.UPDATE
-    )
+    changed = password_files(plan, Change.UPDATE)
     if env.uses_mysql and changed:
         raise DeployError(
             f"the push would change {', '.join(changed)}, which hold the MySQL passwords: "

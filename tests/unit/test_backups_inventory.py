@@ -14,6 +14,7 @@ from tracker_deployer.errors import DeployError
 from tracker_deployer.remote.backups import (
     HostDataError,
     Inventory,
+    format_drills,
     format_inventory,
     format_last_run,
     human_size,
@@ -422,3 +423,49 @@ def test_no_run_finished_for_longer_than_the_schedule_allows_is_a_warning() -> N
     # host data that is no time is ignored, not trusted
     odd = parse_inventory("STATUS\tfinished_at\t2026-13-45T99:00:00Z\nNOW\t9999999999")
     assert overdue_warning(odd, daily) is None
+
+
+@pytest.mark.parametrize(
+    ("last", "said"),
+    [
+        ({"result": "failure", "exit_code": "70", "reason": "tar failed"}, "FAILED (exit 70): tar"),
+        ({"result": "failure", "exit_code": "70"}, f"FAILED (exit 70): see {paths.BACKUP_LOG}"),
+        ({"result": "no_set", "exit_code": "66"}, "found nothing to drill (exit 66): no complete"),
+        ({"result": "skipped"}, f"skipped (exit ?): see {paths.BACKUP_LOG}"),
+    ],
+)
+def test_the_last_drill_says_what_became_of_it(last: dict[str, str], said: str) -> None:
+    lines = format_drills(Inventory([], {}, [], last_drill=last))
+    assert lines[-1].startswith(f"  last drill {said}")
+
+
+def test_a_successful_last_drill_adds_no_line() -> None:
+    lines = format_drills(Inventory([], {}, [], last_drill={"result": "success"}))
+    assert lines == [f"restore drills (evidence in {paths.DRILL_DIR}):"]
+
+
+@pytest.mark.parametrize("breaker", ["\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_a_value_with_a_line_breaking_character_adds_no_record(breaker: str) -> None:
+    """Records end with "\\n" only. A failed run's log line (a container's raw output)
+    holding "\\r" or U+2028 split into two with str.splitlines(): the second a record
+    that overrode the result, hid the warnings or added a complete set (a review)."""
+    listing = "\n".join(
+        [
+            "STATUS\trestore_incomplete\t20260101_000000",
+            "STATUS\tresult\tfailure",
+            f"STATUS\treason\tdump failed{breaker}SET\t20260102_000000\tcomplete\tok",
+            f"FAILLOG\tmysqldump: error near 'x{breaker}STATUS\tresult\tsuccess",
+            f"FAILLOG\tmore{breaker}STATUS\trestore_incomplete\t",
+        ]
+    )
+    inventory = parse_inventory(listing + "\n")
+    assert inventory.last_run["result"] == "failure"
+    assert inventory.last_run["restore_incomplete"] == "20260101_000000"
+    assert inventory.sets == []
+    assert status_warnings(inventory.last_run)
+    assert any(line.startswith("last run: FAILURE") for line in format_last_run(inventory))
+
+
+def test_a_status_value_with_a_tab_is_kept_whole() -> None:
+    inventory = parse_inventory("STATUS\tresult\tfailure\nSTATUS\treason\tcut\there\n")
+    assert inventory.last_run["reason"] == "cut\there"

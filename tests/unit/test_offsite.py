@@ -407,3 +407,13 @@ def test_the_repository_id_names_the_location_not_its_credentials() -> None:
     assert offsite.repository_id(parse(data)) != first
     secret = "rest:https://user:first-secret@backup.example.com/t"
     assert first != hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def test_a_snapshot_field_with_a_raw_line_separator_stays_in_its_json_line() -> None:
+    """restic's JSON leaves U+0085 (NEL) raw; str.splitlines() cut the snapshot list
+    there and the whole listing was refused as not JSON."""
+    output = listing([snapshot(hostname="tracker\x85prod")], {SNAPSHOT_ID: 942})
+    output = output.replace("\\u0085", "\x85")  # raw, as restic writes it
+    assert "\x85" in output
+    [found] = parse_listing(output, "tracker-prod")
+    assert found.snapshot == SNAPSHOT_ID

@@ -161,7 +161,10 @@ def parse_inventory(output: str) -> Inventory:
     def get(set_id: str) -> BackupSet:
         return sets.setdefault(set_id, BackupSet(set_id))
 
-    for number, line in enumerate(output.splitlines(), 1):
+    # Records end with "\n" only: str.splitlines() also splits at "\r", U+2028 and
+    # the like, which a value (a failed run's log line, its reason) may hold, and
+    # what follows one would be read as a record of its own (a review).
+    for number, line in enumerate(output.removesuffix("\n").split("\n"), 1):
         fields = line.split("\t")
         kind = fields[0]
         if kind == "FILE" and len(fields) == 6:
@@ -191,8 +194,8 @@ def parse_inventory(output: str) -> Inventory:
             if not is_set_id(fields[1]):
                 raise _bad_listing(number, line)
             get(fields[1]).meta[fields[2]] = fields[3]
-        elif kind == "STATUS" and len(fields) == 3:
-            last_run[fields[1]] = fields[2]
+        elif kind == "STATUS" and len(fields) >= 3:  # a value may hold a tab
+            last_run[fields[1]] = "\t".join(fields[2:])
         elif kind == "FAILLOG" and len(fields) >= 2:
             failure_log.append("\t".join(fields[1:]))
         elif kind == "NOW" and len(fields) == 2:
@@ -391,6 +394,15 @@ def format_last_run(inventory: Inventory) -> list[str]:
     return [printable(line) for line in lines]
 
 
+_SEE_LOG = f"see {paths.BACKUP_LOG}"
+# The last drill's result -> what the listing says of it, and the reason if none is given.
+_LAST_DRILL = {
+    "failure": ("FAILED", _SEE_LOG),
+    "no_set": ("found nothing to drill", "no complete backup set"),
+    "skipped": ("skipped", _SEE_LOG),
+}
+
+
 def format_drills(inventory: Inventory) -> list[str]:
     """The scheduled restore drills whose evidence is on the host, newest last."""
     last = inventory.last_drill
@@ -402,22 +414,14 @@ def format_drills(inventory: Inventory) -> list[str]:
             f"  {drill.ran_at:%Y-%m-%d %H:%M:%S}  set {drill.set_id}  {drill.result.upper():8} "
             f"(exit {drill.exit_code}, {drill.duration_seconds} s)  {drill.evidence}"
         )
-    if last.get("result") == "failure":
+    # A drill that found no complete set, or did not run (a lock stayed busy), is
+    # not a failed one.
+    said = _LAST_DRILL.get(last.get("result", ""))
+    if said is not None:
+        what, fallback = said
         lines.append(
-            f"  last drill FAILED (exit {last.get('exit_code', '?')}): "
-            f"{last.get('reason') or 'see ' + str(paths.BACKUP_LOG)}"
-        )
-    elif last.get("result") == "no_set":
-        # Not a failed drill: there was no complete set to drill yet.
-        lines.append(
-            f"  last drill found nothing to drill (exit {last.get('exit_code', '?')}): "
-            f"{last.get('reason') or 'no complete backup set'}"
-        )
-    elif last.get("result") == "skipped":
-        # Not a failed drill either: it did not run (a lock stayed busy).
-        lines.append(
-            f"  last drill skipped (exit {last.get('exit_code', '?')}): "
-            f"{last.get('reason') or 'see ' + str(paths.BACKUP_LOG)}"
+            f"  last drill {what} (exit {last.get('exit_code', '?')}): "
+            f"{last.get('reason') or fallback}"
         )
     return [printable(line) for line in lines]
 

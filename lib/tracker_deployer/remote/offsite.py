@@ -106,7 +106,7 @@ def parse_listing(output: str, env_name: str) -> list[OffsiteSet]:
     """The host's `sets` output, every field checked; anything else is refused."""
     if len(output) > MAX_LISTING_BYTES:
         raise _bad("the listing is larger than this tool ever asks for")
-    lines = output.splitlines()
+    lines = output.removesuffix("\n").split("\n")  # "\n" only, as parse_inventory
     if not lines or not lines[0].startswith("SNAPSHOTS "):
         raise _bad("it does not start with the snapshot list")
     try:

@@ -243,6 +243,15 @@ def parse_state_file(text: str) -> tuple[PurePosixPath, ...]:
 PASSWORD_FILES = frozenset({paths.TRACKER_CONFIG, paths.BACKUP_CONF, paths.DOTENV_FILE})
 
 
+def password_files(plan: Plan, *changes: Change) -> list[str]:
+    """The files of :data:`PASSWORD_FILES` that ``plan`` changes (any change unless
+    ``changes`` names some), sorted."""
+    wanted = changes or tuple(change for change in Change if change is not Change.UNCHANGED)
+    return sorted(
+        str(s.path) for s in plan.steps if s.path in PASSWORD_FILES and s.change in wanted
+    )
+
+
 def render_apply_script(
     plan: Plan,
     upload_dir: str,
@@ -291,9 +300,7 @@ def render_apply_script(
         lines.append(state_dir)
         pending = q(str(PENDING_RESTART_FILE))
         lines.append(f"printf '%s\\n' {' '.join(restart)} >> {pending}")
-    if guard_passwords and any(
-        step.path in PASSWORD_FILES and step.change is not Change.UNCHANGED for step in plan.steps
-    ):
+    if guard_passwords and password_files(plan):
         marker = q(str(paths.DEPLOY_MARKER))
         pushed = q(DEPLOY_PUSHED)
         lines.append(
