@@ -89,9 +89,7 @@ main() {
   umask 077
   trap 'on_err "$?" "${LINENO}" "${BASH_COMMAND}"' ERR
   trap on_exit EXIT
-  trap 'exit 129' HUP
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
+  exit_on_signals
   init_paths
   local command="run"
   if (($# > 0)); then

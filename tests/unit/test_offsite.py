@@ -268,7 +268,27 @@ def test_a_rejected_repository_is_shown_without_its_userinfo(repository: str) ->
         parse(with_offsite(repository=repository))
     assert "s3cr3t" not in str(raised.value)
     assert "cr3t" not in str(raised.value)
-    assert "//***@" in str(raised.value)
+    # with a space in it, not at all (the redaction ends at a space)
+    assert ("//***@" in str(raised.value)) is (" " not in repository)
+
+
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "rest:https://user:ab/cr3t@backup.example.com/repo",  # restic: "invalid port"
+        "rest:https://user:ab/cr3t@backup.example.com:8000/repo",
+        "rest:http://us/er:cr3t@127.0.0.1:8000/",
+        "rest:https://user:a cr3t@backup.example.com/repo",
+    ],
+)
+def test_a_password_the_redaction_would_miss_is_refused_and_not_shown(repository: str) -> None:
+    """The redaction of a repository URL ends at a '/' or a space: restic's error for
+    such a URL (it takes the part before the '/' for the host) went unredacted into
+    the 0644 status file, the log and cron mail; validate showed the one with a space."""
+    with pytest.raises(ConfigError) as raised:
+        parse(with_offsite(repository=repository))
+    assert "cr3t" not in str(raised.value)
+    assert "backup.offsite.repository" in str(raised.value)
 
 
 REDACTED = [

@@ -36,6 +36,27 @@ die() {
   exit "${code}"
 }
 
+# A signal ends backup.sh (exit 128+N: HUP 129, INT 130, TERM 143), except
+# between defer_signals and resume_signals: renames that must all happen or none
+# (a restored database and its old journals) end first, then the signal counts.
+SIGNAL_EXIT=0
+exit_on_signals() {
+  trap 'exit 129' HUP
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+defer_signals() {
+  trap 'SIGNAL_EXIT=129' HUP
+  trap 'SIGNAL_EXIT=130' INT
+  trap 'SIGNAL_EXIT=143' TERM
+}
+
+resume_signals() {
+  exit_on_signals
+  ((SIGNAL_EXIT == 0)) || exit "${SIGNAL_EXIT}"
+}
+
 on_err() {
   local rc="$1" line="$2" command="$3"
   log "error: command failed (exit ${rc}) at line ${line}: ${command}"

@@ -45,8 +45,10 @@ restore_sqlite() {
   # itself is gone (deleted by hand after a crash): SQLite would replay a -wal left
   # here on the restored file. Should a move or the rename fail, the journals go
   # back next to the old database, which stays in place: its committed
-  # transactions may be in its -wal still.
+  # transactions may be in its -wal still. A signal waits until the journals and
+  # the database are where they belong together (the old ones or the new one).
   local -a moved=()
+  defer_signals
   for suffix in -wal -shm -journal; do
     if [[ -e "${target}${suffix}" || -L "${target}${suffix}" ]]; then
       if ! mv -- "${target}${suffix}" "${aside}${suffix}"; then
@@ -62,6 +64,7 @@ restore_sqlite() {
     die "${EXIT_BACKUP}" "cannot rename the restored database into place; nothing was restored"
   fi
   log "SQLite database ${target} restored from set ${ts}"
+  resume_signals
 }
 
 # journals_back TARGET ASIDE SUFFIX...: move the journals back from ASIDE to TARGET.

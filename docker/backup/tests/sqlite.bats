@@ -811,3 +811,33 @@ config_restore_refused() {
   assert_failure 3
   assert_stderr --partial "mariadb-dump failed"
 }
+
+@test "restore: a signal while the journals move aside waits until the restored database is in place" {
+  backup_ok run
+  sqlite3 "${SQLITE_DB}" "INSERT INTO torrents (info_hash, completed) VALUES ('after-the-set', 1);"
+  printf 'the old database'"'"'s -wal\n' >"${SQLITE_DB}-wal"
+  local real
+  real="$(command -v mv)"
+  mkdir -p -- "${BATS_TEST_TMPDIR}/bin"
+  # The move of the -wal aside: backup.sh gets SIGTERM meanwhile (before, it then
+  # ended with the old database in place and its -wal moved away from it).
+  cat >"${BATS_TEST_TMPDIR}/bin/mv" <<EOF
+#!/usr/bin/env bash
+if [[ "\${*: -1}" == *.before-restore-*-wal ]]; then
+  kill -TERM "\${PPID}"
+fi
+exec "${real}" "\$@"
+EOF
+  chmod +x -- "${BATS_TEST_TMPDIR}/bin/mv"
+  PATH="${BATS_TEST_TMPDIR}/bin:${PATH}" run --separate-stderr "${BACKUP_SH}" restore latest --yes --only db
+  assert_equal "${status}" 143
+  assert_stderr --partial "SQLite database ${SQLITE_DB} restored from set"
+  assert_stderr --partial "failed (exit 143)"
+  # The restored database is in place, without the old -wal; the old one has it.
+  refute [ -e "${SQLITE_DB}-wal" ]
+  run sqlite3 "${SQLITE_DB}" "SELECT count(*) FROM torrents WHERE info_hash = 'after-the-set';"
+  assert_output 0
+  local -a aside=("${SQLITE_DB}".before-restore-*-wal)
+  run cat -- "${aside[0]}"
+  assert_output "the old database's -wal"
+}

@@ -695,8 +695,9 @@ def parse_restic_repository(value: str) -> str:
     shown = redact_repository(value)
     for position, char in enumerate(value):
         if not "!" <= char <= "~":
+            # Not shown: the redaction ends at a space, which a password may hold.
             raise InvalidValue(
-                f"{shown!r} has {'a space' if char == ' ' else f'the character U+{ord(char):04X}'} "
+                f"has {'a space' if char == ' ' else f'the character U+{ord(char):04X}'} "
                 f"at position {position + 1}; a repository holds printable ASCII without spaces",
                 "percent-encode anything else in a URL; pick a local path without spaces",
             )
@@ -726,6 +727,15 @@ def parse_restic_repository(value: str) -> str:
         raise InvalidValue(
             f"{shown!r} is not a rest: URL",
             "use e.g. 'rest:https://backup.example.com:8000/tracker'",
+        )
+    if kind == "rest" and "@" in rest.partition("//")[2].partition("/")[2]:
+        # restic would take the part before the "/" as the host, and its error would
+        # show the password (the redaction ends at a "/" too). Not shown here either.
+        raise InvalidValue(
+            "is a rest: URL with an '@' after a '/': a '/' in its user or password, "
+            "which ends the host part of the URL",
+            "percent-encode a '/' in the user or password as '%2F' (and an '@' in the "
+            "path as '%40')",
         )
     if kind == "sftp" and not re.fullmatch(r"(//[^/]+/.+|[^/:]+:.+)", rest):
         raise InvalidValue(
