@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tracker_deployer import paths, providers, state
+from tracker_deployer import backup_layout, exit_codes, paths, providers, state
 from tracker_deployer.config.model import (
     Env,
     ExistingProvider,
@@ -541,36 +541,100 @@ def refuse_with_sets(
     )
 
 
-REMOVE_STACK = f"""
-set -o errexit
-if [ -f {paths.COMPOSE_FILE} ]; then
-  timeout 300 {remote.COMPOSE} --profile backup down --volumes --remove-orphans --timeout 10
-fi
-rm -f -- {" ".join(shlex.quote(str(path)) for path in CRON_FILES)}
-rm -rf -- {paths.DEPLOY_DIR}
-"""
+def retire_script(accepted: Sequence[str] | None, *, remove_stack: bool) -> str:
+    """The host's part of destroy, run under the backup lock, so no backup run (nor
+    drill, nor off-host check) is half-way meanwhile. With ``accepted`` (the ids of
+    the sets the check found elsewhere), a complete set beyond them is refused (exit
+    UNSAFE, nothing changed): a run finished it after the check. Then the cron files
+    go, so no run starts after it, and with ``remove_stack`` the stack and the
+    deployer's files too (an LXD instance goes whole after it)."""
+    q = shlex.quote
+    lines = ["set -o errexit"]
+    if accepted is not None:
+        prefix, suffix = backup_layout.checksum_manifest_affixes()
+        first = q(f"{paths.BACKUP_DIR}/{prefix}")
+        lines += [
+            f"for manifest in {first}*{q(suffix)}; do",
+            '  [ -f "$manifest" ] || continue',
+            f'  id="${{manifest#{first}}}"; id="${{id%{q(suffix)}}}"',
+            f'  case {q(" " + " ".join(accepted) + " ")} in *" $id "*) ;; *)',
+            '    echo "set $id was completed after the check; nothing was removed" >&2',
+            f"    exit {exit_codes.UNSAFE} ;;",
+            "  esac",
+            "done",
+        ]
+    lines.append(f"rm -f -- {' '.join(q(str(path)) for path in CRON_FILES)}")
+    if remove_stack:
+        lines += [
+            f"if [ -f {paths.COMPOSE_FILE} ]; then",
+            f"  timeout 300 {remote.COMPOSE} --profile backup down --volumes --remove-orphans "
+            "--timeout 10",
+            "fi",
+            f"rm -rf -- {paths.DEPLOY_DIR}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# The retire script's bound: the lock wait, compose down, the rest.
+RETIRE_TIMEOUT_SECONDS = remote.LOCK_WAIT_SECONDS + 600
+
+
+def _retired(code: int, where: str, detail: str) -> None:
+    """Raise unless the retire script on ``where`` ended well."""
+    if code == 0:
+        return
+    if code == exit_codes.LOCK_BUSY:
+        raise RemoteError(
+            f"a backup run, restore or verify on {where} held {paths.BACKUP_LOCK} for more "
+            f"than {remote.LOCK_WAIT_SECONDS} s; nothing was removed",
+            "let it finish, then run `inv destroy` again",
+        )
+    if code == exit_codes.UNSAFE:
+        raise DeployError(
+            f"{detail.strip() or 'a backup set was completed after the check'} (on {where}): "
+            "it may exist nowhere else; refusing to destroy",
+            "run `inv destroy` again (it checks again), fetch the set first, or pass "
+            "--delete-backups",
+        )
+    raise RemoteError(
+        f"removing the stack from {where} failed: {detail.strip()}",
+        "look at the host, then run `inv destroy` again",
+    )
 
 
 def destroy(env: Env, delete_backups: bool, say: Say) -> None:
     provider = providers.for_env(env)
     if isinstance(env.provider, LxdProvider):
         if not delete_backups:
-            refuse_with_sets(env, _sets_through_lxd(env), say)
+            found = _sets_through_lxd(env)
+            refuse_with_sets(env, found, say)
+            if found is not None:
+                from tracker_deployer.providers.lxd import Lxd
+
+                lxd = Lxd(env)
+                accepted = [s.set_id for s in found[0].sets]
+                done = lxd.exec(
+                    remote.under_backup_lock(retire_script(accepted, remove_stack=False)),
+                    timeout=RETIRE_TIMEOUT_SECONDS,
+                )
+                _retired(done.returncode, lxd.name, done.stderr.decode(errors="replace"))
         provider.destroy(say)
         return
-    found = target(env, make_key=False)
-    if found is None:
+    found_host = target(env, make_key=False)
+    if found_host is None:
         raise no_host_error(env, host_flags=False)
-    with SshHost(found, host_flags=False) as connection:
+    with SshHost(found_host, host_flags=False) as connection:
+        accepted_ids: list[str] | None = None
         if not delete_backups:
-            refuse_with_sets(env, _sets_through_ssh(connection, env), say)
-        say(f"  removing the stack and the deployer's files from {found.host}")
-        result = connection.run(REMOVE_STACK, timeout=600)
-        if not result.ok:
-            raise RemoteError(
-                f"removing the stack from {found.host} failed: {result.stderr.strip()}",
-                "look at the host, then run `inv destroy` again",
-            )
+            sets = _sets_through_ssh(connection, env)
+            refuse_with_sets(env, sets, say)
+            accepted_ids = [s.set_id for s in sets[0].sets]
+        say(f"  removing the stack and the deployer's files from {found_host.host}")
+        result = connection.run(
+            remote.under_backup_lock(retire_script(accepted_ids, remove_stack=True)),
+            timeout=RETIRE_TIMEOUT_SECONDS,
+        )
+        _retired(result.exit_code, found_host.host, result.stderr)
     provider.destroy(say)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tracker_deployer import paths
+from tracker_deployer import exit_codes, lifecycle, paths
 from tracker_deployer.errors import RemoteError
 from tracker_deployer.remote import deploy, plan
 from tracker_deployer.remote.ssh import SshHost, detached_command
@@ -938,6 +938,34 @@ def test_destroy_of_an_existing_host_refuses_while_sets_exist_then_removes_our_f
     for path in plan.CRON_FILES:
         assert not target.host_path(str(path)).exists(), path
     assert unrelated.read_text() == "# not ours\n"
+
+
+def test_destroy_refuses_a_set_a_run_completed_after_its_check(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    """destroy checked the sets, then removed /opt/torrust without the backup lock
+    and without a second look: a run that completed a set in between lost it (a
+    review). The host's part now runs under the lock and refuses a set beyond the
+    ones the check found elsewhere; nothing is removed then."""
+    backups = target.host_path("/opt/torrust/storage/backup")
+    checked = make_sqlite_set(backups, tmp_path / "w1")
+    time.sleep(1.1)  # set ids are by the second
+    completed_after = make_sqlite_set(backups, tmp_path / "w2")
+    cron = target.host_path(str(plan.CRON_FILES[0]))
+    cron.write_text("# installed by install-cron\n")
+
+    script = lifecycle.retire_script([checked], remove_stack=True)
+    refused = target.ssh(deploy.under_backup_lock(script))
+    assert refused.returncode == exit_codes.UNSAFE, refused.stderr
+    assert f"set {completed_after} was completed after the check" in refused.stderr
+    assert (backups / "manifests").is_dir()
+    assert cron.exists()
+
+    both = lifecycle.retire_script([checked, completed_after], remove_stack=True)
+    done = target.ssh(deploy.under_backup_lock(both))
+    assert done.returncode == 0, done.stderr
+    assert not target.host_path("/opt/torrust").exists()
+    assert not cron.exists()
 
 
 def test_a_host_script_goes_on_when_its_ssh_session_drops(target: SshTarget) -> None:

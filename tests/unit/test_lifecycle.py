@@ -240,6 +240,29 @@ def test_a_damaged_host_record_is_one_clear_error(tmp_path: Path, content: bytes
         state.read_record("x", environ)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"provider": "lxd", "host": "10.0.0.5,github.com", "port": 22}',
+        b'{"provider": "lxd", "host": "10.0.0.5", "port": 0}',
+    ],
+)
+def test_a_host_record_with_no_usable_host_says_how_to_fix_it(
+    tmp_path: Path, content: bytes
+) -> None:
+    """'names no usable host' came without a hint (a review)."""
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    path = state.record_path("x", environ)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(DeployError) as caught:
+        state.read_record("x", environ)
+    assert str(caught.value).startswith(f"{path} names no usable host: ")
+    assert str(caught.value).endswith(
+        " — hint: remove it, then `inv provision --env x` or `inv register --env x`"
+    )
+
+
 @pytest.mark.parametrize("host", ["10.0.0.5,github.com", "10.0.0.5 github.com", "", "a\nb", "*"])
 def test_no_known_hosts_line_is_written_for_what_is_no_host(tmp_path: Path, host: str) -> None:
     """An LXD instance reports its own address: `10.0.0.5,github.com` would make the
@@ -778,7 +801,9 @@ def test_destroy_of_an_existing_host_removes_every_cron_file_the_deployer_instal
     from tracker_deployer.remote.plan import CRON_FILES
 
     removed = next(
-        line for line in lifecycle.REMOVE_STACK.splitlines() if line.startswith("rm -f -- ")
+        line
+        for line in lifecycle.retire_script(None, remove_stack=True).splitlines()
+        if line.startswith("rm -f -- ")
     )
     assert sorted(removed.split()[3:]) == sorted(str(path) for path in CRON_FILES)
 
