@@ -6,11 +6,13 @@ failure is a DeployError, turned here into one message and a non-zero exit.
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,28 +21,62 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from invoke.collection import Collection
-from invoke.context import Context
-from invoke.exceptions import Exit
-from invoke.tasks import Task, task
-from tracker_deployer import image, lifecycle, monitoring, paths, sandbox
-from tracker_deployer import publish as publishing
-from tracker_deployer import recover as recovery
-from tracker_deployer.config import Env, env_path, load_env
-from tracker_deployer.config.model import InvalidValue, parse_environment_name
-from tracker_deployer.config.template import starter_config_text
-from tracker_deployer.describe import describe_env
-from tracker_deployer.errors import ConfigError, DeployError, RemoteError
-from tracker_deployer.remote import backups as operations
-from tracker_deployer.remote import configure as host_setup
-from tracker_deployer.remote import deploy as remote
-from tracker_deployer.remote import offsite as offsite_copies
-from tracker_deployer.remote import offsite_fetch
-from tracker_deployer.remote.plan import Scope
-from tracker_deployer.remote.ssh import SshHost, Target
-from tracker_deployer.render import RenderedTree, write_tree
-from tracker_deployer.render import render as render_tree
-from tracker_deployer.say import printable
+_TASK_STARTED = threading.Event()
+
+
+def _outside_the_task(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM while Invoke reads the command line (or after the task):
+    Invoke ended with a silent exit 1 (Ctrl-C), or the process died without a word
+    (SIGTERM)."""
+    name = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    when = "after the task" if _TASK_STARTED.is_set() else "before the task started"
+    done = "" if _TASK_STARTED.is_set() else ": nothing was done"
+    os.write(sys.stderr.fileno(), f"{name} {when}{done}\n".encode())
+    os._exit(128 + signum)
+
+
+def _handle(signum: int, handler: Any) -> Any:
+    """Install ``handler`` for ``signum`` unless the signal is ignored (a script's
+    `inv ... &` starts with SIGINT ignored: the terminal's Ctrl-C is not for it);
+    the handler that was there, or None when nothing changed."""
+    if signal.getsignal(signum) is signal.SIG_IGN:
+        return None
+    return signal.signal(signum, handler)
+
+
+# Only when Invoke runs this file (tests import it too, and keep their own handlers).
+# Here, before the imports below (a quarter of a second): a signal during them was a
+# silent exit 1 or a traceback. (Invoke's own start, before it reads this file, is
+# beyond reach.)
+if (
+    Path(sys.argv[0]).name in ("inv", "invoke")
+    and threading.current_thread() is threading.main_thread()
+):
+    _handle(signal.SIGINT, _outside_the_task)
+    _handle(signal.SIGTERM, _outside_the_task)
+
+from invoke.collection import Collection  # noqa: E402
+from invoke.context import Context  # noqa: E402
+from invoke.exceptions import Exit  # noqa: E402
+from invoke.tasks import Task, task  # noqa: E402
+from tracker_deployer import image, lifecycle, monitoring, paths, sandbox  # noqa: E402
+from tracker_deployer import publish as publishing  # noqa: E402
+from tracker_deployer import recover as recovery  # noqa: E402
+from tracker_deployer.config import Env, env_path, load_env  # noqa: E402
+from tracker_deployer.config.model import InvalidValue, parse_environment_name  # noqa: E402
+from tracker_deployer.config.template import starter_config_text  # noqa: E402
+from tracker_deployer.describe import describe_env  # noqa: E402
+from tracker_deployer.errors import ConfigError, DeployError, RemoteError  # noqa: E402
+from tracker_deployer.remote import backups as operations  # noqa: E402
+from tracker_deployer.remote import configure as host_setup  # noqa: E402
+from tracker_deployer.remote import deploy as remote  # noqa: E402
+from tracker_deployer.remote import offsite as offsite_copies  # noqa: E402
+from tracker_deployer.remote import offsite_fetch  # noqa: E402
+from tracker_deployer.remote.plan import Scope  # noqa: E402
+from tracker_deployer.remote.ssh import SshHost, Target  # noqa: E402
+from tracker_deployer.render import RenderedTree, write_tree  # noqa: E402
+from tracker_deployer.render import render as render_tree  # noqa: E402
+from tracker_deployer.say import printable  # noqa: E402
 
 ENV_HELP = "environment: NAME for envs/NAME.json, or a path to a config file"
 DRY_RUN_HELP = "print the plan (secrets masked) and change nothing; opens no connection"
@@ -124,37 +160,6 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
-_TASK_STARTED = threading.Event()
-
-
-def _outside_the_task(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM while Invoke reads the command line (or after the task):
-    Invoke ended with a silent exit 1 (Ctrl-C), or the process died without a word
-    (SIGTERM)."""
-    name = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
-    when = "after the task" if _TASK_STARTED.is_set() else "before the task started"
-    done = "" if _TASK_STARTED.is_set() else ": nothing was done"
-    os.write(sys.stderr.fileno(), f"{name} {when}{done}\n".encode())
-    os._exit(128 + signum)
-
-
-def _handle(signum: int, handler: Any) -> Any:
-    """Install ``handler`` for ``signum`` unless the signal is ignored (a script's
-    `inv ... &` starts with SIGINT ignored: the terminal's Ctrl-C is not for it);
-    the handler that was there, or None when nothing changed."""
-    if signal.getsignal(signum) is signal.SIG_IGN:
-        return None
-    return signal.signal(signum, handler)
-
-
-# Only when Invoke runs this file (tests import it too, and keep their own handlers).
-if (
-    Path(sys.argv[0]).name in ("inv", "invoke")
-    and threading.current_thread() is threading.main_thread()
-):
-    _handle(signal.SIGINT, _outside_the_task)
-    _handle(signal.SIGTERM, _outside_the_task)
-
 # What an interrupted task that works on a host adds: its step there goes on.
 HOST_STEP_GOES_ON = (
     "a script already running on the host (a backup, restore, verify, fetch or compose up) "
@@ -182,8 +187,16 @@ def _errors(on_host: bool = False) -> Iterator[None]:
         message = printable(f"{error}\nerror: {summary}", keep="\n")
         raise Exit(message, code=error.exit_code) from None
     except DeployError as error:
-        # A message may quote a host's words: what a terminal would obey is escaped.
-        raise Exit(f"error: {printable(str(error))}", code=error.exit_code) from None
+        # A message may quote a host's words: what a terminal would obey is escaped,
+        # line by line: publish's refusals are one a line (they came out as one line,
+        # joined by a literal "\n").
+        said = (
+            [str(refusal) for refusal in error.refusals]
+            if isinstance(error, publishing.PublishRefused)
+            else [str(error)]
+        )
+        message = "\n".join(f"error: {printable(line)}" for line in said)
+        raise Exit(message, code=error.exit_code) from None
     except Terminated:
         raise Exit(f"terminated (SIGTERM){hint}", code=143) from None
     except KeyboardInterrupt:
@@ -301,20 +314,53 @@ def create_template(
             raise DeployError(f"{target} already exists", "pick another --out, or pass --force")
         if target.is_dir():
             raise DeployError(f"{target} is a directory", "name a file with --out")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # 0600: the operator writes the passwords into it next.
-            descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                os.fchmod(descriptor, 0o600)
-                handle.write(text)
-        except OSError as error:
-            raise DeployError(
-                f"cannot write {target}: {error.strerror}", "pick a writable --out path"
-            ) from None
+        _write_whole(target, text, replace=force)
         # As --env reads it: a bare name would mean envs/NAME.json.
         named = str(target) if env_path(str(target), paths.ENVS_DIR) == target else f"./{target}"
         print(f"wrote {target}; edit the 'change-me' values, then: inv validate --env {named}")
+
+
+def _write_whole(target: Path, text: str, replace: bool) -> None:
+    """Write ``text`` to ``target`` (mode 0600: the operator writes the passwords into
+    it next) through a temporary file beside it, moved into place only once complete:
+    a failed or killed write leaves no partial file and never harms the one there.
+    Without ``replace`` an existing ``target`` is refused, atomically (a hard link)."""
+    temporary: Path | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        temporary = Path(name)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            os.fchmod(descriptor, 0o600)
+            handle.write(text)
+            handle.flush()
+            os.fsync(descriptor)
+        if replace:
+            temporary.replace(target)
+        else:
+            try:
+                os.link(temporary, target)  # fails if target exists, whatever wrote it
+            except FileExistsError:
+                raise DeployError(
+                    f"{target} already exists", "pick another --out, or pass --force"
+                ) from None
+            except OSError as error:
+                if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                # A file system without hard links: checked, then moved (a narrow race).
+                if target.exists():
+                    raise DeployError(
+                        f"{target} already exists", "pick another --out, or pass --force"
+                    ) from None
+                temporary.replace(target)
+    except OSError as error:
+        raise DeployError(
+            f"cannot write {target}: {error.strerror or error}",
+            "check the free space and permissions there, or pick another --out path",
+        ) from None
+    finally:  # Ctrl-C and a refusal too: the temporary file goes (moved: nothing to do)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
 
 
 def _apply(env: str, where: _Host, dry_run: bool, scope: Scope) -> None:
@@ -479,12 +525,7 @@ def backup(c: Context, env: str = "", where: _Host = ANY_HOST) -> None:
 def build_image(c: Context, tag: str = "", latest: bool = True) -> None:
     """Build the backup image from docker/backup (its bats test stage must pass)."""
     with _errors():
-        chosen = tag or image.default_tag()
-        if ":" not in chosen.rsplit("/", 1)[-1]:
-            raise DeployError(
-                f"--tag {chosen!r} has no version",
-                "use NAME:VERSION, e.g. torrust/tracker-backup:1.0.0",
-            )
+        chosen = image.check_tag(tag or image.default_tag())
         tags = [chosen]
         if latest:
             tags.append(chosen.rpartition(":")[0] + ":latest")

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracker_deployer.config.model import BACKUP_IMAGE_REPOSITORY, BACKUP_IMAGE_VERSION
+from tracker_deployer.config.model import (
+    BACKUP_IMAGE_REPOSITORY,
+    BACKUP_IMAGE_VERSION,
+    InvalidValue,
+    parse_image,
+)
 from tracker_deployer.errors import DeployError
 from tracker_deployer.say import Say
 from tracker_deployer.topology import APP_GID, APP_UID
@@ -25,6 +30,24 @@ class BuiltImage:
 
 def default_tag() -> str:
     return f"{BACKUP_IMAGE_REPOSITORY}:{BACKUP_IMAGE_VERSION}"
+
+
+TAG_HINT = "use NAME:VERSION in lowercase, e.g. torrust/tracker-backup:1.0.0"
+
+
+def check_tag(tag: str) -> str:
+    """``tag`` if it is a Docker image reference NAME:VERSION (no digest): a bad one is
+    a DeployError naming --tag, before anything is built (docker-py refused it only
+    after the daemon was reached, with a traceback)."""
+    try:
+        parse_image(tag)
+    except InvalidValue:
+        raise DeployError(f"--tag {tag!r} is not a Docker image reference", TAG_HINT) from None
+    if "@" in tag:
+        raise DeployError(f"--tag {tag!r} has a digest, which a build cannot have", TAG_HINT)
+    if ":" not in tag.rsplit("/", 1)[-1]:
+        raise DeployError(f"--tag {tag!r} has no version", TAG_HINT)
+    return tag
 
 
 def build_args() -> dict[str, str]:
@@ -56,7 +79,7 @@ def docker_client() -> Any:
 
 def build(context: Path, tags: list[str], say: Say) -> BuiltImage:
     """Build ``context`` (running its test stage); tag it with every tag."""
-    from docker.errors import APIError, BuildError
+    from docker.errors import APIError, BuildError, DockerException
 
     client = docker_client()
     say(f"building {context} (the bats test stage runs as part of the build)")
@@ -72,6 +95,9 @@ def build(context: Path, tags: list[str], say: Say) -> BuiltImage:
             line = str(chunk.get("stream", "")).rstrip()
             if line:
                 say(line)
+        for tag in tags[1:]:
+            repository, _, version = tag.rpartition(":")
+            image.tag(repository, version)
     except BuildError as error:
         tail = [str(c.get("stream", "")).rstrip() for c in error.build_log][-25:]
         for line in tail:
@@ -83,7 +109,10 @@ def build(context: Path, tags: list[str], say: Say) -> BuiltImage:
         ) from None
     except APIError as error:
         raise DeployError(f"Docker refused the build: {error.explanation}") from None
-    for tag in tags[1:]:
-        repository, _, version = tag.rpartition(":")
-        image.tag(repository, version)
+    except DockerException as error:
+        # Anything else docker-py refuses (a tag it cannot parse, a context it cannot read).
+        raise DeployError(
+            f"Docker refused the build: {error}",
+            f"check --tag ({TAG_HINT}) and that docker/backup is readable",
+        ) from None
     return BuiltImage(tuple(tags), image.id)

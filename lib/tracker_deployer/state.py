@@ -205,17 +205,15 @@ def read_record(env_name: str, environ: Mapping[str, str] | None = None) -> Host
         data = None
     fields = data if isinstance(data, dict) else {}
     host, port = fields.get("host"), fields.get("port")
+    hint = f"remove it, then `inv provision --env {env_name}` or `inv register --env {env_name}`"
     if not (
         all(isinstance(fields.get(key, ""), str) for key in ("provider", "host", "instance"))
         and "provider" in fields
         and type(port) is int  # not a bool, not 22.9
     ):
-        raise DeployError(
-            f"{path} is not a host record of {APP}",
-            f"remove it, then `inv provision --env {env_name}` or `inv register --env {env_name}`",
-        )
+        raise DeployError(f"{path} is not a host record of {APP}", hint)
     if not isinstance(host, str) or not 0 < port < 65536 or not _is_host(host):
-        raise DeployError(f"{path} names no usable host: {text.strip()[:200]!r}")
+        raise DeployError(f"{path} names no usable host: {text.strip()[:200]!r}", hint)
     return HostRecord(fields["provider"], host, port, fields.get("instance", ""))
 
 

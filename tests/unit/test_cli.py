@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from invoke.exceptions import Exit
-from tracker_deployer.errors import RemoteError
+from tracker_deployer.errors import DeployError, RemoteError
+from tracker_deployer.remote import backups as operations
 from tracker_deployer.say import printable
 
 import tasks  # the CLI module at the repository's root
@@ -302,6 +304,35 @@ def test_a_signal_before_the_task_starts_is_a_failure_that_says_so(
     assert done.stderr == f"{said}\n"
 
 
+@pytest.mark.parametrize(
+    ("signum", "code", "said"),
+    [
+        (signal.SIGINT, 130, "interrupted before the task started: nothing was done"),
+        (signal.SIGTERM, 143, "terminated (SIGTERM) before the task started: nothing was done"),
+    ],
+)
+def test_a_signal_while_tasks_py_imports_the_library_is_a_failure_that_says_so(
+    signum: int, code: int, said: str
+) -> None:
+    """The handlers came after tasks.py's imports (a quarter of a second): Ctrl-C then
+    was a traceback (a review). The signal comes as the first library module is
+    looked for, from an import hook: no timing involved."""
+    program = (
+        "import os, signal, sys\n"
+        "sys.argv[0] = 'inv'\n"
+        "class Hook:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'tracker_deployer':\n"
+        f"            os.kill(os.getpid(), {int(signum)})\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        "import tasks\n"
+        "print('imported')\n"
+    )
+    done = _python(program)
+    assert (done.returncode, done.stdout, done.stderr) == (code, "", f"{said}\n")
+
+
 def test_an_ignored_sigint_stays_ignored() -> None:
     """`inv ... &` in a script starts with SIGINT ignored: the terminal's Ctrl-C is
     not for it, and must not end it (a review)."""
@@ -352,6 +383,33 @@ def test_fetch_backup_checks_to_before_it_connects(tmp_path: Path) -> None:
     assert not (tmp_path / "known_hosts").exists()
 
 
+@pytest.mark.parametrize("below", ["afile/sub", "afile/sub/deeper", "afile"])
+def test_fetch_backup_refuses_a_to_below_a_file_before_it_connects(
+    tmp_path: Path, below: str
+) -> None:
+    """--to that cannot be made (its parent is a file) failed only after the host's
+    work, which can be long and holds the host's lock (a review)."""
+    (tmp_path / "afile").write_text("x")
+    result = _inv(
+        tmp_path,
+        "fetch-backup",
+        *("--env", "manual-test-sqlite", "--to", str(tmp_path / below)),
+        *("--host", "127.0.0.1", "--known-hosts", str(tmp_path / "known_hosts")),
+    )
+    stderr = _one_error(result)
+    assert f"--to {tmp_path / below} " in stderr
+    assert "is not a directory" in stderr
+    assert "hint: pass a directory for --to" in stderr
+    assert not (tmp_path / "known_hosts").exists()  # no connection was made
+    assert not (tmp_path / "state").exists()
+
+
+def test_fetch_backup_refuses_a_to_where_nothing_can_be_made() -> None:
+    with pytest.raises(DeployError) as caught:
+        operations.local_destination(Path("/proc/1/x"))
+    assert "--to /proc/1/x cannot be made in /proc/1: no write permission" in str(caught.value)
+
+
 def test_create_template_writes_a_private_file_and_names_it_as_env_reads_it(
     tmp_path: Path,
 ) -> None:
@@ -374,3 +432,105 @@ def test_a_directory_as_the_config_is_refused_as_a_whole_file(tmp_path: Path) ->
     assert "Traceback" not in result.stderr
     assert "is not a regular file" in result.stderr
     assert "error: 1 problem in" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("tag", "said"),
+    [
+        ("a b:1", "is not a Docker image reference"),
+        ("UPPER/x:1", "is not a Docker image reference"),
+        ("torrust/tracker-backup", "has no version"),
+        ("x/y:1@sha256:" + "0" * 64, "has a digest"),
+    ],
+)
+def test_build_image_refuses_a_bad_tag_before_building(tmp_path: Path, tag: str, said: str) -> None:
+    """docker-py refused 'a b:1' with a traceback, after reaching the daemon (a review)."""
+    stderr = _one_error(_inv(tmp_path, "build-image", "--tag", tag))
+    assert f"--tag {tag!r} {said}" in stderr
+    assert "hint: use NAME:VERSION" in stderr
+    assert "building" not in stderr
+
+
+def _no_file_growth() -> None:
+    """A child's RLIMIT_FSIZE 0: its writes fail with EFBIG ('File too large'; Python
+    ignores SIGXFSZ), as on a full disk."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+
+
+@pytest.mark.parametrize("force", [True, False])
+def test_create_template_that_cannot_be_written_leaves_no_file_and_keeps_the_old_one(
+    tmp_path: Path, force: bool
+) -> None:
+    """The file was opened with O_TRUNC and written in place: a failed write left 0
+    bytes, in place of the operator's config with --force (a review)."""
+    existing = tmp_path / "old.json"
+    existing.write_text('{"kept": true}\n')
+    target = existing if force else tmp_path / "new.json"
+    result = subprocess.run(
+        [
+            *(str(Path(sys.executable).with_name("inv")), "--search-root", str(REPO_ROOT)),
+            *("create-template", "--out", str(target), *(["--force"] if force else [])),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        timeout=120,
+        preexec_fn=_no_file_growth,
+    )
+    assert f"cannot write {target}: File too large" in _one_error(result)
+    assert existing.read_text() == '{"kept": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json"]  # no temporary file
+
+
+def test_create_template_without_force_refuses_a_file_made_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check that --out does not exist comes before the write: a file made in
+    between is refused, not overwritten."""
+    target = tmp_path / "x.json"
+    real_link = os.link
+
+    def link_after_another_writer(source: object, destination: object) -> None:
+        target.write_text("theirs\n")
+        real_link(source, destination)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", link_after_another_writer)
+    with pytest.raises(DeployError) as caught:
+        tasks._write_whole(target, "ours\n", replace=False)
+    assert "already exists" in str(caught.value)
+    assert target.read_text() == "theirs\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_a_render_that_cannot_be_written_names_the_output_directory(tmp_path: Path) -> None:
+    """It was 'error: File too large', naming no path (a review)."""
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            *(str(Path(sys.executable).with_name("inv")), "--search-root", str(REPO_ROOT)),
+            *("render", "--env", "manual-test-sqlite", "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        timeout=120,
+        preexec_fn=_no_file_growth,
+    )
+    stderr = _one_error(result)
+    assert f"error: cannot write the rendered files to {out}: File too large — hint:" in stderr
+    assert "or pick another --out" in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_publish_refusals_come_one_a_line(tmp_path: Path) -> None:
+    """They came out as one line joined by a literal backslash-n (a review)."""
+    result = _inv(tmp_path, "publish", "--version", "v1", "--repository", "Bad\x1b[2J", "--dry-run")
+    _one_error(result)
+    assert result.stderr.splitlines() == [
+        "error: 'Bad\\x1b[2J' is not an image repository name — hint: use a repository "
+        "name without a tag or digest, e.g. --repository torrust/tracker-backup",
+        "error: version 'v1' is not a release version X.Y.Z — hint: use three numbers "
+        "without a prefix or suffix, e.g. --version 1.0.0",
+    ]

@@ -443,3 +443,66 @@ def test_a_file_written_over_in_place_counts_as_written(script: Path, tmp_path: 
     assert target.read_text() == "result=failure"
     assert "written over in place" in done.stdout
     assert done.stdout.endswith("rc=0\n"), done.stdout + done.stderr
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_killed_render_leaves_no_copy_of_a_render_beside_the_output_for_long(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL runs no cleanup: the hidden earlier render (secrets and all) and the
+    half-written staging tree stayed beside the output for good (a review)."""
+    env = parse(sample_data("manual-test-sqlite"))
+    out = write_tree(render(env), tmp_path / "out")
+    (tmp_path / ".out.old.ab_c1234").mkdir()
+    (out / "").rename(tmp_path / ".out.old.ab_c1234/out")  # as a kill left it...
+    write_tree(render(env), out)
+    (tmp_path / ".out.zz9_0000/opt").mkdir(parents=True)  # ...and a staging tree
+    (tmp_path / ".out.zz9_0000/opt/secret").write_text("s3cret")
+    (tmp_path / ".other.old.ab_c1234").mkdir()  # another output's: not ours to touch
+    (tmp_path / ".out.notours").mkdir()
+    write_tree(render(env), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".other.old.ab_c1234",
+        ".out.notours",
+        "out",
+    ]
+
+
+def test_a_render_killed_between_its_renames_gets_the_earlier_render_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after the earlier render was moved aside: the next render puts it back
+    before anything else, so a failure of that render loses nothing."""
+    env = parse(sample_data("manual-test-sqlite"))
+    out = write_tree(render(env), tmp_path / "out")
+    before = _files(out)
+    (tmp_path / ".out.old.ab_c1234").mkdir()
+    out.rename(tmp_path / ".out.old.ab_c1234/out")
+
+    def no_space(**options: Any) -> str:
+        raise OSError(28, "No space left on device", str(tmp_path / ".out.x"))
+
+    monkeypatch.setattr("tracker_deployer.render.tree.tempfile.mkdtemp", no_space)
+    with pytest.raises(DeployError) as caught:
+        write_tree(render(env), out)
+    monkeypatch.undo()
+    assert _files(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert str(caught.value).startswith(
+        f"cannot write the rendered files to {out}: No space left on device ("
+    )
+
+
+def test_a_render_below_a_file_names_the_output_and_the_file(tmp_path: Path) -> None:
+    """It was 'error: File exists (/tmp/x/afile)': no --out, and the wrong reason."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile/sub/out"
+    with pytest.raises(DeployError) as caught:
+        write_tree(render(parse(sample_data("manual-test-sqlite"))), out)
+    assert str(caught.value).startswith(
+        f"cannot write the rendered files to {out}: {tmp_path / 'afile'} is not a directory"
+        " — hint: check that the path is a directory you can write"
+    )

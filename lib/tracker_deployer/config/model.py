@@ -241,10 +241,12 @@ def parse_http_url(value: str) -> str:
     return value
 
 
+# ASCII only, so 255 characters are the 255 bytes a file name may have.
 parse_sqlite_name = Pattern(
     r"^(?!\.\.?$)[A-Za-z0-9._-]+$",
     "is not a plain file name",
-    "use a file name without directories, e.g. 'tracker.db'",
+    "use a file name without directories, at most 255 characters, e.g. 'tracker.db'",
+    longest=255,
 )
 parse_mysql_identifier = Pattern(
     r"^[A-Za-z0-9_]{1,64}$",

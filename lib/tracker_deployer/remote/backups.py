@@ -543,6 +543,12 @@ def verify_failure(code: int, set_id: str, where: str) -> DeployError:
             "one not under the host's backup lock (started by hand?): find it with "
             "`pgrep -af backup.sh` on the host, let it end, then run `inv verify` again",
         )
+    if code == exit_codes.NO_SET:
+        return RemoteError(
+            f"backup set {set_id} was not verified: it was deleted on {where} while this "
+            "waited for the backup lock (retention, in a backup run); nothing was changed",
+            "pick a set that is there: `inv backups`, then `inv verify --set SET`",
+        )
     return VerificationFailed(
         f"backup set {set_id} FAILED verification (exit {code})",
         "see the lines above; do not rely on this set — take a new backup with "
@@ -669,6 +675,13 @@ def _restore_failure(code: int, set_id: str, where: str, env_name: str) -> Deplo
             "above, or the backup directory's own); nothing was changed",
             f"wait for the backup run ({paths.BACKUP_LOG}), deploy, verify, drill or restore to "
             "finish, then run `inv restore` again",
+        )
+    if code == exit_codes.UNSAFE:
+        return RemoteError(
+            f"set {set_id} was not restored: a deploy on {where} failed after it pushed files "
+            "that may hold a MySQL password the server lacks; nothing was changed",
+            f"run `inv deploy --env {env_name}` first (its success removes the marker), then "
+            "the restore",
         )
     if code == exit_codes.NOT_VERIFIED:
         return VerificationFailed(
@@ -856,12 +869,29 @@ class Fetched:
 
 def local_destination(destination: Path) -> Path:
     """--to as an absolute, resolved directory (it may be a link the operator made);
-    checked before anything connects."""
+    checked before anything connects: it, or the nearest of its parents that exists
+    (where it will be made), must be a directory this user can write. Otherwise the
+    failure came only after the host's work (a review)."""
     root = destination.expanduser().absolute()
+    hint = "pass a directory for --to that exists or can be made, e.g. --to ./backups"
     try:
         if root.exists() and not root.is_dir():
             raise DeployError(f"--to {destination} is not a directory", "pass a directory for --to")
-        return root.resolve(strict=False)
+        resolved = root.resolve(strict=False)
+        existing = resolved
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise DeployError(
+                f"--to {destination} cannot be made: {existing} is not a directory", hint
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            made = "written" if existing == resolved else f"made in {existing}"
+            raise DeployError(
+                f"--to {destination} cannot be {made}: no write permission there",
+                f"{hint}, in a directory you can write",
+            )
+        return resolved
     except (OSError, RuntimeError) as error:  # a loop of links, for one
         raise DeployError(
             f"--to {destination} cannot be used: {error}", "pass a directory for --to"

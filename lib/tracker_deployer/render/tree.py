@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -140,6 +141,11 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     environment.globals["exit_codes"] = exit_codes
     environment.globals["compose_argv"] = compose.argv
     environment.globals["kill_after_seconds"] = KILL_AFTER_SECONDS
+    # The deploy marker's states (backup/deploy-marker.sh.j2, included by every
+    # script that reads the marker).
+    environment.globals["deploy_failed"] = DEPLOY_FAILED
+    environment.globals["deploy_pushed"] = DEPLOY_PUSHED
+    environment.globals["deploy_marker_max_age_seconds"] = DEPLOY_MARKER_MAX_AGE_SECONDS
     return environment
 
 
@@ -527,9 +533,6 @@ def inventory_script(
         backup_image=backup_image,
         set_id_pattern=SET_ID.pattern,
         listing_shell=backup_listing_shell(),
-        deploy_failed=DEPLOY_FAILED,
-        deploy_pushed=DEPLOY_PUSHED,
-        deploy_marker_max_age_seconds=DEPLOY_MARKER_MAX_AGE_SECONDS,
         list_timeout_seconds=INVENTORY_LIST_TIMEOUT_SECONDS,
     )
 
@@ -575,9 +578,6 @@ def maintenance_script(
         dump_timeout_seconds=dump_timeout_seconds,
         ready_timeout_seconds=ready_timeout_seconds,
         finish_timeout_seconds=FINISH_TIMEOUT_SECONDS,
-        deploy_marker_max_age_seconds=DEPLOY_MARKER_MAX_AGE_SECONDS,
-        deploy_failed=DEPLOY_FAILED,
-        deploy_pushed=DEPLOY_PUSHED,
     )
 
 
@@ -696,16 +696,72 @@ def write_tree(tree: RenderedTree, out_dir: Path) -> Path:
     (:func:`_check_replaceable`); anything else is refused.
     """
     out_dir = out_dir.absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Two commands rendering one environment at once (deploy and push, say) swapped
-    # their trees in over each other: one failed, leaving a copy of the old render
-    # (secrets and all) beside it. One at a time: a lock on the parent directory.
-    parent = os.open(out_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(parent, fcntl.LOCK_EX)
-        return _write_tree(tree, out_dir)
-    finally:
-        os.close(parent)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        # Two commands rendering one environment at once (deploy and push, say) swapped
+        # their trees in over each other: one failed, leaving a copy of the old render
+        # (secrets and all) beside it. One at a time: a lock on the parent directory.
+        parent = os.open(out_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(parent, fcntl.LOCK_EX)
+            _remove_leftovers(out_dir)
+            return _write_tree(tree, out_dir)
+        finally:
+            os.close(parent)
+    except OSError as error:
+        # The generic message named no output directory ("File too large"), or only
+        # a temporary directory of ours.
+        blocker = _not_a_directory(error)
+        if blocker is not None:
+            reason = f"{blocker} is not a directory"
+        else:
+            reason = error.strerror or str(error)
+            if error.filename and Path(error.filename) != out_dir:
+                reason += f" ({error.filename})"
+        raise DeployError(
+            f"cannot write the rendered files to {out_dir}: {reason}",
+            "check that the path is a directory you can write (with --out, or build/NAME) "
+            "and the free space there, or pick another --out",
+        ) from None
+
+
+def _not_a_directory(error: OSError) -> Path | None:
+    """The file in the way when ``error`` is a directory that could not be made (or
+    used) because a file stands where a directory of its path should be."""
+    if not isinstance(error, FileExistsError | NotADirectoryError) or not error.filename:
+        return None
+    path = Path(os.fsdecode(error.filename))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return None if path.is_dir() else path
+
+
+def _leftover_pattern(out_dir: Path) -> re.Pattern[str]:
+    """The names of :func:`_write_tree`'s temporary directories beside ``out_dir``:
+    a staging tree ``.NAME.XXXXXXXX`` and ``.NAME.old.XXXXXXXX`` (mkdtemp's names)."""
+    return re.compile(rf"\.{re.escape(out_dir.name)}\.(old\.)?[a-z0-9_]{{8}}")
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Remove what a killed render (SIGKILL: no cleanup ran) left beside ``out_dir``:
+    hidden copies of a render, secrets and all. The caller holds the parent's lock,
+    so no render is writing them now. An earlier render moved aside and not yet
+    replaced (killed between the two renames) goes back in place first."""
+    pattern = _leftover_pattern(out_dir)
+    for sibling in out_dir.parent.iterdir():
+        match = pattern.fullmatch(sibling.name)
+        if match is None or sibling.is_symlink() or not sibling.is_dir():
+            continue
+        earlier = sibling / out_dir.name
+        if (
+            match.group(1)  # .NAME.old.XXXXXXXX
+            and not out_dir.exists()
+            and not out_dir.is_symlink()
+            and earlier.is_dir()
+            and not earlier.is_symlink()
+        ):
+            earlier.rename(out_dir)
+        shutil.rmtree(sibling)
 
 
 def _write_tree(tree: RenderedTree, out_dir: Path) -> Path:
