@@ -465,3 +465,15 @@ def containers_named(name: str) -> list[str]:
         check=True,
     )
     return listed.stdout.split()
+
+
+def tracker_started_at_text(stack: Stack) -> str:
+    """The tracker container's State.StartedAt, to the nanosecond."""
+    container = stack.compose("ps", "-q", "tracker").stdout.strip()
+    inspected = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.StartedAt}}", container],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return inspected.stdout.strip()

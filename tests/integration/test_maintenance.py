@@ -46,23 +46,12 @@ from tests.integration.stack import (
     never_ready_backup_image,
     require_images,
     slow_ready_backup_image,
+    tracker_started_at_text,
 )
 
 pytestmark = pytest.mark.integration
 
 TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
-
-
-def tracker_started_at_text(stack: Stack) -> str:
-    """The tracker container's State.StartedAt, to the nanosecond."""
-    container = stack.compose("ps", "-q", "tracker").stdout.strip()
-    inspected = subprocess.run(
-        ["docker", "inspect", "-f", "{{.State.StartedAt}}", container],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return inspected.stdout.strip()
 
 
 def tracker_started_at(stack: Stack) -> datetime:

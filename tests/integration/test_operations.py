@@ -14,6 +14,7 @@ import http.server
 import os
 import shlex
 import shutil
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -23,14 +24,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import yaml
 from tracker_deployer import exit_codes, paths
 from tracker_deployer.backup_layout import checksum_manifest, set_file
 from tracker_deployer.remote.backups import (
+    VerificationFailed,
     parse_inventory,
     restore_script,
+    verify_failure,
     verify_script,
 )
 from tracker_deployer.render import inventory_script, operation_script
+from tracker_deployer.render.tree import DEPLOY_FAILED, DEPLOY_PUSHED
 from tracker_deployer.topology import APP_GID, APP_UID
 
 from tests.helpers import parse, sample_data
@@ -43,6 +48,7 @@ from tests.integration.stack import (
     drop_reader,
     env_for_stack,
     require_images,
+    tracker_started_at_text,
 )
 
 pytestmark = pytest.mark.integration
@@ -184,8 +190,11 @@ def write_restore(
     return script
 
 
-def start_restore(stack: Stack, set_id: str, *, verify_first: bool) -> subprocess.Popen[str]:
-    """The restore script (--only db) in the background, its stdout and stderr piped."""
+def start_restore(
+    stack: Stack, set_id: str, *, verify_first: bool, own_group: bool = False
+) -> subprocess.Popen[str]:
+    """The restore script (--only db) in the background, its stdout and stderr piped;
+    with ``own_group`` in a process group of its own (its pid)."""
     script = write_restore(
         stack, set_id, "db", verify_first=verify_first, skip_safety_backup=False, new_host=False
     )
@@ -195,6 +204,7 @@ def start_restore(stack: Stack, set_id: str, *, verify_first: bool) -> subproces
         stderr=subprocess.PIPE,
         text=True,
         env=stack.environ(),
+        start_new_session=own_group,
     )
 
 
@@ -436,6 +446,26 @@ def test_verify_holds_the_backup_lock_waits_for_it_and_gives_up_after_its_bound(
     assert stack.sets() == [set_id]
 
 
+def test_verify_of_a_set_deleted_while_it_waited_for_the_lock_is_no_failed_set(
+    sqlite_stack: Stack,
+) -> None:
+    """`inv verify` chooses the set, then waits for the lock; a backup run's retention
+    holding it may delete the set meanwhile. That was reported as a set that FAILED
+    verification (backup.sh: no such set, exit 4); it is a set that is gone now."""
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    [set_id] = stack.sets()
+    (stack.backups / checksum_manifest(set_id)).unlink()  # as retention deletes it: first
+
+    result = verify(stack, set_id, lock_wait_seconds=5)
+    assert result.returncode == exit_codes.NO_SET, result.stdout + result.stderr
+    assert f"set {set_id} is no longer complete on this host" in result.stdout
+    assert "checking checksums" not in result.stdout
+    error = verify_failure(result.returncode, set_id, "host")
+    assert not isinstance(error, VerificationFailed)
+    assert "was deleted on host while this waited for the backup lock" in error.message
+
+
 @contextlib.contextmanager
 def _held(lock: Path) -> Iterator[None]:
     """``lock`` held (flock) by this process, as another run holds it."""
@@ -560,6 +590,38 @@ def test_restore_starts_a_running_tracker_again_and_waits_for_health(sqlite_stac
         extracted.read_bytes()
         == (stack.deploy_dir / "storage/tracker/etc/tracker.toml").read_bytes()
     )
+
+
+@pytest.mark.parametrize(
+    ("marker", "code", "said"),
+    [
+        (f"{DEPLOY_PUSHED}NOW", exit_codes.LOCK_BUSY, "a deploy is changing the stack"),
+        (DEPLOY_FAILED, exit_codes.UNSAFE, "run inv deploy --env"),
+    ],
+)
+def test_a_restore_leaves_the_tracker_alone_while_a_deploy_marker_says_its_files_are_ahead(
+    sqlite_stack: Stack, marker: str, code: int, said: str
+) -> None:
+    """A MySQL deploy between its push and the passwords' change in the server, or one
+    that failed there: a restore stopped the tracker and started it again on files
+    holding a password the server lacked (a review). It now changes nothing."""
+    stack = sqlite_stack
+    assert stack.run_maintenance().returncode == 0
+    [set_id] = stack.sets()
+    before = tracker_started_at_text(stack)
+    stack.status_dir.mkdir(parents=True, exist_ok=True)
+    deploy_marker = stack.status_dir / paths.DEPLOY_MARKER.name
+    deploy_marker.write_text(marker.replace("NOW", str(int(time.time()))) + "\n")
+    try:
+        result = restore(stack, set_id, only="all")
+    finally:
+        deploy_marker.unlink()
+    assert result.returncode == code, result.stdout + result.stderr
+    assert said in result.stdout
+    assert "stopping tracker" not in result.stdout
+    assert "restoring the database" not in result.stdout
+    assert "tracker" in stack.running_services()
+    assert tracker_started_at_text(stack) == before  # never stopped
 
 
 def test_a_restore_whose_output_reader_goes_away_ends_and_logs_as_it_would_have(
@@ -903,6 +965,63 @@ def test_a_restore_killed_by_a_signal_fails_says_so_and_starts_the_tracker_again
         assert _marker_rows(stack) == "1"
         assert "tracker" in stack.running_services()
     finally:
+        stack.cleanup()
+
+
+def test_a_restore_killed_while_the_tracker_stops_waits_for_the_stop_and_starts_it(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to the restore's whole process group (Ctrl-C, a kill of the group) while
+    the tracker stops slowly: Docker goes on stopping it after its compose client is
+    killed, and a start meanwhile does nothing (it still runs). The restore started it
+    at once, said "starting tracker", and the tracker ended stopped. Now the signal is
+    handled at once, the restore waits until the stop has ended, then starts it."""
+    require_images(STANDIN_IMAGE, BACKUP_IMAGE)
+    stack = Stack(parse(env_for_stack(sample_data("manual-test-sqlite"))), tmp_path / "s").install()
+    process: subprocess.Popen[str] | None = None
+    events: subprocess.Popen[str] | None = None
+    try:
+        stack.up()
+        assert stack.run_maintenance().returncode == 0
+        [set_id] = stack.sets()
+        compose_file = stack.deploy_dir / paths.COMPOSE_FILE.name
+        compose = yaml.safe_load(compose_file.read_text())
+        # PID 1 of the container ignores a signal it has no handler for: a slow stop.
+        compose["services"]["tracker"] |= {"stop_signal": "SIGWINCH", "stop_grace_period": "6s"}
+        compose_file.write_text(yaml.safe_dump(compose))
+        stack.up()  # the tracker recreated with them
+        container = stack.compose("ps", "-q", "tracker").stdout.strip()
+        now = int(time.time())
+        during = ("--since", str(now), "--until", str(now + 120))
+        only = ("--filter", f"container={container}", "--filter", "event=kill")
+        events = subprocess.Popen(  # the daemon sends the stop signal: the stop has begun
+            ["docker", "events", *during, *only, "--format", "{{.Action}}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert events.stdout is not None
+        process = start_restore(stack, set_id, verify_first=False, own_group=True)
+        assert process.stdout is not None
+        seen = []
+        for line in process.stdout:
+            seen.append(line)
+            if "stopping tracker" in line:
+                break
+        assert events.stdout.readline().strip() == "kill", "".join(seen)
+        os.killpg(process.pid, signal.SIGTERM)  # the script and its compose client
+        rest, _ = process.communicate(timeout=300)
+        output = "".join(seen) + rest
+        assert process.returncode == 143, output
+        assert "restore: ERROR: killed by signal 15 during stopping the tracker" in output
+        assert "restoring the database" not in output
+        assert "restore: starting tracker" in output
+        time.sleep(8)  # past the grace: a stop still going on would have ended
+        assert "tracker" in stack.running_services(), output
+    finally:
+        for child in (events, process):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.communicate()
         stack.cleanup()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import shlex
 import stat
 import subprocess
@@ -211,6 +212,7 @@ def test_apply_script_installs_beside_the_target_then_renames_over_it() -> None:
     index = lines.index(f"mkdir -p -- {shlex.quote(str(weird.parent))}")
     assert lines[index + 1] == (
         f"install -m 0640 -o 0 -g 1000 -T {shlex.quote('/tmp/up load/0')} {shlex.quote(temporary)}"
+        f" || {{ rm -f -- {shlex.quote(temporary)}; exit 1; }}"
     )
     assert lines[index + 2] == f"mv -f -T {shlex.quote(temporary)} {shlex.quote(str(weird))}"
     assert lines[:2] == ["set -o errexit -o nounset", "umask 077"]
@@ -246,7 +248,7 @@ def test_apply_script_names_each_upload_by_its_step_index() -> None:
     plan = diff(_tree(same, new), Scope.PUSH, {COMPOSE: _on_host(same)})
     assert [step.change for step in plan.steps] == [Change.UNCHANGED, Change.CREATE]
     script = render_apply_script(plan, "/tmp/upload", ())
-    assert f"-T /tmp/upload/1 {DOTENV.parent}/.{DOTENV.name}.tracker-deployer.tmp\n" in script
+    assert f"-T /tmp/upload/1 {DOTENV.parent}/.{DOTENV.name}.tracker-deployer.tmp || " in script
     assert "/tmp/upload/0" not in script  # an unchanged file is not uploaded
     assert f" {COMPOSE}" not in script.split("printf ")[0]  # nor touched
 
@@ -383,6 +385,32 @@ def test_a_push_cut_off_after_a_mounted_config_changed_still_leaves_its_restart(
     assert Path(f"{root}{TRACKER}").read_bytes() == b"[core]\n"
     record = Path(f"{root}{PENDING_RESTART_FILE}")
     assert parse_pending_restart(record.read_text()) == ("tracker",)
+
+
+def test_a_push_whose_install_fails_half_way_leaves_no_partial_copy(tmp_path: Path) -> None:
+    """GNU install keeps what it wrote when a write fails (a full disk, here a file
+    size limit): the partial temporary file kept the disk full until the next push."""
+    tracker = _file(TRACKER, "x" * 60_000, 0o640, 1000)
+    plan = diff(_tree(tracker), Scope.PUSH, {TRACKER: _on_host(tracker, sha256="0" * 64)})
+    uploads = tmp_path / "upload"
+    uploads.mkdir()
+    (uploads / "0").write_bytes(tracker.content)
+    root = tmp_path / "host"
+    live = Path(f"{root}{TRACKER}")
+    live.parent.mkdir(parents=True)
+    live.write_text("[core]\n")
+    script = render_apply_script(plan, str(uploads), ())
+    script = script.replace(str(paths.DEPLOY_DIR), f"{root}{paths.DEPLOY_DIR}")
+    done = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (16_384, 16_384)),
+    )
+    assert done.returncode != 0
+    assert live.read_text() == "[core]\n"
+    assert sorted(path.name for path in live.parent.iterdir()) == [live.name]
 
 
 def test_the_pending_restart_record_from_the_host_names_known_services_only() -> None:

@@ -30,6 +30,7 @@ SET = "20261126_030000"
         (exit_codes.ROLLED_BACK, "put back from the safety set, and the tracker runs as before"),
         (exit_codes.PARTLY_RESTORED, "partly restored, so the tracker stays stopped"),
         (exit_codes.TRACKER, "the tracker could not be started again"),
+        (exit_codes.UNSAFE, "a deploy on 203.0.113.10 failed after it pushed files"),
         (4, "failed (exit 4)"),
     ],
 )
@@ -54,6 +55,7 @@ def test_a_partly_restored_database_names_the_commands_that_go_on() -> None:
     [
         (exit_codes.LOCK_BUSY, "was not verified: the backup lock", False),
         (exit_codes.BACKUP_SH_LOCKED, "was not verified: another backup.sh run holds", False),
+        (exit_codes.NO_SET, "was not verified: it was deleted on 203.0.113.10", False),
         (4, "FAILED verification (exit 4)", True),
     ],
 )

@@ -76,6 +76,9 @@ cmd_finish() {
   prepare_root
   acquire_lock
   ON_ERROR_EXIT="${EXIT_BACKUP}"
+  # Nobody retries a failed finish (the maintenance script's next run takes a new
+  # snapshot): its snapshot goes with it, and never keeps a full disk full.
+  FAILURE_DIRS+=("${STAGING_DIR}/${ts}")
   finish_set "${ts}"
   retention_unless_no_prune
   printf '%s\n' "${ts}"

@@ -841,3 +841,18 @@ EOF
   run cat -- "${aside[0]}"
   assert_output "the old database's -wal"
 }
+
+@test "snapshot + finish: a finish that fails removes its snapshot (it would keep a full disk full)" {
+  backup_ok snapshot
+  local ts="${SET_TS}"
+  mkdir -p -- "${BATS_TEST_TMPDIR}/bin"
+  printf '#!/bin/sh\necho "zstd: No space left on device" >&2\nexit 1\n' >"${BATS_TEST_TMPDIR}/bin/zstd"
+  chmod +x -- "${BATS_TEST_TMPDIR}/bin/zstd"
+  PATH="${BATS_TEST_TMPDIR}/bin:${PATH}" run --separate-stderr "${BACKUP_SH}" finish "${ts}"
+  assert_equal "${status}" 3
+  assert_stderr --partial "No space left on device"
+  run staging_entries
+  assert_output ""
+  run final_files
+  assert_output ""
+}

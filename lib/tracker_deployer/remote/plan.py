@@ -319,8 +319,11 @@ def render_apply_script(
             temporary = q(f"{step.path.parent}/.{step.path.name}.tracker-deployer.tmp")
             source = q(f"{upload_dir}/{index}")
             lines.append(f"mkdir -p -- {q(str(step.path.parent))}")
+            # A failed install (a full disk) leaves its partial copy: removed, so that
+            # it does not keep the disk full.
             lines.append(
                 f"install -m {item.mode:04o} -o {item.uid} -g {item.gid} -T {source} {temporary}"
+                f" || {{ rm -f -- {temporary}; exit 1; }}"
             )
             lines.append(f"mv -f -T {temporary} {target}")
         elif step.change is Change.METADATA:
