@@ -84,10 +84,14 @@ finish_set() {
     | "${CONFIG_COMPRESSOR[@]}" >"${out}/${config_name}"; then
     die "${EXIT_BACKUP}" "archiving config files failed (tar/compressor exit ${PIPESTATUS[*]}; see above)"
   fi
-  if ! gzip -t -- "${out}/${config_name}" || ! tar --list --gzip --file="${out}/${config_name}" >"${dir}/config.list"; then
+  # Counted through a pipe: a listing written to the disk the archive just filled
+  # failed as a broken archive (exit 4), not as the full disk it was.
+  local entries
+  if ! gzip -t -- "${out}/${config_name}" \
+    || ! entries="$(tar --list --gzip --file="${out}/${config_name}" | wc -l)"; then
     die "${EXIT_VERIFY}" "the config archive fails gzip -t or tar --list"
   fi
-  log "config archive holds $(wc -l <"${dir}/config.list") entries"
+  log "config archive holds ${entries} entries"
 
   {
     cat -- "${dir}/meta.partial"

@@ -21,8 +21,10 @@ restore_sqlite() {
   if [[ "${result}" != "ok" ]]; then
     die "${EXIT_VERIFY}" "integrity_check of the restored database failed: ${result}"
   fi
+  # Registered first: a count that fails (a full disk) leaves none of them beside
+  # the live database.
+  CLEANUP_FILES+=("${temporary}.rows" "${temporary}.rows.work" "${temporary}.rows.work.counts")
   sqlite_row_counts "${temporary}" "${temporary}.rows"
-  CLEANUP_FILES+=("${temporary}.rows")
   compare_row_counts "${meta}" "${temporary}.rows"
   local stamp aside suffix
   stamp="$(date -u '+%Y%m%d_%H%M%S')"

@@ -856,3 +856,39 @@ EOF
   run final_files
   assert_output ""
 }
+
+@test "restore: a row count that fails leaves no file of its own beside the live database" {
+  backup_ok run
+  local real
+  real="$(command -v sqlite3)"
+  mkdir -p -- "${BATS_TEST_TMPDIR}/bin"
+  # The count (SQL on stdin: no statement among the arguments) fails, as on a full disk.
+  cat >"${BATS_TEST_TMPDIR}/bin/sqlite3" <<EOF
+#!/usr/bin/env bash
+if [[ "\$#" == 3 && "\$3" == *.restore-*.tmp ]]; then
+  echo "Error: disk I/O error" >&2
+  exit 1
+fi
+exec "${real}" "\$@"
+EOF
+  chmod +x -- "${BATS_TEST_TMPDIR}/bin/sqlite3"
+  PATH="${BATS_TEST_TMPDIR}/bin:${PATH}" run --separate-stderr "${BACKUP_SH}" restore latest --yes --only db
+  assert_equal "${status}" 3
+  assert_stderr --partial "cannot count rows"
+  run ls -A -- "${SQLITE_DB%/*}"
+  assert_output "${SQLITE_DB##*/}"
+}
+
+@test "run: the config archive's entries are counted without a file (a listing the disk could not hold failed as a broken archive, exit 4)" {
+  local many="${CONFIG_TREE}/many" i
+  mkdir -p -- "${many}"
+  for ((i = 0; i < 3000; i++)); do
+    : >"${many}/a-long-file-name-that-makes-the-listing-larger-than-the-archive-${i}"
+  done
+  printf '%s\n' "${many}" >"${PATHS_FILE}"
+  # Files of at most 150 KiB (the listing is about 280 KiB; the archive, the database
+  # and its copy are far smaller): as a disk that the listing would fill.
+  run --separate-stderr bash -c 'ulimit -f 150; exec "$0" run' "${BACKUP_SH}"
+  assert_success
+  assert_stderr --partial "config archive holds 3001 entries"
+}
