@@ -319,12 +319,22 @@ cmd_upload() {
   say "repository opened; newest set there for ${OFFSITE_ENV_NAME}: ${newest:-none}"
 
   local -a pending=() uploaded=() corrupt=()
+  local newest_local=""
   while IFS= read -r ts; do
     set_is_complete "${ts}" || continue
+    newest_local="${ts}"
     [[ -z "${newest}" || "${ts}" > "${newest}" ]] || continue
     ! grep -qxF -- "${ts}" "${there}" || continue
     pending+=("${ts}")
   done < <(all_set_timestamps)
+  # This host's newest set is neither there nor newer than the repository's newest:
+  # another host uploads as this environment (an old host back after a recover, a
+  # copied config). Its sets would never be uploaded, and forget would drop them:
+  # nothing is uploaded or forgotten.
+  if [[ -n "${newest_local}" ]] && ! grep -qxF -- "${newest_local}" "${there}" \
+    && [[ -n "${newest}" && ! "${newest_local}" > "${newest}" ]]; then
+    fail "${OFFSITE_EXIT_FAILED}" "the repository holds set ${newest} of ${OFFSITE_ENV_NAME}, newer than this host's newest set ${newest_local}, which it lacks: another host uploads as ${OFFSITE_ENV_NAME} (an old host back after inv recover, or a copied config?); nothing was uploaded or forgotten: keep one host per environment (inv destroy the other)"
+  fi
   if ((${#pending[@]} == 0)); then
     say "nothing to upload: the repository has every complete local set"
   fi

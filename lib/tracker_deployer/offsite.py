@@ -19,19 +19,31 @@ from tracker_deployer.config.model import Env, OffsiteConfig, redact_repository
 SERVICE = "offsite"
 
 # The offsite container's hostname, restic's idea of "this host" for locks: the
-# host scripts export HOSTNAME_VARIABLE="$(hostname -s)-offsite" for compose to
-# interpolate (DEFAULT_HOSTNAME when a command runs without it).
+# host scripts export HOSTNAME_VARIABLE for compose to interpolate (DEFAULT_HOSTNAME
+# when a command runs without it). restic takes a lock of its own hostname whose
+# PID it cannot see for a dead process's: two machines of one short name (tracker,
+# debian) writing to one repository removed each other's live locks, and a prune
+# then deleted what the other's upload still wrote. So the name carries the
+# machine's id too: SHORT-NAME-MACHINE-ID-offsite.
 HOSTNAME_VARIABLE = "TRACKER_OFFSITE_HOSTNAME"
 HOSTNAME_SUFFIX = "-offsite"
 DEFAULT_HOSTNAME = "tracker-offsite"
+MACHINE_ID_FILE = "/etc/machine-id"
+MACHINE_ID_CHARACTERS = 12
+SHORT_NAME_CHARACTERS = 40  # with the id and the suffix, within a hostname's 63
 
 
 def hostname_export() -> str:
     """The bash lines every host script runs before the offsite service: this
-    host's short name plus HOSTNAME_SUFFIX, exported for compose to interpolate."""
+    host's short name (its first SHORT_NAME_CHARACTERS), the first
+    MACHINE_ID_CHARACTERS of its machine id (when it has one) and HOSTNAME_SUFFIX,
+    exported for compose to interpolate."""
     return (
-        f'{HOSTNAME_VARIABLE}="$(hostname -s 2>/dev/null || printf host)"'
-        f"{shlex.quote(HOSTNAME_SUFFIX)}\n"
+        f'{HOSTNAME_VARIABLE}="$(hostname -s 2>/dev/null || printf host)"\n'
+        f'tracker_machine_id="$(head -c {MACHINE_ID_CHARACTERS} {MACHINE_ID_FILE} '
+        "2>/dev/null | tr -cd '0-9a-f' || true)\"\n"
+        f'{HOSTNAME_VARIABLE}="${{{HOSTNAME_VARIABLE}:0:{SHORT_NAME_CHARACTERS}}}'
+        f'${{tracker_machine_id:+-${{tracker_machine_id}}}}"{shlex.quote(HOSTNAME_SUFFIX)}\n'
         f"export {HOSTNAME_VARIABLE}\n"
     )
 

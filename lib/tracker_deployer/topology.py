@@ -20,8 +20,8 @@ depend on is decided here, in Python, so the compose template only prints it
   ``offsite.sh``, profile ``backup``, the sets mounted read-only, restic's
   settings from an ``env_file``; the host's network (the repository is
   wherever the host can reach it) but its own process table, and the hostname
-  ``<host>-offsite`` (from ``$TRACKER_OFFSITE_HOSTNAME``, which the host scripts
-  set): restic 0.14 judges a lock of the same hostname by signalling its PID,
+  ``<host>-<machine id>-offsite`` (from ``$TRACKER_OFFSITE_HOSTNAME``, which the
+  host scripts set; see offsite.hostname_export): restic 0.14 judges a lock of the same hostname by signalling its PID,
   which the private PID namespace confines to the container; a lock of any
   other host counts as live until it is 30 minutes old. A local-path
   repository is mounted at its own path.

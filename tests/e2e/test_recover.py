@@ -41,7 +41,7 @@ from tests.e2e.remote_host import (
     key_value_lines,
     shown,
 )
-from tests.integration.ssh_target import free_port
+from tests.integration.ports import free_port
 from tests.integration.test_offsite import PASSWORD, Server, rclone_server
 
 pytestmark = pytest.mark.e2e

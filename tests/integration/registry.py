@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.integration.ports import free_port
 
 REGISTRY_BINARY = "docker-registry"
 START_TIMEOUT_SECONDS = 15
@@ -45,12 +46,6 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -24,17 +24,11 @@ from pathlib import Path
 from tracker_deployer.remote.ssh import Target
 
 from tests.helpers import ssh_argv
+from tests.integration.ports import free_port
 
 SUDO_USER = "tddeploy"
 SUDO_UID = 4242
 STARTUP_TIMEOUT = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class SshTarget:

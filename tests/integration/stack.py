@@ -42,6 +42,8 @@ from tracker_deployer.sandbox import (
     STANDIN_IMAGE,
 )
 
+from tests.integration.ports import free_port
+
 # The test doubles' names, owned by tracker_deployer.sandbox; re-exported for the tests.
 __all__ = ["MARIADB_IMAGE", "NODE_EXPORTER_IMAGE", "PROMETHEUS_IMAGE", "STANDIN_IMAGE"]
 
@@ -266,22 +268,8 @@ def env_for_stack(data: dict[str, Any], *, backup_image: str = BACKUP_IMAGE) -> 
 
 
 def _free_ports() -> tuple[int, int, int, int]:
-    """A UDP port and three distinct TCP ports that are free on 127.0.0.1 now (the
-    kernel's choice, from its ephemeral range)."""
-
-    def free(kind: socket.SocketKind) -> int:
-        with socket.socket(socket.AF_INET, kind) as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
-
-    tcp: list[int] = []
-    for _ in range(20):  # bounded: the kernel rarely hands out a port twice in a row
-        port = free(socket.SOCK_STREAM)
-        if port not in tcp:
-            tcp.append(port)
-        if len(tcp) == 3:
-            return free(socket.SOCK_DGRAM), tcp[0], tcp[1], tcp[2]
-    raise AssertionError("no three distinct free TCP ports on 127.0.0.1")
+    """A UDP port and three TCP ports, distinct, free on 127.0.0.1 now (ports.py)."""
+    return free_port(), free_port(), free_port(), free_port()
 
 
 # Test doubles for the backup image, built from the local debian:bookworm-slim

@@ -31,7 +31,8 @@ from tracker_deployer.remote.offsite import listing_error, listing_script, parse
 from tracker_deployer.render.tree import offsite_check_script
 
 from tests.helpers import parse, sample_data
-from tests.integration.ssh_target import SshTarget, free_port, require_tools
+from tests.integration.ports import free_port
+from tests.integration.ssh_target import SshTarget, require_tools
 from tests.integration.stack import (
     BACKUP_IMAGE,
     STANDIN_IMAGE,
@@ -101,6 +102,17 @@ def rclone_server(directory: Path, port: int, log: Path, host: str = "127.0.0.1"
     directory.mkdir(parents=True, exist_ok=True)
     command = ["rclone", "serve", "restic", "--addr", f"{host}:{port}", str(directory)]
     return Server(command, port, log, host)
+
+
+def container_hostname(machine_id: Path | None = None) -> str:
+    """The offsite container's hostname on this machine (the host scripts' own lines),
+    with ``machine_id`` bound over /etc/machine-id when given (a mount namespace)."""
+    script = f'{offsite.hostname_export()}printf %s "${offsite.HOSTNAME_VARIABLE}"'
+    argv = ["bash", "-c", script]
+    if machine_id is not None:
+        bind = f'mount --bind {machine_id} {offsite.MACHINE_ID_FILE} && exec bash -c "$0"'
+        argv = ["unshare", "--mount", "bash", "-c", bind, script]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
 
 def held_port() -> tuple[socket.socket, int]:
@@ -490,15 +502,15 @@ def test_live_lock_is_left_alone_and_a_stale_lock_is_removed(
     """REST (rclone serve restic); the lock holders are this machine's restic.
 
     Live: a running restic of this machine (another hostname than the offsite
-    container's: its lock counts as live until 30 minutes old). Stale: a restic
+    container's: its lock counts as live until 30 minutes old), or of another
+    machine of this host's short name. Stale: a restic
     under the container's own hostname (as an earlier upload from this host),
     killed with SIGKILL: its process is gone, so `restic unlock` removes it."""
     repository = f"rest:http://127.0.0.1:{rest_server.port}/tracker"
     environ = restic_host(repository, tmp_path)
     restic(environ, "init")
     locks = tmp_path / "rest-data/tracker/locks"
-    hostname = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True)
-    offsite_hostname = hostname.stdout.strip() + "-offsite"
+    offsite_hostname = container_hostname()
     holders: list[subprocess.Popen[bytes]] = []
     stack: Stack | None = None
     try:
@@ -516,9 +528,25 @@ def test_live_lock_is_left_alone_and_a_stale_lock_is_removed(
         holders[0].stdin.close()
         holders[0].wait(timeout=60)
 
+        # Live too: a restic of another machine with this host's short name (its own
+        # machine id). Before, both machines had one lock hostname: the lock counted
+        # as this host's dead one, and was removed.
+        other_id = tmp_path / "other-machine-id"
+        other_id.write_text("fedcba9876543210fedcba9876543210\n")
+        assert container_hostname(other_id) != offsite_hostname
+        holders.append(hold_lock(environ, locks, container_hostname(other_id)))
+        time.sleep(1.1)  # set ids are by the second
+        other = stack.run_maintenance()
+        assert other.returncode == 76, other.stdout + other.stderr
+        assert "still alive" in stack.status()["reason"]
+        assert list(locks.iterdir()), "another machine's live lock was removed"
+        assert holders[1].stdin is not None
+        holders[1].stdin.close()
+        holders[1].wait(timeout=60)
+
         holders.append(hold_lock(environ, locks, offsite_hostname))
-        os.killpg(holders[1].pid, signal.SIGKILL)
-        holders[1].wait(timeout=10)
+        os.killpg(holders[2].pid, signal.SIGKILL)
+        holders[2].wait(timeout=10)
         assert list(locks.iterdir()), "the killed restic left no lock"
         time.sleep(1.1)
         assert_success_with_upload(stack, stack.run_maintenance())
@@ -637,8 +665,7 @@ def test_scheduled_check_records_its_result_and_the_metrics_show_it(
         # damage: the check removes it, checks again and still says what it found.
         environ = restic_host(repository, tmp_path)
         locks = tmp_path / "rest-data/tracker/locks"
-        hostname = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True)
-        holder = hold_lock(environ, locks, hostname.stdout.strip() + "-offsite")
+        holder = hold_lock(environ, locks, container_hostname())
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait(timeout=10)
         if holder.stdin is not None:

@@ -88,6 +88,24 @@ repository_sets() {
   assert_equal "${lines[1]}" "${SET_TS}"
 }
 
+@test "offsite: a second host uploading as the same environment is a failure, and nothing is forgotten" {
+  backup_ok run
+  local mine="${SET_TS}"
+  sleep 1.1 # set ids are by the second
+  # The other host (an old host back after inv recover): its own backup directory.
+  BACKUP_ROOT="${BATS_TEST_TMPDIR}/other-host" backup_ok run
+  local theirs="${SET_TS}"
+  BACKUP_ROOT="${BATS_TEST_TMPDIR}/other-host" run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  # Before, this host said "nothing to upload" (exit 0): its set was never uploaded,
+  # and its next upload's forget could drop the other host's.
+  run --separate-stderr "${OFFSITE_SH}" upload
+  assert_equal "${status}" 23
+  assert_stderr --partial "the repository holds set ${theirs} of bats-env, newer than this host's newest set ${mine}, which it lacks: another host uploads as bats-env"
+  run repository_sets
+  assert_output "${theirs}"
+}
+
 @test "offsite: a wrong password exits 21 and names the cause" {
   backup_ok run
   run --separate-stderr "${OFFSITE_SH}" upload

@@ -231,12 +231,28 @@ APT = (
 )
 
 
+# A package the operator installed from Docker's own repository stands for
+# Debian's: docker.io conflicts with docker-ce, and apt would remove the engine
+# (and stop every container of other stacks on the host) to install it.
+ALTERNATIVES = {"docker.io": "docker-ce", "docker-compose-v2": "docker-compose-plugin"}
+_INSTALLED = "dpkg-query -W -f='${Status}' \"$1\" 2>/dev/null | grep -q 'install ok installed'"
+
+
+def wanted_packages(packages: Sequence[str]) -> str:
+    """Shell that sets ``wanted`` to the packages of ``packages`` not installed, each
+    counted as installed when its alternative (:data:`ALTERNATIVES`) is."""
+    lines = [f"installed() {{ {_INSTALLED}; }}", "wanted=''"]
+    for package in packages:
+        alternative = ALTERNATIVES.get(package)
+        have = f"installed {_q(package)}"
+        if alternative is not None:
+            have += f" || installed {_q(alternative)}"
+        lines.append(f'{have} || wanted="$wanted {package}"')
+    return "; ".join(lines) + "; "
+
+
 def _packages_installed(packages: Sequence[str]) -> str:
-    names = " ".join(_q(p) for p in packages)
-    return (
-        f"for p in {names}; do dpkg-query -W -f='${{Status}}' \"$p\" 2>/dev/null "
-        "| grep -q 'install ok installed' || exit 1; done"
-    )
+    return wanted_packages(packages) + '[ -z "$wanted" ]'
 
 
 def _compose_from_trixie() -> str:
@@ -260,17 +276,21 @@ def _compose_from_trixie() -> str:
         + f"apt_update {options}; "
         + f"(cd {APT_CACHE} && apt-get $apt_opts {options} download "
         f"docker-compose={COMPOSE_DEB_VERSION}); "
-        + f"apt-get $apt_opts install -y -qq --no-install-recommends {APT_CACHE}/{deb}"
+        + f"apt-get $apt_opts install -y -qq --no-install-recommends --no-remove {APT_CACHE}/{deb}"
     )
 
 
 def plan(env: Env, host_os: HostOs, connected_port: int | None = None) -> tuple[HostStep, ...]:
     """The steps that make ``host_os`` ready for ``env``'s stack (pure)."""
     packages = PACKAGES[host_os.key]
-    names = " ".join(_q(p) for p in packages)
+    # --no-remove: a package that conflicts with one installed (the operator's) stops
+    # apt instead of removing it.
     install = (
-        APT + "set -o errexit; apt_update; "
-        f"apt-get $apt_opts install -y -qq --no-install-recommends {names}"
+        APT
+        + "set -o errexit; apt_update; "
+        + wanted_packages(packages)
+        + 'if [ -n "$wanted" ]; then '
+        + "apt-get $apt_opts install -y -qq --no-install-recommends --no-remove $wanted; fi"
     )
     compose_ok = "docker compose version --short 2>/dev/null | grep -Eq '^v?2[.]'"
     # Ubuntu 24.04: docker-compose-v2 is in the package list, so `install` brings it.
