@@ -316,6 +316,46 @@ def test_ubuntu_24_04_maps_compose_to_its_own_package() -> None:
     assert "trixie" not in steps[1].apply
 
 
+def _packages_step(tmp_path: Path, installed: set[str], script: str) -> str:
+    """``script`` (a packages step's part) run with a dpkg-query that knows ``installed``;
+    its output."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "dpkg-query"
+    fake.write_text(
+        "#!/bin/sh\n"  # dpkg-query -W -f='${Status}' NAME
+        f'case " {" ".join(sorted(installed))} " in *" $3 "*) printf "install ok installed";; '
+        "*) exit 1;; esac\n"
+    )
+    fake.chmod(0o755)
+    environ = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=False, env=environ
+    )
+    return " ".join([str(done.returncode), *done.stdout.split()])
+
+
+def test_configure_leaves_an_engine_from_dockers_own_packages_in_place(tmp_path: Path) -> None:
+    """Debian's docker.io conflicts with docker-ce: on a host whose operator installed
+    Docker's own packages, the step's check never passed and its install had apt
+    remove the engine (and stop every other stack's containers). docker-ce now stands
+    for docker.io, and apt may remove nothing (--no-remove)."""
+    packages = configure.PACKAGES["debian 12"]
+    others = set(packages) - {"docker.io"}
+    wanted = configure.wanted_packages(packages) + 'printf %s "$wanted"'
+    assert _packages_step(tmp_path, others | {"docker-ce"}, wanted) == "0"
+    assert _packages_step(tmp_path, others, wanted) == "0 docker.io"
+    assert _packages_step(tmp_path, {"docker-ce"}, wanted).split()[1:] == sorted(
+        others, key=packages.index
+    )
+    [step, *_] = configure.plan(
+        parse(sample_data("manual-test-sqlite")), configure.HostOs("debian", "12", "Debian 12")
+    )
+    assert _packages_step(tmp_path, others | {"docker-ce"}, step.check) == "0"
+    assert _packages_step(tmp_path, others, step.check).startswith("1")
+    assert "--no-remove $wanted" in step.apply
+
+
 def test_compose_version_is_the_one_setup_sh_pins() -> None:
     setup = (REPO_ROOT / "scripts/setup.sh").read_text(encoding="utf-8")
     pinned = re.search(r'^readonly COMPOSE_DEB_VERSION="([^"]+)"', setup, re.MULTILINE)
