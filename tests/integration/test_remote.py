@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -22,11 +23,11 @@ from typing import Any
 import pytest
 from tracker_deployer import exit_codes, lifecycle, paths
 from tracker_deployer.errors import RemoteError
-from tracker_deployer.remote import deploy, plan
+from tracker_deployer.remote import configure, deploy, plan
 from tracker_deployer.remote.ssh import SshHost, detached_command
 from tracker_deployer.render.tree import operation_script
 
-from tests.helpers import REPO_ROOT, sample_data
+from tests.helpers import REPO_ROOT, parse, sample_data
 from tests.integration.disks import fill, small_disk
 from tests.integration.ssh_target import SUDO_USER, SshTarget, require_tools
 
@@ -966,6 +967,53 @@ def test_destroy_refuses_a_set_a_run_completed_after_its_check(
     assert done.returncode == 0, done.stderr
     assert not target.host_path("/opt/torrust").exists()
     assert not cron.exists()
+
+
+def test_configure_lets_in_the_port_sshd_sees_behind_a_port_forward(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    """A host behind a port forward (public 2222 -> sshd's 22): the firewall's rules
+    let in the port dialled only, and nftables sees sshd's: every later command was
+    locked out (a review). Here a relay on another loopback port stands for the
+    forward; configure reads sshd's port from the session (SSH_CONNECTION)."""
+    relay = socket.socket()
+    relay.bind(("127.0.0.1", 0))
+    relay.listen()
+    dialled = relay.getsockname()[1]
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def forward() -> None:
+        with contextlib.suppress(OSError):
+            client, _ = relay.accept()
+            with client, socket.create_connection(("127.0.0.1", target.port), 10) as upstream:
+                upstream.settimeout(None)
+                back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+                back.start()
+                pump(client, upstream)
+                back.join(10)
+
+    forwarding = threading.Thread(target=forward, daemon=True)
+    forwarding.start()
+    known = target.known_hosts.read_text()
+    target.known_hosts.write_text(known + known.replace(f"]:{target.port} ", f"]:{dialled} "))
+    try:
+        through = dataclasses.replace(target.target(), port=dialled)
+        with SshHost(through) as host:
+            assert configure.sshd_port(host) == target.port
+    finally:
+        relay.close()
+        forwarding.join(10)
+    env = parse(sample_data("manual-test-sqlite"))
+    rules = configure.firewall_rules(env, [dialled, target.port])
+    assert (
+        f"tcp dport {{ {', '.join(str(p) for p in sorted({22, dialled, target.port}))} }}" in rules
+    )
 
 
 def test_a_host_script_goes_on_when_its_ssh_session_drops(target: SshTarget) -> None:

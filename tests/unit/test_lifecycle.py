@@ -426,9 +426,9 @@ def test_firewall_lets_in_the_port_the_deployer_connects_to() -> None:
     """A host registered with --port 2222: every task connects there, and the rules
     let in only ssh_credentials.port (22), so the next command was locked out."""
     env = parse(sample_data("manual-test-mysql"))
-    assert "tcp dport { 22, 2222 } accept" in configure.firewall_rules(env, 2222)
+    assert "tcp dport { 22, 2222 } accept" in configure.firewall_rules(env, [2222])
     host_os = configure.HostOs("debian", "12", "Debian 12")
-    [firewall] = [s for s in configure.plan(env, host_os, 2222) if "firewall" in s.name]
+    [firewall] = [s for s in configure.plan(env, host_os, [2222]) if "firewall" in s.name]
     assert firewall.name.startswith("firewall (nftables): SSH 22, 2222,")
     assert "tcp dport { 22, 2222 } accept" in firewall.apply
     # Loaded before the files are written: a failed load leaves the check failing.

@@ -125,14 +125,26 @@ def _port_set(ports: Sequence[int]) -> str:
     return "{ " + ", ".join(str(p) for p in sorted(set(ports))) + " }"
 
 
-def ssh_ports(env: Env, connected_port: int | None = None) -> list[int]:
-    """The SSH ports the firewall lets in: ssh_credentials.port and the port this
-    deployer connects to (a host registered with --port N); dropping that one
-    would lock every later command out."""
-    return sorted({env.ssh.port} | ({connected_port} if connected_port else set()))
+def ssh_ports(env: Env, connected: Sequence[int] = ()) -> list[int]:
+    """The SSH ports the firewall lets in: ssh_credentials.port and the ports of this
+    deployer's connection (the one it dials: a host registered with --port N; the
+    one sshd sees, which a port forward in front of the host makes another):
+    dropping either would lock every later command out."""
+    return sorted({env.ssh.port, *connected})
 
 
-def firewall_rules(env: Env, connected_port: int | None = None) -> str:
+def sshd_port(host: SshHost) -> int | None:
+    """The port sshd took this session on, as the host sees it (the last field of
+    SSH_CONNECTION; the firewall filters that one); None when it does not say."""
+    result = host.run('printf %s "${SSH_CONNECTION:-}"', root=False, timeout=60)
+    fields = result.stdout.split()
+    if not result.ok or len(fields) != 4 or not (fields[3].isascii() and fields[3].isdigit()):
+        return None
+    port = int(fields[3])
+    return port if 0 < port < 65536 else None
+
+
+def firewall_rules(env: Env, connected: Sequence[int] = ()) -> str:
     """The nftables table: SSH, the stack's published ports, nothing else from outside.
 
     Only this table is replaced (never ``flush ruleset``), so Docker's and LXD's
@@ -158,7 +170,7 @@ def firewall_rules(env: Env, connected_port: int | None = None) -> str:
         '    iifname "br-*" accept',
         "    meta l4proto { icmp, ipv6-icmp } accept",
         '    udp sport 67 udp dport 68 accept comment "DHCP replies (the host\'s own address)"',
-        f'    tcp dport {_port_set(ssh_ports(env, connected_port))} accept comment "SSH"',
+        f'    tcp dport {_port_set(ssh_ports(env, connected))} accept comment "SSH"',
     ]
     if tcp:
         lines.append(f'    tcp dport {_port_set(tcp)} accept comment "the stack, tcp"')
@@ -280,7 +292,7 @@ def _compose_from_trixie() -> str:
     )
 
 
-def plan(env: Env, host_os: HostOs, connected_port: int | None = None) -> tuple[HostStep, ...]:
+def plan(env: Env, host_os: HostOs, connected: Sequence[int] = ()) -> tuple[HostStep, ...]:
     """The steps that make ``host_os`` ready for ``env``'s stack (pure)."""
     packages = PACKAGES[host_os.key]
     # --no-remove: a package that conflicts with one installed (the operator's) stops
@@ -311,7 +323,7 @@ def plan(env: Env, host_os: HostOs, connected_port: int | None = None) -> tuple[
         "for _ in $(seq 60); do docker info >/dev/null 2>&1 && exit 0; sleep 1; done; "
         "echo 'dockerd did not come up within 60 s' >&2; exit 1"
     )
-    rules = firewall_rules(env, connected_port)
+    rules = firewall_rules(env, connected)
     firewall_ok = (
         f"{_has_content(FIREWALL_FILE, rules)} && {_has_content(NFTABLES_CONF, nftables_conf())} "
         f"&& nft list table inet {FIREWALL_TABLE} >/dev/null 2>&1 "
@@ -349,7 +361,7 @@ def plan(env: Env, host_os: HostOs, connected_port: int | None = None) -> tuple[
         ),
         HostStep(
             "firewall (nftables): SSH "
-            + ", ".join(str(port) for port in ssh_ports(env, connected_port))
+            + ", ".join(str(port) for port in ssh_ports(env, connected))
             + "".join(f", {p.host}/{p.protocol}" for p in published_ports(env)),
             firewall_ok,
             firewall_apply,
@@ -422,7 +434,9 @@ def apply(host: SshHost, env: Env, say: Say) -> Configured:
     say(f"  host OS: {host_os.pretty or host_os.key}")
     changed: list[str] = []
     unchanged: list[str] = []
-    for step in plan(env, host_os, host.target.port):
+    seen_by_sshd = sshd_port(host)
+    connected = [host.target.port, *([seen_by_sshd] if seen_by_sshd else [])]
+    for step in plan(env, host_os, connected):
         if host.run(step.check, timeout=STEP_TIMEOUT_SECONDS).ok:
             say(f"  unchanged {step.name}")
             unchanged.append(step.name)
