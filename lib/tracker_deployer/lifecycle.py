@@ -680,10 +680,14 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append(f"provider:    {provider}")
     lines.append(f"host:        {report['host'] or 'none recorded'}")
     services: Sequence[dict[str, str]] = report["services"]
+    # Not reached (no "deployed"): nothing is known of the host, not "none".
+    unknown = "unknown (the host was not reached)"
     if services:
         lines.append("services:")
         for row in services:
             lines.append(remote.service_line(row))
+    elif report["host"] and "deployed" not in report:
+        lines.append(f"services:    {unknown}")
     elif report["host"] and report.get("deployed") is False:
         lines.append(f"services:    none (no {paths.COMPOSE_FILE}: not deployed)")
     elif report["host"]:
@@ -696,6 +700,8 @@ def format_status(report: dict[str, Any]) -> str:
             + (f", set {run['set']}" if run.get("set") else "")
             + f"; {report.get('backup_sets', 0)} complete set(s) on the host"
         )
+    elif report["host"] and report.get("error"):
+        lines.append("last backup: unknown (see the problem below)")
     elif report["host"]:
         lines.append("last backup: none recorded")
     if report.get("error"):

@@ -914,6 +914,29 @@ def test_status_shows_the_hosts_words_escaped() -> None:
     assert all(c.isprintable() or c == "\n" for c in text)
 
 
+def test_status_of_a_host_it_did_not_reach_says_unknown_not_none() -> None:
+    """A host that holds sets and runs its stack, down or unreachable now: status
+    said "services: none" and "last backup: none recorded" (a review)."""
+    report: dict[str, Any] = {
+        "environment": "tracker-prod",
+        "provider": "existing",
+        "host": "203.0.113.10:22",
+        "services": [],
+        "last_backup_run": None,
+        "backup_sets": None,
+        "error": "cannot connect to 203.0.113.10:22 (connection refused)",
+    }
+    text = lifecycle.format_status(report)
+    assert "services:    unknown (the host was not reached)" in text
+    assert "last backup: unknown (see the problem below)" in text
+    assert "none" not in text
+    reached = {**report, "deployed": False, "error": None}
+    assert "services:    none (no /opt/torrust/docker-compose.yml: not deployed)" in (
+        lifecycle.format_status(reached)
+    )
+    assert "last backup: none recorded" in lifecycle.format_status(reached)
+
+
 def test_progress_lines_reach_the_terminal_escaped(capsys: pytest.CaptureFixture[str]) -> None:
     """`say` lines may quote a host (destroy's listing error, say): a tab stays."""
     tasks._say("listing failed: \x1b]2;pwned\x07\tok")
