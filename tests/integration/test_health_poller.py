@@ -15,8 +15,10 @@ from tests.e2e.downtime import HealthPoller, Probe, summarize
 pytestmark = pytest.mark.integration
 
 INTERVAL = 0.02
-# The poller's overestimate: one interval, one request and the thread's scheduling.
-SLACK = 0.25
+# The poller's overestimate: one interval, one request and the threads' scheduling,
+# on a loaded CI machine (3 test workers and docker on 2 CPUs; 0.25 s was tight).
+# The windows below are long enough that the bounds still tell them apart.
+SLACK = 1.0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -79,7 +81,7 @@ def server() -> Iterator[_Server]:
 
 def test_a_server_that_always_answers_has_no_downtime(server: _Server) -> None:
     with HealthPoller(server.url, limit_seconds=30, interval=INTERVAL) as poller:
-        time.sleep(0.5)
+        time.sleep(1.0)
     seen = poller.result
     assert seen.failed == 0
     assert seen.probes >= 10
@@ -94,7 +96,7 @@ def test_a_server_stopped_for_a_known_time_gives_that_downtime(server: _Server) 
         going = time.monotonic()
         server.stop()
         gone = time.monotonic()
-        time.sleep(0.8)
+        time.sleep(3.0)
         coming = time.monotonic()
         server.start()
         back = time.monotonic()
@@ -114,7 +116,7 @@ def test_a_server_answering_503_counts_as_down(server: _Server) -> None:
         time.sleep(0.2)
         server.answer(503)
         unhealthy = time.monotonic()
-        time.sleep(0.6)
+        time.sleep(2.5)
         healthy = time.monotonic()
         server.answer(200)
         time.sleep(0.2)
@@ -128,7 +130,7 @@ def test_a_server_that_never_comes_back_is_down_until_the_end(server: _Server) -
         time.sleep(0.2)
         server.stop()
         gone = time.monotonic()
-        time.sleep(0.5)
+        time.sleep(2.0)
     seen = poller.result
     assert not seen.answered_last
     assert seen.longest_seconds >= time.monotonic() - gone - SLACK - 0.5, seen
@@ -137,7 +139,7 @@ def test_a_server_that_never_comes_back_is_down_until_the_end(server: _Server) -
 
 def test_polling_ends_by_itself_at_its_limit(server: _Server) -> None:
     poller = HealthPoller(server.url, limit_seconds=0.3, interval=INTERVAL).start()
-    time.sleep(0.8)
+    time.sleep(2.5)
     seen = poller.stop()
     assert seen.polled_seconds < 0.3 + SLACK, seen
     assert seen.probes <= 0.3 / INTERVAL + 1

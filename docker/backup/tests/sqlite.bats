@@ -156,10 +156,12 @@ teardown() {
   sqlite3 "${SQLITE_DB}" 'PRAGMA journal_mode=WAL;' >/dev/null
   # An open reader keeps the next write in the -wal file (no checkpoint
   # past it), so a copy of the main file alone would miss those rows.
-  sqlite3 "${SQLITE_DB}" 'BEGIN' 'SELECT count(*) FROM keys' '.shell sleep 5' 'COMMIT' \
-    >/dev/null 2>&1 3>&- &
+  # (it says when its snapshot is open: a fixed sleep raced with it under load)
+  local started="${BATS_TEST_TMPDIR}/reader-started"
+  sqlite3 "${SQLITE_DB}" 'BEGIN' 'SELECT count(*) FROM keys' ".shell touch ${started}" \
+    '.shell sleep 5' 'COMMIT' >/dev/null 2>&1 3>&- &
   local reader=$!
-  sleep 0.5
+  wait_for 30 test -e "${started}"
   sqlite3 "${SQLITE_DB}" "INSERT INTO torrents (info_hash, completed) VALUES ('wal-only', 1);"
   assert [ -s "${SQLITE_DB}-wal" ]
   backup_ok run
@@ -568,9 +570,11 @@ EOF
   original="$(sqlite_content_sum "${SQLITE_DB}")"
   # A crashed writer: a row only in the -wal. A reader holding a snapshot from
   # before keeps the writer's close from checkpointing it into the file.
-  { printf 'BEGIN;\nSELECT count(*) FROM torrents;\n'; sleep 5; } | sqlite3 "${SQLITE_DB}" >/dev/null &
+  local started="${BATS_TEST_TMPDIR}/reader-started"
+  { printf 'BEGIN;\nSELECT count(*) FROM torrents;\n.shell touch %s\n' "${started}"; sleep 5; } \
+    | sqlite3 "${SQLITE_DB}" >/dev/null &
   local reader=$!
-  sleep 1
+  wait_for 30 test -e "${started}"
   sqlite3 "${SQLITE_DB}" "INSERT INTO torrents(info_hash, completed) VALUES ('FOREIGN', 9);"
   cp -- "${SQLITE_DB}-wal" "${BATS_TEST_TMPDIR}/saved-wal"
   kill "${reader}" 2>/dev/null || true
