@@ -1170,3 +1170,26 @@ def _recorded_steps(done: list[str], fails: str | None) -> Any:
         return run
 
     return step
+
+
+def test_an_lxd_env_whose_profile_name_changed_since_provision_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """provision as "a", then profile_name "b": destroy said "instance b: not there",
+    forgot the record, and instance "a" ran on with its stack and cron (a review)."""
+    from tracker_deployer.providers import lxd
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    data = sample_data("sandbox-sqlite")
+    env = parse(data)
+    assert isinstance(env.provider, lxd.LxdProvider)
+    recorded = env.provider.profile_name
+    state.write_record(env.name, state.HostRecord("lxd", "10.0.0.5", 22, recorded))
+    assert lxd.Lxd(env).name == recorded  # as recorded: fine
+    data["provider"]["profile_name"] = "renamed"
+    with pytest.raises(DeployError) as refused:
+        lxd.Lxd(parse(data))
+    assert f"names LXD instance {recorded!r}, but provider.profile_name is 'renamed'" in str(
+        refused.value
+    )
+    assert state.read_record(env.name) is not None  # nothing forgotten

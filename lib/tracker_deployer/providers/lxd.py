@@ -198,6 +198,16 @@ class Lxd:
         assert isinstance(env.provider, LxdProvider)
         self.env = env
         self.name = env.provider.profile_name
+        # A profile_name changed since provision: everything would act on the new
+        # name ("not there") while the recorded instance runs on, its record gone.
+        record = state.read_record(env.name)
+        if record is not None and record.instance and record.instance != self.name:
+            raise DeployError(
+                f"the host record of {env.name} ({state.record_path(env.name)}) names LXD "
+                f"instance {record.instance!r}, but provider.profile_name is {self.name!r}",
+                f"set provider.profile_name back to {record.instance!r} (run `inv destroy` "
+                "with it first for a new instance); if that instance is gone, remove the record",
+            )
 
     # -- the instance ----------------------------------------------------------
 
