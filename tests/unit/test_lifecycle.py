@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from tracker_deployer import lifecycle, state
+from tracker_deployer.config.model import LxdProvider
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.remote import configure, mysql_passwords
 from tracker_deployer.remote import deploy as remote
@@ -1182,7 +1183,7 @@ def test_an_lxd_env_whose_profile_name_changed_since_provision_is_refused(
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     data = sample_data("sandbox-sqlite")
     env = parse(data)
-    assert isinstance(env.provider, lxd.LxdProvider)
+    assert isinstance(env.provider, LxdProvider)
     recorded = env.provider.profile_name
     state.write_record(env.name, state.HostRecord("lxd", "10.0.0.5", 22, recorded))
     assert lxd.Lxd(env).name == recorded  # as recorded: fine

@@ -141,6 +141,8 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     environment.globals["exit_codes"] = exit_codes
     environment.globals["compose_argv"] = compose.argv
     environment.globals["kill_after_seconds"] = KILL_AFTER_SECONDS
+    environment.globals["query_timeout_seconds"] = QUERY_TIMEOUT_SECONDS
+    environment.globals["tracker_start_timeout_seconds"] = TRACKER_START_TIMEOUT_SECONDS
     # The deploy marker's states (backup/deploy-marker.sh.j2, included by every
     # script that reads the marker).
     environment.globals["deploy_failed"] = DEPLOY_FAILED
@@ -540,6 +542,10 @@ def inventory_script(
 # After a TERM (a time-out, or a signal passed on), the time a host script's child
 # gets before it is killed.
 KILL_AFTER_SECONDS = 10
+# The host scripts' bounds on a status query (docker compose ps, docker inspect,
+# docker wait for a stop cut off) and on the tracker's start (maintenance, restore).
+QUERY_TIMEOUT_SECONDS = 60
+TRACKER_START_TIMEOUT_SECONDS = 300
 # The maintenance script's bounds on the work done while the tracker runs again
 # (docs/user-guide/backup.md, "Bounded downtime"): the snapshot container from
 # its open line to its end (MySQL: the dump), and `finish`. Generous: a hang
