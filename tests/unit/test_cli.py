@@ -457,6 +457,19 @@ def _no_file_growth() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
 
 
+def _inv_unable_to_grow_files(*args: str) -> subprocess.CompletedProcess[str]:
+    """`inv ARGS` with a file size limit of 0: every write fails (as on a full disk)."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("inv")), "--search-root", str(REPO_ROOT), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        timeout=120,
+        preexec_fn=_no_file_growth,
+    )
+
+
 @pytest.mark.parametrize("force", [True, False])
 def test_create_template_that_cannot_be_written_leaves_no_file_and_keeps_the_old_one(
     tmp_path: Path, force: bool
@@ -466,17 +479,8 @@ def test_create_template_that_cannot_be_written_leaves_no_file_and_keeps_the_old
     existing = tmp_path / "old.json"
     existing.write_text('{"kept": true}\n')
     target = existing if force else tmp_path / "new.json"
-    result = subprocess.run(
-        [
-            *(str(Path(sys.executable).with_name("inv")), "--search-root", str(REPO_ROOT)),
-            *("create-template", "--out", str(target), *(["--force"] if force else [])),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO_ROOT,
-        timeout=120,
-        preexec_fn=_no_file_growth,
+    result = _inv_unable_to_grow_files(
+        "create-template", "--out", str(target), *(["--force"] if force else [])
     )
     assert f"cannot write {target}: File too large" in _one_error(result)
     assert existing.read_text() == '{"kept": true}\n'
@@ -506,18 +510,7 @@ def test_create_template_without_force_refuses_a_file_made_meanwhile(
 def test_a_render_that_cannot_be_written_names_the_output_directory(tmp_path: Path) -> None:
     """It was 'error: File too large', naming no path (a review)."""
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            *(str(Path(sys.executable).with_name("inv")), "--search-root", str(REPO_ROOT)),
-            *("render", "--env", "manual-test-sqlite", "--out", str(out)),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO_ROOT,
-        timeout=120,
-        preexec_fn=_no_file_growth,
-    )
+    result = _inv_unable_to_grow_files("render", "--env", "manual-test-sqlite", "--out", str(out))
     stderr = _one_error(result)
     assert f"error: cannot write the rendered files to {out}: File too large — hint:" in stderr
     assert "or pick another --out" in stderr
