@@ -326,6 +326,8 @@ def _write_whole(target: Path, text: str, replace: bool) -> None:
     a failed or killed write leaves no partial file and never harms the one there.
     Without ``replace`` an existing ``target`` is refused, atomically (a hard link)."""
     temporary: Path | None = None
+    if target.is_symlink():  # written where it points, as before (the link stays)
+        target = Path(os.path.realpath(target))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)

@@ -12,22 +12,27 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import socket
 from pathlib import Path
 
 PER_WORKER = 1000
-_picked = itertools.count()
+WORKERS = 8  # gw0 to gw7: their blocks stay below the ephemeral range
+# From a place of this process's own in the block: two sessions with one worker
+# name (an e2e run beside the tests, both "gw0") do not walk it in step.
+_picked = itertools.count(random.randrange(PER_WORKER))
 
 
 def _first_port() -> int:
     """The first port of this worker's block: below the ephemeral range, 1000 a worker."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     index = int(worker) if worker.isdigit() else 0
+    assert index < WORKERS, f"test ports have blocks for {WORKERS} xdist workers, not {worker}"
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
-    base = min(20000, low - 8 * PER_WORKER)
+    base = min(20000, low - WORKERS * PER_WORKER)
     assert base > 1024, f"the ephemeral range starts too low ({low}) for test ports below it"
     return base + PER_WORKER * index
 

@@ -487,6 +487,21 @@ def test_create_template_that_cannot_be_written_leaves_no_file_and_keeps_the_old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json"]  # no temporary file
 
 
+def test_create_template_with_force_writes_through_a_link_and_keeps_it(tmp_path: Path) -> None:
+    """envs/prod.json -> ../secure/prod.json: --force replaced the link with a file
+    of its own, and the config it pointed to kept its old content (a review)."""
+    real = tmp_path / "secure" / "prod.json"
+    real.parent.mkdir()
+    real.write_text('{"old": 1}\n')
+    link = tmp_path / "envs" / "prod.json"
+    link.parent.mkdir()
+    link.symlink_to("../secure/prod.json")
+    tasks._write_whole(link, "new\n", replace=True)
+    assert link.is_symlink()
+    assert real.read_text() == "new\n"
+    assert sorted(p.name for p in real.parent.iterdir()) == ["prod.json"]
+
+
 def test_create_template_without_force_refuses_a_file_made_meanwhile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

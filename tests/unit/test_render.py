@@ -21,7 +21,12 @@ import yaml
 from tracker_deployer import __version__, paths
 from tracker_deployer.errors import DeployError
 from tracker_deployer.render import render, write_tree
-from tracker_deployer.render.tree import DUMP_TIMEOUT_SECONDS, FINISH_TIMEOUT_SECONDS
+from tracker_deployer.render.tree import (
+    DUMP_TIMEOUT_SECONDS,
+    FINISH_TIMEOUT_SECONDS,
+    RENDER_OLD_INFIX,
+    RENDER_STAGING_INFIX,
+)
 
 from tests.helpers import SAMPLES, parse, sample_data
 
@@ -383,7 +388,7 @@ def test_a_render_stopped_between_its_renames_puts_the_earlier_render_back(
     real_rename = Path.rename
 
     def rename(self: Path, target: Any) -> Path:
-        if Path(target) == out and self.name.startswith(".out.") and ".old." not in self.name:
+        if Path(target) == out and self.name.startswith(f".out{RENDER_STAGING_INFIX}"):
             raise KeyboardInterrupt  # Ctrl-C after the earlier render was moved away
         return real_rename(self, target)
 
@@ -456,19 +461,21 @@ def test_a_killed_render_leaves_no_copy_of_a_render_beside_the_output_for_long(
     half-written staging tree stayed beside the output for good (a review)."""
     env = parse(sample_data("manual-test-sqlite"))
     out = write_tree(render(env), tmp_path / "out")
-    (tmp_path / ".out.old.ab_c1234").mkdir()
-    (out / "").rename(tmp_path / ".out.old.ab_c1234/out")  # as a kill left it...
+    old = f".out{RENDER_OLD_INFIX}ab_c1234"
+    (tmp_path / old).mkdir()
+    (out / "").rename(tmp_path / old / "out")  # as a kill left it...
     write_tree(render(env), out)
-    (tmp_path / ".out.zz9_0000/opt").mkdir(parents=True)  # ...and a staging tree
-    (tmp_path / ".out.zz9_0000/opt/secret").write_text("s3cret")
-    (tmp_path / ".other.old.ab_c1234").mkdir()  # another output's: not ours to touch
+    staging = tmp_path / f".out{RENDER_STAGING_INFIX}zz9_0000"
+    (staging / "opt").mkdir(parents=True)  # ...and a staging tree
+    (staging / "opt/secret").write_text("s3cret")
+    other = f".other{RENDER_OLD_INFIX}ab_c1234"
+    (tmp_path / other).mkdir()  # another output's: not ours to touch
     (tmp_path / ".out.notours").mkdir()
+    (tmp_path / ".out.original").mkdir()  # an operator's, named like mkdtemp's (a review)
     write_tree(render(env), out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".other.old.ab_c1234",
-        ".out.notours",
-        "out",
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [other, ".out.notours", ".out.original", "out"]
+    )
 
 
 def test_a_render_killed_between_its_renames_gets_the_earlier_render_back(
@@ -479,8 +486,8 @@ def test_a_render_killed_between_its_renames_gets_the_earlier_render_back(
     env = parse(sample_data("manual-test-sqlite"))
     out = write_tree(render(env), tmp_path / "out")
     before = _files(out)
-    (tmp_path / ".out.old.ab_c1234").mkdir()
-    out.rename(tmp_path / ".out.old.ab_c1234/out")
+    (tmp_path / f".out{RENDER_OLD_INFIX}ab_c1234").mkdir()
+    out.rename(tmp_path / f".out{RENDER_OLD_INFIX}ab_c1234/out")
 
     def no_space(**options: Any) -> str:
         raise OSError(28, "No space left on device", str(tmp_path / ".out.x"))

@@ -742,10 +742,19 @@ def _not_a_directory(error: OSError) -> Path | None:
     return None if path.is_dir() else path
 
 
+# The prefixes of _write_tree's temporary directories beside the output (then
+# mkdtemp's 8 characters): names no operator gives a directory of their own.
+RENDER_STAGING_INFIX = ".tracker-deployer-render."
+RENDER_OLD_INFIX = ".tracker-deployer-render-old."
+
+
 def _leftover_pattern(out_dir: Path) -> re.Pattern[str]:
     """The names of :func:`_write_tree`'s temporary directories beside ``out_dir``:
-    a staging tree ``.NAME.XXXXXXXX`` and ``.NAME.old.XXXXXXXX`` (mkdtemp's names)."""
-    return re.compile(rf"\.{re.escape(out_dir.name)}\.(old\.)?[a-z0-9_]{{8}}")
+    a staging tree and the earlier render moved aside (group 1 then)."""
+    staging, old = (
+        re.escape(f".{out_dir.name}{infix}") for infix in (RENDER_STAGING_INFIX, RENDER_OLD_INFIX)
+    )
+    return re.compile(rf"(?:{staging}|({old}))[a-z0-9_]{{8}}")
 
 
 def _remove_leftovers(out_dir: Path) -> None:
@@ -760,7 +769,7 @@ def _remove_leftovers(out_dir: Path) -> None:
             continue
         earlier = sibling / out_dir.name
         if (
-            match.group(1)  # .NAME.old.XXXXXXXX
+            match.group(1)  # the earlier render, moved aside
             and not out_dir.exists()
             and not out_dir.is_symlink()
             and earlier.is_dir()
@@ -772,7 +781,9 @@ def _remove_leftovers(out_dir: Path) -> None:
 
 def _write_tree(tree: RenderedTree, out_dir: Path) -> Path:
     _check_replaceable(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}{RENDER_STAGING_INFIX}", dir=out_dir.parent)
+    )
     old: Path | None = None
     try:
         for directory in tree.directories:
@@ -793,7 +804,9 @@ def _write_tree(tree: RenderedTree, out_dir: Path) -> Path:
         (staging / MANIFEST_NAME).write_text(manifest, encoding="utf-8")
         staging.chmod(0o755)
         if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{out_dir.name}{RENDER_OLD_INFIX}", dir=out_dir.parent)
+            )
             out_dir.rename(old / out_dir.name)
             staging.rename(out_dir)
             shutil.rmtree(old)
