@@ -219,7 +219,11 @@ def test_a_foreign_instance_is_refused_and_never_touched(tmp_path: Path, say: Sa
     )
     assert made.returncode == 0, made.stderr
     try:
-        env = _env_copy(tmp_path, provider__profile_name=FOREIGN)
+        # (an environment of its own: one with the recorded instance's name is refused
+        # before, for naming another instance than its record)
+        env = _env_copy(
+            tmp_path, provider__profile_name=FOREIGN, environment__name="e2e-foreign-check"
+        )
         for task in (["provision"], ["destroy", "--delete-backups"]):
             refused = inv(*task, "--env", str(env))
             assert refused.returncode == 1, shown(refused)
