@@ -6,13 +6,11 @@ failure is a DeployError, turned here into one message and a non-zero exit.
 
 from __future__ import annotations
 
-import errno
 import functools
 import inspect
 import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,7 +57,7 @@ from invoke.collection import Collection  # noqa: E402
 from invoke.context import Context  # noqa: E402
 from invoke.exceptions import Exit  # noqa: E402
 from invoke.tasks import Task, task  # noqa: E402
-from tracker_deployer import image, lifecycle, monitoring, paths, sandbox  # noqa: E402
+from tracker_deployer import image, lifecycle, monitoring, paths, sandbox, state  # noqa: E402
 from tracker_deployer import publish as publishing  # noqa: E402
 from tracker_deployer import recover as recovery  # noqa: E402
 from tracker_deployer.config import Env, env_path, load_env  # noqa: E402
@@ -321,48 +319,14 @@ def create_template(
 
 
 def _write_whole(target: Path, text: str, replace: bool) -> None:
-    """Write ``text`` to ``target`` (mode 0600: the operator writes the passwords into
-    it next) through a temporary file beside it, moved into place only once complete:
-    a failed or killed write leaves no partial file and never harms the one there.
-    Without ``replace`` an existing ``target`` is refused, atomically (a hard link)."""
-    temporary: Path | None = None
-    if target.is_symlink():  # written where it points, as before (the link stays)
+    """Write ``text`` to ``target``, mode 0600 (the operator writes the passwords into
+    it next), whole or not at all (state.write_whole); through a link, where it points
+    (the link stays). Without ``replace`` an existing ``target`` is refused."""
+    if target.is_symlink():
         target = Path(os.path.realpath(target))
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        temporary = Path(name)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            os.fchmod(descriptor, 0o600)
-            handle.write(text)
-            handle.flush()
-            os.fsync(descriptor)
-        if replace:
-            temporary.replace(target)
-        else:
-            try:
-                os.link(temporary, target)  # fails if target exists, whatever wrote it
-            except FileExistsError:
-                raise DeployError(
-                    f"{target} already exists", "pick another --out, or pass --force"
-                ) from None
-            except OSError as error:
-                if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
-                    raise
-                # A file system without hard links: checked, then moved (a narrow race).
-                if target.exists():
-                    raise DeployError(
-                        f"{target} already exists", "pick another --out, or pass --force"
-                    ) from None
-                temporary.replace(target)
-    except OSError as error:
-        raise DeployError(
-            f"cannot write {target}: {error.strerror or error}",
-            "check the free space and permissions there, or pick another --out path",
-        ) from None
-    finally:  # Ctrl-C and a refusal too: the temporary file goes (moved: nothing to do)
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
+    hint = "check the free space and permissions there, or pick another --out path"
+    if not state.write_whole(target, text, 0o600, replace=replace, hint=hint):
+        raise DeployError(f"{target} already exists", "pick another --out, or pass --force")
 
 
 def _apply(env: str, where: _Host, dry_run: bool, scope: Scope) -> None:

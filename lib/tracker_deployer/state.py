@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import json
@@ -141,26 +142,59 @@ def _keygen(key: Path, args: list[str], what: str) -> str:
 
 
 def _write_private(path: Path, content: str | bytes, mode: int) -> None:
+    """A state file: :func:`write_whole` in a directory of the user's alone."""
+    write_whole(path, content, mode, dir_mode=0o700)
+
+
+def write_whole(
+    path: Path,
+    content: str | bytes,
+    mode: int,
+    *,
+    replace: bool = True,
+    dir_mode: int = 0o777,
+    hint: str | None = None,
+) -> bool:
     """Write ``content`` to ``path`` atomically with ``mode`` (never briefly wider),
-    through a temporary file of its own (two commands may write one record at once);
-    a failure names the file and leaves no temporary file behind."""
-    temporary: str | None = None
+    through a temporary file of its own beside it (two commands may write one file at
+    once), synced, and moved into place only once whole: a failure names the file and
+    leaves no temporary file behind (Ctrl-C too), and never harms the file there.
+    Without ``replace`` an existing ``path`` is left alone, atomically (a hard link),
+    and False returned. ``dir_mode``: of a directory made for it (umask applies)."""
+    temporary: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
+        descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        temporary = Path(name)
         with os.fdopen(descriptor, "wb") as handle:
             os.fchmod(handle.fileno(), mode)
             handle.write(content.encode() if isinstance(content, str) else content)
-        Path(temporary).replace(path)
-    except BaseException as error:  # Ctrl-C too: its temporary file goes
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
-        if not isinstance(error, OSError):
-            raise
+            handle.flush()
+            os.fsync(handle.fileno())
+        if replace:
+            temporary.replace(path)
+            return True
+        try:
+            os.link(temporary, path)  # fails if path exists, whatever wrote it
+        except FileExistsError:
+            return False
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            # A file system without hard links: checked, then moved (a narrow race).
+            if path.exists():
+                return False
+            temporary.replace(path)
+        return True
+    except OSError as error:
         raise DeployError(
             f"cannot write {path}: {error.strerror or error}",
-            f"check free space and permissions in {path.parent}, then run the command again",
+            hint
+            or f"check free space and permissions in {path.parent}, then run the command again",
         ) from None
+    finally:  # a refusal and Ctrl-C too (moved into place: nothing to remove)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- host records
