@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -1123,3 +1124,65 @@ def test_deploy_marks_the_host_for_backup_runs_under_the_lock_and_unmarks_it(
     assert "is a link; refusing to write deploy-in-progress through it" in str(refused.value)
     assert list(elsewhere.iterdir()) == []
     assert lines == []
+
+
+def _sshd_sessions(target: SshTarget) -> list[int]:
+    """The per-connection sshd processes (and what they run): the listener's descendants."""
+    assert target.process is not None
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat_file.read_text().rpartition(")")[2].split()
+            children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    found, todo = [], [target.process.pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_host_that_stops_answering_fails_the_command_within_the_alive_bound(
+    target: SshTarget,
+) -> None:
+    """OpenSSH's ServerAliveInterval, here: the host's sshd is frozen (SIGSTOP; its
+    kernel still acknowledges TCP, as a hung host's does) while a command runs. The
+    command fails naming the silence, within interval * count (+ one interval); it
+    would otherwise wait for its own timeout (60 s here, for ever without one)."""
+    quick = dataclasses.replace(target.target(), alive_interval=0.5, alive_count=3)
+    with SshHost(quick) as host:
+        assert host.run("true").ok
+        frozen: list[int] = []
+
+        def freeze() -> None:
+            time.sleep(1.0)
+            frozen.extend(_sshd_sessions(target))
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+
+        freezer = threading.Thread(target=freeze)
+        started = time.monotonic()
+        freezer.start()
+        try:
+            with pytest.raises(RemoteError) as raised:
+                host.run("sleep 60", timeout=60)
+        finally:
+            freezer.join()
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        took = time.monotonic() - started
+        assert frozen, "no sshd session process was found to freeze"
+        assert "stopped answering over SSH for 1.5 s" in raised.value.message
+        assert took < 1.0 + 0.5 + 1.5 + 5.0
+        with pytest.raises(RemoteError, match="stopped answering"):
+            host.run("true")  # no new connection behind the operator's back
+
+
+def test_a_quiet_command_longer_than_the_alive_bound_is_not_given_up(target: SshTarget) -> None:
+    """The probes ask the server, not the command: a command silent for four times the
+    bound ends normally, with its own exit code."""
+    quick = dataclasses.replace(target.target(), alive_interval=0.3, alive_count=2)
+    with SshHost(quick) as host:
+        result = host.run("sleep 2.5; exit 3")
+    assert result.exit_code == 3

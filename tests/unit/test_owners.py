@@ -3,7 +3,7 @@
 Owners: paths.py (host and container paths), ports.py (the services' ports),
 topology.DotEnv (the .env variable names), compose.py (the compose command
 line), exit_codes.py (the host scripts' exit codes), config.model
-BACKUP_IMAGE_VERSION (the backup image version).
+BACKUP_IMAGE_VERSION (the backup image version), remote.ssh (the SSH liveness bound).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tracker_deployer.config.model import (
 )
 from tracker_deployer.errors import ConfigError
 from tracker_deployer.image import build_args, default_tag
-from tracker_deployer.remote import deploy
+from tracker_deployer.remote import deploy, ssh
 from tracker_deployer.remote.backups import restore_script, verify_script
 from tracker_deployer.render import render
 from tracker_deployer.render.tree import dotenv_values
@@ -334,3 +334,13 @@ def test_the_image_build_sets_the_user_compose_runs_the_backup_as() -> None:
     assert f"ARG BACKUP_UID={uid}" in dockerfile
     assert f"ARG BACKUP_GID={gid}" in dockerfile
     assert (build_args()["BACKUP_UID"], build_args()["BACKUP_GID"]) == (uid, gid)
+
+
+def test_the_troubleshooting_guide_gives_the_ssh_alive_bound_of_the_owner() -> None:
+    """The SSH liveness bound is ssh.py's (ALIVE_INTERVAL_SECONDS, ALIVE_COUNT)."""
+    guide = (REPO_ROOT / "docs/user-guide/troubleshooting.md").read_text()
+    row = next(line for line in guide.splitlines() if "stopped answering over SSH" in line)
+    interval, count = ssh.ALIVE_INTERVAL_SECONDS, ssh.ALIVE_COUNT
+    assert f"for {interval * count:g} s: the connection" in row
+    assert f"asked every {interval:g} s, given up after {interval * count:g} s" in row
+    assert f"`ServerAliveInterval {interval:g}`, `ServerAliveCountMax {count}`" in row

@@ -36,6 +36,10 @@ from tracker_deployer.render.tree import operation_script
 from tracker_deployer.say import printable
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+# OpenSSH's ServerAliveInterval and ServerAliveCountMax: a host that answers nothing
+# for ALIVE_INTERVAL_SECONDS * ALIVE_COUNT seconds is given up (see _Liveness).
+ALIVE_INTERVAL_SECONDS = 15.0
+ALIVE_COUNT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,8 @@ class Target:
     known_hosts_path: str = DEFAULT_KNOWN_HOSTS
     accept_new_host_key: bool = False
     connect_timeout: int = 15
+    alive_interval: float = ALIVE_INTERVAL_SECONDS
+    alive_count: int = ALIVE_COUNT
 
     def __str__(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
@@ -182,6 +188,42 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
             ) from None
 
 
+class _Liveness:
+    """OpenSSH's ServerAliveInterval for paramiko, whose own keepalive expects no answer.
+
+    Every ``interval`` seconds the server is asked for something only it can answer
+    (a channel, closed again at once; a refusal is an answer too). With no answer
+    within ``interval * count`` seconds the connection is closed: a command waiting
+    on a host that vanished, or on an sshd that hangs, then fails instead of waiting
+    for ever (TCP alone may wait a quarter of an hour, or for ever on an idle channel).
+    """
+
+    def __init__(self, transport: paramiko.Transport, interval: float, count: int) -> None:
+        self._transport = transport
+        self._interval = interval
+        self.patience = interval * count
+        self._stop = threading.Event()
+        self.dead = False
+        self._thread = threading.Thread(target=self._watch, name="ssh-liveness", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._transport.open_session(timeout=self.patience).close()
+            except paramiko.ChannelException:
+                continue  # refused (MaxSessions): the server answered
+            except (SSHException, OSError, EOFError):
+                if self._stop.is_set() or not self._transport.is_active():
+                    return  # closed here, or lost: the command sees that itself
+                self.dead = True
+                self._transport.close()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def detached_command(staging: str, *args: str) -> str:
     """The command that runs ``staging``/script.sh with ``args`` behind
     ``staging``/run-detached.sh (templates/operations/run-detached.sh.j2)."""
@@ -225,6 +267,7 @@ class SshHost:
             _KnownHostsPolicy(self._known_hosts, self._known, target.accept_new_host_key)
         )
         self.is_root = target.user == "root"
+        self._liveness: _Liveness | None = None
 
     # -- connection ------------------------------------------------------------
 
@@ -301,8 +344,25 @@ class SshHost:
                 + (" or --host" if self.host_flags else " or the host record"),
             ) from None
 
+        transport = self._conn.client.get_transport()
+        if transport is not None:  # connected: open() returned
+            self._liveness = _Liveness(transport, target.alive_interval, target.alive_count)
+
     def close(self) -> None:
+        if self._liveness is not None:
+            self._liveness.stop()
         self._conn.close()
+
+    def _check_alive(self) -> None:
+        """Refuse to go on once the host stopped answering (Fabric would connect anew)."""
+        if self._liveness is not None and self._liveness.dead:
+            raise RemoteError(
+                f"{self.target} stopped answering over SSH for "
+                f"{self._liveness.patience:g} s: the connection was closed",
+                "check the host (is it up, is sshd hanging?); a script this task started "
+                "there goes on without this connection: look with `inv status` once the "
+                "host answers",
+            )
 
     # -- commands --------------------------------------------------------------
 
@@ -335,6 +395,7 @@ class SshHost:
         }
         if writers:
             kwargs["out_stream"], kwargs["err_stream"] = writers
+        self._check_alive()
         try:
             result = self._conn.run(full, **kwargs)
         except CommandTimedOut:
@@ -343,10 +404,12 @@ class SshHost:
                 "look at the host: `docker compose ps` and the backup log",
             ) from None
         except (SSHException, OSError) as error:
+            self._check_alive()
             raise RemoteError(f"lost the SSH connection to {self.target}: {error}") from None
         finally:
             for writer in writers:
                 writer.finish()
+        self._check_alive()  # the watchdog closed the channel: its exit code is no answer
         if not self.is_root and root and result.exited == 1 and "sudo:" in result.stderr:
             raise RemoteError(
                 f"sudo on {self.target.host} asks for a password or is not allowed for "
@@ -407,9 +470,11 @@ class SshHost:
 
     def put(self, content: bytes, remote_path: str) -> None:
         """Upload ``content`` to ``remote_path`` as the SSH user (not root)."""
+        self._check_alive()
         try:
             self._conn.put(io.BytesIO(content), remote=remote_path)
-        except (SSHException, OSError) as error:
+        except (SSHException, OSError, EOFError) as error:
+            self._check_alive()
             raise RemoteError(f"uploading {remote_path} to {self.target} failed: {error}") from None
 
     def download(self, remote_path: str, local_path: Path, *, limit: int | None = None) -> None:
@@ -451,9 +516,10 @@ class SshHost:
                 )
         try:
             self._conn.get(source, local=sink)
-        except (SSHException, OSError) as error:
+        except (SSHException, OSError, EOFError) as error:
             if sink.local_error is not None:  # this machine's disk, not the host: the caller's
                 raise sink.local_error from None
+            self._check_alive()
             raise RemoteError(
                 f"downloading {remote_path} from {self.target} failed: {error}"
             ) from None
