@@ -82,7 +82,8 @@ DRY_RUN_HELP = "print the plan (secrets masked) and change nothing; opens no con
 HOST_FLAGS_HELP = {
     "host": "target host (overrides the recorded host and ssh_credentials.host)",
     "known_hosts": "known_hosts file to check the host key against (default: "
-    "ssh_credentials.known_hosts_path, else the host's file in the state directory)",
+    "ssh_credentials.known_hosts_path, else ~/.ssh/known_hosts for ssh_credentials.host, "
+    "else the host's file in the state directory)",
     "accept_new_host_key": "accept and record the host key if this host was never seen "
     "(first contact only)",
 }
