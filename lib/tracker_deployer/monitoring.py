@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
+from itertools import pairwise
 
-from croniter import croniter
-
-from tracker_deployer.config.model import CronSchedule, Env
+from tracker_deployer.config.model import CronSchedule, Env, cron_fires
 
 METRIC_PREFIX = "tracker_backup_"
 NODE_EXPORTER_SERVICE = "node-exporter"
@@ -67,38 +66,46 @@ MISSING_FACTOR = 1.5
 MISSING_MARGIN_SECONDS = 1800
 
 # The window over which the period of a schedule is measured: a fixed start
-# (rendering must not depend on today), at least a year of fires, but no more
-# than MAX_FIRES of them (an every-minute schedule has 525600 a year).
+# (rendering must not depend on today), at least a year of days it fires on and
+# at least MIN_DAYS of them.
 _PERIOD_START = datetime(2001, 1, 1)
 _PERIOD_WINDOW = timedelta(days=400)
-_MAX_FIRES = 2000
-_MIN_FIRES = 3
+_MIN_DAYS = 3
+_DAY = timedelta(days=1)
 
 
 def schedule_period_seconds(schedule: CronSchedule) -> int:
     """The longest gap between two consecutive fires of ``schedule``, in seconds.
 
     "0 3 * * *" gives a day, "0 3 * * mon-fri" three days (Friday to Monday),
-    "0 4 * * 0" a week, "0 3 29 2 *" four years.
+    "*/5 * * * mon-fri" too, "0 4 * * 0" a week, "0 3 29 2 *" four years.
     """
     return _period_seconds(schedule.expression)
 
 
 @lru_cache(maxsize=64)
 def _period_seconds(expression: str) -> int:
-    iterator = croniter(expression, _PERIOD_START)
-    previous: datetime = iterator.get_next(datetime)
-    # From the first fire: a schedule of 29 February first fires in 2004, past
-    # a window from the start, and its fires of that one day were all it measured.
-    end = previous + _PERIOD_WINDOW
-    longest = 0
-    fires = 1
-    while fires < _MIN_FIRES or (fires < _MAX_FIRES and previous < end):
-        current: datetime = iterator.get_next(datetime)
-        longest = max(longest, int((current - previous).total_seconds()))
-        previous = current
-        fires += 1
-    return longest
+    # Cron's day fields and time fields are independent: a day matches or not, and a
+    # matching day fires at every hour and minute of the time fields. So the gaps are
+    # those within a day and those from a day's last fire to the next day's first,
+    # whatever the number of fires (every minute for a year: half a million).
+    minute, hour, *day_fields = expression.split()
+    midnight = _PERIOD_START - timedelta(minutes=1)
+    in_day = cron_fires(f"{minute} {hour} * * *", midnight)
+    times: list[timedelta] = []
+    while (fire := in_day.get_next(datetime)) < _PERIOD_START + _DAY:
+        times.append(fire - _PERIOD_START)
+    longest = max((b - a for a, b in pairwise(times)), default=timedelta())
+    days = cron_fires(f"0 0 {' '.join(day_fields)}", midnight)
+    previous: datetime = days.get_next(datetime)
+    # From the first day: a schedule of 29 February first fires in 2004, past a
+    # window from the start, and its fires of that one day were all it measured.
+    end, count = previous + _PERIOD_WINDOW, 1
+    while count < _MIN_DAYS or previous < end:
+        current: datetime = days.get_next(datetime)
+        longest = max(longest, current - previous + times[0] - times[-1])
+        previous, count = current, count + 1
+    return int(longest.total_seconds())
 
 
 def missing_after_seconds(schedule: CronSchedule) -> int:

@@ -69,6 +69,14 @@ def test_cron_schedule_next_runs_takes_time_as_a_parameter() -> None:
     ]
 
 
+def test_cron_schedule_next_runs_are_crons_own_for_a_starred_day_field() -> None:
+    """ "*/2" in the day of month AND-s with the day of week, as cron runs it (croniter
+    alone ran every odd day too, and `inv describe` showed runs that never come)."""
+    start = datetime(2001, 1, 1, tzinfo=UTC)
+    runs = CronSchedule.parse("0 3 */2 * mon").next_runs(start, 3)
+    assert [run.date().isoformat() for run in runs] == ["2001-01-01", "2001-01-15", "2001-01-29"]
+
+
 def test_secret_never_shows_its_value() -> None:
     secret = Secret.parse("hunter2")
     assert "hunter2" not in repr(secret)

@@ -27,6 +27,15 @@ from tests.helpers import parse
         ("0 3 1 1 *", 365 * 86400),
         # Only on 29 February (first in 2004): four times that day, then 2008.
         ("0 */6 29 2 *", (365 * 4 + 1) * 86400 - 18 * 3600),
+        # Frequent fires with long pauses: more fires in the window than any cap on
+        # counting them (a weekday's last fire 23:57 to Monday 00:00; July to December).
+        ("*/3 * * * 1-5", 2 * 86400 + 3 * 60),
+        ("0 * * 1-6 *", (184 * 24 + 1) * 3600),
+        # Cron's rule: a day-of-month starting with "*" is AND-ed with the day of week:
+        # Mondays that are odd days (1, 15, 29, then 5 February), not every odd day.
+        ("0 3 */2 * 1", 21 * 86400),
+        # Neither starts with "*": either one (the 1st, and every Monday).
+        ("0 3 1 * 1", 7 * 86400),
     ],
 )
 def test_schedule_period_is_the_longest_gap_between_fires(expression: str, period: int) -> None:

@@ -438,6 +438,14 @@ def _check_cron_field(text: str, name: str, low: int, high: int, names: tuple[st
                 raise InvalidValue(f"{name} range {base} runs backwards")
 
 
+def cron_fires(expression: str, start: datetime) -> croniter:
+    """The fires of ``expression`` after ``start``, as cron fires them: when the day of
+    month or the day of week starts with "*" (e.g. "*/2"), a day must match both (Vixie
+    cron and cronie test the first character); otherwise either. croniter alone takes
+    either whenever neither field is a bare "*"."""
+    return croniter(expression, start, implement_cron_bug=True)
+
+
 @dataclass(frozen=True, slots=True)
 class CronSchedule:
     """A 5-field cron expression, as written into ``/etc/cron.d`` (ranges checked).
@@ -474,7 +482,7 @@ class CronSchedule:
             raise InvalidValue(f"{value!r} is not a valid 5-field cron schedule", _CRON_HINT)
         # A valid expression may still never fire (e.g. "0 3 30 2 *": February 30th).
         try:
-            croniter(value, datetime(2000, 1, 1)).get_next(datetime)
+            cron_fires(value, datetime(2000, 1, 1)).get_next(datetime)
         except CroniterBadDateError:
             raise InvalidValue(
                 f"{value!r} never fires (no such date in any year)", _CRON_HINT
@@ -483,7 +491,7 @@ class CronSchedule:
 
     def next_runs(self, start: datetime, count: int) -> list[datetime]:
         """The next ``count`` run times after ``start`` (time is a parameter)."""
-        iterator = croniter(self.expression, start)
+        iterator = cron_fires(self.expression, start)
         return [iterator.get_next(datetime) for _ in range(count)]
 
     def __str__(self) -> str:
