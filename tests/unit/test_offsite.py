@@ -354,6 +354,15 @@ def test_offsite_listing_gives_set_time_and_size() -> None:
     assert json.loads(sets_json([found]))[0]["size_bytes"] == 942
 
 
+def test_offsite_listing_takes_a_set_whose_size_restic_did_not_give() -> None:
+    """offsite.sh prints "SIZE ID ?" then; the listing (backups --offsite, destroy's
+    check) goes on without the size instead of refusing the host's output."""
+    [found] = parse_listing(listing([snapshot()]) + f"SIZE {SNAPSHOT_ID} ?\n", "tracker-prod")
+    assert found.set_id == "20261204_190034"
+    assert found.size is None
+    assert "20261204_190034  2026-12-04 19:00:34" in format_sets([found], "tracker-prod")
+
+
 @pytest.mark.parametrize(
     "output",
     [

@@ -25,7 +25,8 @@ from tracker_deployer.remote.ssh import SshHost
 LISTING_TIMEOUT_SECONDS = 1800
 MAX_LISTING_BYTES = 16 * 1024 * 1024
 _SNAPSHOT_ID = re.compile(r"[0-9a-f]{64}")
-_SIZE_LINE = re.compile(r"SIZE ([0-9a-f]{64}) ([0-9]{1,19})")
+# "?": restic gave no size (offsite.sh prints what it found, the set is listed without).
+_SIZE_LINE = re.compile(r"SIZE ([0-9a-f]{64}) ([0-9]{1,19}|\?)")
 # ASCII digits only (``\\d`` takes any Unicode digit); the calendar is checked on parsing.
 _TIME = re.compile(
     r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})"
@@ -120,7 +121,8 @@ def parse_listing(output: str, env_name: str) -> list[OffsiteSet]:
         match = _SIZE_LINE.fullmatch(line)
         if not match:
             raise _bad(f"unexpected line {line[:80]!r}")
-        sizes[match.group(1)] = int(match.group(2))
+        if match.group(2) != "?":
+            sizes[match.group(1)] = int(match.group(2))
     found = [_snapshot(item, env_name, sizes) for item in snapshots]
     return sorted(found, key=lambda item: (item.set_id, item.snapshot))
 
