@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import calendar
 import json
+import re
 import subprocess
 import time
 import urllib.parse
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,23 @@ class Prometheus:
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
+    def alert_rule_after(self, name: str, moment: float) -> dict[str, Any]:
+        """The alerting rule ``name`` once Prometheus has evaluated it after ``moment``
+        (this machine's clock, which the container shares): before that, an empty
+        ALERTS says nothing about what the rule makes of the newest samples."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            url = f"{self.base}/api/v1/rules?type=alert"
+            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - ours
+                body: dict[str, Any] = json.load(response)
+            rules = [r for g in body["data"]["groups"] for r in g["rules"] if r["name"] == name]
+            assert len(rules) == 1, f"{name}: {len(rules)} rules"
+            evaluated = rules[0].get("lastEvaluation", "")
+            if evaluated and _rfc3339(evaluated) > moment:
+                return rules[0]
+            time.sleep(0.5)
+        raise AssertionError(f"{name} was not evaluated after {moment} in {WAIT_SECONDS} s")
+
     def wait_for(self, promql: str, what: str) -> list[dict[str, Any]]:
         deadline = time.monotonic() + WAIT_SECONDS
         last: object = None
@@ -82,6 +101,11 @@ class Prometheus:
                 last = result
             time.sleep(1)
         raise AssertionError(f"{what}: {promql} returned nothing in {WAIT_SECONDS} s ({last!r})")
+
+
+def _rfc3339(text: str) -> float:
+    """Prometheus's timestamps (up to nanoseconds), as seconds since the epoch."""
+    return datetime.fromisoformat(re.sub(r"(\.[0-9]{6})[0-9]+", r"\1", text)).timestamp()
 
 
 def test_prometheus_sees_the_runs_fires_backup_failed_and_sees_the_drill(
@@ -121,6 +145,9 @@ def test_prometheus_sees_the_runs_fires_backup_failed_and_sees_the_drill(
         )
         assert float(sample["value"][1]) == expected
         assert sample["metric"]["job"] == "tracker_backup"
+        seen = time.time()
+        rule = prometheus.alert_rule_after("BackupFailed", seen)
+        assert (rule["health"], rule["state"], rule["alerts"]) == ("ok", "inactive", [])
         assert prometheus.query('ALERTS{alertname="BackupFailed"}') == []
 
         # 2. a failed run (a backup.conf the backup container refuses): BackupFailed fires
