@@ -404,11 +404,16 @@ def test_unreachable_repository_is_its_own_outcome_and_the_next_run_catches_up(
             stack.cleanup()
 
 
-def test_a_repository_that_is_gone_is_not_created_anew_in_its_place(tmp_path: Path) -> None:
+@pytest.mark.parametrize("older_status", [False, True], ids=["status", "status-of-before"])
+def test_a_repository_that_is_gone_is_not_created_anew_in_its_place(
+    tmp_path: Path, older_status: bool
+) -> None:
     """Uploads to it succeeded, then the repository vanished (a bucket emptied, a
     disk not mounted): the upload fails (offsite.sh 27) and creates nothing there.
     Before, `restic init` made a new, empty repository and the run succeeded, the
-    off-host history gone without a word. Removing last-offsite.env starts anew."""
+    off-host history gone without a word. Removing last-offsite.env starts anew.
+    ``older_status``: last-offsite.env as the version before the repository's record
+    wrote it (a success, no repository=): its success counts as this repository's."""
     held, port = held_port()
     repository = f"rest:http://127.0.0.1:{port}/tracker"
     data = tmp_path / "rest-data/tracker"
@@ -419,6 +424,11 @@ def test_a_repository_that_is_gone_is_not_created_anew_in_its_place(tmp_path: Pa
         assert_success_with_upload(stack, stack.run_maintenance())
         known = offsite.repository_id(stack.env)
         assert offsite_status(stack)["repository"] == known
+        status_file = stack.status_dir / paths.OFFSITE_LAST_UPLOAD.name
+        if older_status:
+            lines = status_file.read_text().splitlines(keepends=True)
+            status_file.write_text("".join(x for x in lines if not x.startswith("repository=")))
+            known = ""
         # Gone; a new server process (rclone caches the directory listings).
         server.stop()
         shutil.rmtree(data)
@@ -434,7 +444,7 @@ def test_a_repository_that_is_gone_is_not_created_anew_in_its_place(tmp_path: Pa
         assert not data.exists()
         assert_local_sets_intact(stack)
 
-        (stack.status_dir / paths.OFFSITE_LAST_UPLOAD.name).unlink()
+        status_file.unlink()
         time.sleep(1.1)
         newest = assert_success_with_upload(stack, stack.run_maintenance())
         assert offsite_status(stack)["uploaded"].split() == stack.sets()  # all, anew
