@@ -235,7 +235,7 @@ def standin(tmp_path: Path) -> tuple[Stack, Path]:
 @contextlib.contextmanager
 def held_lock(drill: Drill) -> Iterator[None]:
     """The backup lock, held as a backup run holds it."""
-    drill.lock_file.parent.mkdir(parents=True)
+    drill.lock_file.parent.mkdir(parents=True, exist_ok=True)
     with drill.lock_file.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
@@ -388,15 +388,87 @@ def test_a_drill_with_no_set_to_drill_is_no_failed_drill(tmp_path: Path) -> None
     assert "last drill found nothing to drill (exit 66): no complete backup set" in listing
     assert "FAILED" not in listing
 
-    # A drill passes; then the sets are gone: its success is kept, still no failure.
+    # A drill passes; then the sets are gone: its success stands, still no failure.
     fake_set(stack.backups, "20261101_030000")
     assert drill.run().returncode == 0
     passed = drill.metric("tracker_backup_last_drill_success_timestamp_seconds")
     (stack.backups / "manifests/set_20261101_030000.sha256").unlink()
     assert drill.run().returncode == 66
     assert drill.last()["result"] == "no_set"
-    assert drill.metric("tracker_backup_last_drill_success") is None
+    assert drill.metric("tracker_backup_last_drill_success") == 1
     assert drill.metric("tracker_backup_last_drill_success_timestamp_seconds") == passed
+
+
+# A stand-in verify drill that exits with the code in the file "exit" beside it.
+SWITCHED_VERIFY = """#!/usr/bin/env bash
+exit "$(cat "$(dirname "$0")/exit")"
+"""
+
+
+def test_a_drill_that_did_not_run_keeps_the_failure_of_the_drill_before(
+    tmp_path: Path,
+) -> None:
+    """Sunday 1 the drill fails: BackupDrillFailed (critical) fires. Sunday 2 the drill
+    waits for a long backup and gives up (exit 75, result=skipped): its last-drill.env
+    dropped tracker_backup_last_drill_success, and the alert resolved with no drill
+    passed. A drill that did not run carries the last drill that ran."""
+    stack, verify = standin(tmp_path)
+    verify.write_text(SWITCHED_VERIFY)
+    switch = verify.parent / "exit"
+    fake_set(stack.backups, "20261101_030000")
+    drill = Drill(stack, tmp_path / "drill", verify=verify, lock_wait_seconds=1)
+
+    switch.write_text("4")
+    assert drill.run().returncode == 4
+    failed = drill.last()
+    assert drill.metric("tracker_backup_last_drill_success") == 0
+
+    with held_lock(drill):
+        assert drill.run().returncode == exit_codes.LOCK_BUSY
+    last = drill.last()
+    assert last["result"] == "skipped"
+    assert drill.metric("tracker_backup_last_drill_success") == 0, (
+        "a skipped drill cleared the failed drill's tracker_backup_last_drill_success 0"
+    )
+    assert (last["last_ran_result"], last["last_ran_epoch"]) == (
+        "failure",
+        failed["finished_epoch"],
+    )
+    # the skipped drill's own time, as before: when the drill last tried
+    assert drill.metric("tracker_backup_last_drill_timestamp_seconds") == float(
+        last["finished_epoch"]
+    )
+
+    # nor does a drill that finds no set clear it
+    manifest = stack.backups / "manifests/set_20261101_030000.sha256"
+    manifest.unlink()
+    assert drill.run().returncode == exit_codes.NO_SET
+    assert drill.last()["last_ran_result"] == "failure"
+    assert drill.metric("tracker_backup_last_drill_success") == 0
+
+    # a drill that passes clears it; a skipped drill after it keeps the pass
+    manifest.write_text("")
+    switch.write_text("0")
+    assert drill.run().returncode == 0
+    assert drill.metric("tracker_backup_last_drill_success") == 1
+    with held_lock(drill):
+        assert drill.run().returncode == exit_codes.LOCK_BUSY
+    assert drill.last()["last_ran_result"] == "success"
+    assert drill.metric("tracker_backup_last_drill_success") == 1
+
+    # A last-drill.env from the version before (no last_ran_ keys) of a failed drill:
+    # a skipped drill after the upgrade keeps that failure too.
+    (drill.drill_dir / "last-drill.env").write_text(
+        "".join(f"{k}={v}\n" for k, v in failed.items() if not k.startswith("last_ran_"))
+    )
+    with held_lock(drill):
+        assert drill.run().returncode == exit_codes.LOCK_BUSY
+    last = drill.last()
+    assert drill.metric("tracker_backup_last_drill_success") == 0
+    assert (last["last_ran_result"], last["last_ran_epoch"]) == (
+        "failure",
+        failed["finished_epoch"],
+    )
 
 
 def test_drill_takes_the_newest_complete_set_and_prunes_evidence_of_gone_sets(

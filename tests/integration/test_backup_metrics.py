@@ -118,7 +118,7 @@ def test_metrics_describe_a_real_run_and_then_a_failed_one(
     assert samples["tracker_backup_oldest_set_timestamp_seconds"] == set_time
     assert 0 <= samples["tracker_backup_newest_set_age_seconds"] < 600
     assert "tracker_backup_last_drill_success" not in samples  # no drill yet
-    # written atomically: nothing but the one .prom file in the directory
+    # a temporary copy renamed over it: nothing but the one .prom file in the directory
     assert [path.name for path in metrics.textfile_dir.iterdir()] == ["tracker_backup.prom"]
     assert oct(metrics.output.stat().st_mode & 0o777) == "0o644"
 
@@ -178,6 +178,40 @@ def test_the_last_success_outlives_a_long_history_of_failures(
 
     assert samples["tracker_backup_last_run_success"] == 0
     assert samples["tracker_backup_last_success_timestamp_seconds"] == success
+
+
+@pytest.mark.parametrize(
+    ("last_drill", "success"),
+    [
+        ("result=failure\nlast_ran_result=failure\n", 0),
+        ("result=success\nlast_ran_result=success\n", 1),
+        # a drill that did not run: the last drill that ran stands
+        ("result=skipped\nlast_ran_result=failure\n", 0),
+        ("result=no_set\nlast_ran_result=failure\n", 0),
+        ("result=skipped\nlast_ran_result=success\n", 1),
+        # none has run yet: no series
+        ("result=no_set\nlast_ran_result=\n", None),
+        # a last-drill.env from before last_ran_result: its own result, as then
+        ("result=skipped\n", None),
+        ("result=failure\n", 0),
+    ],
+)
+def test_the_drill_success_is_the_last_drill_that_ran(
+    tmp_path: Path, last_drill: str, success: int | None
+) -> None:
+    """A skipped drill after a failed one dropped the series: BackupDrillFailed
+    (critical) resolved with no drill passed."""
+    stack = Stack(parse(sample_data("manual-test-sqlite")), tmp_path / "s")
+    stack.backups.mkdir(parents=True)
+    metrics = Metrics(stack, tmp_path / "metrics")
+    (metrics.drill_dir / "last-drill.env").write_text(
+        last_drill + "finished_epoch=1790000000\nduration_seconds=3\n"
+    )
+
+    samples = metrics.write()
+
+    assert samples.get("tracker_backup_last_drill_success") == success
+    assert samples["tracker_backup_last_drill_timestamp_seconds"] == 1790000000
 
 
 def test_planted_symlinks_are_not_followed(sqlite_stack: Stack, tmp_path: Path) -> None:

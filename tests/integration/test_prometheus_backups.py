@@ -79,7 +79,9 @@ class Prometheus:
             url = f"{self.base}/api/v1/rules?type=alert"
             with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - ours
                 body: dict[str, Any] = json.load(response)
-            rules = [r for g in body["data"]["groups"] for r in g["rules"] if r["name"] == name]
+            rules: list[dict[str, Any]] = [
+                r for g in body["data"]["groups"] for r in g["rules"] if r["name"] == name
+            ]
             assert len(rules) == 1, f"{name}: {len(rules)} rules"
             evaluated = rules[0].get("lastEvaluation", "")
             if evaluated and _rfc3339(evaluated) > moment:

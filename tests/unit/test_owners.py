@@ -344,3 +344,122 @@ def test_the_troubleshooting_guide_gives_the_ssh_alive_bound_of_the_owner() -> N
     assert f"for {interval * count:g} s: the connection" in row
     assert f"asked every {interval:g} s, given up after {interval * count:g} s" in row
     assert f"`ServerAliveInterval {interval:g}`, `ServerAliveCountMax {count}`" in row
+
+
+# --------------------------------------------------------------------------- monitoring guide
+
+
+def test_the_monitoring_guide_gives_the_owners_metrics_alerts_and_thresholds() -> None:
+    """monitoring.md (hand-written) lists monitoring.METRICS and the alerts of the rules
+    rendered with every option (backup.offsite adds the off-host ones), and quotes the
+    thresholds those rules are rendered with: monitoring.py's."""
+    from tracker_deployer import monitoring
+    from tracker_deployer.config.model import DEFAULT_OFFSITE_CHECK_SCHEDULE, CronSchedule
+
+    guide = (REPO_ROOT / "docs/user-guide/monitoring.md").read_text()
+    text = " ".join(guide.split())  # the prose breaks its lines anywhere
+    unit = {"d": 86400, "h": 3600, "min": 60, "s": 1}
+    duration = r"\d+ (?:d|h|min|s)\b(?: \d+ (?:d|h|min|s)\b)*"  # as the guide writes one
+
+    def section(heading: str) -> str:
+        start = guide.index(f"\n## {heading}\n")
+        end = guide.find("\n## ", start + 1)
+        return guide[start : end if end != -1 else None]
+
+    def spoken(seconds: int) -> str:
+        """Seconds as the guide writes them: 1 h 30 min."""
+        parts: list[str] = []
+        for name, size in unit.items():
+            if seconds >= size:
+                parts.append(f"{seconds // size} {name}")
+                seconds %= size
+        return " ".join(parts)
+
+    def heard(words: str) -> int:
+        """The guide's duration (36 h 30 min, 10 d 12 h 30 min) in seconds."""
+        assert re.fullmatch(duration, words), f"monitoring.md: {words!r} is no duration"
+        return sum(int(n) * unit[u] for n, u in re.findall(r"(\d+) (\w+)", words))
+
+    def literal_seconds(literal: str) -> int:
+        """A Prometheus duration literal (15m, 1h30m) in seconds."""
+        pieces = re.findall(r"(\d+)([dhms])", literal)
+        assert "".join(n + u for n, u in pieces) == literal, f"not a duration: {literal}"
+        return sum(int(n) * unit[u if u != "m" else "min"] for n, u in pieces)
+
+    # The metric table: every metric monitoring.py owns, and no other.
+    rows = [line for line in section("The metrics").splitlines() if line.startswith("| `")]
+    listed = {n for row in rows for n in re.findall(r"`(tracker_backup_\w+)`", row.split(" | ")[0])}
+    owned = set(monitoring.METRICS.values())
+    assert listed == owned, (
+        f"monitoring.md's metric table drifted from monitoring.METRICS: only in the guide "
+        f"{sorted(listed - owned)}, only in METRICS {sorted(owned - listed)}"
+    )
+    named = set(re.findall(r"\btracker_backup_\w+", guide))
+    assert named <= owned, f"monitoring.md names metrics not in METRICS: {sorted(named - owned)}"
+
+    # The alert tables: the rules rendered with every option.
+    env = parse(json.loads((REPO_ROOT / "tests/data/valid/every-option.json").read_text()))
+    groups = yaml.safe_load(render(env).text(paths.PROMETHEUS_RULES))["groups"]
+    rules = {rule["alert"]: rule for group in groups for rule in group["rules"]}
+    alerts = section("The alerts")
+    tabled = set(re.findall(r"^\| `([A-Z]\w+)`", alerts, re.MULTILINE))
+    assert tabled == set(rules), (
+        f"monitoring.md's alert tables drifted from the rendered rules: only in the guide "
+        f"{sorted(tabled - set(rules))}, only in the rules {sorted(set(rules) - tabled)}"
+    )
+
+    def row(alert: str) -> str:
+        return next(line for line in alerts.splitlines() if line.startswith(f"| `{alert}`"))
+
+    # The fixed thresholds: the rules take them from AlertSettings; the guide quotes them.
+    settings = monitoring.alert_settings(env)
+    unavailable = settings.metrics_unavailable_for
+    assert rules["BackupMetricsUnavailable"]["for"] == unavailable
+    quoted = f"` | for {spoken(literal_seconds(unavailable))}, "
+    assert quoted in row("BackupMetricsUnavailable"), (
+        f"monitoring.md: BackupMetricsUnavailable should say {quoted!r} (metrics_unavailable_for {unavailable})"
+    )
+    down = settings.tracker_down_for
+    assert rules["TrackerDown"]["for"] == down
+    for quoted in (
+        f"` | for {spoken(literal_seconds(down))}, ",
+        f"more than {spoken(literal_seconds(down))}:",
+    ):
+        assert quoted in row("TrackerDown"), (
+            f"monitoring.md: TrackerDown should say {quoted!r} (tracker_down_for {down})"
+        )
+    ahead = settings.set_ahead_tolerance_seconds
+    assert rules["BackupSetAheadOfClock"]["expr"].endswith(f" < -{ahead}")
+    quoted = f"named more than {spoken(ahead)} after the host's clock"
+    assert quoted in row("BackupSetAheadOfClock"), (
+        f"monitoring.md: BackupSetAheadOfClock should say {quoted!r} (set_ahead_tolerance_seconds {ahead})"
+    )
+
+    # The missing thresholds, period x MISSING_FACTOR + MISSING_MARGIN_SECONDS, and the
+    # guide's worked examples of them.
+    formula = f"period \N{MULTIPLICATION SIGN} {monitoring.MISSING_FACTOR:g} + {spoken(monitoring.MISSING_MARGIN_SECONDS)}"
+    stated = re.findall(rf"period \N{{MULTIPLICATION SIGN}} ([0-9.]+) \+ ({duration})", alerts)
+    assert len(stated) == 4, f"monitoring.md should state {formula!r} for the 4 missing alerts"
+    for factor, margin in stated:
+        assert (float(factor), heard(margin)) == (
+            monitoring.MISSING_FACTOR,
+            monitoring.MISSING_MARGIN_SECONDS,
+        ), f"monitoring.md says period x {factor} + {margin}; monitoring.py: {formula!r}"
+
+    def missing_after(expression: str) -> int:
+        return monitoring.missing_after_seconds(CronSchedule.parse(expression))
+
+    examples = re.findall(rf"`([^`]+)` gives [^`]*?alert after ({duration})\)", text)
+    weekly = re.findall(rf"\(default weekly: ({duration})\)", row("BackupOffsiteCheckMissing"))
+    examples += [(DEFAULT_OFFSITE_CHECK_SCHEDULE, after) for after in weekly]
+    uploads = re.findall(rf"uploads are missing after ({duration})\)", text)
+    assert env.backup is not None
+    examples += [(str(env.backup.schedule), after) for after in uploads]
+    assert len(examples) == 4, "monitoring.md's worked examples of the missing thresholds moved"
+    for expression, after in examples:
+        assert heard(after) == missing_after(expression), (
+            f"monitoring.md: {expression} should be missing after "
+            f"{spoken(missing_after(expression))}, not {after}"
+        )
+    scrape = f"at least every {monitoring.MAX_SCRAPE_SECONDS} s"
+    assert scrape in text, f"monitoring.md should say {scrape!r} (MAX_SCRAPE_SECONDS)"
