@@ -160,15 +160,33 @@ def test_ssh_host_refuses_what_is_no_ascii_host_name(value: str) -> None:
     "image",
     [
         "torrust/tracker-backup:2.1.0",
-        "torrust/tracker-backup:v2.0.0-rc1",
+        "torrust/tracker-backup:v2.1.0-rc1",
+        "torrust/tracker-backup:2.4",
+        "torrust/tracker-backup:2",
         "torrust/tracker-backup:latest",
         "registry.example.com:5000/torrust/tracker-backup",
-        f"torrust/tracker-backup:2.0.0@sha256:{'a' * 64}",
+        f"torrust/tracker-backup:2.1.3@sha256:{'a' * 64}",
         "example/other-image:1.0.0",
     ],
 )
 def test_a_backup_image_of_this_major_or_without_a_version_is_taken(image: str) -> None:
     assert parse_backup_image(image) == image
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "torrust/tracker-backup:2.0.0",
+        "torrust/tracker-backup:v2.0.0-rc1",
+        "torrust/tracker-backup:2.0",
+        f"torrust/tracker-backup:2.0.0@sha256:{'a' * 64}",
+    ],
+)
+def test_a_backup_image_older_than_the_minor_the_scripts_rely_on_is_refused(image: str) -> None:
+    """A 2.0.0 image ignores OFFSITE_ALLOW_INIT: it made a vanished off-host repository
+    anew, empty, and the run succeeded (a review)."""
+    with pytest.raises(InvalidValue, match=r"is older than 2\.1, whose commands"):
+        parse_backup_image(image)
 
 
 @pytest.mark.parametrize(

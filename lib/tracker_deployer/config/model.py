@@ -838,22 +838,33 @@ class BackupConfig:
 
 
 BACKUP_IMAGE_REPOSITORY = "torrust/tracker-backup"
-BACKUP_IMAGE_VERSION = "2.0.0"  # the one owner: `inv build-image --build-arg VERSION`, see image.py
+BACKUP_IMAGE_VERSION = "2.1.0"  # the one owner: `inv build-image --build-arg VERSION`, see image.py
 
 
 def parse_backup_image(value: str) -> str:
     """The backup image: the scripts the deployer renders drive the commands of one
-    major version (2.0.0 added ``snapshot --gate`` and ``list --records``)."""
+    major version, from the minor version it names on (2.0.0 added ``snapshot --gate``
+    and ``list --records``; 2.1.0 added ``offsite.sh``'s ``OFFSITE_ALLOW_INIT`` and exit
+    27, which a 2.0.0 image ignores: it made a vanished repository anew, empty)."""
     name, _, tag = parse_image(value).partition("@")[0].rpartition(":")
-    major = BACKUP_IMAGE_VERSION.partition(".")[0]
+    major, minor = (int(part) for part in BACKUP_IMAGE_VERSION.split(".")[:2])
     # A version tag: '1', '1.4', 'v1.2.3', '1.2.3-rc1' (not 'latest' or 'develop').
-    version = r"v?([0-9]+)(?:\.[0-9]+){0,2}(?:[-+][0-9A-Za-z.-]+)?"
+    version = r"v?([0-9]+)(?:\.([0-9]+))?(?:\.[0-9]+)?(?:[-+][0-9A-Za-z.-]+)?"
     semver = re.fullmatch(version, tag) if "/" not in tag else None
-    if name.rpartition("/")[2] == "tracker-backup" and semver and int(semver[1]) != int(major):
+    if name.rpartition("/")[2] != "tracker-backup" or semver is None:
+        return value
+    use = f"use {BACKUP_IMAGE_REPOSITORY}:{BACKUP_IMAGE_VERSION} or a later {major}.x version"
+    if int(semver[1]) != major:
         raise InvalidValue(
             f"{value!r} is a {int(semver[1])}.x backup image; this deployer drives {major}.x "
             "(its commands and backup set format)",
-            f"use {BACKUP_IMAGE_REPOSITORY}:{BACKUP_IMAGE_VERSION} or another {major}.x version",
+            use,
+        )
+    if semver[2] is not None and int(semver[2]) < minor:
+        raise InvalidValue(
+            f"{value!r} is older than {major}.{minor}, whose commands the scripts this "
+            "deployer renders rely on",
+            use,
         )
     return value
 
