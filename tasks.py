@@ -68,8 +68,8 @@ from tracker_deployer.errors import ConfigError, DeployError, RemoteError  # noq
 from tracker_deployer.remote import backups as operations  # noqa: E402
 from tracker_deployer.remote import configure as host_setup  # noqa: E402
 from tracker_deployer.remote import deploy as remote  # noqa: E402
+from tracker_deployer.remote import host_scripts, offsite_fetch  # noqa: E402
 from tracker_deployer.remote import offsite as offsite_copies  # noqa: E402
-from tracker_deployer.remote import offsite_fetch  # noqa: E402
 from tracker_deployer.remote.plan import Scope  # noqa: E402
 from tracker_deployer.remote.ssh import SshHost, Target  # noqa: E402
 from tracker_deployer.render import RenderedTree, write_tree  # noqa: E402
@@ -343,6 +343,7 @@ def _apply(env: str, where: _Host, dry_run: bool, scope: Scope) -> None:
         with SshHost(target) as connection:
             task_name = "push" if scope is Scope.PUSH else "install-cron"
             remote.refuse_unfinished_recover(connection, parsed.name, f"`inv {task_name}`")
+            host_scripts.end_older_schedules(connection, _say)
             if scope is Scope.PUSH:
                 lifecycle.push(connection, parsed, tree, _say)
             else:
@@ -619,6 +620,7 @@ def verify(
         if offsite:
             offsite_fetch.require_offsite(parsed)
         with where.connect(parsed) as connection:
+            host_scripts.refuse_older_scripts(connection, parsed.name, "`inv verify`")
             if offsite:
                 set_id = offsite_fetch.resolve(connection, parsed, set)
                 offsite_fetch.verify(connection, parsed, set_id, _say, drill=not no_drill)
@@ -697,6 +699,7 @@ def restore(
                 "check the plan with --dry-run, then run again with --yes",
             )
         with where.connect(parsed) as connection:
+            host_scripts.refuse_older_scripts(connection, parsed.name, "`inv restore`")
             if from_:
                 set = offsite_fetch.resolve(connection, parsed, set)
                 offsite_fetch.fetch(connection, parsed, set, _say)

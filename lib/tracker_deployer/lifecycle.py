@@ -30,7 +30,7 @@ from tracker_deployer.providers.existing import register_hint
 from tracker_deployer.remote import backups as operations
 from tracker_deployer.remote import configure as configuring
 from tracker_deployer.remote import deploy as remote
-from tracker_deployer.remote import mysql_passwords
+from tracker_deployer.remote import host_scripts, mysql_passwords
 from tracker_deployer.remote import offsite as offsite_copies
 from tracker_deployer.remote.plan import (
     CRON_FILES,
@@ -343,6 +343,7 @@ def deploy(env: Env, tree: RenderedTree, say: Say, where: HostFlags = RECORDED_H
             say(f"  skipped: the host is known ({found.host}:{found.port})")
     with SshHost(found) as connection:
         remote.refuse_unfinished_recover(connection, env.name, "a deploy")
+        host_scripts.end_older_schedules(connection, say)
         with clock.phase("configure"):
             configured = configuring.apply(connection, env, say)
         # MySQL: from the push until the server has the config's passwords, the files
@@ -612,6 +613,8 @@ def destroy(env: Env, delete_backups: bool, say: Say) -> None:
                 from tracker_deployer.providers.lxd import Lxd
 
                 lxd = Lxd(env)
+                if lxd.exec(host_scripts.older_scripts_test(), timeout=60).returncode == 0:
+                    raise host_scripts.older_scripts_error(lxd.name, env.name, "a destroy")
                 accepted = [s.set_id for s in found[0].sets]
                 done = lxd.exec(
                     remote.under_backup_lock(retire_script(accepted, remove_stack=False)),
@@ -626,6 +629,7 @@ def destroy(env: Env, delete_backups: bool, say: Say) -> None:
     with SshHost(found_host, host_flags=False) as connection:
         accepted_ids: list[str] | None = None
         if not delete_backups:
+            host_scripts.refuse_older_scripts(connection, env.name, "a destroy")
             sets = _sets_through_ssh(connection, env)
             refuse_with_sets(env, sets, say)
             accepted_ids = [s.set_id for s in sets[0].sets]

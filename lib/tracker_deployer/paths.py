@@ -63,6 +63,9 @@ BACKUP_LOG = PurePosixPath("/var/log/tracker-backup.log")
 # could create the file first and hold it (every run, restore and deploy then
 # found the lock busy), or, with fs.protected_regular, make root's open fail.
 BACKUP_LOCK = PurePosixPath("/run/tracker-backup.lock")
+# Where the scripts of host scripts version 1 took it: a deploy waits for a run of
+# theirs there before it ends their schedules (render.tree.HOST_SCRIPTS_VERSION).
+OLDER_BACKUP_LOCK = PurePosixPath("/run/lock/tracker-backup.lock")
 # Backup health for Prometheus (node_exporter's textfile collector) and the
 # scheduled restore drills. Both directories are root-owned in root-owned
 # parents, outside storage/backup (which uid 1000 owns), so root never writes

@@ -19,7 +19,7 @@ import pytest
 from tracker_deployer import lifecycle, state
 from tracker_deployer.config.model import LxdProvider
 from tracker_deployer.errors import DeployError, RemoteError
-from tracker_deployer.remote import configure, mysql_passwords
+from tracker_deployer.remote import configure, host_scripts, mysql_passwords
 from tracker_deployer.remote import deploy as remote
 from tracker_deployer.render import render
 from tracker_deployer.render.tree import INVENTORY_LIST_TIMEOUT_SECONDS
@@ -994,6 +994,7 @@ def test_deploy_restarts_what_an_earlier_push_left_pending(
     )
     monkeypatch.setattr(mysql_passwords, "set_in_server", lambda *_args: None)
     monkeypatch.setattr(remote, "refuse_unfinished_recover", lambda *_args: None)
+    monkeypatch.setattr(host_scripts, "end_older_schedules", lambda *_args: None)
     monkeypatch.setattr(remote, "mark_deploying", lambda *_args: None)
     monkeypatch.setattr(remote, "unmark_deploying", lambda *_args: None)
     monkeypatch.setattr(remote, "push", lambda *_args, **_kw: nothing)
@@ -1031,24 +1032,51 @@ def test_deploy_restarts_what_an_earlier_push_left_pending(
             None,
             True,
             False,
-            ["mark", "push", "images", "passwords", "unmark", "compose up", "install-cron"],
+            [
+                "end older",
+                "mark",
+                "push",
+                "images",
+                "passwords",
+                "unmark",
+                "compose up",
+                "install-cron",
+            ],
         ),
         (
             "mysql",
             "compose up",
             True,
             False,
-            ["mark", "push", "images", "passwords", "unmark", "compose up"],
+            ["end older", "mark", "push", "images", "passwords", "unmark", "compose up"],
         ),
-        ("mysql", "images", True, False, ["mark", "push", "images", "unmark (failed)"]),
-        ("mysql", "images", False, False, ["mark", "push", "images", "unmark"]),
+        (
+            "mysql",
+            "images",
+            True,
+            False,
+            ["end older", "mark", "push", "images", "unmark (failed)"],
+        ),
+        ("mysql", "images", False, False, ["end older", "mark", "push", "images", "unmark"]),
         # a retry of a deploy that failed: its push changes nothing, the files still
         # hold the password the server lacks
-        ("mysql", "images", False, True, ["mark", "push", "images", "unmark (failed)"]),
-        ("mysql", "push", True, False, ["mark", "push", "unmark (failed)"]),
-        ("sqlite3", "images", True, False, ["push", "images"]),
+        (
+            "mysql",
+            "images",
+            False,
+            True,
+            ["end older", "mark", "push", "images", "unmark (failed)"],
+        ),
+        ("mysql", "push", True, False, ["end older", "mark", "push", "unmark (failed)"]),
+        ("sqlite3", "images", True, False, ["end older", "push", "images"]),
         # a marker of its MySQL days goes
-        ("sqlite3", None, True, False, ["push", "images", "unmark", "compose up", "install-cron"]),
+        (
+            "sqlite3",
+            None,
+            True,
+            False,
+            ["end older", "push", "images", "unmark", "compose up", "install-cron"],
+        ),
     ],
 )
 def test_deploy_keeps_backup_runs_off_until_the_server_has_the_pushed_passwords(
@@ -1091,6 +1119,8 @@ def test_deploy_keeps_backup_runs_off_until_the_server_has_the_pushed_passwords(
     else:
         monkeypatch.setattr(mysql_passwords, "set_in_server", lambda *_args: None)
     monkeypatch.setattr(remote, "refuse_unfinished_recover", lambda *_args: None)
+    # Another version's scheduled scripts end before anything changes (host_scripts).
+    monkeypatch.setattr(host_scripts, "end_older_schedules", step("end older"))
     monkeypatch.setattr(remote, "mark_deploying", step("mark", failed_before))
     monkeypatch.setattr(remote, "unmark_deploying", step("unmark"))
     monkeypatch.setattr(remote, "push", step("push", pushed))

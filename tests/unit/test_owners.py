@@ -463,3 +463,21 @@ def test_the_monitoring_guide_gives_the_owners_metrics_alerts_and_thresholds() -
         )
     scrape = f"at least every {monitoring.MAX_SCRAPE_SECONDS} s"
     assert scrape in text, f"monitoring.md should say {scrape!r} (MAX_SCRAPE_SECONDS)"
+
+
+def test_the_maintenance_script_states_the_host_scripts_version_where_the_guide_says() -> None:
+    """remote.host_scripts tells another version's scripts by this line (grep -x):
+    the rendered script holds it whole, as its third line, and deploy.md names it and
+    the older scripts' lock as paths.py and render.tree have them."""
+    from tracker_deployer.render.tree import HOST_SCRIPTS_VERSION, host_scripts_line
+
+    tree = render(parse(sample_data("manual-test-mysql")))
+    lines = tree.text(paths.MAINTENANCE_SCRIPT).splitlines()
+    assert (
+        lines[2]
+        == host_scripts_line()
+        == f"# tracker-deployer host scripts: {HOST_SCRIPTS_VERSION}"
+    )
+    guide = (REPO_ROOT / "docs/user-guide/deploy.md").read_text()
+    assert "in its third line,\n`# tracker-deployer host scripts: N`" in guide
+    assert f"holding their lock, `{paths.OLDER_BACKUP_LOCK}` before version 2" in guide

@@ -148,6 +148,7 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     environment.globals["deploy_failed"] = DEPLOY_FAILED
     environment.globals["deploy_pushed"] = DEPLOY_PUSHED
     environment.globals["deploy_marker_max_age_seconds"] = DEPLOY_MARKER_MAX_AGE_SECONDS
+    environment.globals["host_scripts_line"] = host_scripts_line()
     return environment
 
 
@@ -585,6 +586,19 @@ def maintenance_script(
         ready_timeout_seconds=ready_timeout_seconds,
         finish_timeout_seconds=FINISH_TIMEOUT_SECONDS,
     )
+
+
+# The contract between the host's scheduled scripts and this deployer's operations:
+# the deploy marker's states, the backup lock's path, the status files they share.
+# The maintenance script states it in a line of its own (host_scripts_line). Bump it
+# when that contract changes: a deploy, push or install-cron then ends the older
+# scripts' schedules before it changes anything (waiting for a run of theirs), and
+# restore, verify and destroy refuse such a host until one of those has.
+HOST_SCRIPTS_VERSION = 2
+
+
+def host_scripts_line(version: int = HOST_SCRIPTS_VERSION) -> str:
+    return f"# tracker-deployer host scripts: {version}"
 
 
 # A deploy marker older than this is a killed deploy's: backup runs go on. A deploy
