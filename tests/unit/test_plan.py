@@ -6,8 +6,10 @@ import hashlib
 import os
 import resource
 import shlex
+import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -17,6 +19,7 @@ from tracker_deployer.remote.plan import (
     CRON_FILES,
     PENDING_RESTART_FILE,
     PROBE_SCRIPT,
+    REMOVE_STALE,
     STATE_FILE,
     Change,
     FileState,
@@ -228,7 +231,7 @@ def test_apply_script_fixes_metadata_and_removes_without_uploading() -> None:
     plan = diff(_tree(item), Scope.PUSH, found, previously=(paths.CADDYFILE,))
     script = render_apply_script(plan, "/tmp/upload", (paths.CADDYFILE,))
     assert f"chown 0:1000 -- {TRACKER}\nchmod 0640 -- {TRACKER}\n" in script
-    assert f"rm -f -- {paths.CADDYFILE}\n" in script
+    assert f"remove_stale {paths.CADDYFILE}\n" in script
     assert "/tmp/upload/" not in script  # nothing to upload
 
 
@@ -437,3 +440,44 @@ def test_a_probe_line_this_tool_never_writes_is_one_clear_error(line: str) -> No
 def test_the_state_file_keeps_absolute_normal_paths_only() -> None:
     text = f"{COMPOSE}\n/opt/torrust/../../etc/shadow\n/opt/torrust//x\n/opt/./torrust/y\n{CRON}\n"
     assert parse_state_file(text) == (COMPOSE, CRON)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a stale file's removal changes user")
+def test_a_stale_file_under_another_users_directory_is_removed_as_that_user(
+    tmp_path: Path,
+) -> None:
+    """An earlier deploy's file under storage/backup (uid 1000's): the user renamed a
+    directory on the way and put a link to one of root's there. Root's `rm -f` deleted
+    root's file of that name (a review); removed as the user, it stays. A file under
+    root's directories only, or reached as the user without a link, is removed."""
+    base = Path(tempfile.mkdtemp(prefix="td-stale-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        owned = base / "storage/backup"
+        owned.mkdir(parents=True)
+        os.chown(owned, 4242, 4242)
+        victim = base / "root-only"
+        victim.mkdir(mode=0o755)
+        (victim / "backup.conf").write_text("root's\n")
+        (owned / "etc").symlink_to(victim)  # the user's link: storage/backup/etc
+        os.lchown(owned / "etc", 4242, 4242)
+        plain = owned / "plain"
+        plain.mkdir()
+        os.chown(plain, 4242, 4242)
+        (plain / "old.txt").write_text("stale\n")
+        (base / "root.txt").write_text("stale\n")
+        script = (
+            REMOVE_STALE
+            + "\n"
+            + "\n".join(
+                f"remove_stale {shlex.quote(str(path))}"
+                for path in (owned / "etc/backup.conf", plain / "old.txt", base / "root.txt")
+            )
+        )
+        done = subprocess.run(["bash", "-c", "set -o errexit -o nounset\n" + script], check=False)
+        assert done.returncode == 0
+        assert (victim / "backup.conf").read_text() == "root's\n"
+        assert not (plain / "old.txt").exists()
+        assert not (base / "root.txt").exists()
+    finally:
+        shutil.rmtree(base)

@@ -252,6 +252,32 @@ def password_files(plan: Plan, *changes: Change) -> list[str]:
     )
 
 
+# A file an earlier deploy put there and this one drops (an older layout's, say).
+# Under a directory another user owns (storage/backup is uid 1000's) it is removed
+# as that user: they could have put a link on the way, which root would follow (to
+# delete a file of that name anywhere). Root-owned directories above it are safe.
+REMOVE_STALE = r"""remove_stale() {
+  local prefix="" part uid="" gid=""
+  local -a parts
+  IFS=/ read -r -a parts <<<"${1%/*}"
+  for part in "${parts[@]}"; do
+    [[ -n "${part}" ]] || continue
+    prefix="${prefix}/${part}"
+    [[ -d "${prefix}" ]] || return 0
+    if [[ -z "${uid}" && "$(stat -c %u -- "${prefix}")" != 0 ]]; then
+      uid="$(stat -c %u -- "${prefix}")"
+      gid="$(stat -c %g -- "${prefix}")"
+    fi
+  done
+  if [[ -z "${uid}" ]]; then
+    rm -f -- "$1"
+  else
+    # Refused (a link to where the user may not write): left, as housekeeping.
+    setpriv --reuid="${uid}" --regid="${gid}" --clear-groups rm -f -- "$1" 2>/dev/null || :
+  fi
+}"""
+
+
 def render_apply_script(
     plan: Plan,
     upload_dir: str,
@@ -308,10 +334,12 @@ def render_apply_script(
             f'&& chmod 0644 -- "$tmp" && mv -f -- "$tmp" {marker} '
             f'|| {{ rm -f -- "${{tmp:-}}"; echo "cannot write {paths.DEPLOY_MARKER}" >&2; exit 1; }}'
         )
+    if any(step.change is Change.REMOVE for step in plan.steps):
+        lines.append(REMOVE_STALE)
     for index, step in enumerate(plan.steps):
         target = q(str(step.path))
         if step.change is Change.REMOVE:
-            lines.append(f"rm -f -- {target}")
+            lines.append(f"remove_stale {target}")
             continue
         item = step.file
         assert item is not None
