@@ -1186,3 +1186,85 @@ def test_a_quiet_command_longer_than_the_alive_bound_is_not_given_up(target: Ssh
     with SshHost(quick) as host:
         result = host.run("sleep 2.5; exit 3")
     assert result.exit_code == 3
+
+
+def test_a_host_that_stops_answering_between_commands_fails_the_next_one_cleanly(
+    target: SshTarget,
+) -> None:
+    """Frozen while idle: the next command's channel never opens, and paramiko raises
+    the transport's EOFError once the watchdog closes it (a traceback, before)."""
+    quick = dataclasses.replace(target.target(), alive_interval=0.3, alive_count=2)
+    with SshHost(quick) as host:
+        assert host.run("true").ok
+        frozen = _sshd_sessions(target)
+        assert frozen
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(RemoteError, match=r"stopped answering over SSH for 0\.6 s"):
+                host.run("true", timeout=30)
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+
+def _throttled_proxy(port: int, bytes_per_second: int) -> tuple[int, threading.Event]:
+    """A TCP proxy on 127.0.0.1 to ``port`` that passes the server's bytes on at
+    ``bytes_per_second`` (a slow link); its port and the event that stops it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def pipe(source: socket.socket, sink: socket.socket, rate: int | None) -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                data = source.recv(4096 if rate else 65536)
+                if not data:
+                    break
+                sink.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        for each in (source, sink):
+            with contextlib.suppress(OSError):
+                each.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            server = socket.create_connection(("127.0.0.1", port))
+            threading.Thread(target=pipe, args=(client, server, None), daemon=True).start()
+            threading.Thread(
+                target=pipe, args=(server, client, bytes_per_second), daemon=True
+            ).start()
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], stop
+
+
+def test_a_slow_download_that_keeps_arriving_is_not_given_up(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    """The server's answer to the liveness probe queues behind the data in flight
+    (up to a channel window: 2 MB): on a slow link it comes long after the bound. A
+    download at 256 KB/s with a 0.6 s bound: data keeps arriving, so the host is alive
+    (before, it was given up within seconds while the bytes still came)."""
+    payload = target.host_path("/opt") / "big.bin"
+    payload.write_bytes(os.urandom(3 * 1024 * 1024))
+    port, stop = _throttled_proxy(target.port, 256 * 1024)
+    host_key = target.known_hosts.read_text().split(maxsplit=1)[1]
+    known = tmp_path / "proxy_known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {host_key}")
+    slow = dataclasses.replace(
+        target.target(), port=port, known_hosts_path=str(known), alive_interval=0.3, alive_count=2
+    )
+    try:
+        with SshHost(slow) as host:
+            host.download("/opt/big.bin", tmp_path / "big.bin")
+    finally:
+        stop.set()
+    assert (tmp_path / "big.bin").read_bytes() == payload.read_bytes()

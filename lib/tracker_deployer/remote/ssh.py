@@ -191,11 +191,13 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
 class _Liveness:
     """OpenSSH's ServerAliveInterval for paramiko, whose own keepalive expects no answer.
 
-    Every ``interval`` seconds the server is asked for something only it can answer
-    (a channel, closed again at once; a refusal is an answer too). With no answer
-    within ``interval * count`` seconds the connection is closed: a command waiting
+    Every ``interval`` seconds the server is asked for an answer (a global request it
+    refuses, as OpenSSH's client asks). With none within ``interval * count`` seconds,
+    and nothing else received meanwhile, the connection is closed: a command waiting
     on a host that vanished, or on an sshd that hangs, then fails instead of waiting
     for ever (TCP alone may wait a quarter of an hour, or for ever on an idle channel).
+    The answer queues behind the data in flight: on a slow link a download delays it,
+    which is why data still arriving counts as alive.
     """
 
     def __init__(self, transport: paramiko.Transport, interval: float, count: int) -> None:
@@ -207,15 +209,32 @@ class _Liveness:
         self._thread = threading.Thread(target=self._watch, name="ssh-liveness", daemon=True)
         self._thread.start()
 
+    def _received(self) -> object:
+        """What the transport has read so far (paramiko keeps no public count: None
+        without one, and then only answers count)."""
+        packetizer = getattr(self._transport, "packetizer", None)
+        return getattr(packetizer, "_Packetizer__received_packets", None)
+
+    def _ask(self, answered: threading.Event) -> None:
+        try:
+            self._transport.global_request("keepalive@openssh.com", wait=True)
+        except (SSHException, OSError, EOFError):
+            pass  # the transport ended: the watch sees that
+        finally:
+            answered.set()
+
     def _watch(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                self._transport.open_session(timeout=self.patience).close()
-            except paramiko.ChannelException:
-                continue  # refused (MaxSessions): the server answered
-            except (SSHException, OSError, EOFError):
+            answered = threading.Event()
+            seen = self._received()
+            threading.Thread(target=self._ask, args=(answered,), daemon=True).start()
+            while not answered.wait(self.patience):
                 if self._stop.is_set() or not self._transport.is_active():
-                    return  # closed here, or lost: the command sees that itself
+                    return
+                now = self._received()
+                if seen is not None and now != seen:
+                    seen = now  # still receiving: busy, not gone
+                    continue
                 self.dead = True
                 self._transport.close()
                 return
@@ -403,7 +422,7 @@ class SshHost:
                 f"a command on {self.target.host} did not finish within {timeout} s",
                 "look at the host: `docker compose ps` and the backup log",
             ) from None
-        except (SSHException, OSError) as error:
+        except (SSHException, OSError, EOFError) as error:
             self._check_alive()
             raise RemoteError(f"lost the SSH connection to {self.target}: {error}") from None
         finally:
