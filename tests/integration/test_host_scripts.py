@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from tracker_deployer import paths
+from tracker_deployer.errors import RemoteError
 from tracker_deployer.remote import host_scripts
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.render.tree import host_scripts_line
@@ -55,8 +56,8 @@ def install(target: SshTarget, script: str) -> list[Path]:
 def test_a_deploy_ends_an_older_versions_schedules_once_its_run_has_ended(
     target: SshTarget,
 ) -> None:
-    """The older scripts' cron files and maintenance script go at once (no run of
-    theirs starts any more), then the deploy waits for the run holding their lock."""
+    """The older scripts' cron files go at once (no run of theirs starts any more),
+    then the deploy waits for the run holding their lock, then their script goes."""
     files = install(target, OLDER_SCRIPT)
     lock_dir = target.host_path("/run") / "lock"
     lock_dir.mkdir(exist_ok=True)  # the target makes it (as systemd does)
@@ -75,14 +76,16 @@ def test_a_deploy_ends_an_older_versions_schedules_once_its_run_has_ended(
         ending = threading.Thread(target=end)
         ending.start()
         deadline = time.monotonic() + 20
-        while any(path.exists() for path in files) and time.monotonic() < deadline:
+        while any(path.exists() for path in files[1:]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(path.exists() for path in files)
+        assert not any(path.exists() for path in files[1:])  # no run of theirs starts
         time.sleep(1.0)
         assert ending.is_alive(), "the deploy went on while the older run held its lock"
+        assert files[0].exists()  # their script: gone once their run has ended
     ending.join(timeout=30)
     assert not ending.is_alive()
     assert failed == []
+    assert not files[0].exists()
     assert len(said) == 1
     assert "ended the backup schedules of another deployer version's scripts" in said[0]
 
@@ -92,14 +95,48 @@ def test_a_deploy_ends_an_older_versions_schedules_once_its_run_has_ended(
     assert said == []
 
 
-def test_this_versions_scripts_keep_their_schedules(target: SshTarget) -> None:
+def test_this_versions_scripts_keep_their_schedules_and_no_lock_is_waited_for(
+    target: SshTarget,
+) -> None:
+    """A run of this version's scripts holds the lock: a push or install-cron goes on
+    at once (they take no lock; a first version of the check waited for it)."""
     files = install(target, OLDER_SCRIPT + host_scripts_line() + "\nexit 0\n")
     said: list[str] = []
-    with SshHost(target.target()) as host:
-        host_scripts.end_older_schedules(host, said.append)
-        host_scripts.refuse_older_scripts(host, "x", "a restore")
+    with (target.host_path("/run") / paths.BACKUP_LOCK.name).open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with SshHost(target.target()) as host:
+            host_scripts.end_older_schedules(host, said.append)
+            host_scripts.refuse_older_scripts(host, "x", "a restore")
+        assert time.monotonic() - started < 10
     assert said == []
     assert all(path.exists() for path in files)
+
+
+def test_a_retry_after_the_older_run_outlasted_the_wait_waits_again(
+    target: SshTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The maintenance script goes only once their run has ended: a retry waits again,
+    and restore stays refused meanwhile (a first version removed it at once, and the
+    retry went on beside the older run)."""
+    monkeypatch.setattr(host_scripts, "LOCK_WAIT_SECONDS", 1)
+    files = install(target, OLDER_SCRIPT)
+    lock_dir = target.host_path("/run") / "lock"
+    lock_dir.mkdir(exist_ok=True)
+    with (lock_dir / paths.OLDER_BACKUP_LOCK.name).open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with SshHost(target.target()) as host:
+            for _attempt in (1, 2):
+                with pytest.raises(RemoteError, match="still held its lock after 1 s"):
+                    host_scripts.end_older_schedules(host, lambda _line: None)
+                assert not any(path.exists() for path in files[1:])  # no schedule left
+                assert files[0].exists()
+                with pytest.raises(RemoteError, match="another version of this deployer"):
+                    host_scripts.refuse_older_scripts(host, "x", "a restore")
+    with SshHost(target.target()) as host:
+        host_scripts.end_older_schedules(host, lambda _line: None)
+        host_scripts.refuse_older_scripts(host, "x", "a restore")
+    assert not files[0].exists()
 
 
 def test_restore_verify_and_destroy_refuse_a_host_with_an_older_versions_scripts(

@@ -6,10 +6,8 @@ import hashlib
 import os
 import resource
 import shlex
-import shutil
 import stat
 import subprocess
-import tempfile
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -442,42 +440,49 @@ def test_the_state_file_keeps_absolute_normal_paths_only() -> None:
     assert parse_state_file(text) == (COMPOSE, CRON)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a stale file's removal changes user")
-def test_a_stale_file_under_another_users_directory_is_removed_as_that_user(
-    tmp_path: Path,
-) -> None:
-    """An earlier deploy's file under storage/backup (uid 1000's): the user renamed a
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: files of another user")
+def test_a_stale_file_is_removed_but_never_through_another_users_link(tmp_path: Path) -> None:
+    """An earlier deploy's files under storage/backup (uid 1000's): the user renamed a
     directory on the way and put a link to one of root's there. Root's `rm -f` deleted
-    root's file of that name (a review); removed as the user, it stays. A file under
-    root's directories only, or reached as the user without a link, is removed."""
-    base = Path(tempfile.mkdtemp(prefix="td-stale-", dir="/tmp"))
-    try:
-        base.chmod(0o755)
-        owned = base / "storage/backup"
-        owned.mkdir(parents=True)
-        os.chown(owned, 4242, 4242)
-        victim = base / "root-only"
-        victim.mkdir(mode=0o755)
-        (victim / "backup.conf").write_text("root's\n")
-        (owned / "etc").symlink_to(victim)  # the user's link: storage/backup/etc
-        os.lchown(owned / "etc", 4242, 4242)
-        plain = owned / "plain"
-        plain.mkdir()
-        os.chown(plain, 4242, 4242)
-        (plain / "old.txt").write_text("stale\n")
-        (base / "root.txt").write_text("stale\n")
-        script = (
-            REMOVE_STALE
-            + "\n"
-            + "\n".join(
-                f"remove_stale {shlex.quote(str(path))}"
-                for path in (owned / "etc/backup.conf", plain / "old.txt", base / "root.txt")
-            )
-        )
-        done = subprocess.run(["bash", "-c", "set -o errexit -o nounset\n" + script], check=False)
-        assert done.returncode == 0
-        assert (victim / "backup.conf").read_text() == "root's\n"
-        assert not (plain / "old.txt").exists()
-        assert not (base / "root.txt").exists()
-    finally:
-        shutil.rmtree(base)
+    root's file of that name (a review): it stays. A stale file reached without such a
+    link goes: in root's directories, in the user's, in a root-owned directory inside
+    the user's (the layout before 1e7fb30: storage/backup/etc, root:1000 0750, which a
+    first fix, removing as the user, could not empty), and through root's own link."""
+    base = tmp_path / "host"
+    owned = base / "storage/backup"
+    owned.mkdir(parents=True)
+    os.chown(owned, 4242, 4242)
+    victim = base / "root-only"
+    victim.mkdir()
+    (victim / "backup.conf").write_text("root's\n")
+    (owned / "planted").symlink_to(victim)  # the user's link
+    os.lchown(owned / "planted", 4242, 4242)
+    etc = owned / "etc"
+    etc.mkdir(mode=0o750)
+    os.chown(etc, 0, 4242)
+    (etc / "offsite.password").write_text("stale secret\n")
+    plain = owned / "plain"
+    plain.mkdir()
+    os.chown(plain, 4242, 4242)
+    (plain / "old.txt").write_text("stale\n")
+    (base / "root.txt").write_text("stale\n")
+    (base / "real").mkdir()
+    (base / "real/linked.txt").write_text("stale\n")
+    (base / "link").symlink_to(base / "real")  # root's own link
+    stale = [
+        owned / "planted/backup.conf",
+        etc / "offsite.password",
+        plain / "old.txt",
+        base / "root.txt",
+        base / "link/linked.txt",
+        base / "gone/nothing.txt",
+    ]
+    script = "\n".join(
+        ["set -o errexit -o nounset", REMOVE_STALE]
+        + [f"remove_stale {shlex.quote(str(path))}" for path in stale]
+    )
+    done = subprocess.run(["bash", "-c", script], check=False)
+    assert done.returncode == 0
+    assert (victim / "backup.conf").read_text() == "root's\n"
+    for path in stale[1:]:
+        assert not path.exists(), path

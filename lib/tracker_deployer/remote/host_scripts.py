@@ -13,7 +13,7 @@ import shlex
 
 from tracker_deployer import exit_codes, paths
 from tracker_deployer.errors import RemoteError
-from tracker_deployer.remote.deploy import LOCK_WAIT_SECONDS, under_backup_lock
+from tracker_deployer.remote.deploy import LOCK_WAIT_SECONDS
 from tracker_deployer.remote.ssh import SshHost
 from tracker_deployer.render.tree import host_scripts_line
 from tracker_deployer.say import Say
@@ -46,21 +46,25 @@ def refuse_older_scripts(host: SshHost, env_name: str, action: str) -> None:
 
 
 def end_older_schedules(host: SshHost, say: Say) -> None:
-    """End the schedules of another version's scripts (their cron.d files and their
-    maintenance script go), then wait for a run of theirs to end: it holds their lock,
-    which before version 2 was OLDER_BACKUP_LOCK. Nothing happens on a host without
-    them. Under this version's lock too: a run of the new scripts is not one of theirs."""
-    files = " ".join(shlex.quote(str(path)) for path in (*SCHEDULES, paths.MAINTENANCE_SCRIPT))
+    """End the schedules of another version's scripts (their cron.d files go), wait
+    for a run of theirs to end (it holds their lock: OLDER_BACKUP_LOCK before version
+    2, BACKUP_LOCK after), then remove their maintenance script, which marks the host
+    as done: a retry after a wait that timed out waits again. Nothing happens, and no
+    lock is taken, on a host without them."""
+    schedules = " ".join(shlex.quote(str(path)) for path in SCHEDULES)
     older_lock = paths.OLDER_BACKUP_LOCK
+    wait = f"flock -E {exit_codes.LOCK_BUSY} -w {LOCK_WAIT_SECONDS}"
     script = (
         f"{older_scripts_test()} || exit 0\n"
-        f"rm -f -- {files}\n"
+        f"rm -f -- {schedules}\n"
         f"echo {ENDED}\n"
-        f"[ -d {shlex.quote(str(older_lock.parent))} ] || exit 0\n"
-        f"exec flock -E {exit_codes.LOCK_BUSY} -w {LOCK_WAIT_SECONDS} "
-        f"{shlex.quote(str(older_lock))} true\n"
+        f"{wait} {shlex.quote(str(paths.BACKUP_LOCK))} true || exit\n"
+        f"if [ -d {shlex.quote(str(older_lock.parent))} ]; then\n"
+        f"  {wait} {shlex.quote(str(older_lock))} true || exit\n"
+        "fi\n"
+        f"rm -f -- {shlex.quote(str(paths.MAINTENANCE_SCRIPT))}\n"
     )
-    result = host.run(under_backup_lock(script), timeout=3 * LOCK_WAIT_SECONDS)
+    result = host.run(script, timeout=3 * LOCK_WAIT_SECONDS)
     ended = result.stdout.strip().endswith(ENDED)
     if ended:
         say(
@@ -69,15 +73,13 @@ def end_older_schedules(host: SshHost, say: Say) -> None:
         )
     if result.ok:
         return
-    busy = result.exit_code == exit_codes.LOCK_BUSY
     done = "their schedules were ended; " if ended else ""
     raise RemoteError(
-        f"a backup run on {host.target.host} still held "
-        f"{older_lock if ended else paths.BACKUP_LOCK} after {LOCK_WAIT_SECONDS} s; "
-        f"{done}nothing else was changed"
-        if busy
+        f"a backup run of the older scripts on {host.target.host} still held its lock after "
+        f"{LOCK_WAIT_SECONDS} s; {done}nothing else was changed"
+        if result.exit_code == exit_codes.LOCK_BUSY
         else f"ending the older scripts' schedules on {host.target.host} failed: "
         f"{result.stderr.strip()[:300] or f'exit {result.exit_code}'}; {done}nothing else "
         "was changed",
-        f"see {paths.BACKUP_LOG} on the host, then run again",
+        f"see {paths.BACKUP_LOG} on the host, then run again (it waits for that run again)",
     )

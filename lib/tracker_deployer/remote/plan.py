@@ -253,28 +253,30 @@ def password_files(plan: Plan, *changes: Change) -> list[str]:
 
 
 # A file an earlier deploy put there and this one drops (an older layout's, say).
-# Under a directory another user owns (storage/backup is uid 1000's) it is removed
-# as that user: they could have put a link on the way, which root would follow (to
-# delete a file of that name anywhere). Root-owned directories above it are safe.
+# Its directory is reached one part at a time as root, never through a link another
+# user made (storage/backup is uid 1000's: a link put on the way would lead root's rm
+# to a file of that name anywhere), each part checked to be the one looked at (not
+# one swapped in meanwhile); then the name is removed there. Anything else: left.
 REMOVE_STALE = r"""remove_stale() {
-  local prefix="" part uid="" gid=""
-  local -a parts
-  IFS=/ read -r -a parts <<<"${1%/*}"
-  for part in "${parts[@]}"; do
-    [[ -n "${part}" ]] || continue
-    prefix="${prefix}/${part}"
-    [[ -d "${prefix}" ]] || return 0
-    if [[ -z "${uid}" && "$(stat -c %u -- "${prefix}")" != 0 ]]; then
-      uid="$(stat -c %u -- "${prefix}")"
-      gid="$(stat -c %g -- "${prefix}")"
-    fi
-  done
-  if [[ -z "${uid}" ]]; then
-    rm -f -- "$1"
-  else
-    # Refused (a link to where the user may not write): left, as housekeeping.
-    setpriv --reuid="${uid}" --regid="${gid}" --clear-groups rm -f -- "$1" 2>/dev/null || :
-  fi
+  (
+    cd / || exit 0
+    local part want
+    local -a parts
+    IFS=/ read -r -a parts <<<"${1%/*}"
+    for part in "${parts[@]}"; do
+      [[ -n "${part}" && "${part}" != . ]] || continue
+      [[ "${part}" != .. ]] || exit 0
+      if [[ -L "${part}" ]]; then
+        [[ "$(stat -c %u -- "${part}")" == 0 ]] || exit 0
+        want="$(stat -L -c %d:%i -- "${part}")" || exit 0
+      else
+        want="$(stat -c %d:%i -- "${part}")" || exit 0
+      fi
+      cd -P -- "${part}" 2>/dev/null || exit 0
+      [[ "$(stat -c %d:%i -- .)" == "${want}" ]] || exit 0
+    done
+    rm -f -- "./${1##*/}"
+  )
 }"""
 
 
