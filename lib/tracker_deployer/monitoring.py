@@ -66,10 +66,11 @@ MISSING_FACTOR = 1.5
 MISSING_MARGIN_SECONDS = 1800
 
 # The window over which the period of a schedule is measured: a fixed start
-# (rendering must not depend on today), at least a year of days it fires on and
-# at least MIN_DAYS of them.
+# (rendering must not depend on today), at least MIN_DAYS days it fires on, and
+# 28 years: the calendar's cycle of weekdays and dates (2001-2028 has no century
+# year), which a day of month AND-ed with a day of week ("*/7 * mon") needs.
 _PERIOD_START = datetime(2001, 1, 1)
-_PERIOD_WINDOW = timedelta(days=400)
+_PERIOD_WINDOW = timedelta(days=28 * 366)
 _MIN_DAYS = 3
 _DAY = timedelta(days=1)
 

@@ -24,7 +24,7 @@ from tests.helpers import parse
         ("*/30 * * * *", 1800),
         ("0 */6 * * *", 6 * 3600),
         ("0 3 1,15 * *", 17 * 86400),
-        ("0 3 1 1 *", 365 * 86400),
+        ("0 3 1 1 *", 366 * 86400),  # 2004 to 2005: a leap year
         # Only on 29 February (first in 2004): four times that day, then 2008.
         ("0 */6 29 2 *", (365 * 4 + 1) * 86400 - 18 * 3600),
         # Frequent fires with long pauses: more fires in the window than any cap on
@@ -34,6 +34,9 @@ from tests.helpers import parse
         # Cron's rule: a day-of-month starting with "*" is AND-ed with the day of week:
         # Mondays that are odd days (1, 15, 29, then 5 February), not every odd day.
         ("0 3 */2 * 1", 21 * 86400),
+        # Mondays on the 1st, 8th, 15th, 22nd or 29th: some years leave a gap of 399
+        # days (a year's window saw 245 and fired the Missing alerts falsely).
+        ("0 3 */7 * mon", 399 * 86400),
         # Neither starts with "*": either one (the 1st, and every Monday).
         ("0 3 1 * 1", 7 * 86400),
     ],
