@@ -438,19 +438,23 @@ def configure(c: Context, env: str = "", where: _Host = ANY_HOST, dry_run: bool 
         print(f"configure: {len(done.changed)} changed, {len(done.unchanged)} unchanged")
 
 
-@task(
+@_host_task(
     help={
         "env": ENV_HELP,
         "delete_backups": "also destroy the backup sets on the host (else destroy refuses)",
     }
 )
-def destroy(c: Context, env: str = "", delete_backups: bool = False) -> None:
-    """Remove the host (lxd) or the stack and the deployer's files (existing)."""
+def destroy(
+    c: Context, env: str = "", where: _Host = ANY_HOST, delete_backups: bool = False
+) -> None:
+    """Remove the host (lxd) or the stack and the deployer's files (existing); with
+    --host naming another host than the environment's, only the stack there."""
     with _errors():
         parsed = _load(env)
-        print(f"destroy {parsed.name} ({parsed.provider.kind})")
-        lifecycle.destroy(parsed, delete_backups, _say)
-        print(f"destroyed {parsed.name}")
+        there = f" on {where.host}" if where.host else ""
+        print(f"destroy {parsed.name} ({parsed.provider.kind}){there}")
+        lifecycle.destroy(parsed, delete_backups, _say, where)
+        print(f"destroyed {parsed.name}{there}")
 
 
 @task(help={"env": ENV_HELP, "json": "print JSON for scripts instead of text"})

@@ -4,8 +4,9 @@
 #
 #   offsite.sh upload     upload every complete, verified local set newer than
 #                         the repository's newest one for this environment
-#                         (tagged env=NAME and set=ID, dated at the set's time),
-#                         then `restic forget --prune` with the keep policy
+#                         (tagged env=NAME, set=ID and uploader=OFFSITE_UPLOADER,
+#                         dated at the set's time), then `restic forget --prune`
+#                         with the keep policy
 #   offsite.sh check      `restic check`, reading OFFSITE_CHECK_READ_DATA percent
 #   offsite.sh snapshots  this environment's snapshots, as restic's JSON
 #   offsite.sh sets       the same JSON on a line "SNAPSHOTS <json>", then one
@@ -28,7 +29,9 @@
 # (the password itself sits in that file, never on argv or in an environment
 # variable), OFFSITE_ENV_NAME, OFFSITE_KEEP ("--keep-daily 7 --keep-weekly 4"),
 # OFFSITE_CHECK_READ_DATA (0-100) and the backend's credentials (e.g.
-# AWS_ACCESS_KEY_ID). For sftp: repositories, the SSH key and known_hosts are
+# AWS_ACCESS_KEY_ID). OFFSITE_UPLOADER names this machine in the snapshots it
+# makes (default: the container's hostname, which the deployer makes of the
+# host's name and machine id). For sftp: repositories, the SSH key and known_hosts are
 # read from OFFSITE_SSH_DIR (default /etc/backup/offsite-ssh: files `id` and
 # `known_hosts`).
 #
@@ -57,6 +60,9 @@ readonly OFFSITE_EXIT_NO_SET=26
 readonly OFFSITE_EXIT_GONE=27
 
 readonly OFFSITE_BACKUP_SH="${OFFSITE_BACKUP_SH:-/usr/local/bin/backup.sh}"
+UPLOADER="${OFFSITE_UPLOADER:-$(hostname 2>/dev/null || printf unknown)}"
+readonly UPLOADER
+readonly ONE_HOST="keep one host per environment: inv destroy --env ${OFFSITE_ENV_NAME:-NAME} --host ADDRESS retires the one at ADDRESS (without --host it removes the recorded host)"
 # backup.sh is checked on its own (nox -s shellcheck lists it); not followed here.
 # shellcheck source=/dev/null
 source "${OFFSITE_BACKUP_SH}"
@@ -109,6 +115,8 @@ check_settings() {
     || fail "${OFFSITE_EXIT_CONFIG}" "RESTIC_PASSWORD/RESTIC_PASSWORD_COMMAND are set; the password comes from RESTIC_PASSWORD_FILE only"
   [[ "${OFFSITE_ENV_NAME:-}" =~ ${ENV_NAME_REGEX} ]] \
     || fail "${OFFSITE_EXIT_CONFIG}" "OFFSITE_ENV_NAME '${OFFSITE_ENV_NAME:-}' is not an environment name"
+  [[ "${UPLOADER}" =~ ^[A-Za-z0-9._-]{1,128}$ ]] \
+    || fail "${OFFSITE_EXIT_CONFIG}" "OFFSITE_UPLOADER '${UPLOADER}' is not a host name (letters, digits, '.', '_', '-')"
   command -v restic >/dev/null 2>&1 || fail "${OFFSITE_EXIT_CONFIG}" "restic is not installed"
   WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/offsite.XXXXXX")" || fail "${OFFSITE_EXIT_NO_SPACE}" "cannot create a temporary directory"
   ERROR_FILE="${WORK_DIR}/restic.err"
@@ -246,6 +254,13 @@ uploaded_sets() {
   { grep -o '"set=[0-9]\{8\}_[0-9]\{6\}"' || :; } | tr -d '"' | sed 's/^set=//' | sort -u
 }
 
+# uploader_of TS: the uploader tag of set TS's snapshots in the JSON on stdin
+# (nothing for snapshots from before the tag).
+uploader_of() {
+  { grep -o '"tags":\[[^]]*\]' || :; } | { grep -F "\"set=$1\"" || :; } \
+    | { grep -o '"uploader=[^"]*"' || :; } | tr -d '"' | sed 's/^uploader=//' | sort -u | head -n 1
+}
+
 set_time() {
   local ts="$1"
   printf '%s-%s-%s %s:%s:%s' "${ts:0:4}" "${ts:4:2}" "${ts:6:2}" "${ts:9:2}" "${ts:11:2}" "${ts:13:2}"
@@ -273,7 +288,7 @@ snapshot_set() {
   local ts="$1" list="$2" summary="${WORK_DIR}/summary-$1" rc=0 snapshot processed files
   restic_retry "uploading set ${ts}" backup --quiet --json \
     --host "${OFFSITE_ENV_NAME}" --tag "env=${OFFSITE_ENV_NAME}" --tag "set=${ts}" \
-    --time "$(set_time "${ts}")" --files-from-verbatim "${list}" >"${summary}" || rc=$?
+    --tag "uploader=${UPLOADER}" --time "$(set_time "${ts}")" --files-from-verbatim "${list}" >"${summary}" || rc=$?
   files="$(wc -l <"${list}")"
   snapshot="$(summary_value snapshot_id '"\([0-9a-f]\{8,64\}\)"' <"${summary}")"
   processed="$(summary_value total_files_processed '\([0-9]\{1,12\}\)' <"${summary}")"
@@ -333,7 +348,17 @@ cmd_upload() {
   # nothing is uploaded or forgotten.
   if [[ -n "${newest_local}" ]] && ! grep -qxF -- "${newest_local}" "${there}" \
     && [[ -n "${newest}" && ! "${newest_local}" > "${newest}" ]]; then
-    fail "${OFFSITE_EXIT_FAILED}" "the repository holds set ${newest} of ${OFFSITE_ENV_NAME}, newer than this host's newest set ${newest_local}, which it lacks: another host uploads as ${OFFSITE_ENV_NAME} (an old host back after inv recover, or a copied config?); nothing was uploaded or forgotten: keep one host per environment (inv destroy the other)"
+    fail "${OFFSITE_EXIT_FAILED}" "the repository holds set ${newest} of ${OFFSITE_ENV_NAME}, newer than this host's newest set ${newest_local}, which it lacks: another host uploads as ${OFFSITE_ENV_NAME} (an old host back after inv recover, or a copied config?); nothing was uploaded or forgotten: ${ONE_HOST}"
+  fi
+  # The repository's newest set came from another machine, and this host lacks it:
+  # the other one uploads as this environment now (a host back after an inv recover
+  # onto a new one, whose sets it never had). Its own sets, newer by a few seconds
+  # each day, would pass the check above, and forget would keep them in place of
+  # the other's. A host that holds that set (fetched by a recover) goes on.
+  local newest_by=""
+  [[ -z "${newest}" ]] || newest_by="$(uploader_of "${newest}" <"${snapshots}")"
+  if [[ -n "${newest_by}" && "${newest_by}" != "${UPLOADER}" ]] && ! set_is_complete "${newest}"; then
+    fail "${OFFSITE_EXIT_FAILED}" "the repository's newest set ${newest} of ${OFFSITE_ENV_NAME} was uploaded by ${newest_by}, not by this host (${UPLOADER}), and this host lacks it: another host uploads as ${OFFSITE_ENV_NAME} (this one is back after inv recover onto another?); nothing was uploaded or forgotten: ${ONE_HOST}"
   fi
   if ((${#pending[@]} == 0)); then
     say "nothing to upload: the repository has every complete local set"

@@ -603,9 +603,20 @@ def _retired(code: int, where: str, detail: str) -> None:
     )
 
 
-def destroy(env: Env, delete_backups: bool, say: Say) -> None:
+def names_recorded_host(env: Env, host: str) -> bool:
+    """Whether ``host`` (--host) is the environment's own: ssh_credentials.host, else
+    the recorded one."""
+    recorded = env.ssh.host or getattr(state.read_record(env.name), "host", None)
+    return recorded is not None and host.lower() == recorded.lower()
+
+
+def destroy(env: Env, delete_backups: bool, say: Say, where: HostFlags = RECORDED_HOST) -> None:
+    """The environment's host (lxd: its instance) and its record; with ``where.host``
+    naming another host (an old one back after `inv recover` onto a new one), the
+    stack and the deployer's files there, the record kept."""
     provider = providers.for_env(env)
-    if isinstance(env.provider, LxdProvider):
+    other = bool(where.host) and not names_recorded_host(env, where.host)
+    if isinstance(env.provider, LxdProvider) and not other:
         if not delete_backups:
             found = _sets_through_lxd(env)
             refuse_with_sets(env, found, say)
@@ -623,10 +634,12 @@ def destroy(env: Env, delete_backups: bool, say: Say) -> None:
                 _retired(done.returncode, lxd.name, done.stderr.decode(errors="replace"))
         provider.destroy(say)
         return
-    found_host = target(env, make_key=False)
+    found_host = target(
+        env, where.host, where.known_hosts, where.accept_new_host_key, make_key=False
+    )
     if found_host is None:
-        raise no_host_error(env, host_flags=False)
-    with SshHost(found_host, host_flags=False) as connection:
+        raise no_host_error(env)
+    with SshHost(found_host) as connection:
         accepted_ids: list[str] | None = None
         if not delete_backups:
             host_scripts.refuse_older_scripts(connection, env.name, "a destroy")
@@ -639,6 +652,9 @@ def destroy(env: Env, delete_backups: bool, say: Say) -> None:
             timeout=RETIRE_TIMEOUT_SECONDS,
         )
         _retired(result.exit_code, found_host.host, result.stderr)
+    if other:
+        say(f"  the record of {env.name} is kept: {where.host} is not its host")
+        return
     provider.destroy(say)
 
 

@@ -94,6 +94,9 @@ OFFSITE_SSH_DIR = BACKUP_ETC_DIR / "offsite-ssh"
 OFFSITE_CHECK_SCRIPT = PurePosixPath("/usr/local/bin/tracker-backup-offsite-check.sh")
 OFFSITE_CHECK_CRON_FILE = PurePosixPath("/etc/cron.d/tracker-backup-offsite-check")
 OFFSITE_LAST_UPLOAD = BACKUP_STATUS_DIR / "last-offsite.env"
+# The repository (its id) an `inv recover` fetched from: before this host's first
+# upload, a location without a repository is then a gone one, not a new one.
+OFFSITE_REPOSITORY_KNOWN = BACKUP_STATUS_DIR / "offsite-repository"
 OFFSITE_LAST_CHECK = BACKUP_STATUS_DIR / "last-offsite-check.env"
 
 # In containers (topology.py mounts the host paths above there).

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tracker_deployer import lifecycle, paths
+from tracker_deployer import lifecycle, offsite, paths
 from tracker_deployer.backup_layout import is_set_id
 from tracker_deployer.config.model import Env, InvalidValue, LxdProvider, parse_host
 from tracker_deployer.errors import DeployError, RemoteError
@@ -248,6 +248,44 @@ def _refuse_live(connection: SshHost, env: Env, say: Say) -> None:
     )
 
 
+def remember_repository(connection: SshHost, env: Env) -> None:
+    """The repository the set came from exists: should it read as missing before this
+    host's first upload, that upload fails (27) instead of making a new, empty one."""
+    known = shlex.quote(str(paths.OFFSITE_REPOSITORY_KNOWN))
+    written = connection.run(
+        f"printf '%s\\n' {shlex.quote(offsite.repository_id(env))} > {known}.tmp "
+        f"&& chmod 0644 -- {known}.tmp && mv -f -- {known}.tmp {known}"
+    )
+    if not written.ok:
+        raise RemoteError(
+            f"cannot write {paths.OFFSITE_REPOSITORY_KNOWN} on {connection.target.host}: "
+            f"{written.stderr.strip()[:200]}; nothing was restored",
+            f"look at the host, then run `inv recover --env {env.name}` again (it continues "
+            "on this host)",
+        )
+
+
+# What an sftp: repository needs on the host; the operator installs them (offsite.md).
+SFTP_KEYS = (paths.OFFSITE_SSH_DIR / "id", paths.OFFSITE_SSH_DIR / "known_hosts")
+
+
+def require_sftp_keys(connection: SshHost, env: Env) -> None:
+    """A new host has no sftp key: the fetch would fail with a hint to deploy, which
+    the recover's marker refuses. Named here instead, with the way on."""
+    settings = env.backup.offsite if env.backup is not None else None
+    if settings is None or settings.kind != "sftp":
+        return
+    present = " && ".join(f"test -f {shlex.quote(str(path))}" for path in SFTP_KEYS)
+    if not connection.run(present).ok:
+        raise DeployError(
+            f"the sftp repository needs this host's key and the server's host key on "
+            f"{connection.target.host}: {SFTP_KEYS[0]} and {SFTP_KEYS[1]} (a new host has "
+            "neither); nothing was fetched",
+            "install them as docs/user-guide/offsite.md#sftp says (step 3), then run the "
+            f"same `inv recover --env {env.name}` again (it continues on this host)",
+        )
+
+
 def recover(
     env: Env,
     tree: RenderedTree,
@@ -282,8 +320,10 @@ def recover(
             else:  # `up` with no service names would start everything
                 say("  nothing to start before the restore (no service runs without the tracker)")
         with _phase(clock, "fetch"):
+            require_sftp_keys(connection, env)
             set_id = offsite_fetch.resolve(connection, env, wanted)
             offsite_fetch.fetch(connection, env, set_id, say)
+            remember_repository(connection, env)
         with _phase(clock, "restore"):
             operations.restore(connection, env, set_id, "all", say, new_host=True)
             say(f"  the restored rows equal set {set_id}'s .meta (compared by backup.sh restore)")

@@ -299,7 +299,15 @@ def test_rest_rclone_serve_restic_gets_each_set_tagged_with_env_and_set_id(
         environ = restic_host(repository, tmp_path)
         [snapshot] = snapshots(environ)
         assert snapshot["hostname"] == stack.env.name
-        assert sorted(snapshot["tags"]) == [f"env={stack.env.name}", f"set={set_id}"]
+        [uploader] = [tag for tag in snapshot["tags"] if tag.startswith("uploader=")]
+        assert sorted(set(snapshot["tags"]) - {uploader}) == [
+            f"env={stack.env.name}",
+            f"set={set_id}",
+        ]
+        # the machine: the offsite container's hostname (its short name, its id)
+        id_file = Path(offsite.MACHINE_ID_FILE)
+        machine = id_file.read_text()[: offsite.MACHINE_ID_CHARACTERS] if id_file.exists() else ""
+        assert uploader.endswith(f"{machine}{offsite.HOSTNAME_SUFFIX}"), uploader
         # dated at the set's time, so the keep policy's days are the sets' days
         assert snapshot["time"].startswith(
             f"{set_id[0:4]}-{set_id[4:6]}-{set_id[6:8]}T{set_id[9:11]}:{set_id[11:13]}"
@@ -404,16 +412,18 @@ def test_unreachable_repository_is_its_own_outcome_and_the_next_run_catches_up(
             stack.cleanup()
 
 
-@pytest.mark.parametrize("older_status", [False, True], ids=["status", "status-of-before"])
+@pytest.mark.parametrize("record", ["status", "status-of-before", "recovered"])
 def test_a_repository_that_is_gone_is_not_created_anew_in_its_place(
-    tmp_path: Path, older_status: bool
+    tmp_path: Path, record: str
 ) -> None:
     """Uploads to it succeeded, then the repository vanished (a bucket emptied, a
     disk not mounted): the upload fails (offsite.sh 27) and creates nothing there.
     Before, `restic init` made a new, empty repository and the run succeeded, the
     off-host history gone without a word. Removing last-offsite.env starts anew.
-    ``older_status``: last-offsite.env as the version before the repository's record
-    wrote it (a success, no repository=): its success counts as this repository's."""
+    ``record``: what says the repository existed: last-offsite.env; or as the version
+    before the repository's record wrote it (a success, no repository=): its success
+    counts as this repository's; or, before any upload here, the repository `inv
+    recover` fetched from (offsite-repository)."""
     held, port = held_port()
     repository = f"rest:http://127.0.0.1:{port}/tracker"
     data = tmp_path / "rest-data/tracker"
@@ -425,10 +435,16 @@ def test_a_repository_that_is_gone_is_not_created_anew_in_its_place(
         known = offsite.repository_id(stack.env)
         assert offsite_status(stack)["repository"] == known
         status_file = stack.status_dir / paths.OFFSITE_LAST_UPLOAD.name
-        if older_status:
+        recovered = stack.status_dir / paths.OFFSITE_REPOSITORY_KNOWN.name
+        succeeded = True
+        if record == "status-of-before":
             lines = status_file.read_text().splitlines(keepends=True)
             status_file.write_text("".join(x for x in lines if not x.startswith("repository=")))
             known = ""
+        elif record == "recovered":
+            status_file.unlink()
+            recovered.write_text(known + "\n")
+            known, succeeded = "", False
         # Gone; a new server process (rclone caches the directory listings).
         server.stop()
         shutil.rmtree(data)
@@ -440,11 +456,12 @@ def test_a_repository_that_is_gone_is_not_created_anew_in_its_place(
         upload = offsite_status(stack)
         assert upload["exit_code"] == str(offsite.OFFSITE_SH_EXIT["GONE"])
         assert "though uploads to it have succeeded before" in upload["reason"]
-        assert (upload["repository"], upload["last_success_epoch"] != "") == (known, True)
+        assert (upload["repository"], upload["last_success_epoch"] != "") == (known, succeeded)
         assert not data.exists()
         assert_local_sets_intact(stack)
 
         status_file.unlink()
+        recovered.unlink(missing_ok=True)
         time.sleep(1.1)
         newest = assert_success_with_upload(stack, stack.run_maintenance())
         assert offsite_status(stack)["uploaded"].split() == stack.sets()  # all, anew

@@ -1268,3 +1268,45 @@ def test_a_slow_download_that_keeps_arriving_is_not_given_up(
     finally:
         stop.set()
     assert (tmp_path / "big.bin").read_bytes() == payload.read_bytes()
+
+
+def test_destroy_with_host_retires_that_host_and_keeps_the_environments_record(
+    target: SshTarget, tmp_path: Path
+) -> None:
+    """After `inv recover` onto a new host the record names the new one, and the old
+    host's backup runs say "inv destroy the other": `inv destroy` removed the recorded
+    (the new, recovered) host (a review). --host names the one to retire: its stack
+    and the deployer's files go, the record stays as it was."""
+    data = target.env_data(sample_data("manual-test-sqlite"))
+    data["provider"] = {"provider": "existing"}
+    del data["ssh_credentials"]["host"]  # type: ignore[attr-defined]
+    env = write_env(tmp_path, data)
+    isolated = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [INV, *args, "--env", str(env)],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO_ROOT,
+            env=isolated,
+            timeout=300,
+        )
+
+    old = ("--host", "127.0.0.1", "--known-hosts", str(target.known_hosts))
+    assert run("push", *old).returncode == 0
+    assert run("install-cron", *old).returncode == 0
+    target.host_path("/opt/torrust/docker-compose.yml").unlink()  # no compose project here
+    # the recover's new host, recorded
+    assert run("register", "--host", "203.0.113.20").returncode == 0
+    record = (tmp_path / "state/tracker-deployer/hosts/manual-test-sqlite.json").read_text()
+
+    done = run("destroy", *old)
+    assert done.returncode == 0, done.stderr
+    assert "the record of manual-test-sqlite is kept: 127.0.0.1 is not its host" in done.stdout
+    assert "destroyed manual-test-sqlite on 127.0.0.1" in done.stdout
+    assert not target.host_path("/opt/torrust").exists()
+    for path in plan.CRON_FILES:
+        assert not target.host_path(str(path)).exists(), path
+    assert (tmp_path / "state/tracker-deployer/hosts/manual-test-sqlite.json").read_text() == record

@@ -11,7 +11,7 @@ from tracker_deployer import exit_codes, lifecycle, recover, state
 from tracker_deployer.errors import DeployError, RemoteError
 from tracker_deployer.providers import lxd
 from tracker_deployer.remote import backups as operations
-from tracker_deployer.remote.ssh import Target
+from tracker_deployer.remote.ssh import Result, Target
 from tracker_deployer.topology import Service, derive
 
 from tests.helpers import parse, sample_data
@@ -227,3 +227,40 @@ def test_a_running_recorded_lxd_instance_is_not_provisioned_again(
     found = recover._host(env, lifecycle.RECORDED_HOST, lambda _line: None)
     assert provisioned == []
     assert found.host == "10.0.0.5"
+
+
+class _Connection:
+    """A stand-in for the host's connection: ``run`` answers with ``ok`` (what
+    require_sftp_keys asks is one `test -f` line)."""
+
+    def __init__(self, ok: bool) -> None:
+        self.ok = ok
+        self.asked: list[str] = []
+        self.target = Target("203.0.113.20", 22, "root", "/k")
+
+    def run(self, command: str) -> Result:
+        self.asked.append(command)
+        return Result(0 if self.ok else 1, "", "")
+
+
+def test_an_sftp_recover_without_the_keys_on_the_new_host_says_how_to_go_on() -> None:
+    """The fetch failed with "deploy again", which the recover's marker refuses: a loop
+    (a review). The keys' absence is named, with the step that installs them."""
+    data = sample_data("manual-test-sqlite")
+    data["backup"]["offsite"] = {"repository": "sftp:backup@b.example.com:/srv/r", "password": "p"}
+    env = parse(data)
+    missing = _Connection(ok=False)
+    with pytest.raises(DeployError) as refused:
+        recover.require_sftp_keys(missing, env)  # type: ignore[arg-type]
+    assert "/opt/torrust/storage/backup-etc/offsite-ssh/id and " in refused.value.message
+    assert "offsite.md#sftp" in str(refused.value.hint)
+    assert "inv recover --env manual-test-sqlite" in str(refused.value.hint)
+    assert missing.asked == [
+        "test -f /opt/torrust/storage/backup-etc/offsite-ssh/id && "
+        "test -f /opt/torrust/storage/backup-etc/offsite-ssh/known_hosts"
+    ]
+    recover.require_sftp_keys(_Connection(ok=True), env)  # type: ignore[arg-type]
+    data["backup"]["offsite"]["repository"] = "/mnt/offsite/restic"
+    not_sftp = _Connection(ok=False)
+    recover.require_sftp_keys(not_sftp, parse(data))  # type: ignore[arg-type]
+    assert not_sftp.asked == []

@@ -106,6 +106,45 @@ repository_sets() {
   assert_output "${theirs}"
 }
 
+@test "offsite: a host back after a recover onto another is refused, though its set is the newest" {
+  local old="${BATS_TEST_TMPDIR}/old-host" new="${BATS_TEST_TMPDIR}/new-host"
+  export OFFSITE_KEEP="--keep-daily 7"
+  BACKUP_ROOT="${old}" backup_ok run
+  local restored="${SET_TS}"
+  BACKUP_ROOT="${old}" OFFSITE_UPLOADER=old-machine run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  # inv recover onto a new machine: the set fetched there, then its own runs.
+  mkdir -p "${new}"
+  cp -r -- "${old}/." "${new}/"
+  sleep 1.1 # set ids are by the second
+  BACKUP_ROOT="${new}" backup_ok run
+  local recovered="${SET_TS}"
+  BACKUP_ROOT="${new}" OFFSITE_UPLOADER=new-machine run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  assert_output "uploaded=${recovered}"
+  run repository_sets
+  assert_output "${recovered}" # one a day (both sets were taken today)
+  # The old machine is back, its cron still there: its set is seconds newer.
+  sleep 1.1
+  BACKUP_ROOT="${old}" backup_ok run
+  local stale="${SET_TS}"
+  BACKUP_ROOT="${old}" OFFSITE_UPLOADER=old-machine run --separate-stderr "${OFFSITE_SH}" upload
+  assert_equal "${status}" 23
+  assert_stderr --partial "the repository's newest set ${recovered} of bats-env was uploaded by new-machine, not by this host (old-machine), and this host lacks it"
+  assert_stderr --partial "inv destroy --env bats-env --host ADDRESS retires the one at ADDRESS"
+  # Before, it uploaded its set and forget kept it in place of the recovered one.
+  run repository_sets
+  assert_output "${recovered}"
+  [[ "${restored}" < "${recovered}" ]]
+  # The recovered machine goes on.
+  sleep 1.1
+  BACKUP_ROOT="${new}" backup_ok run
+  BACKUP_ROOT="${new}" OFFSITE_UPLOADER=new-machine run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  assert_output "uploaded=${SET_TS}"
+  [[ "${stale}" < "${SET_TS}" ]]
+}
+
 @test "offsite: a wrong password exits 21 and names the cause" {
   backup_ok run
   run --separate-stderr "${OFFSITE_SH}" upload
