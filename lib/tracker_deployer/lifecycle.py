@@ -478,7 +478,9 @@ def _sets_through_lxd(env: Env) -> tuple[operations.Inventory, Elsewhere] | None
     if result.returncode != 0:
         raise DeployError(
             f"listing the backup sets in {lxd.name} failed: "
-            f"{result.stderr.decode(errors='replace').strip()}"
+            f"{result.stderr.decode(errors='replace').strip()[:300]}; nothing was removed",
+            f"look at the instance (`lxc exec {lxd.name} -- bash`), or pass --delete-backups "
+            "to delete it with whatever sets it holds",
         )
     inventory = operations.parse_inventory(result.stdout.decode(errors="replace"))
 

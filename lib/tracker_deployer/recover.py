@@ -303,7 +303,9 @@ def recover(
         if not marked.ok:
             raise RemoteError(
                 f"cannot write {paths.RECOVER_MARKER} on {found.host}: "
-                f"{marked.stderr.strip()[:200]}; nothing was changed"
+                f"{marked.stderr.strip()[:200]}; nothing was changed",
+                f"check that {paths.RECOVER_MARKER.parent} on the host is a writable directory "
+                "(free space, a read-only file system), then run the same recover again",
             )
         if where.host and not isinstance(env.provider, LxdProvider):
             lifecycle.register(env, where.host, env.ssh.port, say)  # later commands go there

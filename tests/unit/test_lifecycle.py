@@ -838,6 +838,39 @@ def test_destroy_gives_the_inventory_in_an_instance_time_for_its_host_fallback(
     assert f"readonly LIST_TIMEOUT_SECONDS={INVENTORY_LIST_TIMEOUT_SECONDS}\n" in script
 
 
+def test_destroy_of_an_instance_whose_sets_cannot_be_listed_says_how_to_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broken "lost" instance: the listing fails. It said so without a hint."""
+    from tracker_deployer.providers import lxd
+
+    class BrokenLxd:
+        name = "tracker-sandbox"
+
+        def __init__(self, _env: Any) -> None:
+            pass
+
+        def instance(self) -> dict[str, str]:
+            return {"status": "Running"}
+
+        def is_ours(self, _instance: Any) -> bool:
+            return True
+
+        def exec(self, *_args: Any, **_options: Any) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.CompletedProcess([], 125, b"", b"docker: not found\n")
+
+    monkeypatch.setattr(lxd, "Lxd", BrokenLxd)
+    monkeypatch.setattr(lxd, "require_lxd", lambda: None)
+    with pytest.raises(DeployError) as refused:
+        lifecycle._sets_through_lxd(parse(sample_data("sandbox-sqlite")))
+    assert refused.value.message == (
+        "listing the backup sets in tracker-sandbox failed: docker: not found; nothing was removed"
+    )
+    assert "pass --delete-backups to delete it with whatever sets it holds" in str(
+        refused.value.hint
+    )
+
+
 def test_destroy_of_an_existing_host_removes_every_cron_file_the_deployer_installs() -> None:
     from tracker_deployer.remote.plan import CRON_FILES
 
