@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import parse, sample_data
+from tests.integration.ssh_target import SshTarget, require_tools
 from tests.integration.stack import (
     BACKUP_IMAGE,
     STANDIN_IMAGE,
@@ -44,3 +45,13 @@ def sqlite_stack(tmp_path: Path) -> Iterator[Stack]:
         yield stack
     finally:
         stack.cleanup()
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[SshTarget]:
+    """A real sshd on 127.0.0.1 with a throw-away root (ssh_target.py)."""
+    reason = require_tools()
+    if reason:
+        pytest.fail(reason)
+    with SshTarget(tmp_path / "target") as started:
+        yield started

@@ -37,15 +37,6 @@ pytestmark = pytest.mark.integration
 INV = str(REPO_ROOT / ".venv/bin/inv")
 
 
-@pytest.fixture
-def target(tmp_path: Path) -> Iterator[SshTarget]:
-    reason = require_tools()
-    if reason:
-        pytest.fail(reason)
-    with SshTarget(tmp_path / "target") as started:
-        yield started
-
-
 def write_env(tmp_path: Path, data: dict[str, Any], name: str = "env.json") -> Path:
     path = tmp_path / name
     path.write_text(json.dumps(data))
@@ -55,6 +46,19 @@ def write_env(tmp_path: Path, data: dict[str, Any], name: str = "env.json") -> P
 def inv(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [INV, *args], capture_output=True, text=True, check=False, cwd=cwd, timeout=300
+    )
+
+
+def inv_with_state(state: Path, env: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`inv ARGS --env ENV` with a state directory of the test's own (host records)."""
+    return subprocess.run(
+        [INV, *args, "--env", str(env)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        env={**os.environ, "XDG_STATE_HOME": str(state)},
+        timeout=300,
     )
 
 
@@ -1281,18 +1285,9 @@ def test_destroy_with_host_retires_that_host_and_keeps_the_environments_record(
     data["provider"] = {"provider": "existing"}
     del data["ssh_credentials"]["host"]  # type: ignore[attr-defined]
     env = write_env(tmp_path, data)
-    isolated = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [INV, *args, "--env", str(env)],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=REPO_ROOT,
-            env=isolated,
-            timeout=300,
-        )
+        return inv_with_state(tmp_path / "state", env, *args)
 
     old = ("--host", "127.0.0.1", "--known-hosts", str(target.known_hosts))
     assert run("push", *old).returncode == 0

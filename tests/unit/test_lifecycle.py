@@ -801,6 +801,21 @@ def test_a_repository_that_goes_with_the_host_holds_nothing_elsewhere(
     assert said == [f"  no set counts as elsewhere: {elsewhere.gone_with_host}"]
 
 
+class _RunningLxd:
+    """A stand-in for providers.lxd.Lxd: our instance, running (exec: the test's)."""
+
+    name = "tracker-sandbox"
+
+    def __init__(self, _env: Any) -> None:
+        pass
+
+    def instance(self) -> dict[str, str]:
+        return {"status": "Running"}
+
+    def is_ours(self, _instance: Any) -> bool:
+        return True
+
+
 def test_destroy_gives_the_inventory_in_an_instance_time_for_its_host_fallback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -811,18 +826,7 @@ def test_destroy_gives_the_inventory_in_an_instance_time_for_its_host_fallback(
 
     timeouts: list[int] = []
 
-    class RecordingLxd:
-        name = "tracker-sandbox"
-
-        def __init__(self, _env: Any) -> None:
-            pass
-
-        def instance(self) -> dict[str, str]:
-            return {"status": "Running"}
-
-        def is_ours(self, _instance: Any) -> bool:
-            return True
-
+    class RecordingLxd(_RunningLxd):
         def exec(
             self, _command: str, *_args: str, timeout: int = lxd.LXC_TIMEOUT_SECONDS
         ) -> subprocess.CompletedProcess[bytes]:
@@ -844,18 +848,7 @@ def test_destroy_of_an_instance_whose_sets_cannot_be_listed_says_how_to_go_on(
     """A broken "lost" instance: the listing fails. It said so without a hint."""
     from tracker_deployer.providers import lxd
 
-    class BrokenLxd:
-        name = "tracker-sandbox"
-
-        def __init__(self, _env: Any) -> None:
-            pass
-
-        def instance(self) -> dict[str, str]:
-            return {"status": "Running"}
-
-        def is_ours(self, _instance: Any) -> bool:
-            return True
-
+    class BrokenLxd(_RunningLxd):
         def exec(self, *_args: Any, **_options: Any) -> subprocess.CompletedProcess[bytes]:
             return subprocess.CompletedProcess([], 125, b"", b"docker: not found\n")
 
