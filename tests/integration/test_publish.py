@@ -65,12 +65,15 @@ def git(root: Path, *args: str) -> str:
     return result.stdout.strip()
 
 
-def dockerfile(with_marker: bool) -> str:
-    # Like docker/backup/Dockerfile: the version comes in as a build argument.
+def dockerfile(with_marker: bool, name: str = "") -> str:
+    # Like docker/backup/Dockerfile: the version comes in as a build argument. The
+    # release's own label makes its image its own: tests side by side built one
+    # image (one id), and one's temporary container kept another's from removing it.
     lines = [
         "FROM debian:bookworm-slim",
         "ARG VERSION",
         'LABEL org.opencontainers.image.version="${VERSION}"',
+        f'LABEL io.tracker-deployer.test-release="{name}"',
     ]
     if with_marker:
         # What docker/backup/tests/run.sh --record writes: the summary, then the skips.
@@ -103,14 +106,14 @@ def make_release(tmp_path: Path, client: Any, registry: Registry, *, with_marker
     root = tmp_path / "checkout"
     context = root / "docker" / "backup"
     context.mkdir(parents=True)
-    (context / "Dockerfile").write_text(dockerfile(with_marker))
+    name = f"tdtest/tracker-backup-{uuid.uuid4().hex[:10]}"
+    (context / "Dockerfile").write_text(dockerfile(with_marker, name))
     git(root, "init", "-q", "-b", "main")
     git(root, "config", "user.email", "test@example.com")
     git(root, "config", "user.name", "publish test")
     git(root, "config", "commit.gpgsign", "false")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "stand-in backup image")
-    name = f"tdtest/tracker-backup-{uuid.uuid4().hex[:10]}"
     image, _ = client.images.build(
         path=str(context),
         tag=f"{registry.address}/{name}:{VERSION}",
