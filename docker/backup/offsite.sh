@@ -261,6 +261,12 @@ uploader_of() {
     | { grep -o '"uploader=[^"]*"' || :; } | tr -d '"' | sed 's/^uploader=//' | sort -u | head -n 1
 }
 
+# sets_of UPLOADER: the sets whose snapshots in the JSON on stdin UPLOADER made.
+sets_of() {
+  { grep -o '"tags":\[[^]]*\]' || :; } | { grep -F "\"uploader=$1\"" || :; } \
+    | { grep -o '"set=[0-9]\{8\}_[0-9]\{6\}"' || :; } | tr -d '"' | sed 's/^set=//' | sort -u
+}
+
 set_time() {
   local ts="$1"
   printf '%s-%s-%s %s:%s:%s' "${ts:0:4}" "${ts:4:2}" "${ts:6:2}" "${ts:9:2}" "${ts:11:2}" "${ts:13:2}"
@@ -350,15 +356,22 @@ cmd_upload() {
     && [[ -n "${newest}" && ! "${newest_local}" > "${newest}" ]]; then
     fail "${OFFSITE_EXIT_FAILED}" "the repository holds set ${newest} of ${OFFSITE_ENV_NAME}, newer than this host's newest set ${newest_local}, which it lacks: another host uploads as ${OFFSITE_ENV_NAME} (an old host back after inv recover, or a copied config?); nothing was uploaded or forgotten: ${ONE_HOST}"
   fi
-  # The repository's newest set came from another machine, and this host lacks it:
-  # the other one uploads as this environment now (a host back after an inv recover
-  # onto a new one, whose sets it never had). Its own sets, newer by a few seconds
-  # each day, would pass the check above, and forget would keep them in place of
-  # the other's. A host that holds that set (fetched by a recover) goes on.
-  local newest_by=""
+  # The repository's newest set came from another machine, and this host holds no
+  # set of that machine's: the other one uploads as this environment now (a host
+  # back after an inv recover onto a new one, whose sets it never had). Its own
+  # sets, newer by a few seconds each day, would pass the check above, and forget
+  # would keep them in place of the other's. A host that holds one (a set `inv
+  # recover` fetched, the newest or an older one) carries that machine's history on.
+  local newest_by="" theirs held=""
   [[ -z "${newest}" ]] || newest_by="$(uploader_of "${newest}" <"${snapshots}")"
-  if [[ -n "${newest_by}" && "${newest_by}" != "${UPLOADER}" ]] && ! set_is_complete "${newest}"; then
-    fail "${OFFSITE_EXIT_FAILED}" "the repository's newest set ${newest} of ${OFFSITE_ENV_NAME} was uploaded by ${newest_by}, not by this host (${UPLOADER}), and this host lacks it: another host uploads as ${OFFSITE_ENV_NAME} (this one is back after inv recover onto another?); nothing was uploaded or forgotten: ${ONE_HOST}"
+  if [[ -n "${newest_by}" && "${newest_by}" != "${UPLOADER}" ]]; then
+    while IFS= read -r theirs; do
+      if set_is_complete "${theirs}"; then
+        held="${theirs}"
+        break
+      fi
+    done < <(sets_of "${newest_by}" <"${snapshots}")
+    [[ -n "${held}" ]] || fail "${OFFSITE_EXIT_FAILED}" "the repository's newest set ${newest} of ${OFFSITE_ENV_NAME} was uploaded by ${newest_by}, not by this host (${UPLOADER}), which holds no set of that machine's: another host uploads as ${OFFSITE_ENV_NAME} (this one is back after inv recover onto another?); nothing was uploaded or forgotten: ${ONE_HOST}; if this host is to take that machine's place, inv recover (or inv restore --from offsite) one of its sets here first"
   fi
   if ((${#pending[@]} == 0)); then
     say "nothing to upload: the repository has every complete local set"

@@ -607,9 +607,14 @@ def _retired(code: int, where: str, detail: str) -> None:
 
 def names_recorded_host(env: Env, host: str) -> bool:
     """Whether ``host`` (--host) is the environment's own: ssh_credentials.host, else
-    the recorded one."""
+    the recorded one, in any spelling of the address ('2001:DB8:0::1', a name's case)."""
     recorded = env.ssh.host or getattr(state.read_record(env.name), "host", None)
-    return recorded is not None and host.lower() == recorded.lower()
+    if recorded is None:
+        return False
+    try:
+        return parse_host(host) == parse_host(recorded)
+    except InvalidValue:
+        return host.lower() == recorded.lower()
 
 
 def destroy(env: Env, delete_backups: bool, say: Say, where: HostFlags = RECORDED_HOST) -> None:

@@ -101,6 +101,14 @@ OFFSITE_SH_EXIT: dict[str, int] = {
 # its storage is not mounted), and offsite.sh refuses to create a new, empty
 # one in its place (exit GONE) instead of starting the history over unnoticed.
 ALLOW_INIT_VARIABLE = "OFFSITE_ALLOW_INIT"
+# Who uploads (offsite.sh tags each snapshot uploader=...): the machine's id (a new
+# name is the same machine), else the offsite hostname (hostname_export sets both).
+UPLOADER_VARIABLE = "OFFSITE_UPLOADER"
+
+
+def uploader_option() -> str:
+    """The `compose run` option that passes the uploader to offsite.sh upload."""
+    return f'-e "{UPLOADER_VARIABLE}=${{tracker_machine_id:-${{{HOSTNAME_VARIABLE}}}}}"'
 
 
 def repository_id(env: Env) -> str:

@@ -304,10 +304,12 @@ def test_rest_rclone_serve_restic_gets_each_set_tagged_with_env_and_set_id(
             f"env={stack.env.name}",
             f"set={set_id}",
         ]
-        # the machine: the offsite container's hostname (its short name, its id)
+        # the machine: its id (else the offsite container's hostname)
         id_file = Path(offsite.MACHINE_ID_FILE)
-        machine = id_file.read_text()[: offsite.MACHINE_ID_CHARACTERS] if id_file.exists() else ""
-        assert uploader.endswith(f"{machine}{offsite.HOSTNAME_SUFFIX}"), uploader
+        if id_file.exists():
+            assert uploader == f"uploader={id_file.read_text()[: offsite.MACHINE_ID_CHARACTERS]}"
+        else:
+            assert uploader.endswith(offsite.HOSTNAME_SUFFIX), uploader
         # dated at the set's time, so the keep policy's days are the sets' days
         assert snapshot["time"].startswith(
             f"{set_id[0:4]}-{set_id[4:6]}-{set_id[6:8]}T{set_id[9:11]}:{set_id[11:13]}"

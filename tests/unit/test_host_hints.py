@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex
 import socket
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,56 @@ def test_status_of_an_unknown_host_does_not_suggest_accepting_it(
     with pytest.raises(RemoteError, match="is not in") as refused:
         lifecycle.destroy(env, False, lambda _line: None)
     assert "--accept-new-host-key" in str(refused.value)  # destroy takes it
+
+
+class _SilentTransport:
+    """A stand-in for paramiko's Transport on a host gone silent in a key exchange:
+    active, nothing received, and each global request fails as paramiko's does after
+    its 30 s wait for the exchange."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+        self.packetizer = type("P", (), {"_Packetizer__received_packets": 7})()
+
+    def is_active(self) -> bool:
+        return not self.closed.is_set()
+
+    def global_request(self, _kind: str, wait: bool = True) -> None:  # noqa: ARG002
+        raise paramiko.SSHException("Key-exchange timed out waiting for key negotiation")
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_a_probe_that_fails_on_a_live_transport_is_no_answer() -> None:
+    """A failed probe counted as an answer: a host lost during a key exchange was
+    never given up (a review)."""
+    from tracker_deployer.remote.ssh import _Liveness
+
+    transport = _SilentTransport()
+    watch = _Liveness(transport, 0.05, 2)  # type: ignore[arg-type]
+    try:
+        assert transport.closed.wait(5), "the watchdog kept a silent host"
+        assert watch.dead
+    finally:
+        watch.stop()
+
+
+@pytest.mark.parametrize(
+    ("recorded", "given", "same"),
+    [
+        ("2001:db8::1", "2001:DB8:0::1", True),
+        ("2001:db8::1", "2001:db8:0:0:0:0:0:1", True),
+        ("tracker.example.com", "Tracker.Example.COM", True),
+        ("203.0.113.10", "203.0.113.11", False),
+        ("tracker.example.com", "old.example.com", False),
+    ],
+)
+def test_destroy_knows_the_environments_host_in_any_spelling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorded: str, given: str, same: bool
+) -> None:
+    """Taken for another host, the environment's own lost its stack and kept a record
+    saying it was not its host (a review)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    env = _existing_env(tmp_path, host=recorded)
+    assert lifecycle.names_recorded_host(env, given) is same

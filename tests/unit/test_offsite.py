@@ -446,3 +446,17 @@ def test_a_snapshot_field_with_a_raw_line_separator_stays_in_its_json_line() -> 
     assert "\x85" in output
     [found] = parse_listing(output, "tracker-prod")
     assert found.snapshot == SNAPSHOT_ID
+
+
+def test_the_upload_names_the_machine_offsite_sh_reads() -> None:
+    """The maintenance script passes the machine's id as offsite.sh's uploader (the
+    uploader= tag that tells a host back after a recover): one variable name for both."""
+    script = (REPO_ROOT / "docker/backup/offsite.sh").read_text()
+    assert f'UPLOADER="${{{offsite.UPLOADER_VARIABLE}:-$(hostname' in script
+    data = sample_data("manual-test-sqlite")
+    data["backup"]["offsite"] = {"repository": "/mnt/offsite/restic", "password": "p"}
+    maintenance = render(parse(data)).text(paths.MAINTENANCE_SCRIPT)
+    assert f"    {offsite.uploader_option()} \\\n" in maintenance
+    assert offsite.uploader_option() == (
+        f'-e "{offsite.UPLOADER_VARIABLE}=${{tracker_machine_id:-${{{offsite.HOSTNAME_VARIABLE}}}}}"'
+    )

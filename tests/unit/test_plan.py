@@ -469,6 +469,8 @@ def test_a_stale_file_is_removed_but_never_through_another_users_link(tmp_path: 
     (base / "real").mkdir()
     (base / "real/linked.txt").write_text("stale\n")
     (base / "link").symlink_to(base / "real")  # root's own link
+    (plain / "now-a-directory").mkdir()  # the user's, at a stale file's name: left
+    os.chown(plain / "now-a-directory", 4242, 4242)
     stale = [
         owned / "planted/backup.conf",
         etc / "offsite.password",
@@ -476,6 +478,7 @@ def test_a_stale_file_is_removed_but_never_through_another_users_link(tmp_path: 
         base / "root.txt",
         base / "link/linked.txt",
         base / "gone/nothing.txt",
+        plain / "now-a-directory",
     ]
     script = "\n".join(
         ["set -o errexit -o nounset", REMOVE_STALE]
@@ -484,5 +487,6 @@ def test_a_stale_file_is_removed_but_never_through_another_users_link(tmp_path: 
     done = subprocess.run(["bash", "-c", script], check=False)
     assert done.returncode == 0
     assert (victim / "backup.conf").read_text() == "root's\n"
-    for path in stale[1:]:
+    for path in stale[1:-1]:
         assert not path.exists(), path
+    assert (plain / "now-a-directory").is_dir()  # and the deploy went on (exit 0)

@@ -106,6 +106,25 @@ repository_sets() {
   assert_output "${theirs}"
 }
 
+@test "offsite: a host recovered from an older set goes on uploading" {
+  local old="${BATS_TEST_TMPDIR}/old-host" new="${BATS_TEST_TMPDIR}/new-host"
+  export OFFSITE_KEEP="--keep-last 5"
+  BACKUP_ROOT="${old}" backup_ok run
+  local older="${SET_TS}"
+  mkdir -p "${new}"
+  cp -r -- "${old}/." "${new}/" # inv recover --set OLDER: only that set there
+  sleep 1.1
+  BACKUP_ROOT="${old}" backup_ok run
+  BACKUP_ROOT="${old}" OFFSITE_UPLOADER=old-machine run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  sleep 1.1
+  BACKUP_ROOT="${new}" backup_ok run
+  BACKUP_ROOT="${new}" OFFSITE_UPLOADER=new-machine run --separate-stderr "${OFFSITE_SH}" upload
+  assert_success
+  assert_output "uploaded=${SET_TS}"
+  [[ "${older}" < "${SET_TS}" ]]
+}
+
 @test "offsite: a host back after a recover onto another is refused, though its set is the newest" {
   local old="${BATS_TEST_TMPDIR}/old-host" new="${BATS_TEST_TMPDIR}/new-host"
   export OFFSITE_KEEP="--keep-daily 7"
@@ -130,7 +149,7 @@ repository_sets() {
   local stale="${SET_TS}"
   BACKUP_ROOT="${old}" OFFSITE_UPLOADER=old-machine run --separate-stderr "${OFFSITE_SH}" upload
   assert_equal "${status}" 23
-  assert_stderr --partial "the repository's newest set ${recovered} of bats-env was uploaded by new-machine, not by this host (old-machine), and this host lacks it"
+  assert_stderr --partial "the repository's newest set ${recovered} of bats-env was uploaded by new-machine, not by this host (old-machine), which holds no set of that machine's"
   assert_stderr --partial "inv destroy --env bats-env --host ADDRESS retires the one at ADDRESS"
   # Before, it uploaded its set and forget kept it in place of the recovered one.
   run repository_sets

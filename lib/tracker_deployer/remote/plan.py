@@ -275,7 +275,7 @@ REMOVE_STALE = r"""remove_stale() {
       cd -P -- "${part}" 2>/dev/null || exit 0
       [[ "$(stat -c %d:%i -- .)" == "${want}" ]] || exit 0
     done
-    rm -f -- "./${1##*/}"
+    rm -f -- "./${1##*/}" 2>/dev/null || :
   )
 }"""
 

@@ -219,9 +219,10 @@ class _Liveness:
         try:
             self._transport.global_request("keepalive@openssh.com", wait=True)
         except (SSHException, OSError, EOFError):
-            pass  # the transport ended: the watch sees that
-        finally:
-            answered.set()
+            # Not an answer: the transport ended (the watch sees that), or a key
+            # exchange timed out on a host that went silent (the watch's bound holds).
+            return
+        answered.set()
 
     def _watch(self) -> None:
         while not self._stop.wait(self._interval):

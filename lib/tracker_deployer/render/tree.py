@@ -628,6 +628,7 @@ def offsite_settings(env: Env) -> dict[str, Any] | None:
         "still_running_check": offsite.still_running_check(),
         "exit_locked": offsite.OFFSITE_SH_EXIT["LOCKED"],
         "allow_init_variable": offsite.ALLOW_INIT_VARIABLE,
+        "uploader_option": offsite.uploader_option(),
         "repository_id": offsite.repository_id(env),
     }
 
