@@ -106,6 +106,14 @@ repository_sets() {
   assert_output "${theirs}"
 }
 
+# backup_and_upload_on DIR MACHINE: a backup run into DIR (a second after the last
+# set: set ids are by the second), then its upload as MACHINE.
+backup_and_upload_on() {
+  sleep 1.1
+  BACKUP_ROOT="$1" backup_ok run
+  BACKUP_ROOT="$1" OFFSITE_UPLOADER="$2" run --separate-stderr "${OFFSITE_SH}" upload
+}
+
 @test "offsite: a host recovered from an older set goes on uploading" {
   local old="${BATS_TEST_TMPDIR}/old-host" new="${BATS_TEST_TMPDIR}/new-host"
   export OFFSITE_KEEP="--keep-last 5"
@@ -113,13 +121,9 @@ repository_sets() {
   local older="${SET_TS}"
   mkdir -p "${new}"
   cp -r -- "${old}/." "${new}/" # inv recover --set OLDER: only that set there
-  sleep 1.1
-  BACKUP_ROOT="${old}" backup_ok run
-  BACKUP_ROOT="${old}" OFFSITE_UPLOADER=old-machine run --separate-stderr "${OFFSITE_SH}" upload
+  backup_and_upload_on "${old}" old-machine
   assert_success
-  sleep 1.1
-  BACKUP_ROOT="${new}" backup_ok run
-  BACKUP_ROOT="${new}" OFFSITE_UPLOADER=new-machine run --separate-stderr "${OFFSITE_SH}" upload
+  backup_and_upload_on "${new}" new-machine
   assert_success
   assert_output "uploaded=${SET_TS}"
   [[ "${older}" < "${SET_TS}" ]]
@@ -128,26 +132,21 @@ repository_sets() {
 @test "offsite: a host back after a recover onto another is refused, though its set is the newest" {
   local old="${BATS_TEST_TMPDIR}/old-host" new="${BATS_TEST_TMPDIR}/new-host"
   export OFFSITE_KEEP="--keep-daily 7"
-  BACKUP_ROOT="${old}" backup_ok run
-  local restored="${SET_TS}"
-  BACKUP_ROOT="${old}" OFFSITE_UPLOADER=old-machine run --separate-stderr "${OFFSITE_SH}" upload
+  backup_and_upload_on "${old}" old-machine
   assert_success
+  local restored="${SET_TS}"
   # inv recover onto a new machine: the set fetched there, then its own runs.
   mkdir -p "${new}"
   cp -r -- "${old}/." "${new}/"
-  sleep 1.1 # set ids are by the second
-  BACKUP_ROOT="${new}" backup_ok run
-  local recovered="${SET_TS}"
-  BACKUP_ROOT="${new}" OFFSITE_UPLOADER=new-machine run --separate-stderr "${OFFSITE_SH}" upload
+  backup_and_upload_on "${new}" new-machine
   assert_success
+  local recovered="${SET_TS}"
   assert_output "uploaded=${recovered}"
   run repository_sets
   assert_output "${recovered}" # one a day (both sets were taken today)
   # The old machine is back, its cron still there: its set is seconds newer.
-  sleep 1.1
-  BACKUP_ROOT="${old}" backup_ok run
+  backup_and_upload_on "${old}" old-machine
   local stale="${SET_TS}"
-  BACKUP_ROOT="${old}" OFFSITE_UPLOADER=old-machine run --separate-stderr "${OFFSITE_SH}" upload
   assert_equal "${status}" 23
   assert_stderr --partial "the repository's newest set ${recovered} of bats-env was uploaded by new-machine, not by this host (old-machine), which holds no set of that machine's"
   assert_stderr --partial "inv destroy --env bats-env --host ADDRESS retires the one at ADDRESS"
@@ -156,9 +155,7 @@ repository_sets() {
   assert_output "${recovered}"
   [[ "${restored}" < "${recovered}" ]]
   # The recovered machine goes on.
-  sleep 1.1
-  BACKUP_ROOT="${new}" backup_ok run
-  BACKUP_ROOT="${new}" OFFSITE_UPLOADER=new-machine run --separate-stderr "${OFFSITE_SH}" upload
+  backup_and_upload_on "${new}" new-machine
   assert_success
   assert_output "uploaded=${SET_TS}"
   [[ "${stale}" < "${SET_TS}" ]]
