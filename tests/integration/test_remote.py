@@ -1213,12 +1213,16 @@ def test_a_host_that_stops_answering_between_commands_fails_the_next_one_cleanly
                     os.kill(pid, signal.SIGCONT)
 
 
-def _throttled_proxy(port: int, bytes_per_second: int) -> tuple[int, threading.Event]:
+@contextlib.contextmanager
+def _throttled_proxy(port: int, bytes_per_second: int) -> Iterator[int]:
     """A TCP proxy on 127.0.0.1 to ``port`` that passes the server's bytes on at
-    ``bytes_per_second`` (a slow link); its port and the event that stops it."""
+    ``bytes_per_second`` (a slow link); its port. Every socket and thread of it has
+    ended when the block has (an unclosed socket is a warning, which fails a test)."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     stop = threading.Event()
+    sockets: list[socket.socket] = []
+    pipes: list[threading.Thread] = []
 
     def pipe(source: socket.socket, sink: socket.socket, rate: int | None) -> None:
         with contextlib.suppress(OSError):
@@ -1240,14 +1244,26 @@ def _throttled_proxy(port: int, bytes_per_second: int) -> tuple[int, threading.E
             except TimeoutError:
                 continue
             server = socket.create_connection(("127.0.0.1", port))
-            threading.Thread(target=pipe, args=(client, server, None), daemon=True).start()
-            threading.Thread(
-                target=pipe, args=(server, client, bytes_per_second), daemon=True
-            ).start()
-        listener.close()
+            sockets.extend((client, server))
+            for args in ((client, server, None), (server, client, bytes_per_second)):
+                pipes.append(threading.Thread(target=pipe, args=args, daemon=True))
+                pipes[-1].start()
 
-    threading.Thread(target=serve, daemon=True).start()
-    return listener.getsockname()[1], stop
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        serving.join(timeout=10)
+        for each in sockets:
+            with contextlib.suppress(OSError):
+                each.shutdown(socket.SHUT_RDWR)
+        for thread in pipes:
+            thread.join(timeout=10)
+        for each in sockets:
+            each.close()
+        listener.close()
 
 
 def test_a_slow_download_that_keeps_arriving_is_not_given_up(
@@ -1259,18 +1275,19 @@ def test_a_slow_download_that_keeps_arriving_is_not_given_up(
     (before, it was given up within seconds while the bytes still came)."""
     payload = target.host_path("/opt") / "big.bin"
     payload.write_bytes(os.urandom(3 * 1024 * 1024))
-    port, stop = _throttled_proxy(target.port, 256 * 1024)
     host_key = target.known_hosts.read_text().split(maxsplit=1)[1]
     known = tmp_path / "proxy_known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {host_key}")
-    slow = dataclasses.replace(
-        target.target(), port=port, known_hosts_path=str(known), alive_interval=0.3, alive_count=2
-    )
-    try:
+    with _throttled_proxy(target.port, 256 * 1024) as port:
+        known.write_text(f"[127.0.0.1]:{port} {host_key}")
+        slow = dataclasses.replace(
+            target.target(),
+            port=port,
+            known_hosts_path=str(known),
+            alive_interval=0.3,
+            alive_count=2,
+        )
         with SshHost(slow) as host:
             host.download("/opt/big.bin", tmp_path / "big.bin")
-    finally:
-        stop.set()
     assert (tmp_path / "big.bin").read_bytes() == payload.read_bytes()
 
 
