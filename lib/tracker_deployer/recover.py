@@ -251,10 +251,10 @@ def _refuse_live(connection: SshHost, env: Env, say: Say) -> None:
 def remember_repository(connection: SshHost, env: Env) -> None:
     """The repository the set came from exists: should it read as missing before this
     host's first upload, that upload fails (27) instead of making a new, empty one."""
-    known = shlex.quote(str(paths.OFFSITE_REPOSITORY_KNOWN))
     written = connection.run(
-        f"printf '%s\\n' {shlex.quote(offsite.repository_id(env))} > {known}.tmp "
-        f"&& chmod 0644 -- {known}.tmp && mv -f -- {known}.tmp {known}"
+        remote.marker_script(
+            paths.OFFSITE_REPOSITORY_KNOWN, shlex.quote(offsite.repository_id(env))
+        )
     )
     if not written.ok:
         raise RemoteError(
